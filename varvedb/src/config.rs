@@ -1,0 +1,73 @@
+//! How a store is opened: map size, reader slots, durability.
+
+use std::time::Duration;
+
+/// How hard a commit works to survive a crash.
+///
+/// ```
+/// use varvedb::{Durability, VarveConfig};
+/// let config = VarveConfig { durability: Durability::Full, ..VarveConfig::default() };
+/// assert_eq!(config.durability, Durability::Full);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every append returns only after its transaction is on disk (data and
+    /// metadata synced). Survives process crashes and power loss. The default.
+    #[default]
+    Full,
+    /// Data pages are synced at commit, the metadata page is not. A power loss
+    /// may roll back the last commits, but never corrupts the store; a process
+    /// crash loses nothing. Trades the last transaction for one fewer sync.
+    NoMetaSync,
+    /// Nothing is synced at commit; the OS writes pages back when it likes. A
+    /// process crash loses nothing, but a power loss or kernel crash may lose
+    /// any number of recent commits, and with a filesystem that reorders writes
+    /// may corrupt the store. For tests and rebuildable data only.
+    NoSync,
+}
+
+/// Options for [`Varve::with_config`](crate::Varve::with_config).
+///
+/// The defaults need no tuning for stores of tens of gigabytes: the map starts
+/// large (it is address space, not memory or disk) and grows by itself.
+///
+/// ```no_run
+/// use varvedb::{Varve, VarveConfig};
+/// let config = VarveConfig { max_readers: 512, ..VarveConfig::default() };
+/// let varve = Varve::with_config("./data", config)?;
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VarveConfig {
+    /// Initial size of the memory map in bytes (rounded up to the page size).
+    /// When a write needs more, the map doubles automatically.
+    pub map_size: usize,
+    /// How many read snapshots (readers mid-call, live iterators and event
+    /// guards) may be open at once across all processes using the store.
+    pub max_readers: u32,
+    /// Commit durability. See [`Durability`].
+    pub durability: Durability,
+    /// How long a writer that must grow the map waits for this process's open
+    /// read snapshots to close before failing with
+    /// [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked).
+    pub resize_wait: Duration,
+}
+
+/// 64 GiB on 64-bit targets: a virtual reservation, not memory or disk.
+#[cfg(target_pointer_width = "64")]
+const DEFAULT_MAP_SIZE: usize = 64 << 30;
+#[cfg(not(target_pointer_width = "64"))]
+const DEFAULT_MAP_SIZE: usize = 256 << 20;
+
+impl Default for VarveConfig {
+    fn default() -> Self {
+        VarveConfig {
+            map_size: DEFAULT_MAP_SIZE,
+            max_readers: 1024,
+            durability: Durability::Full,
+            resize_wait: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The one error type of VarveDB.
+
+use std::path::PathBuf;
+
+use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+
+/// Everything that can go wrong in VarveDB.
+///
+/// Each variant carries the context needed to act on it (which path, which
+/// stream, which position). Raw LMDB errors never escape on their own: they are
+/// wrapped in [`Error::Storage`] with the operation that failed.
+///
+/// ```
+/// use varvedb::{Error, Varve};
+///
+/// let file = tempfile::NamedTempFile::new().unwrap();
+/// match Varve::new(file.path()) {
+///     Err(Error::NotADirectory { path }) => assert_eq!(path, file.path()),
+///     other => panic!("expected NotADirectory, got {other:?}"),
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store path exists but is not a directory.
+    #[error("cannot open a store at {path}: it is not a directory")]
+    NotADirectory {
+        /// The path given to [`Varve::new`](crate::Varve::new).
+        path: PathBuf,
+    },
+
+    /// The store directory could not be created, read or locked.
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        /// The store directory.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The store was written with an on-disk format this version cannot read.
+    #[error(
+        "the store at {path} uses on-disk format {found}, this version of varvedb reads format {supported}"
+    )]
+    UnsupportedFormat {
+        /// The store directory.
+        path: PathBuf,
+        /// The format version recorded in the store.
+        found: u32,
+        /// The format version this build reads and writes.
+        supported: u32,
+    },
+
+    /// The store was written with a different rkyv encoding (endianness, pointer
+    /// width or alignment features), so its events cannot be read zero-copy.
+    #[error(
+        "the store at {path} was written with a different rkyv encoding; check rkyv's \
+         `big_endian`, `unaligned` and `pointer_width_*` features across your dependency graph"
+    )]
+    IncompatibleEncoding {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// A stream name is empty, too long, or otherwise unusable.
+    #[error("invalid stream name {name:?}: {reason}")]
+    InvalidStreamName {
+        /// The rejected name (possibly truncated for display).
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A stream is bound to one event type, and it was opened or read with another.
+    #[error(
+        "stream {stream:?} holds events of type `{stored}` (layout {stored_fingerprint:#018x}), \
+         not `{requested}` (layout {requested_fingerprint:#018x})"
+    )]
+    TypeMismatch {
+        /// The stream name.
+        stream: String,
+        /// The type name recorded when the stream was created.
+        stored: String,
+        /// The layout fingerprint recorded when the stream was created.
+        stored_fingerprint: u64,
+        /// The type the caller asked for.
+        requested: String,
+        /// The layout fingerprint of the requested type.
+        requested_fingerprint: u64,
+    },
+
+    /// An event could not be serialized with rkyv.
+    #[error("cannot serialize an event for stream {stream:?}: {source}")]
+    Serialize {
+        /// The stream name.
+        stream: String,
+        /// rkyv's error.
+        #[source]
+        source: rkyv::rancor::Error,
+    },
+
+    /// An event (or a batch) is larger than one record can hold.
+    #[error("an event of {size} bytes for stream {stream:?} exceeds the limit of {max} bytes")]
+    EventTooLarge {
+        /// The stream name.
+        stream: String,
+        /// The serialized size.
+        size: usize,
+        /// The largest size a record can hold.
+        max: usize,
+    },
+
+    /// An optimistic-concurrency check failed; nothing was written.
+    #[error(
+        "version conflict on stream {stream:?} id {id}: expected {expected}, but the stream is at {}",
+        match actual { Some(v) => format!("version {}", v.0), None => "no version (empty)".to_string() }
+    )]
+    VersionConflict {
+        /// The stream name.
+        stream: String,
+        /// The stream id within the stream.
+        id: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The last stream sequence actually present, or `None` for an empty stream.
+        actual: Option<StreamSequence>,
+    },
+
+    /// Bytes read from disk failed validation: a checksum mismatch, an
+    /// out-of-bounds offset, or an rkyv layout that does not check.
+    #[error("corrupted data at {location}: {detail}")]
+    Corruption {
+        /// Where the bad bytes were found.
+        location: Location,
+        /// What was wrong with them.
+        detail: String,
+    },
+
+    /// All of LMDB's reader slots are taken: too many snapshots (readers,
+    /// iterators, held events) are alive at once.
+    #[error(
+        "too many concurrent read snapshots (the store allows {max}); drop idle readers, \
+         iterators and event guards, or raise `VarveConfig::max_readers`"
+    )]
+    ReadersFull {
+        /// The configured number of reader slots.
+        max: u32,
+    },
+
+    /// The memory map had to grow, but read snapshots held in this process
+    /// kept it from being remapped within the configured wait.
+    #[error(
+        "the store needs to grow its map to {wanted} bytes, but {held} read snapshot(s) stayed \
+         open for {waited_ms} ms; drop long-lived readers, iterators or event guards"
+    )]
+    MapResizeBlocked {
+        /// The map size the write needed.
+        wanted: usize,
+        /// How many snapshots were still open.
+        held: usize,
+        /// How long the writer waited.
+        waited_ms: u64,
+    },
+
+    /// LMDB reported an error; `operation` says what VarveDB was doing.
+    #[error("storage error while {operation}: {source}")]
+    Storage {
+        /// What VarveDB was doing.
+        operation: &'static str,
+        /// The underlying error.
+        #[source]
+        source: heed::Error,
+    },
+}
+
+/// Where corrupted bytes were found, for [`Error::Corruption`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Location {
+    /// The event at this global sequence (or the block that holds it).
+    Global(GlobalSequence),
+    /// The event at this position of a stream.
+    Stream {
+        /// The stream name.
+        stream: String,
+        /// The stream id.
+        id: StreamId,
+        /// The stream sequence.
+        sequence: StreamSequence,
+    },
+    /// A store-level record (catalog, index or metadata), described in words.
+    Record(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Global(g) => write!(f, "global sequence {}", g.0),
+            Location::Stream { stream, id, sequence } => {
+                write!(f, "stream {stream:?} id {} sequence {}", id.0, sequence.0)
+            }
+            Location::Record(what) => f.write_str(what),
+        }
+    }
+}
+
+/// `Result` with VarveDB's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_type_is_send_sync_and_static() {
+        fn assert_bounds<T: Send + Sync + 'static + std::error::Error>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn a_version_conflict_names_stream_id_and_both_versions() {
+        let e = Error::VersionConflict {
+            stream: "orders".into(),
+            id: StreamId(7),
+            expected: ExpectedVersion::Exact(StreamSequence(2)),
+            actual: Some(StreamSequence(4)),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("orders") && msg.contains("id 7"), "{msg}");
+        assert!(msg.contains("version 2") && msg.contains("version 4"), "{msg}");
+    }
+}

@@ -1,0 +1,344 @@
+//! Reading one stream: [`StreamReader`], [`StreamIter`] and the zero-copy
+//! [`EventRef`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rkyv::rancor;
+
+use crate::error::{Error, Location, Result};
+use crate::event::Archivable;
+use crate::position::{GlobalSequence, StreamId, StreamSequence};
+use crate::storage::{ArchivedRef, EventPosition, MappedEvent, StreamCursor, StreamInfo, Store, View};
+
+/// A read-only view of one stream. Cheap to clone, `Send`, and usable while
+/// writers append.
+///
+/// Each call reads the newest commit. Between commits, consecutive calls share
+/// one LMDB snapshot, so a burst of point reads costs no transaction setup.
+///
+/// ```
+/// # use rkyv::{Archive, Serialize};
+/// # #[derive(Archive, Serialize)] struct Rated { stars: u8 }
+/// use varvedb::{StreamId, StreamSequence};
+/// # let dir = tempfile::tempdir()?;
+/// # let varve = varvedb::Varve::new(dir.path())?;
+/// let mut ratings = varve.stream::<Rated, 16>("ratings")?;
+/// ratings.append(StreamId(3), &Rated { stars: 5 })?;
+///
+/// let mut reader = ratings.reader();
+/// let rated = reader.get_archived(StreamId(3), StreamSequence(0))?.expect("just written");
+/// assert_eq!(rated.stars, 5);
+/// assert!(reader.get_archived(StreamId(3), StreamSequence(1))?.is_none());
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub struct StreamReader<T> {
+    store: Arc<Store>,
+    info: StreamInfo,
+    view: Option<View>,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for StreamReader<T> {
+    fn clone(&self) -> Self {
+        StreamReader {
+            store: Arc::clone(&self.store),
+            info: self.info.clone(),
+            view: None,
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for StreamReader<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamReader").field("stream", &&*self.info.name).finish_non_exhaustive()
+    }
+}
+
+/// A snapshot that shows the newest commit: the cached one if nothing was
+/// committed since it was taken, a new one otherwise.
+pub(crate) fn current_view<'v>(store: &Arc<Store>, cached: &'v mut Option<View>) -> Result<&'v mut View> {
+    if !cached.as_ref().is_some_and(View::is_current) {
+        *cached = None;
+        *cached = Some(store.snapshot()?);
+    }
+    Ok(cached.as_mut().expect("just filled"))
+}
+
+/// Takes the cached snapshot if it is current (for an iterator to own), else opens one.
+pub(crate) fn owned_view(store: &Arc<Store>, cached: &mut Option<View>) -> Result<View> {
+    match cached.take() {
+        Some(view) if view.is_current() => Ok(view),
+        _ => store.snapshot(),
+    }
+}
+
+fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<EventRef<T>> {
+    let position = event.position;
+    let location = || Location::Stream {
+        stream: stream.name.to_string(),
+        id: position.stream_id,
+        sequence: position.stream_sequence,
+    };
+    if position.fingerprint != stream.layout_fingerprint {
+        return Err(Error::Corruption {
+            location: location(),
+            detail: format!(
+                "event carries type fingerprint {:#018x}, the stream's type is {:#018x}",
+                position.fingerprint, stream.layout_fingerprint
+            ),
+        });
+    }
+    let archived = ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>)
+        .map_err(|e| Error::Corruption { location: location(), detail: format!("invalid archived event: {e}") })?;
+    Ok(EventRef { archived, position })
+}
+
+impl<T: Archivable> StreamReader<T> {
+    pub(crate) fn new(store: Arc<Store>, info: StreamInfo) -> Self {
+        StreamReader { store, info, view: None, _event: PhantomData }
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// The event at `(id, seq)`, validated and zero-copy: the returned guard
+    /// dereferences to the archived event inside the memory map. `Ok(None)` if
+    /// `id` has no event at `seq`.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] if the stored bytes fail their checksum or rkyv
+    /// validation.
+    pub fn get_archived(&mut self, id: StreamId, seq: StreamSequence) -> Result<Option<EventRef<T>>> {
+        let view = current_view(&self.store, &mut self.view)?;
+        match view.event_at_stream(self.info.tag, id.0, seq.0)? {
+            Some(event) => validate(&self.info, event).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The archived bytes of the event at `(id, seq)` (checksummed, not
+    /// rkyv-validated), without copying them. `Ok(None)` past the end.
+    pub fn get_bytes(&mut self, id: StreamId, seq: StreamSequence) -> Result<Option<EventBytes>> {
+        let view = current_view(&self.store, &mut self.view)?;
+        Ok(view.event_at_stream(self.info.tag, id.0, seq.0)?.map(|event| EventBytes { event }))
+    }
+
+    /// A lazy iterator over `id`'s events from `from` (or the start), in one
+    /// consistent snapshot. Memory use does not grow with the stream's length.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// # use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append_batch(StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }, Tick { n: 3 }])?;
+    /// let mut reader = ticks.reader();
+    /// let tail: Vec<u32> = reader
+    ///     .iter_stream(StreamId(1), Some(StreamSequence(1)))?
+    ///     .map(|e| e.map(|tick| tick.n.to_native()))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(tail, [2, 3]);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn iter_stream(&mut self, id: StreamId, from: Option<StreamSequence>) -> Result<StreamIter<T>> {
+        let view = owned_view(&self.store, &mut self.view)?;
+        let cursor = StreamCursor::new(view, self.info.tag, id.0, from.map_or(0, |s| s.0));
+        Ok(StreamIter { cursor, info: self.info.clone(), _event: PhantomData })
+    }
+
+    /// The last stream sequence of `id`, or `None` if it has no events.
+    pub fn version(&mut self, id: StreamId) -> Result<Option<StreamSequence>> {
+        current_view(&self.store, &mut self.view)?.stream_version(self.info.tag, id.0)
+    }
+
+    /// Releases the snapshot this reader keeps between calls. Readers do this
+    /// by themselves when a newer commit exists; call it when a reader will sit
+    /// idle for long while writers keep appending, so LMDB can reuse pages.
+    pub fn release(&mut self) {
+        self.view = None;
+    }
+}
+
+/// A validated archived event pinned in the memory map. Dereferences to
+/// `T::Archived` with no copy; holding it keeps its snapshot open, so drop it
+/// when done.
+pub struct EventRef<T: Archivable> {
+    archived: ArchivedRef<T::Archived>,
+    position: EventPosition,
+}
+
+impl<T: Archivable> EventRef<T> {
+    pub(crate) fn from_parts(archived: ArchivedRef<T::Archived>, position: EventPosition) -> Self {
+        EventRef { archived, position }
+    }
+
+    /// The stream id the event belongs to.
+    pub fn stream_id(&self) -> StreamId {
+        self.position.stream_id
+    }
+
+    /// The event's position in its stream id.
+    pub fn stream_sequence(&self) -> StreamSequence {
+        self.position.stream_sequence
+    }
+
+    /// The event's position in the global log.
+    pub fn global_sequence(&self) -> GlobalSequence {
+        self.position.global
+    }
+
+    /// When the event was committed (wall clock of the writer).
+    pub fn committed_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.position.committed_at_micros)
+    }
+
+    /// The archived bytes of the event.
+    pub fn bytes(&self) -> &[u8] {
+        self.archived.bytes()
+    }
+}
+
+impl<T: Archivable> Deref for EventRef<T> {
+    type Target = T::Archived;
+
+    fn deref(&self) -> &T::Archived {
+        self.archived.get()
+    }
+}
+
+impl<T: Archivable> fmt::Debug for EventRef<T>
+where
+    T::Archived: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRef")
+            .field("stream_id", &self.position.stream_id)
+            .field("stream_sequence", &self.position.stream_sequence)
+            .field("global_sequence", &self.position.global)
+            .field("event", &**self)
+            .finish()
+    }
+}
+
+/// The stored bytes of one event, pinned in the memory map. Dereferences to `[u8]`.
+pub struct EventBytes {
+    event: MappedEvent,
+}
+
+impl EventBytes {
+    /// The event's position in its stream id.
+    pub fn stream_sequence(&self) -> StreamSequence {
+        self.event.position.stream_sequence
+    }
+
+    /// The event's position in the global log.
+    pub fn global_sequence(&self) -> GlobalSequence {
+        self.event.position.global
+    }
+}
+
+impl Deref for EventBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.event.bytes()
+    }
+}
+
+impl fmt::Debug for EventBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBytes")
+            .field("global_sequence", &self.event.position.global)
+            .field("len", &self.event.bytes().len())
+            .finish()
+    }
+}
+
+/// A lazy iterator over one stream id's events, in one snapshot. Yields
+/// validated, zero-copy [`EventRef`]s.
+pub struct StreamIter<T> {
+    cursor: StreamCursor,
+    info: StreamInfo,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T: Archivable> StreamIter<T> {
+    /// Copies every remaining event's archived bytes into a `Vec`.
+    pub fn collect_bytes(mut self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        while let Some(next) = self.cursor.next_bytes() {
+            let (_, _, bytes) = next?;
+            out.push(bytes.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Folds every remaining event, borrowed straight from the map: no
+    /// reference counting, no copy, no allocation per event.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+    /// # use varvedb::StreamId;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut payments = varve.stream::<Paid, 16>("payments")?;
+    /// payments.append_batch(StreamId(1), &[Paid { cents: 150 }, Paid { cents: 250 }])?;
+    /// let total = payments.reader().iter_stream(StreamId(1), None)?
+    ///     .try_fold_archived(0u64, |sum, _, paid| sum + paid.cents.to_native())?;
+    /// assert_eq!(total, 400);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn try_fold_archived<B>(
+        mut self,
+        init: B,
+        mut f: impl FnMut(B, StreamSequence, &T::Archived) -> B,
+    ) -> Result<B> {
+        let mut acc = init;
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        let (name, id) = (&self.info.name, StreamId(self.cursor.id()));
+        while let Some(next) = self.cursor.next_bytes() {
+            let (seq, _, bytes) = next?;
+            let corrupt = |e: rancor::Error| Error::Corruption {
+                location: Location::Stream { stream: name.to_string(), id, sequence: seq },
+                detail: format!("invalid archived event: {e}"),
+            };
+            match rkyv::access::<T::Archived, rancor::Error>(bytes) {
+                Ok(archived) => acc = f(acc, seq, archived),
+                Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => return Err(corrupt(e)),
+                Err(_) => {
+                    // Under-aligned for this type: validate an aligned copy.
+                    aligned.clear();
+                    aligned.extend_from_slice(bytes);
+                    let archived = rkyv::access::<T::Archived, rancor::Error>(&aligned).map_err(corrupt)?;
+                    acc = f(acc, seq, archived);
+                }
+            }
+        }
+        Ok(acc)
+    }
+}
+
+impl<T: Archivable> Iterator for StreamIter<T> {
+    type Item = Result<EventRef<T>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let event = self.cursor.next_event()?;
+        Some(event.and_then(|event| validate(&self.info, event)))
+    }
+}
+
+impl<T> fmt::Debug for StreamIter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamIter").field("stream", &&*self.info.name).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,91 @@
+//! Store-level metadata: the format version and the rkyv encoding probe.
+//!
+//! rkyv's archived layout depends on crate features anywhere in the dependency
+//! graph (`big_endian`, `unaligned`, `pointer_width_16/32/64`). A store written
+//! under one set cannot be read zero-copy under another. At creation we archive
+//! a fixed probe value and keep its bytes; every open archives it again and
+//! compares, so such a change is a typed error instead of garbage.
+
+use std::path::Path;
+
+use heed::types::Bytes;
+use heed::{Database, RwTxn};
+use rkyv::{rancor, Archive, Serialize};
+
+use super::FORMAT_VERSION;
+use crate::error::{Error, Location, Result};
+
+const FORMAT_KEY: &[u8] = b"format";
+const PROBE_KEY: &[u8] = b"rkyv-probe";
+const CREATED_KEY: &[u8] = b"created";
+
+#[derive(Archive, Serialize)]
+struct Probe {
+    byte: u8,
+    half: u16,
+    word: u32,
+    long: u64,
+    wide: u128,
+    signed: i64,
+    text: String,
+    list: Vec<u32>,
+    maybe: Option<u64>,
+    size: usize,
+}
+
+fn probe_bytes() -> Vec<u8> {
+    let probe = Probe {
+        byte: 0xab,
+        half: 0x1234,
+        word: 0x0102_0304,
+        long: 0x0102_0304_0506_0708,
+        wide: 1 << 100,
+        signed: -2,
+        text: "varvedb probe, longer than the inline limit".into(),
+        list: vec![1, 2, 3],
+        maybe: Some(9),
+        size: 77,
+    };
+    match rkyv::to_bytes::<rancor::Error>(&probe) {
+        Ok(bytes) => bytes.to_vec(),
+        // Serializing this plain value into memory cannot fail short of
+        // allocation failure; an empty probe then simply fails the comparison.
+        Err(_) => Vec::new(),
+    }
+}
+
+pub(super) fn initialize_or_check(wtxn: &mut RwTxn<'_>, meta: &Database<'_, Bytes, Bytes>, path: &Path) -> Result<()> {
+    let err = super::storage_error("reading the store's metadata", 0);
+    let format = meta.get(wtxn, FORMAT_KEY).map_err(&err)?.map(<[u8]>::to_vec);
+    match format {
+        None => {
+            let created = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            meta.put(wtxn, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes()).map_err(&err)?;
+            meta.put(wtxn, PROBE_KEY, &probe_bytes()).map_err(&err)?;
+            meta.put(wtxn, CREATED_KEY, &created.to_le_bytes()).map_err(&err)?;
+            Ok(())
+        }
+        Some(raw) => {
+            let found = <[u8; 4]>::try_from(raw.as_slice()).map(u32::from_le_bytes).map_err(|_| {
+                Error::Corruption {
+                    location: Location::Record("the store's format version".into()),
+                    detail: format!("expected 4 bytes, found {}", raw.len()),
+                }
+            })?;
+            if found != FORMAT_VERSION {
+                return Err(Error::UnsupportedFormat {
+                    path: path.to_path_buf(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            let stored = meta.get(wtxn, PROBE_KEY).map_err(&err)?;
+            if stored != Some(probe_bytes().as_slice()) {
+                return Err(Error::IncompatibleEncoding { path: path.to_path_buf() });
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Read snapshots and the zero-copy references handed out from them.
+//!
+//! A [`View`] is one LMDB read transaction: a consistent snapshot of one commit.
+//! It is the only object that makes LMDB calls through that transaction (its
+//! lookup methods take `&mut self`), which is what LMDB requires of a
+//! transaction. Every reference into the map ([`MappedEvent`],
+//! [`ArchivedRef`]) holds an `Arc` of the view's [`Pinned`] part, which keeps
+//! the transaction (so the pages it sees are never reused) and a gate guard (so
+//! the map is never moved) alive for as long as any reference exists.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use heed::{RoTxn, WithoutTls};
+use rkyv::util::AlignedVec;
+
+use super::block::{BlockError, BlockHeader, BlockView};
+use super::gate::GateGuard;
+use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
+use super::Store;
+use crate::error::{Error, Location, Result};
+use crate::position::{GlobalSequence, StreamId, StreamSequence};
+
+/// The part of a snapshot that references into the map keep alive.
+pub(crate) struct Pinned {
+    // Field order matters: the transaction ends before the gate guard is released.
+    txn: RoTxn<'static, WithoutTls>,
+    _guard: GateGuard,
+}
+
+// SAFETY: `RoTxn<WithoutTls>` is `Send` (LMDB's NOTLS mode lets a read
+// transaction move between threads). `Pinned` is shared between threads only
+// through `Arc`s held by references into the map, which never call into LMDB:
+// the single `View` that owns the snapshot makes every LMDB call, through
+// `&mut self`. Dropping the last `Arc` aborts the transaction from whichever
+// thread holds it, which NOTLS allows.
+unsafe impl Sync for Pinned {}
+
+/// A snapshot of the store, owned by one reader or iterator.
+pub(crate) struct View {
+    pin: Arc<Pinned>,
+    store: Arc<Store>,
+}
+
+/// A block found in a snapshot: its bytes stay valid while the snapshot's
+/// [`Pinned`] is alive.
+#[derive(Clone, Copy)]
+pub(crate) struct BlockRef {
+    ptr: NonNull<u8>,
+    len: usize,
+    header: BlockHeader,
+}
+
+/// One event's payload, pinned in the map.
+pub(crate) struct MappedEvent {
+    pin: Arc<Pinned>,
+    ptr: NonNull<u8>,
+    len: usize,
+    pub(crate) position: EventPosition,
+}
+
+/// Where an event sits, as recorded in its block header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EventPosition {
+    pub(crate) stream_tag: u32,
+    pub(crate) stream_id: StreamId,
+    pub(crate) stream_sequence: StreamSequence,
+    pub(crate) global: GlobalSequence,
+    pub(crate) fingerprint: u64,
+    pub(crate) committed_at_micros: u64,
+}
+
+// SAFETY: a `MappedEvent` is a shared, read-only view of bytes in the map plus
+// an `Arc<Pinned>` (Send + Sync, see above); the bytes are never written while
+// the pin lives, so reading them from any thread is sound.
+unsafe impl Send for MappedEvent {}
+// SAFETY: as for `Send`: only immutable bytes are reachable through `&MappedEvent`.
+unsafe impl Sync for MappedEvent {}
+
+impl MappedEvent {
+    /// The payload bytes (the archived event).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr`/`len` came from a slice returned by LMDB inside the
+        // transaction `self.pin` keeps open. LMDB never reuses the pages a live
+        // read transaction can see, and the gate guard in `pin` keeps the map
+        // from being remapped, so the slice stays valid and unchanged for as
+        // long as `self` (and therefore `pin`) exists.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// A cheap clone sharing the same pinned snapshot.
+    pub(crate) fn share(&self) -> MappedEvent {
+        MappedEvent { pin: Arc::clone(&self.pin), ptr: self.ptr, len: self.len, position: self.position }
+    }
+}
+
+enum Holder {
+    Mapped(MappedEvent),
+    Owned(AlignedVec<16>),
+}
+
+/// A validated archived value: a pointer into the map (or, as a fallback, into
+/// an aligned copy) plus whatever keeps those bytes alive.
+pub(crate) struct ArchivedRef<A> {
+    ptr: NonNull<A>,
+    _holder: Holder,
+}
+
+// SAFETY: `ArchivedRef<A>` behaves like `&A` plus an owner of the bytes (an
+// `Arc<Pinned>` or an `AlignedVec`, both Send + Sync); `&A` is Send and Sync
+// when `A: Sync`.
+unsafe impl<A: Sync> Send for ArchivedRef<A> {}
+// SAFETY: see `Send`.
+unsafe impl<A: Sync> Sync for ArchivedRef<A> {}
+
+impl<A> ArchivedRef<A> {
+    /// Validates `event`'s bytes with `access` and keeps the result.
+    ///
+    /// rkyv needs its data aligned; LMDB guarantees 8-byte alignment for our
+    /// records (16 in most pages). If validation fails on a payload that is not
+    /// 16-byte aligned, it is retried on an aligned copy: the only case that
+    /// copies, counted by the benches.
+    pub(crate) fn new<E>(
+        event: MappedEvent,
+        access: impl for<'a> Fn(&'a [u8]) -> Result<&'a A, E>,
+    ) -> Result<Self, E> {
+        let bytes = event.bytes();
+        match access(bytes) {
+            Ok(archived) => {
+                let ptr = NonNull::from(archived);
+                Ok(ArchivedRef { ptr, _holder: Holder::Mapped(event) })
+            }
+            Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => Err(e),
+            Err(_) => {
+                let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+                copy.extend_from_slice(bytes);
+                let ptr = NonNull::from(access(&copy)?);
+                // Moving `copy` into the holder does not move its heap buffer.
+                Ok(ArchivedRef { ptr, _holder: Holder::Owned(copy) })
+            }
+        }
+    }
+
+    /// The archived payload's bytes (the aligned copy, in the fallback case).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self._holder {
+            Holder::Mapped(event) => event.bytes(),
+            Holder::Owned(copy) => copy,
+        }
+    }
+
+    pub(crate) fn get(&self) -> &A {
+        // SAFETY: `ptr` was produced by `access` from bytes owned by `_holder`
+        // (pinned map pages or an aligned heap buffer that is never mutated
+        // or reallocated), which lives as long as `self`.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl BlockRef {
+    fn view(&self) -> BlockView<'_> {
+        // SAFETY: a `BlockRef` is only created by `View` from a slice LMDB
+        // returned in the view's transaction, and only used while that `View`
+        // (and so its `Pinned`) is alive; see `MappedEvent::bytes`.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) };
+        BlockView::from_validated(bytes, self.header)
+    }
+}
+
+fn corrupt_at(global: u64) -> impl Fn(BlockError) -> Error {
+    move |e| Error::Corruption { location: Location::Global(GlobalSequence(global)), detail: e.0 }
+}
+
+impl Store {
+    /// The last run of `(tag, id)`, read through any transaction.
+    pub(crate) fn last_run(&self, txn: &RoTxn, tag: u32, id: u64) -> Result<Option<Run>> {
+        self.run_at_or_before(txn, tag, id, u64::MAX)
+    }
+
+    /// The run of `(tag, id)` with the greatest first sequence `<= seq`.
+    pub(crate) fn run_at_or_before(
+        &self,
+        txn: &RoTxn,
+        tag: u32,
+        id: u64,
+        seq: u64,
+    ) -> Result<Option<Run>> {
+        let found = self
+            .index
+            .get_lower_than_or_equal_to(txn, &index_key(tag, id, seq))
+            .map_err(self.err("reading the stream index"))?;
+        let Some((k, v)) = found else { return Ok(None) };
+        match parse_index_key(k) {
+            Some((t, i, first)) if t == tag && i == id => Run::decode(first, v).map(Some).ok_or_else(|| {
+                Error::Corruption {
+                    location: Location::Record(format!("stream index entry ({tag}, {id}, {first})")),
+                    detail: "malformed run".into(),
+                }
+            }),
+            Some(_) => Ok(None),
+            None => Err(Error::Corruption {
+                location: Location::Record("the stream index".into()),
+                detail: format!("malformed key of {} bytes", k.len()),
+            }),
+        }
+    }
+
+    /// The block holding global sequence `global`, as `(key, bytes)`.
+    pub(crate) fn block_containing<'t>(
+        &self,
+        txn: &'t RoTxn,
+        global: u64,
+    ) -> Result<Option<(u64, BlockView<'t>)>> {
+        let found = self
+            .events
+            .get_lower_than_or_equal_to(txn, &event_key(global))
+            .map_err(self.err("reading the event log"))?;
+        let Some((k, v)) = found else { return Ok(None) };
+        let key = parse_event_key(k).ok_or_else(|| Error::Corruption {
+            location: Location::Global(GlobalSequence(global)),
+            detail: format!("malformed event-log key of {} bytes", k.len()),
+        })?;
+        let view = BlockView::parse(key, v).map_err(corrupt_at(key))?;
+        if global >= view.header().end_global() {
+            return Ok(None);
+        }
+        Ok(Some((key, view)))
+    }
+
+    /// One past the newest global sequence (0 for an empty store).
+    pub(crate) fn end_global(&self, txn: &RoTxn) -> Result<u64> {
+        let last = self.events.last(txn).map_err(self.err("reading the event log"))?;
+        let Some((k, v)) = last else { return Ok(0) };
+        let key = parse_event_key(k).ok_or_else(|| Error::Corruption {
+            location: Location::Record("the last event-log key".into()),
+            detail: format!("malformed key of {} bytes", k.len()),
+        })?;
+        Ok(BlockView::parse(key, v).map_err(corrupt_at(key))?.header().end_global())
+    }
+}
+
+impl View {
+    pub(crate) fn new(txn: RoTxn<'static, WithoutTls>, guard: GateGuard, store: Arc<Store>) -> View {
+        View { pin: Arc::new(Pinned { txn, _guard: guard }), store }
+    }
+
+    /// The id of the commit this snapshot sees.
+    pub(crate) fn txn_id(&self) -> usize {
+        self.pin.txn.id()
+    }
+
+    /// Whether this snapshot still shows the newest commit.
+    pub(crate) fn is_current(&self) -> bool {
+        self.txn_id() == self.store.last_txn_id() && !self.store.resize_pending()
+    }
+
+    fn block_ref(&mut self, global: u64) -> Result<Option<BlockRef>> {
+        let found = self.store.block_containing(&self.pin.txn, global)?;
+        Ok(found.map(|(_, view)| BlockRef {
+            ptr: NonNull::from(view.bytes()).cast(),
+            len: view.bytes().len(),
+            header: *view.header(),
+        }))
+    }
+
+    fn mapped(&self, block: &BlockRef, global: u64) -> Result<MappedEvent> {
+        let header = block.header;
+        let index = (global - header.first_global) as u32;
+        let payload = block.view().event(index).map_err(corrupt_at(global))?;
+        Ok(MappedEvent {
+            pin: Arc::clone(&self.pin),
+            ptr: NonNull::from(payload).cast(),
+            len: payload.len(),
+            position: EventPosition {
+                stream_tag: header.stream_tag,
+                stream_id: StreamId(header.stream_id),
+                stream_sequence: StreamSequence(header.first_stream_seq + u64::from(index)),
+                global: GlobalSequence(global),
+                fingerprint: header.fingerprint,
+                committed_at_micros: header.committed_at_micros,
+            },
+        })
+    }
+
+    /// The event at `global`, or `None` past the end of the log.
+    pub(crate) fn event_at_global(&mut self, global: u64) -> Result<Option<MappedEvent>> {
+        match self.block_ref(global)? {
+            Some(block) => self.mapped(&block, global).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The event at `(tag, id, seq)`, or `None` if the stream id is shorter.
+    pub(crate) fn event_at_stream(&mut self, tag: u32, id: u64, seq: u64) -> Result<Option<MappedEvent>> {
+        let Some(run) = self.store.run_at_or_before(&self.pin.txn, tag, id, seq)? else {
+            return Ok(None);
+        };
+        if seq >= run.end_seq() {
+            return Ok(None);
+        }
+        let global = run.first_global + (seq - run.first_seq);
+        let block = self.block_ref(global)?.ok_or_else(|| missing(global))?;
+        let event = self.mapped(&block, global)?;
+        check_belongs(&event.position, tag, id, seq)?;
+        Ok(Some(event))
+    }
+
+    /// The last stream sequence of `(tag, id)`, if any.
+    pub(crate) fn stream_version(&mut self, tag: u32, id: u64) -> Result<Option<StreamSequence>> {
+        Ok(self.store.last_run(&self.pin.txn, tag, id)?.map(|r| StreamSequence(r.end_seq() - 1)))
+    }
+
+    /// One past the newest global sequence in this snapshot.
+    pub(crate) fn end_global(&mut self) -> Result<u64> {
+        self.store.end_global(&self.pin.txn)
+    }
+
+    /// The catalog entry of the stream with `tag`.
+    pub(crate) fn stream_by_tag(&mut self, tag: u32) -> Result<Arc<super::StreamInfo>> {
+        self.store.stream_by_tag(&self.pin.txn, tag)
+    }
+}
+
+fn missing(global: u64) -> Error {
+    Error::Corruption {
+        location: Location::Global(GlobalSequence(global)),
+        detail: "the stream index points at an event missing from the log".into(),
+    }
+}
+
+fn check_belongs(pos: &EventPosition, tag: u32, id: u64, seq: u64) -> Result<()> {
+    if pos.stream_tag == tag && pos.stream_id.0 == id && pos.stream_sequence.0 == seq {
+        return Ok(());
+    }
+    Err(Error::Corruption {
+        location: Location::Global(pos.global),
+        detail: format!(
+            "the stream index maps (tag {tag}, id {id}, sequence {seq}) to an event of \
+             (tag {}, id {}, sequence {})",
+            pos.stream_tag, pos.stream_id.0, pos.stream_sequence.0
+        ),
+    })
+}
+
+/// Lazily walks one stream id in one snapshot, a run and a block at a time.
+pub(crate) struct StreamCursor {
+    view: View,
+    tag: u32,
+    id: u64,
+    next_seq: u64,
+    run: Option<Run>,
+    block: Option<BlockRef>,
+    done: bool,
+}
+
+impl StreamCursor {
+    pub(crate) fn new(view: View, tag: u32, id: u64, from: u64) -> StreamCursor {
+        StreamCursor { view, tag, id, next_seq: from, run: None, block: None, done: false }
+    }
+
+    /// The stream id being walked.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Moves to the next event, returning its block and global sequence.
+    fn advance(&mut self) -> Result<Option<(BlockRef, u64)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let run = match self.run {
+            Some(run) if self.next_seq < run.end_seq() => run,
+            _ => {
+                self.block = None;
+                let found = self.view.store.run_at_or_before(&self.view.pin.txn, self.tag, self.id, self.next_seq)?;
+                match found {
+                    Some(run) if self.next_seq < run.end_seq() => {
+                        self.run = Some(run);
+                        run
+                    }
+                    _ => {
+                        self.done = true;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let global = run.first_global + (self.next_seq - run.first_seq);
+        let block = match self.block {
+            Some(b) if global < b.header.end_global() && global >= b.header.first_global => b,
+            _ => {
+                let b = self.view.block_ref(global)?.ok_or_else(|| missing(global))?;
+                self.block = Some(b);
+                b
+            }
+        };
+        let h = &block.header;
+        let seq = h.first_stream_seq + (global - h.first_global);
+        if h.stream_tag != self.tag || h.stream_id != self.id || seq != self.next_seq {
+            self.done = true;
+            return Err(Error::Corruption {
+                location: Location::Global(GlobalSequence(global)),
+                detail: format!(
+                    "the stream index maps (tag {}, id {}, sequence {}) to an event of (tag {}, id {}, sequence {seq})",
+                    self.tag, self.id, self.next_seq, h.stream_tag, h.stream_id
+                ),
+            });
+        }
+        self.next_seq += 1;
+        Ok(Some((block, global)))
+    }
+
+    /// The next event, pinned (one atomic increment, no copy).
+    pub(crate) fn next_event(&mut self) -> Option<Result<MappedEvent>> {
+        match self.advance() {
+            Ok(Some((block, global))) => Some(self.view.mapped(&block, global)),
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// The next event's payload, borrowed from the cursor (no reference counting).
+    pub(crate) fn next_bytes(&mut self) -> Option<Result<(StreamSequence, GlobalSequence, &[u8])>> {
+        let (block, global) = match self.advance() {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let seq = StreamSequence(self.next_seq - 1);
+        let index = (global - block.header.first_global) as u32;
+        // SAFETY: as in `BlockRef::view`; the returned slice borrows `self`,
+        // which owns the view that pins it.
+        let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
+        let result = BlockView::from_validated(bytes, block.header).event(index).map_err(corrupt_at(global));
+        match result {
+            Ok(payload) => Some(Ok((seq, GlobalSequence(global), payload))),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Lazily walks the whole log in global order in one snapshot.
+pub(crate) struct GlobalCursor {
+    view: View,
+    next: u64,
+    block: Option<BlockRef>,
+    done: bool,
+}
+
+impl GlobalCursor {
+    pub(crate) fn new(view: View, from: u64) -> GlobalCursor {
+        GlobalCursor { view, next: from, block: None, done: false }
+    }
+
+    pub(crate) fn view_mut(&mut self) -> &mut View {
+        &mut self.view
+    }
+
+    pub(crate) fn next_event(&mut self) -> Option<Result<MappedEvent>> {
+        if self.done {
+            return None;
+        }
+        let global = self.next;
+        let block = match self.block {
+            Some(b) if global < b.header.end_global() => b,
+            _ => match self.view.block_ref(global) {
+                Ok(Some(b)) => {
+                    self.block = Some(b);
+                    b
+                }
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            },
+        };
+        self.next += 1;
+        let event = self.view.mapped(&block, global);
+        if event.is_err() {
+            self.done = true;
+        }
+        Some(event)
+    }
+}

@@ -1,0 +1,165 @@
+//! [`Stream`], a typed write handle on one named stream.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use rkyv::rancor;
+
+use crate::error::{Error, Result};
+use crate::event::Archivable;
+use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+use crate::reader::StreamReader;
+use crate::storage::block::MAX_SLOT_LEN;
+use crate::storage::{BlockBuilder, StreamInfo, Store};
+
+/// A typed handle for appending events of type `T` to one named stream.
+///
+/// Appends take `&mut self`: a handle is one writer. Any number of handles
+/// (for the same stream or others, on any threads) may append at once; their
+/// commits are serialized and every event gets a dense stream sequence and
+/// global sequence. Every append returns only after its transaction is durable
+/// (see [`Durability`](crate::Durability)).
+///
+/// `N` is the initial size of the handle's serialization buffer; larger events
+/// grow it on the heap rather than failing.
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::{StreamId, Varve};
+///
+/// #[derive(Archive, Serialize)]
+/// struct Shipped { parcel: u64 }
+///
+/// # let dir = tempfile::tempdir()?;
+/// let varve = Varve::new(dir.path())?;
+/// let mut shipments = varve.stream::<Shipped, 64>("shipments")?;
+/// shipments.append(StreamId(7), &Shipped { parcel: 1 })?;
+/// let positions = shipments.append_batch(StreamId(7), &[Shipped { parcel: 2 }, Shipped { parcel: 3 }])?;
+/// assert_eq!(positions.last().unwrap().0 .0, 2);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub struct Stream<T, const N: usize> {
+    store: Arc<Store>,
+    info: StreamInfo,
+    block: BlockBuilder,
+    _event: PhantomData<fn(&T)>,
+}
+
+impl<T, const N: usize> fmt::Debug for Stream<T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream").field("name", &&*self.info.name).field("buffer", &N).finish()
+    }
+}
+
+impl<T: Archivable, const N: usize> Stream<T, N> {
+    pub(crate) fn new(store: Arc<Store>, info: StreamInfo, buffer: usize) -> Self {
+        Stream { store, info, block: BlockBuilder::with_capacity(buffer), _event: PhantomData }
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Appends one event to `id`. Returns its stream sequence and global sequence.
+    ///
+    /// # Errors
+    /// [`Error::Serialize`] if rkyv cannot serialize the event,
+    /// [`Error::EventTooLarge`] past 4 GiB, [`Error::Storage`] for I/O failures.
+    pub fn append(&mut self, id: StreamId, event: &T) -> Result<(StreamSequence, GlobalSequence)> {
+        self.append_expected(id, event, ExpectedVersion::Any)
+    }
+
+    /// Appends one event if `id`'s version matches `expected` (optimistic
+    /// concurrency); otherwise writes nothing and returns
+    /// [`Error::VersionConflict`].
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Opened;
+    /// use varvedb::{Error, ExpectedVersion, StreamId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut accounts = varve.stream::<Opened, 16>("accounts")?;
+    /// accounts.append_expected(StreamId(1), &Opened, ExpectedVersion::NoStream)?;
+    /// let again = accounts.append_expected(StreamId(1), &Opened, ExpectedVersion::NoStream);
+    /// assert!(matches!(again, Err(Error::VersionConflict { .. })));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn append_expected(
+        &mut self,
+        id: StreamId,
+        event: &T,
+        expected: ExpectedVersion,
+    ) -> Result<(StreamSequence, GlobalSequence)> {
+        self.block.start(1);
+        self.serialize(event)?;
+        let (seq, global) = self.store.append(&self.info, id.0, expected, &mut self.block)?;
+        Ok((StreamSequence(seq), GlobalSequence(global)))
+    }
+
+    /// Appends `events` to `id` atomically: all of them or none, at consecutive
+    /// stream and global sequences. Returns each event's position. An empty
+    /// slice writes nothing and returns an empty `Vec`.
+    pub fn append_batch(
+        &mut self,
+        id: StreamId,
+        events: &[T],
+    ) -> Result<Vec<(StreamSequence, GlobalSequence)>> {
+        self.append_batch_expected(id, events, ExpectedVersion::Any)
+    }
+
+    /// [`Stream::append_batch`] with an optimistic-concurrency check on `id`'s
+    /// version before the batch.
+    pub fn append_batch_expected(
+        &mut self,
+        id: StreamId,
+        events: &[T],
+        expected: ExpectedVersion,
+    ) -> Result<Vec<(StreamSequence, GlobalSequence)>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if events.len() > u32::MAX as usize {
+            return Err(Error::EventTooLarge {
+                stream: self.info.name.to_string(),
+                size: events.len(),
+                max: u32::MAX as usize,
+            });
+        }
+        self.block.start(events.len());
+        for event in events {
+            self.serialize(event)?;
+        }
+        let (seq, global) = self.store.append(&self.info, id.0, expected, &mut self.block)?;
+        Ok((0..events.len() as u64)
+            .map(|i| (StreamSequence(seq + i), GlobalSequence(global + i)))
+            .collect())
+    }
+
+    fn serialize(&mut self, event: &T) -> Result<()> {
+        let buf = self.block.begin_event();
+        match rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf) {
+            Ok(buf) => self.block.finish_event(buf).map_err(|size| Error::EventTooLarge {
+                stream: self.info.name.to_string(),
+                size,
+                max: MAX_SLOT_LEN,
+            }),
+            Err(source) => {
+                self.block.abandon();
+                Err(Error::Serialize { stream: self.info.name.to_string(), source })
+            }
+        }
+    }
+
+    /// A reader for this stream. Readers are cheap, `Clone` and `Send`.
+    pub fn reader(&self) -> StreamReader<T> {
+        StreamReader::new(Arc::clone(&self.store), self.info.clone())
+    }
+
+    /// The last stream sequence of `id`, or `None` if it has no events.
+    pub fn version(&self, id: StreamId) -> Result<Option<StreamSequence>> {
+        self.store.snapshot()?.stream_version(self.info.tag, id.0)
+    }
+}
