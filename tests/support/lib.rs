@@ -25,6 +25,10 @@ pub struct Order {
 impl Order {
     /// An order whose fields are all derived from `n`.
     pub fn numbered(n: u64) -> Order {
-        Order { id: n, quantity: (n % 7) as u32, note: format!("order number {n}") }
+        Order {
+            id: n,
+            quantity: (n % 7) as u32,
+            note: format!("order number {n}"),
+        }
     }
 }

@@ -38,8 +38,9 @@ pub enum Durability {
 /// let varve = Varve::with_config("./data", config)?;
 /// # Ok::<(), varvedb::Error>(())
 /// ```
+/// Build it with struct-update syntax (`..VarveConfig::default()`), so fields
+/// added later keep your code compiling.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct VarveConfig {
     /// Initial size of the memory map in bytes (rounded up to the page size).
     /// When a write needs more, the map doubles automatically.

@@ -197,7 +197,11 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Global(g) => write!(f, "global sequence {}", g.0),
-            Location::Stream { stream, id, sequence } => {
+            Location::Stream {
+                stream,
+                id,
+                sequence,
+            } => {
                 write!(f, "stream {stream:?} id {} sequence {}", id.0, sequence.0)
             }
             Location::Record(what) => f.write_str(what),
@@ -228,6 +232,9 @@ mod tests {
         };
         let msg = e.to_string();
         assert!(msg.contains("orders") && msg.contains("id 7"), "{msg}");
-        assert!(msg.contains("version 2") && msg.contains("version 4"), "{msg}");
+        assert!(
+            msg.contains("version 2") && msg.contains("version 4"),
+            "{msg}"
+        );
     }
 }

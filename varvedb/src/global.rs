@@ -8,7 +8,7 @@ use crate::error::{Error, Location, Result};
 use crate::event::{layout_fingerprint, Archivable};
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{current_view, owned_view, EventRef};
-use crate::storage::{ArchivedRef, GlobalCursor, MappedEvent, StreamInfo, Store, View};
+use crate::storage::{ArchivedRef, GlobalCursor, MappedEvent, Store, StreamInfo, View};
 
 /// Reads events of every stream by [`GlobalSequence`], the store-wide commit order.
 ///
@@ -17,7 +17,7 @@ use crate::storage::{ArchivedRef, GlobalCursor, MappedEvent, StreamInfo, Store, 
 /// # #[derive(Archive, Serialize)] struct Placed { n: u32 }
 /// # #[derive(Archive, Serialize)] struct Joined { n: u32 }
 /// use varvedb::{GlobalSequence, StreamId};
-/// # let dir = tempfile::tempdir()?;
+/// # let dir = tempfile::tempdir().unwrap();
 /// # let varve = varvedb::Varve::new(dir.path())?;
 /// varve.stream::<Placed, 16>("orders")?.append(StreamId(1), &Placed { n: 1 })?;
 /// varve.stream::<Joined, 16>("users")?.append(StreamId(9), &Joined { n: 2 })?;
@@ -40,7 +40,10 @@ pub struct GlobalReader {
 
 impl Clone for GlobalReader {
     fn clone(&self) -> Self {
-        GlobalReader { store: Arc::clone(&self.store), view: None }
+        GlobalReader {
+            store: Arc::clone(&self.store),
+            view: None,
+        }
     }
 }
 
@@ -71,12 +74,18 @@ impl GlobalReader {
     /// of now, in one consistent snapshot.
     pub fn iter_from(&mut self, from: GlobalSequence) -> Result<GlobalIter> {
         let view = owned_view(&self.store, &mut self.view)?;
-        Ok(GlobalIter { cursor: GlobalCursor::new(view, from.0), last: None })
+        Ok(GlobalIter {
+            cursor: GlobalCursor::new(view, from.0),
+            last: None,
+            failed: false,
+        })
     }
 
     /// One past the newest global sequence: the number of events in the store.
     pub fn end(&mut self) -> Result<GlobalSequence> {
-        current_view(&self.store, &mut self.view)?.end_global().map(GlobalSequence)
+        current_view(&self.store, &mut self.view)?
+            .end_global()
+            .map(GlobalSequence)
     }
 
     /// Releases the snapshot this reader keeps between calls.
@@ -149,11 +158,14 @@ impl GlobalEvent {
             });
         }
         let position = self.event.position;
-        let archived = ArchivedRef::new(self.event.share(), rkyv::access::<T::Archived, rkyv::rancor::Error>)
-            .map_err(|e| Error::Corruption {
-                location: Location::Global(position.global),
-                detail: format!("invalid archived event: {e}"),
-            })?;
+        let archived = ArchivedRef::new(
+            self.event.share(),
+            rkyv::access::<T::Archived, rkyv::rancor::Error>,
+        )
+        .map_err(|e| Error::Corruption {
+            location: Location::Global(position.global),
+            detail: format!("invalid archived event: {e}"),
+        })?;
         Ok(EventRef::from_parts(archived, position))
     }
 }
@@ -170,10 +182,12 @@ impl fmt::Debug for GlobalEvent {
     }
 }
 
-/// A lazy iterator over the global log in one snapshot.
+/// A lazy iterator over the global log in one snapshot. After the first error
+/// it yields `None`: it never skips past a damaged event.
 pub struct GlobalIter {
     cursor: GlobalCursor,
     last: Option<Arc<StreamInfo>>,
+    failed: bool,
 }
 
 impl GlobalIter {
@@ -187,6 +201,17 @@ impl Iterator for GlobalIter {
     type Item = Result<GlobalEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = self.next_inner()?;
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+impl GlobalIter {
+    fn next_inner(&mut self) -> Option<Result<GlobalEvent>> {
         let event = match self.cursor.next_event()? {
             Ok(event) => event,
             Err(e) => return Some(Err(e)),

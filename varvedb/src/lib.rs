@@ -1,4 +1,4 @@
-#![doc = include_str!("../README.md")]
+#![doc = include_str!("../../README.md")]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod config;

@@ -12,7 +12,9 @@ use rkyv::rancor;
 use crate::error::{Error, Location, Result};
 use crate::event::Archivable;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
-use crate::storage::{ArchivedRef, EventPosition, MappedEvent, StreamCursor, StreamInfo, Store, View};
+use crate::storage::{
+    ArchivedRef, EventPosition, MappedEvent, Store, StreamCursor, StreamInfo, View,
+};
 
 /// A read-only view of one stream. Cheap to clone, `Send`, and usable while
 /// writers append.
@@ -24,7 +26,7 @@ use crate::storage::{ArchivedRef, EventPosition, MappedEvent, StreamCursor, Stre
 /// # use rkyv::{Archive, Serialize};
 /// # #[derive(Archive, Serialize)] struct Rated { stars: u8 }
 /// use varvedb::{StreamId, StreamSequence};
-/// # let dir = tempfile::tempdir()?;
+/// # let dir = tempfile::tempdir().unwrap();
 /// # let varve = varvedb::Varve::new(dir.path())?;
 /// let mut ratings = varve.stream::<Rated, 16>("ratings")?;
 /// ratings.append(StreamId(3), &Rated { stars: 5 })?;
@@ -55,13 +57,18 @@ impl<T> Clone for StreamReader<T> {
 
 impl<T> fmt::Debug for StreamReader<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamReader").field("stream", &&*self.info.name).finish_non_exhaustive()
+        f.debug_struct("StreamReader")
+            .field("stream", &&*self.info.name)
+            .finish_non_exhaustive()
     }
 }
 
 /// A snapshot that shows the newest commit: the cached one if nothing was
 /// committed since it was taken, a new one otherwise.
-pub(crate) fn current_view<'v>(store: &Arc<Store>, cached: &'v mut Option<View>) -> Result<&'v mut View> {
+pub(crate) fn current_view<'v>(
+    store: &Arc<Store>,
+    cached: &'v mut Option<View>,
+) -> Result<&'v mut View> {
     if !cached.as_ref().is_some_and(View::is_current) {
         *cached = None;
         *cached = Some(store.snapshot()?);
@@ -93,14 +100,24 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
             ),
         });
     }
-    let archived = ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>)
-        .map_err(|e| Error::Corruption { location: location(), detail: format!("invalid archived event: {e}") })?;
+    let archived =
+        ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>).map_err(|e| {
+            Error::Corruption {
+                location: location(),
+                detail: format!("invalid archived event: {e}"),
+            }
+        })?;
     Ok(EventRef { archived, position })
 }
 
 impl<T: Archivable> StreamReader<T> {
     pub(crate) fn new(store: Arc<Store>, info: StreamInfo) -> Self {
-        StreamReader { store, info, view: None, _event: PhantomData }
+        StreamReader {
+            store,
+            info,
+            view: None,
+            _event: PhantomData,
+        }
     }
 
     /// The stream's name.
@@ -115,7 +132,11 @@ impl<T: Archivable> StreamReader<T> {
     /// # Errors
     /// [`Error::Corruption`] if the stored bytes fail their checksum or rkyv
     /// validation.
-    pub fn get_archived(&mut self, id: StreamId, seq: StreamSequence) -> Result<Option<EventRef<T>>> {
+    pub fn get_archived(
+        &mut self,
+        id: StreamId,
+        seq: StreamSequence,
+    ) -> Result<Option<EventRef<T>>> {
         let view = current_view(&self.store, &mut self.view)?;
         match view.event_at_stream(self.info.tag, id.0, seq.0)? {
             Some(event) => validate(&self.info, event).map(Some),
@@ -127,7 +148,9 @@ impl<T: Archivable> StreamReader<T> {
     /// rkyv-validated), without copying them. `Ok(None)` past the end.
     pub fn get_bytes(&mut self, id: StreamId, seq: StreamSequence) -> Result<Option<EventBytes>> {
         let view = current_view(&self.store, &mut self.view)?;
-        Ok(view.event_at_stream(self.info.tag, id.0, seq.0)?.map(|event| EventBytes { event }))
+        Ok(view
+            .event_at_stream(self.info.tag, id.0, seq.0)?
+            .map(|event| EventBytes { event }))
     }
 
     /// A lazy iterator over `id`'s events from `from` (or the start), in one
@@ -137,7 +160,7 @@ impl<T: Archivable> StreamReader<T> {
     /// # use rkyv::{Archive, Serialize};
     /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
     /// # use varvedb::{StreamId, StreamSequence};
-    /// # let dir = tempfile::tempdir()?;
+    /// # let dir = tempfile::tempdir().unwrap();
     /// # let varve = varvedb::Varve::new(dir.path())?;
     /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
     /// ticks.append_batch(StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }, Tick { n: 3 }])?;
@@ -149,10 +172,19 @@ impl<T: Archivable> StreamReader<T> {
     /// assert_eq!(tail, [2, 3]);
     /// # Ok::<(), varvedb::Error>(())
     /// ```
-    pub fn iter_stream(&mut self, id: StreamId, from: Option<StreamSequence>) -> Result<StreamIter<T>> {
+    pub fn iter_stream(
+        &mut self,
+        id: StreamId,
+        from: Option<StreamSequence>,
+    ) -> Result<StreamIter<T>> {
         let view = owned_view(&self.store, &mut self.view)?;
         let cursor = StreamCursor::new(view, self.info.tag, id.0, from.map_or(0, |s| s.0));
-        Ok(StreamIter { cursor, info: self.info.clone(), _event: PhantomData })
+        Ok(StreamIter {
+            cursor,
+            info: self.info.clone(),
+            failed: false,
+            _event: PhantomData,
+        })
     }
 
     /// The last stream sequence of `id`, or `None` if it has no events.
@@ -265,9 +297,11 @@ impl fmt::Debug for EventBytes {
 
 /// A lazy iterator over one stream id's events, in one snapshot. Yields
 /// validated, zero-copy [`EventRef`]s.
+/// After the first error it yields `None`: it never skips past a damaged event.
 pub struct StreamIter<T> {
     cursor: StreamCursor,
     info: StreamInfo,
+    failed: bool,
     _event: PhantomData<fn() -> T>,
 }
 
@@ -289,7 +323,7 @@ impl<T: Archivable> StreamIter<T> {
     /// # use rkyv::{Archive, Serialize};
     /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
     /// # use varvedb::StreamId;
-    /// # let dir = tempfile::tempdir()?;
+    /// # let dir = tempfile::tempdir().unwrap();
     /// # let varve = varvedb::Varve::new(dir.path())?;
     /// let mut payments = varve.stream::<Paid, 16>("payments")?;
     /// payments.append_batch(StreamId(1), &[Paid { cents: 150 }, Paid { cents: 250 }])?;
@@ -309,7 +343,11 @@ impl<T: Archivable> StreamIter<T> {
         while let Some(next) = self.cursor.next_bytes() {
             let (seq, _, bytes) = next?;
             let corrupt = |e: rancor::Error| Error::Corruption {
-                location: Location::Stream { stream: name.to_string(), id, sequence: seq },
+                location: Location::Stream {
+                    stream: name.to_string(),
+                    id,
+                    sequence: seq,
+                },
                 detail: format!("invalid archived event: {e}"),
             };
             match rkyv::access::<T::Archived, rancor::Error>(bytes) {
@@ -319,7 +357,8 @@ impl<T: Archivable> StreamIter<T> {
                     // Under-aligned for this type: validate an aligned copy.
                     aligned.clear();
                     aligned.extend_from_slice(bytes);
-                    let archived = rkyv::access::<T::Archived, rancor::Error>(&aligned).map_err(corrupt)?;
+                    let archived =
+                        rkyv::access::<T::Archived, rancor::Error>(&aligned).map_err(corrupt)?;
                     acc = f(acc, seq, archived);
                 }
             }
@@ -332,13 +371,22 @@ impl<T: Archivable> Iterator for StreamIter<T> {
     type Item = Result<EventRef<T>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let event = self.cursor.next_event()?;
-        Some(event.and_then(|event| validate(&self.info, event)))
+        if self.failed {
+            return None;
+        }
+        let item = self
+            .cursor
+            .next_event()?
+            .and_then(|event| validate(&self.info, event));
+        self.failed = item.is_err();
+        Some(item)
     }
 }
 
 impl<T> fmt::Debug for StreamIter<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamIter").field("stream", &&*self.info.name).finish_non_exhaustive()
+        f.debug_struct("StreamIter")
+            .field("stream", &&*self.info.name)
+            .finish_non_exhaustive()
     }
 }

@@ -22,7 +22,7 @@ use crate::stream::Stream;
 /// #[derive(Archive, Serialize)]
 /// struct Deposited { cents: u64 }
 ///
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let varve = Varve::new(dir.path())?;
 /// let mut accounts = varve.stream::<Deposited, 64>("accounts")?;
 /// let (seq, global) = accounts.append(StreamId(1), &Deposited { cents: 500 })?;
@@ -54,13 +54,15 @@ impl Varve {
     ///
     /// ```
     /// use varvedb::{Durability, Varve, VarveConfig};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let config = VarveConfig { durability: Durability::NoSync, ..VarveConfig::default() };
     /// let varve = Varve::with_config(dir.path(), config)?;
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn with_config(path: impl AsRef<Path>, config: VarveConfig) -> Result<Varve> {
-        Ok(Varve { store: Store::open(path.as_ref(), config)? })
+        Ok(Varve {
+            store: Store::open(path.as_ref(), config)?,
+        })
     }
 
     /// Opens the stream `name` for events of type `T`, creating it on first use.
@@ -79,7 +81,7 @@ impl Varve {
     /// # use rkyv::{Archive, Serialize};
     /// # #[derive(Archive, Serialize)] struct A { x: u64 }
     /// # #[derive(Archive, Serialize)] struct B { x: u32 }
-    /// # let dir = tempfile::tempdir()?;
+    /// # let dir = tempfile::tempdir().unwrap();
     /// let varve = varvedb::Varve::new(dir.path())?;
     /// varve.stream::<A, 64>("things")?;
     /// assert!(matches!(
@@ -101,7 +103,7 @@ impl Varve {
     /// A reader over every event of every stream, in global order.
     ///
     /// ```
-    /// # let dir = tempfile::tempdir()?;
+    /// # let dir = tempfile::tempdir().unwrap();
     /// let varve = varvedb::Varve::new(dir.path())?;
     /// let mut log = varve.global_reader();
     /// assert!(log.get(varvedb::GlobalSequence(0))?.is_none());

@@ -11,7 +11,7 @@ use crate::event::Archivable;
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 use crate::reader::StreamReader;
 use crate::storage::block::MAX_SLOT_LEN;
-use crate::storage::{BlockBuilder, StreamInfo, Store};
+use crate::storage::{BlockBuilder, Store, StreamInfo};
 
 /// A typed handle for appending events of type `T` to one named stream.
 ///
@@ -31,7 +31,7 @@ use crate::storage::{BlockBuilder, StreamInfo, Store};
 /// #[derive(Archive, Serialize)]
 /// struct Shipped { parcel: u64 }
 ///
-/// # let dir = tempfile::tempdir()?;
+/// # let dir = tempfile::tempdir().unwrap();
 /// let varve = Varve::new(dir.path())?;
 /// let mut shipments = varve.stream::<Shipped, 64>("shipments")?;
 /// shipments.append(StreamId(7), &Shipped { parcel: 1 })?;
@@ -48,13 +48,21 @@ pub struct Stream<T, const N: usize> {
 
 impl<T, const N: usize> fmt::Debug for Stream<T, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stream").field("name", &&*self.info.name).field("buffer", &N).finish()
+        f.debug_struct("Stream")
+            .field("name", &&*self.info.name)
+            .field("buffer", &N)
+            .finish()
     }
 }
 
 impl<T: Archivable, const N: usize> Stream<T, N> {
     pub(crate) fn new(store: Arc<Store>, info: StreamInfo, buffer: usize) -> Self {
-        Stream { store, info, block: BlockBuilder::with_capacity(buffer), _event: PhantomData }
+        Stream {
+            store,
+            info,
+            block: BlockBuilder::with_capacity(buffer),
+            _event: PhantomData,
+        }
     }
 
     /// The stream's name.
@@ -79,7 +87,7 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
     /// # use rkyv::{Archive, Serialize};
     /// # #[derive(Archive, Serialize)] struct Opened;
     /// use varvedb::{Error, ExpectedVersion, StreamId};
-    /// # let dir = tempfile::tempdir()?;
+    /// # let dir = tempfile::tempdir().unwrap();
     /// # let varve = varvedb::Varve::new(dir.path())?;
     /// let mut accounts = varve.stream::<Opened, 16>("accounts")?;
     /// accounts.append_expected(StreamId(1), &Opened, ExpectedVersion::NoStream)?;
@@ -95,7 +103,9 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
     ) -> Result<(StreamSequence, GlobalSequence)> {
         self.block.start(1);
         self.serialize(event)?;
-        let (seq, global) = self.store.append(&self.info, id.0, expected, &mut self.block)?;
+        let (seq, global) = self
+            .store
+            .append(&self.info, id.0, expected, &mut self.block)?;
         Ok((StreamSequence(seq), GlobalSequence(global)))
     }
 
@@ -132,7 +142,9 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
         for event in events {
             self.serialize(event)?;
         }
-        let (seq, global) = self.store.append(&self.info, id.0, expected, &mut self.block)?;
+        let (seq, global) = self
+            .store
+            .append(&self.info, id.0, expected, &mut self.block)?;
         Ok((0..events.len() as u64)
             .map(|i| (StreamSequence(seq + i), GlobalSequence(global + i)))
             .collect())
@@ -141,14 +153,20 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
     fn serialize(&mut self, event: &T) -> Result<()> {
         let buf = self.block.begin_event();
         match rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf) {
-            Ok(buf) => self.block.finish_event(buf).map_err(|size| Error::EventTooLarge {
-                stream: self.info.name.to_string(),
-                size,
-                max: MAX_SLOT_LEN,
-            }),
+            Ok(buf) => self
+                .block
+                .finish_event(buf)
+                .map_err(|size| Error::EventTooLarge {
+                    stream: self.info.name.to_string(),
+                    size,
+                    max: MAX_SLOT_LEN,
+                }),
             Err(source) => {
                 self.block.abandon();
-                Err(Error::Serialize { stream: self.info.name.to_string(), source })
+                Err(Error::Serialize {
+                    stream: self.info.name.to_string(),
+                    source,
+                })
             }
         }
     }

@@ -244,7 +244,9 @@ impl<'a> BlockView<'a> {
         }
         let header_len = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
         if header_len != HEADER_LEN {
-            return Err(BlockError::new(format!("block header length {header_len} is invalid")));
+            return Err(BlockError::new(format!(
+                "block header length {header_len} is invalid"
+            )));
         }
         let header = BlockHeader {
             stream_tag: u32_at(bytes, 4),
@@ -273,18 +275,32 @@ impl<'a> BlockView<'a> {
                 bytes.len()
             )));
         }
-        if header.first_global.checked_add(u64::from(header.count)).is_none()
-            || header.first_stream_seq.checked_add(u64::from(header.count)).is_none()
+        if header
+            .first_global
+            .checked_add(u64::from(header.count))
+            .is_none()
+            || header
+                .first_stream_seq
+                .checked_add(u64::from(header.count))
+                .is_none()
         {
             return Err(BlockError::new("block sequence numbers overflow"));
         }
-        Ok(BlockView { bytes, header, base })
+        Ok(BlockView {
+            bytes,
+            header,
+            base,
+        })
     }
 
     /// Rebuilds a view over bytes whose header [`BlockView::parse`] already
     /// validated (event bounds and checksums are still checked per event).
     pub(crate) fn from_validated(bytes: &'a [u8], header: BlockHeader) -> Self {
-        BlockView { bytes, header, base: table_end(header.count as usize).min(bytes.len()) }
+        BlockView {
+            bytes,
+            header,
+            base: table_end(header.count as usize).min(bytes.len()),
+        }
     }
 
     pub(crate) fn header(&self) -> &BlockHeader {
@@ -311,7 +327,10 @@ impl<'a> BlockView<'a> {
         let start = if i == 0 {
             0
         } else {
-            align_up(u32_at(self.bytes, HEADER_LEN + ENTRY_LEN * (i - 1)) as usize, SLOT_ALIGN)
+            align_up(
+                u32_at(self.bytes, HEADER_LEN + ENTRY_LEN * (i - 1)) as usize,
+                SLOT_ALIGN,
+            )
         };
         let avail = self.bytes.len() - self.base;
         if start > end || end > avail {
@@ -369,7 +388,10 @@ mod tests {
         assert_eq!(view.header().end_global(), 103);
         assert_eq!(view.event(0).unwrap(), b"a");
         assert_eq!(view.event(1).unwrap(), b"");
-        assert_eq!(view.event(2).unwrap(), b"hello world, this is longer than 16");
+        assert_eq!(
+            view.event(2).unwrap(),
+            b"hello world, this is longer than 16"
+        );
         assert!(view.event(3).is_err());
     }
 
@@ -397,7 +419,9 @@ mod tests {
             for bit in 0..8 {
                 let mut b = original.clone();
                 b[byte] ^= 1 << bit;
-                let Ok(view) = BlockView::parse(9, &b) else { continue };
+                let Ok(view) = BlockView::parse(9, &b) else {
+                    continue;
+                };
                 for i in 0..view.header().count {
                     if let Ok(p) = view.event(i) {
                         // Only padding bytes may change without detection.

@@ -64,11 +64,19 @@ fn tag_key(tag: u32) -> [u8; 5] {
 }
 
 fn corrupt(what: String, detail: impl Into<String>) -> Error {
-    Error::Corruption { location: Location::Record(what), detail: detail.into() }
+    Error::Corruption {
+        location: Location::Record(what),
+        detail: detail.into(),
+    }
 }
 
 fn decode(name: &str, v: &[u8]) -> Result<StreamInfo> {
-    let bad = || corrupt(format!("the catalog entry of stream {name:?}"), "malformed record");
+    let bad = || {
+        corrupt(
+            format!("the catalog entry of stream {name:?}"),
+            "malformed record",
+        )
+    };
     if v.len() < RECORD_FIXED {
         return Err(bad());
     }
@@ -101,7 +109,10 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         return Ok(());
     };
     let shown: String = name.chars().take(64).collect();
-    Err(Error::InvalidStreamName { name: shown, reason })
+    Err(Error::InvalidStreamName {
+        name: shown,
+        reason,
+    })
 }
 
 fn check_type(info: &StreamInfo, ty: &TypeIdentity) -> Result<()> {
@@ -130,7 +141,9 @@ fn check_type(info: &StreamInfo, ty: &TypeIdentity) -> Result<()> {
 
 impl Store {
     fn lookup(&self, txn: &RoTxn, catalog: &Db, name: &str) -> Result<Option<StreamInfo>> {
-        let raw = catalog.get(txn, &name_key(name)).map_err(self.err("reading the catalog"))?;
+        let raw = catalog
+            .get(txn, &name_key(name))
+            .map_err(self.err("reading the catalog"))?;
         raw.map(|v| decode(name, v)).transpose()
     }
 
@@ -145,8 +158,14 @@ impl Store {
             }
         }
         let info = self.open_stream_slow(name, ty)?;
-        self.streams.by_tag.write().insert(info.tag, Arc::new(info.clone()));
-        self.streams.by_name.write().insert(Arc::clone(&info.name), info.clone());
+        self.streams
+            .by_tag
+            .write()
+            .insert(info.tag, Arc::new(info.clone()));
+        self.streams
+            .by_name
+            .write()
+            .insert(Arc::clone(&info.name), info.clone());
         Ok(info)
     }
 
@@ -160,7 +179,9 @@ impl Store {
                 check_type(&info, ty)?;
                 if info.schema_fingerprint == 0 && ty.schema_fingerprint != 0 {
                     info.schema_fingerprint = ty.schema_fingerprint;
-                    self.catalog.put(&mut wtxn, &name_key(name), &encode(&info)).map_err(&err)?;
+                    self.catalog
+                        .put(&mut wtxn, &name_key(name), &encode(&info))
+                        .map_err(&err)?;
                 }
                 info
             }
@@ -168,9 +189,8 @@ impl Store {
                 let next_tag = match self.catalog.get_lower_than(&wtxn, b"u").map_err(&err)? {
                     Some((k, _)) if k.len() == 5 && k[0] == b't' => {
                         let last = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
-                        last.checked_add(1).ok_or_else(|| {
-                            corrupt("the catalog".into(), "stream tags exhausted")
-                        })?
+                        last.checked_add(1)
+                            .ok_or_else(|| corrupt("the catalog".into(), "stream tags exhausted"))?
                     }
                     _ => 0,
                 };
@@ -181,8 +201,12 @@ impl Store {
                     layout_fingerprint: ty.layout_fingerprint,
                     schema_fingerprint: ty.schema_fingerprint,
                 };
-                self.catalog.put(&mut wtxn, &name_key(name), &encode(&info)).map_err(&err)?;
-                self.catalog.put(&mut wtxn, &tag_key(next_tag), name.as_bytes()).map_err(&err)?;
+                self.catalog
+                    .put(&mut wtxn, &name_key(name), &encode(&info))
+                    .map_err(&err)?;
+                self.catalog
+                    .put(&mut wtxn, &tag_key(next_tag), name.as_bytes())
+                    .map_err(&err)?;
                 info
             }
         };
@@ -197,14 +221,27 @@ impl Store {
             return Ok(Arc::clone(info));
         }
         let err = self.err("reading the catalog");
-        let raw = self.catalog.get(txn, &tag_key(tag)).map_err(&err)?.ok_or_else(|| {
-            corrupt(format!("stream tag {tag}"), "an event names a stream that is not in the catalog")
-        })?;
+        let raw = self
+            .catalog
+            .get(txn, &tag_key(tag))
+            .map_err(&err)?
+            .ok_or_else(|| {
+                corrupt(
+                    format!("stream tag {tag}"),
+                    "an event names a stream that is not in the catalog",
+                )
+            })?;
         let name = std::str::from_utf8(raw)
             .map_err(|_| corrupt(format!("stream tag {tag}"), "stream name is not UTF-8"))?;
-        let info = self.lookup(txn, &self.catalog, name)?.filter(|i| i.tag == tag).ok_or_else(|| {
-            corrupt(format!("stream tag {tag}"), "the catalog's name and tag entries disagree")
-        })?;
+        let info = self
+            .lookup(txn, &self.catalog, name)?
+            .filter(|i| i.tag == tag)
+            .ok_or_else(|| {
+                corrupt(
+                    format!("stream tag {tag}"),
+                    "the catalog's name and tag entries disagree",
+                )
+            })?;
         let info = Arc::new(info);
         self.streams.by_tag.write().insert(tag, Arc::clone(&info));
         Ok(info)

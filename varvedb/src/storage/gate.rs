@@ -39,7 +39,9 @@ impl MapGate {
             self.changed.wait(&mut state);
         }
         state.active += 1;
-        GateGuard { gate: Arc::clone(self) }
+        GateGuard {
+            gate: Arc::clone(self),
+        }
     }
 
     /// Whether a writer is waiting to resize (readers drop cached snapshots).

@@ -99,9 +99,17 @@ mod tests {
 
     #[test]
     fn runs_round_trip_and_reject_garbage() {
-        let r = Run { first_seq: 3, first_global: 10, count: 4 };
+        let r = Run {
+            first_seq: 3,
+            first_global: 10,
+            count: 4,
+        };
         assert_eq!(Run::decode(3, &r.encode()), Some(r));
         assert_eq!(Run::decode(3, &[0u8; 3]), None);
-        assert_eq!(Run::decode(3, &[0u8; 16]), None, "an empty run is impossible");
+        assert_eq!(
+            Run::decode(3, &[0u8; 16]),
+            None,
+            "an empty run is impossible"
+        );
     }
 }

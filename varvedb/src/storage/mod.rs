@@ -32,7 +32,9 @@ use crate::error::{Error, Location, Result};
 
 pub(crate) use block::BlockBuilder;
 pub(crate) use catalog::{StreamInfo, TypeIdentity};
-pub(crate) use snapshot::{ArchivedRef, EventPosition, GlobalCursor, MappedEvent, StreamCursor, View};
+pub(crate) use snapshot::{
+    ArchivedRef, EventPosition, GlobalCursor, MappedEvent, StreamCursor, View,
+};
 
 /// The on-disk format version this build reads and writes.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -57,13 +59,18 @@ pub(crate) struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 /// Wraps a heed error with what we were doing, turning the LMDB errors a user
 /// can act on into their own variants.
-pub(crate) fn storage_error(operation: &'static str, max_readers: u32) -> impl Fn(heed::Error) -> Error {
+pub(crate) fn storage_error(
+    operation: &'static str,
+    max_readers: u32,
+) -> impl Fn(heed::Error) -> Error {
     move |source| match source {
         heed::Error::Mdb(MdbError::ReadersFull) => Error::ReadersFull { max: max_readers },
         heed::Error::Mdb(
@@ -81,7 +88,10 @@ pub(crate) fn storage_error(operation: &'static str, max_readers: u32) -> impl F
 }
 
 fn open_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Open { path: path.to_path_buf(), source }
+    move |source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Store {
@@ -89,7 +99,9 @@ impl Store {
     /// already open in this process for the same directory.
     pub(crate) fn open(path: &Path, config: VarveConfig) -> Result<Arc<Store>> {
         if path.exists() && !path.is_dir() {
-            return Err(Error::NotADirectory { path: path.to_path_buf() });
+            return Err(Error::NotADirectory {
+                path: path.to_path_buf(),
+            });
         }
         std::fs::create_dir_all(path).map_err(open_error(path))?;
         let canonical = path.canonicalize().map_err(open_error(path))?;
@@ -100,7 +112,10 @@ impl Store {
         let page = page_size();
         let map_size = config.map_size.max(page).div_ceil(page) * page;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(map_size).max_readers(config.max_readers).max_dbs(8);
+        options
+            .map_size(map_size)
+            .max_readers(config.max_readers)
+            .max_dbs(8);
         let flags = match config.durability {
             Durability::Full => EnvFlags::empty(),
             Durability::NoMetaSync => EnvFlags::NO_META_SYNC,
@@ -117,7 +132,10 @@ impl Store {
         // use it through LMDB, and the process-wide registry guarantees this
         // process opens it only once.
         let env = unsafe { options.open(path) }.map_err(|e| match e {
-            heed::Error::Io(source) => Error::Open { path: path.to_path_buf(), source },
+            heed::Error::Io(source) => Error::Open {
+                path: path.to_path_buf(),
+                source,
+            },
             heed::Error::EnvAlreadyOpened => Error::Open {
                 path: path.to_path_buf(),
                 source: std::io::Error::other(
@@ -128,12 +146,19 @@ impl Store {
         })?;
         let err = storage_error("creating the store's databases", config.max_readers);
         let wtxn = env.write_txn().map_err(&err)?;
-        let created = env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
-            let mut db = |name| opener.database_options().types::<Bytes, Bytes>().name(name).create(wtxn);
-            let dbs = (db("meta")?, db("catalog")?, db("index")?, db("events")?);
-            probe::initialize_or_check(wtxn, &dbs.0, path).map_err(OpenError::Varve)?;
-            Ok(CommitOrAbort::<_, ()>::Commit(dbs))
-        });
+        let created =
+            env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
+                let mut db = |name| {
+                    opener
+                        .database_options()
+                        .types::<Bytes, Bytes>()
+                        .name(name)
+                        .create(wtxn)
+                };
+                let dbs = (db("meta")?, db("catalog")?, db("index")?, db("events")?);
+                probe::initialize_or_check(wtxn, &dbs.0, path).map_err(OpenError::Varve)?;
+                Ok(CommitOrAbort::<_, ()>::Commit(dbs))
+            });
         let (_meta, catalog, index, events) = match created {
             Ok(committed) => committed.unwrap_commit(),
             Err(OpenError::Heed(e)) => return Err(err(e)),

@@ -54,26 +54,35 @@ fn probe_bytes() -> Vec<u8> {
     }
 }
 
-pub(super) fn initialize_or_check(wtxn: &mut RwTxn<'_>, meta: &Database<'_, Bytes, Bytes>, path: &Path) -> Result<()> {
+pub(super) fn initialize_or_check(
+    wtxn: &mut RwTxn<'_>,
+    meta: &Database<'_, Bytes, Bytes>,
+    path: &Path,
+) -> Result<()> {
     let err = super::storage_error("reading the store's metadata", 0);
-    let format = meta.get(wtxn, FORMAT_KEY).map_err(&err)?.map(<[u8]>::to_vec);
+    let format = meta
+        .get(wtxn, FORMAT_KEY)
+        .map_err(&err)?
+        .map(<[u8]>::to_vec);
     match format {
         None => {
             let created = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
-            meta.put(wtxn, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes()).map_err(&err)?;
+            meta.put(wtxn, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
+                .map_err(&err)?;
             meta.put(wtxn, PROBE_KEY, &probe_bytes()).map_err(&err)?;
-            meta.put(wtxn, CREATED_KEY, &created.to_le_bytes()).map_err(&err)?;
+            meta.put(wtxn, CREATED_KEY, &created.to_le_bytes())
+                .map_err(&err)?;
             Ok(())
         }
         Some(raw) => {
-            let found = <[u8; 4]>::try_from(raw.as_slice()).map(u32::from_le_bytes).map_err(|_| {
-                Error::Corruption {
+            let found = <[u8; 4]>::try_from(raw.as_slice())
+                .map(u32::from_le_bytes)
+                .map_err(|_| Error::Corruption {
                     location: Location::Record("the store's format version".into()),
                     detail: format!("expected 4 bytes, found {}", raw.len()),
-                }
-            })?;
+                })?;
             if found != FORMAT_VERSION {
                 return Err(Error::UnsupportedFormat {
                     path: path.to_path_buf(),
@@ -83,7 +92,9 @@ pub(super) fn initialize_or_check(wtxn: &mut RwTxn<'_>, meta: &Database<'_, Byte
             }
             let stored = meta.get(wtxn, PROBE_KEY).map_err(&err)?;
             if stored != Some(probe_bytes().as_slice()) {
-                return Err(Error::IncompatibleEncoding { path: path.to_path_buf() });
+                return Err(Error::IncompatibleEncoding {
+                    path: path.to_path_buf(),
+                });
             }
             Ok(())
         }

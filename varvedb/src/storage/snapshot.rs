@@ -90,7 +90,12 @@ impl MappedEvent {
 
     /// A cheap clone sharing the same pinned snapshot.
     pub(crate) fn share(&self) -> MappedEvent {
-        MappedEvent { pin: Arc::clone(&self.pin), ptr: self.ptr, len: self.len, position: self.position }
+        MappedEvent {
+            pin: Arc::clone(&self.pin),
+            ptr: self.ptr,
+            len: self.len,
+            position: self.position,
+        }
     }
 }
 
@@ -128,7 +133,10 @@ impl<A> ArchivedRef<A> {
         match access(bytes) {
             Ok(archived) => {
                 let ptr = NonNull::from(archived);
-                Ok(ArchivedRef { ptr, _holder: Holder::Mapped(event) })
+                Ok(ArchivedRef {
+                    ptr,
+                    _holder: Holder::Mapped(event),
+                })
             }
             Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => Err(e),
             Err(_) => {
@@ -136,7 +144,10 @@ impl<A> ArchivedRef<A> {
                 copy.extend_from_slice(bytes);
                 let ptr = NonNull::from(access(&copy)?);
                 // Moving `copy` into the holder does not move its heap buffer.
-                Ok(ArchivedRef { ptr, _holder: Holder::Owned(copy) })
+                Ok(ArchivedRef {
+                    ptr,
+                    _holder: Holder::Owned(copy),
+                })
             }
         }
     }
@@ -168,7 +179,10 @@ impl BlockRef {
 }
 
 fn corrupt_at(global: u64) -> impl Fn(BlockError) -> Error {
-    move |e| Error::Corruption { location: Location::Global(GlobalSequence(global)), detail: e.0 }
+    move |e| Error::Corruption {
+        location: Location::Global(GlobalSequence(global)),
+        detail: e.0,
+    }
 }
 
 impl Store {
@@ -191,12 +205,14 @@ impl Store {
             .map_err(self.err("reading the stream index"))?;
         let Some((k, v)) = found else { return Ok(None) };
         match parse_index_key(k) {
-            Some((t, i, first)) if t == tag && i == id => Run::decode(first, v).map(Some).ok_or_else(|| {
-                Error::Corruption {
-                    location: Location::Record(format!("stream index entry ({tag}, {id}, {first})")),
+            Some((t, i, first)) if t == tag && i == id => Run::decode(first, v)
+                .map(Some)
+                .ok_or_else(|| Error::Corruption {
+                    location: Location::Record(format!(
+                        "stream index entry ({tag}, {id}, {first})"
+                    )),
                     detail: "malformed run".into(),
-                }
-            }),
+                }),
             Some(_) => Ok(None),
             None => Err(Error::Corruption {
                 location: Location::Record("the stream index".into()),
@@ -229,19 +245,32 @@ impl Store {
 
     /// One past the newest global sequence (0 for an empty store).
     pub(crate) fn end_global(&self, txn: &RoTxn) -> Result<u64> {
-        let last = self.events.last(txn).map_err(self.err("reading the event log"))?;
+        let last = self
+            .events
+            .last(txn)
+            .map_err(self.err("reading the event log"))?;
         let Some((k, v)) = last else { return Ok(0) };
         let key = parse_event_key(k).ok_or_else(|| Error::Corruption {
             location: Location::Record("the last event-log key".into()),
             detail: format!("malformed key of {} bytes", k.len()),
         })?;
-        Ok(BlockView::parse(key, v).map_err(corrupt_at(key))?.header().end_global())
+        Ok(BlockView::parse(key, v)
+            .map_err(corrupt_at(key))?
+            .header()
+            .end_global())
     }
 }
 
 impl View {
-    pub(crate) fn new(txn: RoTxn<'static, WithoutTls>, guard: GateGuard, store: Arc<Store>) -> View {
-        View { pin: Arc::new(Pinned { txn, _guard: guard }), store }
+    pub(crate) fn new(
+        txn: RoTxn<'static, WithoutTls>,
+        guard: GateGuard,
+        store: Arc<Store>,
+    ) -> View {
+        View {
+            pin: Arc::new(Pinned { txn, _guard: guard }),
+            store,
+        }
     }
 
     /// The id of the commit this snapshot sees.
@@ -291,7 +320,12 @@ impl View {
     }
 
     /// The event at `(tag, id, seq)`, or `None` if the stream id is shorter.
-    pub(crate) fn event_at_stream(&mut self, tag: u32, id: u64, seq: u64) -> Result<Option<MappedEvent>> {
+    pub(crate) fn event_at_stream(
+        &mut self,
+        tag: u32,
+        id: u64,
+        seq: u64,
+    ) -> Result<Option<MappedEvent>> {
         let Some(run) = self.store.run_at_or_before(&self.pin.txn, tag, id, seq)? else {
             return Ok(None);
         };
@@ -307,7 +341,10 @@ impl View {
 
     /// The last stream sequence of `(tag, id)`, if any.
     pub(crate) fn stream_version(&mut self, tag: u32, id: u64) -> Result<Option<StreamSequence>> {
-        Ok(self.store.last_run(&self.pin.txn, tag, id)?.map(|r| StreamSequence(r.end_seq() - 1)))
+        Ok(self
+            .store
+            .last_run(&self.pin.txn, tag, id)?
+            .map(|r| StreamSequence(r.end_seq() - 1)))
     }
 
     /// One past the newest global sequence in this snapshot.
@@ -355,7 +392,15 @@ pub(crate) struct StreamCursor {
 
 impl StreamCursor {
     pub(crate) fn new(view: View, tag: u32, id: u64, from: u64) -> StreamCursor {
-        StreamCursor { view, tag, id, next_seq: from, run: None, block: None, done: false }
+        StreamCursor {
+            view,
+            tag,
+            id,
+            next_seq: from,
+            run: None,
+            block: None,
+            done: false,
+        }
     }
 
     /// The stream id being walked.
@@ -372,7 +417,12 @@ impl StreamCursor {
             Some(run) if self.next_seq < run.end_seq() => run,
             _ => {
                 self.block = None;
-                let found = self.view.store.run_at_or_before(&self.view.pin.txn, self.tag, self.id, self.next_seq)?;
+                let found = self.view.store.run_at_or_before(
+                    &self.view.pin.txn,
+                    self.tag,
+                    self.id,
+                    self.next_seq,
+                )?;
                 match found {
                     Some(run) if self.next_seq < run.end_seq() => {
                         self.run = Some(run);
@@ -389,7 +439,10 @@ impl StreamCursor {
         let block = match self.block {
             Some(b) if global < b.header.end_global() && global >= b.header.first_global => b,
             _ => {
-                let b = self.view.block_ref(global)?.ok_or_else(|| missing(global))?;
+                let b = self
+                    .view
+                    .block_ref(global)?
+                    .ok_or_else(|| missing(global))?;
                 self.block = Some(b);
                 b
             }
@@ -413,7 +466,11 @@ impl StreamCursor {
     /// The next event, pinned (one atomic increment, no copy).
     pub(crate) fn next_event(&mut self) -> Option<Result<MappedEvent>> {
         match self.advance() {
-            Ok(Some((block, global))) => Some(self.view.mapped(&block, global)),
+            Ok(Some((block, global))) => {
+                let event = self.view.mapped(&block, global);
+                self.done |= event.is_err();
+                Some(event)
+            }
             Ok(None) => None,
             Err(e) => {
                 self.done = true;
@@ -434,7 +491,9 @@ impl StreamCursor {
         // SAFETY: as in `BlockRef::view`; the returned slice borrows `self`,
         // which owns the view that pins it.
         let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
-        let result = BlockView::from_validated(bytes, block.header).event(index).map_err(corrupt_at(global));
+        let result = BlockView::from_validated(bytes, block.header)
+            .event(index)
+            .map_err(corrupt_at(global));
         match result {
             Ok(payload) => Some(Ok((seq, GlobalSequence(global), payload))),
             Err(e) => {
@@ -455,7 +514,12 @@ pub(crate) struct GlobalCursor {
 
 impl GlobalCursor {
     pub(crate) fn new(view: View, from: u64) -> GlobalCursor {
-        GlobalCursor { view, next: from, block: None, done: false }
+        GlobalCursor {
+            view,
+            next: from,
+            block: None,
+            done: false,
+        }
     }
 
     pub(crate) fn view_mut(&mut self) -> &mut View {

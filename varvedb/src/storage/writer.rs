@@ -11,7 +11,7 @@ use heed::{MdbError, PutFlags};
 
 use super::block::{BlockBuilder, BlockHeader};
 use super::keys::{event_key, index_key, Run};
-use super::{StreamInfo, Store};
+use super::{Store, StreamInfo};
 use crate::error::{Error, Result};
 use crate::position::{ExpectedVersion, StreamId, StreamSequence};
 
@@ -60,7 +60,10 @@ impl Store {
                 other => Attempt::Fail(err(other)),
             }
         };
-        let mut wtxn = self.env.write_txn().map_err(classify("starting a write transaction"))?;
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(classify("starting a write transaction"))?;
 
         let head = self.last_run(&wtxn, info.tag, id).map_err(Attempt::Fail)?;
         let actual = head.map(|r| StreamSequence(r.end_seq() - 1));
@@ -96,11 +99,22 @@ impl Store {
         // Extend the stream id's last run when this block directly follows it
         // in the log; otherwise start a new run.
         let run = match head {
-            Some(r) if r.end_global() == first_global => Run { count: r.count + count, ..r },
-            _ => Run { first_seq, first_global, count },
+            Some(r) if r.end_global() == first_global => Run {
+                count: r.count + count,
+                ..r
+            },
+            _ => Run {
+                first_seq,
+                first_global,
+                count,
+            },
         };
         self.index
-            .put(&mut wtxn, &index_key(info.tag, id, run.first_seq), &run.encode())
+            .put(
+                &mut wtxn,
+                &index_key(info.tag, id, run.first_seq),
+                &run.encode(),
+            )
             .map_err(classify("updating the stream index"))?;
 
         wtxn.commit().map_err(classify("committing an append"))?;
