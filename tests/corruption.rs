@@ -157,3 +157,25 @@ fn random_damage_anywhere_in_the_file_never_panics() {
         }
     }
 }
+
+#[test]
+fn verify_passes_a_healthy_store_and_reports_damage_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path());
+    {
+        let varve = Varve::new(dir.path()).unwrap();
+        let mut more = varve.stream::<Order, 128>("more").unwrap();
+        for n in 0..30 {
+            more.append(StreamId(n % 4), &Order::numbered(n)).unwrap();
+        }
+        let report = varve.verify().unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.events, report.blocks, report.streams), (50, 31, 2));
+    }
+    flip_in_data_file(dir.path(), MARKER.as_bytes(), 3);
+    let report = Varve::new(dir.path()).unwrap().verify().unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].location, varvedb::Location::Global(GlobalSequence(7)));
+    assert!(report.problems[0].detail.contains("checksum"));
+    assert_eq!(report.events, 49);
+}

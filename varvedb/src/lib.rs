@@ -10,6 +10,7 @@ mod reader;
 mod storage;
 mod store;
 mod stream;
+mod verify;
 
 pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};
@@ -19,3 +20,4 @@ pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 pub use reader::{EventBytes, EventRef, StreamIter, StreamReader};
 pub use store::Varve;
 pub use stream::Stream;
+pub use verify::{Problem, VerifyReport};

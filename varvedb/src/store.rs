@@ -9,6 +9,7 @@ use crate::event::{layout_fingerprint, Archivable};
 use crate::global::GlobalReader;
 use crate::storage::{Store, TypeIdentity};
 use crate::stream::Stream;
+use crate::verify::VerifyReport;
 
 /// An open event store.
 ///
@@ -111,6 +112,25 @@ impl Varve {
     /// ```
     pub fn global_reader(&self) -> GlobalReader {
         GlobalReader::new(Arc::clone(&self.store))
+    }
+
+    /// Walks the whole store in one snapshot and reports every problem with its
+    /// position: damaged blocks (checksums, bounds), gaps or overlaps in the global
+    /// log, gaps in a stream id's sequences, index runs that disagree with the
+    /// log, events of streams missing from the catalog. It checks structure and
+    /// checksums; typed (rkyv) validation happens on every read.
+    ///
+    /// # Errors
+    /// Only if the snapshot cannot be read at all; damage is reported in the
+    /// [`VerifyReport`].
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let view = self.store.snapshot()?;
+        view.verify()
+    }
+
+    /// The engine behind this handle (for other modules).
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// The store's directory (canonicalized).

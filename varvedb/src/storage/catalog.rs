@@ -170,48 +170,41 @@ impl Store {
     }
 
     fn open_stream_slow(&self, name: &str, ty: &TypeIdentity) -> Result<StreamInfo> {
-        let _writer = self.writer.lock();
-        let _guard = self.gate.enter();
-        let err = self.err("creating a stream");
-        let mut wtxn = self.env.write_txn().map_err(&err)?;
-        let info = match self.lookup(&wtxn, &self.catalog, name)? {
-            Some(mut info) => {
-                check_type(&info, ty)?;
-                if info.schema_fingerprint == 0 && ty.schema_fingerprint != 0 {
-                    info.schema_fingerprint = ty.schema_fingerprint;
-                    self.catalog
-                        .put(&mut wtxn, &name_key(name), &encode(&info))
-                        .map_err(&err)?;
-                }
-                info
-            }
-            None => {
-                let next_tag = match self.catalog.get_lower_than(&wtxn, b"u").map_err(&err)? {
-                    Some((k, _)) if k.len() == 5 && k[0] == b't' => {
-                        let last = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
-                        last.checked_add(1)
-                            .ok_or_else(|| corrupt("the catalog".into(), "stream tags exhausted"))?
+        self.write(|w| {
+            let (store, wtxn) = w.parts();
+            let err = store.err("creating a stream");
+            match store.lookup(wtxn, &store.catalog, name)? {
+                Some(mut info) => {
+                    check_type(&info, ty)?;
+                    if info.schema_fingerprint == 0 && ty.schema_fingerprint != 0 {
+                        info.schema_fingerprint = ty.schema_fingerprint;
+                        store.catalog.put(wtxn, &name_key(name), &encode(&info)).map_err(&err)?;
                     }
-                    _ => 0,
-                };
-                let info = StreamInfo {
-                    tag: next_tag,
-                    name: name.into(),
-                    type_name: ty.type_name.into(),
-                    layout_fingerprint: ty.layout_fingerprint,
-                    schema_fingerprint: ty.schema_fingerprint,
-                };
-                self.catalog
-                    .put(&mut wtxn, &name_key(name), &encode(&info))
-                    .map_err(&err)?;
-                self.catalog
-                    .put(&mut wtxn, &tag_key(next_tag), name.as_bytes())
-                    .map_err(&err)?;
-                info
+                    Ok(info)
+                }
+                None => {
+                    let next_tag = match store.catalog.get_lower_than(wtxn, b"u").map_err(&err)? {
+                        Some((k, _)) if k.len() == 5 && k[0] == b't' => {
+                            let last = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
+                            last.checked_add(1).ok_or_else(|| {
+                                corrupt("the catalog".into(), "stream tags exhausted")
+                            })?
+                        }
+                        _ => 0,
+                    };
+                    let info = StreamInfo {
+                        tag: next_tag,
+                        name: name.into(),
+                        type_name: ty.type_name.into(),
+                        layout_fingerprint: ty.layout_fingerprint,
+                        schema_fingerprint: ty.schema_fingerprint,
+                    };
+                    store.catalog.put(wtxn, &name_key(name), &encode(&info)).map_err(&err)?;
+                    store.catalog.put(wtxn, &tag_key(next_tag), name.as_bytes()).map_err(&err)?;
+                    Ok(info)
+                }
             }
-        };
-        wtxn.commit().map_err(&err)?;
-        Ok(info)
+        })
     }
 
     /// The stream with `tag`, read through `txn` on a cache miss (the stream

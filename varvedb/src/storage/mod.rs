@@ -8,6 +8,7 @@
 //! | `catalog` | `n` + stream name / `t` + tag (BE)    | stream record / stream name            |
 //! | `index`   | tag, stream id, first sequence (BE)   | run: first global, count               |
 //! | `events`  | first global sequence (BE)            | a block of events ([`block`])          |
+//! | `state`   | namespaced by its owner               | snapshots, checkpoints, read models    |
 //!
 //! See `docs/design.md` for the invariants each one protects.
 
@@ -15,9 +16,11 @@ pub(crate) mod block;
 mod catalog;
 mod gate;
 pub(crate) mod keys;
+mod notify;
 mod probe;
 mod registry;
 mod snapshot;
+mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -32,9 +35,11 @@ use crate::error::{Error, Location, Result};
 
 pub(crate) use block::BlockBuilder;
 pub(crate) use catalog::{StreamInfo, TypeIdentity};
+pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
-    ArchivedRef, EventPosition, GlobalCursor, MappedEvent, StreamCursor, View,
+    walk_stream, ArchivedRef, EventPosition, GlobalCursor, MappedEvent, StreamCursor, View,
 };
+pub(crate) use writer::WriteTxn;
 
 /// The on-disk format version this build reads and writes.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -48,6 +53,8 @@ pub(crate) struct Store {
     catalog: Db,
     index: Db,
     events: Db,
+    state: Db,
+    commits: notify::CommitSignal,
     gate: Arc<gate::MapGate>,
     /// Serializes this process's writers, so LMDB's own (cross-process) writer
     /// lock is never contended between our threads, and map growth happens
@@ -155,11 +162,11 @@ impl Store {
                         .name(name)
                         .create(wtxn)
                 };
-                let dbs = (db("meta")?, db("catalog")?, db("index")?, db("events")?);
+                let dbs = (db("meta")?, db("catalog")?, db("index")?, db("events")?, db("state")?);
                 probe::initialize_or_check(wtxn, &dbs.0, path).map_err(OpenError::Varve)?;
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
-        let (_meta, catalog, index, events) = match created {
+        let (_meta, catalog, index, events, state) = match created {
             Ok(committed) => committed.unwrap_commit(),
             Err(OpenError::Heed(e)) => return Err(err(e)),
             Err(OpenError::Varve(e)) => return Err(e),
@@ -170,6 +177,8 @@ impl Store {
             catalog,
             index,
             events,
+            state,
+            commits: notify::CommitSignal::default(),
             gate: Arc::new(gate::MapGate::default()),
             writer: Mutex::new(()),
             streams: catalog::Cache::default(),

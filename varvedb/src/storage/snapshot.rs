@@ -8,6 +8,7 @@
 //! the transaction (so the pages it sees are never reused) and a gate guard (so
 //! the map is never moved) alive for as long as any reference exists.
 
+use std::ops::ControlFlow;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -261,6 +262,49 @@ impl Store {
     }
 }
 
+/// Calls `f(stream sequence, global sequence, payload)` for each event of
+/// `(tag, id)` from sequence `from`, as `txn` sees them, borrowing payloads
+/// straight from the map: no reference counting, no copy. Stops early when `f`
+/// breaks, and at the first damaged event with `Error::Corruption`.
+pub(crate) fn walk_stream(
+    store: &Store,
+    txn: &RoTxn,
+    tag: u32,
+    id: u64,
+    from: u64,
+    mut f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    let mut seq = from;
+    loop {
+        let Some(run) = store.run_at_or_before(txn, tag, id, seq)? else { return Ok(()) };
+        if seq >= run.end_seq() {
+            return Ok(());
+        }
+        while seq < run.end_seq() {
+            let global = run.first_global + (seq - run.first_seq);
+            let (_, block) = store.block_containing(txn, global)?.ok_or_else(|| missing(global))?;
+            let h = *block.header();
+            let pos = EventPosition {
+                stream_tag: h.stream_tag,
+                stream_id: StreamId(h.stream_id),
+                stream_sequence: StreamSequence(h.first_stream_seq + (global - h.first_global)),
+                global: GlobalSequence(global),
+                fingerprint: h.fingerprint,
+                committed_at_micros: h.committed_at_micros,
+            };
+            check_belongs(&pos, tag, id, seq)?;
+            let last = h.end_global().min(run.end_global());
+            for g in global..last {
+                let payload = block.event((g - h.first_global) as u32).map_err(corrupt_at(g))?;
+                if f(seq, g, payload)?.is_break() {
+                    return Ok(());
+                }
+                seq += 1;
+            }
+        }
+    }
+}
+
 impl View {
     pub(crate) fn new(
         txn: RoTxn<'static, WithoutTls>,
@@ -345,6 +389,32 @@ impl View {
             .store
             .last_run(&self.pin.txn, tag, id)?
             .map(|r| StreamSequence(r.end_seq() - 1)))
+    }
+
+    /// See [`walk_stream`].
+    pub(crate) fn walk_stream(
+        &mut self,
+        tag: u32,
+        id: u64,
+        from: u64,
+        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        walk_stream(&self.store, &self.pin.txn, tag, id, from, f)
+    }
+
+    /// A value of the `state` database, borrowed from this snapshot.
+    pub(crate) fn state_get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        self.store.state.get(&self.pin.txn, key).map_err(self.store.err("reading state"))
+    }
+
+    /// See [`Store::verify`].
+    pub(crate) fn verify(&self) -> Result<crate::verify::VerifyReport> {
+        self.store.verify(&self.pin.txn)
+    }
+
+    /// The store this view reads.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// One past the newest global sequence in this snapshot.
