@@ -29,11 +29,14 @@ fn write_store(dir: &Path) {
 fn flip_in_data_file(dir: &Path, needle: &[u8], offset_in_needle: usize) {
     let path = dir.join("data.mdb");
     let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("needle present in the data file");
-    bytes[at + offset_in_needle] ^= 0x20;
+    // Flip every copy: LMDB's copy-on-write may leave stale copies in free pages.
+    let found: Vec<usize> = (0..bytes.len().saturating_sub(needle.len()))
+        .filter(|&i| bytes[i..].starts_with(needle))
+        .collect();
+    assert!(!found.is_empty(), "needle present in the data file");
+    for at in found {
+        bytes[at + offset_in_needle] ^= 0x20;
+    }
     std::fs::write(&path, bytes).unwrap();
 }
 
@@ -175,7 +178,10 @@ fn verify_passes_a_healthy_store_and_reports_damage_with_its_position() {
     flip_in_data_file(dir.path(), MARKER.as_bytes(), 3);
     let report = Varve::new(dir.path()).unwrap().verify().unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert_eq!(report.problems[0].location, varvedb::Location::Global(GlobalSequence(7)));
+    assert_eq!(
+        report.problems[0].location,
+        varvedb::Location::Global(GlobalSequence(7))
+    );
     assert!(report.problems[0].detail.contains("checksum"));
     assert_eq!(report.events, 49);
 }
