@@ -27,35 +27,186 @@ use rkyv::{Archive, Serialize};
 /// fn assert_storable<T: varvedb::Archivable>() {}
 /// assert_storable::<Deposited>();
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored by VarveDB: derive rkyv's `Archive` and `Serialize`",
+    label = "not storable: add `#[derive(rkyv::Archive, rkyv::Serialize)]`",
+    note = "VarveDB stores events with rkyv, so every event type (and every type in its fields) \
+            must implement rkyv's `Archive` and `Serialize`"
+)]
 pub trait Archivable:
     Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
     + for<'a> Serialize<HighSerializer<AlignedVec<16>, ArenaHandle<'a>, rancor::Error>>
 {
 }
 
-impl<T> Archivable for T where
-    T: Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
-        + for<'a> Serialize<HighSerializer<AlignedVec<16>, ArenaHandle<'a>, rancor::Error>>
+// Written with `Serialize` (which implies `Archive`) first and the archived
+// type's bound apart, so a type lacking both traits gets one error, not two.
+impl<T> Archivable for T
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec<16>, ArenaHandle<'a>, rancor::Error>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
 }
+
+/// Fails to compile, with [`Archivable`]'s message, unless `T` is storable.
+/// `#[derive(Event)]` calls it so that a type missing rkyv's derives gets one
+/// short error at its name.
+#[doc(hidden)]
+pub const fn assert_archivable<T: ?Sized + Archivable>() {}
 
 /// An event type that knows its own stream name, buffer size and schema identity,
 /// usually through `#[derive(Event)]`.
 ///
 /// [`Varve::events`](crate::Varve::events) opens the stream from these constants, so
 /// no name or number is repeated at a call site.
+///
+/// # Deriving
+///
+/// `#[derive(Event)]` (re-exported beside this trait, so `use varvedb::Event`
+/// brings both) goes on a struct (named, tuple or unit) or an enum that also
+/// derives rkyv's `Archive` and `Serialize`:
+///
+/// ```
+/// use rkyv::{Archive, Deserialize, Serialize};
+/// use varvedb::{Event, StreamId, Varve};
+///
+/// #[derive(Archive, Serialize, Deserialize, Event)]
+/// #[event(stream = "orders", buffer = 4096, version = 2)]
+/// struct OrderPlaced {
+///     order: u64,
+///     cents: u64,
+/// }
+///
+/// assert_eq!(OrderPlaced::STREAM, "orders");
+/// assert_eq!(OrderPlaced::BUFFER_SIZE, 4096);
+/// assert_eq!(OrderPlaced::VERSION, 2);
+///
+/// let dir = tempfile::tempdir()?;
+/// let varve = Varve::new(dir.path())?;
+/// let mut orders = varve.events::<OrderPlaced>()?;
+/// orders.append(StreamId(1), &OrderPlaced { order: 1, cents: 500 })?;
+/// let placed = orders.reader().get_archived(StreamId(1), varvedb::StreamSequence(0))?;
+/// assert_eq!(placed.expect("just written").cents, 500);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// ## Attributes
+///
+/// Keys go in `#[event(...)]` on the type. Several keys may share one attribute
+/// or be spread over several; each key may be given once. Values are literals.
+///
+/// | key | value | default |
+/// |---|---|---|
+/// | `stream = "orders"` | 1 to 255 bytes of ASCII letters, digits, `_`, `-`, `.` and `/` | the type's name in snake_case |
+/// | `buffer = 4096` | the initial serialization buffer in bytes, 1 to 67108864 (64 MiB) | 1024 |
+/// | `version = 2` | the schema version, 1 to 4294967295 | 1 |
+///
+/// - **`stream`**: the default is the type's name in snake_case: `OrderPlaced`
+///   becomes `order_placed`, `HTTPRequest` becomes `http_request`. (At run time
+///   [`Varve::stream`](crate::Varve::stream) accepts any UTF-8 name; the derive
+///   asks for the portable subset above.)
+/// - **`buffer`**: only a starting size: a larger event is still stored whole,
+///   the buffer grows on the heap.
+/// - **`version`**: bump it when the layout changes on purpose; it is part of
+///   the fingerprint.
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::Event;
+///
+/// // All defaults.
+/// #[derive(Archive, Serialize, Event)]
+/// struct HTTPRequestLogged(u64);
+///
+/// // Keys spread over two attributes.
+/// #[derive(Archive, Serialize, Event)]
+/// #[event(stream = "payments/eu-west.v2")]
+/// #[event(version = 3)]
+/// enum Payment {
+///     Authorized { cents: u64 },
+///     Captured,
+///     Refunded(u64),
+/// }
+///
+/// assert_eq!(HTTPRequestLogged::STREAM, "http_request_logged");
+/// assert_eq!(HTTPRequestLogged::BUFFER_SIZE, 1024);
+/// assert_eq!(HTTPRequestLogged::VERSION, 1);
+/// assert_eq!(Payment::STREAM, "payments/eu-west.v2");
+/// assert_eq!((Payment::BUFFER_SIZE, Payment::VERSION), (1024, 3));
+/// ```
+///
+/// Mistakes are compile errors at the offending token, all reported at once: an
+/// empty or invalid stream name, `buffer = 0` or above 64 MiB, `version = 0`,
+/// an unknown or repeated key, a string where a number is expected (or the
+/// reverse), `#[event]` on a field or variant, the derive on a union, and a
+/// type without rkyv's `Archive` and `Serialize`:
+///
+/// ```compile_fail,E0277
+/// use varvedb::Event;
+///
+/// #[derive(Event)] // `Plain` cannot be stored by VarveDB: derive rkyv's `Archive` and `Serialize`
+/// struct Plain {
+///     id: u64,
+/// }
+/// ```
+///
+/// ## Generic types
+///
+/// The impl carries the type's generics and where-clause, and holds for the
+/// instances that rkyv can store (`Self: Archivable`):
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::Event;
+///
+/// #[derive(Archive, Serialize, Event)]
+/// #[event(stream = "measurements")]
+/// struct Measured<T> {
+///     value: T,
+/// }
+///
+/// fn stream_of<E: Event>() -> &'static str {
+///     E::STREAM
+/// }
+/// assert_eq!(stream_of::<Measured<f64>>(), "measurements");
+/// ```
+///
+/// # Identity in the store
+///
+/// A stream is bound to the type that created it, by its full
+/// [`std::any::type_name`], its archived size and alignment and, for derived
+/// types, its [`FINGERPRINT`](Event::FINGERPRINT). Opening the stream with any
+/// other type, including one of the same name in another module or the same type
+/// after its layout changed, fails with
+/// [`Error::TypeMismatch`](crate::Error::TypeMismatch).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a VarveDB event",
+    label = "not an event",
+    note = "derive it: `#[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]`"
+)]
 pub trait Event: Archivable {
     /// The stream this type's events are stored in.
     const STREAM: &'static str;
     /// Initial capacity, in bytes, of a handle's serialization buffer. Larger
     /// events still succeed: the buffer grows on the heap.
     const BUFFER_SIZE: usize;
-    /// The type's name, as recorded in the store when the stream is created.
+    /// The type's path as written, `module_path!()` then the name (for example
+    /// `my_app::orders::OrderPlaced`), without generic arguments: for messages
+    /// and logs. The store itself binds streams by [`std::any::type_name`].
     const TYPE_NAME: &'static str;
     /// The schema version declared with `#[event(version = N)]` (default 1).
     const VERSION: u32;
-    /// A fingerprint of the type's archived layout (field names, order and types,
-    /// variant names, version). Any change to the layout changes it.
+    /// A fingerprint of the type's declared layout, never 0: a 64-bit FNV-1a
+    /// hash, computed at compile time, of the type's name, its version, each
+    /// field's name (or index), position, type as written and `#[rkyv(...)]`
+    /// attributes, and each variant's name and fields.
+    ///
+    /// Adding, removing, reordering, renaming or retyping a field (or a variant)
+    /// or changing the version changes it; doc comments, formatting and the
+    /// module the type lives in do not. Field types are hashed as written
+    /// (whatever the spacing): `u64` and `core::primitive::u64`, or a type and
+    /// its alias, count as different; and a generic type has one fingerprint for
+    /// all its instances (the store tells them apart by their type names).
     const FINGERPRINT: u64;
 }
 
@@ -69,8 +220,8 @@ pub(crate) fn layout_fingerprint<T: Archive>() -> u64 {
     h.finish()
 }
 
-/// 64-bit FNV-1a, usable in `const` contexts (the derive computes fingerprints at
-/// compile time with it).
+/// 64-bit FNV-1a, usable in `const` contexts (the derive computes
+/// [`Event::FINGERPRINT`] with the same hash, in the macro).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fnv(u64);
 

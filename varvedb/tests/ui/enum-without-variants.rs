@@ -1,0 +1,6 @@
+use varvedb::Event;
+
+#[derive(Event)]
+enum Never {}
+
+fn main() {}

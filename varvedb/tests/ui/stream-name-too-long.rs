@@ -1,0 +1,12 @@
+use rkyv::{Archive, Serialize};
+use varvedb::Event;
+
+#[derive(Archive, Serialize, Event)]
+#[event(
+    stream = "orders/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+)]
+struct OrderPlaced {
+    order: u64,
+}
+
+fn main() {}
