@@ -163,6 +163,30 @@ pub enum Error {
         waited_ms: u64,
     },
 
+    /// A projection's handler failed on an event. The projection's checkpoint
+    /// stays just before that event (nothing past it was applied), so running
+    /// the projection again retries it.
+    #[error("projection {projection:?} failed at global sequence {at}: {source}")]
+    Projection {
+        /// The projection's name.
+        projection: String,
+        /// The event the handler failed on.
+        at: GlobalSequence,
+        /// What the handler returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// A projection name is empty, too long, or uses a character outside the
+    /// allowed set.
+    #[error("invalid projection name {name:?}: {reason}")]
+    InvalidProjectionName {
+        /// The rejected name (possibly truncated for display).
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
     /// LMDB reported an error; `operation` says what VarveDB was doing.
     #[error("storage error while {operation}: {source}")]
     Storage {

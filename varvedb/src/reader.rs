@@ -9,12 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rkyv::rancor;
 
+use crate::aggregate::{load_in, Aggregate, Loaded};
 use crate::error::{Error, Location, Result};
 use crate::event::Archivable;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::storage::{
-    ArchivedRef, EventPosition, MappedEvent, Store, StreamCursor, StreamInfo, View,
+    ArchivedRef, EventPosition, MappedEvent, Store, StreamCursor, StreamInfo, View, ViewSlot,
 };
+use crate::subscription::StreamSubscription;
 
 /// A read-only view of one stream. Cheap to clone, `Send`, and usable while
 /// writers append.
@@ -40,7 +42,7 @@ use crate::storage::{
 pub struct StreamReader<T> {
     store: Arc<Store>,
     info: StreamInfo,
-    view: Option<View>,
+    view: ViewSlot,
     _event: PhantomData<fn() -> T>,
 }
 
@@ -49,7 +51,7 @@ impl<T> Clone for StreamReader<T> {
         StreamReader {
             store: Arc::clone(&self.store),
             info: self.info.clone(),
-            view: None,
+            view: self.store.view_slot(),
             _event: PhantomData,
         }
     }
@@ -113,9 +115,9 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
 impl<T: Archivable> StreamReader<T> {
     pub(crate) fn new(store: Arc<Store>, info: StreamInfo) -> Self {
         StreamReader {
+            view: store.view_slot(),
             store,
             info,
-            view: None,
             _event: PhantomData,
         }
     }
@@ -137,7 +139,8 @@ impl<T: Archivable> StreamReader<T> {
         id: StreamId,
         seq: StreamSequence,
     ) -> Result<Option<EventRef<T>>> {
-        let view = current_view(&self.store, &mut self.view)?;
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
         match view.event_at_stream(self.info.tag, id.0, seq.0)? {
             Some(event) => validate(&self.info, event).map(Some),
             None => Ok(None),
@@ -147,7 +150,8 @@ impl<T: Archivable> StreamReader<T> {
     /// The archived bytes of the event at `(id, seq)` (checksummed, not
     /// rkyv-validated), without copying them. `Ok(None)` past the end.
     pub fn get_bytes(&mut self, id: StreamId, seq: StreamSequence) -> Result<Option<EventBytes>> {
-        let view = current_view(&self.store, &mut self.view)?;
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
         Ok(view
             .event_at_stream(self.info.tag, id.0, seq.0)?
             .map(|event| EventBytes { event }))
@@ -177,7 +181,7 @@ impl<T: Archivable> StreamReader<T> {
         id: StreamId,
         from: Option<StreamSequence>,
     ) -> Result<StreamIter<T>> {
-        let view = owned_view(&self.store, &mut self.view)?;
+        let view = owned_view(&self.store, &mut self.view.lock())?;
         let cursor = StreamCursor::new(view, self.info.tag, id.0, from.map_or(0, |s| s.0));
         Ok(StreamIter {
             cursor,
@@ -189,14 +193,84 @@ impl<T: Archivable> StreamReader<T> {
 
     /// The last stream sequence of `id`, or `None` if it has no events.
     pub fn version(&mut self, id: StreamId) -> Result<Option<StreamSequence>> {
-        current_view(&self.store, &mut self.view)?.stream_version(self.info.tag, id.0)
+        current_view(&self.store, &mut self.view.lock())?.stream_version(self.info.tag, id.0)
+    }
+
+    /// Loads aggregate `A` of `id` from this reader's stream (which need not
+    /// be named `A::STREAM`), as [`Varve::load`](crate::Varve::load) does:
+    /// a usable snapshot plus the later events, folded zero-copy in one
+    /// snapshot of the store, reusing the reader's snapshot when no commit
+    /// happened since its last call.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] if an event fails validation.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # use varvedb::{Aggregate, StreamId, Varve};
+    /// #[derive(Archive, Serialize)]
+    /// struct Rated(u8);
+    ///
+    /// #[derive(Default)]
+    /// struct Rating { count: u32, sum: u32 }
+    ///
+    /// impl Aggregate for Rating {
+    ///     type Event = Rated;
+    ///     type Command = u8;
+    ///     type Error = std::convert::Infallible;
+    ///     const STREAM: &'static str = "ratings";
+    ///     fn apply(&mut self, event: &ArchivedRated) {
+    ///         self.count += 1;
+    ///         self.sum += u32::from(event.0);
+    ///     }
+    ///     fn handle(&self, stars: &u8) -> Result<Vec<Rated>, Self::Error> {
+    ///         Ok(vec![Rated(*stars)])
+    ///     }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = Varve::new(dir.path())?;
+    /// let mut ratings = varve.stream::<Rated, 16>("ratings")?;
+    /// ratings.append_batch(StreamId(4), &[Rated(5), Rated(3)])?;
+    ///
+    /// let mut reader = ratings.reader();
+    /// let handle = std::thread::spawn(move || reader.load::<Rating>(StreamId(4)));
+    /// let rating = handle.join().expect("no panic")?.state;
+    /// assert_eq!((rating.count, rating.sum), (2, 8));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn load<A: Aggregate<Event = T>>(&mut self, id: StreamId) -> Result<Loaded<A>> {
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
+        load_in(view, &self.info, id)
+    }
+
+    /// Follows `id` from `from`: its events already committed, then each new
+    /// one as it is committed. See [`StreamSubscription`].
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Moved { x: i32 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut moves = varve.stream::<Moved, 16>("moves")?;
+    /// let follower = moves.reader().subscribe(StreamId(5), StreamSequence(0));
+    /// let watcher = std::thread::spawn(move || follower.take(2).map(|m| m.map(|m| m.x.to_native())).collect::<Result<Vec<_>, _>>());
+    /// moves.append(StreamId(5), &Moved { x: -1 })?;
+    /// moves.append(StreamId(5), &Moved { x: 4 })?;
+    /// assert_eq!(watcher.join().expect("no panic")?, [-1, 4]);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn subscribe(&self, id: StreamId, from: StreamSequence) -> StreamSubscription<T> {
+        StreamSubscription::new(Arc::clone(&self.store), self.info.clone(), id, from)
     }
 
     /// Releases the snapshot this reader keeps between calls. Readers do this
     /// by themselves when a newer commit exists; call it when a reader will sit
     /// idle for long while writers keep appending, so LMDB can reuse pages.
     pub fn release(&mut self) {
-        self.view = None;
+        *self.view.lock() = None;
     }
 }
 
@@ -306,6 +380,16 @@ pub struct StreamIter<T> {
 }
 
 impl<T: Archivable> StreamIter<T> {
+    /// An iterator over `id`'s events in `view` from `from` (for subscriptions).
+    pub(crate) fn from_view(view: View, info: StreamInfo, id: StreamId, from: u64) -> Self {
+        StreamIter {
+            cursor: StreamCursor::new(view, info.tag, id.0, from),
+            info,
+            failed: false,
+            _event: PhantomData,
+        }
+    }
+
     /// Copies every remaining event's archived bytes into a `Vec`.
     pub fn collect_bytes(mut self) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
@@ -337,33 +421,45 @@ impl<T: Archivable> StreamIter<T> {
         init: B,
         mut f: impl FnMut(B, StreamSequence, &T::Archived) -> B,
     ) -> Result<B> {
-        let mut acc = init;
-        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        let mut acc = Some(init);
+        let mut scratch = rkyv::util::AlignedVec::<16>::new();
         let (name, id) = (&self.info.name, StreamId(self.cursor.id()));
-        while let Some(next) = self.cursor.next_bytes() {
-            let (seq, _, bytes) = next?;
-            let corrupt = |e: rancor::Error| Error::Corruption {
-                location: Location::Stream {
-                    stream: name.to_string(),
-                    id,
-                    sequence: seq,
-                },
-                detail: format!("invalid archived event: {e}"),
-            };
-            match rkyv::access::<T::Archived, rancor::Error>(bytes) {
-                Ok(archived) => acc = f(acc, seq, archived),
-                Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => return Err(corrupt(e)),
-                Err(_) => {
-                    // Under-aligned for this type: validate an aligned copy.
-                    aligned.clear();
-                    aligned.extend_from_slice(bytes);
-                    let archived =
-                        rkyv::access::<T::Archived, rancor::Error>(&aligned).map_err(corrupt)?;
-                    acc = f(acc, seq, archived);
-                }
-            }
+        self.cursor.walk(|seq, _, bytes| {
+            let archived =
+                access_or_copy::<T>(bytes, &mut scratch).map_err(|e| Error::Corruption {
+                    location: Location::Stream {
+                        stream: name.to_string(),
+                        id,
+                        sequence: StreamSequence(seq),
+                    },
+                    detail: format!("invalid archived event: {e}"),
+                })?;
+            acc = acc.take().map(|acc| f(acc, StreamSequence(seq), archived));
+            Ok(std::ops::ControlFlow::Continue(()))
+        })?;
+        acc.ok_or_else(|| Error::Corruption {
+            location: Location::Record(format!("stream {name:?}")),
+            detail: "fold state lost".into(),
+        })
+    }
+}
+
+/// Validates `bytes` as an archived `T` in place or, when they are too
+/// loosely aligned for `T`, on a copy in `scratch` (the only copying path:
+/// payloads are at least 8-byte aligned in the map).
+#[inline]
+pub(crate) fn access_or_copy<'a, T: Archivable>(
+    bytes: &'a [u8],
+    scratch: &'a mut rkyv::util::AlignedVec<16>,
+) -> Result<&'a T::Archived, rancor::Error> {
+    match rkyv::access::<T::Archived, rancor::Error>(bytes) {
+        Ok(archived) => Ok(archived),
+        Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => Err(e),
+        Err(_) => {
+            scratch.clear();
+            scratch.extend_from_slice(bytes);
+            rkyv::access::<T::Archived, rancor::Error>(scratch)
         }
-        Ok(acc)
     }
 }
 

@@ -5,10 +5,16 @@ use std::sync::Arc;
 
 use crate::config::VarveConfig;
 use crate::error::Result;
-use crate::event::{layout_fingerprint, Archivable};
+use crate::event::{layout_fingerprint, Archivable, Event};
 use crate::global::GlobalReader;
+use crate::position::GlobalSequence;
+use crate::projection::{
+    ExternalProjection, ExternalProjector, ModelReader, Namespace, Projection, Projector,
+};
 use crate::storage::{Store, TypeIdentity};
 use crate::stream::Stream;
+use crate::subscription::Subscription;
+use crate::typed::{self, Events};
 use crate::verify::VerifyReport;
 
 /// An open event store.
@@ -101,6 +107,52 @@ impl Varve {
         Ok(Stream::new(Arc::clone(&self.store), info, N))
     }
 
+    /// Opens the stream of a `#[derive(Event)]` type, named by `E::STREAM`
+    /// with a buffer of `E::BUFFER_SIZE` bytes, creating it on first use.
+    ///
+    /// The stream records `E`'s [`FINGERPRINT`](Event::FINGERPRINT). It can
+    /// also be opened with [`Varve::stream`] for the same type, which does not
+    /// check the fingerprint.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) if the stream was
+    /// created for another type (a type of the same name in another module is
+    /// another type) or for `E` with a different layout or fingerprint, e.g. by
+    /// an older build before a field was added or the version bumped.
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use varvedb::{Event, StreamId, Varve};
+    ///
+    /// #[derive(Archive, Serialize, Event)]
+    /// #[event(stream = "carts")]
+    /// struct ItemAdded { sku: u32 }
+    ///
+    /// mod other {
+    ///     #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    ///     #[event(stream = "carts")]
+    ///     pub struct ItemAdded { pub sku: u32 }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// let mut carts = varve.events::<ItemAdded>()?;
+    /// carts.append(StreamId(1), &ItemAdded { sku: 42 })?;
+    /// assert!(matches!(
+    ///     varve.events::<other::ItemAdded>(),
+    ///     Err(varvedb::Error::TypeMismatch { .. })
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn events<E: Event>(&self) -> Result<Events<E>> {
+        let info = self.store.open_stream(E::STREAM, &typed::identity::<E>())?;
+        Ok(Events::new(Stream::new(
+            Arc::clone(&self.store),
+            info,
+            E::BUFFER_SIZE,
+        )))
+    }
+
     /// A reader over every event of every stream, in global order.
     ///
     /// ```
@@ -112,6 +164,91 @@ impl Varve {
     /// ```
     pub fn global_reader(&self) -> GlobalReader {
         GlobalReader::new(Arc::clone(&self.store))
+    }
+
+    /// Follows the global log from `from`: every event already committed, in
+    /// global order, then each new one as it is committed. See
+    /// [`Subscription`]; [`Subscription::with_filter`] narrows it to some
+    /// streams or event types.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{GlobalSequence, StreamId};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append_batch(StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }])?;
+    ///
+    /// // Start at the end of the log: only new events.
+    /// let end = varve.global_reader().end()?;
+    /// let mut news = varve.subscribe(end);
+    /// assert!(news.try_next()?.is_none());
+    /// ticks.append(StreamId(1), &Tick { n: 3 })?;
+    /// assert_eq!(news.try_next()?.expect("committed").global_sequence(), GlobalSequence(2));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn subscribe(&self, from: GlobalSequence) -> Subscription {
+        Subscription::new(Arc::clone(&self.store), from)
+    }
+
+    /// A projector for the in-store projection `name`: it keeps `projection`'s
+    /// read model and checkpoint in this store (see [`Projector`]). Opening
+    /// it reads nothing; the checkpoint under `name` decides where it resumes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName)
+    /// unless `name` is 1 to 64 bytes of ASCII letters, digits, `_`, `-`, `.`.
+    ///
+    /// ```
+    /// use varvedb::{GlobalEvent, HandlerError, Projection, ReadModel};
+    ///
+    /// struct Count;
+    /// impl Projection for Count {
+    ///     fn apply(&mut self, _: &GlobalEvent, model: &mut ReadModel<'_, '_>) -> Result<(), HandlerError> {
+    ///         let n = model.get_u64(b"n")?.unwrap_or(0);
+    ///         Ok(model.put_u64(b"n", n + 1)?)
+    ///     }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// assert!(varve.projector("count/all", Count).is_err());
+    /// let mut count = varve.projector("count", Count)?;
+    /// count.catch_up()?;
+    /// assert_eq!(varve.read_model("count")?.get_u64(b"n")?, None);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn projector<P: Projection>(&self, name: &str, projection: P) -> Result<Projector<P>> {
+        let ns = Namespace::new(name)?;
+        Ok(Projector::new(Arc::clone(&self.store), ns, projection))
+    }
+
+    /// A projector for the external projection `name`: it delivers events to
+    /// `sink` and keeps only its checkpoint in this store (see
+    /// [`ExternalProjector`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName),
+    /// as for [`Varve::projector`].
+    pub fn external_projector<S: ExternalProjection>(
+        &self,
+        name: &str,
+        sink: S,
+    ) -> Result<ExternalProjector<S>> {
+        let ns = Namespace::new(name)?;
+        Ok(ExternalProjector::new(Arc::clone(&self.store), ns, sink))
+    }
+
+    /// A reader of the read model of the in-store projection `name`, usable
+    /// from any thread while the projection runs.
+    ///
+    /// # Errors
+    /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName),
+    /// as for [`Varve::projector`].
+    pub fn read_model(&self, name: &str) -> Result<ModelReader> {
+        let ns = Namespace::new(name)?;
+        Ok(ModelReader::new(Arc::clone(&self.store), ns))
     }
 
     /// Walks the whole store in one snapshot and reports every problem with its
@@ -126,6 +263,24 @@ impl Varve {
     pub fn verify(&self) -> Result<VerifyReport> {
         let view = self.store.snapshot()?;
         view.verify()
+    }
+
+    /// An identifier of the newest commit, by this process or another: it
+    /// grows with every commit. Reading it is cheap (no transaction), so it
+    /// tells whether anything changed since it was last read.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Pinged;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = varvedb::Varve::new(dir.path())?;
+    /// let before = varve.last_commit_id();
+    /// varve.stream::<Pinged, 8>("pings")?.append(varvedb::StreamId(1), &Pinged)?;
+    /// assert!(varve.last_commit_id() > before);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn last_commit_id(&self) -> u64 {
+        self.store.last_txn_id() as u64
     }
 
     /// The engine behind this handle (for other modules).

@@ -15,17 +15,26 @@ use crate::storage::{BlockBuilder, Store, StreamInfo};
 
 /// Serializes `event` with rkyv as the next event of `block` (which must have
 /// been [`BlockBuilder::start`]ed with room for it).
-pub(crate) fn serialize_event<T: Archivable>(block: &mut BlockBuilder, stream: &str, event: &T) -> Result<()> {
+pub(crate) fn serialize_event<T: Archivable>(
+    block: &mut BlockBuilder,
+    stream: &str,
+    event: &T,
+) -> Result<()> {
     let buf = block.begin_event();
     match rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf) {
-        Ok(buf) => block.finish_event(buf).map_err(|size| Error::EventTooLarge {
-            stream: stream.to_string(),
-            size,
-            max: MAX_SLOT_LEN,
-        }),
+        Ok(buf) => block
+            .finish_event(buf)
+            .map_err(|size| Error::EventTooLarge {
+                stream: stream.to_string(),
+                size,
+                max: MAX_SLOT_LEN,
+            }),
         Err(source) => {
             block.abandon();
-            Err(Error::Serialize { stream: stream.to_string(), source })
+            Err(Error::Serialize {
+                stream: stream.to_string(),
+                source,
+            })
         }
     }
 }

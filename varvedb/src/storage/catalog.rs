@@ -11,6 +11,7 @@
 //! never goes stale.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use heed::RoTxn;
@@ -25,7 +26,7 @@ pub(crate) const MAX_STREAM_NAME_LEN: usize = 255;
 const RECORD_FIXED: usize = 4 + 8 + 8;
 
 /// A stream as recorded in the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct StreamInfo {
     pub(crate) tag: u32,
     pub(crate) name: Arc<str>,
@@ -33,6 +34,30 @@ pub(crate) struct StreamInfo {
     pub(crate) layout_fingerprint: u64,
     /// 0 when the stream was created from a type without `#[derive(Event)]`.
     pub(crate) schema_fingerprint: u64,
+    /// Address of the `type_name` of the last Rust type found to match this
+    /// stream, so typed reads of the global log check a type once, not per event.
+    pub(crate) matched_type: Arc<AtomicUsize>,
+}
+
+impl StreamInfo {
+    /// Whether the Rust type named `type_name` with `layout_fingerprint` is this
+    /// stream's type. `layout_fingerprint` is only computed on a cache miss.
+    pub(crate) fn holds(
+        &self,
+        type_name: &'static str,
+        layout_fingerprint: impl FnOnce() -> u64,
+    ) -> bool {
+        let key = type_name.as_ptr() as usize;
+        if self.matched_type.load(Ordering::Relaxed) == key {
+            return true;
+        }
+        let holds =
+            *self.type_name == *type_name && self.layout_fingerprint == layout_fingerprint();
+        if holds {
+            self.matched_type.store(key, Ordering::Relaxed);
+        }
+        holds
+    }
 }
 
 /// The identity of the type a caller opens a stream with.
@@ -87,6 +112,7 @@ fn decode(name: &str, v: &[u8]) -> Result<StreamInfo> {
         type_name: type_name.into(),
         layout_fingerprint: u64::from_le_bytes(v[4..12].try_into().map_err(|_| bad())?),
         schema_fingerprint: u64::from_le_bytes(v[12..20].try_into().map_err(|_| bad())?),
+        matched_type: Arc::default(),
     })
 }
 
@@ -178,7 +204,10 @@ impl Store {
                     check_type(&info, ty)?;
                     if info.schema_fingerprint == 0 && ty.schema_fingerprint != 0 {
                         info.schema_fingerprint = ty.schema_fingerprint;
-                        store.catalog.put(wtxn, &name_key(name), &encode(&info)).map_err(&err)?;
+                        store
+                            .catalog
+                            .put(wtxn, &name_key(name), &encode(&info))
+                            .map_err(&err)?;
                     }
                     Ok(info)
                 }
@@ -198,9 +227,16 @@ impl Store {
                         type_name: ty.type_name.into(),
                         layout_fingerprint: ty.layout_fingerprint,
                         schema_fingerprint: ty.schema_fingerprint,
+                        matched_type: Arc::default(),
                     };
-                    store.catalog.put(wtxn, &name_key(name), &encode(&info)).map_err(&err)?;
-                    store.catalog.put(wtxn, &tag_key(next_tag), name.as_bytes()).map_err(&err)?;
+                    store
+                        .catalog
+                        .put(wtxn, &name_key(name), &encode(&info))
+                        .map_err(&err)?;
+                    store
+                        .catalog
+                        .put(wtxn, &tag_key(next_tag), name.as_bytes())
+                        .map_err(&err)?;
                     Ok(info)
                 }
             }
@@ -261,8 +297,18 @@ mod tests {
             type_name: "app::OrderPlaced".into(),
             layout_fingerprint: 1,
             schema_fingerprint: 2,
+            matched_type: Arc::default(),
         };
-        assert_eq!(decode("orders", &encode(&info)).unwrap(), info);
+        let back = decode("orders", &encode(&info)).unwrap();
+        assert_eq!(
+            (
+                back.tag,
+                &*back.type_name,
+                back.layout_fingerprint,
+                back.schema_fingerprint
+            ),
+            (9, "app::OrderPlaced", 1, 2)
+        );
         assert!(decode("orders", &[1, 2]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! transaction holds a [`GateGuard`]; [`MapGate::exclusive`] stops new entries,
 //! waits for the count to reach zero, and runs the resize.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ struct State {
 #[derive(Debug, Default)]
 pub(crate) struct MapGate {
     state: Mutex<State>,
+    /// Mirrors `state.resizing` for the lock-free check readers make on every call.
+    pending: AtomicBool,
     changed: Condvar,
 }
 
@@ -44,15 +47,37 @@ impl MapGate {
         }
     }
 
+    /// Enters the gate without waiting for a pending resize. Only for a thread
+    /// that already holds a guard (a write transaction's): no remap can be
+    /// running or start while it does, and waiting here would deadlock with a
+    /// resize that waits for that guard.
+    pub(crate) fn enter_nested(self: &Arc<Self>) -> GateGuard {
+        let mut state = self.state.lock();
+        debug_assert!(state.active > 0, "enter_nested without a held guard");
+        state.active += 1;
+        GateGuard {
+            gate: Arc::clone(self),
+        }
+    }
+
     /// Whether a writer is waiting to resize (readers drop cached snapshots).
     pub(crate) fn resize_pending(&self) -> bool {
-        self.state.lock().resizing
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Runs `f` while no other transaction of this process is active, waiting
     /// at most `wait` for open ones to close. On timeout returns the number of
     /// transactions still open.
-    pub(crate) fn exclusive<R>(&self, wait: Duration, f: impl FnOnce() -> R) -> Result<R, usize> {
+    ///
+    /// While transactions are open it calls `release_idle` (with the gate
+    /// unlocked) every few milliseconds, so that idle holders (snapshots that
+    /// readers cache between calls) can be closed.
+    pub(crate) fn exclusive<R>(
+        &self,
+        wait: Duration,
+        mut release_idle: impl FnMut(),
+        f: impl FnOnce() -> R,
+    ) -> Result<R, usize> {
         let deadline = Instant::now() + wait;
         let mut state = self.state.lock();
         while state.resizing {
@@ -60,16 +85,25 @@ impl MapGate {
             self.changed.wait(&mut state);
         }
         state.resizing = true;
+        self.pending.store(true, Ordering::Relaxed);
         while state.active > 0 {
-            if self.changed.wait_until(&mut state, deadline).timed_out() && state.active > 0 {
+            parking_lot::MutexGuard::unlocked(&mut state, &mut release_idle);
+            if state.active == 0 {
+                break;
+            }
+            let step = deadline.min(Instant::now() + Duration::from_millis(2));
+            self.changed.wait_until(&mut state, step);
+            if Instant::now() >= deadline && state.active > 0 {
                 let held = state.active;
                 state.resizing = false;
+                self.pending.store(false, Ordering::Relaxed);
                 self.changed.notify_all();
                 return Err(held);
             }
         }
         let out = f();
         state.resizing = false;
+        self.pending.store(false, Ordering::Relaxed);
         self.changed.notify_all();
         Ok(out)
     }
@@ -92,16 +126,36 @@ mod tests {
     #[test]
     fn exclusive_runs_when_nobody_is_inside() {
         let gate = Arc::new(MapGate::default());
-        assert_eq!(gate.exclusive(Duration::from_millis(10), || 7), Ok(7));
+        assert_eq!(
+            gate.exclusive(Duration::from_millis(10), || (), || 7),
+            Ok(7)
+        );
     }
 
     #[test]
     fn exclusive_times_out_while_a_guard_is_held() {
         let gate = Arc::new(MapGate::default());
         let g = gate.enter();
-        assert_eq!(gate.exclusive(Duration::from_millis(20), || ()), Err(1));
+        assert_eq!(
+            gate.exclusive(Duration::from_millis(20), || (), || ()),
+            Err(1)
+        );
         drop(g);
-        assert_eq!(gate.exclusive(Duration::from_millis(20), || ()), Ok(()));
+        assert_eq!(
+            gate.exclusive(Duration::from_millis(20), || (), || ()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn exclusive_closes_the_idle_holders_it_is_handed() {
+        let gate = Arc::new(MapGate::default());
+        let idle = Mutex::new(Some(gate.enter()));
+        let release = || drop(idle.lock().take());
+        assert_eq!(
+            gate.exclusive(Duration::from_secs(10), release, || 3),
+            Ok(3)
+        );
     }
 
     #[test]
@@ -112,7 +166,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(30));
             drop(g);
         });
-        assert_eq!(gate.exclusive(Duration::from_secs(10), || 1), Ok(1));
+        assert_eq!(gate.exclusive(Duration::from_secs(10), || (), || 1), Ok(1));
         t.join().unwrap();
     }
 }

@@ -15,6 +15,7 @@
 pub(crate) mod block;
 mod catalog;
 mod gate;
+mod group;
 pub(crate) mod keys;
 mod notify;
 mod probe;
@@ -37,9 +38,13 @@ pub(crate) use block::BlockBuilder;
 pub(crate) use catalog::{StreamInfo, TypeIdentity};
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
-    walk_stream, ArchivedRef, EventPosition, GlobalCursor, MappedEvent, StreamCursor, View,
+    block_end, block_position, block_tag, walk_stream, ArchivedRef, BlockRef, EventPosition,
+    GlobalCursor, MappedEvent, StreamCursor, View,
 };
 pub(crate) use writer::WriteTxn;
+
+/// A reader's cached snapshot; see [`Store::view_slot`].
+pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;
 
 /// The on-disk format version this build reads and writes.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -55,12 +60,15 @@ pub(crate) struct Store {
     events: Db,
     state: Db,
     commits: notify::CommitSignal,
+    group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
     /// Serializes this process's writers, so LMDB's own (cross-process) writer
     /// lock is never contended between our threads, and map growth happens
     /// with no write transaction open.
     writer: Mutex<()>,
     streams: catalog::Cache,
+    /// Every reader's snapshot slot, for growth to close idle ones.
+    view_slots: Mutex<Vec<std::sync::Weak<Mutex<Option<View>>>>>,
     config: VarveConfig,
 }
 
@@ -151,6 +159,12 @@ impl Store {
             },
             other => storage_error("opening the store", config.max_readers)(other),
         })?;
+        // Processes that died holding snapshots left their reader slots taken,
+        // pinning old pages; free them (`snapshot` also does when slots run out).
+        env.clear_stale_readers().map_err(storage_error(
+            "clearing the reader slots of dead processes",
+            config.max_readers,
+        ))?;
         let err = storage_error("creating the store's databases", config.max_readers);
         let wtxn = env.write_txn().map_err(&err)?;
         let created =
@@ -162,7 +176,13 @@ impl Store {
                         .name(name)
                         .create(wtxn)
                 };
-                let dbs = (db("meta")?, db("catalog")?, db("index")?, db("events")?, db("state")?);
+                let dbs = (
+                    db("meta")?,
+                    db("catalog")?,
+                    db("index")?,
+                    db("events")?,
+                    db("state")?,
+                );
                 probe::initialize_or_check(wtxn, &dbs.0, path).map_err(OpenError::Varve)?;
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
@@ -179,9 +199,11 @@ impl Store {
             events,
             state,
             commits: notify::CommitSignal::default(),
+            group: group::GroupCommit::default(),
             gate: Arc::new(gate::MapGate::default()),
             writer: Mutex::new(()),
             streams: catalog::Cache::default(),
+            view_slots: Mutex::new(Vec::new()),
             config,
         }))
     }
@@ -211,13 +233,17 @@ impl Store {
     /// Grows the map (or adopts a size another process set, with `new_size` 0)
     /// once no transaction of this process is open.
     fn remap(&self, new_size: usize) -> Result<()> {
-        let result = self.gate.exclusive(self.config.resize_wait, || {
-            // SAFETY: `exclusive` runs this only while the gate counts no open
-            // transaction in this process: every snapshot and write transaction
-            // holds a gate guard for its whole life, and new ones wait at the
-            // gate. That is LMDB's requirement for `mdb_env_set_mapsize`.
-            unsafe { self.env.resize(new_size) }
-        });
+        let release_idle = || self.close_idle_views();
+        let result = self
+            .gate
+            .exclusive(self.config.resize_wait, release_idle, || {
+                // SAFETY: `exclusive` runs this only while the gate
+                // counts no open transaction in this process: every snapshot and
+                // write transaction holds a gate guard for its whole life, and
+                // new ones wait at the gate. That is LMDB's requirement for
+                // `mdb_env_set_mapsize`.
+                unsafe { self.env.resize(new_size) }
+            });
         match result {
             Ok(r) => r.map_err(self.err("growing the memory map")),
             Err(held) => Err(Error::MapResizeBlocked {
@@ -225,6 +251,28 @@ impl Store {
                 held,
                 waited_ms: self.config.resize_wait.as_millis() as u64,
             }),
+        }
+    }
+
+    /// A slot for a reader to keep its snapshot in between calls. While the
+    /// reader is not inside a call, a writer that must grow the map may close
+    /// the snapshot (the reader opens a new one on its next call), so an idle
+    /// reader never blocks growth.
+    pub(crate) fn view_slot(&self) -> ViewSlot {
+        let slot = ViewSlot::default();
+        let mut slots = self.view_slots.lock();
+        slots.retain(|s| s.strong_count() > 0);
+        slots.push(Arc::downgrade(&slot));
+        slot
+    }
+
+    /// Closes the cached snapshot of every reader that is not inside a call.
+    /// Events the readers handed out keep their own snapshot open.
+    fn close_idle_views(&self) {
+        for slot in self.view_slots.lock().iter() {
+            if let Some(mut view) = slot.upgrade().as_deref().and_then(Mutex::try_lock) {
+                *view = None;
+            }
         }
     }
 
@@ -238,6 +286,7 @@ impl Store {
 
     /// Opens a read snapshot of the newest commit.
     pub(crate) fn snapshot(self: &Arc<Self>) -> Result<View> {
+        let mut cleared = false;
         loop {
             let guard = self.gate.enter();
             match self.env.clone().static_read_txn() {
@@ -246,9 +295,23 @@ impl Store {
                     drop(guard);
                     self.remap(0)?;
                 }
+                // A process that died holding snapshots keeps their reader
+                // slots until someone checks: reclaim them once, then retry.
+                Err(heed::Error::Mdb(MdbError::ReadersFull)) if !cleared => {
+                    drop(guard);
+                    cleared = true;
+                    self.clear_stale_readers()?;
+                }
                 Err(e) => return Err(self.err("opening a read snapshot")(e)),
             }
         }
+    }
+
+    /// Frees the reader slots of processes that died holding snapshots.
+    fn clear_stale_readers(&self) -> Result<usize> {
+        self.env
+            .clear_stale_readers()
+            .map_err(self.err("clearing the reader slots of dead processes"))
     }
 }
 

@@ -169,6 +169,22 @@ impl<A> ArchivedRef<A> {
     }
 }
 
+/// The stream tag of the block an event was found in.
+pub(crate) fn block_tag(block: &BlockRef) -> u32 {
+    block.header.stream_tag
+}
+
+/// One past the last global sequence of a block.
+pub(crate) fn block_end(block: &BlockRef) -> u64 {
+    block.header.end_global()
+}
+
+/// The position of the event at `global` in `block`.
+#[inline]
+pub(crate) fn block_position(block: &BlockRef, global: u64) -> EventPosition {
+    position_in(&block.header, global)
+}
+
 impl BlockRef {
     fn view(&self) -> BlockView<'_> {
         // SAFETY: a `BlockRef` is only created by `View` from a slice LMDB
@@ -232,16 +248,39 @@ impl Store {
             .events
             .get_lower_than_or_equal_to(txn, &event_key(global))
             .map_err(self.err("reading the event log"))?;
-        let Some((k, v)) = found else { return Ok(None) };
+        let Some((k, v)) = found else {
+            return self.past_the_end(txn, global);
+        };
         let key = parse_event_key(k).ok_or_else(|| Error::Corruption {
             location: Location::Global(GlobalSequence(global)),
             detail: format!("malformed event-log key of {} bytes", k.len()),
         })?;
         let view = BlockView::parse(key, v).map_err(corrupt_at(key))?;
         if global >= view.header().end_global() {
-            return Ok(None);
+            return self.past_the_end(txn, global);
         }
         Ok(Some((key, view)))
+    }
+
+    /// `Ok(None)` if no block holds `global` because the log ends before it;
+    /// `Corruption` if the log goes on after it: a damaged key must not make
+    /// events silently vanish from global reads.
+    fn past_the_end<T>(&self, txn: &RoTxn, global: u64) -> Result<Option<T>> {
+        let later = self
+            .events
+            .get_greater_than(txn, &event_key(global))
+            .map_err(self.err("reading the event log"))?;
+        match later {
+            None => Ok(None),
+            Some((k, _)) => Err(Error::Corruption {
+                location: Location::Global(GlobalSequence(global)),
+                detail: format!(
+                    "no block of the event log holds this sequence, but the log goes on \
+                     (next key {:02x?})",
+                    k
+                ),
+            }),
+        }
     }
 
     /// One past the newest global sequence (0 for an empty store).
@@ -276,26 +315,24 @@ pub(crate) fn walk_stream(
 ) -> Result<()> {
     let mut seq = from;
     loop {
-        let Some(run) = store.run_at_or_before(txn, tag, id, seq)? else { return Ok(()) };
+        let Some(run) = store.run_at_or_before(txn, tag, id, seq)? else {
+            return Ok(());
+        };
         if seq >= run.end_seq() {
             return Ok(());
         }
         while seq < run.end_seq() {
             let global = run.first_global + (seq - run.first_seq);
-            let (_, block) = store.block_containing(txn, global)?.ok_or_else(|| missing(global))?;
+            let (_, block) = store
+                .block_containing(txn, global)?
+                .ok_or_else(|| missing(global))?;
             let h = *block.header();
-            let pos = EventPosition {
-                stream_tag: h.stream_tag,
-                stream_id: StreamId(h.stream_id),
-                stream_sequence: StreamSequence(h.first_stream_seq + (global - h.first_global)),
-                global: GlobalSequence(global),
-                fingerprint: h.fingerprint,
-                committed_at_micros: h.committed_at_micros,
-            };
-            check_belongs(&pos, tag, id, seq)?;
+            check_belongs(&position_in(&h, global), tag, id, seq)?;
             let last = h.end_global().min(run.end_global());
             for g in global..last {
-                let payload = block.event((g - h.first_global) as u32).map_err(corrupt_at(g))?;
+                let payload = block
+                    .event((g - h.first_global) as u32)
+                    .map_err(corrupt_at(g))?;
                 if f(seq, g, payload)?.is_break() {
                     return Ok(());
                 }
@@ -344,14 +381,7 @@ impl View {
             pin: Arc::clone(&self.pin),
             ptr: NonNull::from(payload).cast(),
             len: payload.len(),
-            position: EventPosition {
-                stream_tag: header.stream_tag,
-                stream_id: StreamId(header.stream_id),
-                stream_sequence: StreamSequence(header.first_stream_seq + u64::from(index)),
-                global: GlobalSequence(global),
-                fingerprint: header.fingerprint,
-                committed_at_micros: header.committed_at_micros,
-            },
+            position: position_in(&header, global),
         })
     }
 
@@ -404,17 +434,37 @@ impl View {
 
     /// A value of the `state` database, borrowed from this snapshot.
     pub(crate) fn state_get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
-        self.store.state.get(&self.pin.txn, key).map_err(self.store.err("reading state"))
+        self.store
+            .state
+            .get(&self.pin.txn, key)
+            .map_err(self.store.err("reading state"))
+    }
+
+    /// Calls `f(key, value)` for each `state` entry whose key starts with
+    /// `prefix`, in key order, until `f` breaks.
+    pub(crate) fn state_for_each(
+        &mut self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let err = self.store.err("reading state");
+        let iter = self
+            .store
+            .state
+            .prefix_iter(&self.pin.txn, prefix)
+            .map_err(&err)?;
+        for entry in iter {
+            let (k, v) = entry.map_err(&err)?;
+            if f(k, v).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// See [`Store::verify`].
     pub(crate) fn verify(&self) -> Result<crate::verify::VerifyReport> {
         self.store.verify(&self.pin.txn)
-    }
-
-    /// The store this view reads.
-    pub(crate) fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 
     /// One past the newest global sequence in this snapshot.
@@ -425,6 +475,19 @@ impl View {
     /// The catalog entry of the stream with `tag`.
     pub(crate) fn stream_by_tag(&mut self, tag: u32) -> Result<Arc<super::StreamInfo>> {
         self.store.stream_by_tag(&self.pin.txn, tag)
+    }
+}
+
+/// The position of the event at `global` in the block with header `h`.
+#[inline]
+fn position_in(h: &BlockHeader, global: u64) -> EventPosition {
+    EventPosition {
+        stream_tag: h.stream_tag,
+        stream_id: StreamId(h.stream_id),
+        stream_sequence: StreamSequence(h.first_stream_seq + (global - h.first_global)),
+        global: GlobalSequence(global),
+        fingerprint: h.fingerprint,
+        committed_at_micros: h.committed_at_micros,
     }
 }
 
@@ -459,6 +522,10 @@ pub(crate) struct StreamCursor {
     block: Option<BlockRef>,
     done: bool,
 }
+
+// SAFETY: as for `GlobalCursor`: the cached `BlockRef` points into pages pinned
+// by the cursor's own `view`, which moves with it.
+unsafe impl Send for StreamCursor {}
 
 impl StreamCursor {
     pub(crate) fn new(view: View, tag: u32, id: u64, from: u64) -> StreamCursor {
@@ -549,6 +616,27 @@ impl StreamCursor {
         }
     }
 
+    /// Calls `f(stream sequence, global sequence, payload)` for every remaining
+    /// event, a block at a time, borrowing payloads from the map. The cursor is
+    /// finished afterwards.
+    pub(crate) fn walk(
+        &mut self,
+        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        walk_stream(
+            &self.view.store,
+            &self.view.pin.txn,
+            self.tag,
+            self.id,
+            self.next_seq,
+            f,
+        )
+    }
+
     /// The next event's payload, borrowed from the cursor (no reference counting).
     pub(crate) fn next_bytes(&mut self) -> Option<Result<(StreamSequence, GlobalSequence, &[u8])>> {
         let (block, global) = match self.advance() {
@@ -582,6 +670,13 @@ pub(crate) struct GlobalCursor {
     done: bool,
 }
 
+// SAFETY: the only non-`Send` field is the cached `BlockRef`, a pointer into
+// pages pinned by the cursor's own `view`. The view (an LMDB read transaction
+// in NOTLS mode, plus `Arc`s of `Send + Sync` parts) may move between threads,
+// and the pointer moves with it, so it stays valid: the cursor is used from one
+// thread at a time (`&mut self`), wherever that thread is.
+unsafe impl Send for GlobalCursor {}
+
 impl GlobalCursor {
     pub(crate) fn new(view: View, from: u64) -> GlobalCursor {
         GlobalCursor {
@@ -596,7 +691,8 @@ impl GlobalCursor {
         &mut self.view
     }
 
-    pub(crate) fn next_event(&mut self) -> Option<Result<MappedEvent>> {
+    /// Moves to the next event of the log, returning its block and global sequence.
+    pub(crate) fn advance(&mut self) -> Option<Result<(BlockRef, u64)>> {
         if self.done {
             return None;
         }
@@ -619,10 +715,46 @@ impl GlobalCursor {
             },
         };
         self.next += 1;
-        let event = self.view.mapped(&block, global);
-        if event.is_err() {
-            self.done = true;
+        Some(Ok((block, global)))
+    }
+
+    /// Moves past the rest of the current block, returning it and the first
+    /// global sequence to visit in it (scans walk a block at a time).
+    pub(crate) fn next_block(&mut self) -> Option<Result<(BlockRef, u64)>> {
+        let (block, first) = match self.advance()? {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        self.next = block.header.end_global();
+        Some(Ok((block, first)))
+    }
+
+    /// The payload and position of an event found by [`Self::advance`],
+    /// borrowed from the snapshot (no reference counting).
+    #[inline]
+    pub(crate) fn payload(&mut self, block: &BlockRef, global: u64) -> Result<&[u8]> {
+        let h = block.header;
+        let index = (global - h.first_global) as u32;
+        // SAFETY: `block` was found by `advance` in this cursor's view, whose
+        // pin keeps the bytes valid and unchanged while `self` is borrowed.
+        let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
+        match BlockView::from_validated(bytes, h).event(index) {
+            Ok(payload) => Ok(payload),
+            Err(e) => {
+                self.done = true;
+                Err(corrupt_at(global)(e))
+            }
         }
+    }
+
+    /// The next event, pinned (one atomic increment, no copy).
+    pub(crate) fn next_event(&mut self) -> Option<Result<MappedEvent>> {
+        let (block, global) = match self.advance()? {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        let event = self.view.mapped(&block, global);
+        self.done |= event.is_err();
         Some(event)
     }
 }

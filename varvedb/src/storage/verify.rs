@@ -39,7 +39,10 @@ impl Store {
         for tag in tags.keys() {
             match self.stream_by_tag(txn, *tag) {
                 Ok(_) => streams += 1,
-                Err(e) => problem(Location::Record(format!("catalog tag {tag}")), e.to_string()),
+                Err(e) => problem(
+                    Location::Record(format!("catalog tag {tag}")),
+                    e.to_string(),
+                ),
             }
         }
 
@@ -52,12 +55,18 @@ impl Store {
             let (k, v) = item.map_err(&err)?;
             block_count += 1;
             let Some(key) = parse_event_key(k) else {
-                problem(Location::Record("the event log".into()), format!("malformed key of {} bytes", k.len()));
+                problem(
+                    Location::Record("the event log".into()),
+                    format!("malformed key of {} bytes", k.len()),
+                );
                 continue;
             };
             let at = Location::Global(GlobalSequence(key));
             if key != next_global {
-                problem(at.clone(), format!("the log jumps from global sequence {next_global} to {key}"));
+                problem(
+                    at.clone(),
+                    format!("the log jumps from global sequence {next_global} to {key}"),
+                );
             }
             let view = match BlockView::parse(key, v) {
                 Ok(view) => view,
@@ -70,7 +79,13 @@ impl Store {
             let h = *view.header();
             next_global = h.end_global();
             if !tags.contains_key(&h.stream_tag) {
-                problem(at.clone(), format!("block names stream tag {} missing from the catalog", h.stream_tag));
+                problem(
+                    at.clone(),
+                    format!(
+                        "block names stream tag {} missing from the catalog",
+                        h.stream_tag
+                    ),
+                );
             }
             for i in 0..h.count {
                 match view.event(i) {
@@ -92,13 +107,17 @@ impl Store {
                 if first_seq != expect {
                     problem(
                         Location::Global(GlobalSequence(first_global)),
-                        format!("stream tag {tag} id {id} jumps from sequence {expect} to {first_seq}"),
+                        format!(
+                            "stream tag {tag} id {id} jumps from sequence {expect} to {first_seq}"
+                        ),
                     );
                 }
                 if last_global.is_some_and(|g| g >= first_global) {
                     problem(
                         Location::Global(GlobalSequence(first_global)),
-                        format!("stream tag {tag} id {id}: sequence order disagrees with global order"),
+                        format!(
+                            "stream tag {tag} id {id}: sequence order disagrees with global order"
+                        ),
                     );
                 }
                 last_global = Some(first_global);
@@ -112,17 +131,28 @@ impl Store {
             let (k, v) = item.map_err(&err)?;
             report.runs += 1;
             let Some((tag, id, first)) = parse_index_key(k) else {
-                problem(Location::Record("the stream index".into()), format!("malformed key of {} bytes", k.len()));
+                problem(
+                    Location::Record("the stream index".into()),
+                    format!("malformed key of {} bytes", k.len()),
+                );
                 continue;
             };
-            let at = Location::Record(format!("stream index run (tag {tag}, id {id}, from {first})"));
+            let at = Location::Record(format!(
+                "stream index run (tag {tag}, id {id}, from {first})"
+            ));
             let Some(run) = Run::decode(first, v) else {
                 problem(at, "malformed run".into());
                 continue;
             };
             let seen = covered.entry((tag, id)).or_insert(0);
             if run.first_seq != *seen {
-                problem(at.clone(), format!("run starts at sequence {} but the previous run ended at {seen}", run.first_seq));
+                problem(
+                    at.clone(),
+                    format!(
+                        "run starts at sequence {} but the previous run ended at {seen}",
+                        run.first_seq
+                    ),
+                );
             }
             *seen = run.end_seq();
             if !run_matches(blocks.get(&(tag, id)), &run) {
@@ -134,7 +164,10 @@ impl Store {
             if covered.get(&(*tag, *id)).copied().unwrap_or(0) != total {
                 problem(
                     Location::Record(format!("stream index of tag {tag} id {id}")),
-                    format!("the index covers {} events, the log holds {total}", covered.get(&(*tag, *id)).copied().unwrap_or(0)),
+                    format!(
+                        "the index covers {} events, the log holds {total}",
+                        covered.get(&(*tag, *id)).copied().unwrap_or(0)
+                    ),
                 );
             }
         }

@@ -7,13 +7,14 @@
 //! writers (threads, handles or processes) can never be handed the same one.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use heed::{MdbError, PutFlags, RwTxn};
 
 use super::block::{BlockBuilder, BlockHeader};
 use super::keys::{event_key, index_key, Run};
-use super::{walk_stream, StreamInfo, Store};
+use super::{walk_stream, Store, StreamInfo, View};
 use crate::error::{Error, Result};
 use crate::position::{ExpectedVersion, StreamId, StreamSequence};
 
@@ -27,11 +28,23 @@ pub(crate) struct WriteTxn<'s> {
 }
 
 fn is_map_full(e: &Error) -> bool {
-    matches!(e, Error::Storage { source: heed::Error::Mdb(MdbError::MapFull), .. })
+    matches!(
+        e,
+        Error::Storage {
+            source: heed::Error::Mdb(MdbError::MapFull),
+            ..
+        }
+    )
 }
 
 fn is_map_resized(e: &Error) -> bool {
-    matches!(e, Error::Storage { source: heed::Error::Mdb(MdbError::MapResized), .. })
+    matches!(
+        e,
+        Error::Storage {
+            source: heed::Error::Mdb(MdbError::MapResized),
+            ..
+        }
+    )
 }
 
 impl Store {
@@ -57,23 +70,18 @@ impl Store {
     }
 
     fn write_once<R>(&self, f: &mut impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
-        let txn = self.env.write_txn().map_err(self.err("starting a write transaction"))?;
-        let mut wtxn = WriteTxn { store: self, txn, end_global: None };
+        let txn = self
+            .env
+            .write_txn()
+            .map_err(self.err("starting a write transaction"))?;
+        let mut wtxn = WriteTxn {
+            store: self,
+            txn,
+            end_global: None,
+        };
         let r = f(&mut wtxn)?;
         wtxn.txn.commit().map_err(self.err("committing"))?;
         Ok(r)
-    }
-
-    /// Appends the events in `block` (already serialized) to `(info, id)` in one
-    /// durable transaction. Returns the first stream and global sequences.
-    pub(crate) fn append(
-        &self,
-        info: &StreamInfo,
-        id: u64,
-        expected: ExpectedVersion,
-        block: &mut BlockBuilder,
-    ) -> Result<(u64, u64)> {
-        self.write(|txn| txn.append(info, id, expected, block))
     }
 }
 
@@ -125,18 +133,34 @@ impl<'s> WriteTxn<'s> {
         let bytes = block.seal(&header);
         store
             .events
-            .put_with_flags(&mut self.txn, PutFlags::APPEND, &event_key(first_global), bytes)
+            .put_with_flags(
+                &mut self.txn,
+                PutFlags::APPEND,
+                &event_key(first_global),
+                bytes,
+            )
             .map_err(store.err("appending to the event log"))?;
 
         // Extend the stream id's last run when this block directly follows it
         // in the log; otherwise start a new run.
         let run = match head {
-            Some(r) if r.end_global() == first_global => Run { count: r.count + count, ..r },
-            _ => Run { first_seq, first_global, count },
+            Some(r) if r.end_global() == first_global => Run {
+                count: r.count + count,
+                ..r
+            },
+            _ => Run {
+                first_seq,
+                first_global,
+                count,
+            },
         };
         store
             .index
-            .put(&mut self.txn, &index_key(info.tag, id, run.first_seq), &run.encode())
+            .put(
+                &mut self.txn,
+                &index_key(info.tag, id, run.first_seq),
+                &run.encode(),
+            )
             .map_err(store.err("updating the stream index"))?;
         self.end_global = Some(first_global + count);
         Ok((first_seq, first_global))
@@ -144,7 +168,10 @@ impl<'s> WriteTxn<'s> {
 
     /// The last stream sequence of `(tag, id)` in this transaction.
     pub(crate) fn version(&self, tag: u32, id: u64) -> Result<Option<u64>> {
-        Ok(self.store.last_run(&self.txn, tag, id)?.map(|r| r.end_seq() - 1))
+        Ok(self
+            .store
+            .last_run(&self.txn, tag, id)?
+            .map(|r| r.end_seq() - 1))
     }
 
     /// Calls `f(stream sequence, global sequence, payload)` for each event of
@@ -159,25 +186,58 @@ impl<'s> WriteTxn<'s> {
         walk_stream(self.store, &self.txn, tag, id, from, f)
     }
 
+    /// A read snapshot of the commit this transaction started from, for reading
+    /// events while writing state (a projection's batch). Pages it shows stay
+    /// valid whatever this transaction writes. It holds a gate guard taken
+    /// without waiting (this transaction's guard already keeps any remap out),
+    /// so it must be dropped before the transaction ends: a guard kept past it
+    /// would make a retry after map growth wait for it.
+    pub(crate) fn snapshot(&self, store: &Arc<Store>) -> Result<View> {
+        assert!(
+            std::ptr::eq(self.store, Arc::as_ptr(store)),
+            "a snapshot of another store"
+        );
+        let guard = store.gate.enter_nested();
+        let txn = store
+            .env
+            .clone()
+            .static_read_txn()
+            .map_err(store.err("opening a read snapshot"))?;
+        Ok(View::new(txn, guard, Arc::clone(store)))
+    }
+
     /// Reads a value of the `state` database (snapshots, checkpoints, read models).
     pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
-        self.store.state.get(&self.txn, key).map_err(self.store.err("reading state"))
+        self.store
+            .state
+            .get(&self.txn, key)
+            .map_err(self.store.err("reading state"))
     }
 
     /// Writes a value of the `state` database.
     pub(crate) fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.store.state.put(&mut self.txn, key, value).map_err(self.store.err("writing state"))
+        self.store
+            .state
+            .put(&mut self.txn, key, value)
+            .map_err(self.store.err("writing state"))
     }
 
     /// Deletes a value of the `state` database; returns whether it existed.
     pub(crate) fn state_delete(&mut self, key: &[u8]) -> Result<bool> {
-        self.store.state.delete(&mut self.txn, key).map_err(self.store.err("deleting state"))
+        self.store
+            .state
+            .delete(&mut self.txn, key)
+            .map_err(self.store.err("deleting state"))
     }
 
     /// Deletes every `state` key starting with `prefix`; returns how many.
     pub(crate) fn state_delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
         let err = self.store.err("deleting state");
-        let mut iter = self.store.state.prefix_iter_mut(&mut self.txn, prefix).map_err(&err)?;
+        let mut iter = self
+            .store
+            .state
+            .prefix_iter_mut(&mut self.txn, prefix)
+            .map_err(&err)?;
         let mut n = 0;
         while iter.next().transpose().map_err(&err)?.is_some() {
             // SAFETY: heed requires that no reference into the database from this
