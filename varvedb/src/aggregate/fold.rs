@@ -1,0 +1,418 @@
+//! Folding a stream id into an aggregate (in a read snapshot or a write
+//! transaction), and executing a command in one write transaction.
+
+use std::ops::ControlFlow;
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::Archive;
+
+use super::snapshot::{self, Snapshots};
+use super::{Aggregate, Executed, Loaded};
+use crate::error::{Error, Location, Result};
+use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+use crate::storage::{BlockBuilder, Store, StreamInfo, View, WriteTxn};
+use crate::stream::serialize_event;
+
+/// What a fold reads from: a read snapshot or a write transaction.
+pub(crate) trait Source {
+    /// The last stream sequence of `(tag, id)`.
+    fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>>;
+    /// A value of the `state` database.
+    fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>>;
+    /// Calls `f(stream sequence, global sequence, payload)` from `from` on.
+    fn walk(
+        &mut self,
+        tag: u32,
+        id: u64,
+        from: u64,
+        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    ) -> Result<()>;
+}
+
+impl Source for View {
+    fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>> {
+        Ok(self.stream_version(tag, id)?.map(|s| s.0))
+    }
+
+    fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        self.state_get(key)
+    }
+
+    fn walk(
+        &mut self,
+        tag: u32,
+        id: u64,
+        from: u64,
+        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        self.walk_stream(tag, id, from, f)
+    }
+}
+
+impl Source for WriteTxn<'_> {
+    fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>> {
+        WriteTxn::version(self, tag, id)
+    }
+
+    fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        self.state_get(key)
+    }
+
+    fn walk(
+        &mut self,
+        tag: u32,
+        id: u64,
+        from: u64,
+        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        self.walk_stream(tag, id, from, f)
+    }
+}
+
+/// Folds `(info, id)`'s events from `from` into `state`, each validated with
+/// rkyv and read in place; an under-aligned payload is validated on a copy in
+/// `aligned` (reused, so no allocation per event). Returns the last sequence
+/// folded, if any.
+fn fold_from<A: Aggregate>(
+    src: &mut impl Source,
+    info: &StreamInfo,
+    id: StreamId,
+    from: u64,
+    state: &mut A,
+    aligned: &mut AlignedVec<16>,
+) -> Result<Option<u64>> {
+    let mut last = None;
+    src.walk(info.tag, id.0, from, |seq, _, bytes| {
+        let corrupt = |e: rancor::Error| Error::Corruption {
+            location: Location::Stream {
+                stream: info.name.to_string(),
+                id,
+                sequence: StreamSequence(seq),
+            },
+            detail: format!("invalid archived event: {e}"),
+        };
+        type Archived<A> = <<A as Aggregate>::Event as Archive>::Archived;
+        match rkyv::access::<Archived<A>, rancor::Error>(bytes) {
+            Ok(event) => state.apply(event),
+            Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => return Err(corrupt(e)),
+            Err(_) => {
+                aligned.clear();
+                aligned.extend_from_slice(bytes);
+                let event = rkyv::access::<Archived<A>, rancor::Error>(aligned).map_err(corrupt)?;
+                state.apply(event);
+            }
+        }
+        last = Some(seq);
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(last)
+}
+
+/// Loads `A` of `id` from `src`: the stored snapshot if it is usable, then
+/// the tail of the stream.
+fn load_with<A: Aggregate>(
+    src: &mut impl Source,
+    info: &StreamInfo,
+    id: StreamId,
+    policy: &Snapshots<A>,
+    scratch: &mut AlignedVec<16>,
+) -> Result<Loaded<A>> {
+    let version = src.version(info.tag, id.0)?;
+    let mut start = None;
+    if let (Some(codec), Some(version)) = (policy.codec(), version) {
+        if let Some(value) = src.state(&snapshot::key(info.tag, id.0))? {
+            // Anything unusable (damaged, another layout, past the stream's
+            // end) is ignored: the fold then starts from the first event.
+            start = codec
+                .decode(value, scratch)
+                .filter(|&(_, covers)| covers <= version);
+        }
+    }
+    let (mut state, snapshot) = match start {
+        Some((state, covers)) => (state, Some(covers)),
+        None => (A::default(), None),
+    };
+    let from = snapshot.map_or(0, |s| s + 1);
+    let last = fold_from(src, info, id, from, &mut state, scratch)?.or(snapshot);
+    if last != version {
+        return Err(Error::Corruption {
+            location: Location::Record(format!(
+                "the stream index of stream {:?} id {}",
+                info.name, id.0
+            )),
+            detail: format!(
+                "the index says the last sequence is {version:?}, but the events end at {last:?}"
+            ),
+        });
+    }
+    Ok(Loaded {
+        state,
+        version: version.map(StreamSequence),
+        snapshot: snapshot.map(StreamSequence),
+    })
+}
+
+/// Loads `A` of `id` in the read snapshot `view` (for `Varve::load` and
+/// `StreamReader::load`).
+pub(crate) fn load_in<A: Aggregate>(
+    view: &mut View,
+    info: &StreamInfo,
+    id: StreamId,
+) -> Result<Loaded<A>> {
+    let mut scratch = AlignedVec::new();
+    load_with(view, info, id, &A::snapshots(), &mut scratch)
+}
+
+/// Loads, decides and appends in one write transaction. The outer error is
+/// the store's, the inner one the aggregate's rejection.
+///
+/// `Store::write` may run the closure twice (after growing the map, the first
+/// attempt having been aborted): each run loads afresh and decides again,
+/// which is why `handle` borrows the command and must be pure.
+pub(crate) fn execute<A: Aggregate>(
+    store: &Store,
+    info: &StreamInfo,
+    id: StreamId,
+    command: &A::Command,
+    expected: ExpectedVersion,
+) -> Result<Result<Executed<A>, A::Error>> {
+    let policy = A::snapshots();
+    let mut block = BlockBuilder::with_capacity(A::BUFFER_SIZE);
+    let mut scratch = AlignedVec::new();
+    store.write(|txn| {
+        let loaded = load_with(txn, info, id, &policy, &mut scratch)?;
+        if !expected.matches(loaded.version) {
+            return Err(Error::VersionConflict {
+                stream: info.name.to_string(),
+                id,
+                expected,
+                actual: loaded.version,
+            });
+        }
+        let events = match loaded.state.handle(command) {
+            Ok(events) => events,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let mut state = loaded.state;
+        if events.is_empty() {
+            return Ok(Ok(Executed {
+                state,
+                version: loaded.version,
+                positions: Vec::new(),
+            }));
+        }
+        if events.len() > u32::MAX as usize {
+            return Err(Error::EventTooLarge {
+                stream: info.name.to_string(),
+                size: events.len(),
+                max: u32::MAX as usize,
+            });
+        }
+        block.start(events.len());
+        for event in &events {
+            serialize_event(&mut block, &info.name, event)?;
+        }
+        let (first_seq, first_global) = txn.append(info, id.0, expected, &mut block)?;
+        // Fold the new events as they were stored, as a later load will.
+        let last = fold_from(txn, info, id, first_seq, &mut state, &mut scratch)?;
+        let count = events.len() as u64;
+        if last != Some(first_seq + count - 1) {
+            return Err(Error::Corruption {
+                location: Location::Global(GlobalSequence(first_global)),
+                detail: "the events just appended do not read back".into(),
+            });
+        }
+        let version = first_seq + count - 1;
+        if let Some(codec) = policy.codec() {
+            if codec.due(loaded.snapshot.map(|s| s.0), version) {
+                let value = codec
+                    .encode(&state, version)
+                    .map_err(|source| Error::Serialize {
+                        stream: info.name.to_string(),
+                        source,
+                    })?;
+                txn.state_put(&snapshot::key(info.tag, id.0), &value)?;
+            }
+        }
+        Ok(Ok(Executed {
+            state,
+            version: Some(StreamSequence(version)),
+            positions: (0..count)
+                .map(|i| {
+                    (
+                        StreamSequence(first_seq + i),
+                        GlobalSequence(first_global + i),
+                    )
+                })
+                .collect(),
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rkyv::{Archive, Deserialize, Serialize};
+
+    use super::*;
+
+    /// Events and state values in memory, in place of a store. Each payload
+    /// sits at `offset` bytes into an aligned buffer.
+    struct Memory {
+        payloads: Vec<AlignedVec<16>>,
+        offset: usize,
+        /// What the "index" says the last sequence is.
+        version: Option<u64>,
+        state: HashMap<Vec<u8>, Vec<u8>>,
+    }
+
+    impl Memory {
+        fn new(events: &[u64], offset: usize) -> Memory {
+            let payloads = events
+                .iter()
+                .map(|e| {
+                    let bytes = rkyv::to_bytes::<rancor::Error>(&Added(*e)).unwrap();
+                    let mut shifted = AlignedVec::new();
+                    shifted.extend_from_slice(&[0; 16][..offset]);
+                    shifted.extend_from_slice(&bytes);
+                    shifted
+                })
+                .collect();
+            Memory {
+                payloads,
+                offset,
+                version: events.len().checked_sub(1).map(|v| v as u64),
+                state: HashMap::new(),
+            }
+        }
+    }
+
+    impl Source for Memory {
+        fn version(&mut self, _: u32, _: u64) -> Result<Option<u64>> {
+            Ok(self.version)
+        }
+
+        fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+            Ok(self.state.get(key).map(Vec::as_slice))
+        }
+
+        fn walk(
+            &mut self,
+            _: u32,
+            _: u64,
+            from: u64,
+            mut f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        ) -> Result<()> {
+            for (seq, p) in self.payloads.iter().enumerate().skip(from as usize) {
+                if f(seq as u64, seq as u64, &p[self.offset..])?.is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Archive, Serialize)]
+    struct Added(u64);
+
+    #[derive(Archive, Serialize, Deserialize, Default, Debug, PartialEq)]
+    struct Sum(u64);
+
+    impl Aggregate for Sum {
+        type Event = Added;
+        type Command = ();
+        type Error = ();
+        const STREAM: &'static str = "sums";
+        fn apply(&mut self, event: &ArchivedAdded) {
+            self.0 += event.0.to_native();
+        }
+        fn handle(&self, _: &()) -> Result<Vec<Added>, ()> {
+            Ok(vec![])
+        }
+        fn snapshots() -> Snapshots<Self> {
+            Snapshots::every(2)
+        }
+    }
+
+    fn memory_info() -> StreamInfo {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::config::VarveConfig::default()).unwrap();
+        store
+            .open_stream(Sum::STREAM, &super::super::identity::<Sum>())
+            .unwrap()
+    }
+
+    fn load(memory: &mut Memory) -> Result<Loaded<Sum>> {
+        load_with(
+            memory,
+            &memory_info(),
+            StreamId(7),
+            &Sum::snapshots(),
+            &mut AlignedVec::new(),
+        )
+    }
+
+    #[test]
+    fn under_aligned_payloads_are_folded_from_an_aligned_copy() {
+        let mut memory = Memory::new(&[1, 2, 3], 4);
+        assert_eq!(
+            &memory.payloads[0][4..],
+            &*rkyv::to_bytes::<rancor::Error>(&Added(1)).unwrap()
+        );
+        let loaded = load(&mut memory).unwrap();
+        assert_eq!(
+            (loaded.state, loaded.version),
+            (Sum(6), Some(StreamSequence(2)))
+        );
+    }
+
+    #[test]
+    fn a_snapshot_is_used_and_only_the_tail_folded() {
+        let mut memory = Memory::new(&[1, 2, 3], 0);
+        let codec = *Sum::snapshots().codec().unwrap();
+        // A (deliberately different) state proves the snapshot was used.
+        let value = codec.encode(&Sum(100), 1).unwrap();
+        memory
+            .state
+            .insert(snapshot::key(memory_info().tag, 7).to_vec(), value);
+        let loaded = load(&mut memory).unwrap();
+        assert_eq!(
+            (loaded.state, loaded.snapshot),
+            (Sum(103), Some(StreamSequence(1)))
+        );
+    }
+
+    #[test]
+    fn a_snapshot_covering_more_than_the_stream_holds_is_ignored() {
+        let mut memory = Memory::new(&[1, 2, 3], 0);
+        let codec = *Sum::snapshots().codec().unwrap();
+        let value = codec.encode(&Sum(100), 3).unwrap();
+        memory
+            .state
+            .insert(snapshot::key(memory_info().tag, 7).to_vec(), value);
+        let loaded = load(&mut memory).unwrap();
+        assert_eq!((loaded.state, loaded.snapshot), (Sum(6), None));
+    }
+
+    #[test]
+    fn events_ending_before_the_indexed_version_are_corruption_not_a_short_state() {
+        let mut memory = Memory::new(&[1, 2, 3], 0);
+        memory.version = Some(5);
+        assert!(matches!(load(&mut memory), Err(Error::Corruption { .. })));
+    }
+
+    #[test]
+    fn an_invalid_payload_is_corruption_at_its_position() {
+        let mut memory = Memory::new(&[1, 2], 0);
+        memory.payloads[1] = AlignedVec::new();
+        match load(&mut memory) {
+            Err(Error::Corruption {
+                location: Location::Stream { sequence, .. },
+                ..
+            }) => assert_eq!(sequence, StreamSequence(1)),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Aggregates: state folded from one stream id's events, commands decided
+//! against it, and the resulting events appended in the same transaction.
+//!
+//! - [`Aggregate`]: the user's state type, its events, commands and rejections.
+//! - [`Varve::load`], [`StreamReader::load`](crate::StreamReader::load):
+//!   fold a stream id into a [`Loaded`] state, zero-copy.
+//! - [`Varve::execute`], [`Varve::execute_expected`]: load, decide and append
+//!   in one write transaction, returning an [`Executed`] or an [`ExecuteError`].
+//! - [`Snapshots`]: opt-in stored states, so loads fold only the tail.
+//! - [`AggregateTest`]: given / when / then tests of an aggregate's logic.
+
+mod fold;
+mod snapshot;
+mod testing;
+
+use std::fmt;
+
+use rkyv::Archive;
+
+use crate::error::{Error, Result};
+use crate::event::{layout_fingerprint, Archivable};
+use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+use crate::storage::{StreamInfo, TypeIdentity};
+use crate::store::Varve;
+
+pub(crate) use fold::load_in;
+pub use snapshot::Snapshots;
+pub use testing::{AggregateTest, TestOutcome};
+
+/// A state rebuilt from the events of one stream id, and the business rules
+/// that decide which events a command produces.
+///
+/// - [`apply`](Aggregate::apply) folds one event into the state. It reads the
+///   *archived* event straight from the memory map (no deserialization, no
+///   allocation) and holds no logic: an event is a fact that already happened.
+/// - [`handle`](Aggregate::handle) decides: it checks a command against the
+///   state and returns the events to append, or a rejection of the
+///   aggregate's own [`Error`](Aggregate::Error) type.
+///
+/// The initial state (before any event) is [`Default`]. An aggregate lives in
+/// the stream [`STREAM`](Aggregate::STREAM); each [`StreamId`] of it is one
+/// instance (one account, one order).
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::{Aggregate, ExecuteError, StreamId, StreamSequence, Varve};
+///
+/// #[derive(Archive, Serialize, Debug, PartialEq)]
+/// enum CounterEvent {
+///     Added(u64),
+///     Reset,
+/// }
+///
+/// #[derive(Default, Debug)]
+/// struct Counter {
+///     value: u64,
+/// }
+///
+/// enum CounterCommand {
+///     Add(u64),
+///     Reset,
+/// }
+///
+/// #[derive(Debug, PartialEq)]
+/// struct Overflow;
+///
+/// impl std::fmt::Display for Overflow {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("the counter would overflow")
+///     }
+/// }
+///
+/// impl std::error::Error for Overflow {}
+///
+/// impl Aggregate for Counter {
+///     type Event = CounterEvent;
+///     type Command = CounterCommand;
+///     type Error = Overflow;
+///     const STREAM: &'static str = "counters";
+///
+///     fn apply(&mut self, event: &ArchivedCounterEvent) {
+///         match event {
+///             ArchivedCounterEvent::Added(n) => self.value += n.to_native(),
+///             ArchivedCounterEvent::Reset => self.value = 0,
+///         }
+///     }
+///
+///     fn handle(&self, command: &CounterCommand) -> Result<Vec<CounterEvent>, Overflow> {
+///         match *command {
+///             CounterCommand::Add(n) => {
+///                 self.value.checked_add(n).ok_or(Overflow)?;
+///                 Ok(vec![CounterEvent::Added(n)])
+///             }
+///             CounterCommand::Reset => Ok(vec![CounterEvent::Reset]),
+///         }
+///     }
+/// }
+///
+/// # let dir = tempfile::tempdir()?;
+/// let varve = Varve::new(dir.path())?;
+/// let id = StreamId(1);
+/// varve.execute::<Counter>(id, &CounterCommand::Add(40))?;
+/// let done = varve.execute::<Counter>(id, &CounterCommand::Add(2))?;
+/// assert_eq!((done.state.value, done.version), (42, Some(StreamSequence(1))));
+///
+/// // A rejection writes nothing and is the aggregate's own error.
+/// let overflow = varve.execute::<Counter>(id, &CounterCommand::Add(u64::MAX));
+/// assert!(matches!(overflow, Err(ExecuteError::Rejected(Overflow))));
+///
+/// let loaded = varve.load::<Counter>(id)?;
+/// assert_eq!((loaded.state.value, loaded.version), (42, Some(StreamSequence(1))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Aggregate: Default {
+    /// The events of the aggregate's stream: usually an enum with one
+    /// past-tense variant per fact.
+    type Event: Archivable;
+    /// What callers ask the aggregate to do.
+    type Command;
+    /// Why a command is rejected (a business rule), as opposed to a store
+    /// failure ([`ExecuteError::Store`]).
+    type Error;
+
+    /// The stream the aggregate's events live in. It is bound to
+    /// [`Event`](Aggregate::Event) like any stream opened with
+    /// [`Varve::stream`]. With a `#[derive(Event)]` event type, name it once:
+    /// `const STREAM: &'static str = AccountEvent::STREAM;`.
+    const STREAM: &'static str;
+
+    /// Initial capacity, in bytes, of the buffer [`Varve::execute`] serializes
+    /// a command's events into. Larger events still succeed: it grows.
+    const BUFFER_SIZE: usize = 1024;
+
+    /// Folds one event into the state. The event is the archived form, read
+    /// in place from the store (or, in [`AggregateTest`], from its serialized
+    /// bytes), exactly as production reads it.
+    ///
+    /// It must not fail or decide anything: events are facts. Logic here runs
+    /// on every load, and a [snapshot](Snapshots) stores its result.
+    fn apply(&mut self, event: &<Self::Event as Archive>::Archived);
+
+    /// Decides a command against the current state: the events to append
+    /// (possibly none), or a rejection.
+    ///
+    /// It must be a pure function of the state and the command. The command
+    /// is borrowed because [`Varve::execute`] may decide it twice: when the
+    /// store's map has to grow, the first attempt is rolled back (having
+    /// written nothing) and the command is decided again against a freshly
+    /// loaded state. `handle` runs inside the store's write transaction, so
+    /// it must not write to the store itself (that would wait forever).
+    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// Whether and how often the state is stored: [`Snapshots::never`]
+    /// unless overridden. See [`Snapshots`].
+    fn snapshots() -> Snapshots<Self> {
+        Snapshots::never()
+    }
+}
+
+/// A state loaded from the store: the fold of a stream id's events.
+///
+/// ```
+/// use varvedb::{ExpectedVersion, Loaded, StreamSequence};
+/// let fresh = Loaded { state: 0u64, version: None, snapshot: None };
+/// assert_eq!(fresh.expected(), ExpectedVersion::NoStream);
+/// let later = Loaded { state: 7u64, version: Some(StreamSequence(3)), snapshot: None };
+/// assert_eq!(later.expected(), ExpectedVersion::Exact(StreamSequence(3)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<A> {
+    /// The state after every event of the stream id.
+    pub state: A,
+    /// The stream sequence of the last event folded in, or `None` for a
+    /// stream id without events (then `state` is the default).
+    pub version: Option<StreamSequence>,
+    /// The last stream sequence covered by the stored snapshot the fold
+    /// started from, or `None` if it replayed every event (snapshots off,
+    /// none stored yet, or the stored one unusable and ignored).
+    pub snapshot: Option<StreamSequence>,
+}
+
+impl<A> Loaded<A> {
+    /// The expectation that holds while nobody else has appended since this
+    /// load: [`ExpectedVersion::Exact`] of `version`, or
+    /// [`ExpectedVersion::NoStream`]. Pass it to [`Varve::execute_expected`]
+    /// to decide a later command only against this state's version.
+    pub fn expected(&self) -> ExpectedVersion {
+        match self.version {
+            Some(v) => ExpectedVersion::Exact(v),
+            None => ExpectedVersion::NoStream,
+        }
+    }
+}
+
+/// The result of a command that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed<A> {
+    /// The state after the new events, folded from their stored (archived)
+    /// form.
+    pub state: A,
+    /// The stream id's version after the command: its last event.
+    pub version: Option<StreamSequence>,
+    /// Where each new event was written, in order; empty if the command
+    /// produced no event.
+    pub positions: Vec<(StreamSequence, GlobalSequence)>,
+}
+
+/// Why [`Varve::execute`] did not apply a command: the aggregate rejected
+/// it, or the store failed. Either way nothing was written.
+///
+/// ```
+/// use varvedb::{Error, ExecuteError};
+/// let rejected: ExecuteError<&str> = ExecuteError::Rejected("insufficient funds");
+/// assert_eq!(rejected.to_string(), "command rejected: insufficient funds");
+/// let failed: ExecuteError<&str> = Error::ReadersFull { max: 126 }.into();
+/// assert!(matches!(failed, ExecuteError::Store(Error::ReadersFull { .. })));
+/// ```
+#[derive(Debug)]
+pub enum ExecuteError<E> {
+    /// The aggregate's [`handle`](Aggregate::handle) rejected the command.
+    Rejected(E),
+    /// The store failed, or an expected version did not match
+    /// ([`Error::VersionConflict`]).
+    Store(Error),
+}
+
+impl<E> ExecuteError<E> {
+    /// The rejection, if the aggregate rejected the command.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            ExecuteError::Rejected(e) => Some(e),
+            ExecuteError::Store(_) => None,
+        }
+    }
+}
+
+impl<E> From<Error> for ExecuteError<E> {
+    fn from(e: Error) -> Self {
+        ExecuteError::Store(e)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for ExecuteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecuteError::Rejected(e) => write!(f, "command rejected: {e}"),
+            ExecuteError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ExecuteError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExecuteError::Rejected(e) => Some(e),
+            ExecuteError::Store(e) => Some(e),
+        }
+    }
+}
+
+/// The identity `A`'s stream is opened with: the same as
+/// [`Varve::stream::<A::Event, _>`](Varve::stream).
+fn identity<A: Aggregate>() -> TypeIdentity {
+    TypeIdentity {
+        type_name: std::any::type_name::<A::Event>(),
+        layout_fingerprint: layout_fingerprint::<A::Event>(),
+        schema_fingerprint: 0,
+    }
+}
+
+impl Varve {
+    fn aggregate_stream<A: Aggregate>(&self) -> Result<StreamInfo> {
+        self.store().open_stream(A::STREAM, &identity::<A>())
+    }
+
+    /// Loads aggregate `A` of `id`: its [stored snapshot](Snapshots), if any
+    /// and usable, plus every later event, folded in one read snapshot.
+    /// Callable from any thread; `Varve` is `Clone + Send + Sync`.
+    ///
+    /// Opens (creating on first use) the stream `A::STREAM`, as
+    /// [`Varve::stream`] does. A stream id without events loads as the
+    /// default state with version `None`.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] if `A::STREAM` holds another event type, and
+    /// [`Error::Corruption`] if an event fails validation. A damaged or
+    /// outdated snapshot is not an error: it is ignored and every event
+    /// replayed.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # use varvedb::{Aggregate, StreamId, StreamSequence, Varve};
+    /// # #[derive(Archive, Serialize)] struct Visited;
+    /// # #[derive(Default)] struct Visits(u64);
+    /// # impl Aggregate for Visits {
+    /// #     type Event = Visited; type Command = (); type Error = std::convert::Infallible;
+    /// #     const STREAM: &'static str = "visits";
+    /// #     fn apply(&mut self, _: &ArchivedVisited) { self.0 += 1 }
+    /// #     fn handle(&self, _: &()) -> Result<Vec<Visited>, Self::Error> { Ok(vec![Visited]) }
+    /// # }
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// let page = StreamId(3);
+    /// assert_eq!(varve.load::<Visits>(page)?.version, None);
+    ///
+    /// varve.stream::<Visited, 16>("visits")?.append_batch(page, &[Visited, Visited])?;
+    /// let loaded = varve.load::<Visits>(page)?;
+    /// assert_eq!((loaded.state.0, loaded.version), (2, Some(StreamSequence(1))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn load<A: Aggregate>(&self, id: StreamId) -> Result<Loaded<A>> {
+        let info = self.aggregate_stream::<A>()?;
+        let mut view = self.store().snapshot()?;
+        load_in(&mut view, &info, id)
+    }
+
+    /// Loads aggregate `A` of `id`, decides `command` against it and appends
+    /// the resulting events, all in one write transaction: no other writer
+    /// can append to `id` in between, so in-process callers never see a
+    /// conflict. Returns the new state and where the events were written.
+    ///
+    /// If the aggregate has [snapshots](Snapshots) and the events folded on
+    /// top of the last usable snapshot reach its interval, the new state is
+    /// stored in the same transaction.
+    ///
+    /// # Errors
+    /// [`ExecuteError::Rejected`] with the aggregate's error if
+    /// [`handle`](Aggregate::handle) rejects the command, and
+    /// [`ExecuteError::Store`] for the errors of [`Varve::load`] and of
+    /// [`Stream::append_batch`](crate::Stream::append_batch). Nothing is
+    /// written in either case.
+    ///
+    /// See [`Aggregate`] for an example.
+    pub fn execute<A: Aggregate>(
+        &self,
+        id: StreamId,
+        command: &A::Command,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        self.execute_expected(id, command, ExpectedVersion::Any)
+    }
+
+    /// [`Varve::execute`] for a caller that decided on a state it loaded
+    /// earlier (an HTTP client holding a version between requests): the
+    /// command is decided only if `id` is still at `expected` (usually
+    /// [`Loaded::expected`]). Otherwise nothing is decided or written and the
+    /// error is [`Error::VersionConflict`], naming the stream, the id and
+    /// both versions.
+    ///
+    /// # Errors
+    /// As [`Varve::execute`], plus the conflict above.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # use varvedb::{Aggregate, StreamId, Varve};
+    /// # #[derive(Archive, Serialize)] struct Visited;
+    /// # #[derive(Default)] struct Visits(u64);
+    /// # impl Aggregate for Visits {
+    /// #     type Event = Visited; type Command = (); type Error = std::convert::Infallible;
+    /// #     const STREAM: &'static str = "visits";
+    /// #     fn apply(&mut self, _: &ArchivedVisited) { self.0 += 1 }
+    /// #     fn handle(&self, _: &()) -> Result<Vec<Visited>, Self::Error> { Ok(vec![Visited]) }
+    /// # }
+    /// use varvedb::{Error, ExecuteError};
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// let page = StreamId(1);
+    ///
+    /// // Two clients read the same version...
+    /// let first = varve.load::<Visits>(page)?;
+    /// let second = varve.load::<Visits>(page)?;
+    /// // ...the first one's command goes through...
+    /// varve.execute_expected::<Visits>(page, &(), first.expected())?;
+    /// // ...and the second one, now stale, is refused: it must reload.
+    /// let stale = varve.execute_expected::<Visits>(page, &(), second.expected());
+    /// assert!(matches!(stale, Err(ExecuteError::Store(Error::VersionConflict { .. }))));
+    /// assert_eq!(varve.load::<Visits>(page)?.state.0, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn execute_expected<A: Aggregate>(
+        &self,
+        id: StreamId,
+        command: &A::Command,
+        expected: ExpectedVersion,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        let info = self.aggregate_stream::<A>()?;
+        match fold::execute::<A>(self.store(), &info, id, command, expected)? {
+            Ok(done) => Ok(done),
+            Err(rejection) => Err(ExecuteError::Rejected(rejection)),
+        }
+    }
+}
