@@ -1,0 +1,200 @@
+//! Where a projection keeps its checkpoint, read model and skip records in
+//! the store's `state` database.
+//!
+//! ```text
+//! proj/<name>/c                  checkpoint: u64 LE, the next global sequence to apply
+//! proj/<name>/m/<key>            read model entries (in-store projections)
+//! proj/<name>/s/<global, BE u64> an event skipped under `OnError::Skip`: the error, UTF-8
+//! ```
+//! Names cannot contain `/`, so one projection's prefix never covers another's.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use crate::error::{Error, Location, Result};
+use crate::position::GlobalSequence;
+use crate::storage::{Store, View, WriteTxn};
+
+/// The longest projection name, in bytes.
+pub(crate) const MAX_NAME_LEN: usize = 64;
+
+/// An event a projection skipped under [`OnError::Skip`](crate::OnError::Skip),
+/// with the error its handler returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The event's position in the global log.
+    pub at: GlobalSequence,
+    /// The handler's error, as text.
+    pub error: String,
+}
+
+/// The keys of one projection.
+#[derive(Debug, Clone)]
+pub(crate) struct Namespace {
+    name: Arc<str>,
+    checkpoint: Vec<u8>,
+    root: Vec<u8>,
+    model: Vec<u8>,
+    skipped: Vec<u8>,
+}
+
+/// Checks a projection name: 1 to 64 bytes of ASCII letters, digits, `_`, `-`, `.`.
+fn validate(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "a projection name must not be empty"
+    } else if name.len() > MAX_NAME_LEN {
+        "a projection name must be at most 64 bytes"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        "a projection name may only use ASCII letters, digits, `_`, `-` and `.`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidProjectionName {
+        name: name.chars().take(80).collect(),
+        reason,
+    })
+}
+
+impl Namespace {
+    pub(crate) fn new(name: &str) -> Result<Namespace> {
+        validate(name)?;
+        let root = format!("proj/{name}/").into_bytes();
+        let with = |suffix: &[u8]| [root.as_slice(), suffix].concat();
+        Ok(Namespace {
+            name: name.into(),
+            checkpoint: with(b"c"),
+            model: with(b"m/"),
+            skipped: with(b"s/"),
+            root,
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The prefix of the read model's keys.
+    pub(crate) fn model(&self) -> &[u8] {
+        &self.model
+    }
+
+    /// The full key of read-model entry `key`, built in `buf`.
+    pub(crate) fn model_key<'b>(&self, buf: &'b mut Vec<u8>, key: &[u8]) -> &'b [u8] {
+        buf.clear();
+        buf.extend_from_slice(&self.model);
+        buf.extend_from_slice(key);
+        buf
+    }
+
+    fn decode_checkpoint(&self, raw: Option<&[u8]>) -> Result<u64> {
+        match raw {
+            None => Ok(0),
+            Some(bytes) => {
+                bytes
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| Error::Corruption {
+                        location: Location::Record(format!(
+                            "the checkpoint of projection {:?}",
+                            self.name
+                        )),
+                        detail: format!("{} bytes instead of 8", bytes.len()),
+                    })
+            }
+        }
+    }
+
+    /// The checkpoint as `txn` sees it: the next global sequence to apply.
+    pub(crate) fn checkpoint_in(&self, txn: &WriteTxn<'_>) -> Result<u64> {
+        self.decode_checkpoint(txn.state_get(&self.checkpoint)?)
+    }
+
+    /// The checkpoint as `view` sees it.
+    pub(crate) fn checkpoint_in_view(&self, view: &mut View) -> Result<u64> {
+        let raw = view.state_get(&self.checkpoint)?;
+        self.decode_checkpoint(raw)
+    }
+
+    /// The checkpoint in the newest commit.
+    pub(crate) fn checkpoint(&self, store: &Arc<Store>) -> Result<u64> {
+        self.checkpoint_in_view(&mut store.snapshot()?)
+    }
+
+    pub(crate) fn write_checkpoint(&self, txn: &mut WriteTxn<'_>, next: u64) -> Result<()> {
+        txn.state_put(&self.checkpoint, &next.to_le_bytes())
+    }
+
+    pub(crate) fn record_skip(&self, txn: &mut WriteTxn<'_>, at: u64, error: &str) -> Result<()> {
+        let key = [self.skipped.as_slice(), &at.to_be_bytes()].concat();
+        txn.state_put(&key, error.as_bytes())
+    }
+
+    /// Every event skipped so far, in global order.
+    pub(crate) fn skipped(&self, store: &Arc<Store>) -> Result<Vec<Skipped>> {
+        let mut view = store.snapshot()?;
+        let mut out = Vec::new();
+        let mut bad = None;
+        view.state_for_each(&self.skipped, |k, v| {
+            match k[self.skipped.len()..].try_into().map(u64::from_be_bytes) {
+                Ok(at) => {
+                    out.push(Skipped {
+                        at: GlobalSequence(at),
+                        error: String::from_utf8_lossy(v).into_owned(),
+                    });
+                    ControlFlow::Continue(())
+                }
+                Err(_) => {
+                    bad = Some(k.len());
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        match bad {
+            Some(len) => Err(Error::Corruption {
+                location: Location::Record(format!(
+                    "the skip records of projection {:?}",
+                    self.name
+                )),
+                detail: format!("a key of {len} bytes"),
+            }),
+            None => Ok(out),
+        }
+    }
+
+    /// Deletes the checkpoint, the read model and the skip records, as part of `txn`.
+    pub(crate) fn clear(&self, txn: &mut WriteTxn<'_>) -> Result<()> {
+        txn.state_delete_prefix(&self.root).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_and_cannot_nest() {
+        assert!(Namespace::new("sales_by-product.v2").is_ok());
+        assert!(Namespace::new(&"x".repeat(64)).is_ok());
+        for bad in ["", "a/b", "ventes é", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    Namespace::new(bad),
+                    Err(Error::InvalidProjectionName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_projection_prefix_never_covers_another() {
+        let a = Namespace::new("a").unwrap();
+        let ab = Namespace::new("ab").unwrap();
+        assert!(!ab.root.starts_with(&a.root));
+        assert!(a.model().starts_with(&a.root));
+        assert!(!a.checkpoint.starts_with(a.model()));
+    }
+}

@@ -1,0 +1,131 @@
+//! [`Filter`]: which events a subscription or projection wants, by stream
+//! name and event type.
+
+use std::collections::HashMap;
+
+use crate::event::{layout_fingerprint, Archivable};
+use crate::global::GlobalEvent;
+use crate::storage::StreamInfo;
+
+/// Selects events of the global log by stream name and event type.
+///
+/// An event passes if its stream is one of the named streams (or no stream
+/// is named) **and** its stream holds one of the named types (or no type is
+/// named). [`Filter::all`] passes everything. Filtered-out events still move
+/// a subscription's position (and a projection's checkpoint) forward.
+///
+/// ```
+/// # use rkyv::{Archive, Serialize};
+/// # #[derive(Archive, Serialize)] struct Placed { n: u32 }
+/// # #[derive(Archive, Serialize)] struct Joined { n: u32 }
+/// use varvedb::{Filter, GlobalSequence, StreamId};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let varve = varvedb::Varve::new(dir.path())?;
+/// varve.stream::<Placed, 16>("orders")?.append(StreamId(1), &Placed { n: 1 })?;
+/// varve.stream::<Joined, 16>("users")?.append(StreamId(1), &Joined { n: 2 })?;
+/// varve.stream::<Placed, 16>("returns")?.append(StreamId(1), &Placed { n: 3 })?;
+///
+/// let placed = Filter::all().event_type::<Placed>();
+/// let mut subscription = varve.subscribe(GlobalSequence(0)).with_filter(placed);
+/// let first = subscription.try_next()?.expect("an order");
+/// let second = subscription.try_next()?.expect("a return");
+/// assert_eq!((first.stream_name(), second.stream_name()), ("orders", "returns"));
+/// assert!(subscription.try_next()?.is_none());
+///
+/// let users = Filter::all().stream("users");
+/// let mut subscription = varve.subscribe(GlobalSequence(0)).with_filter(users);
+/// assert_eq!(subscription.try_next()?.expect("a user").global_sequence(), GlobalSequence(1));
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    streams: Vec<Box<str>>,
+    types: Vec<TypeKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TypeKey {
+    name: &'static str,
+    fingerprint: u64,
+}
+
+impl Filter {
+    /// A filter that passes every event.
+    pub fn all() -> Filter {
+        Filter::default()
+    }
+
+    /// Also passes events of the stream `name` (the first call restricts the
+    /// filter to the named streams).
+    pub fn stream(mut self, name: impl Into<String>) -> Filter {
+        let name: Box<str> = name.into().into_boxed_str();
+        if !self.streams.contains(&name) {
+            self.streams.push(name);
+        }
+        self
+    }
+
+    /// Also passes events of streams holding `T` (the first call restricts
+    /// the filter to the named types). A type matches as
+    /// [`GlobalEvent::is`] does: by type name and layout.
+    pub fn event_type<T: Archivable>(mut self) -> Filter {
+        let key = TypeKey {
+            name: std::any::type_name::<T>(),
+            fingerprint: layout_fingerprint::<T>(),
+        };
+        if !self.types.contains(&key) {
+            self.types.push(key);
+        }
+        self
+    }
+
+    /// Whether the filter passes every event.
+    pub fn is_all(&self) -> bool {
+        self.streams.is_empty() && self.types.is_empty()
+    }
+
+    /// Whether `event` passes the filter.
+    pub fn matches(&self, event: &GlobalEvent) -> bool {
+        self.matches_stream(event.stream_info())
+    }
+
+    fn matches_stream(&self, info: &StreamInfo) -> bool {
+        let stream_ok = self.streams.is_empty() || self.streams.iter().any(|s| **s == *info.name);
+        let type_ok = self.types.is_empty()
+            || self
+                .types
+                .iter()
+                .any(|t| *t.name == *info.type_name && t.fingerprint == info.layout_fingerprint);
+        stream_ok && type_ok
+    }
+}
+
+/// A [`Filter`] with its decision remembered per stream tag (a stream's name
+/// and type never change), so matching costs one map lookup.
+#[derive(Debug, Default)]
+pub(crate) struct FilterCache {
+    filter: Filter,
+    by_tag: HashMap<u32, bool>,
+}
+
+impl FilterCache {
+    pub(crate) fn new(filter: Filter) -> Self {
+        FilterCache {
+            filter,
+            by_tag: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn matches(&mut self, event: &GlobalEvent) -> bool {
+        if self.filter.is_all() {
+            return true;
+        }
+        let info = event.stream_info();
+        if let Some(&pass) = self.by_tag.get(&info.tag) {
+            return pass;
+        }
+        let pass = self.filter.matches_stream(info);
+        self.by_tag.insert(info.tag, pass);
+        pass
+    }
+}
