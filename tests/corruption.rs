@@ -185,3 +185,429 @@ fn verify_passes_a_healthy_store_and_reports_damage_with_its_position() {
     assert!(report.problems[0].detail.contains("checksum"));
     assert_eq!(report.events, 49);
 }
+
+// ------------------------------------------------------------------------
+// Exhaustive damage to the page that holds a block, and to the page that
+// holds its index entry.
+//
+// LMDB trusts its own page structure (page headers, node headers, keys): some
+// damage there makes LMDB itself read outside the map and the process die
+// (SIGSEGV, SIGBUS). So the flips run in a child process, which reports each
+// one; the parent restarts it after a crash and counts the crash. Damage to a
+// record itself must never crash, and no damage anywhere may produce a wrong
+// value. Damage to a block page is refused on every read path; damage to an
+// index key or run can hide events from stream reads (the global log still
+// has them), and `verify()` must then report it.
+
+const FLIP_CHILD: &str = "VARVEDB_FLIP_CHILD";
+const PAGE: usize = 4096;
+
+/// The live events of the page-flip store, in global order: `(id, seq, order)`.
+fn page_store_events() -> Vec<(u64, u64, Order)> {
+    let mut events = vec![(2, 0, Order::numbered(100))];
+    events.extend((0..5).map(|n| (1, n, Order::numbered(n))));
+    events
+}
+
+fn write_page_store(dir: &Path) {
+    let varve = Varve::new(dir).unwrap();
+    let mut orders = varve.stream::<Order, 128>("orders").unwrap();
+    orders.append(StreamId(2), &Order::numbered(100)).unwrap();
+    // Written last, in one commit: the only copy of this block and its run.
+    let batch: Vec<Order> = (0..5).map(Order::numbered).collect();
+    orders.append_batch(StreamId(1), &batch).unwrap();
+}
+
+/// Where the batch's record starts in the data file, and its length: the
+/// block (found by its header) or its index entry (key and run).
+fn find_record(data: &[u8], page: &str) -> (usize, usize) {
+    let mut needle = Vec::new();
+    if page == "events" {
+        needle.extend_from_slice(&[1u8, 0, 64, 0]);
+        needle.extend_from_slice(&0u32.to_le_bytes());
+        needle.extend_from_slice(&1u64.to_le_bytes());
+    } else {
+        needle.extend_from_slice(&0u32.to_be_bytes());
+        needle.extend_from_slice(&1u64.to_be_bytes());
+        needle.extend_from_slice(&0u64.to_be_bytes());
+        needle.extend_from_slice(&1u64.to_le_bytes());
+        needle.extend_from_slice(&5u64.to_le_bytes());
+    }
+    let found: Vec<usize> = (0..data.len() - needle.len())
+        .filter(|&i| data[i..].starts_with(&needle))
+        .collect();
+    assert_eq!(found.len(), 1, "one copy of the {page} record");
+    if page == "events" {
+        // The block's length is its LMDB node's data size, before its 8-byte key.
+        let node = found[0] - 16;
+        let len = u16::from_le_bytes([data[node], data[node + 1]]);
+        (found[0], usize::from(len))
+    } else {
+        (found[0], needle.len())
+    }
+}
+
+/// Every flip of the test: each byte of the record's page, all bits and the lowest.
+fn page_flips(record: usize) -> Vec<(usize, u8)> {
+    let page = record / PAGE * PAGE;
+    (page..page + PAGE)
+        .flat_map(|at| [(at, 0xff), (at, 0x01)])
+        .collect()
+}
+
+fn same(e: &varvedb_suite::ArchivedOrder, o: &Order) -> bool {
+    e.id == o.id && e.quantity == o.quantity && e.note == o.note
+}
+
+/// What every read path made of a store.
+#[derive(Debug, Default)]
+struct Reads {
+    /// Reads that returned the right event.
+    right: u64,
+    /// Reads refused with an error.
+    refused: u64,
+    /// Reads that returned a wrong value: never acceptable.
+    wrong: Vec<String>,
+    /// Reads that found nothing, or ended early, without an error.
+    hidden: Vec<String>,
+}
+
+impl Reads {
+    fn count(&mut self, ok: bool) {
+        if ok {
+            self.right += 1;
+        } else {
+            self.refused += 1;
+        }
+    }
+}
+
+/// Reads every event through every read path.
+fn read_everything(varve: &Varve) -> Reads {
+    let events = page_store_events();
+    let mut r = Reads::default();
+    let mut reader = varve.stream::<Order, 128>("orders").unwrap().reader();
+    for (id, seq, order) in &events {
+        let at = (StreamId(*id), StreamSequence(*seq));
+        match reader.get_archived(at.0, at.1) {
+            Ok(Some(e)) if same(&e, order) => r.count(true),
+            Ok(Some(e)) => r.wrong.push(format!("get_archived {at:?} read {e:?}")),
+            Ok(None) => r.hidden.push(format!("get_archived {at:?} vanished")),
+            Err(_) => r.count(false),
+        }
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(order).unwrap();
+        match reader.get_bytes(at.0, at.1) {
+            Ok(Some(b)) if *b == *bytes => r.count(true),
+            Ok(Some(_)) => r.wrong.push(format!("get_bytes {at:?} changed")),
+            Ok(None) => r.hidden.push(format!("get_bytes {at:?} vanished")),
+            Err(_) => r.count(false),
+        }
+    }
+    for id in [1u64, 2] {
+        let expected: Vec<&Order> = events.iter().filter(|e| e.0 == id).map(|e| &e.2).collect();
+        // An iterator may stop at an error, never early or with a wrong event.
+        let mut n = 0;
+        let mut failed = false;
+        match reader.iter_stream(StreamId(id), None) {
+            Ok(iter) => {
+                for item in iter {
+                    match item {
+                        Ok(e) if expected.get(n).is_some_and(|o| same(&e, o)) => n += 1,
+                        Ok(e) => r
+                            .wrong
+                            .push(format!("iter_stream id {id} item {n} read {e:?}")),
+                        Err(_) => failed = true,
+                    }
+                }
+            }
+            Err(_) => failed = true,
+        }
+        if !failed && n != expected.len() {
+            r.hidden
+                .push(format!("iter_stream id {id} ended after {n} events"));
+        }
+        r.count(!failed);
+        let folded = reader.iter_stream(StreamId(id), None).and_then(|it| {
+            it.try_fold_archived(Vec::new(), |mut v, _, e| {
+                v.push(expected.get(v.len()).is_some_and(|o| same(e, o)));
+                v
+            })
+        });
+        match folded {
+            Ok(v) if !v.iter().all(|ok| *ok) => {
+                r.wrong
+                    .push(format!("try_fold_archived id {id} folded {v:?}"));
+            }
+            Ok(v) if v.len() != expected.len() => {
+                r.hidden.push(format!(
+                    "try_fold_archived id {id} folded {} events",
+                    v.len()
+                ));
+            }
+            Ok(_) => r.count(true),
+            Err(_) => r.count(false),
+        }
+    }
+    let mut log = varve.global_reader();
+    let check = |e: &varvedb::GlobalEvent, g: usize| -> Option<bool> {
+        let (id, seq, order) = events.get(g)?;
+        let a = e.archived::<Order>().ok()?;
+        Some(
+            same(a, order)
+                && e.global_sequence() == GlobalSequence(g as u64)
+                && (e.stream_id(), e.stream_sequence()) == (StreamId(*id), StreamSequence(*seq)),
+        )
+    };
+    for g in 0..events.len() {
+        match log.get(GlobalSequence(g as u64)) {
+            Ok(Some(e)) => match check(&e, g) {
+                Some(true) => r.count(true),
+                Some(false) => r.wrong.push(format!("global get {g} read {e:?}")),
+                // Typed validation refused the payload.
+                None => r.count(false),
+            },
+            Ok(None) => r.hidden.push(format!("global get {g} vanished")),
+            Err(_) => r.count(false),
+        }
+    }
+    let mut n = 0;
+    let mut failed = false;
+    match log.iter_from(GlobalSequence(0)) {
+        Ok(iter) => {
+            for item in iter {
+                match item.map(|e| (check(&e, n), e)) {
+                    Ok((Some(true), _)) => n += 1,
+                    Ok((Some(false), e)) => r.wrong.push(format!("global iter {n} read {e:?}")),
+                    Ok((None, _)) | Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Err(_) => failed = true,
+    }
+    if !failed && n != events.len() {
+        r.hidden.push(format!("global iter ended after {n} events"));
+    }
+    r.count(!failed);
+    r
+}
+
+/// Not a test on its own: the body of the child process of the page-flip
+/// tests. Without `VARVEDB_FLIP_CHILD` it returns at once.
+#[cfg(unix)]
+#[test]
+fn a_child_flips_every_byte_of_a_page() {
+    use std::os::unix::fs::FileExt;
+
+    let Ok(spec) = std::env::var(FLIP_CHILD) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, ':');
+    let (page, from, dir) = (
+        parts.next().unwrap(),
+        parts.next().unwrap().parse::<usize>().unwrap(),
+        parts.next().unwrap(),
+    );
+    let data = Path::new(dir).join("data.mdb");
+    let pristine = std::fs::read(&data).unwrap();
+    let flips = page_flips(find_record(&pristine, page).0);
+    let varve = Varve::new(dir).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    for (i, &(at, mask)) in flips.iter().enumerate().skip(from) {
+        println!("@@ try {i}");
+        // The map is shared with the file: the damage is visible at once.
+        file.write_all_at(&[pristine[at] ^ mask], at as u64)
+            .unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reads = read_everything(&varve);
+            let reported = varve.verify().map_or(true, |r| !r.is_ok());
+            (reads, reported)
+        }));
+        match outcome {
+            Ok((reads, reported)) => {
+                for w in reads.wrong {
+                    println!("@@ wrong {i} {w}");
+                }
+                println!(
+                    "@@ done {i} {} {} {} {}",
+                    reads.right,
+                    reads.refused,
+                    reads.hidden.len(),
+                    u8::from(reported)
+                );
+            }
+            Err(_) => println!("@@ wrong {i} a read panicked"),
+        }
+        file.write_all_at(&[pristine[at]], at as u64).unwrap();
+    }
+    println!("@@ end");
+}
+
+/// What the flips of one page did.
+#[derive(Debug, Default)]
+struct PageOutcome {
+    flips: usize,
+    right: u64,
+    refused: u64,
+    reported: u64,
+    /// Flips that hid events from some read without an error.
+    hiding: Vec<((usize, u8), bool)>,
+    wrong: Vec<String>,
+    crashes: Vec<(usize, u8)>,
+    record: (usize, usize),
+}
+
+/// Flips every byte of the page holding the batch's `page` record ("events"
+/// or "index") in child processes, restarting them after crashes.
+#[cfg(unix)]
+fn flip_page(page: &str) -> PageOutcome {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::FileExt;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    write_page_store(dir.path());
+    let data = dir.path().join("data.mdb");
+    let pristine = std::fs::read(&data).unwrap();
+    let pristine_reads = read_everything(&Varve::new(dir.path()).unwrap());
+    assert!(pristine_reads.refused == 0 && pristine_reads.wrong.is_empty());
+    assert!(pristine_reads.hidden.is_empty());
+    let record = find_record(&pristine, page);
+    let flips = page_flips(record.0);
+    let mut out = PageOutcome {
+        flips: flips.len(),
+        record,
+        ..PageOutcome::default()
+    };
+    let mut done = 0;
+    let mut next = 0;
+    while next < flips.len() {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_child_flips_every_byte_of_a_page",
+                "--nocapture",
+            ])
+            .env(
+                FLIP_CHILD,
+                format!("{page}:{next}:{}", dir.path().display()),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut trying = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let Some(at) = line.find("@@ ") else { continue };
+            let words: Vec<&str> = line[at + 3..].split(' ').collect();
+            let n = |k: usize| -> u64 { words[k].parse().unwrap() };
+            match words[0] {
+                "try" => trying = Some(n(1) as usize),
+                "wrong" => {
+                    let flip = flips[n(1) as usize];
+                    out.wrong
+                        .push(format!("flip {flip:?}: {}", words[2..].join(" ")));
+                }
+                "done" => {
+                    let i = n(1) as usize;
+                    out.right += n(2);
+                    out.refused += n(3);
+                    out.reported += n(5);
+                    if n(4) > 0 {
+                        out.hiding.push((flips[i], n(5) == 1));
+                    }
+                    done += 1;
+                    next = i + 1;
+                    trying = None;
+                }
+                _ => {}
+            }
+        }
+        let status = child.wait().unwrap();
+        if let Some(i) = trying {
+            // Killed by a signal inside a flip: undo the damage it left, go on.
+            assert!(!status.success());
+            out.crashes.push(flips[i]);
+            let at = flips[i].0;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&data)
+                .unwrap()
+                .write_all_at(&pristine[at..at + 1], at as u64)
+                .unwrap();
+            next = i + 1;
+        } else {
+            assert!(status.success(), "the child failed: {status}");
+        }
+    }
+    assert_eq!(done + out.crashes.len(), flips.len());
+    eprintln!(
+        "{page} page: {} flips (record of {} bytes at page offset {}): {} reads right, \
+         {} refused; verify reported {} flips; {} flips hid events; {} flips killed the \
+         process inside LMDB",
+        out.flips,
+        record.1,
+        record.0 % PAGE,
+        out.right,
+        out.refused,
+        out.reported,
+        out.hiding.len(),
+        out.crashes.len(),
+    );
+    out
+}
+
+fn in_record(record: (usize, usize), at: usize) -> bool {
+    (record.0..record.0 + record.1).contains(&at)
+}
+
+#[cfg(unix)]
+#[test]
+fn every_byte_of_a_block_page_flipped_reads_correctly_or_fails_on_every_path() {
+    if std::env::var_os(FLIP_CHILD).is_some() {
+        return;
+    }
+    let out = flip_page("events");
+    assert!(out.wrong.is_empty(), "wrong values: {:#?}", out.wrong);
+    assert!(out.hiding.is_empty(), "events hidden: {:?}", out.hiding);
+    let in_block: Vec<_> = out
+        .crashes
+        .iter()
+        .filter(|c| in_record(out.record, c.0))
+        .collect();
+    assert!(
+        in_block.is_empty(),
+        "damage to the block itself crashed: {in_block:?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn every_byte_of_an_index_page_flipped_never_reads_a_wrong_value_and_verify_reports_hidden_events()
+{
+    if std::env::var_os(FLIP_CHILD).is_some() {
+        return;
+    }
+    let out = flip_page("index");
+    assert!(out.wrong.is_empty(), "wrong values: {:#?}", out.wrong);
+    let unreported: Vec<_> = out
+        .hiding
+        .iter()
+        .filter(|(_, reported)| !reported)
+        .collect();
+    assert!(
+        unreported.is_empty(),
+        "hidden and not reported by verify: {unreported:?}"
+    );
+    let in_run: Vec<_> = out
+        .crashes
+        .iter()
+        .filter(|c| in_record(out.record, c.0))
+        .collect();
+    assert!(
+        in_run.is_empty(),
+        "damage to the index entry itself crashed: {in_run:?}"
+    );
+}
