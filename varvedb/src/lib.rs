@@ -1,23 +1,68 @@
 #![doc = include_str!("../../README.md")]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod aggregate;
 mod config;
 mod error;
 mod event;
 mod global;
 mod position;
+mod projection;
 mod reader;
 mod storage;
 mod store;
 mod stream;
+mod subscription;
+mod typed;
 mod verify;
 
+/// The record codec, for the fuzz targets in `fuzz/`. Not a public API.
+#[doc(hidden)]
+#[path = "fuzzing.rs"]
+pub mod __fuzz;
+
+pub use aggregate::{
+    Aggregate, AggregateTest, ExecuteError, Executed, Loaded, Snapshots, TestOutcome,
+};
 pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};
 pub use event::{Archivable, Event};
-pub use global::{GlobalEvent, GlobalIter, GlobalReader};
+pub use global::{GlobalEntry, GlobalEvent, GlobalIter, GlobalReader};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+pub use projection::{
+    ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,
+    ProjectionThread, Projector, ReadModel, Skipped,
+};
 pub use reader::{EventBytes, EventRef, StreamIter, StreamReader};
 pub use store::Varve;
 pub use stream::Stream;
+#[cfg(feature = "async")]
+pub use subscription::{AsyncStreamSubscription, AsyncSubscription};
+pub use subscription::{Filter, StopHandle, StreamSubscription, Subscription};
+pub use typed::Events;
+/// Derives [`Event`](trait@Event): see the trait for every attribute, its
+/// default and its limits.
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::Event;
+///
+/// #[derive(Archive, Serialize, Event)]
+/// #[event(stream = "orders", buffer = 4096, version = 2)]
+/// struct OrderPlaced {
+///     order: u64,
+/// }
+///
+/// assert_eq!((OrderPlaced::STREAM, OrderPlaced::BUFFER_SIZE, OrderPlaced::VERSION), ("orders", 4096, 2));
+/// ```
+pub use varvedb_derive::Event;
 pub use verify::{Problem, VerifyReport};
+
+/// What `#[derive(Event)]` expands to refers to, so that the generated code
+/// needs nothing in the user's crate but `varvedb`. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::event::{assert_archivable, Archivable, Event};
+    pub use core::primitive::{str, u32, u64, usize};
+    pub use core::{concat, module_path};
+}

@@ -1,0 +1,164 @@
+//! Collects measurements and renders the table of `docs/performance.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Report {
+    /// (workload, contender) -> events/s of each sample.
+    rates: BTreeMap<(&'static str, &'static str), Vec<f64>>,
+    latency: BTreeMap<(&'static str, &'static str), (Duration, Duration)>,
+    allocs: BTreeMap<(&'static str, &'static str), f64>,
+    disk: BTreeMap<&'static str, f64>,
+    rss: BTreeMap<&'static str, u64>,
+    /// W7: stream length -> (baseline name, baseline fold, replay, snapshot load).
+    aggregates: BTreeMap<u64, (&'static str, Duration, Duration, Duration)>,
+}
+
+const WORKLOADS: [(&str, &str); 7] = [
+    ("W1", "batch append (durable, 1,000 per txn)"),
+    ("W2", "single append (durable, 1 thread)"),
+    ("W2c", "single append (durable, 4 threads)"),
+    ("W3", "random point read (validated)"),
+    ("W4", "scan one stream id"),
+    ("W5", "scan the global log"),
+    ("W6", "fold every stream (1,000 aggregates)"),
+];
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn human(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2} M/s", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1} k/s", rate / 1e3)
+    } else {
+        format!("{rate:.0} /s")
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Anonymous resident memory of this process, in KiB (Linux; 0 elsewhere).
+pub fn rss_anon_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("RssAnon:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+impl Report {
+    pub fn sample(&mut self, w: &'static str, c: &'static str, events: u64, took: Duration) {
+        self.rates
+            .entry((w, c))
+            .or_default()
+            .push(events as f64 / took.as_secs_f64());
+    }
+
+    pub fn latency(&mut self, w: &'static str, c: &'static str, p50: Duration, p99: Duration) {
+        self.latency.insert((w, c), (p50, p99));
+    }
+
+    pub fn allocs(&mut self, w: &'static str, c: &'static str, per_event: f64) {
+        self.allocs.insert((w, c), per_event);
+    }
+
+    pub fn disk(&mut self, c: &'static str, bytes_per_event: f64) {
+        self.disk.insert(c, bytes_per_event);
+    }
+
+    pub fn aggregate_load(
+        &mut self,
+        len: u64,
+        base: &'static str,
+        baseline: Duration,
+        replay: Duration,
+        snap: Duration,
+    ) {
+        self.aggregates.insert(len, (base, baseline, replay, snap));
+    }
+
+    pub fn rss(&mut self, c: &'static str, kib: u64) {
+        self.rss.insert(c, kib);
+    }
+
+    /// The markdown table: medians, ratio to the baseline, latencies, allocations.
+    pub fn render(&self, ours: &'static str, base: &'static str, scale: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "| workload | {ours} | {base} | ratio | {ours} p50 / p99 | {base} p50 / p99 | allocs/event ({ours} / {base}) |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        for (w, what) in WORKLOADS {
+            let a = self.rates.get(&(w, ours)).map(|v| median(v));
+            let b = self.rates.get(&(w, base)).map(|v| median(v));
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            let lat = |c| {
+                self.latency
+                    .get(&(w, c))
+                    .map_or("".to_string(), |(p50, p99)| {
+                        format!("{} / {}", micros(*p50), micros(*p99))
+                    })
+            };
+            let al = |c| {
+                self.allocs
+                    .get(&(w, c))
+                    .map_or("–".to_string(), |x| format!("{x:.3}"))
+            };
+            let _ = writeln!(
+                out,
+                "| {w} {what} | {} | {} | **{:.2}×** | {} | {} | {} / {} |",
+                human(a),
+                human(b),
+                a / b,
+                lat(ours),
+                lat(base),
+                al(ours),
+                al(base)
+            );
+        }
+        let _ = writeln!(out);
+        let d = |c| self.disk.get(c).copied().unwrap_or(0.0);
+        let r = |c| self.rss.get(c).copied().unwrap_or(0);
+        let _ = writeln!(out, "| measure | {ours} | {base} |");
+        let _ = writeln!(out, "|---|---:|---:|");
+        let _ = writeln!(
+            out,
+            "| disk bytes per event after W1 | {:.1} | {:.1} |",
+            d(ours),
+            d(base)
+        );
+        let _ = writeln!(
+            out,
+            "| anonymous RSS growth during a full scan | {} KiB | {} KiB |",
+            r(ours),
+            r(base)
+        );
+        let _ = writeln!(out);
+        if !self.aggregates.is_empty() {
+            let _ = writeln!(out, "| W7 load one aggregate | {base} fold | {ours} replay | {ours} from a snapshot (every 10,000) |");
+            let _ = writeln!(out, "|---|---:|---:|---:|");
+            for (len, (_, baseline, replay, snap)) in &self.aggregates {
+                let _ = writeln!(
+                    out,
+                    "| {len} events | {} | {} | {} |",
+                    micros(*baseline),
+                    micros(*replay),
+                    micros(*snap)
+                );
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out, "Sizes: `{scale}`.");
+        out
+    }
+}

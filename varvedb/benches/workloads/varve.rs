@@ -1,0 +1,111 @@
+//! The VarveDB adapter.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use varvedb::{GlobalSequence, Stream, StreamId, StreamReader, StreamSequence, Varve};
+
+use crate::contender::{Contender, Sample};
+
+thread_local! {
+    static READER: std::cell::RefCell<Option<(usize, StreamReader<Sample>)>> = const { std::cell::RefCell::new(None) };
+}
+
+pub struct VarveDb {
+    varve: Varve,
+    stream: Mutex<Stream<Sample, 128>>,
+    reader: StreamReader<Sample>,
+    id: usize,
+}
+
+impl VarveDb {
+    /// A per-thread reader, so concurrent workloads don't share one.
+    fn with_reader<R>(&self, f: impl FnOnce(&mut StreamReader<Sample>) -> R) -> R {
+        READER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
+                *slot = Some((self.id, self.reader.clone()));
+            }
+            f(&mut slot.as_mut().expect("just set").1)
+        })
+    }
+}
+
+impl Contender for VarveDb {
+    const NAME: &'static str = "varvedb";
+
+    fn open(dir: &Path) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let varve = Varve::new(dir).expect("open varvedb");
+        let stream = varve.stream::<Sample, 128>("samples").expect("open stream");
+        let reader = stream.reader();
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        VarveDb {
+            varve,
+            stream: Mutex::new(stream),
+            reader,
+            id,
+        }
+    }
+
+    fn append_batch(&self, id: u64, events: &[Sample]) {
+        self.stream
+            .lock()
+            .unwrap()
+            .append_batch(StreamId(id), events)
+            .expect("append batch");
+    }
+
+    fn append_one(&self, id: u64, event: &Sample) {
+        // A handle per call: concurrent callers must not serialize on our mutex.
+        let mut stream = self
+            .varve
+            .stream::<Sample, 128>("samples")
+            .expect("open stream");
+        stream.append(StreamId(id), event).expect("append");
+    }
+
+    fn point_read(&self, id: u64, seq: u64) -> u64 {
+        self.with_reader(|r| {
+            r.get_archived(StreamId(id), StreamSequence(seq))
+                .expect("read")
+                .expect("present")
+                .a
+                .to_native()
+        })
+    }
+
+    fn scan_stream(&self, id: u64) -> u64 {
+        self.with_reader(|r| {
+            r.iter_stream(StreamId(id), None)
+                .expect("iterate")
+                .try_fold_archived(0u64, |sum, _, e| sum.wrapping_add(e.b.to_native()))
+                .expect("scan")
+        })
+    }
+
+    fn scan_global(&self) -> u64 {
+        let mut log = self.varve.global_reader();
+        log.iter_from(GlobalSequence(0))
+            .expect("iterate")
+            .try_fold_entries(0u64, |sum, event| {
+                Ok(sum.wrapping_add(event.archived::<Sample>()?.b.to_native()))
+            })
+            .expect("scan")
+    }
+
+    fn fold(&self, id: u64) -> u64 {
+        self.with_reader(|r| {
+            r.iter_stream(StreamId(id), None)
+                .expect("iterate")
+                .try_fold_archived(0u64, |sum, _, e| sum.wrapping_add(e.c.to_native()))
+                .expect("fold")
+        })
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        std::fs::metadata(self.varve.path().join("data.mdb"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+}
