@@ -611,3 +611,66 @@ fn every_byte_of_an_index_page_flipped_never_reads_a_wrong_value_and_verify_repo
         "damage to the index entry itself crashed: {in_run:?}"
     );
 }
+
+#[test]
+fn a_damaged_stream_index_run_is_an_error_not_a_shorter_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let varve = Varve::new(dir.path()).unwrap();
+        let mut orders = varve.stream::<Order, 128>("orders").unwrap();
+        // Interleave two ids so id 77 gets three separate runs: 0..5, 5..10, 10..15.
+        for round in 0..3u64 {
+            orders
+                .append_batch(
+                    StreamId(77),
+                    &(0..5)
+                        .map(|n| Order::numbered(round * 5 + n))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+            orders
+                .append(StreamId(78), &Order::numbered(round))
+                .unwrap();
+        }
+    }
+    // The key of the middle run: tag 0, id 77, first sequence 5 (all big endian).
+    let mut key = Vec::new();
+    key.extend_from_slice(&0u32.to_be_bytes());
+    key.extend_from_slice(&77u64.to_be_bytes());
+    key.extend_from_slice(&5u64.to_be_bytes());
+    flip_in_data_file(dir.path(), &key, 19);
+
+    let varve = Varve::new(dir.path()).unwrap();
+    let mut reader = varve.stream::<Order, 128>("orders").unwrap().reader();
+    assert_eq!(
+        reader
+            .get_archived(StreamId(77), StreamSequence(2))
+            .unwrap()
+            .unwrap()
+            .id,
+        2
+    );
+    for seq in 5..10 {
+        let read = reader.get_archived(StreamId(77), StreamSequence(seq));
+        assert!(
+            matches!(read, Err(Error::Corruption { .. })),
+            "sequence {seq}: {read:?}"
+        );
+    }
+    let all: Vec<_> = reader.iter_stream(StreamId(77), None).unwrap().collect();
+    assert!(
+        all.last().unwrap().is_err(),
+        "iteration ends with an error, not early"
+    );
+    assert!(reader
+        .iter_stream(StreamId(77), None)
+        .unwrap()
+        .try_fold_archived((), |_, _, _| ())
+        .is_err());
+    assert!(!varve.verify().unwrap().is_ok());
+    // The id past its end is still a clean `None`.
+    assert!(reader
+        .get_archived(StreamId(77), StreamSequence(15))
+        .unwrap()
+        .is_none());
+}

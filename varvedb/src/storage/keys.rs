@@ -6,13 +6,16 @@
 //! ```text
 //! key   (20 bytes, big endian so keys sort by stream, id, sequence):
 //!       stream tag u32 | stream id u64 | first stream sequence u64
-//! value (16 bytes, little endian): first global sequence u64 | event count u64
+//! value (20 bytes, little endian): first global sequence u64 | event count u64 |
+//!       checksum u32 (low 32 bits of XXH3-64 over the key and the first 16 bytes)
 //! ```
+//! The checksum covers the key too, so a damaged key or value is an error, not
+//! a run that silently points elsewhere or ends early.
 //! A batch is one run; consecutive single appends to the same id extend the
 //! previous run in place, so the index stays small whatever the write pattern.
 
 pub(crate) const INDEX_KEY_LEN: usize = 20;
-pub(crate) const RUN_LEN: usize = 16;
+pub(crate) const RUN_LEN: usize = 20;
 
 pub(crate) fn index_key(tag: u32, id: u64, seq: u64) -> [u8; INDEX_KEY_LEN] {
     let mut k = [0u8; INDEX_KEY_LEN];
@@ -51,28 +54,39 @@ impl Run {
         self.first_global + self.count
     }
 
-    pub(crate) fn encode(&self) -> [u8; RUN_LEN] {
+    pub(crate) fn encode(&self, key: &[u8; INDEX_KEY_LEN]) -> [u8; RUN_LEN] {
         let mut v = [0u8; RUN_LEN];
         v[..8].copy_from_slice(&self.first_global.to_le_bytes());
-        v[8..].copy_from_slice(&self.count.to_le_bytes());
+        v[8..16].copy_from_slice(&self.count.to_le_bytes());
+        let sum = run_checksum(key, &v[..16]);
+        v[16..].copy_from_slice(&sum.to_le_bytes());
         v
     }
 
-    /// Decodes a run value; `None` if malformed or impossible.
-    pub(crate) fn decode(first_seq: u64, v: &[u8]) -> Option<Run> {
-        if v.len() != RUN_LEN {
+    /// Decodes the run stored under `key` (whose first sequence is
+    /// `first_seq`); `None` if malformed, impossible or failing its checksum.
+    pub(crate) fn decode(key: &[u8], first_seq: u64, v: &[u8]) -> Option<Run> {
+        if v.len() != RUN_LEN || run_checksum(key, &v[..16]).to_le_bytes() != v[16..] {
             return None;
         }
         let run = Run {
             first_seq,
             first_global: u64::from_le_bytes(v[..8].try_into().ok()?),
-            count: u64::from_le_bytes(v[8..].try_into().ok()?),
+            count: u64::from_le_bytes(v[8..16].try_into().ok()?),
         };
         let valid = run.count > 0
             && run.first_seq.checked_add(run.count).is_some()
             && run.first_global.checked_add(run.count).is_some();
         valid.then_some(run)
     }
+}
+
+fn run_checksum(key: &[u8], value: &[u8]) -> u32 {
+    let mut both = [0u8; INDEX_KEY_LEN + 16];
+    let (k, v) = (key.len().min(INDEX_KEY_LEN), value.len().min(16));
+    both[..k].copy_from_slice(&key[..k]);
+    both[INDEX_KEY_LEN..INDEX_KEY_LEN + v].copy_from_slice(&value[..v]);
+    xxhash_rust::xxh3::xxh3_64(&both) as u32
 }
 
 /// Key of the `events` database: the first global sequence of a block.
@@ -104,12 +118,36 @@ mod tests {
             first_global: 10,
             count: 4,
         };
-        assert_eq!(Run::decode(3, &r.encode()), Some(r));
-        assert_eq!(Run::decode(3, &[0u8; 3]), None);
+        let key = index_key(1, 2, 3);
+        let v = r.encode(&key);
+        assert_eq!(Run::decode(&key, 3, &v), Some(r));
+        assert_eq!(Run::decode(&key, 3, &[0u8; 3]), None);
+        let empty = Run { count: 0, ..r }.encode(&key);
         assert_eq!(
-            Run::decode(3, &[0u8; 16]),
+            Run::decode(&key, 3, &empty),
             None,
             "an empty run is impossible"
         );
+    }
+
+    #[test]
+    fn a_damaged_run_key_or_value_fails_its_checksum() {
+        let r = Run {
+            first_seq: 3,
+            first_global: 10,
+            count: 4,
+        };
+        let key = index_key(1, 2, 3);
+        let v = r.encode(&key);
+        for byte in 0..RUN_LEN {
+            let mut bad = v;
+            bad[byte] ^= 0x10;
+            assert_eq!(Run::decode(&key, 3, &bad), None, "value byte {byte}");
+        }
+        for byte in 0..INDEX_KEY_LEN {
+            let mut bad = key;
+            bad[byte] ^= 0x10;
+            assert_eq!(Run::decode(&bad, 3, &v), None, "key byte {byte}");
+        }
     }
 }

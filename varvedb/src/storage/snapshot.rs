@@ -222,7 +222,7 @@ impl Store {
             .map_err(self.err("reading the stream index"))?;
         let Some((k, v)) = found else { return Ok(None) };
         match parse_index_key(k) {
-            Some((t, i, first)) if t == tag && i == id => Run::decode(first, v)
+            Some((t, i, first)) if t == tag && i == id => Run::decode(k, first, v)
                 .map(Some)
                 .ok_or_else(|| Error::Corruption {
                     location: Location::Record(format!(
@@ -235,6 +235,21 @@ impl Store {
                 location: Location::Record("the stream index".into()),
                 detail: format!("malformed key of {} bytes", k.len()),
             }),
+        }
+    }
+
+    /// Called when no run covers `seq` of `(tag, id)`: that is the end of the
+    /// id if `seq` is past its last run, and a hole in the index otherwise.
+    pub(crate) fn no_run_for(&self, txn: &RoTxn, tag: u32, id: u64, seq: u64) -> Result<()> {
+        match self.last_run(txn, tag, id)? {
+            Some(last) if seq < last.end_seq() => Err(Error::Corruption {
+                location: Location::Record(format!("stream index of tag {tag} id {id}")),
+                detail: format!(
+                    "no run covers sequence {seq}, below the id's last sequence {}",
+                    last.end_seq() - 1
+                ),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -315,12 +330,10 @@ pub(crate) fn walk_stream(
 ) -> Result<()> {
     let mut seq = from;
     loop {
-        let Some(run) = store.run_at_or_before(txn, tag, id, seq)? else {
-            return Ok(());
+        let run = store.run_at_or_before(txn, tag, id, seq)?;
+        let Some(run) = run.filter(|r| seq < r.end_seq()) else {
+            return store.no_run_for(txn, tag, id, seq);
         };
-        if seq >= run.end_seq() {
-            return Ok(());
-        }
         while seq < run.end_seq() {
             let global = run.first_global + (seq - run.first_seq);
             let (_, block) = store
@@ -400,12 +413,11 @@ impl View {
         id: u64,
         seq: u64,
     ) -> Result<Option<MappedEvent>> {
-        let Some(run) = self.store.run_at_or_before(&self.pin.txn, tag, id, seq)? else {
+        let run = self.store.run_at_or_before(&self.pin.txn, tag, id, seq)?;
+        let Some(run) = run.filter(|r| seq < r.end_seq()) else {
+            self.store.no_run_for(&self.pin.txn, tag, id, seq)?;
             return Ok(None);
         };
-        if seq >= run.end_seq() {
-            return Ok(None);
-        }
         let global = run.first_global + (seq - run.first_seq);
         let block = self.block_ref(global)?.ok_or_else(|| missing(global))?;
         let event = self.mapped(&block, global)?;
@@ -567,6 +579,8 @@ impl StreamCursor {
                     }
                     _ => {
                         self.done = true;
+                        let store = &self.view.store;
+                        store.no_run_for(&self.view.pin.txn, self.tag, self.id, self.next_seq)?;
                         return Ok(None);
                     }
                 }

@@ -140,8 +140,8 @@ impl Store {
             let at = Location::Record(format!(
                 "stream index run (tag {tag}, id {id}, from {first})"
             ));
-            let Some(run) = Run::decode(first, v) else {
-                problem(at, "malformed run".into());
+            let Some(run) = Run::decode(k, first, v) else {
+                problem(at, "malformed run or checksum mismatch".into());
                 continue;
             };
             let seen = covered.entry((tag, id)).or_insert(0);

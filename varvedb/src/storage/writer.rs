@@ -154,13 +154,10 @@ impl<'s> WriteTxn<'s> {
                 count,
             },
         };
+        let key = index_key(info.tag, id, run.first_seq);
         store
             .index
-            .put(
-                &mut self.txn,
-                &index_key(info.tag, id, run.first_seq),
-                &run.encode(),
-            )
+            .put(&mut self.txn, &key, &run.encode(&key))
             .map_err(store.err("updating the stream index"))?;
         self.end_global = Some(first_global + count);
         Ok((first_seq, first_global))
