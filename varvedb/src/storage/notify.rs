@@ -30,6 +30,7 @@ pub(crate) struct CommitSignal {
 
 /// The async tasks waiting for a commit, each under the key of its subscription.
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
 struct Tasks {
     next_key: u64,
     waiting: HashMap<u64, Waker>,
@@ -112,6 +113,7 @@ impl Store {
     }
 
     /// A key under which one subscription registers its task's waker.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn waker_key(&self) -> u64 {
         let mut tasks = self.commits.tasks.lock();
         tasks.next_key += 1;
@@ -123,6 +125,7 @@ impl Store {
     /// noticed within [`CROSS_PROCESS_POLL`] by a helper thread, started here
     /// if none runs; if the thread cannot be started, only this process's
     /// commits wake the task (the next registration tries again).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn register_waker(self: &Arc<Self>, key: u64, waker: &Waker) {
         let start_poller = {
             let mut tasks = self.commits.tasks.lock();
@@ -147,6 +150,7 @@ impl Store {
     }
 
     /// Forgets the waker registered under `key`, if any.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn deregister_waker(&self, key: u64) {
         self.commits.tasks.lock().waiting.remove(&key);
     }
@@ -161,6 +165,7 @@ impl Store {
 /// The helper thread: while tasks wait, re-reads the last transaction id every
 /// [`CROSS_PROCESS_POLL`] and wakes them when it changed. Ends when no task
 /// waits or the store is gone; holds the store only while looking.
+#[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
 fn poll_other_processes(store: Weak<Store>) {
     let Some(mut last) = store.upgrade().map(|s| s.last_txn_id()) else {
         return;

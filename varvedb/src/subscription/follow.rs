@@ -102,6 +102,7 @@ impl<P: Pager> Follower<P> {
         &mut self.pager
     }
 
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -204,6 +205,7 @@ impl<P: Pager> Follower<P> {
     /// The async form of [`Follower::next_timeout`] with no timeout: when
     /// caught up, registers the task's waker under `key` and returns
     /// `Pending`. `Ready(None)` once stopped.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
