@@ -20,8 +20,31 @@ pub(crate) fn serialize_event<T: Archivable>(
     stream: &str,
     event: &T,
 ) -> Result<()> {
+    serialize_events(block, stream, std::slice::from_ref(event))
+}
+
+/// Serializes `events` in order into `block`, borrowing rkyv's thread-local
+/// arena once for the whole batch rather than once per event.
+pub(crate) fn serialize_events<T: Archivable>(
+    block: &mut BlockBuilder,
+    stream: &str,
+    events: &[T],
+) -> Result<()> {
+    rkyv::util::with_arena(|arena| {
+        events
+            .iter()
+            .try_for_each(|event| serialize_with(block, stream, event, arena.acquire()))
+    })
+}
+
+fn serialize_with<T: Archivable>(
+    block: &mut BlockBuilder,
+    stream: &str,
+    event: &T,
+    alloc: rkyv::ser::allocator::ArenaHandle<'_>,
+) -> Result<()> {
     let buf = block.begin_event();
-    match rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf) {
+    match rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(event, buf, alloc) {
         Ok(buf) => block
             .finish_event(buf)
             .map_err(|size| Error::EventTooLarge {
@@ -165,9 +188,7 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
             });
         }
         self.block.start(events.len());
-        for event in events {
-            self.serialize(event)?;
-        }
+        serialize_events(&mut self.block, &self.info.name, events)?;
         let (seq, global) = self
             .store
             .append(&self.info, id.0, expected, &mut self.block)?;

@@ -11,6 +11,7 @@
 
 use std::mem;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -50,12 +51,24 @@ impl Slot {
 struct Queue {
     pending: Vec<Request>,
     leading: bool,
+    /// How many appends the previous group committed: a leader waits (briefly)
+    /// for that many to queue, since writers that just got their answer are
+    /// about to send their next append.
+    last_group: usize,
 }
+
+/// The longest a leader waits for the appends of writers that were in the
+/// previous group. A durable commit costs about 200 µs on the development
+/// machine, so gathering one more append in this time halves its cost; a
+/// lone writer never waits (its previous group was itself).
+const GATHER_WAIT: Duration = Duration::from_micros(50);
 
 /// The queue of appends waiting for the next group commit.
 #[derive(Default)]
 pub(crate) struct GroupCommit {
     queue: Mutex<Queue>,
+    /// Signalled when an append joins the queue, for a gathering leader.
+    arrived: Condvar,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -88,12 +101,13 @@ impl Store {
         let mut lead = {
             let mut queue = self.group.queue.lock();
             queue.pending.push(request);
+            self.group.arrived.notify_one();
             !mem::replace(&mut queue.leading, true)
         };
         loop {
             if lead {
                 // Commit what is queued (our own append included), then hand over.
-                let batch = mem::take(&mut self.group.queue.lock().pending);
+                let batch = self.gather();
                 self.commit_group(batch);
                 let mut queue = self.group.queue.lock();
                 match queue.pending.first() {
@@ -116,6 +130,25 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Takes the queued appends for the next group, first waiting up to
+    /// [`GATHER_WAIT`] for as many as the previous group had.
+    fn gather(&self) -> Vec<Request> {
+        let mut queue = self.group.queue.lock();
+        let deadline = Instant::now() + GATHER_WAIT;
+        while queue.pending.len() < queue.last_group {
+            if self
+                .group
+                .arrived
+                .wait_until(&mut queue, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        queue.last_group = queue.pending.len();
+        mem::take(&mut queue.pending)
     }
 
     /// Writes `batch` in one transaction and answers every request. If the
