@@ -16,7 +16,7 @@ pub struct Replayed {
     sum: u64,
 }
 
-/// The same, snapshotted every 10,000 events.
+/// The same, snapshotted every 1,000 events.
 #[derive(Default, Archive, Serialize, Deserialize)]
 pub struct Snapshotted {
     sum: u64,
@@ -52,7 +52,7 @@ impl Aggregate for Snapshotted {
     }
 
     fn snapshots() -> Snapshots<Self> {
-        Snapshots::every(10_000)
+        Snapshots::every(1_000)
     }
 }
 

@@ -54,6 +54,29 @@ impl RawHeed {
     }
 }
 
+impl RawHeed {
+    /// Sums `field` over stream id `id`: the index in key order, one log
+    /// lookup per event.
+    fn sum_stream(&self, id: u64, field: impl Fn(&ArchivedSample) -> u64) -> u64 {
+        let rtxn = self.env.read_txn().expect("rtxn");
+        let mut sum = 0u64;
+        for entry in self
+            .index
+            .prefix_iter(&rtxn, &id.to_be_bytes())
+            .expect("prefix")
+        {
+            let (_, global) = entry.expect("entry");
+            let bytes = self
+                .events
+                .get(&rtxn, &global)
+                .expect("get")
+                .expect("present");
+            sum = sum.wrapping_add(with_sample(bytes, &field));
+        }
+        sum
+    }
+}
+
 impl Contender for RawHeed {
     const NAME: &'static str = "raw heed";
 
@@ -123,22 +146,7 @@ impl Contender for RawHeed {
     }
 
     fn scan_stream(&self, id: u64) -> u64 {
-        let rtxn = self.env.read_txn().expect("rtxn");
-        let mut sum = 0u64;
-        for entry in self
-            .index
-            .prefix_iter(&rtxn, &id.to_be_bytes())
-            .expect("prefix")
-        {
-            let (_, global) = entry.expect("entry");
-            let bytes = self
-                .events
-                .get(&rtxn, &global)
-                .expect("get")
-                .expect("present");
-            sum = sum.wrapping_add(with_sample(bytes, |s| s.b.to_native()));
-        }
-        sum
+        self.sum_stream(id, |s| s.b.to_native())
     }
 
     fn scan_global(&self) -> u64 {
@@ -152,22 +160,7 @@ impl Contender for RawHeed {
     }
 
     fn fold(&self, id: u64) -> u64 {
-        let rtxn = self.env.read_txn().expect("rtxn");
-        let mut sum = 0u64;
-        for entry in self
-            .index
-            .prefix_iter(&rtxn, &id.to_be_bytes())
-            .expect("prefix")
-        {
-            let (_, global) = entry.expect("entry");
-            let bytes = self
-                .events
-                .get(&rtxn, &global)
-                .expect("get")
-                .expect("present");
-            sum = sum.wrapping_add(with_sample(bytes, |s| s.c.to_native()));
-        }
-        sum
+        self.sum_stream(id, |s| s.c.to_native())
     }
 
     fn disk_bytes(&self) -> u64 {

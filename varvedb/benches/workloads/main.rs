@@ -112,58 +112,83 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Benchmarks one workload of one contender: criterion runs `once` as many
+/// times as it wants; `once` does its own setup and returns the time of the
+/// measured part only. Each sample also goes into `report`.
+fn workload(
+    c: &mut Criterion,
+    report: &mut Report,
+    (id, title): (&'static str, &str),
+    contender: &'static str,
+    events: u64,
+    mut once: impl FnMut() -> Duration,
+) {
+    let mut g = c.benchmark_group(format!("{id} {title}"));
+    g.throughput(Throughput::Elements(events)).sample_size(10);
+    g.bench_function(BenchmarkId::from_parameter(contender), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let took = once();
+                    report.sample(id, contender, events, took);
+                    took
+                })
+                .sum()
+        })
+    });
+    g.finish();
+}
+
+/// Times `f` once.
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
 /// Runs every workload for contender `C`, adding its rows to `report`.
 fn run<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
     let name = C::NAME;
     let batches = w1_batches(scale);
     let singles: Vec<Sample> = (0..scale.singles).map(Sample::new).collect();
+    let fresh = || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = C::open(dir.path());
+        (dir, db)
+    };
 
     // W1: batch appends into a fresh store.
-    let mut g = c.benchmark_group("W1 batch append");
-    g.throughput(Throughput::Elements(scale.events))
-        .sample_size(10);
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let db = C::open(dir.path());
-                let start = Instant::now();
-                fill(&db, scale, &batches);
-                let took = start.elapsed();
-                total += took;
-                report.sample("W1", name, scale.events, took);
-            }
-            total
-        })
-    });
-    g.finish();
+    workload(
+        c,
+        report,
+        ("W1", "batch append"),
+        name,
+        scale.events,
+        || {
+            let (_dir, db) = fresh();
+            timed(|| fill(&db, scale, &batches))
+        },
+    );
 
     // W2: single durable appends, one thread; W2c: the same from several threads.
     let mut latencies = Vec::new();
-    let mut g = c.benchmark_group("W2 single append");
-    g.throughput(Throughput::Elements(scale.singles))
-        .sample_size(10);
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let db = C::open(dir.path());
-                let start = Instant::now();
-                for i in 0..scale.singles {
+    workload(
+        c,
+        report,
+        ("W2", "single append"),
+        name,
+        scale.singles,
+        || {
+            let (_dir, db) = fresh();
+            timed(|| {
+                for (i, event) in (0u64..).zip(&singles) {
                     let t = Instant::now();
-                    db.append_one(i % 16, &singles[i as usize]);
+                    db.append_one(i % 16, event);
                     latencies.push(t.elapsed());
                 }
-                let took = start.elapsed();
-                total += took;
-                report.sample("W2", name, scale.singles, took);
-            }
-            total
-        })
-    });
-    g.finish();
+            })
+        },
+    );
     latencies.sort_unstable();
     report.latency(
         "W2",
@@ -172,69 +197,52 @@ fn run<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
         percentile(&latencies, 0.99),
     );
 
-    let mut g = c.benchmark_group("W2c concurrent single append");
-    g.throughput(Throughput::Elements(scale.singles))
-        .sample_size(10);
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let db = C::open(dir.path());
-                let per_thread = scale.singles / scale.threads;
-                let start = Instant::now();
+    let per_thread = scale.singles / scale.threads;
+    workload(
+        c,
+        report,
+        ("W2c", "concurrent single append"),
+        name,
+        per_thread * scale.threads,
+        || {
+            let (_dir, db) = fresh();
+            timed(|| {
                 std::thread::scope(|s| {
                     for t in 0..scale.threads {
                         let (db, singles) = (&db, &singles);
                         s.spawn(move || {
-                            for i in 0..per_thread {
-                                db.append_one(t, &singles[i as usize]);
-                            }
+                            singles[..per_thread as usize]
+                                .iter()
+                                .for_each(|e| db.append_one(t, e))
                         });
                     }
-                });
-                let took = start.elapsed();
-                total += took;
-                report.sample("W2c", name, per_thread * scale.threads, took);
-            }
-            total
-        })
-    });
-    g.finish();
+                })
+            })
+        },
+    );
 
     // Read workloads share one W1 data set per contender.
     let w1 = fixture::<C>(|db| fill(db, scale, &batches));
     report.disk(name, w1.db.disk_bytes() as f64 / scale.events as f64);
     let keys = random_keys(scale, scale.reads);
+    let read_all = || {
+        keys.iter().fold(0u64, |sum, &(id, seq)| {
+            sum.wrapping_add(w1.db.point_read(id, seq))
+        })
+    };
 
-    let mut g = c.benchmark_group("W3 point read");
-    g.throughput(Throughput::Elements(scale.reads))
-        .sample_size(10);
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                let mut sum = 0u64;
-                for &(id, seq) in &keys {
-                    sum = sum.wrapping_add(w1.db.point_read(id, seq));
-                }
-                black_box(sum);
-                let took = start.elapsed();
-                total += took;
-                report.sample("W3", name, scale.reads, took);
-            }
-            total
+    workload(c, report, ("W3", "point read"), name, scale.reads, || {
+        timed(|| {
+            black_box(read_all());
         })
     });
-    g.finish();
     let mut read_latencies: Vec<Duration> = keys
         .iter()
         .take(20_000)
         .map(|&(id, seq)| {
-            let t = Instant::now();
-            black_box(w1.db.point_read(id, seq));
-            t.elapsed()
+            timed(|| {
+                black_box(w1.db.point_read(id, seq));
+            })
         })
         .collect();
     read_latencies.sort_unstable();
@@ -252,73 +260,46 @@ fn run<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
     report.allocs("W3", name, allocs as f64 / 10_000.0);
 
     let w4 = fixture::<C>(|db| fill_one_stream(db, scale));
-    let mut g = c.benchmark_group("W4 stream scan");
-    g.throughput(Throughput::Elements(scale.stream_len))
-        .sample_size(10);
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
+    workload(
+        c,
+        report,
+        ("W4", "stream scan"),
+        name,
+        scale.stream_len,
+        || {
+            timed(|| {
                 black_box(w4.db.scan_stream(7));
-                let took = start.elapsed();
-                total += took;
-                report.sample("W4", name, scale.stream_len, took);
-            }
-            total
-        })
-    });
-    g.finish();
+            })
+        },
+    );
     let (_, allocs) = alloc::count(|| black_box(w4.db.scan_stream(7)));
     report.allocs("W4", name, allocs as f64 / scale.stream_len as f64);
     drop(w4);
 
-    let mut g = c.benchmark_group("W5 global scan");
-    g.throughput(Throughput::Elements(scale.events))
-        .sample_size(10);
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                black_box(w1.db.scan_global());
-                let took = start.elapsed();
-                total += took;
-                report.sample("W5", name, scale.events, took);
-            }
-            total
+    workload(c, report, ("W5", "global scan"), name, scale.events, || {
+        timed(|| {
+            black_box(w1.db.scan_global());
         })
     });
-    g.finish();
     let anon_before = report::rss_anon_kib();
     let (_, allocs) = alloc::count(|| black_box(w1.db.scan_global()));
     report.allocs("W5", name, allocs as f64 / scale.events as f64);
     report.rss(name, report::rss_anon_kib().saturating_sub(anon_before));
 
-    let mut g = c.benchmark_group("W6 fold every stream");
-    g.throughput(Throughput::Elements(scale.events))
-        .sample_size(10);
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                for id in 0..scale.ids {
-                    black_box(w1.db.fold(id));
-                }
-                let took = start.elapsed();
-                total += took;
-                report.sample("W6", name, scale.events, took);
-            }
-            total
-        })
-    });
-    g.finish();
-    let (_, allocs) = alloc::count(|| {
-        for id in 0..scale.ids {
+    let fold_all = || {
+        (0..scale.ids).for_each(|id| {
             black_box(w1.db.fold(id));
-        }
-    });
+        })
+    };
+    workload(
+        c,
+        report,
+        ("W6", "fold every stream"),
+        name,
+        scale.events,
+        || timed(fold_all),
+    );
+    let (_, allocs) = alloc::count(fold_all);
     report.allocs("W6", name, allocs as f64 / scale.events as f64);
 }
 

@@ -145,7 +145,7 @@ impl Report {
         );
         let _ = writeln!(out);
         if !self.aggregates.is_empty() {
-            let _ = writeln!(out, "| W7 load one aggregate | {base} fold | {ours} replay | {ours} from a snapshot (every 10,000) |");
+            let _ = writeln!(out, "| W7 load one aggregate | {base} fold | {ours} replay | {ours} from a snapshot (every 1,000) |");
             let _ = writeln!(out, "|---|---:|---:|---:|");
             for (len, (_, baseline, replay, snap)) in &self.aggregates {
                 let _ = writeln!(
