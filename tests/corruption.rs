@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use varvedb::{Error, GlobalSequence, StreamId, StreamSequence, Varve};
-use varvedb_suite::Order;
+use varvedb_suite::{flip_in_data_file, Order};
 
 const MARKER: &str = "MARKER-7f3a9c-payload";
 
@@ -24,20 +24,6 @@ fn write_store(dir: &Path) {
         })
         .collect();
     orders.append_batch(StreamId(1), &batch).unwrap();
-}
-
-fn flip_in_data_file(dir: &Path, needle: &[u8], offset_in_needle: usize) {
-    let path = dir.join("data.mdb");
-    let mut bytes = std::fs::read(&path).unwrap();
-    // Flip every copy: LMDB's copy-on-write may leave stale copies in free pages.
-    let found: Vec<usize> = (0..bytes.len().saturating_sub(needle.len()))
-        .filter(|&i| bytes[i..].starts_with(needle))
-        .collect();
-    assert!(!found.is_empty(), "needle present in the data file");
-    for at in found {
-        bytes[at + offset_in_needle] ^= 0x20;
-    }
-    std::fs::write(&path, bytes).unwrap();
 }
 
 #[test]

@@ -11,50 +11,7 @@ use varvedb::{
     Error, ExternalProjection, Filter, GlobalEvent, GlobalSequence, HandlerError, OnError,
     Projection, ReadModel, StreamId, Varve, VarveConfig,
 };
-use varvedb_suite::{temp_store, Order};
-
-/// Units and orders per product, plus the number of orders and the last
-/// global sequence applied (so an event applied twice or out of order shows).
-struct Sales;
-
-fn product(order: u64) -> String {
-    format!("p{}", order % 5)
-}
-
-fn add(model: &mut ReadModel<'_, '_>, key: &str, n: u64) -> Result<(), HandlerError> {
-    let total = model.get_u64(key.as_bytes())?.unwrap_or(0);
-    model.put_u64(key.as_bytes(), total + n)?;
-    Ok(())
-}
-
-impl Projection for Sales {
-    fn filter(&self) -> Filter {
-        Filter::all().stream("orders")
-    }
-
-    fn apply(
-        &mut self,
-        event: &GlobalEvent,
-        model: &mut ReadModel<'_, '_>,
-    ) -> Result<(), HandlerError> {
-        let order = event.archived::<Order>()?;
-        let product = product(order.id.to_native());
-        add(
-            model,
-            &format!("units/{product}"),
-            u64::from(order.quantity.to_native()),
-        )?;
-        add(model, &format!("orders/{product}"), 1)?;
-        add(model, "orders", 1)?;
-        let last = model.get_u64(b"last")?;
-        let global = event.global_sequence().0;
-        if last.is_some_and(|last| last >= global) {
-            return Err(format!("event {global} applied after {last:?}").into());
-        }
-        model.put_u64(b"last", global)?;
-        Ok(())
-    }
-}
+use varvedb_suite::{product, temp_store, Order, Sales};
 
 type Model = Vec<(Vec<u8>, Vec<u8>)>;
 

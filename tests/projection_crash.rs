@@ -19,49 +19,11 @@ use varvedb::{
     Durability, Filter, GlobalEvent, GlobalSequence, HandlerError, Projection, ReadModel, StreamId,
     Varve, VarveConfig,
 };
-use varvedb_suite::Order;
+use varvedb_suite::{Order, Sales};
 
 const CHILD: &str = "VARVEDB_PROJECTION_CRASH_CHILD";
 const CHILD_TEST: &str = "a_child_runs_the_projection_until_killed";
 const NAME: &str = "sales";
-
-/// Units and orders per product, the number of orders and the last global
-/// sequence applied: an event applied twice, skipped or out of order shows.
-struct Sales;
-
-fn add(model: &mut ReadModel<'_, '_>, key: &str, n: u64) -> Result<(), HandlerError> {
-    let total = model.get_u64(key.as_bytes())?.unwrap_or(0);
-    model.put_u64(key.as_bytes(), total + n)?;
-    Ok(())
-}
-
-impl Projection for Sales {
-    fn filter(&self) -> Filter {
-        Filter::all().stream("orders")
-    }
-
-    fn apply(
-        &mut self,
-        event: &GlobalEvent,
-        model: &mut ReadModel<'_, '_>,
-    ) -> Result<(), HandlerError> {
-        let order = event.archived::<Order>()?;
-        let product = order.id.to_native() % 7;
-        add(
-            model,
-            &format!("units/{product}"),
-            u64::from(order.quantity.to_native()),
-        )?;
-        add(model, &format!("orders/{product}"), 1)?;
-        add(model, "orders", 1)?;
-        let global = event.global_sequence().0;
-        if model.get_u64(b"last")?.is_some_and(|last| last >= global) {
-            return Err(format!("event {global} applied twice or out of order").into());
-        }
-        model.put_u64(b"last", global)?;
-        Ok(())
-    }
-}
 
 fn config() -> VarveConfig {
     // A process crash loses nothing under NoSync (the OS keeps the pages);

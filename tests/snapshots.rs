@@ -3,10 +3,10 @@
 //! full) when it was made by another state layout or is damaged.
 
 use std::cell::Cell;
-use std::path::Path;
 
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Aggregate, Snapshots, StreamId, StreamSequence, Varve};
+use varvedb_suite::flip_in_data_file;
 
 /// The counters' events (public: the versioned states below expose it).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -205,20 +205,6 @@ fn a_snapshot_of_another_layout_is_ignored_and_the_stream_replayed() {
     // ...which v1, in turn, ignores.
     let (old, folded) = applied_during(|| varve.load::<v1::Counter>(id).unwrap());
     assert_eq!((old.snapshot, folded, old.state.total), (None, 27, 6));
-}
-
-fn flip_in_data_file(dir: &Path, needle: &[u8], offset_in_needle: usize) {
-    let path = dir.join("data.mdb");
-    let mut bytes = std::fs::read(&path).unwrap();
-    // Flip every copy: LMDB's copy-on-write may leave stale copies in free pages.
-    let found: Vec<usize> = (0..bytes.len().saturating_sub(needle.len()))
-        .filter(|&i| bytes[i..].starts_with(needle))
-        .collect();
-    assert!(!found.is_empty(), "needle present in the data file");
-    for at in found {
-        bytes[at + offset_in_needle] ^= 0x20;
-    }
-    std::fs::write(&path, bytes).unwrap();
 }
 
 fn damaged_snapshot_is_ignored(needle: &[u8], offset: usize) {

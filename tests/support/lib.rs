@@ -1,7 +1,9 @@
 //! Shared fixtures for the workspace's examples and behaviour tests.
 
+use std::path::Path;
+
 use rkyv::{Archive, Deserialize, Serialize};
-use varvedb::Varve;
+use varvedb::{Filter, GlobalEvent, HandlerError, Projection, ReadModel, Varve};
 
 /// A fresh store in a temporary directory (deleted when the guard drops).
 pub fn temp_store() -> (tempfile::TempDir, Varve) {
@@ -30,5 +32,67 @@ impl Order {
             quantity: (n % 7) as u32,
             note: format!("order number {n}"),
         }
+    }
+}
+
+/// Flips bit 5 of the byte at `offset_in_needle` in every copy of `needle` in
+/// the store's data file (LMDB's copy-on-write may leave stale copies in free
+/// pages, so damaging only the first could miss the live one).
+pub fn flip_in_data_file(dir: &Path, needle: &[u8], offset_in_needle: usize) {
+    let path = dir.join("data.mdb");
+    let mut bytes = std::fs::read(&path).expect("read the data file");
+    let found: Vec<usize> = (0..bytes.len().saturating_sub(needle.len()))
+        .filter(|&i| bytes[i..].starts_with(needle))
+        .collect();
+    assert!(!found.is_empty(), "needle present in the data file");
+    for at in found {
+        bytes[at + offset_in_needle] ^= 0x20;
+    }
+    std::fs::write(&path, bytes).expect("write the data file");
+}
+
+/// The product an order counts for in [`Sales`].
+pub fn product(order: u64) -> String {
+    format!("p{}", order % 5)
+}
+
+/// A projection of the `"orders"` stream: units and orders per product, the
+/// number of orders and the last global sequence applied, so an event applied
+/// twice, skipped or out of order shows (as a handler error).
+pub struct Sales;
+
+fn add(model: &mut ReadModel<'_, '_>, key: &str, n: u64) -> Result<(), HandlerError> {
+    let total = model.get_u64(key.as_bytes())?.unwrap_or(0);
+    model.put_u64(key.as_bytes(), total + n)?;
+    Ok(())
+}
+
+impl Projection for Sales {
+    fn filter(&self) -> Filter {
+        Filter::all().stream("orders")
+    }
+
+    fn apply(
+        &mut self,
+        event: &GlobalEvent,
+        model: &mut ReadModel<'_, '_>,
+    ) -> Result<(), HandlerError> {
+        let order = event.archived::<Order>()?;
+        let product = product(order.id.to_native());
+        add(
+            model,
+            &format!("units/{product}"),
+            u64::from(order.quantity.to_native()),
+        )?;
+        add(model, &format!("orders/{product}"), 1)?;
+        add(model, "orders", 1)?;
+        let global = event.global_sequence().0;
+        if let Some(last) = model.get_u64(b"last")?.filter(|&last| last >= global) {
+            return Err(
+                format!("event {global} applied after {last}: twice or out of order").into(),
+            );
+        }
+        model.put_u64(b"last", global)?;
+        Ok(())
     }
 }

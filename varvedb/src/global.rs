@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Location, Result};
 use crate::event::{layout_fingerprint, Archivable};
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
-use crate::reader::{current_view, owned_view, EventRef};
+use crate::reader::{current_view, may_need_alignment, owned_view, EventRef};
 use crate::storage::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
     MappedEvent, Store, StreamInfo, View, ViewSlot,
@@ -216,7 +216,7 @@ fn typed<'a, T: Archivable>(
     };
     match rkyv::access::<T::Archived, rkyv::rancor::Error>(bytes) {
         Ok(archived) => Ok(archived),
-        Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => Err(corrupt(e)),
+        Err(e) if !may_need_alignment(bytes) => Err(corrupt(e)),
         Err(_) => {
             let copy = aligned.get_or_init(|| {
                 let mut copy = AlignedVec::<16>::with_capacity(bytes.len());

@@ -444,6 +444,14 @@ impl<T: Archivable> StreamIter<T> {
     }
 }
 
+/// Whether a validation failure on `bytes` may only be their alignment (they
+/// are less than 16-byte aligned), so it is worth retrying on an aligned copy.
+/// The one place that rule lives.
+#[inline]
+pub(crate) fn may_need_alignment(bytes: &[u8]) -> bool {
+    (bytes.as_ptr() as usize) % 16 != 0
+}
+
 /// Validates `bytes` as an archived `T` in place or, when they are too
 /// loosely aligned for `T`, on a copy in `scratch` (the only copying path:
 /// payloads are at least 8-byte aligned in the map).
@@ -454,7 +462,7 @@ pub(crate) fn access_or_copy<'a, T: Archivable>(
 ) -> Result<&'a T::Archived, rancor::Error> {
     match rkyv::access::<T::Archived, rancor::Error>(bytes) {
         Ok(archived) => Ok(archived),
-        Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => Err(e),
+        Err(e) if !may_need_alignment(bytes) => Err(e),
         Err(_) => {
             scratch.clear();
             scratch.extend_from_slice(bytes);

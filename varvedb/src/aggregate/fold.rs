@@ -5,12 +5,12 @@ use std::ops::ControlFlow;
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
-use rkyv::Archive;
 
 use super::snapshot::{self, Snapshots};
 use super::{Aggregate, Executed, Loaded};
 use crate::error::{Error, Location, Result};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+use crate::reader::access_or_copy;
 use crate::storage::{BlockBuilder, Store, StreamInfo, View, WriteTxn};
 use crate::stream::serialize_event;
 
@@ -92,17 +92,8 @@ fn fold_from<A: Aggregate>(
             },
             detail: format!("invalid archived event: {e}"),
         };
-        type Archived<A> = <<A as Aggregate>::Event as Archive>::Archived;
-        match rkyv::access::<Archived<A>, rancor::Error>(bytes) {
-            Ok(event) => state.apply(event),
-            Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => return Err(corrupt(e)),
-            Err(_) => {
-                aligned.clear();
-                aligned.extend_from_slice(bytes);
-                let event = rkyv::access::<Archived<A>, rancor::Error>(aligned).map_err(corrupt)?;
-                state.apply(event);
-            }
-        }
+        let event = access_or_copy::<A::Event>(bytes, aligned).map_err(corrupt)?;
+        state.apply(event);
         last = Some(seq);
         Ok(ControlFlow::Continue(()))
     })?;

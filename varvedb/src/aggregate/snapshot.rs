@@ -27,6 +27,7 @@ use rkyv::util::AlignedVec;
 use rkyv::Deserialize;
 
 use crate::event::{layout_fingerprint, Archivable};
+use crate::storage::block::{u32_at, u64_at};
 
 const MAGIC: &[u8; 4] = b"VSNP";
 const FORMAT: u32 = 1;
@@ -308,18 +309,6 @@ pub(crate) enum Unusable {
     Magic,
     Format(u32),
     Checksum,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Checks a snapshot value's header and checksum.

@@ -139,7 +139,7 @@ impl<A> ArchivedRef<A> {
                     _holder: Holder::Mapped(event),
                 })
             }
-            Err(e) if (bytes.as_ptr() as usize) % 16 == 0 => Err(e),
+            Err(e) if !crate::reader::may_need_alignment(bytes) => Err(e),
             Err(_) => {
                 let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
                 copy.extend_from_slice(bytes);
