@@ -660,3 +660,79 @@ fn a_damaged_stream_index_run_is_an_error_not_a_shorter_stream() {
         .unwrap()
         .is_none());
 }
+
+/// Deletes the first (`first` true) or last record of database `name` with
+/// raw LMDB, the store being closed.
+fn delete_record(dir: &Path, name: &str, first: bool) {
+    use heed::types::Bytes;
+    // SAFETY: the test owns the store directory and no varvedb handle is open.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(dir) }.unwrap();
+    let wtxn = env.write_txn().unwrap();
+    let db = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+            let db = opener
+                .database_options()
+                .types::<Bytes, Bytes>()
+                .name(name)
+                .create(wtxn)?;
+            Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    let key = if first {
+        db.first(&wtxn).unwrap()
+    } else {
+        db.last(&wtxn).unwrap()
+    }
+    .unwrap()
+    .0
+    .to_vec();
+    assert!(db.delete(&mut wtxn, &key).unwrap());
+    wtxn.commit().unwrap();
+}
+
+fn write_interleaved(dir: &Path) {
+    let varve = Varve::new(dir).unwrap();
+    let mut orders = varve.stream::<Order, 128>("orders").unwrap();
+    for n in 0..6 {
+        orders.append(StreamId(n % 2), &Order::numbered(n)).unwrap();
+    }
+}
+
+#[test]
+fn verify_reports_events_of_the_log_missing_from_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    write_interleaved(dir.path());
+    delete_record(dir.path(), "index", true);
+    let report = Varve::new(dir.path()).unwrap().verify().unwrap();
+    let details: Vec<_> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("global sequence 0") && d.contains("not in the stream index")),
+        "the log side: {details:?}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("run starts at sequence 1 but the previous run ended at 0")),
+        "the index side: {details:?}"
+    );
+}
+
+#[test]
+fn verify_reports_an_index_run_whose_events_are_missing_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    write_interleaved(dir.path());
+    delete_record(dir.path(), "events", false);
+    let report = Varve::new(dir.path()).unwrap().verify().unwrap();
+    let details: Vec<_> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(report.blocks, 5);
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("the run disagrees with the blocks in the log")),
+        "{details:?}"
+    );
+}

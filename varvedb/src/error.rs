@@ -196,6 +196,83 @@ pub enum Error {
         #[source]
         source: heed::Error,
     },
+
+    /// The data file is shorter than its newest commit needs: pages it uses
+    /// lie past the end of the file (it was cut, or lost its tail in a crash
+    /// of the machine under [`Durability::NoSync`](crate::Durability::NoSync)).
+    /// Reading them through the memory map would kill the process, so the
+    /// store does not open. Restore the file from a backup.
+    #[error(
+        "the data file {path} is truncated: its newest commit needs at least {expected} bytes, \
+         the file holds {actual}"
+    )]
+    Truncated {
+        /// The data file.
+        path: PathBuf,
+        /// The least length the newest commit needs, in bytes.
+        expected: u64,
+        /// The file's length, in bytes.
+        actual: u64,
+    },
+
+    /// The store's identity record is there but its data file is missing or
+    /// empty: the store existed and lost its data. It is never silently
+    /// recreated; restore the data file, or delete the directory to start over.
+    #[error(
+        "the store {store_id} at {path} has lost its data file (missing or empty); \
+         refusing to create a new store in its place"
+    )]
+    DataFileMissing {
+        /// The store directory.
+        path: PathBuf,
+        /// The id recorded in the store's identity record.
+        store_id: crate::StoreId,
+    },
+
+    /// The data file does not belong to the store whose identity record sits
+    /// beside it (it was copied or moved in from another store).
+    #[error(
+        "the data file in {path} belongs to {}, not to store {expected} named by the identity \
+         record beside it",
+        match found { Some(id) => format!("store {id}"), None => "no known store".to_string() }
+    )]
+    StoreMismatch {
+        /// The store directory.
+        path: PathBuf,
+        /// The id in the identity record (`varvedb.id`).
+        expected: crate::StoreId,
+        /// The id recorded in the data file, if any.
+        found: Option<crate::StoreId>,
+    },
+
+    /// The store this process opened at `path` was deleted, moved or replaced
+    /// while still open, and LMDB cannot open a second store at the same path
+    /// in one process until every handle to the first one is dropped.
+    #[error(
+        "the store this process opened at {path} was deleted, moved or replaced while open; \
+         drop every handle to it (streams, readers, events) before opening {path} again"
+    )]
+    StoreReplaced {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// The store is already open in this process with a configuration that
+    /// differs in a setting a second open cannot change.
+    #[error(
+        "the store at {path} is already open in this process with {field} = {open}, \
+         not {requested}; open it with the same configuration or use the open handle"
+    )]
+    ConfigConflict {
+        /// The store directory.
+        path: PathBuf,
+        /// The setting that differs (`durability`, `max_readers`, `resize_wait`).
+        field: &'static str,
+        /// Its value in the open store.
+        open: String,
+        /// Its value in the configuration asked for.
+        requested: String,
+    },
 }
 
 /// Where corrupted bytes were found, for [`Error::Corruption`].

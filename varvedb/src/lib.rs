@@ -34,6 +34,7 @@ pub use projection::{
     ProjectionThread, Projector, ReadModel, Skipped,
 };
 pub use reader::{EventBytes, EventRef, StreamIter, StreamReader};
+pub use storage::StoreId;
 pub use store::Varve;
 pub use stream::Stream;
 #[cfg(feature = "async")]

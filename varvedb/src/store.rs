@@ -56,8 +56,10 @@ impl Varve {
     }
 
     /// Opens the store in directory `path` with `config`. If this process
-    /// already has the store open, the existing store (and its configuration)
-    /// is shared.
+    /// already has the store open, the existing store is shared; its
+    /// configuration must then agree with `config` except for `map_size` (the
+    /// map grows by itself), or the open is
+    /// [`Error::ConfigConflict`](crate::Error::ConfigConflict).
     ///
     /// ```
     /// use varvedb::{Durability, Varve, VarveConfig};
@@ -291,6 +293,13 @@ impl Varve {
     /// The store's directory (canonicalized).
     pub fn path(&self) -> &Path {
         self.store.path()
+    }
+
+    /// The store's id: random bytes chosen when it was created, kept in the
+    /// data file and in the identity record `varvedb.id` beside it. It stays
+    /// the same for the life of the store (and of its copies).
+    pub fn store_id(&self) -> crate::StoreId {
+        self.store.store_id()
     }
 
     /// The configuration the store was opened with.

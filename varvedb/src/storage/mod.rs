@@ -16,6 +16,7 @@ pub(crate) mod block;
 mod catalog;
 mod gate;
 mod group;
+mod identity;
 pub(crate) mod keys;
 mod notify;
 mod probe;
@@ -36,6 +37,7 @@ use crate::error::{Error, Location, Result};
 
 pub(crate) use block::BlockBuilder;
 pub(crate) use catalog::{StreamInfo, TypeIdentity};
+pub use identity::StoreId;
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
     block_end, block_position, block_tag, walk_stream, ArchivedRef, BlockRef, EventPosition,
@@ -70,6 +72,12 @@ pub(crate) struct Store {
     /// Every reader's snapshot slot, for growth to close idle ones.
     view_slots: Mutex<Vec<std::sync::Weak<Mutex<Option<View>>>>>,
     config: VarveConfig,
+    store_id: StoreId,
+    /// The data file this store mapped (device and inode), for the registry
+    /// to tell whether a path still names it.
+    file_key: identity::FileKey,
+    /// The data file, open, to check its length with plain reads.
+    data_file: std::fs::File,
 }
 
 impl std::fmt::Debug for Store {
@@ -111,7 +119,11 @@ fn open_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 impl Store {
     /// Opens (creating if needed) the store at `path`, or returns the handle
-    /// already open in this process for the same directory.
+    /// already open in this process for the same data file.
+    ///
+    /// Before LMDB maps the data file, its length is checked against its
+    /// newest commit and its identity against the record beside it
+    /// (see [`identity`]), so a damaged or replaced file is a typed error.
     pub(crate) fn open(path: &Path, config: VarveConfig) -> Result<Arc<Store>> {
         if path.exists() && !path.is_dir() {
             return Err(Error::NotADirectory {
@@ -120,10 +132,93 @@ impl Store {
         }
         std::fs::create_dir_all(path).map_err(open_error(path))?;
         let canonical = path.canonicalize().map_err(open_error(path))?;
-        registry::get_or_open(&canonical, || Store::open_new(&canonical, config))
+        let mut open = registry::lock();
+        if let Some(key) = identity::data_file_key(&canonical)? {
+            if let Some(store) = open.get(&key) {
+                store.check_same_config(&config)?;
+                return Ok(store);
+            }
+        }
+        // A live store opened here whose data file is no longer at this path
+        // (deleted, moved, replaced): LMDB (and heed) allow one environment
+        // per path per process, so the new one cannot open until it is gone.
+        if open.any_at(&canonical) {
+            return Err(Error::StoreReplaced { path: canonical });
+        }
+        let store = Store::open_new(&canonical, config)?;
+        open.insert(&store);
+        Ok(store)
+    }
+
+    /// Refuses a second open whose configuration asks for something the open
+    /// store does not give. `map_size` may differ: it is only the initial
+    /// reservation, and the map grows on demand whatever it was.
+    fn check_same_config(&self, requested: &VarveConfig) -> Result<()> {
+        // Destructured so a new field must be decided on here.
+        let VarveConfig {
+            map_size: _,
+            max_readers,
+            durability,
+            resize_wait,
+        } = requested;
+        let conflict = |field, open: String, requested: String| {
+            Err(Error::ConfigConflict {
+                path: self.path.clone(),
+                field,
+                open,
+                requested,
+            })
+        };
+        if *durability != self.config.durability {
+            return conflict(
+                "durability",
+                format!("{:?}", self.config.durability),
+                format!("{durability:?}"),
+            );
+        }
+        if *max_readers != self.config.max_readers {
+            return conflict(
+                "max_readers",
+                self.config.max_readers.to_string(),
+                max_readers.to_string(),
+            );
+        }
+        if *resize_wait != self.config.resize_wait {
+            return conflict(
+                "resize_wait",
+                format!("{:?}", self.config.resize_wait),
+                format!("{resize_wait:?}"),
+            );
+        }
+        Ok(())
     }
 
     fn open_new(path: &Path, config: VarveConfig) -> Result<Arc<Store>> {
+        let recorded = identity::read_identity(path)?;
+        match identity::check_data_file(path)? {
+            identity::DataFile::Missing | identity::DataFile::Empty => {
+                if let Some(recorded) = recorded {
+                    return Err(Error::DataFileMissing {
+                        path: path.to_path_buf(),
+                        store_id: recorded.id,
+                    });
+                }
+            }
+            // A store's identity record is written after its first commit,
+            // so its data file holds at least the meta pages; without a record
+            // the file may be a store another process is creating right now
+            // (LMDB's own header check, under its lock, decides).
+            identity::DataFile::Partial { expected, actual } => {
+                if recorded.is_some() {
+                    return Err(Error::Truncated {
+                        path: path.join(identity::DATA_FILE),
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            identity::DataFile::Whole => {}
+        }
         let page = page_size();
         let map_size = config.map_size.max(page).div_ceil(page) * page;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
@@ -167,6 +262,7 @@ impl Store {
         ))?;
         let err = storage_error("creating the store's databases", config.max_readers);
         let wtxn = env.write_txn().map_err(&err)?;
+        let mut checked = None;
         let created =
             env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
                 let mut db = |name| {
@@ -183,7 +279,10 @@ impl Store {
                     db("events")?,
                     db("state")?,
                 );
-                probe::initialize_or_check(wtxn, &dbs.0, path).map_err(OpenError::Varve)?;
+                checked = Some(
+                    probe::initialize_or_check(wtxn, &dbs.0, path, recorded.map(|r| r.id))
+                        .map_err(OpenError::Varve)?,
+                );
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
         let (_meta, catalog, index, events, state) = match created {
@@ -191,6 +290,24 @@ impl Store {
             Err(OpenError::Heed(e)) => return Err(err(e)),
             Err(OpenError::Varve(e)) => return Err(e),
         };
+        let Some(checked) = checked else {
+            return Err(err(heed::Error::Mdb(MdbError::Panic)));
+        };
+        // Written after the first commit, so a record never names a store
+        // whose data file was never complete; an older store adopts one here.
+        if recorded.is_none() {
+            identity::write_identity(
+                path,
+                &identity::Identity {
+                    id: checked.id,
+                    format: FORMAT_VERSION,
+                    created_micros: checked.created_micros,
+                },
+            )?;
+        }
+        let data_path = path.join(identity::DATA_FILE);
+        let data_file = std::fs::File::open(&data_path).map_err(open_error(&data_path))?;
+        let file_key = identity::file_key(&data_file, &data_path)?;
         Ok(Arc::new(Store {
             path: path.to_path_buf(),
             env,
@@ -205,6 +322,9 @@ impl Store {
             streams: catalog::Cache::default(),
             view_slots: Mutex::new(Vec::new()),
             config,
+            store_id: checked.id,
+            file_key,
+            data_file,
         }))
     }
 
@@ -214,6 +334,11 @@ impl Store {
 
     pub(crate) fn config(&self) -> &VarveConfig {
         &self.config
+    }
+
+    /// The store's id (see [`StoreId`]).
+    pub(crate) fn store_id(&self) -> StoreId {
+        self.store_id
     }
 
     /// The id of the newest committed transaction (by any process).
@@ -233,6 +358,11 @@ impl Store {
     /// Grows the map (or adopts a size another process set, with `new_size` 0)
     /// once no transaction of this process is open.
     fn remap(&self, new_size: usize) -> Result<()> {
+        if new_size == 0 {
+            // Another process grew the map: before mapping more of the file,
+            // check it still holds every page the newest commit uses.
+            identity::check_open_file(&self.data_file, &self.path.join(identity::DATA_FILE))?;
+        }
         let release_idle = || self.close_idle_views();
         let result = self
             .gate

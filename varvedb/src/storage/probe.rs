@@ -5,6 +5,9 @@
 //! under one set cannot be read zero-copy under another. At creation we archive
 //! a fixed probe value and keep its bytes; every open archives it again and
 //! compares, so such a change is a typed error instead of garbage.
+//!
+//! The `meta` database also holds the store's [`StoreId`], the same id as the
+//! identity record beside the data file (see [`super::identity`]).
 
 use std::path::Path;
 
@@ -12,12 +15,22 @@ use heed::types::Bytes;
 use heed::{Database, RwTxn};
 use rkyv::{rancor, Archive, Serialize};
 
+use super::identity::StoreId;
 use super::FORMAT_VERSION;
 use crate::error::{Error, Location, Result};
 
 const FORMAT_KEY: &[u8] = b"format";
 const PROBE_KEY: &[u8] = b"rkyv-probe";
 const CREATED_KEY: &[u8] = b"created";
+const STORE_ID_KEY: &[u8] = b"store-id";
+
+/// What the `meta` database says about the store, once checked.
+pub(super) struct Checked {
+    /// The store's id.
+    pub(super) id: StoreId,
+    /// When the store was created (µs since the epoch, 0 if unknown).
+    pub(super) created_micros: u64,
+}
 
 #[derive(Archive, Serialize)]
 struct Probe {
@@ -54,17 +67,22 @@ fn probe_bytes() -> Vec<u8> {
     }
 }
 
+/// Initializes a new store's metadata, or checks an existing store's format
+/// and encoding. `recorded` is the id in the identity record beside the data
+/// file, if there is one: the data file must carry the same id. A store from
+/// before ids existed is given one.
 pub(super) fn initialize_or_check(
     wtxn: &mut RwTxn<'_>,
     meta: &Database<'_, Bytes, Bytes>,
     path: &Path,
-) -> Result<()> {
+    recorded: Option<StoreId>,
+) -> Result<Checked> {
     let err = super::storage_error("reading the store's metadata", 0);
     let format = meta
         .get(wtxn, FORMAT_KEY)
         .map_err(&err)?
         .map(<[u8]>::to_vec);
-    match format {
+    let created_micros = match format {
         None => {
             let created = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -74,7 +92,7 @@ pub(super) fn initialize_or_check(
             meta.put(wtxn, PROBE_KEY, &probe_bytes()).map_err(&err)?;
             meta.put(wtxn, CREATED_KEY, &created.to_le_bytes())
                 .map_err(&err)?;
-            Ok(())
+            created
         }
         Some(raw) => {
             let found = <[u8; 4]>::try_from(raw.as_slice())
@@ -96,7 +114,46 @@ pub(super) fn initialize_or_check(
                     path: path.to_path_buf(),
                 });
             }
-            Ok(())
+            meta.get(wtxn, CREATED_KEY)
+                .map_err(&err)?
+                .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+                .map_or(0, u64::from_le_bytes)
         }
-    }
+    };
+    let stored =
+        match meta.get(wtxn, STORE_ID_KEY).map_err(&err)? {
+            None => None,
+            Some(raw) => Some(<[u8; 16]>::try_from(raw).map(StoreId::from_bytes).map_err(
+                |_| Error::Corruption {
+                    location: Location::Record("the store's id".into()),
+                    detail: format!("expected 16 bytes, found {}", raw.len()),
+                },
+            )?),
+        };
+    let id = match (stored, recorded) {
+        (Some(stored), Some(recorded)) if stored != recorded => {
+            return Err(Error::StoreMismatch {
+                path: path.to_path_buf(),
+                expected: recorded,
+                found: Some(stored),
+            })
+        }
+        (Some(stored), _) => stored,
+        // The identity record names a store, but this data file carries no
+        // id: it was made elsewhere (or is a pre-id store put in its place).
+        (None, Some(recorded)) => {
+            return Err(Error::StoreMismatch {
+                path: path.to_path_buf(),
+                expected: recorded,
+                found: None,
+            })
+        }
+        // A new store, or one from before ids existed: give it one.
+        (None, None) => {
+            let id = StoreId::random(path)?;
+            meta.put(wtxn, STORE_ID_KEY, id.as_bytes()).map_err(&err)?;
+            id
+        }
+    };
+    Ok(Checked { id, created_micros })
 }

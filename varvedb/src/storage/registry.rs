@@ -1,32 +1,59 @@
-//! One `Store` per directory per process.
+//! One `Store` per data file per process.
 //!
 //! LMDB forbids opening the same environment twice in one process (the second
-//! open would break its locking). Every `Varve::new` on a directory that is
-//! already open returns a handle to the same store instead.
+//! open would break its locking). Every `Varve::new` of a directory whose data
+//! file is already open returns a handle to the same store instead.
+//!
+//! Stores are keyed by their data file's identity (device and inode), not by
+//! path: a directory deleted, moved or replaced while its store is open no
+//! longer names that store, and a path that now holds another data file (or
+//! none) must not be answered with the old one, whose appends would be lost.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
+use super::identity::FileKey;
 use super::Store;
-use crate::error::Result;
 
-static OPEN: Mutex<Option<HashMap<PathBuf, Weak<Store>>>> = Mutex::new(None);
+static OPEN: Mutex<Option<HashMap<FileKey, Weak<Store>>>> = Mutex::new(None);
 
-/// Returns the live store for `canonical`, or opens one with `open`.
-pub(super) fn get_or_open(
-    canonical: &Path,
-    open: impl FnOnce() -> Result<Arc<Store>>,
-) -> Result<Arc<Store>> {
+/// The registry, locked for one open: lookups and the open itself happen
+/// under the lock, so two threads never open the same store twice.
+pub(super) struct Registry {
+    guard: MutexGuard<'static, Option<HashMap<FileKey, Weak<Store>>>>,
+}
+
+pub(super) fn lock() -> Registry {
     let mut guard = OPEN.lock();
-    let map = guard.get_or_insert_with(HashMap::new);
-    if let Some(store) = map.get(canonical).and_then(Weak::upgrade) {
-        return Ok(store);
+    guard
+        .get_or_insert_with(HashMap::new)
+        .retain(|_, weak| weak.strong_count() > 0);
+    Registry { guard }
+}
+
+impl Registry {
+    fn map(&mut self) -> &mut HashMap<FileKey, Weak<Store>> {
+        self.guard.get_or_insert_with(HashMap::new)
     }
-    map.retain(|_, weak| weak.strong_count() > 0);
-    let store = open()?;
-    map.insert(canonical.to_path_buf(), Arc::downgrade(&store));
-    Ok(store)
+
+    /// The live store whose data file is `key`.
+    pub(super) fn get(&mut self, key: &FileKey) -> Option<Arc<Store>> {
+        self.map().get(key).and_then(Weak::upgrade)
+    }
+
+    /// Whether a live store was opened at the directory `canonical`.
+    pub(super) fn any_at(&mut self, canonical: &Path) -> bool {
+        self.map()
+            .values()
+            .filter_map(Weak::upgrade)
+            .any(|store| store.path() == canonical)
+    }
+
+    pub(super) fn insert(&mut self, store: &Arc<Store>) {
+        self.map()
+            .insert(store.file_key.clone(), Arc::downgrade(store));
+    }
 }

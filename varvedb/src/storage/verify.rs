@@ -2,21 +2,33 @@
 //! with its position: damaged blocks, gaps or overlaps in the global log, gaps
 //! in a stream id's sequences, index runs that disagree with the log, events
 //! of streams missing from the catalog.
+//!
+//! It runs in memory bounded by the number of streams (the catalog's tags),
+//! whatever the number of blocks, ids and runs: the log is walked in global
+//! order and the index in key order, each keeping O(1) state, and each side
+//! is checked against the other by lookups rather than a map of either.
+//!
+//! - Every block's events are found in the index, at the global sequences
+//!   they occupy (log walk, one index lookup per run the block touches).
+//! - Every run's events are found in the log, in blocks of that stream id at
+//!   the stream sequences the run says (index walk, one log lookup per block
+//!   the run touches).
+//! - Each stream id's runs are dense from sequence 0, and their global
+//!   sequences grow with their stream sequences (index walk).
+//!
+//! Together these make the index and the log describe the same events, so a
+//! stream id's blocks are dense and in global order too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use heed::RoTxn;
 
-use super::block::BlockView;
-use super::keys::{parse_event_key, parse_index_key, Run};
+use super::block::{BlockHeader, BlockView};
+use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
 use super::Store;
 use crate::error::{Location, Result};
 use crate::position::GlobalSequence;
 use crate::verify::{Problem, VerifyReport};
-
-/// Per stream id, what the log holds: `first stream sequence -> (first global, count)`
-/// for each block.
-type Blocks = HashMap<(u32, u64), BTreeMap<u64, (u64, u64)>>;
 
 impl Store {
     pub(crate) fn verify(&self, txn: &RoTxn) -> Result<VerifyReport> {
@@ -46,8 +58,7 @@ impl Store {
             }
         }
 
-        // Log: dense, each block intact, each stream id's sequences dense.
-        let mut blocks: Blocks = HashMap::new();
+        // Log: dense, each block intact and found in the index.
         let mut next_global = 0u64;
         let mut events = 0u64;
         let mut block_count = 0u64;
@@ -93,40 +104,22 @@ impl Store {
                     Err(e) => problem(Location::Global(GlobalSequence(key + u64::from(i))), e.0),
                 }
             }
-            blocks
-                .entry((h.stream_tag, h.stream_id))
-                .or_default()
-                .insert(h.first_stream_seq, (h.first_global, u64::from(h.count)));
-        }
-
-        // Stream ids: blocks cover 0.. densely, in increasing global order.
-        for ((tag, id), list) in &blocks {
-            let mut expect = 0u64;
-            let mut last_global = None;
-            for (&first_seq, &(first_global, count)) in list {
-                if first_seq != expect {
-                    problem(
-                        Location::Global(GlobalSequence(first_global)),
-                        format!(
-                            "stream tag {tag} id {id} jumps from sequence {expect} to {first_seq}"
-                        ),
-                    );
-                }
-                if last_global.is_some_and(|g| g >= first_global) {
-                    problem(
-                        Location::Global(GlobalSequence(first_global)),
-                        format!(
-                            "stream tag {tag} id {id}: sequence order disagrees with global order"
-                        ),
-                    );
-                }
-                last_global = Some(first_global);
-                expect = first_seq + count;
+            if !self.block_in_index(txn, &h)? {
+                problem(
+                    at,
+                    format!(
+                        "events of stream tag {} id {} from sequence {} are not in the stream \
+                         index at the global sequences they occupy",
+                        h.stream_tag, h.stream_id, h.first_stream_seq
+                    ),
+                );
             }
         }
 
-        // Index: every run agrees with the blocks, and runs cover each id exactly.
-        let mut covered: HashMap<(u32, u64), u64> = HashMap::new();
+        // Index: each id's runs dense from 0 and in global order, each run in the log.
+        let mut current = None;
+        let mut seen = 0u64;
+        let mut last_global = None;
         for item in self.index.iter(txn).map_err(&err)? {
             let (k, v) = item.map_err(&err)?;
             report.runs += 1;
@@ -140,12 +133,16 @@ impl Store {
             let at = Location::Record(format!(
                 "stream index run (tag {tag}, id {id}, from {first})"
             ));
+            if current != Some((tag, id)) {
+                current = Some((tag, id));
+                seen = 0;
+                last_global = None;
+            }
             let Some(run) = Run::decode(k, first, v) else {
                 problem(at, "malformed run or checksum mismatch".into());
                 continue;
             };
-            let seen = covered.entry((tag, id)).or_insert(0);
-            if run.first_seq != *seen {
+            if run.first_seq != seen {
                 problem(
                     at.clone(),
                     format!(
@@ -154,21 +151,16 @@ impl Store {
                     ),
                 );
             }
-            *seen = run.end_seq();
-            if !run_matches(blocks.get(&(tag, id)), &run) {
-                problem(at, "the run disagrees with the blocks in the log".into());
-            }
-        }
-        for ((tag, id), list) in &blocks {
-            let total: u64 = list.values().map(|(_, c)| c).sum();
-            if covered.get(&(*tag, *id)).copied().unwrap_or(0) != total {
+            if last_global.is_some_and(|g| g >= run.first_global) {
                 problem(
-                    Location::Record(format!("stream index of tag {tag} id {id}")),
-                    format!(
-                        "the index covers {} events, the log holds {total}",
-                        covered.get(&(*tag, *id)).copied().unwrap_or(0)
-                    ),
+                    at.clone(),
+                    format!("stream tag {tag} id {id}: sequence order disagrees with global order"),
                 );
+            }
+            seen = run.end_seq();
+            last_global = Some(run.end_global() - 1);
+            if !self.run_in_log(txn, tag, id, &run)? {
+                problem(at, "the run disagrees with the blocks in the log".into());
             }
         }
 
@@ -179,23 +171,69 @@ impl Store {
     }
 }
 
-/// Whether every event of `run` sits in a block of the same id at the global
-/// sequence the run says.
-fn run_matches(blocks: Option<&BTreeMap<u64, (u64, u64)>>, run: &Run) -> bool {
-    let Some(blocks) = blocks else { return false };
-    let mut seq = run.first_seq;
-    while seq < run.end_seq() {
-        let Some((&block_seq, &(block_global, count))) = blocks.range(..=seq).next_back() else {
-            return false;
-        };
-        if seq >= block_seq + count {
-            return false;
+impl Store {
+    /// Whether every event of the block with header `h` is in an index run
+    /// of its stream id, at the global sequence it occupies.
+    fn block_in_index(&self, txn: &RoTxn, h: &BlockHeader) -> Result<bool> {
+        let err = self.err("verifying the store");
+        let end = h.first_stream_seq + u64::from(h.count);
+        let mut seq = h.first_stream_seq;
+        while seq < end {
+            let key = index_key(h.stream_tag, h.stream_id, seq);
+            let Some((k, v)) = self
+                .index
+                .get_lower_than_or_equal_to(txn, &key)
+                .map_err(&err)?
+            else {
+                return Ok(false);
+            };
+            let Some((tag, id, first)) = parse_index_key(k) else {
+                return Ok(false);
+            };
+            let Some(run) = Run::decode(k, first, v) else {
+                return Ok(false);
+            };
+            let global = h.first_global + (seq - h.first_stream_seq);
+            if (tag, id) != (h.stream_tag, h.stream_id)
+                || seq >= run.end_seq()
+                || run.first_global + (seq - run.first_seq) != global
+            {
+                return Ok(false);
+            }
+            seq = run.end_seq().min(end);
         }
-        let global = block_global + (seq - block_seq);
-        if global != run.first_global + (seq - run.first_seq) {
-            return false;
-        }
-        seq = (block_seq + count).min(run.end_seq());
+        Ok(true)
     }
-    true
+
+    /// Whether every event of `run` sits in a block of the same stream id, at
+    /// the global sequence the run says.
+    fn run_in_log(&self, txn: &RoTxn, tag: u32, id: u64, run: &Run) -> Result<bool> {
+        let err = self.err("verifying the store");
+        let mut seq = run.first_seq;
+        while seq < run.end_seq() {
+            let global = run.first_global + (seq - run.first_seq);
+            let Some((k, v)) = self
+                .events
+                .get_lower_than_or_equal_to(txn, &event_key(global))
+                .map_err(&err)?
+            else {
+                return Ok(false);
+            };
+            let Some(block_global) = parse_event_key(k) else {
+                return Ok(false);
+            };
+            let Ok(view) = BlockView::parse(block_global, v) else {
+                return Ok(false);
+            };
+            let h = view.header();
+            if (h.stream_tag, h.stream_id) != (tag, id)
+                || global >= h.end_global()
+                || h.first_stream_seq + (global - h.first_global) != seq
+            {
+                return Ok(false);
+            }
+            seq = (seq + (h.end_global() - global)).min(run.end_seq());
+        }
+        Ok(true)
+    }
 }
