@@ -10,7 +10,7 @@ use syn::{Attribute, Expr, ExprLit, Lit, LitInt, LitStr, Meta, Token};
 use crate::ast::Errors;
 
 /// The keys `#[event(...)]` accepts, in the order error messages list them.
-pub(crate) const KEYS: [&str; 3] = ["stream", "buffer", "version"];
+pub(crate) const KEYS: [&str; 5] = ["stream", "buffer", "version", "name", "upcast_from"];
 
 /// The keys given on the type. `None` means the key was absent (or its value
 /// could not be read, which was reported).
@@ -19,6 +19,8 @@ pub(crate) struct Attrs {
     pub(crate) stream: Option<LitStr>,
     pub(crate) buffer: Option<IntValue>,
     pub(crate) version: Option<IntValue>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) upcast_from: Option<syn::Type>,
 }
 
 /// An integer literal and its value; `value` is `None` when it does not fit in
@@ -35,8 +37,8 @@ impl IntValue {
 }
 
 const SYNTAX: &str =
-    "expected `#[event(key = value, ...)]` with keys `stream`, `buffer` or `version`, \
-     e.g. `#[event(stream = \"orders\")]`";
+    "expected `#[event(key = value, ...)]` with keys `stream`, `buffer`, `version`, `name` \
+     or `upcast_from`, e.g. `#[event(stream = \"orders\")]`";
 
 /// Reads every `#[event(...)]` in `attrs`, which may each hold several keys.
 pub(crate) fn parse(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
@@ -79,7 +81,7 @@ fn read_key(meta: &ParseNestedMeta, out: &mut Attrs, errors: &mut Errors) -> syn
         .unwrap_or_default();
     if !KEYS.contains(&key.as_str()) {
         let mut message = format!(
-            "unknown key `{}` in `#[event(...)]`; expected `stream`, `buffer` or `version`",
+            "unknown key `{}` in `#[event(...)]`; expected `stream`, `buffer`, `version`, `name` or `upcast_from`",
             meta.path.to_token_stream().to_string().replace(' ', "")
         );
         if let Some(near) = KEYS.iter().find(|k| edit_distance(k, &key) <= 2) {
@@ -88,25 +90,45 @@ fn read_key(meta: &ParseNestedMeta, out: &mut Attrs, errors: &mut Errors) -> syn
         errors.push(syn::Error::new_spanned(&meta.path, message));
         return skip_value(meta);
     }
-    let Some(value) = read_value(meta, &key, errors)? else {
-        return Ok(());
-    };
     let already = match key.as_str() {
         "stream" => out.stream.is_some(),
         "buffer" => out.buffer.is_some(),
+        "name" => out.name.is_some(),
+        "upcast_from" => out.upcast_from.is_some(),
         _ => out.version.is_some(),
     };
+    if key == "upcast_from" {
+        // A type, not a literal: `upcast_from = OrderPlacedV1`.
+        if !meta.input.peek(Token![=]) {
+            errors.push(syn::Error::new_spanned(
+                &meta.path,
+                "`upcast_from` needs a value: `upcast_from = OrderPlacedV1` (the previous version's type)",
+            ));
+            return skip_value(meta);
+        }
+        let ty: syn::Type = meta.value()?.parse()?;
+        if already {
+            errors.push(duplicate(meta, &key));
+        } else {
+            out.upcast_from = Some(ty);
+        }
+        return Ok(());
+    }
+    let Some(value) = read_value(meta, &key, errors)? else {
+        return Ok(());
+    };
     if already {
-        errors.push(syn::Error::new_spanned(
-            &meta.path,
-            format!("duplicate key `{key}`: each key may be given once"),
-        ));
+        errors.push(duplicate(meta, &key));
         return Ok(());
     }
     match key.as_str() {
         "stream" => match string(&value) {
             Some(lit) => out.stream = Some(lit),
             None => errors.push(wrong_type(&value, "`stream` takes a string literal, e.g. `stream = \"orders\"`")),
+        },
+        "name" => match string(&value) {
+            Some(lit) => out.name = Some(lit),
+            None => errors.push(wrong_type(&value, "`name` takes a string literal, e.g. `name = \"OrderPlaced\"`")),
         },
         "buffer" => match integer(&value, "usize") {
             Ok(int) => out.buffer = Some(int),
@@ -134,6 +156,13 @@ fn read_key(meta: &ParseNestedMeta, out: &mut Attrs, errors: &mut Errors) -> syn
     Ok(())
 }
 
+fn duplicate(meta: &ParseNestedMeta, key: &str) -> syn::Error {
+    syn::Error::new_spanned(
+        &meta.path,
+        format!("duplicate key `{key}`: each key may be given once"),
+    )
+}
+
 /// The expression after `key =`, or `None` (reported) if the key has no value.
 fn read_value(meta: &ParseNestedMeta, key: &str, errors: &mut Errors) -> syn::Result<Option<Expr>> {
     if meta.input.peek(Token![=]) {
@@ -142,6 +171,7 @@ fn read_value(meta: &ParseNestedMeta, key: &str, errors: &mut Errors) -> syn::Re
     let example = match key {
         "stream" => "stream = \"orders\"",
         "buffer" => "buffer = 4096",
+        "name" => "name = \"OrderPlaced\"",
         _ => "version = 2",
     };
     errors.push(syn::Error::new_spanned(

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 use syn::{parse_quote, DeriveInput, Member};
 
 use crate::ast::{Body, Errors, Input, Shape, Style};
@@ -31,7 +32,8 @@ pub(crate) fn derive(node: &DeriveInput) -> TokenStream {
         None => {
             let imp = impl_event(&input, &settings);
             let check = check_archivable(&input);
-            quote!(#imp #check)
+            let chain = check_chain(&input);
+            quote!(#imp #check #chain)
         }
     }
 }
@@ -52,7 +54,20 @@ fn impl_event(input: &Input, settings: &Settings) -> TokenStream {
     let buffer = Literal::u64_unsuffixed(settings.buffer);
     let name = Literal::string(&ident.unraw().to_string());
     let version = Literal::u32_unsuffixed(settings.version);
-    let fingerprint = Literal::u64_unsuffixed(fingerprint(input, settings.version));
+    let fingerprint = Literal::u64_unsuffixed(fingerprint(input, settings));
+    let event_name = Literal::string(&settings.name);
+    let (previous, upcast) = match &input.attrs.upcast_from {
+        Some(old) => (
+            quote!(#old),
+            quote_spanned! {old.span()=>
+                <Self as ::varvedb::__private::Upcast<#old>>::upcast(previous)
+            },
+        ),
+        None => (
+            quote!(::varvedb::__private::NoPrevious),
+            quote!(match *previous {}),
+        ),
+    };
 
     quote! {
         #[automatically_derived]
@@ -66,8 +81,55 @@ fn impl_event(input: &Input, settings: &Settings) -> TokenStream {
             );
             const VERSION: ::varvedb::__private::u32 = #version;
             const FINGERPRINT: ::varvedb::__private::u64 = #fingerprint;
+            const NAME: &'static ::varvedb::__private::str = #event_name;
+            type Previous = #previous;
+            fn upcast(
+                previous: &<Self::Previous as ::varvedb::__private::Lineage>::Archived,
+            ) -> Self
+            where
+                Self: ::varvedb::__private::Sized,
+            {
+                #upcast
+            }
         }
     }
+}
+
+/// For `upcast_from = Old` on a type without generics: compile-time checks
+/// that `Old` is an event of the same name and stream with a lower version.
+/// (A generic type's chain is checked by the store when it binds the stream.)
+fn check_chain(input: &Input) -> TokenStream {
+    let Some(old) = &input.attrs.upcast_from else {
+        return TokenStream::new();
+    };
+    if !input.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let ident = input.ident;
+    let private = quote!(::varvedb::__private);
+    let event = quote!(#private::Event);
+    let checks = [
+        (
+            quote!(#private::same_str(<#old as #event>::NAME, <#ident as #event>::NAME)),
+            "`upcast_from` names an event with another `name`: every version of an event \
+             shares one name (give both `#[event(name = \"...\")]`)",
+        ),
+        (
+            quote!(#private::same_str(<#old as #event>::STREAM, <#ident as #event>::STREAM)),
+            "`upcast_from` names an event of another stream: every version of an event \
+             lives in the same stream (give both the same `#[event(stream = \"...\")]`)",
+        ),
+        (
+            quote!(<#old as #event>::VERSION < <#ident as #event>::VERSION),
+            "`version` must be greater than the version of the type named by `upcast_from`",
+        ),
+    ];
+    let checks = checks.iter().map(|(condition, message)| {
+        quote_spanned! {old.span()=>
+            const _: () = #private::assert!(#condition, #message);
+        }
+    });
+    quote!(#(#checks)*)
 }
 
 /// For a type without generics, a check that it implements rkyv's traits,
@@ -83,16 +145,20 @@ fn check_archivable(input: &Input) -> TokenStream {
     }
 }
 
-/// 64-bit FNV-1a of a canonical description of the type: its name, version,
+/// 64-bit FNV-1a of a canonical description of the type: its event name, version,
 /// and each field's name (or index), position, type as written and
 /// `#[rkyv(...)]` attributes; for an enum, each variant's name and fields.
 /// Never 0, which the store reads as "no fingerprint".
-fn fingerprint(input: &Input, version: u32) -> u64 {
+fn fingerprint(input: &Input, settings: &Settings) -> u64 {
+    // The event's name, not the type's path: moving the type or renaming it
+    // (keeping `name`) or the crate leaves the fingerprint as it was. With no
+    // `name`, this text is what earlier versions hashed, so their stored
+    // fingerprints still match.
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "varvedb-event 1\ntype {}\nversion {version}",
-        input.ident.unraw()
+        "varvedb-event 1\ntype {}\nversion {}",
+        settings.name, settings.version
     );
     match &input.body {
         Body::Struct(shape) => describe(shape, &mut text),

@@ -24,6 +24,8 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `stream` | ASCII letters, digits, `_`, `-`, `.`, `/`; 1 to 255 bytes | the type's name in snake_case |
 /// | `buffer` | bytes, 1 to 67108864 (64 MiB) | 1024 |
 /// | `version` | 1 to 4294967295 | 1 |
+/// | `name` | the event's stable name: ASCII letters, digits, `_`, `-`, `.`, `/`; 1 to 255 bytes | the type's name |
+/// | `upcast_from` | the previous version's type | none |
 ///
 /// The `varvedb::Event` trait documents each key, the fingerprint and the
 /// compile-time checks.

@@ -21,6 +21,8 @@ pub(crate) struct Settings {
     pub(crate) stream: String,
     pub(crate) buffer: u64,
     pub(crate) version: u32,
+    /// The event's stable name: `name = "..."`, or the type's name.
+    pub(crate) name: String,
 }
 
 pub(crate) fn check(input: &Input, errors: &mut Errors) -> Settings {
@@ -36,13 +38,27 @@ pub(crate) fn check(input: &Input, errors: &mut Errors) -> Settings {
             name
         }
         None => {
-            let name = snake_case(&input.ident.unraw().to_string());
-            if let Some(problem) = stream_name_problem(&name) {
+            // From the event's name, so every version of an event (`OpenedV1`,
+            // `Opened`, both `name = "Opened"`) lands in one stream.
+            let base = match &input.attrs.name {
+                Some(lit) => lit.value(),
+                None => input.ident.unraw().to_string(),
+            };
+            let name = snake_case(&base);
+            let name_rejected = input
+                .attrs
+                .name
+                .as_ref()
+                .is_some_and(|lit| event_name_problem(&lit.value()).is_some());
+            // A rejected `name` is reported on its own; the stream made from it
+            // would only repeat the complaint.
+            if let Some(problem) = stream_name_problem(&name).filter(|_| !name_rejected) {
                 errors.push(syn::Error::new(
                     input.ident.span(),
                     format!(
-                        "the default stream name `{name}` (the type's name in snake_case) is invalid: \
-                         {problem}; choose one with `#[event(stream = \"...\")]`"
+                        "the default stream name `{name}` (the {}'s name in snake_case) is invalid: \
+                         {problem}; choose one with `#[event(stream = \"...\")]`",
+                        if input.attrs.name.is_some() { "event" } else { "type" }
                     ),
                 ));
             }
@@ -92,11 +108,52 @@ pub(crate) fn check(input: &Input, errors: &mut Errors) -> Settings {
         },
     };
 
+    let name = match &input.attrs.name {
+        Some(lit) => {
+            let name = lit.value();
+            if let Some(problem) = event_name_problem(&name) {
+                errors.push(syn::Error::new(
+                    lit.span(),
+                    format!("invalid event name: {problem}"),
+                ));
+            }
+            name
+        }
+        None => input.ident.unraw().to_string(),
+    };
+
+    if let (Some(ty), None) = (&input.attrs.upcast_from, &input.attrs.version) {
+        errors.push(syn::Error::new_spanned(
+            ty,
+            "`upcast_from` needs an explicit `version` greater than the previous version's, \
+             e.g. `#[event(version = 2, upcast_from = OrderPlacedV1)]`",
+        ));
+    }
+
     Settings {
         stream,
         buffer,
         version,
+        name,
     }
+}
+
+/// Why `name` cannot be an event name, if it cannot. Event names follow the
+/// stream names' portable rules, so the default stream made from one is valid.
+fn event_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("an event name must not be empty".into());
+    }
+    if name.len() > MAX_STREAM_NAME_LEN {
+        return Some(format!(
+            "an event name is at most {MAX_STREAM_NAME_LEN} bytes, this one is {}",
+            name.len()
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/');
+    name.chars()
+        .find(|c| !allowed(*c))
+        .map(|c| format!("{c:?} is not allowed in an event name, which may hold only {ALLOWED}"))
 }
 
 /// Why `name` cannot be a stream name, if it cannot.
@@ -153,6 +210,16 @@ mod tests {
         assert_eq!(snake_case("Opened"), "opened");
         assert_eq!(snake_case("IOError"), "io_error");
         assert_eq!(snake_case("ABC"), "abc");
+    }
+
+    #[test]
+    fn event_names_are_checked() {
+        assert!(event_name_problem("OrderPlaced").is_none());
+        assert!(event_name_problem("shop/orders/OrderPlaced.v2").is_none());
+        assert!(event_name_problem("shop::OrderPlaced").is_some());
+        assert!(event_name_problem("").is_some());
+        assert!(event_name_problem("Order Placed").is_some());
+        assert!(event_name_problem(&"x".repeat(256)).is_some());
     }
 
     #[test]

@@ -100,15 +100,24 @@ pub const fn assert_archivable<T: ?Sized + Archivable>() {}
 /// | `stream = "orders"` | 1 to 255 bytes of ASCII letters, digits, `_`, `-`, `.` and `/` | the type's name in snake_case |
 /// | `buffer = 4096` | the initial serialization buffer in bytes, 1 to 67108864 (64 MiB) | 1024 |
 /// | `version = 2` | the schema version, 1 to 4294967295 | 1 |
+/// | `name = "OrderPlaced"` | the event's stable name: ASCII letters, digits, `_`, `-`, `.`, `/`; 1 to 255 bytes | the type's name |
+/// | `upcast_from = OrderPlacedV1` | the previous version's type (needs `version` and an [`Upcast`] impl) | none: a first version |
 ///
-/// - **`stream`**: the default is the type's name in snake_case: `OrderPlaced`
-///   becomes `order_placed`, `HTTPRequest` becomes `http_request`. (At run time
+/// - **`stream`**: the default is the event's name (see `name`) in snake_case:
+///   `OrderPlaced` becomes `order_placed`, `HTTPRequest` becomes `http_request`. (At run time
 ///   [`Varve::stream`](crate::Varve::stream) accepts any UTF-8 name; the derive
 ///   asks for the portable subset above.)
 /// - **`buffer`**: only a starting size: a larger event is still stored whole,
 ///   the buffer grows on the heap.
 /// - **`version`**: bump it when the layout changes on purpose; it is part of
 ///   the fingerprint.
+/// - **`name`**: what identifies the event in the store, instead of the type's
+///   path: keep it when you rename the type, and give every version of one
+///   event the same name.
+/// - **`upcast_from`**: the type of the previous version of this event. The
+///   derive checks at compile time that it has the same `name` and `stream`
+///   and a lower `version`, and that `Self: Upcast<Previous>`; chains may be of
+///   any length ([`lineage`] lists them).
 ///
 /// ```
 /// use rkyv::{Archive, Serialize};
@@ -138,8 +147,10 @@ pub const fn assert_archivable<T: ?Sized + Archivable>() {}
 /// Mistakes are compile errors at the offending token, all reported at once: an
 /// empty or invalid stream name, `buffer = 0` or above 64 MiB, `version = 0`,
 /// an unknown or repeated key, a string where a number is expected (or the
-/// reverse), `#[event]` on a field or variant, the derive on a union, and a
-/// type without rkyv's `Archive` and `Serialize`:
+/// reverse), `#[event]` on a field or variant, the derive on a union, a type
+/// without rkyv's `Archive` and `Serialize`, and an `upcast_from` without a
+/// `version`, to an event of another name or stream, to a version that is not
+/// lower, or without its [`Upcast`] impl:
 ///
 /// ```compile_fail,E0277
 /// use varvedb::Event;
@@ -197,17 +208,237 @@ pub trait Event: Archivable {
     /// The schema version declared with `#[event(version = N)]` (default 1).
     const VERSION: u32;
     /// A fingerprint of the type's declared layout, never 0: a 64-bit FNV-1a
-    /// hash, computed at compile time, of the type's name, its version, each
-    /// field's name (or index), position, type as written and `#[rkyv(...)]`
-    /// attributes, and each variant's name and fields.
+    /// hash, computed at compile time, of the event's [`NAME`](Event::NAME),
+    /// its version, each field's name (or index), position, type as written and
+    /// `#[rkyv(...)]` attributes, and each variant's name and fields.
     ///
     /// Adding, removing, reordering, renaming or retyping a field (or a variant)
-    /// or changing the version changes it; doc comments, formatting and the
-    /// module the type lives in do not. Field types are hashed as written
-    /// (whatever the spacing): `u64` and `core::primitive::u64`, or a type and
-    /// its alias, count as different; and a generic type has one fingerprint for
-    /// all its instances (the store tells them apart by their type names).
+    /// or changing the version changes it; doc comments, formatting, the module
+    /// the type lives in and the crate's name do not, and neither does renaming
+    /// the type when `#[event(name = "...")]` keeps the old name. Field types
+    /// are hashed as written (whatever the spacing): `u64` and
+    /// `core::primitive::u64`, or a type and its alias, count as different; and
+    /// a generic type has one fingerprint for all its instances.
     const FINGERPRINT: u64;
+    /// The event's stable name: the type's name unless `#[event(name = "...")]`
+    /// says otherwise. Every version of an event shares it, and it survives
+    /// renaming the type, moving it to another module or renaming the crate.
+    const NAME: &'static str;
+    /// The version this one is upcast from (`#[event(upcast_from = OldType)]`),
+    /// or [`NoPrevious`] for an event's first version.
+    type Previous: Lineage;
+    /// Builds this version from the archived form of the previous one. The
+    /// derive implements it through [`Upcast`]; for a first version it cannot
+    /// be called ([`NoPrevious`] has no values).
+    fn upcast(previous: &<Self::Previous as Lineage>::Archived) -> Self
+    where
+        Self: Sized;
+}
+
+/// The conversion from the previous version of an event, which
+/// `#[event(upcast_from = Previous)]` requires.
+///
+/// It reads the previous version's archived form (zero-copy, already
+/// validated) and returns the new version. It cannot fail: a change that can
+/// fail to convert is a new event, not a new version of an old one.
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::{Event, Upcast};
+///
+/// #[derive(Archive, Serialize, Event)]
+/// #[event(name = "OrderPlaced", stream = "orders")]
+/// struct OrderPlacedV1 {
+///     cents: u64,
+/// }
+///
+/// #[derive(Archive, Serialize, Event)]
+/// #[event(name = "OrderPlaced", stream = "orders", version = 2, upcast_from = OrderPlacedV1)]
+/// struct OrderPlaced {
+///     cents: u64,
+///     currency: [u8; 3],
+/// }
+///
+/// impl Upcast<OrderPlacedV1> for OrderPlaced {
+///     fn upcast(old: &ArchivedOrderPlacedV1) -> Self {
+///         OrderPlaced { cents: old.cents.to_native(), currency: *b"EUR" }
+///     }
+/// }
+///
+/// assert_eq!(OrderPlaced::NAME, OrderPlacedV1::NAME);
+/// assert_eq!(varvedb::lineage::<OrderPlaced>(), vec![
+///     (1, OrderPlacedV1::FINGERPRINT),
+///     (2, OrderPlaced::FINGERPRINT),
+/// ]);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` declares `upcast_from = {Old}` but has no conversion from it",
+    label = "missing `impl varvedb::Upcast<{Old}> for {Self}`",
+    note = "write `impl varvedb::Upcast<{Old}> for {Self} {{ fn upcast(old: &<{Old} as rkyv::Archive>::Archived) -> Self {{ .. }} }}`"
+)]
+pub trait Upcast<Old: Event>: Sized {
+    /// The new version built from the old one's archived form.
+    fn upcast(old: &Old::Archived) -> Self;
+}
+
+/// The [`Previous`](Event::Previous) of an event's first version: there is
+/// nothing to upcast from. It has no values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPrevious {}
+
+/// The chain of versions an event type knows: its own and, through
+/// [`Event::Previous`], every earlier one. Implemented for every [`Event`]
+/// and for [`NoPrevious`]; there is nothing to implement by hand.
+pub trait Lineage: sealed::Sealed {
+    /// The archived form of this version (for [`NoPrevious`], itself).
+    type Archived;
+    /// This version's fingerprint; 0 for [`NoPrevious`].
+    const FINGERPRINT: u64;
+    /// Appends `(version, fingerprint)` of every version up to this one,
+    /// oldest first.
+    #[doc(hidden)]
+    fn versions(out: &mut Vec<(u32, u64)>);
+    /// Builds `Next` (the version after this one) from `bytes`, the archived
+    /// form of the version of this chain with fingerprint `fingerprint`,
+    /// upcasting step by step. `Ok(None)` if no version of this chain has that
+    /// fingerprint.
+    #[doc(hidden)]
+    fn upcast_into<Next: Event<Previous = Self>>(
+        fingerprint: u64,
+        bytes: &[u8],
+    ) -> Result<Option<Next>, UpcastError>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::NoPrevious {}
+    impl<E: super::Event> Sealed for E {}
+}
+
+/// Why an older version's bytes could not be upcast: they failed validation
+/// as that version, or re-archiving an intermediate version failed.
+#[derive(Debug)]
+pub struct UpcastError {
+    /// The version whose bytes were being read.
+    pub version: u32,
+    /// What rkyv reported.
+    pub detail: String,
+}
+
+impl std::fmt::Display for UpcastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "version {}: {}", self.version, self.detail)
+    }
+}
+
+impl std::error::Error for UpcastError {}
+
+impl Lineage for NoPrevious {
+    type Archived = NoPrevious;
+    const FINGERPRINT: u64 = 0;
+
+    fn versions(_: &mut Vec<(u32, u64)>) {}
+
+    fn upcast_into<Next: Event<Previous = Self>>(
+        _: u64,
+        _: &[u8],
+    ) -> Result<Option<Next>, UpcastError> {
+        Ok(None)
+    }
+}
+
+impl<E: Event> Lineage for E {
+    type Archived = E::Archived;
+    const FINGERPRINT: u64 = E::FINGERPRINT;
+
+    fn versions(out: &mut Vec<(u32, u64)>) {
+        E::Previous::versions(out);
+        out.push((E::VERSION, E::FINGERPRINT));
+    }
+
+    fn upcast_into<Next: Event<Previous = Self>>(
+        fingerprint: u64,
+        bytes: &[u8],
+    ) -> Result<Option<Next>, UpcastError> {
+        let invalid = |e: rancor::Error| UpcastError {
+            version: E::VERSION,
+            detail: e.to_string(),
+        };
+        if fingerprint == E::FINGERPRINT {
+            let archived = access_aligned::<E, _>(bytes, |archived| Next::upcast(archived))
+                .map_err(invalid)?;
+            return Ok(Some(archived));
+        }
+        // An older version: build this one first, re-archive it, go on.
+        let Some(this) = E::Previous::upcast_into::<E>(fingerprint, bytes)? else {
+            return Ok(None);
+        };
+        let archived = rkyv::to_bytes::<rancor::Error>(&this).map_err(invalid)?;
+        rkyv::access::<E::Archived, rancor::Error>(&archived)
+            .map(|archived| Some(Next::upcast(archived)))
+            .map_err(invalid)
+    }
+}
+
+/// Validates `bytes` as `E`'s archived form and calls `f` on it, first copying
+/// them to an aligned buffer if they are not aligned enough.
+fn access_aligned<E: Archivable, R>(
+    bytes: &[u8],
+    f: impl FnOnce(&E::Archived) -> R,
+) -> Result<R, rancor::Error> {
+    if bytes
+        .as_ptr()
+        .align_offset(std::mem::align_of::<E::Archived>())
+        == 0
+    {
+        return rkyv::access::<E::Archived, rancor::Error>(bytes).map(f);
+    }
+    let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+    copy.extend_from_slice(bytes);
+    rkyv::access::<E::Archived, rancor::Error>(&copy).map(f)
+}
+
+/// Every version `E` knows, oldest first, as `(version, fingerprint)`.
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::Event;
+///
+/// #[derive(Archive, Serialize, Event)]
+/// struct Opened { at: u64 }
+///
+/// assert_eq!(varvedb::lineage::<Opened>(), vec![(1, Opened::FINGERPRINT)]);
+/// ```
+pub fn lineage<E: Event>() -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    E::versions(&mut out);
+    out
+}
+
+/// `E` built from `bytes`, the archived form of the version of `E`'s chain with
+/// `fingerprint` (an older one: the current version is read in place, never
+/// through this). `Ok(None)` if `E` knows no version with that fingerprint.
+#[doc(hidden)]
+pub fn upcast<E: Event>(fingerprint: u64, bytes: &[u8]) -> Result<Option<E>, UpcastError> {
+    E::Previous::upcast_into::<E>(fingerprint, bytes)
+}
+
+/// Whether two strings are equal, in `const` contexts (the derive's
+/// compile-time checks of `upcast_from`).
+#[doc(hidden)]
+pub const fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// The layout fingerprint VarveDB records for a plain rkyv type: a hash of its

@@ -26,7 +26,7 @@ pub use aggregate::{
 };
 pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};
-pub use event::{Archivable, Event};
+pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
 pub use global::{GlobalEntry, GlobalEvent, GlobalIter, GlobalReader};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 pub use projection::{
@@ -63,7 +63,11 @@ pub use verify::{Problem, VerifyReport};
 /// needs nothing in the user's crate but `varvedb`. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::event::{assert_archivable, Archivable, Event};
+    pub use crate::event::{
+        assert_archivable, same_str, upcast, Archivable, Event, Lineage, NoPrevious, Upcast,
+    };
+    pub use core::assert;
+    pub use core::marker::Sized;
     pub use core::primitive::{str, u32, u64, usize};
     pub use core::{concat, module_path};
 }

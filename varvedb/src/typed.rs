@@ -169,6 +169,11 @@ mod tests {
         const TYPE_NAME: &'static str = "varvedb::typed::tests::Renamed";
         const VERSION: u32 = 1;
         const FINGERPRINT: u64 = 0x1234;
+        const NAME: &'static str = "Renamed";
+        type Previous = crate::event::NoPrevious;
+        fn upcast(previous: &crate::event::NoPrevious) -> Self {
+            match *previous {}
+        }
     }
 
     /// The same type path with another schema fingerprint stands for the type
