@@ -259,7 +259,9 @@ impl<T: Archivable> StreamReader<T> {
     }
 
     /// Follows `id` from `from`: its events already committed, then each new
-    /// one as it is committed. See [`StreamSubscription`].
+    /// one as it is committed. See [`StreamSubscription`]. A `from` past
+    /// `id`'s last event (or on a stream not created yet) waits for that
+    /// sequence; the events before it are not yielded.
     ///
     /// ```
     /// # use rkyv::{Archive, Serialize};

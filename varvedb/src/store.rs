@@ -185,6 +185,10 @@ impl Varve {
     /// [`Subscription`]; [`Subscription::with_filter`] narrows it to some
     /// streams or event types.
     ///
+    /// A `from` past the end of the log is not an error: the subscription
+    /// waits for that position, and its first event is the one committed at
+    /// `from` (the events committed before it are not yielded).
+    ///
     /// ```
     /// # use rkyv::{Archive, Serialize};
     /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
@@ -295,6 +299,14 @@ impl Varve {
     /// ```
     pub fn last_commit_id(&self) -> u64 {
         self.store.last_txn_id() as u64
+    }
+
+    /// Whether a writer is waiting for references to be dropped so it can
+    /// grow the memory map. For tests that must act while growth waits; not
+    /// a stable API.
+    #[doc(hidden)]
+    pub fn __growth_pending(&self) -> bool {
+        self.store.resize_pending()
     }
 
     /// The engine behind this handle (for other modules).
