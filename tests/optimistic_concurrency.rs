@@ -220,13 +220,15 @@ fn an_empty_batch_still_checks_its_expected_version() {
     let expect = |shows: &mut varvedb::Stream<Booked, 16>, id, expected, ok: bool| {
         let before = varve.last_commit_id();
         let got = shows.append_batch_expected(id, &[], expected);
-        assert_eq!(varve.last_commit_id(), before, "{expected:?}: nothing is written");
+        assert_eq!(
+            varve.last_commit_id(),
+            before,
+            "{expected:?}: nothing is written"
+        );
         match got {
             Ok(positions) if ok => assert!(positions.is_empty()),
             Err(Error::VersionConflict {
-                expected: e,
-                id: i,
-                ..
+                expected: e, id: i, ..
             }) if !ok => assert_eq!((e, i), (expected, id)),
             other => panic!("{expected:?} on {id:?}: expected ok={ok}, got {other:?}"),
         }

@@ -74,7 +74,10 @@ fn opening_reading_loading_and_subscribing_to_unknown_streams_writes_nothing() {
     let typo = varve.stream::<Order, 64>("ordres").unwrap();
     assert_eq!(typo.version(id).unwrap(), None);
     let mut reader = typo.reader();
-    assert!(reader.get_archived(id, StreamSequence(0)).unwrap().is_none());
+    assert!(reader
+        .get_archived(id, StreamSequence(0))
+        .unwrap()
+        .is_none());
     assert!(reader.get_bytes(id, StreamSequence(0)).unwrap().is_none());
     assert_eq!(reader.iter_stream(id, None).unwrap().count(), 0);
     assert_eq!(
@@ -117,7 +120,11 @@ fn opening_reading_loading_and_subscribing_to_unknown_streams_writes_nothing() {
     let mut orders = varve.stream::<Order, 64>("orders").unwrap();
     assert_eq!(varve.last_commit_id(), before);
     orders.append(id, &Order::numbered(1)).unwrap();
-    assert_eq!(varve.last_commit_id(), before + 1, "one commit: entry and event");
+    assert_eq!(
+        varve.last_commit_id(),
+        before + 1,
+        "one commit: entry and event"
+    );
     drop((orders, varve));
     assert_eq!(catalog_names(dir.path()), ["orders"]);
 }
@@ -249,11 +256,17 @@ fn opening_a_plain_stream_as_a_derived_event_writes_nothing_until_its_first_appe
         .unwrap();
     let before = varve.last_commit_id();
     let mut audits = varve.events::<Audited>().unwrap();
-    assert_eq!(audits.version(StreamId(1)).unwrap(), Some(StreamSequence(0)));
+    assert_eq!(
+        audits.version(StreamId(1)).unwrap(),
+        Some(StreamSequence(0))
+    );
     assert_eq!(varve.last_commit_id(), before);
     // The first append records the derive's fingerprint with its events.
     audits.append(StreamId(1), &Audited { by: 2 }).unwrap();
     assert_eq!(varve.last_commit_id(), before + 1);
     audits.append(StreamId(1), &Audited { by: 3 }).unwrap();
-    assert_eq!(audits.version(StreamId(1)).unwrap(), Some(StreamSequence(2)));
+    assert_eq!(
+        audits.version(StreamId(1)).unwrap(),
+        Some(StreamSequence(2))
+    );
 }

@@ -373,7 +373,11 @@ impl GlobalIter {
         while let Some(found) = self.cursor.next_block() {
             let (block, first) = found?;
             let tag = block_tag(&block);
-            if self.last.as_ref().is_none_or(|info| info.tag() != Some(tag)) {
+            if self
+                .last
+                .as_ref()
+                .is_none_or(|info| info.tag() != Some(tag))
+            {
                 self.last = Some(self.cursor.view_mut().stream_by_tag(tag)?);
             }
             for global in first..block_end(&block) {

@@ -228,7 +228,10 @@ pub(crate) fn execute<A: Aggregate>(
         // The append created the stream if it did not exist.
         let tag = txn.stream_tag(info)?.ok_or_else(|| Error::Corruption {
             location: Location::Global(GlobalSequence(first_global)),
-            detail: format!("stream {:?} is not in the catalog after an append", info.name),
+            detail: format!(
+                "stream {:?} is not in the catalog after an append",
+                info.name
+            ),
         })?;
         // Fold the new events as they were stored, as a later load will.
         let last = fold_from(txn, info, tag, id, first_seq, &mut state, &mut scratch)?;

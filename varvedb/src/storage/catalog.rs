@@ -304,7 +304,11 @@ impl Store {
     /// Opens the stream `name` for a handle of type `ty`, without writing:
     /// a `TypeMismatch` if the stream exists bound to another type, an
     /// unbound handle if it does not exist yet (its first append creates it).
-    pub(crate) fn open_stream(self: &Arc<Self>, name: &str, ty: &TypeIdentity) -> Result<StreamInfo> {
+    pub(crate) fn open_stream(
+        self: &Arc<Self>,
+        name: &str,
+        ty: &TypeIdentity,
+    ) -> Result<StreamInfo> {
         validate_name(name)?;
         let ty = TypeIdentity {
             type_name: ty.type_name,
@@ -334,7 +338,11 @@ impl Store {
     }
 
     /// The catalog entry of `name` as `txn` sees it (for [`View`](super::View)).
-    pub(super) fn stream_entry(&self, txn: &RoTxn, name: &str) -> Result<Option<(u32, StreamInfo)>> {
+    pub(super) fn stream_entry(
+        &self,
+        txn: &RoTxn,
+        name: &str,
+    ) -> Result<Option<(u32, StreamInfo)>> {
         self.lookup(txn, name)
     }
 
@@ -398,9 +406,8 @@ impl Store {
                 let tag = match self.catalog.get_lower_than(txn, b"u").map_err(&err)? {
                     Some((k, _)) if k.len() == 5 && k[0] == b't' => {
                         let last = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
-                        last.checked_add(1).ok_or_else(|| {
-                            corrupt("the catalog".into(), "stream tags exhausted")
-                        })?
+                        last.checked_add(1)
+                            .ok_or_else(|| corrupt("the catalog".into(), "stream tags exhausted"))?
                     }
                     _ => 0,
                 };
