@@ -478,7 +478,7 @@ impl<T: Archivable> StreamIter<T> {
 /// The one place that rule lives.
 #[inline]
 pub(crate) fn may_need_alignment(bytes: &[u8]) -> bool {
-    (bytes.as_ptr() as usize) % 16 != 0
+    !(bytes.as_ptr() as usize).is_multiple_of(16)
 }
 
 /// Validates `bytes` as an archived `T` in place or, when they are too
