@@ -270,3 +270,58 @@ fn opening_a_plain_stream_as_a_derived_event_writes_nothing_until_its_first_appe
         Some(StreamSequence(2))
     );
 }
+
+/// Writers of two types race to create one stream through group commit: one
+/// type wins, every append of it lands, every append of the other is a
+/// `TypeMismatch`, and nothing else fails.
+#[test]
+fn writers_of_two_types_racing_to_create_a_stream_bind_it_to_exactly_one() {
+    const PER_WRITER: u64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let varve = Varve::new(dir.path()).unwrap();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let spawn_writer = |n: u64, orders: bool| {
+        let varve = varve.clone();
+        let start = std::sync::Arc::clone(&start);
+        std::thread::spawn(move || {
+            let mut a = varve.stream::<Order, 64>("contested").unwrap();
+            let mut b = varve.stream::<Other, 64>("contested").unwrap();
+            start.wait();
+            let (mut landed, mut refused) = (0u64, 0u64);
+            for i in 0..PER_WRITER {
+                let result = if orders {
+                    a.append(StreamId(n), &Order::numbered(i)).map(drop)
+                } else {
+                    b.append(StreamId(n), &Other { x: i as u32 }).map(drop)
+                };
+                match result {
+                    Ok(()) => landed += 1,
+                    Err(Error::TypeMismatch { .. }) => refused += 1,
+                    Err(e) => panic!("writer {n}: {e}"),
+                }
+            }
+            (orders, landed, refused)
+        })
+    };
+    let writers: Vec<_> = (0..4).map(|n| spawn_writer(n, n % 2 == 0)).collect();
+    let outcomes: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let winner = outcomes
+        .iter()
+        .find(|o| o.1 > 0)
+        .map(|o| o.0)
+        .expect("some type wins");
+    for (orders, landed, refused) in &outcomes {
+        if *orders == winner {
+            assert_eq!((*landed, *refused), (PER_WRITER, 0));
+        } else {
+            assert_eq!((*landed, *refused), (0, PER_WRITER));
+        }
+    }
+    assert_eq!(
+        varve.global_reader().end().unwrap(),
+        GlobalSequence(2 * PER_WRITER)
+    );
+    let report = varve.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.streams, 1);
+}
