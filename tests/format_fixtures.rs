@@ -66,9 +66,9 @@ fn reading(n: u32) -> Reading {
         wide: u128::from(n) << 100 | 7,
         ratio: n as f32 / 8.0,
         value: f64::from(n) * 2.5e-3,
-        ok: n % 2 == 0,
+        ok: n.is_multiple_of(2),
         unit: ['°', 'K', 'µ', 'x'][n as usize % 4],
-        limit: (n % 3 != 0).then_some(n * 10),
+        limit: (!n.is_multiple_of(3)).then_some(n * 10),
         history: (0..n as u16 * 3).collect(),
         label: format!("sensor {n} — étiquette"),
         place: Place {

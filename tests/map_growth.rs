@@ -2,7 +2,7 @@
 //! overflows the map in its middle still commits whole, and growth never moves
 //! the map under a live reference.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use varvedb::{Error, GlobalSequence, StreamId, StreamSequence, Varve, VarveConfig};
 use varvedb_suite::Order;
@@ -62,8 +62,14 @@ fn growth_waits_for_a_reader_on_another_thread_to_let_go() {
         .get_archived(StreamId(1), StreamSequence(0))
         .unwrap()
         .unwrap();
+    let watcher = varve.clone();
     let holder = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
+        // Let go only once the writer is waiting to grow the map for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !watcher.__growth_pending() {
+            assert!(Instant::now() < deadline, "the writer never waited to grow");
+            std::thread::yield_now();
+        }
         assert_eq!(
             held.id, 0,
             "the reference is still valid while growth waits"

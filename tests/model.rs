@@ -25,7 +25,7 @@ struct Note {
 fn note(v: u32) -> Note {
     Note {
         text: "n".repeat((v % 40) as usize) + &v.to_string(),
-        pinned: v % 3 == 0,
+        pinned: v.is_multiple_of(3),
     }
 }
 

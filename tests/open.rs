@@ -27,22 +27,88 @@ fn a_directory_that_cannot_be_created_is_an_open_error_naming_it() {
 }
 
 #[cfg(unix)]
+const PERMISSION_CHILD: &str = "VARVEDB_PERMISSION_CHILD";
+
+/// A directory the store may not enter is an `Error::Open`. Root ignores
+/// permission bits, so as root (as in CI) the check runs in a child process
+/// of this test binary dropped to the unprivileged user `nobody` (65534); if
+/// privileges cannot be dropped, the test fails rather than pass untested.
+#[cfg(unix)]
 #[test]
 fn a_directory_without_permission_is_an_open_error() {
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
     let dir = tempfile::tempdir().unwrap();
+    // `nobody` must be able to reach `locked` (and run the binary below).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let locked = dir.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
-    // Root ignores permission bits; then the store opens, which is also correct.
-    let root = std::fs::read_dir(&locked).is_ok();
-    let result = Varve::new(&locked);
-    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
-    if root {
-        assert!(result.is_ok());
-    } else {
-        assert!(matches!(result, Err(Error::Open { .. })), "{result:?}");
+
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let result = Varve::new(&locked);
+        assert!(
+            matches!(&result, Err(Error::Open { path, .. }) if *path == locked),
+            "{result:?}"
+        );
+        return;
     }
+    // The test binary may sit under a directory `nobody` cannot enter: run a
+    // copy from the (now world-readable) temporary directory.
+    let exe = dir.path().join("open-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(&exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "a_child_cannot_open_a_directory_without_permission",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PERMISSION_CHILD, &locked)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run the permission check as the unprivileged user nobody");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("@@ refused as uid 65534"),
+        "the unprivileged child failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Not a test on its own: the unprivileged child of
+/// `a_directory_without_permission_is_an_open_error`, which runs it with
+/// `--ignored --exact`; without the variable set it fails.
+#[cfg(unix)]
+#[test]
+#[ignore = "a child process: its parent test runs it with --ignored --exact"]
+fn a_child_cannot_open_a_directory_without_permission() {
+    let Some(locked) = std::env::var_os(PERMISSION_CHILD) else {
+        panic!("not a test on its own: run by a_directory_without_permission_is_an_open_error, which sets {PERMISSION_CHILD}");
+    };
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    assert_ne!(uid, 0, "the child must run unprivileged");
+    let locked = Path::new(&locked);
+    let result = Varve::new(locked);
+    match &result {
+        Err(Error::Open { path, source }) => {
+            assert_eq!(path, locked);
+            assert_eq!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{source}"
+            );
+        }
+        other => panic!("expected Error::Open, got {other:?}"),
+    }
+    println!("@@ refused as uid {uid}: {}", result.unwrap_err());
 }
 
 #[test]

@@ -205,3 +205,68 @@ fn a_client_holding_a_stale_version_is_refused_until_it_reloads() {
     );
     assert!(matches!(again, Err(ExecuteError::Rejected(7))));
 }
+
+/// An empty batch writes nothing, but its expected version is checked all the
+/// same, for every kind of expectation, on an id with events and on one
+/// without (and on a stream that does not exist yet).
+#[test]
+fn an_empty_batch_still_checks_its_expected_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = Varve::new(dir.path()).unwrap();
+    let mut shows = varve.stream::<Booked, 16>("shows").unwrap();
+
+    // The stream does not exist yet: every id is empty.
+    let empty = StreamId(9);
+    let expect = |shows: &mut varvedb::Stream<Booked, 16>, id, expected, ok: bool| {
+        let before = varve.last_commit_id();
+        let got = shows.append_batch_expected(id, &[], expected);
+        assert_eq!(
+            varve.last_commit_id(),
+            before,
+            "{expected:?}: nothing is written"
+        );
+        match got {
+            Ok(positions) if ok => assert!(positions.is_empty()),
+            Err(Error::VersionConflict {
+                expected: e, id: i, ..
+            }) if !ok => assert_eq!((e, i), (expected, id)),
+            other => panic!("{expected:?} on {id:?}: expected ok={ok}, got {other:?}"),
+        }
+    };
+    for (expected, ok) in [
+        (ExpectedVersion::Any, true),
+        (ExpectedVersion::NoStream, true),
+        (ExpectedVersion::StreamExists, false),
+        (ExpectedVersion::Exact(StreamSequence(0)), false),
+    ] {
+        expect(&mut shows, empty, expected, ok);
+    }
+
+    let booked = StreamId(1);
+    shows
+        .append_batch(booked, &[Booked { seat: 1 }, Booked { seat: 2 }])
+        .unwrap();
+    for (id, expected, ok) in [
+        (booked, ExpectedVersion::Any, true),
+        (booked, ExpectedVersion::NoStream, false),
+        (booked, ExpectedVersion::StreamExists, true),
+        (booked, ExpectedVersion::Exact(StreamSequence(1)), true),
+        (booked, ExpectedVersion::Exact(StreamSequence(0)), false),
+        (booked, ExpectedVersion::Exact(StreamSequence(2)), false),
+        (empty, ExpectedVersion::Any, true),
+        (empty, ExpectedVersion::NoStream, true),
+        (empty, ExpectedVersion::StreamExists, false),
+        (empty, ExpectedVersion::Exact(StreamSequence(0)), false),
+    ] {
+        expect(&mut shows, id, expected, ok);
+    }
+
+    // The conflict names the actual version.
+    match shows.append_batch_expected(booked, &[], ExpectedVersion::NoStream) {
+        Err(Error::VersionConflict { actual, .. }) => {
+            assert_eq!(actual, Some(StreamSequence(1)))
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(shows.version(booked).unwrap(), Some(StreamSequence(1)));
+}

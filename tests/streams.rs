@@ -54,7 +54,11 @@ fn a_stream_opened_with_another_type_is_a_typed_error_naming_both() {
 #[test]
 fn same_named_types_from_different_modules_do_not_share_a_stream() {
     let (_dir, varve) = temp_store();
-    varve.stream::<v1::Renamed, 64>("renamed").unwrap();
+    varve
+        .stream::<v1::Renamed, 64>("renamed")
+        .unwrap()
+        .append(StreamId(1), &v1::Renamed { a: 1 })
+        .unwrap();
     let err = varve.stream::<v2::Renamed, 64>("renamed").unwrap_err();
     assert!(
         err.to_string().contains("v1::Renamed") && err.to_string().contains("v2::Renamed"),
@@ -68,6 +72,8 @@ fn the_binding_survives_reopening_the_store() {
     varvedb::Varve::new(dir.path())
         .unwrap()
         .stream::<Order, 64>("orders")
+        .unwrap()
+        .append(StreamId(1), &Order::numbered(1))
         .unwrap();
     let varve = varvedb::Varve::new(dir.path()).unwrap();
     assert!(matches!(
@@ -98,19 +104,38 @@ fn the_global_reader_refuses_to_view_an_event_as_the_wrong_type() {
 }
 
 #[test]
-fn stream_names_are_any_utf8_of_1_to_255_bytes() {
+fn stream_names_are_utf8_of_1_to_255_bytes_without_control_characters() {
     let (_dir, varve) = temp_store();
-    for bad in [String::new(), "x".repeat(256), "é".repeat(128)] {
+    for bad in [
+        String::new(),
+        "x".repeat(256),
+        "é".repeat(128),
+        "a\0b".to_string(),
+        "orders\n".to_string(),
+        "a\tb".to_string(),
+        "a\rb".to_string(),
+        "del\u{7f}".to_string(),
+        "c1\u{85}".to_string(),
+        "esc\u{1b}[2J".to_string(),
+    ] {
         match varve.stream::<Order, 64>(&bad) {
             Err(Error::InvalidStreamName { .. }) => {}
             other => panic!("{bad:?} should be rejected, got {other:?}"),
         }
+        // Every way of opening a stream checks the name the same way.
+        assert!(
+            matches!(
+                varve.stream::<Order, 0>(&bad).map(|s| s.reader()),
+                Err(Error::InvalidStreamName { .. })
+            ),
+            "{bad:?}"
+        );
     }
     for good in [
         "x".repeat(255),
         "commandes/été 🚀".to_string(),
-        "a\0b".to_string(),
         " ".to_string(),
+        "zero\u{200b}width".to_string(),
     ] {
         let mut s = varve.stream::<Order, 64>(&good).unwrap();
         s.append(StreamId(1), &Order::numbered(1)).unwrap();
@@ -124,6 +149,31 @@ fn stream_names_are_any_utf8_of_1_to_255_bytes() {
             1
         );
     }
+}
+
+#[test]
+fn names_are_compared_byte_for_byte_so_nfc_and_nfd_are_two_streams() {
+    let (_dir, varve) = temp_store();
+    let nfc = "Caf\u{e9}"; // precomposed é
+    let nfd = "Cafe\u{301}"; // e + combining acute accent
+    assert_ne!(nfc.as_bytes(), nfd.as_bytes());
+    varve
+        .stream::<Order, 64>(nfc)
+        .unwrap()
+        .append(StreamId(1), &Order::numbered(1))
+        .unwrap();
+    // The NFD spelling is another, still empty stream; it can even hold
+    // another type.
+    let mut other = varve.stream::<Other, 64>(nfd).unwrap();
+    assert_eq!(other.version(StreamId(1)).unwrap(), None);
+    other.append(StreamId(1), &Other { x: 2 }).unwrap();
+    let names: Vec<String> = varve
+        .global_reader()
+        .iter_from(GlobalSequence(0))
+        .unwrap()
+        .map(|e| e.unwrap().stream_name().to_string())
+        .collect();
+    assert_eq!(names, [nfc, nfd]);
 }
 
 #[test]

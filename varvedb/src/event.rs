@@ -184,12 +184,13 @@ pub const fn assert_archivable<T: ?Sized + Archivable>() {}
 ///
 /// # Identity in the store
 ///
-/// A stream is bound to the type that created it, by its full
+/// A stream is bound to the type of its first append, by its full
 /// [`std::any::type_name`], its archived size and alignment and, for derived
 /// types, its [`FINGERPRINT`](Event::FINGERPRINT). Opening the stream with any
 /// other type, including one of the same name in another module or the same type
 /// after its layout changed, fails with
-/// [`Error::TypeMismatch`](crate::Error::TypeMismatch).
+/// [`Error::TypeMismatch`](crate::Error::TypeMismatch) (at the first append or
+/// read, for a handle opened before the stream existed).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a VarveDB event",
     label = "not an event",

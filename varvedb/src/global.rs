@@ -120,6 +120,11 @@ impl GlobalEvent {
         &self.stream
     }
 
+    /// The catalog tag of the event's stream (for filters).
+    pub(crate) fn stream_tag(&self) -> u32 {
+        self.event.position.stream_tag
+    }
+
     /// The name of the stream the event was appended to.
     pub fn stream_name(&self) -> &str {
         &self.stream.name
@@ -368,7 +373,11 @@ impl GlobalIter {
         while let Some(found) = self.cursor.next_block() {
             let (block, first) = found?;
             let tag = block_tag(&block);
-            if self.last.as_ref().is_none_or(|info| info.tag != tag) {
+            if self
+                .last
+                .as_ref()
+                .is_none_or(|info| info.tag() != Some(tag))
+            {
                 self.last = Some(self.cursor.view_mut().stream_by_tag(tag)?);
             }
             for global in first..block_end(&block) {
@@ -416,7 +425,7 @@ impl GlobalIter {
         };
         let tag = event.position.stream_tag;
         let stream = match &self.last {
-            Some(info) if info.tag == tag => Arc::clone(info),
+            Some(info) if info.tag() == Some(tag) => Arc::clone(info),
             _ => match self.cursor.view_mut().stream_by_tag(tag) {
                 Ok(info) => {
                     self.last = Some(Arc::clone(&info));

@@ -141,7 +141,10 @@ impl<T: Archivable> StreamReader<T> {
     ) -> Result<Option<EventRef<T>>> {
         let mut slot = self.view.lock();
         let view = current_view(&self.store, &mut slot)?;
-        match view.event_at_stream(self.info.tag, id.0, seq.0)? {
+        let Some(tag) = view.stream_tag(&self.info)? else {
+            return Ok(None);
+        };
+        match view.event_at_stream(tag, id.0, seq.0)? {
             Some(event) => validate(&self.info, event).map(Some),
             None => Ok(None),
         }
@@ -152,8 +155,11 @@ impl<T: Archivable> StreamReader<T> {
     pub fn get_bytes(&mut self, id: StreamId, seq: StreamSequence) -> Result<Option<EventBytes>> {
         let mut slot = self.view.lock();
         let view = current_view(&self.store, &mut slot)?;
+        let Some(tag) = view.stream_tag(&self.info)? else {
+            return Ok(None);
+        };
         Ok(view
-            .event_at_stream(self.info.tag, id.0, seq.0)?
+            .event_at_stream(tag, id.0, seq.0)?
             .map(|event| EventBytes { event }))
     }
 
@@ -181,11 +187,13 @@ impl<T: Archivable> StreamReader<T> {
         id: StreamId,
         from: Option<StreamSequence>,
     ) -> Result<StreamIter<T>> {
-        let view = owned_view(&self.store, &mut self.view.lock())?;
-        let cursor = StreamCursor::new(view, self.info.tag, id.0, from.map_or(0, |s| s.0));
+        let mut view = owned_view(&self.store, &mut self.view.lock())?;
+        let tag = view.stream_tag(&self.info)?;
+        let cursor = StreamCursor::new(view, tag, id.0, from.map_or(0, |s| s.0));
         Ok(StreamIter {
             cursor,
             info: self.info.clone(),
+            pending: None,
             failed: false,
             _event: PhantomData,
         })
@@ -193,7 +201,12 @@ impl<T: Archivable> StreamReader<T> {
 
     /// The last stream sequence of `id`, or `None` if it has no events.
     pub fn version(&mut self, id: StreamId) -> Result<Option<StreamSequence>> {
-        current_view(&self.store, &mut self.view.lock())?.stream_version(self.info.tag, id.0)
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
+        match view.stream_tag(&self.info)? {
+            Some(tag) => view.stream_version(tag, id.0),
+            None => Ok(None),
+        }
     }
 
     /// Loads aggregate `A` of `id` from this reader's stream (which need not
@@ -246,7 +259,9 @@ impl<T: Archivable> StreamReader<T> {
     }
 
     /// Follows `id` from `from`: its events already committed, then each new
-    /// one as it is committed. See [`StreamSubscription`].
+    /// one as it is committed. See [`StreamSubscription`]. A `from` past
+    /// `id`'s last event (or on a stream not created yet) waits for that
+    /// sequence; the events before it are not yielded.
     ///
     /// ```
     /// # use rkyv::{Archive, Serialize};
@@ -375,16 +390,24 @@ impl fmt::Debug for EventBytes {
 pub struct StreamIter<T> {
     cursor: StreamCursor,
     info: StreamInfo,
+    /// An error found while opening (the stream's type), yielded first
+    /// (boxed: the iterator stays `Unpin` for the async subscriptions).
+    pending: Option<Box<Error>>,
     failed: bool,
     _event: PhantomData<fn() -> T>,
 }
 
 impl<T: Archivable> StreamIter<T> {
     /// An iterator over `id`'s events in `view` from `from` (for subscriptions).
-    pub(crate) fn from_view(view: View, info: StreamInfo, id: StreamId, from: u64) -> Self {
+    pub(crate) fn from_view(mut view: View, info: StreamInfo, id: StreamId, from: u64) -> Self {
+        let (tag, pending) = match view.stream_tag(&info) {
+            Ok(tag) => (tag, None),
+            Err(e) => (None, Some(Box::new(e))),
+        };
         StreamIter {
-            cursor: StreamCursor::new(view, info.tag, id.0, from),
+            cursor: StreamCursor::new(view, tag, id.0, from),
             info,
+            pending,
             failed: false,
             _event: PhantomData,
         }
@@ -392,6 +415,9 @@ impl<T: Archivable> StreamIter<T> {
 
     /// Copies every remaining event's archived bytes into a `Vec`.
     pub fn collect_bytes(mut self) -> Result<Vec<Vec<u8>>> {
+        if let Some(e) = self.pending.take() {
+            return Err(*e);
+        }
         let mut out = Vec::new();
         while let Some(next) = self.cursor.next_bytes() {
             let (_, _, bytes) = next?;
@@ -421,6 +447,9 @@ impl<T: Archivable> StreamIter<T> {
         init: B,
         mut f: impl FnMut(B, StreamSequence, &T::Archived) -> B,
     ) -> Result<B> {
+        if let Some(e) = self.pending.take() {
+            return Err(*e);
+        }
         let mut acc = Some(init);
         let mut scratch = rkyv::util::AlignedVec::<16>::new();
         let (name, id) = (&self.info.name, StreamId(self.cursor.id()));
@@ -449,7 +478,7 @@ impl<T: Archivable> StreamIter<T> {
 /// The one place that rule lives.
 #[inline]
 pub(crate) fn may_need_alignment(bytes: &[u8]) -> bool {
-    (bytes.as_ptr() as usize) % 16 != 0
+    !(bytes.as_ptr() as usize).is_multiple_of(16)
 }
 
 /// Validates `bytes` as an archived `T` in place or, when they are too
@@ -477,6 +506,10 @@ impl<T: Archivable> Iterator for StreamIter<T> {
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
+        }
+        if let Some(e) = self.pending.take() {
+            self.failed = true;
+            return Some(Err(*e));
         }
         let item = self
             .cursor

@@ -74,17 +74,29 @@ impl Varve {
         })
     }
 
-    /// Opens the stream `name` for events of type `T`, creating it on first use.
+    /// Opens the stream `name` for events of type `T`.
+    ///
+    /// Opening writes nothing: a stream that does not exist yet opens as an
+    /// empty one (its reads find nothing), and its first append creates it,
+    /// bound to `T`, in that append's transaction. So a misspelt name never
+    /// creates a stream by being read.
     ///
     /// `N` is the initial capacity in bytes of the handle's serialization
     /// buffer. An event larger than `N` is still stored whole: the buffer grows
-    /// on the heap (once) and keeps its new size. Stream names are any UTF-8 of
-    /// 1 to 255 bytes.
+    /// on the heap (once) and keeps its new size.
+    ///
+    /// Stream names are 1 to 255 bytes of UTF-8 without control characters
+    /// (`char::is_control`: NUL, tab, line breaks, DEL, the C1 range). Names
+    /// are compared byte for byte and never normalised: `"Café"` written
+    /// with a precomposed `é` (NFC) and with `e` plus a combining accent
+    /// (NFD) are two different streams.
     ///
     /// # Errors
     /// [`Error::InvalidStreamName`](crate::Error::InvalidStreamName), or
-    /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) if the stream was
-    /// created for another type (or for this type with a different layout).
+    /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) if the stream
+    /// exists for another type (or for this type with a different layout).
+    /// A stream created for another type after this handle was opened is a
+    /// `TypeMismatch` at this handle's first append or read.
     ///
     /// ```
     /// # use rkyv::{Archive, Serialize};
@@ -92,7 +104,8 @@ impl Varve {
     /// # #[derive(Archive, Serialize)] struct B { x: u32 }
     /// # let dir = tempfile::tempdir().unwrap();
     /// let varve = varvedb::Varve::new(dir.path())?;
-    /// varve.stream::<A, 64>("things")?;
+    /// let mut things = varve.stream::<A, 64>("things")?;
+    /// things.append(varvedb::StreamId(1), &A { x: 1 })?;
     /// assert!(matches!(
     ///     varve.stream::<B, 64>("things"),
     ///     Err(varvedb::Error::TypeMismatch { .. })
@@ -110,7 +123,8 @@ impl Varve {
     }
 
     /// Opens the stream of a `#[derive(Event)]` type, named by `E::STREAM`
-    /// with a buffer of `E::BUFFER_SIZE` bytes, creating it on first use.
+    /// with a buffer of `E::BUFFER_SIZE` bytes. As for [`Varve::stream`],
+    /// opening writes nothing; the first append creates the stream.
     ///
     /// The stream records `E`'s [`FINGERPRINT`](Event::FINGERPRINT). It can
     /// also be opened with [`Varve::stream`] for the same type, which does not
@@ -172,6 +186,10 @@ impl Varve {
     /// global order, then each new one as it is committed. See
     /// [`Subscription`]; [`Subscription::with_filter`] narrows it to some
     /// streams or event types.
+    ///
+    /// A `from` past the end of the log is not an error: the subscription
+    /// waits for that position, and its first event is the one committed at
+    /// `from` (the events committed before it are not yielded).
     ///
     /// ```
     /// # use rkyv::{Archive, Serialize};
@@ -283,6 +301,14 @@ impl Varve {
     /// ```
     pub fn last_commit_id(&self) -> u64 {
         self.store.last_txn_id() as u64
+    }
+
+    /// Whether a writer is waiting for references to be dropped so it can
+    /// grow the memory map. For tests that must act while growth waits; not
+    /// a stable API.
+    #[doc(hidden)]
+    pub fn __growth_pending(&self) -> bool {
+        self.store.resize_pending()
     }
 
     /// The engine behind this handle (for other modules).

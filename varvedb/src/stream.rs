@@ -171,6 +171,10 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
 
     /// [`Stream::append_batch`] with an optimistic-concurrency check on `id`'s
     /// version before the batch.
+    ///
+    /// An empty slice writes nothing, but `expected` is still checked against
+    /// the newest commit: `Ok(vec![])` if it holds, [`Error::VersionConflict`]
+    /// otherwise.
     pub fn append_batch_expected(
         &mut self,
         id: StreamId,
@@ -178,6 +182,17 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
         expected: ExpectedVersion,
     ) -> Result<Vec<(StreamSequence, GlobalSequence)>> {
         if events.is_empty() {
+            // Nothing to write, but the caller's expectation is still checked
+            // (against the newest commit), so a stale `expected` is never Ok.
+            let actual = self.version(id)?;
+            if !expected.matches(actual) {
+                return Err(Error::VersionConflict {
+                    stream: self.info.name.to_string(),
+                    id,
+                    expected,
+                    actual,
+                });
+            }
             return Ok(Vec::new());
         }
         if events.len() > u32::MAX as usize {
@@ -225,6 +240,10 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
 
     /// The last stream sequence of `id`, or `None` if it has no events.
     pub fn version(&self, id: StreamId) -> Result<Option<StreamSequence>> {
-        self.store.snapshot()?.stream_version(self.info.tag, id.0)
+        let mut view = self.store.snapshot()?;
+        match view.stream_tag(&self.info)? {
+            Some(tag) => view.stream_version(tag, id.0),
+            None => Ok(None),
+        }
     }
 }

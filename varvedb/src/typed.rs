@@ -153,6 +153,8 @@ impl<E: Event> Events<E> {
 mod tests {
     use rkyv::{Archive, Serialize};
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::VarveConfig;
     use crate::error::Error;
@@ -186,6 +188,10 @@ mod tests {
             .open_stream(Renamed::STREAM, &identity::<Renamed>())
             .unwrap();
         assert_eq!(recorded.schema_fingerprint, 0x1234);
+        // The first append creates the stream, recording the fingerprint.
+        Events::new(Stream::<Renamed, 0>::new(Arc::clone(&store), recorded, 64))
+            .append(crate::StreamId(1), &Renamed { _to: 1 })
+            .unwrap();
 
         let later = TypeIdentity {
             schema_fingerprint: 0x5678,

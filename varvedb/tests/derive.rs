@@ -356,7 +356,11 @@ fn same_named_types_in_different_modules_do_not_share_a_stream() {
 #[test]
 fn a_type_with_another_fingerprint_cannot_open_the_stream() {
     let (_dir, varve) = store();
-    varve.events::<base::Ev>().unwrap();
+    varve
+        .events::<base::Ev>()
+        .unwrap()
+        .append(StreamId(1), &base::Ev { a: 1, b: 2 })
+        .unwrap();
     assert!(matches!(
         varve.events::<added::Ev>(),
         Err(Error::TypeMismatch { .. })

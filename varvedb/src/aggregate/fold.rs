@@ -16,6 +16,8 @@ use crate::stream::serialize_event;
 
 /// What a fold reads from: a read snapshot or a write transaction.
 pub(crate) trait Source {
+    /// The tag of `info`'s stream, `None` while the stream does not exist.
+    fn tag(&mut self, info: &StreamInfo) -> Result<Option<u32>>;
     /// The last stream sequence of `(tag, id)`.
     fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>>;
     /// A value of the `state` database.
@@ -31,6 +33,10 @@ pub(crate) trait Source {
 }
 
 impl Source for View {
+    fn tag(&mut self, info: &StreamInfo) -> Result<Option<u32>> {
+        self.stream_tag(info)
+    }
+
     fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>> {
         Ok(self.stream_version(tag, id)?.map(|s| s.0))
     }
@@ -51,6 +57,10 @@ impl Source for View {
 }
 
 impl Source for WriteTxn<'_> {
+    fn tag(&mut self, info: &StreamInfo) -> Result<Option<u32>> {
+        self.stream_tag(info)
+    }
+
     fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>> {
         WriteTxn::version(self, tag, id)
     }
@@ -77,13 +87,14 @@ impl Source for WriteTxn<'_> {
 fn fold_from<A: Aggregate>(
     src: &mut impl Source,
     info: &StreamInfo,
+    tag: u32,
     id: StreamId,
     from: u64,
     state: &mut A,
     aligned: &mut AlignedVec<16>,
 ) -> Result<Option<u64>> {
     let mut last = None;
-    src.walk(info.tag, id.0, from, |seq, _, bytes| {
+    src.walk(tag, id.0, from, |seq, _, bytes| {
         let corrupt = |e: rancor::Error| Error::Corruption {
             location: Location::Stream {
                 stream: info.name.to_string(),
@@ -109,10 +120,19 @@ fn load_with<A: Aggregate>(
     policy: &Snapshots<A>,
     scratch: &mut AlignedVec<16>,
 ) -> Result<Loaded<A>> {
-    let version = src.version(info.tag, id.0)?;
+    // A stream that does not exist yet loads as the default state; looking
+    // at it creates nothing.
+    let Some(tag) = src.tag(info)? else {
+        return Ok(Loaded {
+            state: A::default(),
+            version: None,
+            snapshot: None,
+        });
+    };
+    let version = src.version(tag, id.0)?;
     let mut start = None;
     if let (Some(codec), Some(version)) = (policy.codec(), version) {
-        if let Some(value) = src.state(&snapshot::key(info.tag, id.0))? {
+        if let Some(value) = src.state(&snapshot::key(tag, id.0))? {
             // Anything unusable (damaged, another layout, past the stream's
             // end) is ignored: the fold then starts from the first event.
             start = codec
@@ -125,7 +145,7 @@ fn load_with<A: Aggregate>(
         None => (A::default(), None),
     };
     let from = snapshot.map_or(0, |s| s + 1);
-    let last = fold_from(src, info, id, from, &mut state, scratch)?.or(snapshot);
+    let last = fold_from(src, info, tag, id, from, &mut state, scratch)?.or(snapshot);
     if last != version {
         return Err(Error::Corruption {
             location: Location::Record(format!(
@@ -205,8 +225,16 @@ pub(crate) fn execute<A: Aggregate>(
             serialize_event(&mut block, &info.name, event)?;
         }
         let (first_seq, first_global) = txn.append(info, id.0, expected, &mut block)?;
+        // The append created the stream if it did not exist.
+        let tag = txn.stream_tag(info)?.ok_or_else(|| Error::Corruption {
+            location: Location::Global(GlobalSequence(first_global)),
+            detail: format!(
+                "stream {:?} is not in the catalog after an append",
+                info.name
+            ),
+        })?;
         // Fold the new events as they were stored, as a later load will.
-        let last = fold_from(txn, info, id, first_seq, &mut state, &mut scratch)?;
+        let last = fold_from(txn, info, tag, id, first_seq, &mut state, &mut scratch)?;
         let count = events.len() as u64;
         if last != Some(first_seq + count - 1) {
             return Err(Error::Corruption {
@@ -223,7 +251,7 @@ pub(crate) fn execute<A: Aggregate>(
                         stream: info.name.to_string(),
                         source,
                     })?;
-                txn.state_put(&snapshot::key(info.tag, id.0), &value)?;
+                txn.state_put(&snapshot::key(tag, id.0), &value)?;
             }
         }
         Ok(Ok(Executed {
@@ -280,7 +308,14 @@ mod tests {
         }
     }
 
+    /// The tag the in-memory source gives every stream.
+    const MEMORY_TAG: u32 = 0;
+
     impl Source for Memory {
+        fn tag(&mut self, _: &StreamInfo) -> Result<Option<u32>> {
+            Ok(Some(MEMORY_TAG))
+        }
+
         fn version(&mut self, _: u32, _: u64) -> Result<Option<u64>> {
             Ok(self.version)
         }
@@ -367,7 +402,7 @@ mod tests {
         let value = codec.encode(&Sum(100), 1).unwrap();
         memory
             .state
-            .insert(snapshot::key(memory_info().tag, 7).to_vec(), value);
+            .insert(snapshot::key(MEMORY_TAG, 7).to_vec(), value);
         let loaded = load(&mut memory).unwrap();
         assert_eq!(
             (loaded.state, loaded.snapshot),
@@ -382,7 +417,7 @@ mod tests {
         let value = codec.encode(&Sum(100), 3).unwrap();
         memory
             .state
-            .insert(snapshot::key(memory_info().tag, 7).to_vec(), value);
+            .insert(snapshot::key(MEMORY_TAG, 7).to_vec(), value);
         let loaded = load(&mut memory).unwrap();
         assert_eq!((loaded.state, loaded.snapshot), (Sum(6), None));
     }

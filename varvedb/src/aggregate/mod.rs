@@ -277,9 +277,9 @@ impl Varve {
     /// and usable, plus every later event, folded in one read snapshot.
     /// Callable from any thread; `Varve` is `Clone + Send + Sync`.
     ///
-    /// Opens (creating on first use) the stream `A::STREAM`, as
-    /// [`Varve::stream`] does. A stream id without events loads as the
-    /// default state with version `None`.
+    /// Opens the stream `A::STREAM` as [`Varve::stream`] does, writing
+    /// nothing: a stream id without events, or a stream that does not exist
+    /// yet, loads as the default state with version `None`.
     ///
     /// # Errors
     /// [`Error::TypeMismatch`] if `A::STREAM` holds another event type, and

@@ -488,6 +488,17 @@ impl View {
     pub(crate) fn stream_by_tag(&mut self, tag: u32) -> Result<Arc<super::StreamInfo>> {
         self.store.stream_by_tag(&self.pin.txn, tag)
     }
+
+    /// The catalog entry (tag and record) of the stream `name`, if it exists.
+    pub(super) fn stream_entry(&mut self, name: &str) -> Result<Option<(u32, super::StreamInfo)>> {
+        self.store.stream_entry(&self.pin.txn, name)
+    }
+
+    /// The tag of `info`'s stream in this snapshot, `None` if it does not
+    /// exist in it (see [`Store::stream_tag`]).
+    pub(crate) fn stream_tag(&mut self, info: &super::StreamInfo) -> Result<Option<u32>> {
+        self.store.stream_tag(&self.pin.txn, info)
+    }
 }
 
 /// The position of the event at `global` in the block with header `h`.
@@ -540,15 +551,17 @@ pub(crate) struct StreamCursor {
 unsafe impl Send for StreamCursor {}
 
 impl StreamCursor {
-    pub(crate) fn new(view: View, tag: u32, id: u64, from: u64) -> StreamCursor {
+    /// A cursor over `(tag, id)` from `from`; with no tag (a stream that does
+    /// not exist yet), an empty one.
+    pub(crate) fn new(view: View, tag: Option<u32>, id: u64, from: u64) -> StreamCursor {
         StreamCursor {
             view,
-            tag,
+            tag: tag.unwrap_or(0),
             id,
             next_seq: from,
             run: None,
             block: None,
-            done: false,
+            done: tag.is_none(),
         }
     }
 

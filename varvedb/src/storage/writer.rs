@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use heed::{MdbError, PutFlags, RwTxn};
 
 use super::block::{BlockBuilder, BlockHeader};
+use super::catalog::Bound;
 use super::keys::{event_key, index_key, Run};
 use super::{walk_stream, Store, StreamInfo, View};
 use crate::error::{Error, Result};
@@ -25,6 +26,9 @@ pub(crate) struct WriteTxn<'s> {
     txn: RwTxn<'s>,
     /// One past the newest global sequence, once known in this transaction.
     end_global: Option<u64>,
+    /// Catalog entries this transaction created or completed, taught to their
+    /// handles only once it commits (an aborted attempt teaches nothing).
+    bound: Vec<Bound>,
 }
 
 fn is_map_full(e: &Error) -> bool {
@@ -78,21 +82,24 @@ impl Store {
             store: self,
             txn,
             end_global: None,
+            bound: Vec::new(),
         };
         let r = f(&mut wtxn)?;
-        wtxn.txn.commit().map_err(self.err("committing"))?;
+        let WriteTxn { txn, bound, .. } = wtxn;
+        txn.commit().map_err(self.err("committing"))?;
+        self.publish_bound(bound);
         Ok(r)
     }
 }
 
 impl<'s> WriteTxn<'s> {
-    /// The store and the raw transaction, for other `storage` modules.
-    pub(super) fn parts(&mut self) -> (&'s Store, &mut RwTxn<'s>) {
-        (self.store, &mut self.txn)
-    }
-
     /// Appends `block` to `(info, id)` after checking `expected`. Returns the
     /// first stream sequence and global sequence.
+    ///
+    /// The stream's catalog entry is created here, in this transaction, by
+    /// the first append to it (opening a stream writes nothing). A
+    /// `TypeMismatch` (the stream was created meanwhile for another type) or
+    /// `VersionConflict` is found before anything is written.
     pub(crate) fn append(
         &mut self,
         info: &StreamInfo,
@@ -101,7 +108,15 @@ impl<'s> WriteTxn<'s> {
         block: &mut BlockBuilder,
     ) -> Result<(u64, u64)> {
         let store = self.store;
-        let head = store.last_run(&self.txn, info.tag, id)?;
+        let target = store.append_target(&self.txn, info)?;
+        let tag = match &target {
+            Ok(tag) => Some(*tag),
+            Err(existing) => existing.as_ref().map(|(tag, _)| *tag),
+        };
+        let head = match tag {
+            Some(tag) => store.last_run(&self.txn, tag, id)?,
+            None => None,
+        };
         let actual = head.map(|r| StreamSequence(r.end_seq() - 1));
         if !expected.matches(actual) {
             return Err(Error::VersionConflict {
@@ -111,6 +126,14 @@ impl<'s> WriteTxn<'s> {
                 actual,
             });
         }
+        let tag = match target {
+            Ok(tag) => tag,
+            Err(existing) => {
+                let (tag, bound) = store.settle_stream(&mut self.txn, info, existing)?;
+                self.bound.push(bound);
+                tag
+            }
+        };
         let first_seq = head.map_or(0, |r| r.end_seq());
         let first_global = match self.end_global {
             Some(g) => g,
@@ -119,7 +142,7 @@ impl<'s> WriteTxn<'s> {
         let count = block.count() as u64;
 
         let header = BlockHeader {
-            stream_tag: info.tag,
+            stream_tag: tag,
             stream_id: id,
             first_stream_seq: first_seq,
             fingerprint: info.layout_fingerprint,
@@ -154,13 +177,22 @@ impl<'s> WriteTxn<'s> {
                 count,
             },
         };
-        let key = index_key(info.tag, id, run.first_seq);
+        let key = index_key(tag, id, run.first_seq);
         store
             .index
             .put(&mut self.txn, &key, &run.encode(&key))
             .map_err(store.err("updating the stream index"))?;
         self.end_global = Some(first_global + count);
         Ok((first_seq, first_global))
+    }
+
+    /// The tag of `info`'s stream in this transaction (`None` while it does
+    /// not exist), checked against the handle's type.
+    pub(crate) fn stream_tag(&self, info: &StreamInfo) -> Result<Option<u32>> {
+        match self.store.append_target(&self.txn, info)? {
+            Ok(tag) => Ok(Some(tag)),
+            Err(existing) => Ok(existing.map(|(tag, _)| tag)),
+        }
     }
 
     /// The last stream sequence of `(tag, id)` in this transaction.

@@ -121,11 +121,12 @@ impl FilterCache {
             return true;
         }
         let info = event.stream_info();
-        if let Some(&pass) = self.by_tag.get(&info.tag) {
+        let tag = event.stream_tag();
+        if let Some(&pass) = self.by_tag.get(&tag) {
             return pass;
         }
         let pass = self.filter.matches_stream(info);
-        self.by_tag.insert(info.tag, pass);
+        self.by_tag.insert(tag, pass);
         pass
     }
 }

@@ -3,6 +3,11 @@
 //! and then waiting for new commits; [`StreamSubscription`] does the same for
 //! one stream id, typed.
 //!
+//! A subscription may start anywhere, including past the end of the log (or
+//! of its stream id): it then waits for that position, as a subscription from
+//! a position does in KurrentDB. Its first event is the one at the requested
+//! position once committed; the events committed before it are not yielded.
+//!
 //! A waiting subscription is woken by every commit of this process at once,
 //! and notices commits of other processes within 50 ms. It reads in short
 //! pages (at most 512 events or 100 ms per snapshot) and holds no snapshot
