@@ -266,8 +266,12 @@ impl Varve {
     }
 
     /// An identifier of the newest commit, by this process or another: it
-    /// grows with every commit. Reading it is cheap (no transaction), so it
-    /// tells whether anything changed since it was last read.
+    /// grows with every commit (appends, and also projection checkpoints,
+    /// aggregate snapshots and new streams). Reading it is cheap (no
+    /// transaction), so it tells whether anything changed since it was last
+    /// read. While a writer grows the memory map it waits for the growth to
+    /// finish, as opening a snapshot does. For the number of events, see
+    /// [`GlobalReader::end`](crate::GlobalReader::end).
     ///
     /// ```
     /// # use rkyv::{Archive, Serialize};

@@ -26,6 +26,7 @@ mod namespace;
 mod projector;
 mod thread;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -208,7 +209,11 @@ pub(crate) fn failed_at(name: &str, at: u64, source: HandlerError) -> Error {
 }
 
 /// Waits `pause` (for a retry's backoff), or less if `stop` is set.
-pub(crate) fn backoff(store: &Store, pause: Duration, stop: &std::sync::atomic::AtomicBool) {
+pub(crate) fn backoff(
+    store: &Arc<Store>,
+    pause: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     let start = Instant::now();
     let deadline = start
         .checked_add(pause)
@@ -218,8 +223,8 @@ pub(crate) fn backoff(store: &Store, pause: Duration, stop: &std::sync::atomic::
         if now >= deadline || stop.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        // Returns early on any commit; look at the clock again.
-        store.wait_for_commit(store.last_txn_id(), deadline - now, stop);
+        // Returns early on a new event; look at the clock again.
+        store.wait_for_commit(store.log_end(), deadline - now, stop);
     }
 }
 

@@ -195,14 +195,14 @@ impl<P: Projection> Projector<P> {
     fn run_until_stopped(&mut self) -> Result<()> {
         while !self.stop.load(Ordering::Acquire) {
             let mut view = self.store.snapshot()?;
-            let seen = view.txn_id();
             let end = view.end_global()?;
             let checkpoint = self.ns.checkpoint_in_view(&mut view)?;
             drop(view);
             if checkpoint < end {
                 self.advance_to(end)?;
             } else {
-                self.store.wait_for_commit(seen, Duration::MAX, &self.stop);
+                // Woken by new events only, not by checkpoints (ours or others').
+                self.store.wait_for_commit(end, Duration::MAX, &self.stop);
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ use heed::{MdbError, PutFlags, RwTxn};
 
 use super::block::{BlockBuilder, BlockHeader};
 use super::keys::{event_key, index_key, Run};
-use super::{walk_stream, Store, StreamInfo, View};
+use super::{walk_stream, Remap, Store, StreamInfo, View};
 use crate::error::{Error, Result};
 use crate::position::{ExpectedVersion, StreamId, StreamSequence};
 
@@ -25,6 +25,11 @@ pub(crate) struct WriteTxn<'s> {
     txn: RwTxn<'s>,
     /// One past the newest global sequence, once known in this transaction.
     end_global: Option<u64>,
+    /// A map-full or map-resized error an LMDB call of this transaction
+    /// returned: the transaction is then doomed (LMDB marks it failed), and
+    /// [`Store::write`] grows or remaps and retries whatever the closure
+    /// returns.
+    environmental: Option<Environmental>,
 }
 
 fn is_map_full(e: &Error) -> bool {
@@ -51,42 +56,126 @@ impl Store {
     /// Runs `f` in one write transaction and commits it durably. If the map
     /// fills up, the transaction is aborted, the map grown and `f` run again, so
     /// `f` must be repeatable (it is given a fresh transaction each time).
+    ///
+    /// After the commit the log's end is published, waking the subscriptions
+    /// waiting for it only if it moved: a commit that only writes state (a
+    /// projection's checkpoint, a snapshot, the catalog) wakes nobody.
     pub(crate) fn write<R>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
         let _writer = self.writer.lock();
         loop {
             let guard = self.gate.enter();
             let attempt = self.write_once(&mut f);
             drop(guard);
-            match attempt {
-                Ok(r) => {
-                    self.commits.notify();
-                    return Ok(r);
+            let failure = match attempt {
+                Ok(Committed { value, end, txn_id }) => {
+                    self.commits.publish(end, txn_id);
+                    return Ok(value);
                 }
-                Err(e) if is_map_full(&e) => self.grow()?,
-                Err(e) if is_map_resized(&e) => self.remap(0)?,
-                Err(e) => return Err(e),
+                Err(Attempt::Failed(e)) => e,
+                // The closure's own error, with LMDB's error recorded in the
+                // transaction: growth is retried even if the closure wrapped
+                // or swallowed the error it got.
+                Err(Attempt::Env(env)) => {
+                    match env {
+                        Environmental::MapFull => self.grow()?,
+                        Environmental::MapResized => self.remap(Remap::Adopt)?,
+                    }
+                    continue;
+                }
+            };
+            match failure {
+                e if is_map_full(&e) => self.grow()?,
+                e if is_map_resized(&e) => self.remap(Remap::Adopt)?,
+                e => return Err(e),
             }
         }
     }
 
-    fn write_once<R>(&self, f: &mut impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+    fn write_once<R>(
+        &self,
+        f: &mut impl FnMut(&mut WriteTxn<'_>) -> Result<R>,
+    ) -> std::result::Result<Committed<R>, Attempt> {
         let txn = self
             .env
             .write_txn()
-            .map_err(self.err("starting a write transaction"))?;
+            .map_err(self.err("starting a write transaction"))
+            .map_err(Attempt::Failed)?;
         let mut wtxn = WriteTxn {
             store: self,
             txn,
             end_global: None,
+            environmental: None,
         };
-        let r = f(&mut wtxn)?;
-        wtxn.txn.commit().map_err(self.err("committing"))?;
-        Ok(r)
+        let value = match f(&mut wtxn) {
+            Ok(value) => value,
+            Err(e) => {
+                return Err(match wtxn.environmental {
+                    Some(env) => Attempt::Env(env),
+                    None => Attempt::Failed(e),
+                })
+            }
+        };
+        if let Some(env) = wtxn.environmental {
+            // The closure swallowed a failed write: committing would lose it.
+            return Err(Attempt::Env(env));
+        }
+        // The end of the log this commit leaves: known if it appended, read
+        // otherwise (a damaged last block is for readers to report, so it
+        // only means nothing is published).
+        let end = match wtxn.end_global {
+            Some(end) => Some(end),
+            None => self.end_global(&wtxn.txn).ok(),
+        };
+        // A write transaction's id is the id its commit gets.
+        let txn_id = wtxn.txn.id();
+        wtxn.txn
+            .commit()
+            .map_err(self.err("committing"))
+            .map_err(Attempt::Failed)?;
+        Ok(Committed { value, end, txn_id })
     }
 }
 
+/// What a committed [`Store::write`] attempt leaves.
+struct Committed<R> {
+    value: R,
+    /// One past the last global sequence, if known.
+    end: Option<u64>,
+    txn_id: usize,
+}
+
+/// Why a [`Store::write`] attempt did not commit.
+enum Attempt {
+    Failed(Error),
+    /// An LMDB call in the transaction hit a condition that growing or
+    /// remapping the map cures, whatever the closure made of it.
+    Env(Environmental),
+}
+
+/// The LMDB conditions [`Store::write`] cures by remapping and retrying.
+#[derive(Debug, Clone, Copy)]
+enum Environmental {
+    MapFull,
+    MapResized,
+}
+
+/// Records `result`'s error in `slot` if it is one [`Store::write`] cures by
+/// remapping, so that the retry happens whatever the caller does with it.
+fn record<T>(slot: &mut Option<Environmental>, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        if is_map_full(e) {
+            *slot = Some(Environmental::MapFull);
+        } else if is_map_resized(e) {
+            *slot = Some(Environmental::MapResized);
+        }
+    }
+    result
+}
+
 impl<'s> WriteTxn<'s> {
-    /// The store and the raw transaction, for other `storage` modules.
+    /// The store and the raw transaction, for other `storage` modules (the
+    /// catalog, whose writes return their errors as they are: a map-full
+    /// error is recognised by [`Store::write`] when it comes back).
     pub(super) fn parts(&mut self) -> (&'s Store, &mut RwTxn<'s>) {
         (self.store, &mut self.txn)
     }
@@ -131,7 +220,7 @@ impl<'s> WriteTxn<'s> {
                 .map_or(0, |d| d.as_micros() as u64),
         };
         let bytes = block.seal(&header);
-        store
+        let put = store
             .events
             .put_with_flags(
                 &mut self.txn,
@@ -139,7 +228,8 @@ impl<'s> WriteTxn<'s> {
                 &event_key(first_global),
                 bytes,
             )
-            .map_err(store.err("appending to the event log"))?;
+            .map_err(store.err("appending to the event log"));
+        record(&mut self.environmental, put)?;
 
         // Extend the stream id's last run when this block directly follows it
         // in the log; otherwise start a new run.
@@ -155,10 +245,11 @@ impl<'s> WriteTxn<'s> {
             },
         };
         let key = index_key(info.tag, id, run.first_seq);
-        store
+        let put = store
             .index
             .put(&mut self.txn, &key, &run.encode(&key))
-            .map_err(store.err("updating the stream index"))?;
+            .map_err(store.err("updating the stream index"));
+        record(&mut self.environmental, put)?;
         self.end_global = Some(first_global + count);
         Ok((first_seq, first_global))
     }
@@ -213,22 +304,31 @@ impl<'s> WriteTxn<'s> {
 
     /// Writes a value of the `state` database.
     pub(crate) fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.store
+        let put = self
+            .store
             .state
             .put(&mut self.txn, key, value)
-            .map_err(self.store.err("writing state"))
+            .map_err(self.store.err("writing state"));
+        record(&mut self.environmental, put)
     }
 
     /// Deletes a value of the `state` database; returns whether it existed.
     pub(crate) fn state_delete(&mut self, key: &[u8]) -> Result<bool> {
-        self.store
+        let deleted = self
+            .store
             .state
             .delete(&mut self.txn, key)
-            .map_err(self.store.err("deleting state"))
+            .map_err(self.store.err("deleting state"));
+        record(&mut self.environmental, deleted)
     }
 
     /// Deletes every `state` key starting with `prefix`; returns how many.
     pub(crate) fn state_delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
+        let deleted = self.delete_prefix(prefix);
+        record(&mut self.environmental, deleted)
+    }
+
+    fn delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
         let err = self.store.err("deleting state");
         let mut iter = self
             .store
@@ -243,5 +343,23 @@ impl<'s> WriteTxn<'s> {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Commits `f` without publishing the log's end or waking anyone: what a
+    /// commit of another process looks like to this one.
+    pub(crate) fn commit_as_another_process<R>(
+        &self,
+        mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let _writer = self.writer.lock();
+        let _guard = self.gate.enter();
+        match self.write_once(&mut f) {
+            Ok(committed) => Ok(committed.value),
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::Env(env)) => panic!("a test store ran into {env:?}"),
+        }
     }
 }
