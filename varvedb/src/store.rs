@@ -9,7 +9,7 @@ use crate::event::{layout_fingerprint, Archivable, Event};
 use crate::global::GlobalReader;
 use crate::position::GlobalSequence;
 use crate::projection::{
-    ExternalProjection, ExternalProjector, ModelReader, Namespace, Projection, Projector,
+    ExternalProjection, ExternalProjector, Kind, ModelReader, Namespace, Projection, Projector,
 };
 use crate::storage::{Store, TypeIdentity};
 use crate::stream::Stream;
@@ -220,7 +220,7 @@ impl Varve {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn projector<P: Projection>(&self, name: &str, projection: P) -> Result<Projector<P>> {
-        let ns = Namespace::new(name)?;
+        let ns = Namespace::new(name, Kind::InStore)?;
         Ok(Projector::new(Arc::clone(&self.store), ns, projection))
     }
 
@@ -236,7 +236,7 @@ impl Varve {
         name: &str,
         sink: S,
     ) -> Result<ExternalProjector<S>> {
-        let ns = Namespace::new(name)?;
+        let ns = Namespace::new(name, Kind::External)?;
         Ok(ExternalProjector::new(Arc::clone(&self.store), ns, sink))
     }
 
@@ -247,7 +247,7 @@ impl Varve {
     /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName),
     /// as for [`Varve::projector`].
     pub fn read_model(&self, name: &str) -> Result<ModelReader> {
-        let ns = Namespace::new(name)?;
+        let ns = Namespace::new(name, Kind::InStore)?;
         Ok(ModelReader::new(Arc::clone(&self.store), ns))
     }
 

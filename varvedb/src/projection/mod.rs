@@ -37,7 +37,7 @@ use crate::subscription::Filter;
 
 pub use external::ExternalProjector;
 pub use model::{ModelReader, ReadModel};
-pub(crate) use namespace::Namespace;
+pub(crate) use namespace::{Kind, Namespace};
 pub use namespace::Skipped;
 pub use projector::Projector;
 pub use thread::ProjectionThread;
@@ -96,8 +96,12 @@ pub trait Projection {
     /// is handled by the projector's [`OnError`] policy.
     ///
     /// # Errors
-    /// Whatever the handler decides; storage errors returned by `model` (with
-    /// `?`) abort the transaction as themselves, not as handler failures.
+    /// Whatever the handler decides. When `model` returned a storage error
+    /// and the handler then fails, the store's error ends the batch as
+    /// itself, not as a handler failure, whatever the handler returned (the
+    /// error passed on with `?`, wrapped, or replaced). A full memory map is
+    /// grown and the batch applied again even if the handler swallowed the
+    /// error and returned `Ok`.
     fn apply(
         &mut self,
         event: &GlobalEvent,

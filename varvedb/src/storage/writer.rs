@@ -6,6 +6,7 @@
 //! stream id), so a failed or aborted append consumes no number and two
 //! writers (threads, handles or processes) can never be handed the same one.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,7 +30,11 @@ pub(crate) struct WriteTxn<'s> {
     /// returned: the transaction is then doomed (LMDB marks it failed), and
     /// [`Store::write`] grows or remaps and retries whatever the closure
     /// returns.
-    environmental: Option<Environmental>,
+    environmental: Cell<Option<Environmental>>,
+    /// The last LMDB error a call through this transaction returned, so a
+    /// caller that handed the error to code which wrapped or dropped it
+    /// (a projection's handler) still learns it was the store's.
+    failure: Cell<Option<(&'static str, MdbError)>>,
 }
 
 fn is_map_full(e: &Error) -> bool {
@@ -104,18 +109,19 @@ impl Store {
             store: self,
             txn,
             end_global: None,
-            environmental: None,
+            environmental: Cell::new(None),
+            failure: Cell::new(None),
         };
         let value = match f(&mut wtxn) {
             Ok(value) => value,
             Err(e) => {
-                return Err(match wtxn.environmental {
+                return Err(match wtxn.environmental.get() {
                     Some(env) => Attempt::Env(env),
                     None => Attempt::Failed(e),
                 })
             }
         };
-        if let Some(env) = wtxn.environmental {
+        if let Some(env) = wtxn.environmental.get() {
             // The closure swallowed a failed write: committing would lose it.
             return Err(Attempt::Env(env));
         }
@@ -157,19 +163,6 @@ enum Attempt {
 enum Environmental {
     MapFull,
     MapResized,
-}
-
-/// Records `result`'s error in `slot` if it is one [`Store::write`] cures by
-/// remapping, so that the retry happens whatever the caller does with it.
-fn record<T>(slot: &mut Option<Environmental>, result: Result<T>) -> Result<T> {
-    if let Err(e) = &result {
-        if is_map_full(e) {
-            *slot = Some(Environmental::MapFull);
-        } else if is_map_resized(e) {
-            *slot = Some(Environmental::MapResized);
-        }
-    }
-    result
 }
 
 impl<'s> WriteTxn<'s> {
@@ -220,16 +213,13 @@ impl<'s> WriteTxn<'s> {
                 .map_or(0, |d| d.as_micros() as u64),
         };
         let bytes = block.seal(&header);
-        let put = store
-            .events
-            .put_with_flags(
-                &mut self.txn,
-                PutFlags::APPEND,
-                &event_key(first_global),
-                bytes,
-            )
-            .map_err(store.err("appending to the event log"));
-        record(&mut self.environmental, put)?;
+        let put = store.events.put_with_flags(
+            &mut self.txn,
+            PutFlags::APPEND,
+            &event_key(first_global),
+            bytes,
+        );
+        self.lmdb("appending to the event log", put)?;
 
         // Extend the stream id's last run when this block directly follows it
         // in the log; otherwise start a new run.
@@ -245,11 +235,8 @@ impl<'s> WriteTxn<'s> {
             },
         };
         let key = index_key(info.tag, id, run.first_seq);
-        let put = store
-            .index
-            .put(&mut self.txn, &key, &run.encode(&key))
-            .map_err(store.err("updating the stream index"));
-        record(&mut self.environmental, put)?;
+        let put = store.index.put(&mut self.txn, &key, &run.encode(&key));
+        self.lmdb("updating the stream index", put)?;
         self.end_global = Some(first_global + count);
         Ok((first_seq, first_global))
     }
@@ -294,52 +281,65 @@ impl<'s> WriteTxn<'s> {
         Ok(View::new(txn, guard, Arc::clone(store)))
     }
 
+    /// Maps an LMDB result to ours, first recording its error in the
+    /// transaction: see [`WriteTxn::take_failure`].
+    fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
+        result.map_err(|e| {
+            if let heed::Error::Mdb(code) = e {
+                match code {
+                    MdbError::MapFull => self.environmental.set(Some(Environmental::MapFull)),
+                    MdbError::MapResized => {
+                        self.environmental.set(Some(Environmental::MapResized))
+                    }
+                    _ => {}
+                }
+                self.failure.set(Some((operation, code)));
+            }
+            self.store.err(operation)(e)
+        })
+    }
+
+    /// The last LMDB error a call through this transaction returned since the
+    /// previous take, rebuilt as the error that call returned. For a caller
+    /// that handed that error to user code: whatever the code made of it, the
+    /// failure was the store's.
+    pub(crate) fn take_failure(&self) -> Option<Error> {
+        self.failure
+            .take()
+            .map(|(operation, code)| self.store.err(operation)(heed::Error::Mdb(code)))
+    }
+
     /// Reads a value of the `state` database (snapshots, checkpoints, read models).
     pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
-        self.store
-            .state
-            .get(&self.txn, key)
-            .map_err(self.store.err("reading state"))
+        let got = self.store.state.get(&self.txn, key);
+        self.lmdb("reading state", got)
     }
 
     /// Writes a value of the `state` database.
     pub(crate) fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let put = self
-            .store
-            .state
-            .put(&mut self.txn, key, value)
-            .map_err(self.store.err("writing state"));
-        record(&mut self.environmental, put)
+        let put = self.store.state.put(&mut self.txn, key, value);
+        self.lmdb("writing state", put)
     }
 
     /// Deletes a value of the `state` database; returns whether it existed.
     pub(crate) fn state_delete(&mut self, key: &[u8]) -> Result<bool> {
-        let deleted = self
-            .store
-            .state
-            .delete(&mut self.txn, key)
-            .map_err(self.store.err("deleting state"));
-        record(&mut self.environmental, deleted)
+        let deleted = self.store.state.delete(&mut self.txn, key);
+        self.lmdb("deleting state", deleted)
     }
 
     /// Deletes every `state` key starting with `prefix`; returns how many.
     pub(crate) fn state_delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
-        let deleted = self.delete_prefix(prefix);
-        record(&mut self.environmental, deleted)
+        let deleted = Self::delete_prefix(&self.store.state, &mut self.txn, prefix);
+        self.lmdb("deleting state", deleted)
     }
 
-    fn delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
-        let err = self.store.err("deleting state");
-        let mut iter = self
-            .store
-            .state
-            .prefix_iter_mut(&mut self.txn, prefix)
-            .map_err(&err)?;
+    fn delete_prefix(state: &super::Db, txn: &mut RwTxn<'_>, prefix: &[u8]) -> heed::Result<usize> {
+        let mut iter = state.prefix_iter_mut(txn, prefix)?;
         let mut n = 0;
-        while iter.next().transpose().map_err(&err)?.is_some() {
+        while iter.next().transpose()?.is_some() {
             // SAFETY: heed requires that no reference into the database from this
             // iterator is alive while deleting; the entry just read is discarded.
-            unsafe { iter.del_current() }.map_err(&err)?;
+            unsafe { iter.del_current() }?;
             n += 1;
         }
         Ok(n)
