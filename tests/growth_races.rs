@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use varvedb::{
-    Durability, Error, GlobalEvent, GlobalSequence, HandlerError, Projection, ReadModel,
-    StreamId, Varve, VarveConfig,
+    Durability, Error, GlobalEvent, GlobalSequence, HandlerError, Projection, ReadModel, StreamId,
+    Varve, VarveConfig,
 };
 use varvedb_suite::Order;
 
@@ -127,7 +127,11 @@ fn a_reader_that_reopens_its_snapshot_never_holds_growth_up() {
 struct Count;
 
 impl Projection for Count {
-    fn apply(&mut self, _: &GlobalEvent, model: &mut ReadModel<'_, '_>) -> Result<(), HandlerError> {
+    fn apply(
+        &mut self,
+        _: &GlobalEvent,
+        model: &mut ReadModel<'_, '_>,
+    ) -> Result<(), HandlerError> {
         let n = model.get_u64(b"n")?.unwrap_or(0);
         Ok(model.put_u64(b"n", n + 1)?)
     }

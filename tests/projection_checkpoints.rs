@@ -45,7 +45,11 @@ struct Bulky {
 }
 
 impl Projection for Bulky {
-    fn apply(&mut self, event: &GlobalEvent, model: &mut ReadModel<'_, '_>) -> Result<(), HandlerError> {
+    fn apply(
+        &mut self,
+        event: &GlobalEvent,
+        model: &mut ReadModel<'_, '_>,
+    ) -> Result<(), HandlerError> {
         let key = if self.long_key {
             vec![b'k'; 600]
         } else {
@@ -218,7 +222,11 @@ fn an_in_store_and_an_external_projection_of_one_name_never_share_a_checkpoint()
         .unwrap()
         .catch_up()
         .unwrap();
-    let err = varve.projector("other", Noop).unwrap().catch_up().unwrap_err();
+    let err = varve
+        .projector("other", Noop)
+        .unwrap()
+        .catch_up()
+        .unwrap_err();
     assert!(
         matches!(
             err,

@@ -62,7 +62,7 @@ pub struct VarveConfig {
     ///
     /// `None` turns looking off, for a store only this process writes: then a
     /// commit by another process is seen only once something in this process
-    /// reads the log's end anew (its own next commit, a new subscription or
+    /// reads the log's end anew (its own next append, a new subscription or
     /// projector run, [`GlobalReader::end`](crate::GlobalReader::end)); a
     /// waiting subscription sleeps through it until then, or until its
     /// timeout. Default: `Some(50 ms)`.

@@ -37,8 +37,8 @@ use crate::subscription::Filter;
 
 pub use external::ExternalProjector;
 pub use model::{ModelReader, ReadModel};
-pub(crate) use namespace::{Kind, Namespace};
 pub use namespace::Skipped;
+pub(crate) use namespace::{Kind, Namespace};
 pub use projector::Projector;
 pub use thread::ProjectionThread;
 
@@ -213,11 +213,7 @@ pub(crate) fn failed_at(name: &str, at: u64, source: HandlerError) -> Error {
 }
 
 /// Waits `pause` (for a retry's backoff), or less if `stop` is set.
-pub(crate) fn backoff(
-    store: &Arc<Store>,
-    pause: Duration,
-    stop: &std::sync::atomic::AtomicBool,
-) {
+pub(crate) fn backoff(store: &Arc<Store>, pause: Duration, stop: &std::sync::atomic::AtomicBool) {
     let start = Instant::now();
     let deadline = start
         .checked_add(pause)

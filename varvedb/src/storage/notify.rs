@@ -4,7 +4,7 @@
 //! Waiters wait for the log's *end* (one past the last global sequence) to
 //! move past what they have read, not for any commit: commits that only write
 //! state (projection checkpoints, snapshots, the catalog) wake nobody. Every
-//! commit of this process publishes the end it leaves; when that moves the
+//! commit of this process that appends publishes the end it leaves; when that moves the
 //! end, a counter under a mutex is bumped and every blocked thread (a
 //! condition variable) and every registered async task (its `Waker`) is woken.
 //! Commits made by other processes cannot signal us, so unless
@@ -57,12 +57,16 @@ struct Tasks {
 }
 
 impl CommitSignal {
-    /// Records that the log ends at `end` (when known) as of the commit with
-    /// id `txn_id`, and wakes every waiting thread and task if that moved the
-    /// end.
+    /// Records that the log ends at `end` as of the commit with id `txn_id`
+    /// (`None`: the commit appended nothing, so the end is where it was, as
+    /// far as this process knows), and wakes every waiting thread and task if
+    /// that moved the end.
     pub(crate) fn publish(&self, end: Option<u64>, txn_id: usize) {
-        self.looked_at.fetch_max(txn_id, Ordering::AcqRel);
         if let Some(end) = end {
+            // The end is known as of this commit: a look finding this id
+            // has nothing to learn. (Without an end it would: commits of
+            // other processes before this one.)
+            self.looked_at.fetch_max(txn_id, Ordering::AcqRel);
             self.raise(end);
         }
     }
@@ -155,6 +159,12 @@ impl Store {
     /// Publishes the log's end of the newest commit, if a transaction was
     /// committed (by any process) since the last one whose end is known.
     fn look_for_commits(self: &Arc<Self>) -> Result<()> {
+        // While a writer waits to grow the map, entering the gate would wait
+        // too (for as long as the caller holds events, up to `resize_wait`):
+        // look next time instead.
+        if self.resize_pending() {
+            return Ok(());
+        }
         if self.last_txn_id() == self.commits.looked_at.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -172,7 +182,7 @@ impl Store {
     /// returns the log's end.
     ///
     /// With cross-process polling off, commits of other processes are not
-    /// looked for: only a commit of this process (or a snapshot that reads
+    /// looked for: only an append of this process (or a snapshot that reads
     /// the end) ends the wait early.
     pub(crate) fn wait_for_commit(
         self: &Arc<Self>,
@@ -330,7 +340,8 @@ mod tests {
         let mut buf = block.begin_event();
         buf.extend_from_slice(&[7; 16]);
         block.finish_event(buf).unwrap();
-        txn.append(info, 1, ExpectedVersion::Any, &mut block).map(drop)
+        txn.append(info, 1, ExpectedVersion::Any, &mut block)
+            .map(drop)
     }
 
     fn append(store: &Store) {

@@ -377,8 +377,7 @@ impl View {
     pub(crate) fn is_current(&self) -> bool {
         // Reads LMDB's meta pages under this snapshot's own gate guard: no
         // remap runs while it is held.
-        !self.store.resize_pending()
-            && self.txn_id() == self.store.last_txn_id_in(&self.pin.guard)
+        !self.store.resize_pending() && self.txn_id() == self.store.last_txn_id_in(&self.pin.guard)
     }
 
     fn block_ref(&mut self, global: u64) -> Result<Option<BlockRef>> {

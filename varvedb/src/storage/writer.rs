@@ -62,8 +62,8 @@ impl Store {
     /// fills up, the transaction is aborted, the map grown and `f` run again, so
     /// `f` must be repeatable (it is given a fresh transaction each time).
     ///
-    /// After the commit the log's end is published, waking the subscriptions
-    /// waiting for it only if it moved: a commit that only writes state (a
+    /// After a commit that appended, the log's end is published, waking the
+    /// subscriptions waiting for it: a commit that only writes state (a
     /// projection's checkpoint, a snapshot, the catalog) wakes nobody.
     pub(crate) fn write<R>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
         let _writer = self.writer.lock();
@@ -125,13 +125,10 @@ impl Store {
             // The closure swallowed a failed write: committing would lose it.
             return Err(Attempt::Env(env));
         }
-        // The end of the log this commit leaves: known if it appended, read
-        // otherwise (a damaged last block is for readers to report, so it
-        // only means nothing is published).
-        let end = match wtxn.end_global {
-            Some(end) => Some(end),
-            None => self.end_global(&wtxn.txn).ok(),
-        };
+        // The end of the log this commit leaves, if it appended. A commit
+        // that did not leaves the end where it was; it is not read here, as
+        // a failed read (a damaged page) would doom the transaction.
+        let end = wtxn.end_global;
         // A write transaction's id is the id its commit gets.
         let txn_id = wtxn.txn.id();
         wtxn.txn
@@ -288,9 +285,7 @@ impl<'s> WriteTxn<'s> {
             if let heed::Error::Mdb(code) = e {
                 match code {
                     MdbError::MapFull => self.environmental.set(Some(Environmental::MapFull)),
-                    MdbError::MapResized => {
-                        self.environmental.set(Some(Environmental::MapResized))
-                    }
+                    MdbError::MapResized => self.environmental.set(Some(Environmental::MapResized)),
                     _ => {}
                 }
                 self.failure.set(Some((operation, code)));
