@@ -100,7 +100,7 @@ fn a_caught_up_subscription_polled_while_the_map_grows_never_reads_unmapped_memo
 fn a_reader_that_reopens_its_snapshot_never_holds_growth_up() {
     let dir = tempfile::tempdir().unwrap();
     // Long enough that only a reader holding growth up can make it fail.
-    let varve = tiny(dir.path(), Duration::from_secs(3));
+    let varve = tiny(dir.path(), Duration::from_secs(5));
     varve
         .stream::<Order, 64>("orders")
         .unwrap()
