@@ -1,4 +1,4 @@
-//! How a store is opened: map size, reader slots, durability.
+//! How a store is opened: map size, reader slots, durability, polling.
 
 use std::time::Duration;
 
@@ -54,6 +54,19 @@ pub struct VarveConfig {
     /// read snapshots to close before failing with
     /// [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked).
     pub resize_wait: Duration,
+    /// How often a waiting subscription or projector looks for commits made
+    /// by *other processes*, which cannot signal it (commits of this process
+    /// wake it at once). Looking costs little when nothing was committed (one
+    /// read of LMDB's transaction id) and a short read snapshot when something
+    /// was. Intervals under 1 ms count as 1 ms.
+    ///
+    /// `None` turns looking off, for a store only this process writes: then a
+    /// commit by another process is seen only once something in this process
+    /// reads the log's end anew (its own next append, a new subscription or
+    /// projector run, [`GlobalReader::end`](crate::GlobalReader::end)); a
+    /// waiting subscription sleeps through it until then, or until its
+    /// timeout. Default: `Some(50 ms)`.
+    pub cross_process_poll: Option<Duration>,
 }
 
 /// 64 GiB on 64-bit targets: a virtual reservation, not memory or disk.
@@ -69,6 +82,7 @@ impl Default for VarveConfig {
             max_readers: 1024,
             durability: Durability::Full,
             resize_wait: Duration::from_secs(10),
+            cross_process_poll: Some(crate::storage::CROSS_PROCESS_POLL),
         }
     }
 }

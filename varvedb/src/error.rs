@@ -266,12 +266,42 @@ pub enum Error {
     ConfigConflict {
         /// The store directory.
         path: PathBuf,
-        /// The setting that differs (`durability`, `max_readers`, `resize_wait`).
+        /// The setting that differs (`durability`, `max_readers`, `resize_wait`,
+        /// `cross_process_poll`).
         field: &'static str,
         /// Its value in the open store.
         open: String,
         /// Its value in the configuration asked for.
         requested: String,
+    },
+
+    /// A projection's checkpoint was moved by someone else while this
+    /// projector ran (another projector of the same name, or a reset): its
+    /// progress is not written, so the checkpoint never moves back and never
+    /// skips events. Run one external projector per name at a time.
+    #[error(
+        "the checkpoint of projection {projection:?} moved from {expected} to {found} while \
+         this projector ran; another projector of that name is running, or it was reset"
+    )]
+    CheckpointMoved {
+        /// The projection's name.
+        projection: String,
+        /// The checkpoint this projector last read or wrote.
+        expected: GlobalSequence,
+        /// The checkpoint the store holds now.
+        found: GlobalSequence,
+    },
+
+    /// A projection name is already used by a projection of the other kind
+    /// (in-store versus external): the two would share one checkpoint.
+    #[error("projection {projection:?} is an {stored} projection, not an {requested} one")]
+    ProjectionKindMismatch {
+        /// The projection's name.
+        projection: String,
+        /// The kind the store has recorded for the name.
+        stored: &'static str,
+        /// The kind asked for.
+        requested: &'static str,
     },
 }
 

@@ -80,10 +80,15 @@ pub(crate) fn current_view<'v>(
 
 /// Takes the cached snapshot if it is current (for an iterator to own), else opens one.
 pub(crate) fn owned_view(store: &Arc<Store>, cached: &mut Option<View>) -> Result<View> {
-    match cached.take() {
-        Some(view) if view.is_current() => Ok(view),
-        _ => store.snapshot(),
-    }
+    // The stale snapshot is closed before a new one is opened: opening waits
+    // at the gate while a writer grows the map, and that writer waits for
+    // every open snapshot, this one included.
+    let stale = match cached.take() {
+        Some(view) if view.is_current() => return Ok(view),
+        stale => stale,
+    };
+    drop(stale);
+    store.snapshot()
 }
 
 fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<EventRef<T>> {

@@ -9,7 +9,7 @@ use crate::event::{layout_fingerprint, Archivable, Event};
 use crate::global::GlobalReader;
 use crate::position::GlobalSequence;
 use crate::projection::{
-    ExternalProjection, ExternalProjector, ModelReader, Namespace, Projection, Projector,
+    ExternalProjection, ExternalProjector, Kind, ModelReader, Namespace, Projection, Projector,
 };
 use crate::storage::{Store, TypeIdentity};
 use crate::stream::Stream;
@@ -240,7 +240,7 @@ impl Varve {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn projector<P: Projection>(&self, name: &str, projection: P) -> Result<Projector<P>> {
-        let ns = Namespace::new(name)?;
+        let ns = Namespace::new(name, Kind::InStore)?;
         Ok(Projector::new(Arc::clone(&self.store), ns, projection))
     }
 
@@ -256,7 +256,7 @@ impl Varve {
         name: &str,
         sink: S,
     ) -> Result<ExternalProjector<S>> {
-        let ns = Namespace::new(name)?;
+        let ns = Namespace::new(name, Kind::External)?;
         Ok(ExternalProjector::new(Arc::clone(&self.store), ns, sink))
     }
 
@@ -267,7 +267,7 @@ impl Varve {
     /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName),
     /// as for [`Varve::projector`].
     pub fn read_model(&self, name: &str) -> Result<ModelReader> {
-        let ns = Namespace::new(name)?;
+        let ns = Namespace::new(name, Kind::InStore)?;
         Ok(ModelReader::new(Arc::clone(&self.store), ns))
     }
 
@@ -286,8 +286,12 @@ impl Varve {
     }
 
     /// An identifier of the newest commit, by this process or another: it
-    /// grows with every commit. Reading it is cheap (no transaction), so it
-    /// tells whether anything changed since it was last read.
+    /// grows with every commit (appends, and also projection checkpoints,
+    /// aggregate snapshots and new streams). Reading it is cheap (no
+    /// transaction), so it tells whether anything changed since it was last
+    /// read. While a writer grows the memory map it waits for the growth to
+    /// finish, as opening a snapshot does. For the number of events, see
+    /// [`GlobalReader::end`](crate::GlobalReader::end).
     ///
     /// ```
     /// # use rkyv::{Archive, Serialize};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::namespace::{Namespace, Skipped};
 use super::thread::{self, ProjectionThread, Run};
 use super::{backoff, failed_at, ExternalProjection, OnError};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::global::GlobalEvent;
 use crate::position::GlobalSequence;
 use crate::storage::Store;
@@ -23,7 +23,11 @@ pub(crate) const DEFAULT_CHECKPOINT_EVERY: usize = 256;
 ///
 /// Delivery is at least once: after a crash, up to
 /// [`checkpoint_every`](ExternalProjector::checkpoint_every) events since the
-/// last checkpoint are delivered again. Run one projector per name at a time.
+/// last checkpoint are delivered again. Run one projector per name at a time:
+/// the checkpoint is written only if it is still the one this projector last
+/// read or wrote, so a second one fails with
+/// [`Error::CheckpointMoved`](crate::Error::CheckpointMoved) rather than
+/// move the checkpoint back or past events.
 pub struct ExternalProjector<S> {
     store: Arc<Store>,
     ns: Namespace,
@@ -256,9 +260,22 @@ impl<S: ExternalProjection> ExternalProjector<S> {
         }
     }
 
+    /// Writes the checkpoint (and skip records) if the store's checkpoint is
+    /// still the one this projector last read or wrote: a compare-and-set, so
+    /// another projector of the name (or a reset) is never overwritten,
+    /// which would move the checkpoint back or skip events.
     fn save(&self, progress: &mut Progress) -> Result<()> {
         let (ns, next, skipped) = (&self.ns, progress.next, &progress.skipped);
+        let expected = progress.saved;
         self.store.write(|w| {
+            let found = ns.checkpoint_in(w)?;
+            if found != expected {
+                return Err(Error::CheckpointMoved {
+                    projection: ns.name().to_owned(),
+                    expected: GlobalSequence(expected),
+                    found: GlobalSequence(found),
+                });
+            }
             for (at, error) in skipped {
                 ns.record_skip(w, *at, error)?;
             }

@@ -26,6 +26,7 @@ mod namespace;
 mod projector;
 mod thread;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -36,8 +37,8 @@ use crate::subscription::Filter;
 
 pub use external::ExternalProjector;
 pub use model::{ModelReader, ReadModel};
-pub(crate) use namespace::Namespace;
 pub use namespace::Skipped;
+pub(crate) use namespace::{Kind, Namespace};
 pub use projector::Projector;
 pub use thread::ProjectionThread;
 
@@ -95,8 +96,12 @@ pub trait Projection {
     /// is handled by the projector's [`OnError`] policy.
     ///
     /// # Errors
-    /// Whatever the handler decides; storage errors returned by `model` (with
-    /// `?`) abort the transaction as themselves, not as handler failures.
+    /// Whatever the handler decides. When `model` returned a storage error
+    /// and the handler then fails, the store's error ends the batch as
+    /// itself, not as a handler failure, whatever the handler returned (the
+    /// error passed on with `?`, wrapped, or replaced). A full memory map is
+    /// grown and the batch applied again even if the handler swallowed the
+    /// error and returned `Ok`.
     fn apply(
         &mut self,
         event: &GlobalEvent,
@@ -208,7 +213,7 @@ pub(crate) fn failed_at(name: &str, at: u64, source: HandlerError) -> Error {
 }
 
 /// Waits `pause` (for a retry's backoff), or less if `stop` is set.
-pub(crate) fn backoff(store: &Store, pause: Duration, stop: &std::sync::atomic::AtomicBool) {
+pub(crate) fn backoff(store: &Arc<Store>, pause: Duration, stop: &std::sync::atomic::AtomicBool) {
     let start = Instant::now();
     let deadline = start
         .checked_add(pause)
@@ -218,8 +223,8 @@ pub(crate) fn backoff(store: &Store, pause: Duration, stop: &std::sync::atomic::
         if now >= deadline || stop.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        // Returns early on any commit; look at the clock again.
-        store.wait_for_commit(store.last_txn_id(), deadline - now, stop);
+        // Returns early on a new event; look at the clock again.
+        store.wait_for_commit(store.log_end(), deadline - now, stop);
     }
 }
 

@@ -9,7 +9,7 @@ use super::namespace::Namespace;
 use crate::error::{Error, Location, Result};
 use crate::position::GlobalSequence;
 use crate::reader::current_view;
-use crate::storage::{Store, View, WriteTxn};
+use crate::storage::{Store, ViewSlot, WriteTxn};
 
 /// Key-value pairs, copied out of the store.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -101,15 +101,17 @@ impl fmt::Debug for ReadModel<'_, '_> {
 pub struct ModelReader {
     store: Arc<Store>,
     ns: Namespace,
-    view: Option<View>,
+    /// The snapshot kept between calls, in a slot a writer that must grow
+    /// the map can empty while this reader is idle.
+    view: ViewSlot,
 }
 
 impl ModelReader {
     pub(crate) fn new(store: Arc<Store>, ns: Namespace) -> Self {
         ModelReader {
+            view: store.view_slot(),
             store,
             ns,
-            view: None,
         }
     }
 
@@ -121,7 +123,8 @@ impl ModelReader {
     /// The value of `key`, copied.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let full = [self.ns.model(), key].concat();
-        let view = current_view(&self.store, &mut self.view)?;
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
         Ok(view.state_get(&full)?.map(<[u8]>::to_vec))
     }
 
@@ -143,7 +146,8 @@ impl ModelReader {
     /// The projection's checkpoint: the global sequence of the next event it
     /// will apply (every event before it is reflected in the model).
     pub fn checkpoint(&mut self) -> Result<GlobalSequence> {
-        let view = current_view(&self.store, &mut self.view)?;
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
         self.ns.checkpoint_in_view(view).map(GlobalSequence)
     }
 
@@ -152,7 +156,8 @@ impl ModelReader {
     pub fn for_each(&mut self, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
         let full = [self.ns.model(), prefix].concat();
         let skip = self.ns.model().len();
-        let view = current_view(&self.store, &mut self.view)?;
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
         view.state_for_each(&full, |k, v| {
             f(&k[skip..], v);
             ControlFlow::Continue(())
@@ -163,7 +168,8 @@ impl ModelReader {
     /// they reflect (both from one snapshot).
     pub fn entries(&mut self) -> Result<(GlobalSequence, Entries)> {
         let skip = self.ns.model().len();
-        let view = current_view(&self.store, &mut self.view)?;
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
         let mut out = Vec::new();
         view.state_for_each(self.ns.model(), |k, v| {
             out.push((k[skip..].to_vec(), v.to_vec()));
@@ -175,7 +181,7 @@ impl ModelReader {
 
     /// Releases the snapshot kept between calls.
     pub fn release(&mut self) {
-        self.view = None;
+        *self.view.lock() = None;
     }
 }
 

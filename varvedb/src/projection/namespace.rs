@@ -3,10 +3,15 @@
 //!
 //! ```text
 //! proj/<name>/c                  checkpoint: u64 LE, the next global sequence to apply
+//! proj/<name>/k                  kind: `in-store` or `external`, written with the checkpoint
 //! proj/<name>/m/<key>            read model entries (in-store projections)
 //! proj/<name>/s/<global, BE u64> an event skipped under `OnError::Skip`: the error, UTF-8
 //! ```
 //! Names cannot contain `/`, so one projection's prefix never covers another's.
+//! In-store and external projections share the name space; the kind recorded
+//! beside the checkpoint keeps one of each kind from sharing a checkpoint
+//! (`Error::ProjectionKindMismatch`). A checkpoint written before kinds were
+//! recorded belongs to the first kind that uses it.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -28,11 +33,31 @@ pub struct Skipped {
     pub error: String,
 }
 
+/// Which projector owns a projection's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A [`Projector`](crate::Projector) (also what a `ModelReader` reads).
+    InStore,
+    /// An [`ExternalProjector`](crate::ExternalProjector).
+    External,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::InStore => "in-store",
+            Kind::External => "external",
+        }
+    }
+}
+
 /// The keys of one projection.
 #[derive(Debug, Clone)]
 pub(crate) struct Namespace {
     name: Arc<str>,
+    kind: Kind,
     checkpoint: Vec<u8>,
+    kind_key: Vec<u8>,
     root: Vec<u8>,
     model: Vec<u8>,
     skipped: Vec<u8>,
@@ -59,13 +84,15 @@ fn validate(name: &str) -> Result<()> {
 }
 
 impl Namespace {
-    pub(crate) fn new(name: &str) -> Result<Namespace> {
+    pub(crate) fn new(name: &str, kind: Kind) -> Result<Namespace> {
         validate(name)?;
         let root = format!("proj/{name}/").into_bytes();
         let with = |suffix: &[u8]| [root.as_slice(), suffix].concat();
         Ok(Namespace {
             name: name.into(),
+            kind,
             checkpoint: with(b"c"),
+            kind_key: with(b"k"),
             model: with(b"m/"),
             skipped: with(b"s/"),
             root,
@@ -107,13 +134,38 @@ impl Namespace {
         }
     }
 
+    /// `Ok(true)` if the kind recorded for the name is this namespace's,
+    /// `Ok(false)` if none is recorded, `ProjectionKindMismatch` otherwise.
+    fn check_kind(&self, recorded: Option<&[u8]>) -> Result<bool> {
+        let Some(recorded) = recorded else {
+            return Ok(false);
+        };
+        if recorded == self.kind.tag().as_bytes() {
+            return Ok(true);
+        }
+        let stored = [Kind::InStore, Kind::External]
+            .into_iter()
+            .find(|k| k.tag().as_bytes() == recorded)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("the kind of projection {:?}", self.name)),
+                detail: format!("unknown kind {:?}", String::from_utf8_lossy(recorded)),
+            })?;
+        Err(Error::ProjectionKindMismatch {
+            projection: self.name.to_string(),
+            stored: stored.tag(),
+            requested: self.kind.tag(),
+        })
+    }
+
     /// The checkpoint as `txn` sees it: the next global sequence to apply.
     pub(crate) fn checkpoint_in(&self, txn: &WriteTxn<'_>) -> Result<u64> {
+        self.check_kind(txn.state_get(&self.kind_key)?)?;
         self.decode_checkpoint(txn.state_get(&self.checkpoint)?)
     }
 
     /// The checkpoint as `view` sees it.
     pub(crate) fn checkpoint_in_view(&self, view: &mut View) -> Result<u64> {
+        self.check_kind(view.state_get(&self.kind_key)?)?;
         let raw = view.state_get(&self.checkpoint)?;
         self.decode_checkpoint(raw)
     }
@@ -123,7 +175,12 @@ impl Namespace {
         self.checkpoint_in_view(&mut store.snapshot()?)
     }
 
+    /// Writes the checkpoint, recording this namespace's kind for the name
+    /// (or failing if the other kind holds it).
     pub(crate) fn write_checkpoint(&self, txn: &mut WriteTxn<'_>, next: u64) -> Result<()> {
+        if !self.check_kind(txn.state_get(&self.kind_key)?)? {
+            txn.state_put(&self.kind_key, self.kind.tag().as_bytes())?;
+        }
         txn.state_put(&self.checkpoint, &next.to_le_bytes())
     }
 
@@ -164,8 +221,10 @@ impl Namespace {
         }
     }
 
-    /// Deletes the checkpoint, the read model and the skip records, as part of `txn`.
+    /// Deletes the checkpoint, the read model and the skip records, as part
+    /// of `txn`; a projection of the other kind is left alone (an error).
     pub(crate) fn clear(&self, txn: &mut WriteTxn<'_>) -> Result<()> {
+        self.check_kind(txn.state_get(&self.kind_key)?)?;
         txn.state_delete_prefix(&self.root).map(drop)
     }
 }
@@ -176,12 +235,12 @@ mod tests {
 
     #[test]
     fn names_are_short_and_cannot_nest() {
-        assert!(Namespace::new("sales_by-product.v2").is_ok());
-        assert!(Namespace::new(&"x".repeat(64)).is_ok());
+        assert!(Namespace::new("sales_by-product.v2", Kind::InStore).is_ok());
+        assert!(Namespace::new(&"x".repeat(64), Kind::External).is_ok());
         for bad in ["", "a/b", "ventes é", &"x".repeat(65)] {
             assert!(
                 matches!(
-                    Namespace::new(bad),
+                    Namespace::new(bad, Kind::InStore),
                     Err(Error::InvalidProjectionName { .. })
                 ),
                 "{bad:?}"
@@ -191,8 +250,8 @@ mod tests {
 
     #[test]
     fn one_projection_prefix_never_covers_another() {
-        let a = Namespace::new("a").unwrap();
-        let ab = Namespace::new("ab").unwrap();
+        let a = Namespace::new("a", Kind::InStore).unwrap();
+        let ab = Namespace::new("ab", Kind::InStore).unwrap();
         assert!(!ab.root.starts_with(&a.root));
         assert!(a.model().starts_with(&a.root));
         assert!(!a.checkpoint.starts_with(a.model()));

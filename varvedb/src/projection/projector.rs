@@ -81,20 +81,6 @@ enum Failure {
     Store(Error),
 }
 
-/// Store failures a handler passed on with `?` abort the transaction as
-/// themselves (so map growth is retried); anything else is the handler's.
-fn classify(source: HandlerError) -> std::result::Result<HandlerError, Error> {
-    match source.downcast::<Error>() {
-        Ok(e) => match *e {
-            e @ (Error::Storage { .. }
-            | Error::ReadersFull { .. }
-            | Error::MapResizeBlocked { .. }) => Err(e),
-            other => Ok(Box::new(other)),
-        },
-        Err(other) => Ok(other),
-    }
-}
-
 impl<P: Projection> Projector<P> {
     pub(crate) fn new(store: Arc<Store>, ns: Namespace, projection: P) -> Self {
         let filter = FilterCache::new(projection.filter());
@@ -195,14 +181,14 @@ impl<P: Projection> Projector<P> {
     fn run_until_stopped(&mut self) -> Result<()> {
         while !self.stop.load(Ordering::Acquire) {
             let mut view = self.store.snapshot()?;
-            let seen = view.txn_id();
             let end = view.end_global()?;
             let checkpoint = self.ns.checkpoint_in_view(&mut view)?;
             drop(view);
             if checkpoint < end {
                 self.advance_to(end)?;
             } else {
-                self.store.wait_for_commit(seen, Duration::MAX, &self.stop);
+                // Woken by new events only, not by checkpoints (ours or others').
+                self.store.wait_for_commit(end, Duration::MAX, &self.stop);
             }
         }
         Ok(())
@@ -328,10 +314,19 @@ impl<P: Projection> Projector<P> {
                 let Some(event) = events.next() else { break };
                 let event = event?;
                 if filter.matches(&event) {
-                    let mut model = ReadModel::new(w, ns, key);
-                    if let Err(source) = projection.apply(&event, &mut model) {
+                    // Forget failures of reads before this event.
+                    w.take_failure();
+                    let applied = projection.apply(&event, &mut ReadModel::new(w, ns, key));
+                    if let Err(source) = applied {
+                        // If the store failed under the handler, that is the
+                        // failure, as itself, whatever the handler returned
+                        // (wrapped, or an error of its own): a full map is
+                        // then grown and the batch retried by `Store::write`.
+                        if let Some(store_error) = w.take_failure() {
+                            return Err(store_error);
+                        }
                         let at = event.global_sequence().0;
-                        failure = Some((at, classify(source)?));
+                        failure = Some((at, source));
                         // Roll back the batch; the caller commits what came before `at`.
                         return Err(failed_at(ns.name(), at, "rolled back".into()));
                     }

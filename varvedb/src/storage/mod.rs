@@ -26,6 +26,7 @@ mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use heed::types::Bytes;
@@ -71,6 +72,10 @@ pub(crate) struct Store {
     streams: catalog::Cache,
     /// Every reader's snapshot slot, for growth to close idle ones.
     view_slots: Mutex<Vec<std::sync::Weak<Mutex<Option<View>>>>>,
+    /// The size of this process's memory map, in bytes. Written only inside
+    /// [`MapGate::exclusive`](gate::MapGate::exclusive), so growth never asks
+    /// LMDB (whose `mdb_env_info` reads through the map) outside the gate.
+    map_size: AtomicUsize,
     config: VarveConfig,
     store_id: StoreId,
     /// The data file this store mapped (device and inode), for the registry
@@ -160,6 +165,7 @@ impl Store {
             max_readers,
             durability,
             resize_wait,
+            cross_process_poll,
         } = requested;
         let conflict = |field, open: String, requested: String| {
             Err(Error::ConfigConflict {
@@ -181,6 +187,15 @@ impl Store {
                 "max_readers",
                 self.config.max_readers.to_string(),
                 max_readers.to_string(),
+            );
+        }
+        if *cross_process_poll != self.config.cross_process_poll {
+            // A waiter of one handle would not notice other processes'
+            // commits the way the other asked for.
+            return conflict(
+                "cross_process_poll",
+                format!("{:?}", self.config.cross_process_poll),
+                format!("{cross_process_poll:?}"),
             );
         }
         if *resize_wait != self.config.resize_wait {
@@ -308,7 +323,10 @@ impl Store {
         let data_path = path.join(identity::DATA_FILE);
         let data_file = std::fs::File::open(&data_path).map_err(open_error(&data_path))?;
         let file_key = identity::file_key(&data_file, &data_path)?;
-        Ok(Arc::new(Store {
+        // No other handle on `env` exists yet, so nothing can remap it while
+        // `mdb_env_info` reads the meta pages.
+        let map_size = env.info().map_size;
+        let store = Arc::new(Store {
             path: path.to_path_buf(),
             env,
             catalog,
@@ -321,11 +339,16 @@ impl Store {
             writer: Mutex::new(()),
             streams: catalog::Cache::default(),
             view_slots: Mutex::new(Vec::new()),
+            map_size: AtomicUsize::new(map_size),
             config,
             store_id: checked.id,
             file_key,
             data_file,
-        }))
+        });
+        // Publish the log's end, the mark subscriptions wait past. A damaged
+        // last block is not an open error: reads report it where it is.
+        let _ = store.snapshot().and_then(|mut view| view.end_global());
+        Ok(store)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -342,7 +365,20 @@ impl Store {
     }
 
     /// The id of the newest committed transaction (by any process).
+    ///
+    /// `mdb_env_info` reads LMDB's meta pages through pointers into the map,
+    /// so it runs inside the gate: never while a writer remaps. Waits, like a
+    /// new snapshot, while a resize is in progress. A caller that already
+    /// holds a guard uses [`Store::last_txn_id_in`] instead (entering again
+    /// would wait for a resize that waits for its own guard).
     pub(crate) fn last_txn_id(&self) -> usize {
+        let guard = self.gate.enter();
+        self.last_txn_id_in(&guard)
+    }
+
+    /// [`Store::last_txn_id`] for a caller holding a gate guard: `_inside` is
+    /// the proof that no remap can run meanwhile.
+    pub(crate) fn last_txn_id_in(&self, _inside: &gate::GateGuard) -> usize {
         self.env.info().last_txn_id
     }
 
@@ -355,10 +391,15 @@ impl Store {
         storage_error(operation, self.config.max_readers)
     }
 
-    /// Grows the map (or adopts a size another process set, with `new_size` 0)
-    /// once no transaction of this process is open.
-    fn remap(&self, new_size: usize) -> Result<()> {
-        if new_size == 0 {
+    /// Doubles the map (`Remap::Grow`) or adopts the size another process set
+    /// (`Remap::Adopt`), once no transaction of this process is open.
+    fn remap(&self, how: Remap) -> Result<()> {
+        let doubled = |size: usize| size.saturating_mul(2).div_ceil(page_size()) * page_size();
+        let wanted = match how {
+            Remap::Grow => doubled(self.map_size.load(Ordering::Acquire)),
+            Remap::Adopt => 0,
+        };
+        if matches!(how, Remap::Adopt) {
             // Another process grew the map: before mapping more of the file,
             // check it still holds every page the newest commit uses.
             identity::check_open_file(&self.data_file, &self.path.join(identity::DATA_FILE))?;
@@ -367,17 +408,28 @@ impl Store {
         let result = self
             .gate
             .exclusive(self.config.resize_wait, release_idle, || {
+                // Read again: a remap that ran while we waited (an adoption)
+                // may have changed the size; remaps never overlap.
+                let new_size = match how {
+                    Remap::Grow => doubled(self.map_size.load(Ordering::Acquire)),
+                    Remap::Adopt => 0,
+                };
                 // SAFETY: `exclusive` runs this only while the gate
                 // counts no open transaction in this process: every snapshot and
                 // write transaction holds a gate guard for its whole life, and
                 // new ones wait at the gate. That is LMDB's requirement for
                 // `mdb_env_set_mapsize`.
-                unsafe { self.env.resize(new_size) }
+                unsafe { self.env.resize(new_size) }?;
+                // Still inside the gate, after the remap: the meta pages that
+                // `mdb_env_info` reads are mapped.
+                self.map_size
+                    .store(self.env.info().map_size, Ordering::Release);
+                Ok(())
             });
         match result {
             Ok(r) => r.map_err(self.err("growing the memory map")),
             Err(held) => Err(Error::MapResizeBlocked {
-                wanted: new_size,
+                wanted,
                 held,
                 waited_ms: self.config.resize_wait.as_millis() as u64,
             }),
@@ -408,29 +460,36 @@ impl Store {
 
     /// Doubles the map (at least), for a write that hit `MDB_MAP_FULL`.
     fn grow(&self) -> Result<()> {
-        let current = self.env.info().map_size;
-        let page = page_size();
-        let wanted = current.saturating_mul(2).div_ceil(page) * page;
-        self.remap(wanted)
+        self.remap(Remap::Grow)
     }
 
     /// Opens a read snapshot of the newest commit.
     pub(crate) fn snapshot(self: &Arc<Self>) -> Result<View> {
-        let mut cleared = false;
+        let mut freed = Freed::Nothing;
         loop {
             let guard = self.gate.enter();
             match self.env.clone().static_read_txn() {
                 Ok(txn) => return Ok(View::new(txn, guard, Arc::clone(self))),
                 Err(heed::Error::Mdb(MdbError::MapResized)) => {
                     drop(guard);
-                    self.remap(0)?;
+                    self.remap(Remap::Adopt)?;
                 }
-                // A process that died holding snapshots keeps their reader
-                // slots until someone checks: reclaim them once, then retry.
-                Err(heed::Error::Mdb(MdbError::ReadersFull)) if !cleared => {
+                // The reader table is full. First reclaim the slots of dead
+                // processes, then close the snapshots idle readers of this
+                // process cache (they reopen one on their next call); fail
+                // only when neither freed a slot.
+                Err(heed::Error::Mdb(MdbError::ReadersFull)) if freed != Freed::IdleViews => {
                     drop(guard);
-                    cleared = true;
-                    self.clear_stale_readers()?;
+                    freed = match freed {
+                        Freed::Nothing => {
+                            self.clear_stale_readers()?;
+                            Freed::DeadProcesses
+                        }
+                        _ => {
+                            self.close_idle_views();
+                            Freed::IdleViews
+                        }
+                    };
                 }
                 Err(e) => return Err(self.err("opening a read snapshot")(e)),
             }
@@ -438,11 +497,31 @@ impl Store {
     }
 
     /// Frees the reader slots of processes that died holding snapshots.
+    ///
+    /// `mdb_reader_check` touches only the reader table in `lock.mdb` (a
+    /// mapping of its own that never moves), not the data map: no gate needed.
     fn clear_stale_readers(&self) -> Result<usize> {
         self.env
             .clear_stale_readers()
             .map_err(self.err("clearing the reader slots of dead processes"))
     }
+}
+
+/// What [`Store::remap`] sets the map size to.
+#[derive(Debug, Clone, Copy)]
+enum Remap {
+    /// Double this process's map, for a write that hit `MDB_MAP_FULL`.
+    Grow,
+    /// Adopt the size another process grew the map to (`MDB_MAP_RESIZED`).
+    Adopt,
+}
+
+/// What [`Store::snapshot`] has done so far to free a reader slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freed {
+    Nothing,
+    DeadProcesses,
+    IdleViews,
 }
 
 /// The error type heed's database-creation helper needs (`From<heed::Error>`).

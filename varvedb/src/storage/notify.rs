@@ -1,15 +1,22 @@
-//! Commit notification: wakes threads and tasks waiting for new commits
+//! Commit notification: wakes threads and tasks waiting for new events
 //! (subscriptions, projections) without polling in a sleep loop.
 //!
-//! Commits made by this process bump a counter under a mutex, wake every
-//! blocked thread at once (a condition variable) and every registered async
-//! task (its `Waker`). Commits made by other processes cannot signal us, so
-//! blocked threads also re-read LMDB's last transaction id every
-//! [`CROSS_PROCESS_POLL`], and while any task is registered one helper thread
-//! per store does the same for them: that bounds how late either notices.
+//! Waiters wait for the log's *end* (one past the last global sequence) to
+//! move past what they have read, not for any commit: commits that only write
+//! state (projection checkpoints, snapshots, the catalog) wake nobody. Every
+//! commit of this process that appends publishes the end it leaves; when that moves the
+//! end, a counter under a mutex is bumped and every blocked thread (a
+//! condition variable) and every registered async task (its `Waker`) is woken.
+//! Commits made by other processes cannot signal us, so unless
+//! [`VarveConfig::cross_process_poll`](crate::VarveConfig::cross_process_poll)
+//! is `None`, blocked threads also look for them every poll interval, and
+//! while any task is registered one helper thread per store does the same for
+//! them: that bounds how late either notices. Looking is cheap when nothing
+//! was committed (LMDB's last transaction id, read inside the map gate); only
+//! a new transaction id costs a short snapshot to read the end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -17,15 +24,26 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::Store;
+use crate::error::Result;
 
-/// The longest a waiter takes to notice a commit made by another process.
+/// The default longest a waiter takes to notice a commit made by another
+/// process ([`VarveConfig::cross_process_poll`](crate::VarveConfig::cross_process_poll)).
 pub(crate) const CROSS_PROCESS_POLL: Duration = Duration::from_millis(50);
+
+/// The shortest poll interval: a zero interval would spin.
+const MIN_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Default)]
 pub(crate) struct CommitSignal {
     ticket: Mutex<u64>,
     changed: Condvar,
     tasks: Mutex<Tasks>,
+    /// One past the last global sequence this process has seen committed.
+    /// Only ever raised.
+    end: AtomicU64,
+    /// The newest LMDB transaction id whose end is published in `end`: when
+    /// LMDB's last transaction id still equals it, nothing new can exist.
+    looked_at: AtomicUsize,
 }
 
 /// The async tasks waiting for a commit, each under the key of its subscription.
@@ -39,9 +57,35 @@ struct Tasks {
 }
 
 impl CommitSignal {
-    /// Wakes every waiting thread and task: a commit happened, or a waiter
+    /// Records that the log ends at `end` as of the commit with id `txn_id`
+    /// (`None`: the commit appended nothing, so the end is where it was, as
+    /// far as this process knows), and wakes every waiting thread and task if
+    /// that moved the end.
+    pub(crate) fn publish(&self, end: Option<u64>, txn_id: usize) {
+        if let Some(end) = end {
+            // The end is known as of this commit: a look finding this id
+            // has nothing to learn. (Without an end it would: commits of
+            // other processes before this one.)
+            self.looked_at.fetch_max(txn_id, Ordering::AcqRel);
+            self.raise(end);
+        }
+    }
+
+    /// Raises the published end to `end`; wakes everyone if that moved it.
+    pub(crate) fn raise(&self, end: u64) {
+        if self.end.fetch_max(end, Ordering::AcqRel) < end {
+            self.notify();
+        }
+    }
+
+    /// One past the last global sequence known to be committed.
+    fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    /// Wakes every waiting thread and task: the log's end moved, or a waiter
     /// was asked to stop.
-    pub(crate) fn notify(&self) {
+    fn notify(&self) {
         *self.ticket.lock() += 1;
         self.changed.notify_all();
         self.wake_tasks();
@@ -83,26 +127,81 @@ fn deadline_after(timeout: Duration) -> Instant {
 }
 
 impl Store {
-    /// Blocks until the store's last transaction id differs from `seen`,
-    /// `timeout` passes, or `stop` is set (whoever sets it then calls
-    /// [`Store::interrupt_waiters`]); returns the last transaction id.
+    /// How often waiters look for commits of other processes, if at all.
+    fn cross_process_poll(&self) -> Option<Duration> {
+        self.config().cross_process_poll.map(|p| p.max(MIN_POLL))
+    }
+
+    /// One past the last global sequence this process knows to be committed:
+    /// by its own commits, and by every snapshot that read the log's end.
+    /// An atomic load: no LMDB call.
+    pub(crate) fn log_end(&self) -> u64 {
+        self.commits.end()
+    }
+
+    /// Records the log's end read from a committed snapshot.
+    pub(crate) fn observe_end(&self, end: u64) {
+        self.commits.raise(end);
+    }
+
+    /// [`Store::log_end`], after looking for commits of other processes when
+    /// cross-process polling is on.
+    pub(crate) fn current_end(self: &Arc<Self>) -> u64 {
+        if self.cross_process_poll().is_some() {
+            // A failure to look (no reader slot, a blocked resize) only means
+            // a later look finds the commit; the reader that opens the next
+            // snapshot reports a lasting failure.
+            let _ = self.look_for_commits();
+        }
+        self.log_end()
+    }
+
+    /// Publishes the log's end of the newest commit, if a transaction was
+    /// committed (by any process) since the last one whose end is known.
+    fn look_for_commits(self: &Arc<Self>) -> Result<()> {
+        // While a writer waits to grow the map, entering the gate would wait
+        // too (for as long as the caller holds events, up to `resize_wait`):
+        // look next time instead.
+        if self.resize_pending() {
+            return Ok(());
+        }
+        if self.last_txn_id() == self.commits.looked_at.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut view = self.snapshot()?;
+        // Publishes the end (`View::end_global` does for every snapshot).
+        view.end_global()?;
+        self.commits
+            .looked_at
+            .fetch_max(view.txn_id(), Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Blocks until the log's end is past `seen`, `timeout` passes, or `stop`
+    /// is set (whoever sets it then calls [`Store::interrupt_waiters`]);
+    /// returns the log's end.
+    ///
+    /// With cross-process polling off, commits of other processes are not
+    /// looked for: only an append of this process (or a snapshot that reads
+    /// the end) ends the wait early.
     pub(crate) fn wait_for_commit(
-        &self,
-        seen: usize,
+        self: &Arc<Self>,
+        seen: u64,
         timeout: Duration,
         stop: &AtomicBool,
-    ) -> usize {
+    ) -> u64 {
         let deadline = deadline_after(timeout);
+        let poll = self.cross_process_poll();
         loop {
             // Take the ticket before looking, so a commit in between is not missed.
             let ticket = self.commits.ticket();
-            let current = self.last_txn_id();
+            let current = self.current_end();
             let now = Instant::now();
-            if current != seen || now >= deadline || stop.load(Ordering::Acquire) {
+            if current > seen || now >= deadline || stop.load(Ordering::Acquire) {
                 return current;
             }
-            self.commits
-                .wait_past(ticket, deadline.min(now + CROSS_PROCESS_POLL));
+            let until = poll.map_or(deadline, |p| deadline.min(now + p));
+            self.commits.wait_past(ticket, until);
         }
     }
 
@@ -120,13 +219,15 @@ impl Store {
         tasks.next_key
     }
 
-    /// Registers `waker` to be woken (once) by the next commit of any process,
-    /// replacing what `key` registered before. Commits of other processes are
-    /// noticed within [`CROSS_PROCESS_POLL`] by a helper thread, started here
-    /// if none runs; if the thread cannot be started, only this process's
-    /// commits wake the task (the next registration tries again).
+    /// Registers `waker` to be woken (once) when the log's end next moves,
+    /// replacing what `key` registered before. With cross-process polling on,
+    /// commits of other processes are noticed within the poll interval by a
+    /// helper thread, started here if none runs; if the thread cannot be
+    /// started, only this process's commits wake the task (the next
+    /// registration tries again).
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn register_waker(self: &Arc<Self>, key: u64, waker: &Waker) {
+        let poll = self.cross_process_poll();
         let start_poller = {
             let mut tasks = self.commits.tasks.lock();
             match tasks.waiting.get_mut(&key) {
@@ -136,13 +237,13 @@ impl Store {
                     tasks.waiting.insert(key, waker.clone());
                 }
             }
-            !std::mem::replace(&mut tasks.poller, true)
+            poll.is_some() && !std::mem::replace(&mut tasks.poller, true)
         };
-        if start_poller {
+        if let (true, Some(every)) = (start_poller, poll) {
             let weak = Arc::downgrade(self);
             let spawned = std::thread::Builder::new()
                 .name("varvedb-commit-poll".into())
-                .spawn(move || poll_other_processes(weak));
+                .spawn(move || poll_other_processes(weak, every));
             if spawned.is_err() {
                 self.commits.tasks.lock().poller = false;
             }
@@ -160,20 +261,22 @@ impl Store {
     pub(crate) fn registered_wakers(&self) -> usize {
         self.commits.tasks.lock().waiting.len()
     }
+
+    /// Whether the cross-process poller thread runs (for tests).
+    #[cfg(test)]
+    pub(crate) fn poller_running(&self) -> bool {
+        self.commits.tasks.lock().poller
+    }
 }
 
-/// The helper thread: while tasks wait, re-reads the last transaction id every
-/// [`CROSS_PROCESS_POLL`] and wakes them when it changed. Ends when no task
-/// waits or the store is gone; holds the store only while looking.
+/// The helper thread: while tasks wait, looks for commits of other processes
+/// every `every`; publishing a moved end wakes them. Ends when no task waits
+/// or the store is gone; holds the store only while looking.
 #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
-fn poll_other_processes(store: Weak<Store>) {
-    let Some(mut last) = store.upgrade().map(|s| s.last_txn_id()) else {
-        return;
-    };
+fn poll_other_processes(store: Weak<Store>, every: Duration) {
     loop {
-        std::thread::sleep(CROSS_PROCESS_POLL);
+        std::thread::sleep(every);
         let Some(store) = store.upgrade() else { return };
-        let current = store.last_txn_id();
         {
             let mut tasks = store.commits.tasks.lock();
             if tasks.waiting.is_empty() {
@@ -181,10 +284,8 @@ fn poll_other_processes(store: Weak<Store>) {
                 return;
             }
         }
-        if current != last {
-            last = current;
-            store.commits.wake_tasks();
-        }
+        // A failed look is retried at the next tick.
+        let _ = store.look_for_commits();
     }
 }
 
@@ -195,6 +296,8 @@ mod tests {
 
     use super::*;
     use crate::config::VarveConfig;
+    use crate::position::ExpectedVersion;
+    use crate::storage::{BlockBuilder, StreamInfo, TypeIdentity, WriteTxn};
 
     struct Count(AtomicUsize);
 
@@ -204,43 +307,110 @@ mod tests {
         }
     }
 
-    fn store() -> (tempfile::TempDir, Arc<Store>) {
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn store_with(config: VarveConfig) -> (tempfile::TempDir, Arc<Store>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), VarveConfig::default()).unwrap();
+        let store = Store::open(dir.path(), config).unwrap();
         (dir, store)
     }
 
-    #[test]
-    fn a_commit_wakes_each_registered_task_once_and_forgets_it() {
-        let (_dir, store) = store();
+    fn store() -> (tempfile::TempDir, Arc<Store>) {
+        store_with(VarveConfig::default())
+    }
+
+    /// Stream `"s"` of raw bytes.
+    fn raw_stream(store: &Arc<Store>) -> StreamInfo {
+        let identity = TypeIdentity {
+            type_name: "raw",
+            layout_fingerprint: 1,
+            schema_fingerprint: 0,
+        };
+        store.open_stream("s", &identity).unwrap()
+    }
+
+    /// Appends one event of raw bytes to `info` id 1, in `txn`.
+    fn append_one(txn: &mut WriteTxn<'_>, info: &StreamInfo) -> Result<()> {
+        let mut block = BlockBuilder::with_capacity(0);
+        block.start(1);
+        let mut buf = block.begin_event();
+        buf.extend_from_slice(&[7; 16]);
+        block.finish_event(buf).unwrap();
+        txn.append(info, 1, ExpectedVersion::Any, &mut block)
+            .map(drop)
+    }
+
+    fn append(store: &Arc<Store>) {
+        let info = raw_stream(store);
+        store.write(|w| append_one(w, &info)).unwrap();
+    }
+
+    /// Appends one event as another process would: nothing published.
+    fn append_elsewhere(store: &Arc<Store>) {
+        let info = raw_stream(store);
+        store
+            .commit_as_another_process(|w| append_one(w, &info))
+            .unwrap();
+    }
+
+    fn register(store: &Arc<Store>) -> (u64, Arc<Count>) {
         let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&count));
         let key = store.waker_key();
-        store.register_waker(key, &waker);
-        store.register_waker(key, &waker);
+        store.register_waker(key, &Waker::from(Arc::clone(&count)));
+        (key, count)
+    }
+
+    #[test]
+    fn a_commit_that_adds_events_wakes_each_registered_task_once_and_forgets_it() {
+        let (_dir, store) = store();
+        let (key, count) = register(&store);
+        store.register_waker(key, &Waker::from(Arc::clone(&count)));
         assert_eq!(store.registered_wakers(), 1);
-        store.write(|w| w.state_put(b"k", b"v")).unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        append(&store);
+        assert_eq!(count.get(), 1);
         assert_eq!(store.registered_wakers(), 0);
+        assert_eq!(store.log_end(), 1);
+    }
+
+    #[test]
+    fn commits_that_only_write_state_wake_no_task_and_no_thread() {
+        let (_dir, store) = store();
+        append(&store);
+        let (_key, count) = register(&store);
+        let ticket = store.commits.ticket();
+        // What a projector's checkpoint, an aggregate's snapshot or a new
+        // stream commits: state, no events.
+        for i in 0..5u64 {
+            store
+                .write(|w| w.state_put(b"proj/p/c", &i.to_le_bytes()))
+                .unwrap();
+        }
+        assert_eq!(count.get(), 0, "no task woken");
+        assert_eq!(store.commits.ticket(), ticket, "no thread woken");
+        assert_eq!(store.registered_wakers(), 1);
+        append(&store);
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
     fn a_deregistered_task_is_not_kept() {
         let (_dir, store) = store();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let key = store.waker_key();
-        store.register_waker(key, &Waker::from(Arc::clone(&count)));
+        let (key, count) = register(&store);
         store.deregister_waker(key);
         assert_eq!(store.registered_wakers(), 0);
-        store.write(|w| w.state_put(b"k", b"v")).unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        append(&store);
+        assert_eq!(count.get(), 0);
     }
 
     #[test]
     fn a_stop_flag_ends_a_wait_early() {
         let (_dir, store) = store();
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = store.last_txn_id();
+        let seen = store.log_end();
         let waiter = {
             let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
             std::thread::spawn(move || store.wait_for_commit(seen, Duration::MAX, &stop))
@@ -248,5 +418,40 @@ mod tests {
         stop.store(true, Ordering::Release);
         store.interrupt_waiters();
         assert_eq!(waiter.join().unwrap(), seen);
+    }
+
+    #[test]
+    fn a_waiter_finds_a_commit_of_another_process_by_polling() {
+        let (_dir, store) = store_with(VarveConfig {
+            cross_process_poll: Some(Duration::from_millis(1)),
+            ..VarveConfig::default()
+        });
+        let seen = store.log_end();
+        append_elsewhere(&store);
+        let never = AtomicBool::new(false);
+        assert_eq!(store.wait_for_commit(seen, Duration::MAX, &never), 1);
+    }
+
+    #[test]
+    fn with_polling_off_a_commit_of_another_process_waits_for_one_of_this_process() {
+        let (_dir, store) = store_with(VarveConfig {
+            cross_process_poll: None,
+            ..VarveConfig::default()
+        });
+        let seen = store.log_end();
+        append_elsewhere(&store);
+        let never = AtomicBool::new(false);
+        // Not looked for: the wait runs to its timeout.
+        assert_eq!(
+            store.wait_for_commit(seen, Duration::from_millis(20), &never),
+            seen
+        );
+        // No helper thread for tasks either.
+        let (_key, count) = register(&store);
+        assert!(!store.poller_running());
+        // This process's next commit publishes the end, both commits included.
+        append(&store);
+        assert_eq!(count.get(), 1);
+        assert_eq!(store.wait_for_commit(seen, Duration::MAX, &never), 2);
     }
 }

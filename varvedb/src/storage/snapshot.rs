@@ -26,7 +26,7 @@ use crate::position::{GlobalSequence, StreamId, StreamSequence};
 pub(crate) struct Pinned {
     // Field order matters: the transaction ends before the gate guard is released.
     txn: RoTxn<'static, WithoutTls>,
-    _guard: GateGuard,
+    guard: GateGuard,
 }
 
 // SAFETY: `RoTxn<WithoutTls>` is `Send` (LMDB's NOTLS mode lets a read
@@ -362,7 +362,7 @@ impl View {
         store: Arc<Store>,
     ) -> View {
         View {
-            pin: Arc::new(Pinned { txn, _guard: guard }),
+            pin: Arc::new(Pinned { txn, guard }),
             store,
         }
     }
@@ -372,9 +372,12 @@ impl View {
         self.pin.txn.id()
     }
 
-    /// Whether this snapshot still shows the newest commit.
+    /// Whether this snapshot still shows the newest commit (and no writer
+    /// waits to grow the map, which needs it closed).
     pub(crate) fn is_current(&self) -> bool {
-        self.txn_id() == self.store.last_txn_id() && !self.store.resize_pending()
+        // Reads LMDB's meta pages under this snapshot's own gate guard: no
+        // remap runs while it is held.
+        !self.store.resize_pending() && self.txn_id() == self.store.last_txn_id_in(&self.pin.guard)
     }
 
     fn block_ref(&mut self, global: u64) -> Result<Option<BlockRef>> {
@@ -479,9 +482,13 @@ impl View {
         self.store.verify(&self.pin.txn)
     }
 
-    /// One past the newest global sequence in this snapshot.
+    /// One past the newest global sequence in this snapshot. Also published
+    /// as the log's end subscriptions wait past ([`Store::log_end`]): a
+    /// snapshot is a commit, whichever process made it.
     pub(crate) fn end_global(&mut self) -> Result<u64> {
-        self.store.end_global(&self.pin.txn)
+        let end = self.store.end_global(&self.pin.txn)?;
+        self.store.observe_end(end);
+        Ok(end)
     }
 
     /// The catalog entry of the stream with `tag`.

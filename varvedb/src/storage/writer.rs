@@ -6,6 +6,7 @@
 //! stream id), so a failed or aborted append consumes no number and two
 //! writers (threads, handles or processes) can never be handed the same one.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +16,7 @@ use heed::{MdbError, PutFlags, RwTxn};
 use super::block::{BlockBuilder, BlockHeader};
 use super::catalog::Bound;
 use super::keys::{event_key, index_key, Run};
-use super::{walk_stream, Store, StreamInfo, View};
+use super::{walk_stream, Remap, Store, StreamInfo, View};
 use crate::error::{Error, Result};
 use crate::position::{ExpectedVersion, StreamId, StreamSequence};
 
@@ -29,6 +30,15 @@ pub(crate) struct WriteTxn<'s> {
     /// Catalog entries this transaction created or completed, taught to their
     /// handles only once it commits (an aborted attempt teaches nothing).
     bound: Vec<Bound>,
+    /// A map-full or map-resized error an LMDB call of this transaction
+    /// returned: the transaction is then doomed (LMDB marks it failed), and
+    /// [`Store::write`] grows or remaps and retries whatever the closure
+    /// returns.
+    environmental: Cell<Option<Environmental>>,
+    /// The last LMDB error a call through this transaction returned, so a
+    /// caller that handed the error to code which wrapped or dropped it
+    /// (a projection's handler) still learns it was the store's.
+    failure: Cell<Option<(&'static str, MdbError)>>,
 }
 
 fn is_map_full(e: &Error) -> bool {
@@ -55,41 +65,107 @@ impl Store {
     /// Runs `f` in one write transaction and commits it durably. If the map
     /// fills up, the transaction is aborted, the map grown and `f` run again, so
     /// `f` must be repeatable (it is given a fresh transaction each time).
+    ///
+    /// After a commit that appended, the log's end is published, waking the
+    /// subscriptions waiting for it: a commit that only writes state (a
+    /// projection's checkpoint, a snapshot, the catalog) wakes nobody.
     pub(crate) fn write<R>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
         let _writer = self.writer.lock();
         loop {
             let guard = self.gate.enter();
             let attempt = self.write_once(&mut f);
             drop(guard);
-            match attempt {
-                Ok(r) => {
-                    self.commits.notify();
-                    return Ok(r);
+            let failure = match attempt {
+                Ok(Committed { value, end, txn_id }) => {
+                    self.commits.publish(end, txn_id);
+                    return Ok(value);
                 }
-                Err(e) if is_map_full(&e) => self.grow()?,
-                Err(e) if is_map_resized(&e) => self.remap(0)?,
-                Err(e) => return Err(e),
+                Err(Attempt::Failed(e)) => e,
+                // The closure's own error, with LMDB's error recorded in the
+                // transaction: growth is retried even if the closure wrapped
+                // or swallowed the error it got.
+                Err(Attempt::Env(env)) => {
+                    match env {
+                        Environmental::MapFull => self.grow()?,
+                        Environmental::MapResized => self.remap(Remap::Adopt)?,
+                    }
+                    continue;
+                }
+            };
+            match failure {
+                e if is_map_full(&e) => self.grow()?,
+                e if is_map_resized(&e) => self.remap(Remap::Adopt)?,
+                e => return Err(e),
             }
         }
     }
 
-    fn write_once<R>(&self, f: &mut impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+    fn write_once<R>(
+        &self,
+        f: &mut impl FnMut(&mut WriteTxn<'_>) -> Result<R>,
+    ) -> std::result::Result<Committed<R>, Attempt> {
         let txn = self
             .env
             .write_txn()
-            .map_err(self.err("starting a write transaction"))?;
+            .map_err(self.err("starting a write transaction"))
+            .map_err(Attempt::Failed)?;
         let mut wtxn = WriteTxn {
             store: self,
             txn,
             end_global: None,
             bound: Vec::new(),
+            environmental: Cell::new(None),
+            failure: Cell::new(None),
         };
-        let r = f(&mut wtxn)?;
+        let value = match f(&mut wtxn) {
+            Ok(value) => value,
+            Err(e) => {
+                return Err(match wtxn.environmental.get() {
+                    Some(env) => Attempt::Env(env),
+                    None => Attempt::Failed(e),
+                })
+            }
+        };
+        if let Some(env) = wtxn.environmental.get() {
+            // The closure swallowed a failed write: committing would lose it.
+            return Err(Attempt::Env(env));
+        }
+        // The end of the log this commit leaves, if it appended. A commit
+        // that did not leaves the end where it was; it is not read here, as
+        // a failed read (a damaged page) would doom the transaction.
+        let end = wtxn.end_global;
+        // A write transaction's id is the id its commit gets.
+        let txn_id = wtxn.txn.id();
         let WriteTxn { txn, bound, .. } = wtxn;
-        txn.commit().map_err(self.err("committing"))?;
+        txn.commit()
+            .map_err(self.err("committing"))
+            .map_err(Attempt::Failed)?;
         self.publish_bound(bound);
-        Ok(r)
+        Ok(Committed { value, end, txn_id })
     }
+}
+
+/// What a committed [`Store::write`] attempt leaves.
+struct Committed<R> {
+    value: R,
+    /// One past the last global sequence, if known.
+    end: Option<u64>,
+    txn_id: usize,
+}
+
+/// Why a [`Store::write`] attempt did not commit.
+enum Attempt {
+    Failed(Error),
+    /// An LMDB call in the transaction hit a condition that growing or
+    /// remapping the map cures, whatever the closure made of it.
+    Env(Environmental),
+}
+
+/// The LMDB conditions [`Store::write`] cures by remapping and retrying.
+#[derive(Debug, Clone, Copy)]
+enum Environmental {
+    MapFull,
+    MapResized,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -154,15 +230,13 @@ impl<'s> WriteTxn<'s> {
                 .map_or(0, |d| d.as_micros() as u64),
         };
         let bytes = block.seal(&header);
-        store
-            .events
-            .put_with_flags(
-                &mut self.txn,
-                PutFlags::APPEND,
-                &event_key(first_global),
-                bytes,
-            )
-            .map_err(store.err("appending to the event log"))?;
+        let put = store.events.put_with_flags(
+            &mut self.txn,
+            PutFlags::APPEND,
+            &event_key(first_global),
+            bytes,
+        );
+        self.lmdb("appending to the event log", put)?;
 
         // Extend the stream id's last run when this block directly follows it
         // in the log; otherwise start a new run.
@@ -178,10 +252,8 @@ impl<'s> WriteTxn<'s> {
             },
         };
         let key = index_key(tag, id, run.first_seq);
-        store
-            .index
-            .put(&mut self.txn, &key, &run.encode(&key))
-            .map_err(store.err("updating the stream index"))?;
+        let put = store.index.put(&mut self.txn, &key, &run.encode(&key));
+        self.lmdb("updating the stream index", put)?;
         self.end_global = Some(first_global + count);
         Ok((first_seq, first_global))
     }
@@ -235,45 +307,83 @@ impl<'s> WriteTxn<'s> {
         Ok(View::new(txn, guard, Arc::clone(store)))
     }
 
+    /// Maps an LMDB result to ours, first recording its error in the
+    /// transaction: see [`WriteTxn::take_failure`].
+    fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
+        result.map_err(|e| {
+            if let heed::Error::Mdb(code) = e {
+                match code {
+                    MdbError::MapFull => self.environmental.set(Some(Environmental::MapFull)),
+                    MdbError::MapResized => self.environmental.set(Some(Environmental::MapResized)),
+                    _ => {}
+                }
+                self.failure.set(Some((operation, code)));
+            }
+            self.store.err(operation)(e)
+        })
+    }
+
+    /// The last LMDB error a call through this transaction returned since the
+    /// previous take, rebuilt as the error that call returned. For a caller
+    /// that handed that error to user code: whatever the code made of it, the
+    /// failure was the store's.
+    pub(crate) fn take_failure(&self) -> Option<Error> {
+        self.failure
+            .take()
+            .map(|(operation, code)| self.store.err(operation)(heed::Error::Mdb(code)))
+    }
+
     /// Reads a value of the `state` database (snapshots, checkpoints, read models).
     pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
-        self.store
-            .state
-            .get(&self.txn, key)
-            .map_err(self.store.err("reading state"))
+        let got = self.store.state.get(&self.txn, key);
+        self.lmdb("reading state", got)
     }
 
     /// Writes a value of the `state` database.
     pub(crate) fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.store
-            .state
-            .put(&mut self.txn, key, value)
-            .map_err(self.store.err("writing state"))
+        let put = self.store.state.put(&mut self.txn, key, value);
+        self.lmdb("writing state", put)
     }
 
     /// Deletes a value of the `state` database; returns whether it existed.
     pub(crate) fn state_delete(&mut self, key: &[u8]) -> Result<bool> {
-        self.store
-            .state
-            .delete(&mut self.txn, key)
-            .map_err(self.store.err("deleting state"))
+        let deleted = self.store.state.delete(&mut self.txn, key);
+        self.lmdb("deleting state", deleted)
     }
 
     /// Deletes every `state` key starting with `prefix`; returns how many.
     pub(crate) fn state_delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
-        let err = self.store.err("deleting state");
-        let mut iter = self
-            .store
-            .state
-            .prefix_iter_mut(&mut self.txn, prefix)
-            .map_err(&err)?;
+        let deleted = Self::delete_prefix(&self.store.state, &mut self.txn, prefix);
+        self.lmdb("deleting state", deleted)
+    }
+
+    fn delete_prefix(state: &super::Db, txn: &mut RwTxn<'_>, prefix: &[u8]) -> heed::Result<usize> {
+        let mut iter = state.prefix_iter_mut(txn, prefix)?;
         let mut n = 0;
-        while iter.next().transpose().map_err(&err)?.is_some() {
+        while iter.next().transpose()?.is_some() {
             // SAFETY: heed requires that no reference into the database from this
             // iterator is alive while deleting; the entry just read is discarded.
-            unsafe { iter.del_current() }.map_err(&err)?;
+            unsafe { iter.del_current() }?;
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Commits `f` without publishing the log's end or waking anyone: what a
+    /// commit of another process looks like to this one.
+    pub(crate) fn commit_as_another_process<R>(
+        &self,
+        mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let _writer = self.writer.lock();
+        let _guard = self.gate.enter();
+        match self.write_once(&mut f) {
+            Ok(committed) => Ok(committed.value),
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::Env(env)) => panic!("a test store ran into {env:?}"),
+        }
     }
 }

@@ -3,9 +3,11 @@
 //! executor while they wait.
 //!
 //! When caught up, a subscription registers its task's waker with the store
-//! and returns `Pending`; every commit of this process wakes it, and one
-//! helper thread per store (running only while some task waits) wakes it
-//! within 50 ms of a commit by another process. Reading itself is synchronous
+//! and returns `Pending`; every commit of this process that adds events wakes
+//! it, and one helper thread per store (running only while some task waits,
+//! and only if cross-process polling is on) wakes it within
+//! [`VarveConfig::cross_process_poll`](crate::VarveConfig::cross_process_poll)
+//! of a commit by another process. Reading itself is synchronous
 //! but short: at most one page (512 events) per poll before yielding.
 
 use std::fmt;

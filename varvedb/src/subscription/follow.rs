@@ -39,7 +39,8 @@ pub(crate) trait Pager {
 
 struct Page<I> {
     items: I,
-    txn: usize,
+    /// The log's end in the page's snapshot.
+    end: u64,
     read: usize,
     opened: Instant,
 }
@@ -53,9 +54,9 @@ pub(crate) enum Step<T> {
     /// A page ended early (size, age, or a pending map resize); the next step
     /// goes on at once. An async caller yields to its executor here.
     Yield,
-    /// Everything up to the commit with this transaction id was read, and no
-    /// newer commit exists yet.
-    CaughtUp(usize),
+    /// Everything before this log end was read, and the log has not grown
+    /// past it yet.
+    CaughtUp(u64),
 }
 
 /// Reads a [`Pager`] forward, page by page, across commits.
@@ -63,8 +64,8 @@ pub(crate) struct Follower<P: Pager> {
     store: Arc<Store>,
     pager: P,
     page: Option<Page<P::Page>>,
-    /// The transaction id of the last snapshot read to its end.
-    seen: Option<usize>,
+    /// The log's end in the last snapshot read to its end.
+    seen: Option<u64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -139,19 +140,25 @@ impl<P: Pager> Follower<P> {
             let page = match self.page {
                 Some(ref mut page) => page,
                 None => {
+                    // Keyed on the log's end, not on any commit: commits that
+                    // only write state (checkpoints, snapshots) do not make
+                    // a caught-up subscription read a page.
                     if let Some(seen) = self.seen {
-                        if self.store.last_txn_id() == seen {
+                        if self.store.current_end() <= seen {
                             return Step::CaughtUp(seen);
                         }
                     }
-                    let view = match self.store.snapshot() {
+                    let mut view = match self.store.snapshot() {
                         Ok(view) => view,
                         Err(e) => return Step::Failed(e),
                     };
-                    let txn = view.txn_id();
+                    let end = match view.end_global() {
+                        Ok(end) => end,
+                        Err(e) => return Step::Failed(e),
+                    };
                     self.page.insert(Page {
                         items: self.pager.open(view),
-                        txn,
+                        end,
                         read: 0,
                         opened: Instant::now(),
                     })
@@ -169,7 +176,7 @@ impl<P: Pager> Follower<P> {
                     return Step::Failed(e);
                 }
                 None => {
-                    self.seen = Some(page.txn);
+                    self.seen = Some(page.end);
                     self.page = None;
                 }
             }
@@ -226,8 +233,9 @@ impl<P: Pager> Follower<P> {
                 }
                 Step::CaughtUp(seen) => {
                     self.store.register_waker(key, cx.waker());
-                    // Look again after registering, so a commit in between is not missed.
-                    if self.store.last_txn_id() == seen && !self.is_stopped() {
+                    // Look again after registering, so a commit in between is
+                    // not missed (the poller thread looks for other processes').
+                    if self.store.log_end() <= seen && !self.is_stopped() {
                         return Poll::Pending;
                     }
                 }

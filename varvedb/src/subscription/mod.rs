@@ -8,8 +8,11 @@
 //! a position does in KurrentDB. Its first event is the one at the requested
 //! position once committed; the events committed before it are not yielded.
 //!
-//! A waiting subscription is woken by every commit of this process at once,
-//! and notices commits of other processes within 50 ms. It reads in short
+//! A waiting subscription is woken at once when a commit of this process
+//! adds events (commits that only write state, such as projection
+//! checkpoints, wake nobody), and notices commits of other processes within
+//! [`VarveConfig::cross_process_poll`](crate::VarveConfig::cross_process_poll)
+//! (50 ms by default; never, when that is `None`). It reads in short
 //! pages (at most 512 events or 100 ms per snapshot) and holds no snapshot
 //! while it waits, so it never keeps LMDB from reusing pages for long.
 
@@ -137,7 +140,9 @@ pub struct Subscription {
 
 impl Subscription {
     /// The longest a waiting subscription (or projection) takes to notice a
-    /// commit made by another process; commits of this process wake it at once.
+    /// commit made by another process under the default
+    /// [`VarveConfig::cross_process_poll`](crate::VarveConfig::cross_process_poll);
+    /// commits of this process wake it at once.
     pub const CROSS_PROCESS_DELAY: Duration = CROSS_PROCESS_POLL;
 
     pub(crate) fn new(store: Arc<Store>, from: GlobalSequence) -> Self {
