@@ -7,11 +7,10 @@
 //! transaction holds a [`GateGuard`]; [`MapGate::exclusive`] stops new entries,
 //! waits for the count to reach zero, and runs the resize.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use super::sync::{unlocked, AtomicBool, Condvar, Instant, Mutex, Ordering};
 
 #[derive(Debug, Default)]
 struct State {
@@ -25,6 +24,10 @@ pub(crate) struct MapGate {
     /// Mirrors `state.resizing` for the lock-free check readers make on every call.
     pending: AtomicBool,
     changed: Condvar,
+    /// How many times [`MapGate::exclusive`] gave up waiting (for tests that
+    /// count resize waits instead of timing them).
+    #[cfg(test)]
+    pub(crate) timeouts: std::sync::atomic::AtomicUsize,
 }
 
 /// Proof that the holder may use the memory map. Dropping it lets a pending
@@ -87,7 +90,7 @@ impl MapGate {
         state.resizing = true;
         self.pending.store(true, Ordering::Relaxed);
         while state.active > 0 {
-            parking_lot::MutexGuard::unlocked(&mut state, &mut release_idle);
+            unlocked(&mut state, &mut release_idle);
             if state.active == 0 {
                 break;
             }
@@ -95,6 +98,9 @@ impl MapGate {
             self.changed.wait_until(&mut state, step);
             if Instant::now() >= deadline && state.active > 0 {
                 let held = state.active;
+                #[cfg(test)]
+                self.timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 state.resizing = false;
                 self.pending.store(false, Ordering::Relaxed);
                 self.changed.notify_all();

@@ -51,17 +51,24 @@ impl Store {
     /// Runs `f` in one write transaction and commits it durably. If the map
     /// fills up, the transaction is aborted, the map grown and `f` run again, so
     /// `f` must be repeatable (it is given a fresh transaction each time).
-    pub(crate) fn write<R>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+    ///
+    /// Waiters are woken after the writer lock and the gate guard are
+    /// released: a woken subscriber can open its snapshot at once, and a slow
+    /// (or writing) waker holds up no other commit.
+    pub(crate) fn write<R>(&self, f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+        let r = self.write_locked(f)?;
+        self.commits.notify();
+        Ok(r)
+    }
+
+    fn write_locked<R>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
         let _writer = self.writer.lock();
         loop {
             let guard = self.gate.enter();
             let attempt = self.write_once(&mut f);
             drop(guard);
             match attempt {
-                Ok(r) => {
-                    self.commits.notify();
-                    return Ok(r);
-                }
+                Ok(r) => return Ok(r),
                 Err(e) if is_map_full(&e) => self.grow()?,
                 Err(e) if is_map_resized(&e) => self.remap(0)?,
                 Err(e) => return Err(e),
@@ -243,5 +250,56 @@ impl<'s> WriteTxn<'s> {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::{Arc, Mutex, Weak};
+    use std::task::{Wake, Waker};
+    use std::thread::{self, ThreadId};
+
+    use super::*;
+    use crate::config::VarveConfig;
+
+    /// A task waker that records, for each wake, the thread that woke it and
+    /// whether the store's writer lock was free then.
+    struct LockProbe {
+        store: Weak<Store>,
+        wakes: Mutex<Vec<(ThreadId, bool)>>,
+    }
+
+    impl Wake for LockProbe {
+        fn wake(self: Arc<Self>) {
+            let free = self
+                .store
+                .upgrade()
+                .is_some_and(|store| !store.writer.is_locked());
+            self.wakes
+                .lock()
+                .unwrap()
+                .push((thread::current().id(), free));
+        }
+    }
+
+    #[test]
+    fn a_commit_wakes_its_waiters_after_releasing_the_writer_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), VarveConfig::default()).unwrap();
+        let probe = Arc::new(LockProbe {
+            store: Arc::downgrade(&store),
+            wakes: Mutex::new(Vec::new()),
+        });
+        store.register_waker(store.waker_key(), &Waker::from(Arc::clone(&probe)));
+        store.write(|w| w.state_put(b"k", b"v")).unwrap();
+        // The cross-process poller may wake the task too; look at the commit's wake.
+        let me = thread::current().id();
+        let wakes = probe.wakes.lock().unwrap().clone();
+        let ours: Vec<bool> = wakes
+            .iter()
+            .filter(|(t, _)| *t == me)
+            .map(|&(_, free)| free)
+            .collect();
+        assert_eq!(ours, [true], "woken once, with the writer lock free");
     }
 }
