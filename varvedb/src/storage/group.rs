@@ -466,3 +466,139 @@ mod tests {
         );
     }
 }
+
+/// loom models of the queue, election and hand-off: run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p varvedb --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::thread;
+
+    use super::*;
+    use crate::storage::sync::model;
+
+    /// A group queue that does not wait to gather (the model's clock stands
+    /// still, so a gathering wait would never time out).
+    fn queue() -> Arc<GroupQueue<u32, u32>> {
+        Arc::new(GroupQueue::new(Duration::ZERO))
+    }
+
+    fn settled(group: &GroupQueue<u32, u32>) -> bool {
+        let q = group.queue.lock();
+        !q.leading && q.pending.is_empty()
+    }
+
+    #[test]
+    fn every_appender_gets_exactly_its_own_answer_and_the_lead_always_passes_on() {
+        model(|| {
+            let group = queue();
+            let committed = Arc::new(AtomicUsize::new(0));
+            let submit = |group: &GroupQueue<u32, u32>, committed: &AtomicUsize, n: u32| {
+                group.submit(n, |batch| {
+                    committed.fetch_add(batch.len(), Ordering::SeqCst);
+                    batch.into_iter().map(|r| r * 10).collect()
+                })
+            };
+            let others: Vec<_> = (1..3)
+                .map(|n| {
+                    let (group, committed) = (Arc::clone(&group), Arc::clone(&committed));
+                    thread::spawn(move || submit(&group, &committed, n))
+                })
+                .collect();
+            assert_eq!(submit(&group, &committed, 0), Ok(0));
+            for (n, t) in (1..).zip(others) {
+                assert_eq!(t.join().unwrap(), Ok(n * 10));
+            }
+            // Each request was committed once, and nobody leads any more.
+            assert_eq!(committed.load(Ordering::SeqCst), 3);
+            assert!(settled(&group));
+        });
+    }
+
+    #[test]
+    fn a_panicking_leader_answers_its_group_and_hands_on() {
+        quiet_injected_panics();
+        // Executions in which the doomed request led and panicked.
+        static PANICKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        // Executions in which the other request was in the panicking group.
+        static ABANDONED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        model(|| {
+            let group = queue();
+            let doomed = {
+                let group = Arc::clone(&group);
+                thread::spawn(move || {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        group.submit(1, |_| std::panic::panic_any(InjectedPanic))
+                    }))
+                })
+            };
+            // Answered by its own commit, or abandoned in the panicking group.
+            let answer = group.submit(2, |batch| batch);
+            assert!(answer == Ok(2) || answer == Err(Abandoned), "{answer:?}");
+            if answer == Err(Abandoned) {
+                ABANDONED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match doomed.join().unwrap() {
+                // It led, and its commit panicked.
+                Err(_) => {
+                    PANICKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // The other request led a group holding both.
+                Ok(doomed) => assert_eq!((doomed, answer), (Ok(1), Ok(2))),
+            }
+            // The lead was released: a later request is committed.
+            assert_eq!(group.submit(3, |batch| batch), Ok(3));
+            assert!(settled(&group));
+        });
+        // The model reached both a lone panicking leader and a shared group.
+        assert!(PANICKED.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert!(ABANDONED.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+
+    /// The payload of the panic the model injects.
+    struct InjectedPanic;
+
+    /// Keeps the panic hook from printing the injected panic in each of the
+    /// model's executions; other panics print as usual.
+    fn quiet_injected_panics() {
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        QUIET.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !info.payload().is::<InjectedPanic>() {
+                    previous(info);
+                }
+            }));
+        });
+    }
+
+    #[test]
+    fn a_leader_dropping_its_turn_unanswered_abandons_exactly_the_unanswered() {
+        model(|| {
+            let group = queue();
+            let commits = Arc::new(AtomicUsize::new(0));
+            // A commit that answers only the first request of its group.
+            let first_only = |commits: &AtomicUsize, batch: Vec<u32>| {
+                commits.fetch_add(1, Ordering::SeqCst);
+                batch.into_iter().take(1).collect()
+            };
+            let other = {
+                let (group, commits) = (Arc::clone(&group), Arc::clone(&commits));
+                thread::spawn(move || group.submit(1, |batch| first_only(&commits, batch)))
+            };
+            let mine = group.submit(2, |batch| first_only(&commits, batch));
+            let theirs = other.join().unwrap();
+            let answers = [mine, theirs];
+            let abandoned = answers.iter().filter(|a| **a == Err(Abandoned)).count();
+            match commits.load(Ordering::SeqCst) {
+                // One group of both: the second was not answered by the commit.
+                1 => assert_eq!(abandoned, 1, "{answers:?}"),
+                // A group each: each was answered.
+                _ => assert_eq!(answers, [Ok(2), Ok(1)]),
+            }
+            assert!(settled(&group));
+        });
+    }
+}

@@ -23,7 +23,7 @@ pub(crate) fn unlocked<T, R>(guard: &mut MutexGuard<'_, T>, f: impl FnOnce() -> 
 }
 
 #[cfg(loom)]
-pub(crate) use self::model::{unlocked, Condvar, Instant, Mutex, MutexGuard};
+pub(crate) use self::model::{unlocked, Condvar, Instant, Mutex};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 
@@ -159,4 +159,16 @@ mod model {
             self.0.notify_all();
         }
     }
+}
+
+/// Runs a loom model of `f`, bounding preemptions to 3 unless
+/// `LOOM_MAX_PREEMPTIONS` says otherwise (bugs of this code's kind need
+/// one or two; the bound keeps CI's run to seconds).
+#[cfg(all(test, loom))]
+pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(f);
 }
