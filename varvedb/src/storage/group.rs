@@ -7,7 +7,10 @@
 //! arrive meanwhile queue up and sleep; when the leader is done it passes
 //! leadership to the first of them. Nobody is acknowledged before the sync that
 //! makes its events durable, and each append keeps its own expected-version
-//! check: a conflict rejects that append alone.
+//! check: a conflict rejects that append alone. A group whose transaction
+//! fails as a whole answers every append with the same error, at once; a
+//! leader that panics still answers its group (`Error::CommitAbandoned`) and
+//! passes the lead on.
 
 use std::mem;
 use std::sync::Arc;
