@@ -214,7 +214,7 @@ impl BlockRef {
     ///
     /// `bytes` must stay valid and unchanged for as long as the `BlockRef`
     /// (or any copy) is used.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     unsafe fn over(bytes: &[u8], header: BlockHeader) -> BlockRef {
         BlockRef {
             ptr: NonNull::from(bytes).cast(),
