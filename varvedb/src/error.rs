@@ -303,6 +303,16 @@ pub enum Error {
         /// The kind asked for.
         requested: &'static str,
     },
+
+    /// The append had joined a group commit whose leading thread panicked
+    /// before answering it. The group's write transaction was aborted unless
+    /// the panic came after its commit, so the append may or may not be
+    /// durable: read the stream to find out before appending it again.
+    #[error(
+        "the thread committing this append's group panicked before answering it; \
+         the append may or may not have been committed"
+    )]
+    CommitAbandoned,
 }
 
 /// Where corrupted bytes were found, for [`Error::Corruption`].
@@ -343,6 +353,186 @@ impl std::fmt::Display for Location {
 /// `Result` with VarveDB's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The message of an error that could not be copied as it was (a boxed source
+/// error): keeps what it said.
+#[derive(Debug)]
+struct Copied(String);
+
+impl std::fmt::Display for Copied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Copied {}
+
+fn copy_io(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+fn copy_heed(e: &heed::Error) -> heed::Error {
+    match e {
+        heed::Error::Io(io) => heed::Error::Io(copy_io(io)),
+        heed::Error::Mdb(mdb) => heed::Error::Mdb(*mdb),
+        heed::Error::Encoding(b) => heed::Error::Encoding(Box::new(Copied(b.to_string()))),
+        heed::Error::Decoding(b) => heed::Error::Decoding(Box::new(Copied(b.to_string()))),
+        heed::Error::EnvAlreadyOpened => heed::Error::EnvAlreadyOpened,
+    }
+}
+
+impl Error {
+    /// A copy of this error for another caller that met the same failure (the
+    /// appends of one group commit): the same variant and fields; a source
+    /// error that cannot be cloned is rebuilt with its kind (I/O), code (OS,
+    /// LMDB) or message.
+    pub(crate) fn duplicate(&self) -> Error {
+        use rkyv::rancor::Source;
+        match self {
+            Error::NotADirectory { path } => Error::NotADirectory { path: path.clone() },
+            Error::Open { path, source } => Error::Open {
+                path: path.clone(),
+                source: copy_io(source),
+            },
+            Error::UnsupportedFormat {
+                path,
+                found,
+                supported,
+            } => Error::UnsupportedFormat {
+                path: path.clone(),
+                found: *found,
+                supported: *supported,
+            },
+            Error::IncompatibleEncoding { path } => {
+                Error::IncompatibleEncoding { path: path.clone() }
+            }
+            Error::InvalidStreamName { name, reason } => Error::InvalidStreamName {
+                name: name.clone(),
+                reason,
+            },
+            Error::TypeMismatch {
+                stream,
+                stored,
+                stored_fingerprint,
+                requested,
+                requested_fingerprint,
+            } => Error::TypeMismatch {
+                stream: stream.clone(),
+                stored: stored.clone(),
+                stored_fingerprint: *stored_fingerprint,
+                requested: requested.clone(),
+                requested_fingerprint: *requested_fingerprint,
+            },
+            Error::Serialize { stream, source } => Error::Serialize {
+                stream: stream.clone(),
+                source: rkyv::rancor::Error::new(Copied(source.to_string())),
+            },
+            Error::EventTooLarge { stream, size, max } => Error::EventTooLarge {
+                stream: stream.clone(),
+                size: *size,
+                max: *max,
+            },
+            Error::VersionConflict {
+                stream,
+                id,
+                expected,
+                actual,
+            } => Error::VersionConflict {
+                stream: stream.clone(),
+                id: *id,
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::Corruption { location, detail } => Error::Corruption {
+                location: location.clone(),
+                detail: detail.clone(),
+            },
+            Error::ReadersFull { max } => Error::ReadersFull { max: *max },
+            Error::MapResizeBlocked {
+                wanted,
+                held,
+                waited_ms,
+            } => Error::MapResizeBlocked {
+                wanted: *wanted,
+                held: *held,
+                waited_ms: *waited_ms,
+            },
+            Error::Projection {
+                projection,
+                at,
+                source,
+            } => Error::Projection {
+                projection: projection.clone(),
+                at: *at,
+                source: Box::new(Copied(source.to_string())),
+            },
+            Error::InvalidProjectionName { name, reason } => Error::InvalidProjectionName {
+                name: name.clone(),
+                reason,
+            },
+            Error::Storage { operation, source } => Error::Storage {
+                operation,
+                source: copy_heed(source),
+            },
+            Error::CommitAbandoned => Error::CommitAbandoned,
+            Error::Truncated {
+                path,
+                expected,
+                actual,
+            } => Error::Truncated {
+                path: path.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::DataFileMissing { path, store_id } => Error::DataFileMissing {
+                path: path.clone(),
+                store_id: *store_id,
+            },
+            Error::StoreMismatch {
+                path,
+                expected,
+                found,
+            } => Error::StoreMismatch {
+                path: path.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            Error::StoreReplaced { path } => Error::StoreReplaced { path: path.clone() },
+            Error::ConfigConflict {
+                path,
+                field,
+                open,
+                requested,
+            } => Error::ConfigConflict {
+                path: path.clone(),
+                field,
+                open: open.clone(),
+                requested: requested.clone(),
+            },
+            Error::CheckpointMoved {
+                projection,
+                expected,
+                found,
+            } => Error::CheckpointMoved {
+                projection: projection.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            Error::ProjectionKindMismatch {
+                projection,
+                stored,
+                requested,
+            } => Error::ProjectionKindMismatch {
+                projection: projection.clone(),
+                stored,
+                requested,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +541,36 @@ mod tests {
     fn the_error_type_is_send_sync_and_static() {
         fn assert_bounds<T: Send + Sync + 'static + std::error::Error>() {}
         assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn a_duplicated_error_keeps_its_variant_fields_and_message() {
+        let errors = [
+            Error::MapResizeBlocked {
+                wanted: 1 << 20,
+                held: 1,
+                waited_ms: 250,
+            },
+            Error::ReadersFull { max: 126 },
+            Error::Storage {
+                operation: "committing",
+                source: heed::Error::Mdb(heed::MdbError::MapFull),
+            },
+            Error::Storage {
+                operation: "committing",
+                source: heed::Error::Io(std::io::Error::from_raw_os_error(28)),
+            },
+            Error::Open {
+                path: "/x".into(),
+                source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no"),
+            },
+            Error::CommitAbandoned,
+        ];
+        for e in &errors {
+            let copy = e.duplicate();
+            assert_eq!(copy.to_string(), e.to_string());
+            assert_eq!(format!("{copy:?}"), format!("{e:?}"));
+        }
     }
 
     #[test]

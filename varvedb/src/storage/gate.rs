@@ -7,11 +7,10 @@
 //! transaction holds a [`GateGuard`]; [`MapGate::exclusive`] stops new entries,
 //! waits for the count to reach zero, and runs the resize.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use super::sync::{unlocked, AtomicBool, Condvar, Instant, Mutex, Ordering};
 
 #[derive(Debug, Default)]
 struct State {
@@ -25,6 +24,10 @@ pub(crate) struct MapGate {
     /// Mirrors `state.resizing` for the lock-free check readers make on every call.
     pending: AtomicBool,
     changed: Condvar,
+    /// How many times [`MapGate::exclusive`] gave up waiting (for tests that
+    /// count resize waits instead of timing them).
+    #[cfg(test)]
+    pub(crate) timeouts: std::sync::atomic::AtomicUsize,
 }
 
 /// Proof that the holder may use the memory map. Dropping it lets a pending
@@ -87,7 +90,7 @@ impl MapGate {
         state.resizing = true;
         self.pending.store(true, Ordering::Relaxed);
         while state.active > 0 {
-            parking_lot::MutexGuard::unlocked(&mut state, &mut release_idle);
+            unlocked(&mut state, &mut release_idle);
             if state.active == 0 {
                 break;
             }
@@ -95,6 +98,9 @@ impl MapGate {
             self.changed.wait_until(&mut state, step);
             if Instant::now() >= deadline && state.active > 0 {
                 let held = state.active;
+                #[cfg(test)]
+                self.timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 state.resizing = false;
                 self.pending.store(false, Ordering::Relaxed);
                 self.changed.notify_all();
@@ -168,5 +174,127 @@ mod tests {
         });
         assert_eq!(gate.exclusive(Duration::from_secs(10), || (), || 1), Ok(1));
         t.join().unwrap();
+    }
+}
+
+/// loom models of the gate: run with `RUSTFLAGS="--cfg loom" cargo test -p
+/// varvedb --release --lib loom`. The model's clock stands still (see
+/// `storage/sync`): a nonzero wait never times out, a zero wait times out at
+/// its first check.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::cell::UnsafeCell;
+    use loom::thread;
+
+    use super::*;
+    use crate::storage::sync::model;
+
+    /// Stands in for the memory map: loom fails the model if a read (under
+    /// a guard) and a remap (under `exclusive`) are not ordered.
+    struct Map(UnsafeCell<u32>);
+
+    // SAFETY: sharing the cell unsynchronized is the point: loom tracks every
+    // access and reports any read/write pair the gate does not order.
+    unsafe impl Sync for Map {}
+
+    impl Map {
+        fn read(&self) -> u32 {
+            // SAFETY: loom checks this read is ordered against every write.
+            self.0.with(|p| unsafe { *p })
+        }
+
+        fn remap(&self) {
+            // SAFETY: loom checks this write is ordered against every access.
+            self.0.with_mut(|p| unsafe { *p += 1 })
+        }
+    }
+
+    #[test]
+    fn a_resize_never_runs_while_a_guard_is_live_and_never_deadlocks() {
+        model(|| {
+            let gate = Arc::new(MapGate::default());
+            let map = Arc::new(Map(UnsafeCell::new(0)));
+            let reader = {
+                let (gate, map) = (Arc::clone(&gate), Arc::clone(&map));
+                thread::spawn(move || {
+                    let guard = gate.enter();
+                    let seen = map.read();
+                    assert_eq!(map.read(), seen, "the map moved under a guard");
+                    drop(guard);
+                })
+            };
+            let grown = gate.exclusive(Duration::from_secs(1), || (), || map.remap());
+            assert_eq!(grown, Ok(()));
+            reader.join().unwrap();
+            // Entering after a resize works, and sees the remapped map.
+            let _guard = gate.enter();
+            assert_eq!(map.read(), 1);
+        });
+    }
+
+    #[test]
+    fn two_resizes_and_a_nested_guard_never_overlap() {
+        model(|| {
+            let gate = Arc::new(MapGate::default());
+            let map = Arc::new(Map(UnsafeCell::new(0)));
+            let other = {
+                let (gate, map) = (Arc::clone(&gate), Arc::clone(&map));
+                thread::spawn(move || {
+                    gate.exclusive(Duration::from_secs(1), || (), || map.remap())
+                        .unwrap();
+                })
+            };
+            {
+                // A write transaction's guard and a snapshot taken inside it.
+                let outer = gate.enter();
+                let inner = gate.enter_nested();
+                map.read();
+                drop(outer);
+                map.read();
+                drop(inner);
+            }
+            gate.exclusive(Duration::from_secs(1), || (), || map.remap())
+                .unwrap();
+            other.join().unwrap();
+            assert_eq!(map.read(), 2);
+        });
+    }
+
+    #[test]
+    fn a_resize_that_times_out_lets_waiting_readers_in() {
+        model(|| {
+            let gate = Arc::new(MapGate::default());
+            let held = gate.enter();
+            let newcomer = {
+                let gate = Arc::clone(&gate);
+                thread::spawn(move || drop(gate.enter()))
+            };
+            // Held open: the held guard, and the newcomer's if it came first.
+            let held_open = gate.exclusive(Duration::ZERO, || (), || ()).unwrap_err();
+            assert!((1..=2).contains(&held_open), "{held_open}");
+            newcomer.join().unwrap();
+            drop(held);
+            assert!(!gate.resize_pending());
+        });
+    }
+
+    #[test]
+    fn a_resize_closes_the_idle_holders_it_is_handed() {
+        model(|| {
+            let gate = Arc::new(MapGate::default());
+            let idle = Arc::new(Mutex::new(Some(gate.enter())));
+            let reader = {
+                let (gate, idle) = (Arc::clone(&gate), Arc::clone(&idle));
+                // A reader that reopens its cached snapshot concurrently.
+                thread::spawn(move || {
+                    let fresh = gate.enter();
+                    drop(fresh);
+                    drop(idle.lock().take());
+                })
+            };
+            let release = || drop(idle.lock().take());
+            assert_eq!(gate.exclusive(Duration::from_secs(1), release, || 3), Ok(3));
+            reader.join().unwrap();
+        });
     }
 }

@@ -7,55 +7,194 @@
 //! arrive meanwhile queue up and sleep; when the leader is done it passes
 //! leadership to the first of them. Nobody is acknowledged before the sync that
 //! makes its events durable, and each append keeps its own expected-version
-//! check: a conflict rejects that append alone.
+//! check: a conflict rejects that append alone. A group whose transaction
+//! fails as a whole answers every append with the same error, at once; a
+//! leader that panics still answers its group (`Error::CommitAbandoned`) and
+//! passes the lead on.
 
 use std::mem;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use parking_lot::{Condvar, Mutex};
+use std::time::Duration;
 
 use super::block::BlockBuilder;
+use super::sync::{Condvar, Instant, Mutex};
 use super::{Store, StreamInfo};
 use crate::error::{Error, Result};
 use crate::position::ExpectedVersion;
 
-struct Request {
-    info: StreamInfo,
-    id: u64,
-    expected: ExpectedVersion,
-    block: BlockBuilder,
-    slot: Arc<Slot>,
-}
+/// The answer an appender gets when the thread leading its group panicked
+/// before answering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Abandoned;
 
-enum State {
+enum State<A> {
     Waiting,
     /// The previous leader finished: this appender leads the next group.
     Lead,
-    Done(Result<(u64, u64)>, BlockBuilder),
+    Done(Result<A, Abandoned>),
 }
 
-struct Slot {
-    state: Mutex<State>,
+/// Where one appender sleeps until it is answered or told to lead.
+struct Slot<A> {
+    state: Mutex<State<A>>,
     changed: Condvar,
 }
 
-impl Slot {
-    fn set(&self, state: State) {
+impl<A> Slot<A> {
+    fn new() -> Slot<A> {
+        Slot {
+            state: Mutex::new(State::Waiting),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn set(&self, state: State<A>) {
         *self.state.lock() = state;
         self.changed.notify_one();
     }
+
+    /// Sleeps until this appender is answered (`Some`) or told to lead (`None`).
+    fn wait(&self) -> Option<Result<A, Abandoned>> {
+        let mut state = self.state.lock();
+        loop {
+            match mem::replace(&mut *state, State::Waiting) {
+                State::Waiting => self.changed.wait(&mut state),
+                State::Lead => return None,
+                State::Done(answer) => return Some(answer),
+            }
+        }
+    }
 }
 
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Request>,
+struct Queue<T, A> {
+    pending: Vec<(T, Arc<Slot<A>>)>,
     leading: bool,
-    /// How many appends the previous group committed: a leader waits (briefly)
+    /// How many requests the previous group committed: a leader waits (briefly)
     /// for that many to queue, since writers that just got their answer are
     /// about to send their next append.
     last_group: usize,
 }
+
+/// The queue, leader election and hand-off of group commit, apart from what a
+/// commit does (a closure), so that loom can model it without LMDB.
+///
+/// Every request submitted gets exactly one answer: the one its group's
+/// commit returned for it, or [`Abandoned`] if the leader's commit panicked.
+/// Leadership always passes on, to the oldest queued request, or is released
+/// when none is queued, a panicking leader included.
+pub(crate) struct GroupQueue<T, A> {
+    queue: Mutex<Queue<T, A>>,
+    /// Signalled when a request joins the queue, for a gathering leader.
+    arrived: Condvar,
+    /// The longest a leader waits for as many requests as its predecessor had.
+    gather_wait: Duration,
+}
+
+impl<T, A> GroupQueue<T, A> {
+    pub(crate) fn new(gather_wait: Duration) -> Self {
+        GroupQueue {
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                leading: false,
+                last_group: 0,
+            }),
+            arrived: Condvar::new(),
+            gather_wait,
+        }
+    }
+
+    /// Queues `request` and returns its answer. If no group is in flight, the
+    /// caller leads: it takes every queued request, runs `commit` on them
+    /// (which must return one answer per request, in order), answers each,
+    /// and passes leadership on. Otherwise it sleeps until its group's leader
+    /// answers it, or hands it the lead (then `commit` runs on its thread).
+    pub(crate) fn submit(
+        &self,
+        request: T,
+        commit: impl FnOnce(Vec<T>) -> Vec<A>,
+    ) -> Result<A, Abandoned> {
+        let slot = Arc::new(Slot::new());
+        let lead = {
+            let mut queue = self.queue.lock();
+            queue.pending.push((request, Arc::clone(&slot)));
+            self.arrived.notify_one();
+            !mem::replace(&mut queue.leading, true)
+        };
+        if !lead {
+            if let Some(answer) = slot.wait() {
+                return answer;
+            }
+        }
+        self.lead(commit);
+        // A leader's own request is in the group it commits, so it is answered.
+        slot.wait().unwrap_or(Err(Abandoned))
+    }
+
+    fn lead(&self, commit: impl FnOnce(Vec<T>) -> Vec<A>) {
+        let (requests, slots): (Vec<T>, Vec<Arc<Slot<A>>>) = self.gather().into_iter().unzip();
+        // From here on, whatever happens (a panic in `commit` included), the
+        // hand-off answers every request of the group and passes the lead on.
+        let mut handoff = Handoff {
+            group: self,
+            slots,
+            answered: 0,
+        };
+        for answer in commit(requests) {
+            let Some(slot) = handoff.slots.get(handoff.answered) else {
+                break;
+            };
+            slot.set(State::Done(Ok(answer)));
+            handoff.answered += 1;
+        }
+    }
+
+    /// Takes the queued requests for the next group, first waiting up to
+    /// `gather_wait` for as many as the previous group had.
+    fn gather(&self) -> Vec<(T, Arc<Slot<A>>)> {
+        let mut queue = self.queue.lock();
+        let deadline = Instant::now() + self.gather_wait;
+        while queue.pending.len() < queue.last_group {
+            if self.arrived.wait_until(&mut queue, deadline).timed_out() {
+                break;
+            }
+        }
+        queue.last_group = queue.pending.len();
+        mem::take(&mut queue.pending)
+    }
+}
+
+/// Ends a leader's turn, on return or on unwind: answers the requests the
+/// commit did not answer with [`Abandoned`], then hands the lead to the oldest
+/// queued request, or releases it.
+struct Handoff<'g, T, A> {
+    group: &'g GroupQueue<T, A>,
+    slots: Vec<Arc<Slot<A>>>,
+    answered: usize,
+}
+
+impl<T, A> Drop for Handoff<'_, T, A> {
+    fn drop(&mut self) {
+        for slot in &self.slots[self.answered..] {
+            slot.set(State::Done(Err(Abandoned)));
+        }
+        let mut queue = self.group.queue.lock();
+        match queue.pending.first() {
+            Some((_, next)) => next.set(State::Lead),
+            None => queue.leading = false,
+        }
+    }
+}
+
+/// One append waiting for its group.
+struct Append {
+    info: StreamInfo,
+    id: u64,
+    expected: ExpectedVersion,
+    block: BlockBuilder,
+}
+
+/// An append's outcome, with its block builder handed back for reuse.
+type Answer = (Result<(u64, u64)>, BlockBuilder);
 
 /// The longest a leader waits for the appends of writers that were in the
 /// previous group. A durable commit costs about 200 µs on the development
@@ -64,11 +203,22 @@ struct Queue {
 const GATHER_WAIT: Duration = Duration::from_micros(50);
 
 /// The queue of appends waiting for the next group commit.
-#[derive(Default)]
 pub(crate) struct GroupCommit {
-    queue: Mutex<Queue>,
-    /// Signalled when an append joins the queue, for a gathering leader.
-    arrived: Condvar,
+    queue: GroupQueue<Append, Answer>,
+    /// Fault injection: the next group's leader panics inside its write
+    /// transaction.
+    #[cfg(test)]
+    panic_next: std::sync::atomic::AtomicBool,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            queue: GroupQueue::new(GATHER_WAIT),
+            #[cfg(test)]
+            panic_next: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -87,104 +237,373 @@ impl Store {
         expected: ExpectedVersion,
         block: &mut BlockBuilder,
     ) -> Result<(u64, u64)> {
-        let slot = Arc::new(Slot {
-            state: Mutex::new(State::Waiting),
-            changed: Condvar::new(),
-        });
-        let request = Request {
+        let request = Append {
             info: info.clone(),
             id,
             expected,
             block: mem::take(block),
-            slot: Arc::clone(&slot),
         };
-        let mut lead = {
-            let mut queue = self.group.queue.lock();
-            queue.pending.push(request);
-            self.group.arrived.notify_one();
-            !mem::replace(&mut queue.leading, true)
-        };
-        loop {
-            if lead {
-                // Commit what is queued (our own append included), then hand over.
-                let batch = self.gather();
-                self.commit_group(batch);
-                let mut queue = self.group.queue.lock();
-                match queue.pending.first() {
-                    Some(next) => next.slot.set(State::Lead),
-                    None => queue.leading = false,
-                }
+        match self
+            .group
+            .queue
+            .submit(request, |batch| self.commit_group(batch))
+        {
+            Ok((result, returned)) => {
+                *block = returned;
+                result
             }
-            let mut state = slot.state.lock();
-            loop {
-                match mem::replace(&mut *state, State::Waiting) {
-                    State::Waiting => slot.changed.wait(&mut state),
-                    State::Lead => {
-                        lead = true;
-                        break;
-                    }
-                    State::Done(result, returned) => {
-                        *block = returned;
-                        return result;
-                    }
-                }
-            }
+            // The builder went down with the leader; `block` is left empty,
+            // which the next append's `start` handles.
+            Err(Abandoned) => Err(Error::CommitAbandoned),
         }
     }
 
-    /// Takes the queued appends for the next group, first waiting up to
-    /// [`GATHER_WAIT`] for as many as the previous group had.
-    fn gather(&self) -> Vec<Request> {
-        let mut queue = self.group.queue.lock();
-        let deadline = Instant::now() + GATHER_WAIT;
-        while queue.pending.len() < queue.last_group {
+    /// Writes `batch` in one transaction and answers every request.
+    ///
+    /// A version conflict is one append's own: it is checked before anything
+    /// of that append is written, and only that append fails. If the group
+    /// transaction fails as a whole, the error is usually the environment's
+    /// (the map could not grow, reader slots ran out, an I/O error): every
+    /// append would meet it again, so each gets a copy of it at once, never a
+    /// retry of its own that would wait again. Only damaged data (which may
+    /// belong to one stream's index) is retried append by append, so that
+    /// each gets its own outcome.
+    fn commit_group(&self, mut batch: Vec<Append>) -> Vec<Answer> {
+        let grouped = self.write(|txn| {
+            #[cfg(test)]
             if self
                 .group
-                .arrived
-                .wait_until(&mut queue, deadline)
-                .timed_out()
+                .panic_next
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
             {
-                break;
+                panic!("injected panic in a group commit's leader");
             }
-        }
-        queue.last_group = queue.pending.len();
-        mem::take(&mut queue.pending)
-    }
-
-    /// Writes `batch` in one transaction and answers every request. If the
-    /// group transaction fails for a reason other than one append's version
-    /// conflict, each append is retried alone so it gets its own outcome.
-    fn commit_group(&self, mut batch: Vec<Request>) {
-        let grouped = self.write(|txn| {
             let mut results = Vec::with_capacity(batch.len());
             for r in batch.iter_mut() {
                 match txn.append(&r.info, r.id, r.expected, &mut r.block) {
                     Ok(positions) => results.push(Ok(positions)),
                     // Checked before anything is written: only this append fails.
-                    Err(e @ Error::VersionConflict { .. }) => results.push(Err(e)),
+                    Err(e @ (Error::VersionConflict { .. } | Error::TypeMismatch { .. })) => {
+                        results.push(Err(e))
+                    }
                     Err(e) => return Err(e),
                 }
             }
             Ok(results)
         });
         match grouped {
-            Ok(results) => {
-                for (r, result) in batch.into_iter().zip(results) {
-                    r.slot.set(State::Done(result, r.block));
-                }
-            }
-            Err(_) if batch.len() > 1 => {
-                for mut r in batch {
+            Ok(results) => batch
+                .into_iter()
+                .zip(results)
+                .map(|(r, result)| (result, r.block))
+                .collect(),
+            Err(Error::Corruption { .. }) if batch.len() > 1 => batch
+                .into_iter()
+                .map(|mut r| {
                     let result =
                         self.write(|txn| txn.append(&r.info, r.id, r.expected, &mut r.block));
-                    r.slot.set(State::Done(result, r.block));
-                }
-            }
+                    (result, r.block)
+                })
+                .collect(),
             Err(e) => {
-                if let Some(r) = batch.pop() {
-                    r.slot.set(State::Done(Err(e), r.block));
-                }
+                let mut batch = batch.into_iter();
+                let last = batch.next_back();
+                let mut answers: Vec<Answer> =
+                    batch.map(|r| (Err(e.duplicate()), r.block)).collect();
+                answers.extend(last.map(|r| (Err(e), r.block)));
+                answers
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::Ordering;
+    use std::sync::{mpsc, Barrier};
+    use std::thread;
+
+    use super::*;
+    use crate::{StreamId, StreamSequence, Varve, VarveConfig};
+
+    /// Longer than any answer can take here: a call still running then hangs.
+    const NO_HANG: Duration = Duration::from_secs(30);
+
+    /// Runs `f` on its own thread; its result, or `Err` if it panicked.
+    fn spawn<R: Send + 'static>(
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> mpsc::Receiver<thread::Result<R>> {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+        });
+        rx
+    }
+
+    /// The answer `rx` brings, failing the test if none comes within [`NO_HANG`].
+    fn answer<R>(rx: &mpsc::Receiver<thread::Result<R>>) -> thread::Result<R> {
+        rx.recv_timeout(NO_HANG)
+            .expect("the call is still waiting: it hangs")
+    }
+
+    /// Spins until `ready` holds, failing the test if it does not within [`NO_HANG`].
+    fn until(mut ready: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + NO_HANG;
+        while !ready() {
+            assert!(std::time::Instant::now() < deadline, "never got ready");
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn every_request_of_a_panicking_leaders_group_is_answered_and_the_lead_passes_on() {
+        let group = Arc::new(GroupQueue::<u32, u32>::new(Duration::ZERO));
+        // A leads a group of its own and holds it open while B, then C, queue.
+        let (release_a, hold_a) = mpsc::channel::<()>();
+        let a = {
+            let group = Arc::clone(&group);
+            spawn(move || {
+                group.submit(1, |batch| {
+                    hold_a.recv().unwrap();
+                    batch
+                })
+            })
+        };
+        until(|| {
+            let q = group.queue.lock();
+            q.leading && q.pending.is_empty()
+        });
+        let b = {
+            let group = Arc::clone(&group);
+            spawn(move || group.submit(2, |_| panic!("leader B panics mid-commit")))
+        };
+        until(|| group.queue.lock().pending.len() == 1);
+        let c = {
+            let group = Arc::clone(&group);
+            spawn(move || group.submit(3, |batch| batch))
+        };
+        until(|| group.queue.lock().pending.len() == 2);
+        release_a.send(()).unwrap();
+
+        assert_eq!(answer(&a).unwrap(), Ok(1));
+        assert!(
+            answer(&b).is_err(),
+            "B led the group of B and C and panicked"
+        );
+        assert_eq!(answer(&c).unwrap(), Err(Abandoned));
+        // Leadership was released: a later request leads and is answered.
+        let d = {
+            let group = Arc::clone(&group);
+            spawn(move || group.submit(4, |batch| batch))
+        };
+        assert_eq!(answer(&d).unwrap(), Ok(4));
+        assert!(!group.queue.lock().leading);
+    }
+
+    #[test]
+    fn a_leader_that_panics_in_its_write_transaction_leaves_no_later_append_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let varve = Varve::new(dir.path()).unwrap();
+        varve.store().group.panic_next.store(true, Ordering::SeqCst);
+        let first = {
+            let mut blobs = varve.stream::<Vec<u8>, 16>("blobs").unwrap();
+            spawn(move || blobs.append(StreamId(1), &vec![1]))
+        };
+        assert!(
+            answer(&first).is_err(),
+            "the injected panic reaches the appender"
+        );
+        let later = {
+            let mut blobs = varve.stream::<Vec<u8>, 16>("blobs").unwrap();
+            spawn(move || blobs.append(StreamId(1), &vec![2]))
+        };
+        // The panicking transaction was aborted: the later append is the first.
+        let (seq, _) = answer(&later).unwrap().unwrap();
+        assert_eq!(seq, StreamSequence(0));
+    }
+
+    #[test]
+    fn appends_blocked_from_growing_the_map_fail_together_without_waiting_one_by_one() {
+        const APPENDERS: usize = 60;
+        let dir = tempfile::tempdir().unwrap();
+        let config = VarveConfig {
+            map_size: 64 * 1024,
+            resize_wait: Duration::from_millis(500),
+            ..VarveConfig::default()
+        };
+        let varve = Varve::with_config(dir.path(), config).unwrap();
+        let mut blobs = varve.stream::<Vec<u8>, 16>("blobs").unwrap();
+        blobs.append(StreamId(0), &vec![7; 16]).unwrap();
+        let mut reader = blobs.reader();
+        // A held reference pins the map: it cannot grow.
+        let held = reader.get_archived(StreamId(0), StreamSequence(0)).unwrap();
+        let start = Barrier::new(APPENDERS);
+        let results: Vec<_> = thread::scope(|s| {
+            let appenders: Vec<_> = (0..APPENDERS as u64)
+                .map(|i| {
+                    let (varve, start) = (&varve, &start);
+                    s.spawn(move || {
+                        let mut blobs = varve.stream::<Vec<u8>, 16>("blobs").unwrap();
+                        start.wait();
+                        // Larger than the whole map: every append needs growth.
+                        blobs.append(StreamId(i + 1), &vec![0; 256 * 1024])
+                    })
+                })
+                .collect();
+            appenders.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        drop(held);
+        for r in &results {
+            assert!(
+                matches!(r, Err(Error::MapResizeBlocked { held: 1, .. })),
+                "{r:?}"
+            );
+        }
+        // Each group waits once for the map: the first appender's group, then
+        // everyone who queued behind it, and one spare for a thread the
+        // scheduler delays past a whole `resize_wait`. Retrying each append
+        // alone waited once per append.
+        let waits = varve.store().gate.timeouts.load(Ordering::SeqCst);
+        assert!(
+            (1..=3).contains(&waits),
+            "{waits} resize waits for {APPENDERS} appends"
+        );
+    }
+}
+
+/// loom models of the queue, election and hand-off: run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p varvedb --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::thread;
+
+    use super::*;
+    use crate::storage::sync::model;
+
+    /// A group queue that does not wait to gather (the model's clock stands
+    /// still, so a gathering wait would never time out).
+    fn queue() -> Arc<GroupQueue<u32, u32>> {
+        Arc::new(GroupQueue::new(Duration::ZERO))
+    }
+
+    fn settled(group: &GroupQueue<u32, u32>) -> bool {
+        let q = group.queue.lock();
+        !q.leading && q.pending.is_empty()
+    }
+
+    #[test]
+    fn every_appender_gets_exactly_its_own_answer_and_the_lead_always_passes_on() {
+        model(|| {
+            let group = queue();
+            let committed = Arc::new(AtomicUsize::new(0));
+            let submit = |group: &GroupQueue<u32, u32>, committed: &AtomicUsize, n: u32| {
+                group.submit(n, |batch| {
+                    committed.fetch_add(batch.len(), Ordering::SeqCst);
+                    batch.into_iter().map(|r| r * 10).collect()
+                })
+            };
+            let others: Vec<_> = (1..3)
+                .map(|n| {
+                    let (group, committed) = (Arc::clone(&group), Arc::clone(&committed));
+                    thread::spawn(move || submit(&group, &committed, n))
+                })
+                .collect();
+            assert_eq!(submit(&group, &committed, 0), Ok(0));
+            for (n, t) in (1..).zip(others) {
+                assert_eq!(t.join().unwrap(), Ok(n * 10));
+            }
+            // Each request was committed once, and nobody leads any more.
+            assert_eq!(committed.load(Ordering::SeqCst), 3);
+            assert!(settled(&group));
+        });
+    }
+
+    #[test]
+    fn a_panicking_leader_answers_its_group_and_hands_on() {
+        quiet_injected_panics();
+        // Executions in which the doomed request led and panicked.
+        static PANICKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        // Executions in which the other request was in the panicking group.
+        static ABANDONED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        model(|| {
+            let group = queue();
+            let doomed = {
+                let group = Arc::clone(&group);
+                thread::spawn(move || {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        group.submit(1, |_| std::panic::panic_any(InjectedPanic))
+                    }))
+                })
+            };
+            // Answered by its own commit, or abandoned in the panicking group.
+            let answer = group.submit(2, |batch| batch);
+            assert!(answer == Ok(2) || answer == Err(Abandoned), "{answer:?}");
+            if answer == Err(Abandoned) {
+                ABANDONED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match doomed.join().unwrap() {
+                // It led, and its commit panicked.
+                Err(_) => {
+                    PANICKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // The other request led a group holding both.
+                Ok(doomed) => assert_eq!((doomed, answer), (Ok(1), Ok(2))),
+            }
+            // The lead was released: a later request is committed.
+            assert_eq!(group.submit(3, |batch| batch), Ok(3));
+            assert!(settled(&group));
+        });
+        // The model reached both a lone panicking leader and a shared group.
+        assert!(PANICKED.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert!(ABANDONED.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+
+    /// The payload of the panic the model injects.
+    struct InjectedPanic;
+
+    /// Keeps the panic hook from printing the injected panic in each of the
+    /// model's executions; other panics print as usual.
+    fn quiet_injected_panics() {
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        QUIET.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !info.payload().is::<InjectedPanic>() {
+                    previous(info);
+                }
+            }));
+        });
+    }
+
+    #[test]
+    fn a_leader_dropping_its_turn_unanswered_abandons_exactly_the_unanswered() {
+        model(|| {
+            let group = queue();
+            let commits = Arc::new(AtomicUsize::new(0));
+            // A commit that answers only the first request of its group.
+            let first_only = |commits: &AtomicUsize, batch: Vec<u32>| {
+                commits.fetch_add(1, Ordering::SeqCst);
+                batch.into_iter().take(1).collect()
+            };
+            let other = {
+                let (group, commits) = (Arc::clone(&group), Arc::clone(&commits));
+                thread::spawn(move || group.submit(1, |batch| first_only(&commits, batch)))
+            };
+            let mine = group.submit(2, |batch| first_only(&commits, batch));
+            let theirs = other.join().unwrap();
+            let answers = [mine, theirs];
+            let abandoned = answers.iter().filter(|a| **a == Err(Abandoned)).count();
+            match commits.load(Ordering::SeqCst) {
+                // One group of both: the second was not answered by the commit.
+                1 => assert_eq!(abandoned, 1, "{answers:?}"),
+                // A group each: each was answered.
+                _ => assert_eq!(answers, [Ok(2), Ok(1)]),
+            }
+            assert!(settled(&group));
+        });
     }
 }

@@ -22,6 +22,7 @@ mod notify;
 mod probe;
 mod registry;
 mod snapshot;
+mod sync;
 mod verify;
 mod writer;
 

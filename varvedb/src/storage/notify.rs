@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use super::sync::{Condvar, Instant, Mutex};
 
 use super::Store;
 use crate::error::Result;
@@ -453,5 +453,59 @@ mod tests {
         append(&store);
         assert_eq!(count.get(), 1);
         assert_eq!(store.wait_for_commit(seen, Duration::MAX, &never), 2);
+    }
+}
+
+/// loom models of the commit signal: run with `RUSTFLAGS="--cfg loom" cargo
+/// test -p varvedb --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::sync::atomic::{AtomicBool, Ordering};
+    use loom::thread;
+
+    use super::*;
+    use crate::storage::sync::model;
+
+    /// Far enough that the model's standing clock never reaches it.
+    const FOREVER: Duration = Duration::from_secs(3600);
+
+    /// A waiter for `committed`, taking its ticket before (`ticket_first`) or
+    /// after looking.
+    fn wait_for(signal: &CommitSignal, committed: &AtomicBool, ticket_first: bool) {
+        loop {
+            let early = ticket_first.then(|| signal.ticket());
+            if committed.load(Ordering::Acquire) {
+                return;
+            }
+            let ticket = early.unwrap_or_else(|| signal.ticket());
+            signal.wait_past(ticket, Instant::now() + FOREVER);
+        }
+    }
+
+    fn commit_and_wait(ticket_first: bool) {
+        model(move || {
+            let signal = Arc::new(CommitSignal::default());
+            let committed = Arc::new(AtomicBool::new(false));
+            let waiter = {
+                let (signal, committed) = (Arc::clone(&signal), Arc::clone(&committed));
+                thread::spawn(move || wait_for(&signal, &committed, ticket_first))
+            };
+            committed.store(true, Ordering::Release);
+            signal.notify();
+            waiter.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_waiter_never_misses_a_commit_between_its_ticket_and_its_wait() {
+        commit_and_wait(true);
+    }
+
+    /// The model has teeth: taking the ticket after looking (the order
+    /// `wait_for_commit` must not use) loses the wake-up, and loom finds it.
+    #[test]
+    #[should_panic]
+    fn a_waiter_taking_its_ticket_after_looking_can_miss_a_commit() {
+        commit_and_wait(false);
     }
 }

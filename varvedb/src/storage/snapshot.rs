@@ -53,8 +53,12 @@ pub(crate) struct BlockRef {
 }
 
 /// One event's payload, pinned in the map.
-pub(crate) struct MappedEvent {
-    pin: Arc<Pinned>,
+///
+/// `P` is what keeps the bytes valid: a snapshot's [`Pinned`] part; the
+/// tests (and Miri, which cannot run LMDB) use a heap buffer standing in for
+/// the map.
+pub(crate) struct MappedEvent<P = Pinned> {
+    pin: Arc<P>,
     ptr: NonNull<u8>,
     len: usize,
     pub(crate) position: EventPosition,
@@ -72,25 +76,42 @@ pub(crate) struct EventPosition {
 }
 
 // SAFETY: a `MappedEvent` is a shared, read-only view of bytes in the map plus
-// an `Arc<Pinned>` (Send + Sync, see above); the bytes are never written while
-// the pin lives, so reading them from any thread is sound.
-unsafe impl Send for MappedEvent {}
+// an `Arc` of their owner (`Pinned` is Send + Sync, see above); the bytes are
+// never written while the pin lives, so reading them from any thread is sound.
+unsafe impl<P: Send + Sync> Send for MappedEvent<P> {}
 // SAFETY: as for `Send`: only immutable bytes are reachable through `&MappedEvent`.
-unsafe impl Sync for MappedEvent {}
+unsafe impl<P: Send + Sync> Sync for MappedEvent<P> {}
 
-impl MappedEvent {
+impl<P> MappedEvent<P> {
+    /// Pins `bytes` with `pin`.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must stay valid and unchanged for as long as any clone of `pin`
+    /// lives. For a snapshot's [`Pinned`]: bytes LMDB returned in its
+    /// transaction.
+    unsafe fn pinned(pin: Arc<P>, bytes: &[u8], position: EventPosition) -> MappedEvent<P> {
+        MappedEvent {
+            pin,
+            ptr: NonNull::from(bytes).cast(),
+            len: bytes.len(),
+            position,
+        }
+    }
+
     /// The payload bytes (the archived event).
     pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr`/`len` came from a slice returned by LMDB inside the
-        // transaction `self.pin` keeps open. LMDB never reuses the pages a live
-        // read transaction can see, and the gate guard in `pin` keeps the map
-        // from being remapped, so the slice stays valid and unchanged for as
-        // long as `self` (and therefore `pin`) exists.
+        // SAFETY: `ptr`/`len` came from a slice that, by the contract of
+        // `MappedEvent::pinned`, stays valid and unchanged while `self.pin`
+        // lives: for a snapshot, bytes LMDB returned inside the transaction
+        // `pin` keeps open (LMDB never reuses the pages a live read transaction
+        // can see, and the gate guard in `pin` keeps the map from being
+        // remapped). `self` holds `pin`, so the slice outlives the borrow.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// A cheap clone sharing the same pinned snapshot.
-    pub(crate) fn share(&self) -> MappedEvent {
+    pub(crate) fn share(&self) -> MappedEvent<P> {
         MappedEvent {
             pin: Arc::clone(&self.pin),
             ptr: self.ptr,
@@ -100,26 +121,26 @@ impl MappedEvent {
     }
 }
 
-enum Holder {
-    Mapped(MappedEvent),
+enum Holder<P> {
+    Mapped(MappedEvent<P>),
     Owned(AlignedVec<16>),
 }
 
 /// A validated archived value: a pointer into the map (or, as a fallback, into
 /// an aligned copy) plus whatever keeps those bytes alive.
-pub(crate) struct ArchivedRef<A> {
+pub(crate) struct ArchivedRef<A, P = Pinned> {
     ptr: NonNull<A>,
-    _holder: Holder,
+    _holder: Holder<P>,
 }
 
 // SAFETY: `ArchivedRef<A>` behaves like `&A` plus an owner of the bytes (an
-// `Arc<Pinned>` or an `AlignedVec`, both Send + Sync); `&A` is Send and Sync
-// when `A: Sync`.
-unsafe impl<A: Sync> Send for ArchivedRef<A> {}
+// `Arc<P>` with `P: Send + Sync`, or an `AlignedVec`, both Send + Sync); `&A`
+// is Send and Sync when `A: Sync`.
+unsafe impl<A: Sync, P: Send + Sync> Send for ArchivedRef<A, P> {}
 // SAFETY: see `Send`.
-unsafe impl<A: Sync> Sync for ArchivedRef<A> {}
+unsafe impl<A: Sync, P: Send + Sync> Sync for ArchivedRef<A, P> {}
 
-impl<A> ArchivedRef<A> {
+impl<A, P> ArchivedRef<A, P> {
     /// Validates `event`'s bytes with `access` and keeps the result.
     ///
     /// rkyv needs its data aligned; LMDB guarantees 8-byte alignment for our
@@ -127,7 +148,7 @@ impl<A> ArchivedRef<A> {
     /// 16-byte aligned, it is retried on an aligned copy: the only case that
     /// copies, counted by the benches.
     pub(crate) fn new<E>(
-        event: MappedEvent,
+        event: MappedEvent<P>,
         access: impl for<'a> Fn(&'a [u8]) -> Result<&'a A, E>,
     ) -> Result<Self, E> {
         let bytes = event.bytes();
@@ -186,6 +207,22 @@ pub(crate) fn block_position(block: &BlockRef, global: u64) -> EventPosition {
 }
 
 impl BlockRef {
+    /// A block over `bytes`, whose header was validated, for tests that stand
+    /// a heap buffer in for the map.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must stay valid and unchanged for as long as the `BlockRef`
+    /// (or any copy) is used.
+    #[cfg(all(test, not(loom)))]
+    unsafe fn over(bytes: &[u8], header: BlockHeader) -> BlockRef {
+        BlockRef {
+            ptr: NonNull::from(bytes).cast(),
+            len: bytes.len(),
+            header,
+        }
+    }
+
     fn view(&self) -> BlockView<'_> {
         // SAFETY: a `BlockRef` is only created by `View` from a slice LMDB
         // returned in the view's transaction, and only used while that `View`
@@ -390,15 +427,9 @@ impl View {
     }
 
     fn mapped(&self, block: &BlockRef, global: u64) -> Result<MappedEvent> {
-        let header = block.header;
-        let index = (global - header.first_global) as u32;
-        let payload = block.view().event(index).map_err(corrupt_at(global))?;
-        Ok(MappedEvent {
-            pin: Arc::clone(&self.pin),
-            ptr: NonNull::from(payload).cast(),
-            len: payload.len(),
-            position: position_in(&header, global),
-        })
+        // SAFETY: `block` was found in this view's transaction, whose pages
+        // `self.pin` keeps valid and unchanged (see `MappedEvent::bytes`).
+        unsafe { mapped_in(&self.pin, block, global) }
     }
 
     /// The event at `global`, or `None` past the end of the log.
@@ -506,6 +537,21 @@ impl View {
     pub(crate) fn stream_tag(&mut self, info: &super::StreamInfo) -> Result<Option<u32>> {
         self.store.stream_tag(&self.pin.txn, info)
     }
+}
+
+/// The event at `global` of `block`, pinned by `pin`.
+///
+/// # Safety
+///
+/// `block`'s bytes must stay valid and unchanged for as long as any clone of
+/// `pin` lives.
+unsafe fn mapped_in<P>(pin: &Arc<P>, block: &BlockRef, global: u64) -> Result<MappedEvent<P>> {
+    let header = block.header;
+    let index = (global - header.first_global) as u32;
+    let payload = block.view().event(index).map_err(corrupt_at(global))?;
+    // SAFETY: `payload` lies within `block`'s bytes, which the caller
+    // guarantees stay valid while `pin` lives.
+    Ok(unsafe { MappedEvent::pinned(Arc::clone(pin), payload, position_in(&header, global)) })
 }
 
 /// The position of the event at `global` in the block with header `h`.
@@ -790,5 +836,134 @@ impl GlobalCursor {
         let event = self.view.mapped(&block, global);
         self.done |= event.is_err();
         Some(event)
+    }
+}
+
+/// The pointer and holder logic of pinned events and archived references,
+/// over a heap buffer standing in for the memory map, so that Miri (which
+/// cannot call into LMDB) can check it:
+/// `cargo +nightly miri test -p varvedb --lib storage::snapshot`.
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use rkyv::rancor;
+
+    use super::*;
+    use crate::storage::block::BlockBuilder;
+
+    /// A heap buffer standing in for the memory map.
+    struct HeapMap(AlignedVec<16>);
+
+    const VALUES: [u128; 3] = [1, u128::MAX - 7, 0x0123_4567_89ab_cdef_0011_2233_4455_6677];
+    const FIRST_GLOBAL: u64 = 40;
+
+    fn archive(v: u128) -> AlignedVec<16> {
+        rkyv::to_bytes::<rancor::Error>(&v).unwrap()
+    }
+
+    fn block_of_values() -> Vec<u8> {
+        let mut b = BlockBuilder::with_capacity(0);
+        b.start(VALUES.len());
+        for v in VALUES {
+            let mut buf = b.begin_event();
+            buf.extend_from_slice(&archive(v));
+            b.finish_event(buf).unwrap();
+        }
+        b.seal(&BlockHeader {
+            stream_tag: 1,
+            stream_id: 2,
+            first_stream_seq: 0,
+            fingerprint: 3,
+            count: VALUES.len() as u32,
+            meta_len: 0,
+            first_global: FIRST_GLOBAL,
+            committed_at_micros: 4,
+        })
+        .to_vec()
+    }
+
+    /// A map holding the block `shift` bytes into its 16-byte aligned buffer:
+    /// with a shift of 8 every payload is 8- but not 16-byte aligned, as LMDB
+    /// may place it.
+    fn map_with_block(shift: usize) -> (Arc<HeapMap>, BlockRef) {
+        let mut map = AlignedVec::<16>::new();
+        map.resize(shift, 0);
+        map.extend_from_slice(&block_of_values());
+        let pin = Arc::new(HeapMap(map));
+        let bytes = &pin.0[shift..];
+        let header = *BlockView::parse(FIRST_GLOBAL, bytes).unwrap().header();
+        // SAFETY: `pin` owns the buffer and nothing mutates it; each test uses
+        // the block only while it holds `pin`.
+        let block = unsafe { BlockRef::over(bytes, header) };
+        (pin, block)
+    }
+
+    fn event(pin: &Arc<HeapMap>, block: &BlockRef, i: usize) -> MappedEvent<HeapMap> {
+        // SAFETY: the block's bytes live in `pin`'s buffer, which nothing
+        // mutates and which every clone of `pin` keeps alive.
+        unsafe { mapped_in(pin, block, FIRST_GLOBAL + i as u64) }.unwrap()
+    }
+
+    fn access(bytes: &[u8]) -> Result<&rkyv::Archived<u128>, rancor::Error> {
+        rkyv::access::<rkyv::Archived<u128>, rancor::Error>(bytes)
+    }
+
+    #[test]
+    fn a_pinned_event_stays_readable_on_any_thread_while_any_share_of_it_lives() {
+        let (pin, block) = map_with_block(0);
+        let events: Vec<_> = (0..VALUES.len()).map(|i| event(&pin, &block, i)).collect();
+        // From here only the events keep the map alive.
+        drop(pin);
+        let shared = events[1].share();
+        assert_eq!(shared.position, events[1].position);
+        drop(events);
+        let read = std::thread::spawn(move || shared.bytes().to_vec());
+        assert_eq!(read.join().unwrap(), archive(VALUES[1]).as_slice());
+    }
+
+    #[test]
+    fn an_archived_ref_reads_in_place_when_the_payload_is_aligned() {
+        let (pin, block) = map_with_block(0);
+        let in_map = pin.0.as_ptr_range();
+        for (i, v) in VALUES.into_iter().enumerate() {
+            let archived = ArchivedRef::new(event(&pin, &block, i), access).unwrap();
+            assert!(matches!(archived._holder, Holder::Mapped(_)));
+            assert!(in_map.contains(&archived.bytes().as_ptr()));
+            assert_eq!(archived.get().to_native(), v);
+        }
+    }
+
+    #[test]
+    fn an_archived_ref_falls_back_to_an_aligned_copy_that_moves_with_it() {
+        let (pin, block) = map_with_block(8);
+        let in_map = pin.0.as_ptr_range();
+        let refs: Vec<ArchivedRef<rkyv::Archived<u128>, HeapMap>> = (0..VALUES.len())
+            .map(|i| ArchivedRef::new(event(&pin, &block, i), access).unwrap())
+            .collect();
+        for r in &refs {
+            assert!(matches!(r._holder, Holder::Owned(_)));
+            assert!(!in_map.contains(&r.bytes().as_ptr()));
+        }
+        drop(pin);
+        // Moving the references (into a box, onto another thread) moves the
+        // copies' owners, never their heap buffers.
+        let boxed = Box::new(refs);
+        let read = std::thread::spawn(move || {
+            boxed
+                .iter()
+                .map(|r| r.get().to_native())
+                .collect::<Vec<u128>>()
+        });
+        assert_eq!(read.join().unwrap(), Vec::from(VALUES));
+    }
+
+    #[test]
+    fn a_payload_that_fails_on_its_aligned_copy_too_is_an_error() {
+        fn never(_: &[u8]) -> Result<&rkyv::Archived<u128>, ()> {
+            Err(())
+        }
+        for shift in [0, 8] {
+            let (pin, block) = map_with_block(shift);
+            assert!(ArchivedRef::new(event(&pin, &block, 0), never).is_err());
+        }
     }
 }

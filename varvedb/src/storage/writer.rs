@@ -68,18 +68,27 @@ impl Store {
     ///
     /// After a commit that appended, the log's end is published, waking the
     /// subscriptions waiting for it: a commit that only writes state (a
-    /// projection's checkpoint, a snapshot, the catalog) wakes nobody.
-    pub(crate) fn write<R>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+    /// projection's checkpoint, a snapshot, the catalog) wakes nobody. Waiters
+    /// are woken after the writer lock and the gate guard are released: a
+    /// woken subscriber can open its snapshot at once, and a slow (or
+    /// writing) waker holds up no other commit.
+    pub(crate) fn write<R>(&self, f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+        let Committed { value, end, txn_id } = self.write_locked(f)?;
+        self.commits.publish(end, txn_id);
+        Ok(value)
+    }
+
+    fn write_locked<R>(
+        &self,
+        mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>,
+    ) -> Result<Committed<R>> {
         let _writer = self.writer.lock();
         loop {
             let guard = self.gate.enter();
             let attempt = self.write_once(&mut f);
             drop(guard);
             let failure = match attempt {
-                Ok(Committed { value, end, txn_id }) => {
-                    self.commits.publish(end, txn_id);
-                    return Ok(value);
-                }
+                Ok(committed) => return Ok(committed),
                 Err(Attempt::Failed(e)) => e,
                 // The closure's own error, with LMDB's error recorded in the
                 // transaction: growth is retried even if the closure wrapped
@@ -385,5 +394,72 @@ impl Store {
             Err(Attempt::Failed(e)) => Err(e),
             Err(Attempt::Env(env)) => panic!("a test store ran into {env:?}"),
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::{Arc, Mutex, Weak};
+    use std::task::{Wake, Waker};
+    use std::thread::{self, ThreadId};
+
+    use super::*;
+    use crate::config::VarveConfig;
+
+    /// A task waker that records, for each wake, the thread that woke it and
+    /// whether the store's writer lock was free then.
+    struct LockProbe {
+        store: Weak<Store>,
+        wakes: Mutex<Vec<(ThreadId, bool)>>,
+    }
+
+    impl Wake for LockProbe {
+        fn wake(self: Arc<Self>) {
+            let free = self
+                .store
+                .upgrade()
+                .is_some_and(|store| !store.writer.is_locked());
+            self.wakes
+                .lock()
+                .unwrap()
+                .push((thread::current().id(), free));
+        }
+    }
+
+    #[test]
+    fn a_commit_wakes_its_waiters_after_releasing_the_writer_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), VarveConfig::default()).unwrap();
+        let probe = Arc::new(LockProbe {
+            store: Arc::downgrade(&store),
+            wakes: Mutex::new(Vec::new()),
+        });
+        store.register_waker(store.waker_key(), &Waker::from(Arc::clone(&probe)));
+        // An append: a commit that only writes state wakes nobody.
+        let ty = super::super::TypeIdentity {
+            type_name: "raw",
+            layout_fingerprint: 1,
+            schema_fingerprint: 0,
+        };
+        let info = store.open_stream("s", &ty).unwrap();
+        store
+            .write(|w| {
+                let mut block = BlockBuilder::with_capacity(0);
+                block.start(1);
+                let mut buf = block.begin_event();
+                buf.extend_from_slice(&[7; 16]);
+                block.finish_event(buf).unwrap();
+                w.append(&info, 1, ExpectedVersion::Any, &mut block)
+            })
+            .unwrap();
+        // The cross-process poller may wake the task too; look at the commit's wake.
+        let me = thread::current().id();
+        let wakes = probe.wakes.lock().unwrap().clone();
+        let ours: Vec<bool> = wakes
+            .iter()
+            .filter(|(t, _)| *t == me)
+            .map(|&(_, free)| free)
+            .collect();
+        assert_eq!(ours, [true], "woken once, with the writer lock free");
     }
 }
