@@ -50,7 +50,7 @@ fn a_directory_without_permission_is_an_open_error() {
     if unsafe { libc::geteuid() } != 0 {
         let result = Varve::new(&locked);
         assert!(
-            matches!(&result, Err(Error::Open { path, .. }) if *path == locked),
+            matches!(&result, Err(Error::Open { path, .. }) if path.starts_with(&locked)),
             "{result:?}"
         );
         return;
@@ -99,7 +99,8 @@ fn a_child_cannot_open_a_directory_without_permission() {
     let result = Varve::new(locked);
     match &result {
         Err(Error::Open { path, source }) => {
-            assert_eq!(path, locked);
+            // The directory, or the file in it that could not be read.
+            assert!(path.starts_with(locked), "{path:?} is not in {locked:?}");
             assert_eq!(
                 source.kind(),
                 std::io::ErrorKind::PermissionDenied,
