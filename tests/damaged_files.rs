@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use varvedb::{Durability, Error, GlobalSequence, StreamId, Varve, VarveConfig};
+use varvedb::{Durability, Error, GlobalSequence, StreamId, StreamSequence, Varve, VarveConfig};
 use varvedb_suite::Order;
 
 const CHILD: &str = "VARVEDB_DAMAGED_CHILD";
@@ -326,6 +326,18 @@ fn a_store_deleted_while_open_is_never_answered_for_its_path() {
         .unwrap();
     std::fs::remove_dir_all(&path).unwrap();
 
+    // An append through a live handle is refused, never acknowledged and
+    // lost with the deleted file; reads of what it held still work.
+    let mut orders = old.stream::<Order, 64>("orders").unwrap();
+    match orders.append(StreamId(1), &Order::numbered(2)) {
+        Err(Error::StoreDeleted { .. }) => {}
+        other => panic!("expected Error::StoreDeleted, got {other:?}"),
+    }
+    assert_eq!(
+        orders.reader().version(StreamId(1)).unwrap(),
+        Some(StreamSequence(0))
+    );
+
     // The old store lives on in `old`, but the path no longer names it.
     match Varve::new(&path) {
         Err(Error::StoreReplaced { .. }) => {}
@@ -336,7 +348,7 @@ fn a_store_deleted_while_open_is_never_answered_for_its_path() {
         Err(e) => panic!("expected Error::StoreReplaced, got {e:?}"),
     }
     // Once the old handles are gone, the path opens a new, empty store.
-    drop(old);
+    drop((old, orders));
     let new = Varve::new(&path).unwrap();
     assert_ne!(new.store_id(), old_id);
     let (seq, global) = new

@@ -313,6 +313,19 @@ pub enum Error {
          the append may or may not have been committed"
     )]
     CommitAbandoned,
+
+    /// The store's data file was deleted (its directory removed) while the
+    /// store was open: the write was not committed, since it would have been
+    /// acknowledged and lost with the file. Open the store again where it now
+    /// lives, or restore it.
+    #[error(
+        "the data file of the store at {path} was deleted while the store was open; \
+         nothing was written"
+    )]
+    StoreDeleted {
+        /// The store directory, as it was opened.
+        path: PathBuf,
+    },
 }
 
 /// Where corrupted bytes were found, for [`Error::Corruption`].
@@ -500,6 +513,7 @@ impl Error {
                 found: *found,
             },
             Error::StoreReplaced { path } => Error::StoreReplaced { path: path.clone() },
+            Error::StoreDeleted { path } => Error::StoreDeleted { path: path.clone() },
             Error::ConfigConflict {
                 path,
                 field,

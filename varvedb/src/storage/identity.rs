@@ -281,6 +281,21 @@ pub(crate) fn check_open_file(file: &File, path: &Path) -> Result<DataFile> {
 }
 
 /// The identity of an open file.
+/// Whether `file` (the open data file) has been unlinked: its directory was
+/// deleted or the file removed while the store is open. One `fstat`, so cheap
+/// beside a commit's sync.
+#[cfg(unix)]
+pub(crate) fn is_unlinked(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
+}
+
+/// Elsewhere an open file cannot be unlinked.
+#[cfg(not(unix))]
+pub(crate) fn is_unlinked(_: &File) -> bool {
+    false
+}
+
 pub(crate) fn file_key(file: &File, path: &Path) -> Result<FileKey> {
     let meta = file.metadata().map_err(io_err(path))?;
     #[cfg(unix)]

@@ -139,6 +139,13 @@ impl Store {
             // The closure swallowed a failed write: committing would lose it.
             return Err(Attempt::Env(env));
         }
+        if super::identity::is_unlinked(&self.data_file) {
+            // The store was deleted under us: a commit would be acknowledged
+            // and gone with the file.
+            return Err(Attempt::Failed(Error::StoreDeleted {
+                path: self.path.clone(),
+            }));
+        }
         // The end of the log this commit leaves, if it appended. A commit
         // that did not leaves the end where it was; it is not read here, as
         // a failed read (a damaged page) would doom the transaction.
