@@ -507,6 +507,9 @@ pub struct State {
     pub torn: Option<(usize, usize)>,
     pub acks: usize,
     pub label: &'static str,
+    /// Whether this is the state where every write before the cut landed:
+    /// what a process crash (not a power cut) leaves.
+    pub process_crash: bool,
 }
 
 /// splitmix64.
@@ -544,6 +547,7 @@ impl Recording {
             torn,
             acks: p.acks,
             label,
+            process_crash: false,
         };
         let mut out = vec![
             base("durable", Vec::new(), p.dir_durable, None),
