@@ -427,6 +427,7 @@ fn check_images(job_path: &Path, job: &str, count: usize) -> Vec<Outcome> {
             .expect("run the checker");
         let stdout = child.stdout.take().expect("the checker's stdout");
         let mut started = None;
+        let mut last_done = None;
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("read the checker");
             let Some(rest) = line.strip_prefix("@@ ") else {
@@ -440,6 +441,7 @@ fn check_images(job_path: &Path, job: &str, count: usize) -> Vec<Outcome> {
                 "done" => {
                     outcomes[n] = Some(Outcome::decode(rest));
                     started = None;
+                    last_done = Some(n);
                 }
                 other => panic!("unknown report {other:?}"),
             }
@@ -463,9 +465,20 @@ fn check_images(job_path: &Path, job: &str, count: usize) -> Vec<Outcome> {
                 outcomes[n] = Some(Outcome::Crashed(how));
                 from = n + 1;
             }
+            // Died after an image's check returned (dropping the store, or
+            // at exit): that image's outcome is the death.
+            None if output.status.signal().is_some() => {
+                // Before its first report: the first image it was given.
+                let n = last_done.unwrap_or(from);
+                outcomes[n] = Some(Outcome::Crashed(format!(
+                    "after the check, killed by signal {}",
+                    output.status.signal().unwrap_or(0)
+                )));
+                from = n + 1;
+            }
             None => {
                 assert!(
-                    output.status.success() || outcomes[from..].iter().all(Option::is_some),
+                    output.status.success() && outcomes[from..].iter().all(Option::is_some),
                     "the checker failed outside an image: {}\n{}",
                     output.status,
                     String::from_utf8_lossy(&output.stderr)

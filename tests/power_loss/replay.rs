@@ -315,10 +315,8 @@ impl Recording {
         let mut dir_ops = Vec::new();
         for i in 0..cut {
             match &self.ops[i].1 {
-                Op::Write { .. } | Op::Truncate { .. } => {
-                    if !self.is_durable(i, cut) {
-                        data.push(i);
-                    }
+                Op::Write { .. } | Op::Truncate { .. } if !self.is_durable(i, cut) => {
+                    data.push(i);
                 }
                 Op::Create { .. } | Op::Rename { .. } | Op::Unlink { .. } => {
                     dir_ops.push(i);

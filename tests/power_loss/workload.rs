@@ -224,7 +224,7 @@ pub fn run(workload: &str, durability: Durability, store: &Path, acks: &Acks, op
                     let varve = varve.clone();
                     let acks = acks.clone();
                     std::thread::spawn(move || {
-                        let mut rng = Rng(seed ^ (t + 1) * 0x1234_5678);
+                        let mut rng = Rng(seed ^ ((t + 1) * 0x1234_5678));
                         for n in 0..ops.div_ceil(3) {
                             let count = 1 + rng.below(3) as u32;
                             append(&varve, &acks, &mut rng, (t << 16) | n, count, false);
