@@ -312,6 +312,15 @@ impl Store {
         // Written after the first commit, so a record never names a store
         // whose data file was never complete; an older store adopts one here.
         if recorded.is_none() {
+            // The record must never reach the disk before the commit that put
+            // the id in the data file: with NoMetaSync or NoSync that commit's
+            // meta page is not synced yet, and a power cut would leave a
+            // record naming a store the data file does not hold (the store
+            // would refuse to open). One forced sync, once per store.
+            env.force_sync().map_err(storage_error(
+                "syncing the new store before recording its identity",
+                config.max_readers,
+            ))?;
             identity::write_identity(
                 path,
                 &identity::Identity {
