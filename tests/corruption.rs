@@ -150,7 +150,6 @@ fn a_child_reads_a_randomly_damaged_store() {
 #[test]
 fn random_damage_anywhere_in_the_file_never_panics_or_reads_a_wrong_value() {
     use std::os::unix::process::ExitStatusExt;
-    use std::process::Command;
 
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path());
@@ -170,13 +169,7 @@ fn random_damage_anywhere_in_the_file_never_panics_or_reads_a_wrong_value() {
             flips.push(at);
         }
         std::fs::write(&path, &bytes).unwrap();
-        let status = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "a_child_reads_a_randomly_damaged_store",
-                "--quiet",
-            ])
+        let status = varvedb_suite::child_test("a_child_reads_a_randomly_damaged_store")
             .env(DAMAGE_CHILD, dir.path())
             .stdout(std::process::Stdio::null())
             .status()
@@ -508,7 +501,7 @@ struct PageOutcome {
 fn flip_page(page: &str) -> PageOutcome {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::FileExt;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
     write_page_store(dir.path());
@@ -527,13 +520,7 @@ fn flip_page(page: &str) -> PageOutcome {
     let mut done = 0;
     let mut next = 0;
     while next < flips.len() {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "a_child_flips_every_byte_of_a_page",
-                "--nocapture",
-            ])
+        let mut child = varvedb_suite::child_test("a_child_flips_every_byte_of_a_page")
             .env(
                 FLIP_CHILD,
                 format!("{page}:{next}:{}", dir.path().display()),

@@ -8,7 +8,6 @@
 //! so a crash shows as a failed test with its signal.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use varvedb::{Durability, Error, GlobalSequence, StreamId, StreamSequence, Varve, VarveConfig};
 use varvedb_suite::Order;
@@ -58,14 +57,7 @@ fn truncate(path: &Path, len: u64) {
 /// Runs the ignored test `name` in a child process with `CHILD` set to
 /// `arg`, and fails (naming the signal) unless it exits successfully.
 fn run_child(name: &str, arg: &str) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            name,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = varvedb_suite::child_test(name)
         .env(CHILD, arg)
         .output()
         .unwrap();

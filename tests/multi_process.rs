@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -39,14 +39,7 @@ struct Process {
 
 impl Process {
     fn spawn(role: &str, dir: &Path) -> Process {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                CHILD_TEST,
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = varvedb_suite::child_test(CHILD_TEST)
             .env(CHILD, format!("{role}:{}", dir.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

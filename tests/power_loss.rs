@@ -149,14 +149,7 @@ fn record(workload: &str, durability: &str, ops: u64, seed: u64) -> (tempfile::T
     let root_path = root.path().to_str().expect("a UTF-8 path").to_string();
     let log = root.path().with_extension("log");
     let data = root.path().with_extension("data");
-    let output = Command::new(std::env::current_exe().expect("the test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            RECORD_CHILD,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let output = varvedb_suite::child_test(RECORD_CHILD)
         .env(
             CHILD_WORKLOAD,
             format!("{workload} {durability} {ops} {seed} {root_path}"),
@@ -412,14 +405,7 @@ fn check_images(job_path: &Path, job: &str, count: usize) -> Vec<Outcome> {
     let mut from = 0;
     while from < count {
         std::fs::write(job_path, lines[from..].join("\n") + "\n").expect("write the job");
-        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args([
-                "--ignored",
-                "--exact",
-                CHECK_CHILD,
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = varvedb_suite::child_test(CHECK_CHILD)
             .env(CHILD_JOB, job_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -368,14 +367,7 @@ async fn the_async_stream_follows_commits_without_blocking_a_single_threaded_exe
 
 /// Runs this test binary as a child that appends `count` orders to `dir`.
 fn append_from_another_process(dir: &Path, count: u64) {
-    let status = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            CHILD_TEST,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let status = varvedb_suite::child_test(CHILD_TEST)
         .env(CHILD, dir)
         .env("VARVEDB_SUBSCRIPTION_CHILD_COUNT", count.to_string())
         .status()

@@ -96,3 +96,19 @@ impl Projection for Sales {
         Ok(())
     }
 }
+
+/// A command that runs `test`, an `#[ignore]`d child-process entry point of the
+/// calling test binary, alone: `--ignored --exact test --nocapture
+/// --test-threads=1`. The parent adds the environment that tells the child
+/// what to do (without it, every child entry point fails).
+pub fn child_test(test: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("the test binary"));
+    command.args([
+        "--ignored",
+        "--exact",
+        test,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    command
+}
