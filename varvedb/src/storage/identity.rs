@@ -432,24 +432,32 @@ fn free_pages_cover(
 ) -> bool {
     use lmdb_layout::*;
 
-    let missing = meta.last_pg + 1 - first_missing;
-    let Ok(missing_usize) = usize::try_from(missing) else {
+    // Every page the free list names is an 8-byte id stored in the file, so
+    // a file of `file_len` bytes can account for at most `file_len / 8`
+    // missing pages: a larger gap (a damaged `last_pg`) is never covered, and
+    // nothing below is sized by numbers read from disk.
+    let Some(missing) = meta
+        .last_pg
+        .checked_add(1)
+        .and_then(|end| end.checked_sub(first_missing))
+    else {
         return false;
     };
-    let mut seen = vec![false; missing_usize];
-    let mut unseen = missing_usize;
-    let mut mark = |pgno: u64| {
-        if (first_missing..=meta.last_pg).contains(&pgno) {
-            let slot = &mut seen[(pgno - first_missing) as usize];
-            if !*slot {
-                *slot = true;
-                unseen -= 1;
-            }
-        }
-    };
-    if meta.free_root == P_INVALID {
+    if missing > file_len / 8 || meta.free_root == P_INVALID {
         return false;
     }
+    let mut found = std::collections::BTreeSet::new();
+    // Ids read in all, bounded so that a damaged tree that points many nodes
+    // at one large overflow page cannot make the walk take forever.
+    let mut budget = 4 * (file_len / 8);
+    let mut mark = |pgno: u64| -> bool {
+        if (first_missing..=meta.last_pg).contains(&pgno) {
+            found.insert(pgno);
+        }
+        budget = budget.saturating_sub(1);
+        budget > 0
+    };
+    let file_pages = file_len / psize;
     let psize_usize = psize as usize;
     let mut page = vec![0u8; psize_usize];
     // (page number, level): level counts down to the leaves at 1.
@@ -457,7 +465,7 @@ fn free_pages_cover(
     let mut visited = 0u64;
     while let Some((pgno, level)) = stack.pop() {
         visited += 1;
-        if level == 0 || visited > meta.last_pg || pgno > meta.last_pg {
+        if level == 0 || visited > file_pages || pgno > meta.last_pg {
             return false;
         }
         let Some(offset) = pgno.checked_mul(psize) else {
@@ -526,11 +534,13 @@ fn free_pages_cover(
                 return false;
             }
             for k in 1..=count as usize {
-                mark(u64_at(&ids, 8 * k));
+                if !mark(u64_at(&ids, 8 * k)) {
+                    return false;
+                }
             }
         }
     }
-    unseen == 0
+    found.len() as u64 == missing
 }
 
 /// LMDB's on-disk layout (`mdb.c`), 64-bit builds.
