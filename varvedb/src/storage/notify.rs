@@ -99,9 +99,13 @@ impl CommitSignal {
             }
             tasks.waiting.drain().map(|(_, w)| w).collect()
         };
-        // Outside the lock: a waker may run code that registers again.
+        // Outside the lock: a waker may run code that registers again. A
+        // waker belongs to the task's runtime; one that panics must not cost
+        // the other tasks their wake-up, nor the committing thread (an
+        // appender, a group's leader) the answer of a commit that is durable,
+        // so its panic is contained here.
         for waker in wakers {
-            waker.wake();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
         }
     }
 
