@@ -160,21 +160,50 @@ pub(crate) fn read_identity(dir: &Path) -> Result<Option<Identity>> {
     }
 }
 
-/// Writes `varvedb.id` in `dir` atomically and durably: a temporary file,
-/// synced, renamed over the name, then the directory synced.
+/// Writes `varvedb.id` in `dir` atomically and durably, never replacing one
+/// that is there: a temporary file of this process's own, synced, linked to
+/// the name (which fails if the name exists), then the directory synced.
+///
+/// Several processes may open a new store at once and each find no record:
+/// the first link wins, and the others accept the record it wrote if it names
+/// the same store (it does: every one read the id from the same data file).
+/// A process that dies midway leaves at most its temporary file, never a
+/// partial record under the real name.
 pub(crate) fn write_identity(dir: &Path, identity: &Identity) -> Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = dir.join(IDENTITY_FILE);
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let unique = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        "{IDENTITY_FILE}.{}.{unique}.tmp",
+        std::process::id()
+    ));
     let io = |source| Error::Open {
         path: path.clone(),
         source,
     };
-    let mut file = File::create(&tmp).map_err(io)?;
-    file.write_all(&identity.encode()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    sync_dir(dir).map_err(io)
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&identity.encode())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::hard_link(&tmp, &path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => sync_dir(dir).map_err(io),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => match read_identity(dir)? {
+            Some(record) if record.id == identity.id => sync_dir(dir).map_err(io),
+            // The record beside the data file names another store.
+            Some(record) => Err(Error::StoreMismatch {
+                path: dir.to_path_buf(),
+                expected: record.id,
+                found: Some(identity.id),
+            }),
+            // It was there, and is gone again: someone is removing the store.
+            None => Err(io(e)),
+        },
+        Err(e) => Err(io(e)),
+    }
 }
 
 #[cfg(unix)]
