@@ -172,7 +172,10 @@ impl Namespace {
     /// The checkpoint and its generation as `txn` sees them.
     pub(crate) fn position_in(&self, txn: &WriteTxn<'_>) -> Result<(u64, u64)> {
         let checkpoint = self.checkpoint_in(txn)?;
-        Ok((checkpoint, self.decode_generation(txn.state_get(&self.generation)?)?))
+        Ok((
+            checkpoint,
+            self.decode_generation(txn.state_get(&self.generation)?)?,
+        ))
     }
 
     /// The checkpoint and its generation in the newest commit.

@@ -50,6 +50,10 @@ pub(crate) use writer::WriteTxn;
 /// A reader's cached snapshot; see [`Store::view_slot`].
 pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;
 
+/// How long an open waits for an environment of the same path that is being
+/// closed on another thread (its last handle dropping) to be gone.
+const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The on-disk format version this build reads and writes.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
@@ -131,7 +135,8 @@ impl Store {
     /// newest commit and its identity against the record beside it
     /// (see [`identity`]), so a damaged or replaced file is a typed error.
     pub(crate) fn open(path: &Path, config: VarveConfig) -> Result<Arc<Store>> {
-        if path.exists() && !path.is_dir() {
+        // One look: a directory deleted between two looks is not a file.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
             return Err(Error::NotADirectory {
                 path: path.to_path_buf(),
             });
@@ -252,12 +257,26 @@ impl Store {
         // or NO_SYNC, which trade durability (documented on `Durability`), not
         // memory safety.
         unsafe { options.flags(flags) };
-        // SAFETY: `open` is unsafe because memory-mapping a file is only sound if
-        // nothing truncates or rewrites it underneath us. The directory belongs
-        // to this store; LMDB's lock file coordinates with other processes that
-        // use it through LMDB, and the process-wide registry guarantees this
-        // process opens it only once.
-        let env = unsafe { options.open(path) }.map_err(|e| match e {
+        // heed forgets an environment only once its last handle has closed
+        // it: a store of this path whose last `Varve` is being dropped on
+        // another thread right now (the registry already saw it die) is still
+        // "open" for a moment, so that answer is retried for a while.
+        let closing_since = std::time::Instant::now();
+        let opened = loop {
+            // SAFETY: `open` is unsafe because memory-mapping a file is only
+            // sound if nothing truncates or rewrites it underneath us. The
+            // directory belongs to this store; LMDB's lock file coordinates
+            // with other processes that use it through LMDB, and the
+            // process-wide registry (whose lock the caller holds) guarantees
+            // this process opens it only once.
+            match unsafe { options.open(path) } {
+                Err(heed::Error::EnvAlreadyOpened) if closing_since.elapsed() < ENV_CLOSE_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                opened => break opened,
+            }
+        };
+        let env = opened.map_err(|e| match e {
             heed::Error::Io(source) => Error::Open {
                 path: path.to_path_buf(),
                 source,
