@@ -2,7 +2,7 @@
  * An LD_PRELOAD interposer that records, for files under one directory, every
  * call that can change what a power cut leaves on disk: opens (path, flags,
  * whether it is a directory), writes (offset, length, bytes), truncations,
- * sync barriers, renames and unlinks. tests/power_loss.rs replays the log to
+ * sync barriers, renames, links and unlinks. tests/power_loss.rs replays the log to
  * build the images a power cut could leave.
  *
  *   VARVEDB_RECORD_ROOT  the directory whose files are recorded (a prefix of
@@ -407,6 +407,29 @@ int renameat2(int fd1, const char *from, int fd2, const char *to, unsigned int f
     REAL(int, renameat2, int, const char *, int, const char *, unsigned int);
     int rc = real_renameat2(fd1, from, fd2, to, flags);
     note_rename(from, to, rc);
+    return rc;
+}
+
+static void note_link(const char *from, const char *to, int rc) {
+    if (rc != 0)
+        return;
+    pthread_mutex_lock(&lock);
+    if (under_root(from) || under_root(to))
+        logf_locked("L %llu %s\n%s\n", (unsigned long long)++seq, from, to);
+    pthread_mutex_unlock(&lock);
+}
+
+int link(const char *from, const char *to) {
+    REAL(int, link, const char *, const char *);
+    int rc = real_link(from, to);
+    note_link(from, to, rc);
+    return rc;
+}
+
+int linkat(int fd1, const char *from, int fd2, const char *to, int flags) {
+    REAL(int, linkat, int, const char *, int, const char *, int);
+    int rc = real_linkat(fd1, from, fd2, to, flags);
+    note_link(from, to, rc);
     return rc;
 }
 

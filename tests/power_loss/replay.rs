@@ -11,7 +11,7 @@
 //!   other pending writes (the disk reorders), and a write in flight may be
 //!   torn: a prefix of its sectors (512 B or 4 KiB, aligned to the file) has
 //!   landed, the rest not.
-//! - Directory changes (create, rename, unlink) are durable only after an
+//! - Directory changes (create, rename, link, unlink) are durable only after an
 //!   `fsync` of their directory (or `sync`), and reach the disk in the order
 //!   they were made (a journal): a cut keeps a prefix of the pending ones.
 //! - `lock.mdb` is gone after a reboot (LMDB rebuilds it), so images omit it.
@@ -32,6 +32,12 @@ pub enum Op {
         ino: Ino,
     },
     Rename {
+        parent: String,
+        from: String,
+        to: String,
+    },
+    /// `to` now also names the file `from` names (a hard link).
+    Link {
         parent: String,
         from: String,
         to: String,
@@ -226,6 +232,21 @@ impl Recording {
                         },
                     ));
                 }
+                "L" => {
+                    let from = line.splitn(3, ' ').nth(2).expect("a path").to_string();
+                    let to = lines.next().expect("a link target").to_string();
+                    if let Some(&ino) = names.get(&from) {
+                        names.insert(to.clone(), ino);
+                    }
+                    ops.push((
+                        seq,
+                        Op::Link {
+                            parent: parent_of(&to),
+                            from,
+                            to,
+                        },
+                    ));
+                }
                 "U" => {
                     let name = line.splitn(3, ' ').nth(2).expect("a path").to_string();
                     names.remove(&name);
@@ -318,7 +339,7 @@ impl Recording {
                 Op::Write { .. } | Op::Truncate { .. } if !self.is_durable(i, cut) => {
                     data.push(i);
                 }
-                Op::Create { .. } | Op::Rename { .. } | Op::Unlink { .. } => {
+                Op::Create { .. } | Op::Rename { .. } | Op::Link { .. } | Op::Unlink { .. } => {
                     dir_ops.push(i);
                     if self.is_durable(i, cut) {
                         // The journal is ordered: all before it are durable too.
@@ -360,7 +381,7 @@ impl Recording {
             }
             let is_dir_op = matches!(
                 op,
-                Op::Create { .. } | Op::Rename { .. } | Op::Unlink { .. }
+                Op::Create { .. } | Op::Rename { .. } | Op::Link { .. } | Op::Unlink { .. }
             );
             if is_dir_op {
                 if i >= state.cut {
@@ -376,6 +397,11 @@ impl Recording {
                     }
                     Op::Rename { from, to, .. } => {
                         if let Some(ino) = names.remove(from) {
+                            names.insert(to.clone(), ino);
+                        }
+                    }
+                    Op::Link { from, to, .. } => {
+                        if let Some(&ino) = names.get(from) {
                             names.insert(to.clone(), ino);
                         }
                     }
@@ -447,9 +473,10 @@ fn durable_after(ops: &[(u64, Op)]) -> Vec<usize> {
                 continue;
             }
             Op::Write { ino, .. } | Op::Truncate { ino, .. } => Target::File(*ino),
-            Op::Create { parent, .. } | Op::Rename { parent, .. } | Op::Unlink { parent, .. } => {
-                Target::Dir(parent.clone())
-            }
+            Op::Create { parent, .. }
+            | Op::Rename { parent, .. }
+            | Op::Link { parent, .. }
+            | Op::Unlink { parent, .. } => Target::Dir(parent.clone()),
             Op::Ack(_) => {
                 out[i] = i;
                 continue;
