@@ -333,7 +333,7 @@ fn check_store(
     for e in log.iter() {
         next_seq.insert((e.stream, e.id), e.seq + 1);
     }
-    let mut global = varve.global_reader();
+    let global = varve.global_reader();
     let mut events = global
         .iter_from(GlobalSequence(0))
         .expect("iterate the log");

@@ -94,7 +94,7 @@ fn child_opens_a_truncated_store() {
     let len: u64 = len.parse().unwrap();
     let result = Varve::new(dir).and_then(|varve| {
         // Without the check, this is where the process dies.
-        let mut log = varve.global_reader();
+        let log = varve.global_reader();
         let mut n = 0u64;
         for event in log.iter_from(GlobalSequence(0))? {
             event?;

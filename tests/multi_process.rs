@@ -274,7 +274,7 @@ fn race_here_and_check(dir: &Path, other: Process) {
 
     // The winners' events are in the log, in order, and the store is whole.
     let varve = Varve::with_config(dir, small_map()).unwrap();
-    let mut reader = varve.stream::<Order, 64>("contested").unwrap().reader();
+    let reader = varve.stream::<Order, 64>("contested").unwrap().reader();
     for (seq, e) in reader.iter_stream(StreamId(1), None).unwrap().enumerate() {
         let e = e.unwrap();
         assert_eq!(e.quantity, seq as u32);

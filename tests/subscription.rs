@@ -187,7 +187,7 @@ fn dropped_and_waiting_subscriptions_hold_no_snapshot() {
     assert_eq!(read, 10);
 
     // So every reader slot is free for others (and there are no more).
-    let mut log = varve.global_reader();
+    let log = varve.global_reader();
     let held: Vec<_> = (0..SLOTS)
         .map(|_| {
             log.iter_from(GlobalSequence(0))

@@ -85,7 +85,7 @@ pub fn check(dir: &Path, workload: &str, acks: &[Ack]) -> Outcome {
 fn read_back(varve: &Varve, workload: &str, acks: &[Ack]) -> varvedb::Result<Outcome> {
     let big = big_events(workload);
     // Every event, in global order: dense, as written, batches whole.
-    let mut reader = varve.global_reader();
+    let reader = varve.global_reader();
     let mut next_global = 0u64;
     let mut stream_next: HashMap<(String, u64), u64> = HashMap::new();
     // nonce -> (first global, count seen, count, stream, id)

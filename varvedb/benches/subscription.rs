@@ -180,7 +180,7 @@ fn catch_up(c: &mut Criterion, events: u64) {
 
     group.bench_function("global_iter (baseline)", |b| {
         b.iter(|| {
-            let mut log = varve.global_reader();
+            let log = varve.global_reader();
             let n = log
                 .iter_from(GlobalSequence(0))
                 .expect("iter")

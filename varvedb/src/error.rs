@@ -326,6 +326,19 @@ pub enum Error {
         /// The store directory, as it was opened.
         path: PathBuf,
     },
+
+    /// The directory holds a store written by varvedb 0.4, whose on-disk
+    /// layout this version does not read. Nothing was changed in it; convert
+    /// it with `varvedb import` (see `docs/migrating-from-0.4.md`).
+    #[error(
+        "the store at {path} was written by varvedb 0.4, whose on-disk format this version \
+         cannot read; nothing was changed: convert it with `varvedb import` \
+         (see docs/migrating-from-0.4.md)"
+    )]
+    LegacyStore {
+        /// The store directory.
+        path: PathBuf,
+    },
 }
 
 /// Where corrupted bytes were found, for [`Error::Corruption`].
@@ -514,6 +527,7 @@ impl Error {
             },
             Error::StoreReplaced { path } => Error::StoreReplaced { path: path.clone() },
             Error::StoreDeleted { path } => Error::StoreDeleted { path: path.clone() },
+            Error::LegacyStore { path } => Error::LegacyStore { path: path.clone() },
             Error::ConfigConflict {
                 path,
                 field,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Location, Result};
 use crate::event::{layout_fingerprint, Archivable};
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
-use crate::reader::{current_view, may_need_alignment, owned_view, EventRef};
+use crate::reader::{current_view, may_need_alignment, owned_view, EventBytes, EventRef};
 use crate::storage::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
     MappedEvent, Store, StreamInfo, View, ViewSlot,
@@ -66,6 +66,11 @@ impl GlobalReader {
         }
     }
 
+    /// The store this reader reads (for other modules).
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// The event at `global`, or `Ok(None)` past the end of the log.
     pub fn get(&mut self, global: GlobalSequence) -> Result<Option<GlobalEvent>> {
         let mut slot = self.view.lock();
@@ -85,13 +90,40 @@ impl GlobalReader {
 
     /// A lazy iterator over every event from `from` to the end of the log as
     /// of now, in one consistent snapshot.
-    pub fn iter_from(&mut self, from: GlobalSequence) -> Result<GlobalIter> {
+    pub fn iter_from(&self, from: GlobalSequence) -> Result<GlobalIter> {
         let view = owned_view(&self.store, &mut self.view.lock())?;
         Ok(GlobalIter {
             cursor: GlobalCursor::new(view, from.0),
             last: None,
             failed: false,
         })
+    }
+
+    /// The archived bytes of the event at `global` (checksummed, not
+    /// rkyv-validated), without copying them, or `Ok(None)` past the end of
+    /// the log. varvedb 0.4 returned `&[u8]`; [`EventBytes`] dereferences to
+    /// it (write `&bytes` where a `&[u8]` is wanted).
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+    /// use varvedb::{GlobalSequence, StreamId};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.stream::<Paid, 16>("payments")?.append(StreamId(1), &Paid { cents: 99 })?;
+    /// let mut log = varve.global_reader();
+    /// let bytes = log.get_bytes(GlobalSequence(0))?.expect("written");
+    /// assert_eq!(rkyv::access::<ArchivedPaid, rkyv::rancor::Error>(&bytes).unwrap().cents, 99);
+    /// assert!(log.get_bytes(GlobalSequence(1))?.is_none());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] if the stored bytes fail their checksum.
+    pub fn get_bytes(&mut self, global: GlobalSequence) -> Result<Option<EventBytes>> {
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
+        Ok(view.event_at_global(global.0)?.map(EventBytes::new))
     }
 
     /// One past the newest global sequence: the number of events in the store.
@@ -181,6 +213,30 @@ impl GlobalEvent {
         )
     }
 
+    /// A copy of the event with varvedb 0.4's public fields (see
+    /// [`OwnedGlobalEvent`]); it holds no snapshot.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+    /// use varvedb::{GlobalSequence, StreamId};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.stream::<Paid, 16>("payments")?.append(StreamId(4), &Paid { cents: 5 })?;
+    /// let event = varve.global_reader().get(GlobalSequence(0))?.expect("written").to_owned_event();
+    /// assert_eq!((event.stream_name.as_str(), event.stream_id), ("payments", StreamId(4)));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn to_owned_event(&self) -> OwnedGlobalEvent {
+        OwnedGlobalEvent {
+            global_seq: self.global_sequence(),
+            stream_name: self.stream_name().to_owned(),
+            stream_id: self.stream_id(),
+            stream_seq: self.stream_sequence(),
+            payload: self.payload().to_vec(),
+        }
+    }
+
     /// The payload as a validated archived `T` that owns its snapshot pin, so
     /// it can outlive this `GlobalEvent`.
     pub fn to_event_ref<T: Archivable>(&self) -> Result<EventRef<T>> {
@@ -195,6 +251,70 @@ impl GlobalEvent {
             detail: format!("invalid archived event: {e}"),
         })?;
         Ok(EventRef::from_parts(archived, position))
+    }
+}
+
+/// One event of the global log, copied out of the store: varvedb 0.4's
+/// `GlobalEvent`, a struct with public fields. [`GlobalIter::collect_all`] and
+/// [`GlobalIter::for_each`] hand these out, so 0.4 code reading
+/// `event.global_seq`, `event.stream_name`, `event.payload` compiles
+/// unchanged; [`GlobalEvent::to_owned_event`] makes one from a zero-copy
+/// [`GlobalEvent`].
+///
+/// In 0.4 this type was named `GlobalEvent`. This crate's [`GlobalEvent`] is
+/// the zero-copy event the log's iterator yields (accessors instead of
+/// fields), so 0.4 code that *names* the type (`Vec<GlobalEvent>`) says
+/// `OwnedGlobalEvent` instead.
+///
+/// ```
+/// # use rkyv::{Archive, Serialize};
+/// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+/// use varvedb::{GlobalSequence, OwnedGlobalEvent, StreamId, StreamSequence};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let varve = varvedb::Varve::new(dir.path())?;
+/// varve.stream::<Paid, 16>("payments")?.append(StreamId(4), &Paid { cents: 5 })?;
+/// let events: Vec<OwnedGlobalEvent> = varve.global_reader().iter_from(GlobalSequence(0))?.collect_all()?;
+/// let OwnedGlobalEvent { global_seq, stream_name, stream_id, stream_seq, payload } = events[0].clone();
+/// assert_eq!((global_seq, stream_id, stream_seq), (GlobalSequence(0), StreamId(4), StreamSequence(0)));
+/// assert_eq!(stream_name, "payments");
+/// assert_eq!(rkyv::access::<ArchivedPaid, rkyv::rancor::Error>(&payload).unwrap().cents, 5);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnedGlobalEvent {
+    /// The event's position in the global log.
+    pub global_seq: GlobalSequence,
+    /// The name of the stream the event was appended to.
+    pub stream_name: String,
+    /// The stream id within its stream.
+    pub stream_id: StreamId,
+    /// The event's position in its stream id.
+    pub stream_seq: StreamSequence,
+    /// The archived payload bytes (checksummed when read), copied.
+    pub payload: Vec<u8>,
+}
+
+impl From<&GlobalEvent> for OwnedGlobalEvent {
+    fn from(event: &GlobalEvent) -> Self {
+        event.to_owned_event()
+    }
+}
+
+impl From<GlobalEvent> for OwnedGlobalEvent {
+    fn from(event: GlobalEvent) -> Self {
+        event.to_owned_event()
+    }
+}
+
+impl From<&GlobalEntry<'_>> for OwnedGlobalEvent {
+    fn from(entry: &GlobalEntry<'_>) -> Self {
+        OwnedGlobalEvent {
+            global_seq: entry.global_sequence(),
+            stream_name: entry.stream_name().to_owned(),
+            stream_id: entry.stream_id(),
+            stream_seq: entry.stream_sequence(),
+            payload: entry.payload().to_vec(),
+        }
     }
 }
 
@@ -324,6 +444,22 @@ impl fmt::Debug for GlobalEvent {
     }
 }
 
+/// varvedb 0.4's name for [`GlobalIter`], the iterator of
+/// [`GlobalReader::iter_from`]. The lifetime is unused: VarveDB's iterator
+/// owns its snapshot.
+///
+/// ```
+/// use varvedb::{GlobalIterator, GlobalSequence};
+/// fn count(iter: GlobalIterator<'_>) -> varvedb::Result<usize> {
+///     Ok(iter.collect_all()?.len())
+/// }
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let varve = varvedb::Varve::new(dir.path())?;
+/// assert_eq!(count(varve.global_reader().iter_from(GlobalSequence(0))?)?, 0);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub type GlobalIterator<'a> = GlobalIter;
+
 /// A lazy iterator over the global log in one snapshot. After the first error
 /// it yields `None`: it never skips past a damaged event.
 pub struct GlobalIter {
@@ -401,6 +537,67 @@ impl GlobalIter {
     /// Copies every remaining event's payload into a `Vec`.
     pub fn collect_bytes(self) -> Result<Vec<Vec<u8>>> {
         self.map(|e| e.map(|e| e.payload().to_vec())).collect()
+    }
+
+    /// Copies every remaining event, with its position and stream name, into
+    /// a `Vec` of [`OwnedGlobalEvent`]s: varvedb 0.4's `collect_all`, whose
+    /// events had the public fields `global_seq`, `stream_name`, `stream_id`,
+    /// `stream_seq` and `payload`.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Placed { n: u32 }
+    /// # #[derive(Archive, Serialize)] struct Joined { n: u32 }
+    /// use varvedb::{GlobalSequence, StreamId};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.stream::<Placed, 16>("orders")?.append(StreamId(1), &Placed { n: 1 })?;
+    /// varve.stream::<Joined, 16>("users")?.append(StreamId(9), &Joined { n: 2 })?;
+    /// let events = varve.global_reader().iter_from(GlobalSequence(0))?.collect_all()?;
+    /// assert_eq!(events[1].stream_name, "users");
+    /// assert_eq!(events[1].global_seq.0, 1);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first error the scan meets ([`Error::Corruption`]); nothing is
+    /// returned then.
+    pub fn collect_all(self) -> Result<Vec<OwnedGlobalEvent>> {
+        self.try_fold_entries(Vec::new(), |mut all, entry| {
+            all.push(OwnedGlobalEvent::from(entry));
+            Ok(all)
+        })
+    }
+
+    /// Calls `f` with a copy of every remaining event ([`OwnedGlobalEvent`]),
+    /// in global order: varvedb 0.4's closure shape.
+    ///
+    /// This inherent method shadows [`Iterator::for_each`] in method-call
+    /// syntax (`iter.for_each(..)`), so 0.4 code compiles unchanged. For the
+    /// iterator's own, which yields zero-copy `Result<GlobalEvent>`s, write
+    /// `for event in iter { .. }` or `Iterator::for_each(iter, ..)`; to scan
+    /// without copying, [`GlobalIter::try_fold_entries`].
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Placed { n: u32 }
+    /// use varvedb::{GlobalSequence, StreamId};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.stream::<Placed, 16>("orders")?.append_batch(StreamId(1), &[Placed { n: 1 }, Placed { n: 2 }])?;
+    /// let mut seqs = Vec::new();
+    /// varve.global_reader().iter_from(GlobalSequence(1))?.for_each(|event| seqs.push(event.global_seq.0))?;
+    /// assert_eq!(seqs, [1]);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first error the scan meets; `f` has then seen every event before it.
+    pub fn for_each(self, mut f: impl FnMut(OwnedGlobalEvent)) -> Result<()> {
+        self.try_fold_entries((), |(), entry| {
+            f(OwnedGlobalEvent::from(entry));
+            Ok(())
+        })
     }
 }
 

@@ -27,19 +27,21 @@ pub use aggregate::{
 pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
-pub use global::{GlobalEntry, GlobalEvent, GlobalIter, GlobalReader};
-pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+pub use global::{
+    GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,
+};
+pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamKey, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,
     ProjectionThread, Projector, ReadModel, Skipped,
 };
-pub use reader::{EventBytes, EventRef, StreamIter, StreamReader};
+pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
 pub use storage::StoreId;
 pub use store::Varve;
-pub use stream::Stream;
+pub use stream::{HighSerializer, LowSerializer, Stream};
 #[cfg(feature = "async")]
 pub use subscription::{AsyncStreamSubscription, AsyncSubscription};
-pub use subscription::{Filter, StopHandle, StreamSubscription, Subscription};
+pub use subscription::{Filter, StopHandle, StreamSubscription, Subscription, WriteWatcher};
 pub use typed::Events;
 /// Derives [`Event`](trait@Event): see the trait for every attribute, its
 /// default and its limits.

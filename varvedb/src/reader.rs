@@ -46,6 +46,13 @@ pub struct StreamReader<T> {
     _event: PhantomData<fn() -> T>,
 }
 
+impl<T> StreamReader<T> {
+    /// The store this reader reads (for other modules).
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
 impl<T> Clone for StreamReader<T> {
     fn clone(&self) -> Self {
         StreamReader {
@@ -187,11 +194,7 @@ impl<T: Archivable> StreamReader<T> {
     /// assert_eq!(tail, [2, 3]);
     /// # Ok::<(), varvedb::Error>(())
     /// ```
-    pub fn iter_stream(
-        &mut self,
-        id: StreamId,
-        from: Option<StreamSequence>,
-    ) -> Result<StreamIter<T>> {
+    pub fn iter_stream(&self, id: StreamId, from: Option<StreamSequence>) -> Result<StreamIter<T>> {
         let mut view = owned_view(&self.store, &mut self.view.lock())?;
         let tag = view.stream_tag(&self.info)?;
         let cursor = StreamCursor::new(view, tag, id.0, from.map_or(0, |s| s.0));
@@ -202,6 +205,38 @@ impl<T: Archivable> StreamReader<T> {
             failed: false,
             _event: PhantomData,
         })
+    }
+
+    /// [`StreamReader::get_archived`], under varvedb 0.4's name for a read
+    /// that skipped validation. VarveDB always validates (a checksum and
+    /// rkyv's check, so damaged bytes are an [`Error::Corruption`], never
+    /// undefined behaviour); the method stays `unsafe` only so that 0.4
+    /// callers, who wrap it in `unsafe { }`, compile unchanged.
+    ///
+    /// # Safety
+    /// None needed: it is as safe as [`StreamReader::get_archived`].
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Rated { stars: u8 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ratings = varve.stream::<Rated, 16>("ratings")?;
+    /// ratings.append(StreamId(3), &Rated { stars: 4 })?;
+    /// let mut reader = ratings.reader();
+    /// // SAFETY: varvedb validates the bytes anyway.
+    /// let rated = unsafe { reader.get_archived_unchecked(StreamId(3), StreamSequence(0))? };
+    /// assert_eq!(rated.expect("written").stars, 4);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    #[allow(clippy::missing_safety_doc)]
+    pub unsafe fn get_archived_unchecked(
+        &mut self,
+        id: StreamId,
+        seq: StreamSequence,
+    ) -> Result<Option<EventRef<T>>> {
+        self.get_archived(id, seq)
     }
 
     /// The last stream sequence of `id`, or `None` if it has no events.
@@ -361,6 +396,10 @@ pub struct EventBytes {
 }
 
 impl EventBytes {
+    pub(crate) fn new(event: MappedEvent) -> Self {
+        EventBytes { event }
+    }
+
     /// The event's position in its stream id.
     pub fn stream_sequence(&self) -> StreamSequence {
         self.event.position.stream_sequence
@@ -388,6 +427,25 @@ impl fmt::Debug for EventBytes {
             .finish()
     }
 }
+
+/// varvedb 0.4's name for [`StreamIter`], the iterator of
+/// [`StreamReader::iter_stream`]. The lifetime is unused (VarveDB's iterator
+/// owns its snapshot); the event type is new: 0.4's iterator was untyped.
+///
+/// ```
+/// # use rkyv::{Archive, Serialize};
+/// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+/// use varvedb::{StreamId, StreamIterator, StreamReader};
+/// fn count(iter: StreamIterator<'_, Tick>) -> varvedb::Result<usize> {
+///     Ok(iter.collect_bytes()?.len())
+/// }
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let varve = varvedb::Varve::new(dir.path())?;
+/// let reader: StreamReader<Tick> = varve.stream::<Tick, 16>("ticks")?.reader();
+/// assert_eq!(count(reader.iter_stream(StreamId(1), None)?)?, 0);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub type StreamIterator<'a, T> = StreamIter<T>;
 
 /// A lazy iterator over one stream id's events, in one snapshot. Yields
 /// validated, zero-copy [`EventRef`]s.
@@ -418,17 +476,77 @@ impl<T: Archivable> StreamIter<T> {
         }
     }
 
-    /// Copies every remaining event's archived bytes into a `Vec`.
-    pub fn collect_bytes(mut self) -> Result<Vec<Vec<u8>>> {
+    /// Copies every remaining event's archived bytes (checksummed, not
+    /// rkyv-validated) into a `Vec`, each with its stream sequence, as
+    /// varvedb 0.4 did.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append_batch(StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }, Tick { n: 3 }])?;
+    /// let tail = ticks.reader().iter_stream(StreamId(1), Some(StreamSequence(1)))?.collect_bytes()?;
+    /// assert_eq!(tail.len(), 2);
+    /// let (seq, bytes) = &tail[0];
+    /// assert_eq!(*seq, StreamSequence(1));
+    /// assert_eq!(rkyv::access::<ArchivedTick, rkyv::rancor::Error>(bytes).unwrap().n, 2);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first error the scan meets ([`Error::Corruption`], or the
+    /// stream's [`Error::TypeMismatch`]); nothing is returned then.
+    pub fn collect_bytes(mut self) -> Result<Vec<(StreamSequence, Vec<u8>)>> {
         if let Some(e) = self.pending.take() {
             return Err(*e);
         }
         let mut out = Vec::new();
         while let Some(next) = self.cursor.next_bytes() {
-            let (_, _, bytes) = next?;
-            out.push(bytes.to_vec());
+            let (seq, _, bytes) = next?;
+            out.push((seq, bytes.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Calls `f(sequence, bytes)` for every remaining event, with its archived
+    /// bytes (checksummed, not rkyv-validated) borrowed from the map: no copy,
+    /// no allocation per event. varvedb 0.4's closure shape.
+    ///
+    /// This inherent method shadows [`Iterator::for_each`] in method-call
+    /// syntax (`iter.for_each(..)`), so 0.4 code compiles unchanged. For the
+    /// iterator's own, which yields `Result<EventRef<T>>`, write
+    /// `for event in iter { .. }` or `Iterator::for_each(iter, ..)`.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append_batch(StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }])?;
+    /// let mut seen = Vec::new();
+    /// ticks.reader().iter_stream(StreamId(1), None)?.for_each(|seq, bytes| {
+    ///     let tick = rkyv::access::<ArchivedTick, rkyv::rancor::Error>(bytes).unwrap();
+    ///     seen.push((seq.0, tick.n.to_native()));
+    /// })?;
+    /// assert_eq!(seen, [(0, 1), (1, 2)]);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first error the scan meets; `f` has then seen every event before it.
+    pub fn for_each(mut self, mut f: impl FnMut(StreamSequence, &[u8])) -> Result<()> {
+        if let Some(e) = self.pending.take() {
+            return Err(*e);
+        }
+        self.cursor.walk(|seq, _, bytes| {
+            f(StreamSequence(seq), bytes);
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
     }
 
     /// Folds every remaining event, borrowed straight from the map: no

@@ -13,7 +13,7 @@ use crate::projection::{
 };
 use crate::storage::{Store, TypeIdentity};
 use crate::stream::Stream;
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, WriteWatcher};
 use crate::typed::{self, Events};
 use crate::verify::VerifyReport;
 
@@ -305,6 +305,47 @@ impl Varve {
     /// ```
     pub fn last_commit_id(&self) -> u64 {
         self.store.last_txn_id() as u64
+    }
+
+    /// The global sequence the next event appended to the store will get:
+    /// one past the newest committed event, by any handle or process (so the
+    /// number of events in the store). varvedb 0.4's method, with no
+    /// `Result`.
+    ///
+    /// It looks at LMDB's newest transaction id and, only if that moved since
+    /// the end was last read, reads the end from a short snapshot. If that
+    /// read cannot be made (every reader slot taken) or would wait (a writer
+    /// is growing the map), it returns the newest end this process already
+    /// knows, which may be behind other processes' latest commits.
+    /// [`GlobalReader::end`](crate::GlobalReader::end) reports such failures.
+    ///
+    /// Unlike 0.4's counter, it never counts an append that failed: global
+    /// sequences have no gaps.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.stream::<Tick, 16>("ticks")?.append_batch(varvedb::StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }])?;
+    /// assert_eq!(varve.next_global_seq().0, 2);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn next_global_seq(&self) -> GlobalSequence {
+        GlobalSequence(self.store.newest_end())
+    }
+
+    /// A [`WriteWatcher`] on this store, for varvedb 0.4 programs that wait
+    /// for new commits with it.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// assert_eq!(varve.watcher().committed_next_global_seq(), varve.next_global_seq());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn watcher(&self) -> WriteWatcher {
+        WriteWatcher::new(Arc::clone(self.store()))
     }
 
     /// Whether a writer is waiting for references to be dropped so it can

@@ -85,7 +85,7 @@ impl Contender for VarveDb {
     }
 
     fn scan_global(&self) -> u64 {
-        let mut log = self.varve.global_reader();
+        let log = self.varve.global_reader();
         log.iter_from(GlobalSequence(0))
             .expect("iterate")
             .try_fold_entries(0u64, |sum, event| {

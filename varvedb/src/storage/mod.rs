@@ -300,6 +300,19 @@ impl Store {
         let mut checked = None;
         let created =
             env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
+                // A store of varvedb 0.4 (its log in a `global_events`
+                // database, no `meta`) is refused before anything is
+                // created in it: treated as new, its events would vanish
+                // from view under a fresh, empty store.
+                let main = opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .open(wtxn)?;
+                if legacy_store(main, wtxn)? {
+                    return Err(OpenError::Varve(Error::LegacyStore {
+                        path: path.to_path_buf(),
+                    }));
+                }
                 let mut db = |name| {
                     opener
                         .database_options()
@@ -554,6 +567,17 @@ enum Freed {
 }
 
 /// The error type heed's database-creation helper needs (`From<heed::Error>`).
+/// Whether the environment's main database (`main`, whose keys name the
+/// named databases) is a varvedb 0.4 store: its `global_events` log without
+/// this format's `meta`.
+fn legacy_store(
+    main: Option<Database<'_, Bytes, Bytes>>,
+    txn: &heed::RoTxn,
+) -> Result<bool, heed::Error> {
+    let Some(main) = main else { return Ok(false) };
+    Ok(main.get(txn, b"global_events")?.is_some() && main.get(txn, b"meta")?.is_none())
+}
+
 enum OpenError {
     Heed(heed::Error),
     Varve(Error),

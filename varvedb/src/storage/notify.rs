@@ -160,6 +160,16 @@ impl Store {
         self.log_end()
     }
 
+    /// One past the last global sequence committed by any process, whatever
+    /// the poll setting: looks for new commits (LMDB's last transaction id,
+    /// then a short snapshot only if it moved), then reads the published end.
+    /// If looking fails (no reader slot) or would wait (a map growth is
+    /// pending), the newest end this process already knows.
+    pub(crate) fn newest_end(self: &Arc<Self>) -> u64 {
+        let _ = self.look_for_commits();
+        self.log_end()
+    }
+
     /// Publishes the log's end of the newest commit, if a transaction was
     /// committed (by any process) since the last one whose end is known.
     fn look_for_commits(self: &Arc<Self>) -> Result<()> {

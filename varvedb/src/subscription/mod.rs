@@ -21,6 +21,7 @@ mod asynchronous;
 mod filter;
 mod follow;
 mod stop;
+mod watcher;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -40,6 +41,7 @@ pub use filter::Filter;
 pub(crate) use filter::FilterCache;
 pub(crate) use follow::{Follower, Pager, Step};
 pub use stop::StopHandle;
+pub use watcher::WriteWatcher;
 
 /// Reads the global log from a position, applying a filter.
 pub(crate) struct GlobalPager {
