@@ -73,7 +73,7 @@ pub(crate) fn key(tag: u32, id: u64) -> [u8; 17] {
 /// use rkyv::{Archive, Deserialize, Serialize};
 /// use varvedb::{Aggregate, Snapshots, StreamId, StreamSequence, Varve};
 ///
-/// #[derive(Archive, Serialize)]
+/// #[derive(Archive, Serialize, varvedb::Event)]
 /// struct Scored(u32);
 ///
 /// // The state is stored too, so it derives rkyv's traits.
