@@ -643,7 +643,7 @@ fn an_older_program_reads_what_it_knows_and_cannot_append() {
             fingerprint, known, ..
         }) => {
             assert_eq!(fingerprint, v3::OrderPlaced::FINGERPRINT);
-            assert_eq!(known, varvedb::lineage::<v2::OrderPlaced>());
+            assert_eq!(known.to_vec(), varvedb::lineage::<v2::OrderPlaced>());
         }
         other => panic!("expected UnknownEventVersion, got {:?}", other.map(|_| ())),
     }

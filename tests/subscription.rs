@@ -36,7 +36,11 @@ fn order_id(writer: u64, n: u64) -> u64 {
 }
 
 fn order_of(event: &GlobalEvent) -> u64 {
-    event.archived_plain::<Order>().expect("an order").id.to_native()
+    event
+        .archived_plain::<Order>()
+        .expect("an order")
+        .id
+        .to_native()
 }
 
 /// Reads `count` events (blocking) and returns their (global, order id).

@@ -331,11 +331,11 @@ pub enum Error {
         stored: String,
         /// `(version, fingerprint)` of every version the stream holds (or
         /// held, before a migration retired it), oldest first.
-        stored_versions: Vec<(u32, u64)>,
+        stored_versions: Box<[(u32, u64)]>,
         /// The program's event name (or type name, for a type without the derive).
         requested: String,
         /// `(version, fingerprint)` of every version the program's type knows.
-        requested_versions: Vec<(u32, u64)>,
+        requested_versions: Box<[(u32, u64)]>,
         /// What to do about it.
         advice: &'static str,
     },
@@ -359,7 +359,7 @@ pub enum Error {
         /// The fingerprint the event's block carries.
         fingerprint: u64,
         /// `(version, fingerprint)` of every version the program knows.
-        known: Vec<(u32, u64)>,
+        known: Box<[(u32, u64)]>,
     },
 
     /// An append of an event version older than the newest one its stream

@@ -491,7 +491,7 @@ fn generic_args(type_name: &str) -> u64 {
         Some(at) => {
             let mut h = Fnv::new();
             h.write(b"varvedb generic arguments\0");
-            h.write(type_name[at..].as_bytes());
+            h.write(&type_name.as_bytes()[at..]);
             h.finish().max(1)
         }
         None => 0,
@@ -570,12 +570,11 @@ fn upcast_archived<E: Event>(
     };
     let mut buf = std::mem::take(out);
     buf.clear();
-    *out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&value, buf).map_err(|e| {
-        UpcastError {
+    *out =
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(&value, buf).map_err(|e| UpcastError {
             version: E::VERSION,
             detail: e.to_string(),
-        }
-    })?;
+        })?;
     Ok(true)
 }
 

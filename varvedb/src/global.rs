@@ -256,7 +256,14 @@ impl GlobalEvent {
             .map_err(corrupt)?
         } else {
             let mut out = AlignedVec::<16>::new();
-            upcast::<E>(&self.stream, &schema, position.global, fp, self.payload(), &mut out)?;
+            upcast(
+                &self.stream,
+                &schema,
+                position.global,
+                fp,
+                self.payload(),
+                &mut out,
+            )?;
             ArchivedRef::owned(out, rkyv::access::<E::Archived, rkyv::rancor::Error>)
                 .map_err(corrupt)?
         };
@@ -297,7 +304,7 @@ fn is_event<E: Event>(stream: &StreamInfo, fingerprint: u64) -> bool {
 }
 
 /// Upcasts `bytes` (version `fp` of `schema`'s event) into `out`.
-fn upcast<E: Event>(
+fn upcast(
     stream: &StreamInfo,
     schema: &Schema,
     global: GlobalSequence,
@@ -312,7 +319,7 @@ fn upcast<E: Event>(
             event: schema.name.to_string(),
             version: stream.family.as_ref().and_then(|f| f.version_of(fp)),
             fingerprint: fp,
-            known: schema.lineage(),
+            known: schema.lineage().into(),
         }),
         Err(e) => Err(Error::UpcastFailed {
             location: Location::Global(global),
@@ -357,14 +364,17 @@ fn typed_event<'a, E: Event>(
         return Err(Error::UnknownEventVersion {
             location: Location::Global(global),
             event: schema.name.to_string(),
-            version: stream.family.as_ref().and_then(|f| f.version_of(fingerprint)),
+            version: stream
+                .family
+                .as_ref()
+                .and_then(|f| f.version_of(fingerprint)),
             fingerprint: fp,
-            known: schema.lineage(),
+            known: schema.lineage().into(),
         });
     }
     let upcast_bytes = kept(aligned, schema.fingerprint, || {
         let mut out = AlignedVec::<16>::new();
-        upcast::<E>(stream, &schema, global, fp, bytes, &mut out)?;
+        upcast(stream, &schema, global, fp, bytes, &mut out)?;
         Ok(out)
     })?;
     rkyv::access::<E::Archived, rkyv::rancor::Error>(upcast_bytes).map_err(corrupt)
@@ -374,11 +384,11 @@ fn typed_event<'a, E: Event>(
 /// `make` on first use. A cell already holding another type's bytes (the
 /// event read as two versions of one event through one handle) is refused
 /// rather than reused.
-fn kept<'a>(
-    cell: &'a OnceLock<(u64, AlignedVec<16>)>,
+fn kept(
+    cell: &OnceLock<(u64, AlignedVec<16>)>,
     key: u64,
     make: impl FnOnce() -> Result<AlignedVec<16>>,
-) -> Result<&'a AlignedVec<16>> {
+) -> Result<&AlignedVec<16>> {
     if cell.get().is_none() {
         let made = make()?;
         let _ = cell.set((key, made));
@@ -388,8 +398,9 @@ fn kept<'a>(
         _ => Err(Error::UpcastFailed {
             location: Location::Record("an event read as two types".into()),
             event: String::new(),
-            detail: "this handle already holds the event as another version: read it again from the log"
-                .into(),
+            detail:
+                "this handle already holds the event as another version: read it again from the log"
+                    .into(),
         }),
     }
 }
@@ -406,9 +417,9 @@ fn typed<'a, T: Archivable>(
         return Err(Error::SchemaMismatch {
             stream: stream.name.to_string(),
             stored: family.name.clone(),
-            stored_versions: family.live(),
+            stored_versions: family.live().into(),
             requested: std::any::type_name::<T>().to_string(),
-            requested_versions: Vec::new(),
+            requested_versions: Box::default(),
             advice: "the stream holds a #[derive(Event)] event: read it with `archived::<E>()`, \
                      which checks its version",
         });

@@ -137,7 +137,7 @@ pub(crate) fn form_of(
         event: schema.name.to_string(),
         version: None,
         fingerprint: fp,
-        known: schema.lineage(),
+        known: schema.lineage().into(),
     })
 }
 
@@ -183,7 +183,7 @@ fn upcast_into(
             event: schema.name.to_string(),
             version: None,
             fingerprint: fp,
-            known: schema.lineage(),
+            known: schema.lineage().into(),
         }),
         Err(e) => Err(Error::UpcastFailed {
             location: location(),

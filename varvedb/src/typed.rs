@@ -213,8 +213,8 @@ mod tests {
             }) => {
                 assert_eq!(stored, "Renamed");
                 assert_eq!(
-                    (stored_versions, requested_versions),
-                    (vec![(1, 0x1234)], vec![(1, 0x5678)])
+                    (&*stored_versions, &*requested_versions),
+                    (&[(1, 0x1234)][..], &[(1, 0x5678)][..])
                 );
                 assert!(advice.contains("new version"), "{advice}");
             }

@@ -340,8 +340,11 @@ fn same_named_events_share_a_stream_only_with_the_same_fields() {
             ..
         }) => {
             assert_eq!((stream.as_str(), stored.as_str()), ("ev", "Ev"));
-            assert_eq!(stored_versions, vec![(1, base::Ev::FINGERPRINT)]);
-            assert_eq!(requested_versions, vec![(1, enums::base::Ev::FINGERPRINT)]);
+            assert_eq!(stored_versions.to_vec(), vec![(1, base::Ev::FINGERPRINT)]);
+            assert_eq!(
+                requested_versions.to_vec(),
+                vec![(1, enums::base::Ev::FINGERPRINT)]
+            );
         }
         other => panic!("expected SchemaMismatch, got {other:?}"),
     }

@@ -179,7 +179,13 @@ pub(crate) fn load_in<A: Aggregate>(
     id: StreamId,
 ) -> Result<Loaded<A>> {
     let mut scratch = AlignedVec::new();
-    load_with(view, info, id, &A::snapshots(), &mut scratch)
+    load_with(
+        view,
+        info,
+        id,
+        &A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage()),
+        &mut scratch,
+    )
 }
 
 /// Loads, decides and appends in one write transaction. The outer error is
@@ -195,7 +201,7 @@ pub(crate) fn execute<A: Aggregate>(
     command: &A::Command,
     expected: ExpectedVersion,
 ) -> Result<Result<Executed<A>, A::Error>> {
-    let policy = A::snapshots();
+    let policy = A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage());
     let mut block = BlockBuilder::with_capacity(A::BUFFER_SIZE);
     let mut scratch = AlignedVec::new();
     store.write(|txn| {

@@ -82,7 +82,10 @@ impl Family {
 
     /// The version the family records for block fingerprint `fp`, if any.
     pub(crate) fn version_of(&self, fp: u64) -> Option<u32> {
-        let fp = self.legacy.filter(|l| l.block == fp).map_or(fp, |l| l.schema);
+        let fp = self
+            .legacy
+            .filter(|l| l.block == fp)
+            .map_or(fp, |l| l.schema);
         self.versions
             .iter()
             .find(|v| v.fingerprint == fp)
@@ -92,7 +95,11 @@ impl Family {
     fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(8 + self.name.len() + 13 * self.versions.len());
         v.push(FAMILY_KIND);
-        v.push(if self.legacy.is_some() { FAMILY_HAS_LEGACY } else { 0 });
+        v.push(if self.legacy.is_some() {
+            FAMILY_HAS_LEGACY
+        } else {
+            0
+        });
         v.push(self.name.len() as u8);
         v.extend_from_slice(self.name.as_bytes());
         if let Some(l) = self.legacy {
@@ -267,7 +274,8 @@ impl StreamInfo {
     /// fingerprint of a plain type.
     #[inline]
     pub(crate) fn block_fingerprint(&self) -> u64 {
-        self.schema.map_or(self.layout_fingerprint, |s| s.fingerprint)
+        self.schema
+            .map_or(self.layout_fingerprint, |s| s.fingerprint)
     }
 
     /// For a handle of a `#[derive(Event)]` type, once bound: the legacy
@@ -494,7 +502,10 @@ fn mismatch(record: &StreamInfo, ty: &TypeIdentity<&str>, advice: &'static str) 
     let (stored, stored_versions) = match &record.family {
         Some(f) => (
             f.name.clone(),
-            f.versions.iter().map(|v| (v.version, v.fingerprint)).collect(),
+            f.versions
+                .iter()
+                .map(|v| (v.version, v.fingerprint))
+                .collect(),
         ),
         None => (record.type_name.to_string(), Vec::new()),
     };
@@ -505,9 +516,9 @@ fn mismatch(record: &StreamInfo, ty: &TypeIdentity<&str>, advice: &'static str) 
     Error::SchemaMismatch {
         stream: record.name.to_string(),
         stored,
-        stored_versions,
+        stored_versions: stored_versions.into(),
         requested,
-        requested_versions,
+        requested_versions: requested_versions.into(),
         advice,
     }
 }
@@ -830,7 +841,9 @@ impl Store {
                 .iter()
                 .any(|v| v.fingerprint == schema.fingerprint && !v.retired)
             {
-                family.versions.retain(|v| v.fingerprint != schema.fingerprint);
+                family
+                    .versions
+                    .retain(|v| v.fingerprint != schema.fingerprint);
                 family.versions.push(StoredVersion {
                     version: schema.version,
                     fingerprint: schema.fingerprint,
@@ -981,7 +994,10 @@ mod tests {
         assert_eq!(family.version_of(7), Some(1));
         assert_eq!(family.live(), vec![(2, 22)]);
         for cut in 0..bytes.len() {
-            assert!(Family::decode("orders", &bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Family::decode("orders", &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut other_kind = bytes.clone();
         other_kind[0] = 2;

@@ -126,17 +126,14 @@ impl Filter {
     fn matches_stream(&self, info: &StreamInfo) -> bool {
         let stream_ok = self.streams.is_empty() || self.streams.iter().any(|s| **s == *info.name);
         let type_ok = self.types.is_empty()
-            || self
-                .types
-                .iter()
-                .any(|t| match t {
-                    TypeKey::Plain { name, fingerprint } => {
-                        info.family.is_none()
-                            && **name == *info.type_name
-                            && *fingerprint == info.layout_fingerprint
-                    }
-                    TypeKey::Event(schema) => info.accepts(schema).is_ok(),
-                });
+            || self.types.iter().any(|t| match t {
+                TypeKey::Plain { name, fingerprint } => {
+                    info.family.is_none()
+                        && **name == *info.type_name
+                        && *fingerprint == info.layout_fingerprint
+                }
+                TypeKey::Event(schema) => info.accepts(schema).is_ok(),
+            });
         stream_ok && type_ok
     }
 }
