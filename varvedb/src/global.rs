@@ -228,6 +228,7 @@ impl GlobalEvent {
         typed::<T>(
             &self.stream,
             self.event.position.global,
+            self.event.position.fingerprint,
             self.event.bytes(),
             &self.aligned,
         )
@@ -410,6 +411,7 @@ fn kept(
 fn typed<'a, T: Archivable>(
     stream: &StreamInfo,
     global: GlobalSequence,
+    fingerprint: u64,
     bytes: &'a [u8],
     aligned: &'a OnceLock<(u64, AlignedVec<16>)>,
 ) -> Result<&'a T::Archived> {
@@ -431,6 +433,17 @@ fn typed<'a, T: Archivable>(
             stored_fingerprint: stream.layout_fingerprint,
             requested: std::any::type_name::<T>().to_string(),
             requested_fingerprint: layout_fingerprint::<T>(),
+        });
+    }
+    // Per block too: a catalog entry cached before another process bound
+    // the stream to an event family would not show the family's blocks.
+    if fingerprint != stream.layout_fingerprint {
+        return Err(Error::TypeMismatch {
+            stream: stream.name.to_string(),
+            stored: format!("events written with fingerprint {fingerprint:#018x}"),
+            stored_fingerprint: fingerprint,
+            requested: std::any::type_name::<T>().to_string(),
+            requested_fingerprint: stream.layout_fingerprint,
         });
     }
     let corrupt = |e: rkyv::rancor::Error| Error::Corruption {
@@ -537,6 +550,7 @@ impl GlobalEntry<'_> {
         typed::<T>(
             self.stream,
             GlobalSequence(self.global),
+            self.block_fingerprint(),
             self.bytes,
             &self.aligned,
         )
