@@ -251,7 +251,7 @@ fn interleaved_single_appends_read_back_per_stream_and_globally() {
             let e = e.unwrap();
             (
                 e.stream_id().0,
-                e.archived::<Order>().unwrap().id.to_native(),
+                e.archived_plain::<Order>().unwrap().id.to_native(),
             )
         })
         .collect();

@@ -400,7 +400,7 @@ fn events_once_read_never_change_or_vanish_while_writers_append_and_the_map_grow
                     for e in log.iter_from(GlobalSequence(0)).unwrap() {
                         let e = e.unwrap();
                         assert_eq!(e.global_sequence().0, n);
-                        let order = e.archived::<Order>().unwrap();
+                        let order = e.archived_plain::<Order>().unwrap();
                         let note = order.note.as_str();
                         let parts: Vec<&str> = note.splitn(5, '/').collect();
                         let (batch, index, count) = (

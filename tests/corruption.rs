@@ -385,7 +385,7 @@ fn read_everything(varve: &Varve) -> Reads {
     let mut log = varve.global_reader();
     let check = |e: &varvedb::GlobalEvent, g: usize| -> Option<bool> {
         let (id, seq, order) = events.get(g)?;
-        let a = e.archived::<Order>().ok()?;
+        let a = e.archived_plain::<Order>().ok()?;
         Some(
             same(a, order)
                 && e.global_sequence() == GlobalSequence(g as u64)

@@ -366,7 +366,7 @@ fn check_store(
             GlobalSequence(g),
             "the log has a gap"
         );
-        let typed = event.archived::<Written>().expect("a valid event");
+        let typed = event.archived_plain::<Written>().expect("a valid event");
         let (nonce, index) = (typed.nonce.to_native(), typed.index.to_native());
         let intent = intents
             .get(&nonce)

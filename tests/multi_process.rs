@@ -135,7 +135,7 @@ fn follow_commits(dir: &Path) {
         for (g, e) in (seen..).zip(log.iter_from(GlobalSequence(seen)).unwrap()) {
             let e = e.unwrap();
             assert_eq!(e.global_sequence(), GlobalSequence(g));
-            let order = e.archived::<Order>().unwrap();
+            let order = e.archived_plain::<Order>().unwrap();
             assert_eq!(order.id, g);
             assert_eq!(order.note, Order::numbered(g).note);
         }

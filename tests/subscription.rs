@@ -35,7 +35,11 @@ fn order_id(writer: u64, n: u64) -> u64 {
 }
 
 fn order_of(event: &GlobalEvent) -> u64 {
-    event.archived::<Order>().expect("an order").id.to_native()
+    event
+        .archived_plain::<Order>()
+        .expect("an order")
+        .id
+        .to_native()
 }
 
 /// Reads `count` events (blocking) and returns their (global, order id).
@@ -250,7 +254,7 @@ fn filters_select_events_by_stream_and_by_type() {
     assert_eq!(users_only.len(), 10);
     assert!(users_only.iter().all(|(s, g)| s == "users" && g % 3 == 2));
 
-    let all_orders = drain(Filter::all().event_type::<Order>());
+    let all_orders = drain(Filter::all().plain_type::<Order>());
     assert_eq!(all_orders.len(), 20);
     assert!(names(&all_orders).iter().all(|s| s != "users"));
 
@@ -260,7 +264,7 @@ fn filters_select_events_by_stream_and_by_type() {
         Filter::all()
             .stream("orders")
             .stream("users")
-            .event_type::<Joined>(),
+            .plain_type::<Joined>(),
     );
     assert_eq!(narrowed, users_only);
     assert_eq!(drain(Filter::all().stream("nowhere")), []);

@@ -16,7 +16,7 @@ use super::replay::Rng;
 
 /// Every event written: its bytes are a pure function of `(nonce, index,
 /// count)`, so the checker regenerates what an acknowledgement promised.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, varvedb::Event)]
 pub struct Written {
     pub nonce: u64,
     pub index: u32,

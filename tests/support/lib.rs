@@ -13,7 +13,7 @@ pub fn temp_store() -> (tempfile::TempDir, Varve) {
 }
 
 /// A small event used across the tests.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, varvedb::Event)]
 #[rkyv(derive(Debug))]
 pub struct Order {
     /// Order number.
@@ -77,7 +77,7 @@ impl Projection for Sales {
         event: &GlobalEvent,
         model: &mut ReadModel<'_, '_>,
     ) -> Result<(), HandlerError> {
-        let order = event.archived::<Order>()?;
+        let order = event.archived_plain::<Order>()?;
         let product = product(order.id.to_native());
         add(
             model,

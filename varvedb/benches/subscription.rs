@@ -151,7 +151,7 @@ impl Projection for Count {
         event: &GlobalEvent,
         model: &mut ReadModel<'_, '_>,
     ) -> Result<(), HandlerError> {
-        let n = event.archived::<Tick>()?.n.to_native();
+        let n = event.archived_plain::<Tick>()?.n.to_native();
         let total = model.get_u64(b"sum")?.unwrap_or(0);
         model.put_u64(b"sum", total.wrapping_add(n))?;
         Ok(())

@@ -339,6 +339,96 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+
+    /// A stream holds an event family (a `#[derive(Event)]` name and chain of
+    /// versions) that the type it was opened with does not match: another
+    /// event name, a stored version this type gives another fingerprint (its
+    /// fields changed without a new version), or a type without the derive.
+    #[error(
+        "stream {stream:?} holds event {stored:?} {}; this program's `{requested}` is {}: {advice}",
+        show_versions(.stored_versions),
+        show_versions(.requested_versions)
+    )]
+    SchemaMismatch {
+        /// The stream name.
+        stream: String,
+        /// The event name the stream is bound to (a type name for a stream
+        /// bound by type).
+        stored: String,
+        /// `(version, fingerprint)` of every version the stream holds (or
+        /// held, before a migration retired it), oldest first.
+        stored_versions: Box<[(u32, u64)]>,
+        /// The program's event name (or type name, for a type without the derive).
+        requested: String,
+        /// `(version, fingerprint)` of every version the program's type knows.
+        requested_versions: Box<[(u32, u64)]>,
+        /// What to do about it.
+        advice: &'static str,
+    },
+
+    /// An event was written with a version of its event that the program's
+    /// type does not know: a newer build wrote it. The program reads the
+    /// versions it knows; upgrade it to read this one.
+    #[error(
+        "{location}: event {event:?}{} (fingerprint {fingerprint:#018x}) is unknown \
+         to this program, which knows {}; a newer build wrote it",
+        .version.map(|v| format!(" version {v}")).unwrap_or_default(),
+        show_versions(.known)
+    )]
+    UnknownEventVersion {
+        /// Where the event is.
+        location: Location,
+        /// The event name.
+        event: String,
+        /// The version the stream records for the fingerprint, when known.
+        version: Option<u32>,
+        /// The fingerprint the event's block carries.
+        fingerprint: u64,
+        /// `(version, fingerprint)` of every version the program knows.
+        known: Box<[(u32, u64)]>,
+    },
+
+    /// An append of an event version older than the newest one its stream
+    /// holds: only the newest version can be appended, so an older build can
+    /// read the stream but not write to it.
+    #[error(
+        "stream {stream:?} holds event {event:?} version {newest}, newer than this program's \
+         version {program}: an older build cannot append; upgrade it"
+    )]
+    OutdatedEventVersion {
+        /// The stream name.
+        stream: String,
+        /// The event name.
+        event: String,
+        /// The newest version the stream holds.
+        newest: u32,
+        /// The version the program appends.
+        program: u32,
+    },
+
+    /// An older version's event could not be upcast into the current one: its
+    /// bytes failed validation as that version, or re-archiving failed.
+    #[error("{location}: cannot upcast event {event:?}: {detail}")]
+    UpcastFailed {
+        /// Where the event is.
+        location: Location,
+        /// The event name.
+        event: String,
+        /// What went wrong, with the version being read.
+        detail: String,
+    },
+}
+
+/// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
+fn show_versions(versions: &[(u32, u64)]) -> String {
+    if versions.is_empty() {
+        return "without versions (not a #[derive(Event)] type)".into();
+    }
+    let shown: Vec<String> = versions
+        .iter()
+        .map(|(v, fp)| format!("v{v} {fp:#018x}"))
+        .collect();
+    format!("[{}]", shown.join(", "))
 }
 
 /// Where corrupted bytes were found, for [`Error::Corruption`].
@@ -503,6 +593,54 @@ impl Error {
                 source: copy_heed(source),
             },
             Error::CommitAbandoned => Error::CommitAbandoned,
+            Error::SchemaMismatch {
+                stream,
+                stored,
+                stored_versions,
+                requested,
+                requested_versions,
+                advice,
+            } => Error::SchemaMismatch {
+                stream: stream.clone(),
+                stored: stored.clone(),
+                stored_versions: stored_versions.clone(),
+                requested: requested.clone(),
+                requested_versions: requested_versions.clone(),
+                advice,
+            },
+            Error::UnknownEventVersion {
+                location,
+                event,
+                version,
+                fingerprint,
+                known,
+            } => Error::UnknownEventVersion {
+                location: location.clone(),
+                event: event.clone(),
+                version: *version,
+                fingerprint: *fingerprint,
+                known: known.clone(),
+            },
+            Error::OutdatedEventVersion {
+                stream,
+                event,
+                newest,
+                program,
+            } => Error::OutdatedEventVersion {
+                stream: stream.clone(),
+                event: event.clone(),
+                newest: *newest,
+                program: *program,
+            },
+            Error::UpcastFailed {
+                location,
+                event,
+                detail,
+            } => Error::UpcastFailed {
+                location: location.clone(),
+                event: event.clone(),
+                detail: detail.clone(),
+            },
             Error::Truncated {
                 path,
                 expected,

@@ -7,12 +7,12 @@ use rkyv::util::AlignedVec;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Location, Result};
-use crate::event::{layout_fingerprint, Archivable};
+use crate::event::{layout_fingerprint, Archivable, Event, Schema};
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{current_view, may_need_alignment, owned_view, EventBytes, EventRef};
 use crate::storage::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
-    MappedEvent, Store, StreamInfo, View, ViewSlot,
+    Legacy, MappedEvent, Store, StreamInfo, View, ViewSlot,
 };
 
 /// Reads events of every stream by [`GlobalSequence`], the store-wide commit order.
@@ -143,7 +143,7 @@ impl GlobalReader {
 pub struct GlobalEvent {
     event: MappedEvent,
     stream: Arc<StreamInfo>,
-    aligned: OnceLock<AlignedVec<16>>,
+    aligned: OnceLock<(u64, AlignedVec<16>)>,
 }
 
 impl GlobalEvent {
@@ -192,22 +192,51 @@ impl GlobalEvent {
         self.event.bytes()
     }
 
-    /// Whether the event's stream holds events of type `T`.
-    pub fn is<T: Archivable>(&self) -> bool {
+    /// Whether the event is an `E`: its stream holds `E`'s event family and
+    /// the event's version is one `E` knows (so [`archived`](Self::archived)
+    /// would not fail for its type).
+    pub fn is<E: Event>(&self) -> bool {
+        is_event::<E>(&self.stream, self.event.position.fingerprint)
+    }
+
+    /// Whether the event's stream holds events of the plain rkyv type `T`
+    /// (opened with [`Varve::stream`](crate::Varve::stream), no
+    /// `#[derive(Event)]`), by its type name and archived size and alignment.
+    pub fn is_plain<T: Archivable>(&self) -> bool {
         self.stream
             .holds(std::any::type_name::<T>(), layout_fingerprint::<T>)
     }
 
-    /// The payload as a validated archived `T`, borrowed from the memory map
-    /// (no copy, no reference counting).
+    /// The payload as a validated archived `E`, borrowed from the memory map
+    /// (no copy, no reference counting). An event written with an older
+    /// version of `E` is validated as that version and upcast, once, into a
+    /// buffer this `GlobalEvent` owns.
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`] if the event's stream holds another type,
-    /// [`Error::Corruption`] if the bytes fail validation.
-    pub fn archived<T: Archivable>(&self) -> Result<&T::Archived> {
-        typed::<T>(
+    /// [`Error::SchemaMismatch`] if the event's stream holds another event,
+    /// [`Error::UnknownEventVersion`] for a version `E` does not know (a newer
+    /// build wrote it), [`Error::Corruption`] if the bytes fail validation.
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use varvedb::{Event, GlobalSequence, StreamId};
+    ///
+    /// #[derive(Archive, Serialize, Event)]
+    /// struct Paid { cents: u64 }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.events::<Paid>()?.append(StreamId(1), &Paid { cents: 7 })?;
+    /// let event = varve.global_reader().get(GlobalSequence(0))?.expect("written");
+    /// assert!(event.is::<Paid>());
+    /// assert_eq!(event.archived::<Paid>()?.cents, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn archived<E: Event>(&self) -> Result<&E::Archived> {
+        typed_event::<E>(
             &self.stream,
             self.event.position.global,
+            self.event.position.fingerprint,
             self.event.bytes(),
             &self.aligned,
         )
@@ -237,10 +266,71 @@ impl GlobalEvent {
         }
     }
 
-    /// The payload as a validated archived `T` that owns its snapshot pin, so
-    /// it can outlive this `GlobalEvent`.
-    pub fn to_event_ref<T: Archivable>(&self) -> Result<EventRef<T>> {
-        self.archived::<T>()?;
+    /// The payload as a validated archived plain rkyv type `T` (a stream
+    /// opened with [`Varve::stream`](crate::Varve::stream)), borrowed from the
+    /// memory map.
+    ///
+    /// Only the stream's type name and the archived size and alignment are
+    /// checked: a type changed without changing those (two fields of one
+    /// type swapped, `u64` retyped as `f64`) is not detected. Streams of
+    /// `#[derive(Event)]` types refuse it; read those with
+    /// [`archived`](Self::archived).
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] if the event's stream holds another type,
+    /// [`Error::SchemaMismatch`] if it holds a `#[derive(Event)]` event,
+    /// [`Error::Corruption`] if the bytes fail validation.
+    pub fn archived_plain<T: Archivable>(&self) -> Result<&T::Archived> {
+        typed::<T>(
+            &self.stream,
+            self.event.position.global,
+            self.event.position.fingerprint,
+            self.event.bytes(),
+            &self.aligned,
+        )
+    }
+
+    /// The payload as a validated archived `E` that owns its snapshot pin
+    /// (or, for an upcast event, its upcast bytes), so it can outlive this
+    /// `GlobalEvent`.
+    ///
+    /// # Errors
+    /// As [`archived`](Self::archived).
+    pub fn to_event_ref<E: Event>(&self) -> Result<EventRef<E>> {
+        let position = self.event.position;
+        let schema = Schema::of::<E>();
+        let legacy = self.stream.accepts(&schema)?;
+        let fp = resolve(legacy, position.fingerprint);
+        let corrupt = |e: rkyv::rancor::Error| Error::Corruption {
+            location: Location::Global(position.global),
+            detail: format!("invalid archived event: {e}"),
+        };
+        let archived = if fp == schema.fingerprint {
+            ArchivedRef::new(
+                self.event.share(),
+                rkyv::access::<E::Archived, rkyv::rancor::Error>,
+            )
+            .map_err(corrupt)?
+        } else {
+            let mut out = AlignedVec::<16>::new();
+            upcast(
+                &self.stream,
+                &schema,
+                position.global,
+                fp,
+                self.payload(),
+                &mut out,
+            )?;
+            ArchivedRef::owned(out, rkyv::access::<E::Archived, rkyv::rancor::Error>)
+                .map_err(corrupt)?
+        };
+        Ok(EventRef::from_parts(archived, position))
+    }
+
+    /// [`to_event_ref`](Self::to_event_ref) for a plain rkyv type, checked
+    /// as [`archived_plain`](Self::archived_plain) checks it.
+    pub fn to_event_ref_plain<T: Archivable>(&self) -> Result<EventRef<T>> {
+        self.archived_plain::<T>()?;
         let position = self.event.position;
         let archived = ArchivedRef::new(
             self.event.share(),
@@ -318,14 +408,144 @@ impl From<&GlobalEntry<'_>> for OwnedGlobalEvent {
     }
 }
 
-/// Checks that `stream` holds `T`, then validates `bytes` as an archived `T`,
-/// in place, or on an aligned copy kept in `aligned` if under-aligned.
+/// The fingerprint of the version an event of block fingerprint `fp` holds.
+fn resolve(legacy: Option<Legacy>, fp: u64) -> u64 {
+    legacy.filter(|l| l.block == fp).map_or(fp, |l| l.schema)
+}
+
+fn is_event<E: Event>(stream: &StreamInfo, fingerprint: u64) -> bool {
+    let schema = Schema::of::<E>();
+    match stream.accepts(&schema) {
+        Ok(legacy) => {
+            let fp = resolve(legacy, fingerprint);
+            fp == schema.fingerprint || schema.version_of(fp).is_some()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Upcasts `bytes` (version `fp` of `schema`'s event) into `out`.
+fn upcast(
+    stream: &StreamInfo,
+    schema: &Schema,
+    global: GlobalSequence,
+    fp: u64,
+    bytes: &[u8],
+    out: &mut AlignedVec<16>,
+) -> Result<()> {
+    match schema.upcast(fp, bytes, out) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::UnknownEventVersion {
+            location: Location::Global(global),
+            event: schema.name.to_string(),
+            version: stream.family.as_ref().and_then(|f| f.version_of(fp)),
+            fingerprint: fp,
+            known: schema.lineage().into(),
+        }),
+        Err(e) => Err(Error::UpcastFailed {
+            location: Location::Global(global),
+            event: schema.name.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Checks that `stream` holds `E`'s family, then reads `bytes` (written with
+/// block fingerprint `fingerprint`) as `E`'s current version: in place, on
+/// an aligned copy, or upcast, the copy or upcast kept in `aligned`.
+fn typed_event<'a, E: Event>(
+    stream: &StreamInfo,
+    global: GlobalSequence,
+    fingerprint: u64,
+    bytes: &'a [u8],
+    aligned: &'a OnceLock<(u64, AlignedVec<16>)>,
+) -> Result<&'a E::Archived> {
+    let schema = Schema::of::<E>();
+    let legacy = stream.accepts(&schema)?;
+    let fp = resolve(legacy, fingerprint);
+    let corrupt = |e: rkyv::rancor::Error| Error::Corruption {
+        location: Location::Global(global),
+        detail: format!("invalid archived event: {e}"),
+    };
+    if fp == schema.fingerprint {
+        return match rkyv::access::<E::Archived, rkyv::rancor::Error>(bytes) {
+            Ok(archived) => Ok(archived),
+            Err(e) if !may_need_alignment(bytes) => Err(corrupt(e)),
+            Err(_) => {
+                let copy = kept(aligned, schema.fingerprint, || {
+                    let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+                    copy.extend_from_slice(bytes);
+                    Ok(copy)
+                })?;
+                rkyv::access::<E::Archived, rkyv::rancor::Error>(copy).map_err(corrupt)
+            }
+        };
+    }
+    if schema.version_of(fp).is_none() {
+        return Err(Error::UnknownEventVersion {
+            location: Location::Global(global),
+            event: schema.name.to_string(),
+            version: stream
+                .family
+                .as_ref()
+                .and_then(|f| f.version_of(fingerprint)),
+            fingerprint: fp,
+            known: schema.lineage().into(),
+        });
+    }
+    let upcast_bytes = kept(aligned, schema.fingerprint, || {
+        let mut out = AlignedVec::<16>::new();
+        upcast(stream, &schema, global, fp, bytes, &mut out)?;
+        Ok(out)
+    })?;
+    rkyv::access::<E::Archived, rkyv::rancor::Error>(upcast_bytes).map_err(corrupt)
+}
+
+/// The bytes kept in `cell` for the type with fingerprint `key`, made by
+/// `make` on first use. A cell already holding another type's bytes (the
+/// event read as two versions of one event through one handle) is refused
+/// rather than reused.
+fn kept(
+    cell: &OnceLock<(u64, AlignedVec<16>)>,
+    key: u64,
+    make: impl FnOnce() -> Result<AlignedVec<16>>,
+) -> Result<&AlignedVec<16>> {
+    if cell.get().is_none() {
+        let made = make()?;
+        let _ = cell.set((key, made));
+    }
+    match cell.get() {
+        Some((k, bytes)) if *k == key => Ok(bytes),
+        _ => Err(Error::UpcastFailed {
+            location: Location::Record("an event read as two types".into()),
+            event: String::new(),
+            detail:
+                "this handle already holds the event as another version: read it again from the log"
+                    .into(),
+        }),
+    }
+}
+
+/// Checks that `stream` holds the plain type `T`, then validates `bytes` as
+/// an archived `T`, in place, or on an aligned copy kept in `aligned`.
 fn typed<'a, T: Archivable>(
     stream: &StreamInfo,
     global: GlobalSequence,
+    fingerprint: u64,
     bytes: &'a [u8],
-    aligned: &'a OnceLock<AlignedVec<16>>,
+    aligned: &'a OnceLock<(u64, AlignedVec<16>)>,
 ) -> Result<&'a T::Archived> {
+    if let Some(family) = &stream.family {
+        return Err(Error::SchemaMismatch {
+            stream: stream.name.to_string(),
+            stored: family.name.clone(),
+            stored_versions: family.live().into(),
+            requested: std::any::type_name::<T>().to_string(),
+            requested_versions: Box::default(),
+            advice: "the stream holds a #[derive(Event)] event: read it with `archived::<E>()`, \
+                     which checks its version",
+        });
+    }
     if !stream.holds(std::any::type_name::<T>(), layout_fingerprint::<T>) {
         return Err(Error::TypeMismatch {
             stream: stream.name.to_string(),
@@ -333,6 +553,17 @@ fn typed<'a, T: Archivable>(
             stored_fingerprint: stream.layout_fingerprint,
             requested: std::any::type_name::<T>().to_string(),
             requested_fingerprint: layout_fingerprint::<T>(),
+        });
+    }
+    // Per block too: a catalog entry cached before another process bound
+    // the stream to an event family would not show the family's blocks.
+    if fingerprint != stream.layout_fingerprint {
+        return Err(Error::TypeMismatch {
+            stream: stream.name.to_string(),
+            stored: format!("events written with fingerprint {fingerprint:#018x}"),
+            stored_fingerprint: fingerprint,
+            requested: std::any::type_name::<T>().to_string(),
+            requested_fingerprint: stream.layout_fingerprint,
         });
     }
     let corrupt = |e: rkyv::rancor::Error| Error::Corruption {
@@ -343,11 +574,11 @@ fn typed<'a, T: Archivable>(
         Ok(archived) => Ok(archived),
         Err(e) if !may_need_alignment(bytes) => Err(corrupt(e)),
         Err(_) => {
-            let copy = aligned.get_or_init(|| {
+            let copy = kept(aligned, layout_fingerprint::<T>(), || {
                 let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
                 copy.extend_from_slice(bytes);
-                copy
-            });
+                Ok(copy)
+            })?;
             rkyv::access::<T::Archived, rkyv::rancor::Error>(copy).map_err(corrupt)
         }
     }
@@ -361,7 +592,7 @@ pub struct GlobalEntry<'a> {
     global: u64,
     bytes: &'a [u8],
     stream: &'a StreamInfo,
-    aligned: OnceLock<AlignedVec<16>>,
+    aligned: OnceLock<(u64, AlignedVec<16>)>,
 }
 
 impl GlobalEntry<'_> {
@@ -399,21 +630,47 @@ impl GlobalEntry<'_> {
         self.bytes
     }
 
-    /// Whether the event's stream holds events of type `T`.
-    pub fn is<T: Archivable>(&self) -> bool {
+    /// Whether the event is an `E` (see [`GlobalEvent::is`]).
+    pub fn is<E: Event>(&self) -> bool {
+        is_event::<E>(self.stream, self.block_fingerprint())
+    }
+
+    /// Whether the event's stream holds the plain rkyv type `T` (see
+    /// [`GlobalEvent::is_plain`]).
+    pub fn is_plain<T: Archivable>(&self) -> bool {
         self.stream
             .holds(std::any::type_name::<T>(), layout_fingerprint::<T>)
     }
 
-    /// The payload as a validated archived `T`, borrowed from the memory map.
+    fn block_fingerprint(&self) -> u64 {
+        self.position().fingerprint
+    }
+
+    /// The payload as a validated archived `E`, borrowed from the memory map
+    /// or upcast from an older version (see [`GlobalEvent::archived`]).
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`] if the event's stream holds another type,
-    /// [`Error::Corruption`] if the bytes fail validation.
-    pub fn archived<T: Archivable>(&self) -> Result<&T::Archived> {
+    /// As [`GlobalEvent::archived`].
+    pub fn archived<E: Event>(&self) -> Result<&E::Archived> {
+        typed_event::<E>(
+            self.stream,
+            GlobalSequence(self.global),
+            self.block_fingerprint(),
+            self.bytes,
+            &self.aligned,
+        )
+    }
+
+    /// The payload as a validated archived plain rkyv type `T` (see
+    /// [`GlobalEvent::archived_plain`] for what is and is not checked).
+    ///
+    /// # Errors
+    /// As [`GlobalEvent::archived_plain`].
+    pub fn archived_plain<T: Archivable>(&self) -> Result<&T::Archived> {
         typed::<T>(
             self.stream,
             GlobalSequence(self.global),
+            self.block_fingerprint(),
             self.bytes,
             &self.aligned,
         )
@@ -492,7 +749,7 @@ impl GlobalIter {
     /// payments.append_batch(StreamId(1), &[Paid { cents: 150 }, Paid { cents: 250 }])?;
     /// let mut log = varve.global_reader();
     /// let total = log.iter_from(GlobalSequence(0))?.try_fold_entries(0u64, |sum, event| {
-    ///     Ok(sum + event.archived::<Paid>()?.cents.to_native())
+    ///     Ok(sum + event.archived_plain::<Paid>()?.cents.to_native())
     /// })?;
     /// assert_eq!(total, 400);
     /// # Ok::<(), varvedb::Error>(())

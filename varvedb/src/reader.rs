@@ -98,6 +98,108 @@ pub(crate) fn owned_view(store: &Arc<Store>, cached: &mut Option<View>) -> Resul
     store.snapshot()
 }
 
+/// How a handle reads an event, from the fingerprint of its block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// Written with the handle's type (its current version): read in place.
+    Current,
+    /// Written with an older version of the handle's event, with this
+    /// fingerprint: validated as that version and upcast.
+    Older(u64),
+}
+
+/// How `stream`'s handle reads an event whose block carries `fingerprint`:
+/// a plain type only its own layout; a `#[derive(Event)]` type its current
+/// version in place and the older versions of its chain by upcasting. Any
+/// other fingerprint is an error, never a reinterpretation of the bytes.
+pub(crate) fn form_of(
+    stream: &StreamInfo,
+    fingerprint: u64,
+    location: impl FnOnce() -> Location,
+) -> Result<Form> {
+    let Some(schema) = &stream.schema else {
+        if fingerprint == stream.layout_fingerprint {
+            return Ok(Form::Current);
+        }
+        return Err(Error::Corruption {
+            location: location(),
+            detail: format!(
+                "event carries type fingerprint {fingerprint:#018x}, the stream's type is {:#018x}",
+                stream.layout_fingerprint
+            ),
+        });
+    };
+    let fp = stream
+        .legacy()
+        .filter(|l| l.block == fingerprint)
+        .map_or(fingerprint, |l| l.schema);
+    if fp == schema.fingerprint {
+        return Ok(Form::Current);
+    }
+    if schema.version_of(fp).is_some() {
+        return Ok(Form::Older(fp));
+    }
+    Err(Error::UnknownEventVersion {
+        location: location(),
+        event: schema.name.to_string(),
+        version: None,
+        fingerprint: fp,
+        known: schema.lineage().into(),
+    })
+}
+
+/// Reads `bytes`, an event of `form`, as the handle's current version: in
+/// place (or on an aligned copy in `scratch`), or upcast into `scratch`.
+pub(crate) fn read_form<'a, T: Archivable>(
+    stream: &StreamInfo,
+    form: Form,
+    bytes: &'a [u8],
+    scratch: &'a mut rkyv::util::AlignedVec<16>,
+    location: impl Fn() -> Location,
+) -> Result<&'a T::Archived> {
+    let corrupt = |e: rancor::Error| Error::Corruption {
+        location: location(),
+        detail: format!("invalid archived event: {e}"),
+    };
+    match form {
+        Form::Current => access_or_copy::<T>(bytes, scratch).map_err(corrupt),
+        Form::Older(fp) => {
+            upcast_into(stream, fp, bytes, scratch, &location)?;
+            rkyv::access::<T::Archived, rancor::Error>(scratch).map_err(corrupt)
+        }
+    }
+}
+
+/// Upcasts `bytes` (the version with fingerprint `fp` of `stream`'s event)
+/// into `out`, archived as the handle's current version.
+fn upcast_into(
+    stream: &StreamInfo,
+    fp: u64,
+    bytes: &[u8],
+    out: &mut rkyv::util::AlignedVec<16>,
+    location: &impl Fn() -> Location,
+) -> Result<()> {
+    let schema = stream.schema.as_ref().ok_or_else(|| Error::Corruption {
+        location: location(),
+        detail: "an older event version for a type without versions".into(),
+    })?;
+    match schema.upcast(fp, bytes, out) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::UnknownEventVersion {
+            location: location(),
+            event: schema.name.to_string(),
+            version: None,
+            fingerprint: fp,
+            known: schema.lineage().into(),
+        }),
+        Err(e) => Err(Error::UpcastFailed {
+            location: location(),
+            event: schema.name.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
 fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<EventRef<T>> {
     let position = event.position;
     let location = || Location::Stream {
@@ -105,22 +207,20 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
         id: position.stream_id,
         sequence: position.stream_sequence,
     };
-    if position.fingerprint != stream.layout_fingerprint {
-        return Err(Error::Corruption {
-            location: location(),
-            detail: format!(
-                "event carries type fingerprint {:#018x}, the stream's type is {:#018x}",
-                position.fingerprint, stream.layout_fingerprint
-            ),
-        });
-    }
-    let archived =
-        ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>).map_err(|e| {
-            Error::Corruption {
-                location: location(),
-                detail: format!("invalid archived event: {e}"),
-            }
-        })?;
+    let corrupt = |e: rancor::Error| Error::Corruption {
+        location: location(),
+        detail: format!("invalid archived event: {e}"),
+    };
+    let archived = match form_of(stream, position.fingerprint, location)? {
+        Form::Current => {
+            ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>).map_err(corrupt)?
+        }
+        Form::Older(fp) => {
+            let mut out = rkyv::util::AlignedVec::<16>::new();
+            upcast_into(stream, fp, event.bytes(), &mut out, &location)?;
+            ArchivedRef::owned(out, rkyv::access::<T::Archived, rancor::Error>).map_err(corrupt)?
+        }
+    };
     Ok(EventRef { archived, position })
 }
 
@@ -261,7 +361,7 @@ impl<T: Archivable> StreamReader<T> {
     /// ```
     /// # use rkyv::{Archive, Serialize};
     /// # use varvedb::{Aggregate, StreamId, Varve};
-    /// #[derive(Archive, Serialize)]
+    /// #[derive(Archive, Serialize, varvedb::Event)]
     /// struct Rated(u8);
     ///
     /// #[derive(Default)]
@@ -283,7 +383,7 @@ impl<T: Archivable> StreamReader<T> {
     ///
     /// # let dir = tempfile::tempdir()?;
     /// # let varve = Varve::new(dir.path())?;
-    /// let mut ratings = varve.stream::<Rated, 16>("ratings")?;
+    /// let mut ratings = varve.events_in::<Rated>("ratings")?;
     /// ratings.append_batch(StreamId(4), &[Rated(5), Rated(3)])?;
     ///
     /// let mut reader = ratings.reader();
@@ -543,7 +643,7 @@ impl<T: Archivable> StreamIter<T> {
         if let Some(e) = self.pending.take() {
             return Err(*e);
         }
-        self.cursor.walk(|seq, _, bytes| {
+        self.cursor.walk_versions(|seq, _, _, bytes| {
             f(StreamSequence(seq), bytes);
             Ok(std::ops::ControlFlow::Continue(()))
         })
@@ -575,20 +675,28 @@ impl<T: Archivable> StreamIter<T> {
         }
         let mut acc = Some(init);
         let mut scratch = rkyv::util::AlignedVec::<16>::new();
-        let (name, id) = (&self.info.name, StreamId(self.cursor.id()));
-        self.cursor.walk(|seq, _, bytes| {
-            let archived =
-                access_or_copy::<T>(bytes, &mut scratch).map_err(|e| Error::Corruption {
-                    location: Location::Stream {
-                        stream: name.to_string(),
-                        id,
-                        sequence: StreamSequence(seq),
-                    },
-                    detail: format!("invalid archived event: {e}"),
-                })?;
+        let (info, id) = (&self.info, StreamId(self.cursor.id()));
+        // The form is decided once per block fingerprint, not per event.
+        let mut last: Option<(u64, Form)> = None;
+        self.cursor.walk_versions(|seq, _, fp, bytes| {
+            let location = || Location::Stream {
+                stream: info.name.to_string(),
+                id,
+                sequence: StreamSequence(seq),
+            };
+            let form = match last {
+                Some((f, form)) if f == fp => form,
+                _ => {
+                    let form = form_of(info, fp, location)?;
+                    last = Some((fp, form));
+                    form
+                }
+            };
+            let archived = read_form::<T>(info, form, bytes, &mut scratch, location)?;
             acc = acc.take().map(|acc| f(acc, StreamSequence(seq), archived));
             Ok(std::ops::ControlFlow::Continue(()))
         })?;
+        let name = &self.info.name;
         acc.ok_or_else(|| Error::Corruption {
             location: Location::Record(format!("stream {name:?}")),
             detail: "fold state lost".into(),

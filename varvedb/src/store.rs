@@ -91,10 +91,28 @@ impl Varve {
     /// with a precomposed `é` (NFC) and with `e` plus a combining accent
     /// (NFD) are two different streams.
     ///
+    /// # What is checked
+    ///
+    /// A type opened here (a plain rkyv type, or a `#[derive(Event)]` type:
+    /// this function cannot tell them apart) binds the stream by its
+    /// [`std::any::type_name`] and its archived size and alignment. Detected:
+    /// another type, the same type moved to another module or crate (then
+    /// refused, although nothing changed), and any change of the archived
+    /// size or alignment. **Not detected:** a change that keeps the type's
+    /// path, size and alignment: two fields of one type swapped, a `u64`
+    /// retyped as `f64` or `i64`, a field renamed. Such a build reads the old
+    /// bytes as its new fields. For events that will change, derive
+    /// [`Event`] and open them with [`Varve::events`] or [`Varve::events_in`]:
+    /// their streams record every version's fingerprint and upcast old
+    /// versions (see "Changing an event" in the README). A stream bound to a
+    /// `#[derive(Event)]` family cannot be opened here.
+    ///
     /// # Errors
-    /// [`Error::InvalidStreamName`](crate::Error::InvalidStreamName), or
+    /// [`Error::InvalidStreamName`](crate::Error::InvalidStreamName),
     /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) if the stream
-    /// exists for another type (or for this type with a different layout).
+    /// exists for another type (or for this type with a different layout), or
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if it holds a
+    /// `#[derive(Event)]` event.
     /// A stream created for another type after this handle was opened is a
     /// `TypeMismatch` at this handle's first append or read.
     ///
@@ -117,6 +135,7 @@ impl Varve {
             type_name: std::any::type_name::<T>(),
             layout_fingerprint: layout_fingerprint::<T>(),
             schema_fingerprint: 0,
+            schema: None,
         };
         let info = self.store.open_stream(name, &identity)?;
         Ok(Stream::new(Arc::clone(&self.store), info, N))
@@ -126,15 +145,21 @@ impl Varve {
     /// with a buffer of `E::BUFFER_SIZE` bytes. As for [`Varve::stream`],
     /// opening writes nothing; the first append creates the stream.
     ///
-    /// The stream records `E`'s [`FINGERPRINT`](Event::FINGERPRINT). It can
-    /// also be opened with [`Varve::stream`] for the same type, which does not
-    /// check the fingerprint.
+    /// The stream is bound to `E`'s event family: its
+    /// [`NAME`](Event::NAME) and every version appended to it, each with its
+    /// [`FINGERPRINT`](Event::FINGERPRINT). A type of the same name and fields
+    /// in another module or crate is the same event (moving a type changes
+    /// nothing); a stored version that this program's type gives other fields
+    /// is refused. Events of an older version of `E`'s chain
+    /// (`#[event(upcast_from)]`) are upcast as they are read; a program older
+    /// than the stream's newest version reads the versions it knows and may
+    /// not append. A stream of a `#[derive(Event)]` type cannot be opened with
+    /// [`Varve::stream`], which could not check its versions.
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) if the stream was
-    /// created for another type (a type of the same name in another module is
-    /// another type) or for `E` with a different layout or fingerprint, e.g. by
-    /// an older build before a field was added or the version bumped.
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the stream
+    /// holds another event, one of its versions with other fields, or a plain
+    /// rkyv type other than `E` (a store of format 1, or [`Varve::stream`]).
     ///
     /// ```
     /// use rkyv::{Archive, Serialize};
@@ -144,24 +169,65 @@ impl Varve {
     /// #[event(stream = "carts")]
     /// struct ItemAdded { sku: u32 }
     ///
-    /// mod other {
+    /// mod moved {
+    ///     // The same event, moved to another module.
     ///     #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
     ///     #[event(stream = "carts")]
     ///     pub struct ItemAdded { pub sku: u32 }
+    /// }
+    ///
+    /// mod changed {
+    ///     // The same name with another field type and no new version.
+    ///     #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    ///     #[event(stream = "carts")]
+    ///     pub struct ItemAdded { pub sku: i32 }
     /// }
     ///
     /// # let dir = tempfile::tempdir()?;
     /// let varve = Varve::new(dir.path())?;
     /// let mut carts = varve.events::<ItemAdded>()?;
     /// carts.append(StreamId(1), &ItemAdded { sku: 42 })?;
+    /// assert!(varve.events::<moved::ItemAdded>().is_ok());
     /// assert!(matches!(
-    ///     varve.events::<other::ItemAdded>(),
-    ///     Err(varvedb::Error::TypeMismatch { .. })
+    ///     varve.events::<changed::ItemAdded>(),
+    ///     Err(varvedb::Error::SchemaMismatch { .. })
     /// ));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn events<E: Event>(&self) -> Result<Events<E>> {
         let info = self.store.open_stream(E::STREAM, &typed::identity::<E>())?;
+        Ok(Events::new(Stream::new(
+            Arc::clone(&self.store),
+            info,
+            E::BUFFER_SIZE,
+        )))
+    }
+
+    /// Opens the stream `name` for the `#[derive(Event)]` type `E`: as
+    /// [`Varve::events`], under another name than `E::STREAM` (one event in
+    /// several streams, or a stream per tenant). The stream is bound to `E`'s
+    /// event family and every read and append is checked against its versions.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStreamName`](crate::Error::InvalidStreamName), and as
+    /// [`Varve::events`].
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use varvedb::{Event, StreamId, Varve};
+    ///
+    /// #[derive(Archive, Serialize, Event)]
+    /// struct Visited { page: u32 }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// let mut eu = varve.events_in::<Visited>("visits/eu")?;
+    /// eu.append(StreamId(1), &Visited { page: 3 })?;
+    /// assert_eq!(eu.name(), "visits/eu");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn events_in<E: Event>(&self, name: &str) -> Result<Events<E>> {
+        let info = self.store.open_stream(name, &typed::identity::<E>())?;
         Ok(Events::new(Stream::new(
             Arc::clone(&self.store),
             info,

@@ -6,7 +6,8 @@ use std::path::Path;
 use rkyv::{Archive, Serialize};
 
 /// The benchmark event: four u64 and a short string, about 64 bytes archived.
-#[derive(Archive, Serialize, Clone, Debug)]
+#[derive(Archive, Serialize, Clone, Debug, varvedb::Event)]
+#[event(stream = "samples")]
 pub struct Sample {
     pub a: u64,
     pub b: u64,

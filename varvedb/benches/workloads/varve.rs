@@ -89,7 +89,7 @@ impl Contender for VarveDb {
         log.iter_from(GlobalSequence(0))
             .expect("iterate")
             .try_fold_entries(0u64, |sum, event| {
-                Ok(sum.wrapping_add(event.archived::<Sample>()?.b.to_native()))
+                Ok(sum.wrapping_add(event.archived_plain::<Sample>()?.b.to_native()))
             })
             .expect("scan")
     }

@@ -3,14 +3,13 @@
 
 use std::ops::ControlFlow;
 
-use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::snapshot::{self, Snapshots};
 use super::{Aggregate, Executed, Loaded};
 use crate::error::{Error, Location, Result};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
-use crate::reader::access_or_copy;
+use crate::reader::{form_of, read_form, Form};
 use crate::storage::{BlockBuilder, Store, StreamInfo, View, WriteTxn};
 use crate::stream::serialize_event;
 
@@ -22,13 +21,14 @@ pub(crate) trait Source {
     fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>>;
     /// A value of the `state` database.
     fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>>;
-    /// Calls `f(stream sequence, global sequence, payload)` from `from` on.
+    /// Calls `f(stream sequence, global sequence, block fingerprint,
+    /// payload)` from `from` on.
     fn walk(
         &mut self,
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()>;
 }
 
@@ -50,9 +50,9 @@ impl Source for View {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        self.walk_stream(tag, id, from, f)
+        self.walk_stream_versions(tag, id, from, f)
     }
 }
 
@@ -74,9 +74,9 @@ impl Source for WriteTxn<'_> {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        self.walk_stream(tag, id, from, f)
+        self.walk_stream_versions(tag, id, from, f)
     }
 }
 
@@ -94,16 +94,23 @@ fn fold_from<A: Aggregate>(
     aligned: &mut AlignedVec<16>,
 ) -> Result<Option<u64>> {
     let mut last = None;
-    src.walk(tag, id.0, from, |seq, _, bytes| {
-        let corrupt = |e: rancor::Error| Error::Corruption {
-            location: Location::Stream {
-                stream: info.name.to_string(),
-                id,
-                sequence: StreamSequence(seq),
-            },
-            detail: format!("invalid archived event: {e}"),
+    // The form is decided once per block fingerprint, not per event.
+    let mut form: Option<(u64, Form)> = None;
+    src.walk(tag, id.0, from, |seq, _, fp, bytes| {
+        let location = || Location::Stream {
+            stream: info.name.to_string(),
+            id,
+            sequence: StreamSequence(seq),
         };
-        let event = access_or_copy::<A::Event>(bytes, aligned).map_err(corrupt)?;
+        let f = match form {
+            Some((known, f)) if known == fp => f,
+            _ => {
+                let f = form_of(info, fp, location)?;
+                form = Some((fp, f));
+                f
+            }
+        };
+        let event = read_form::<A::Event>(info, f, bytes, aligned, location)?;
         state.apply(event);
         last = Some(seq);
         Ok(ControlFlow::Continue(()))
@@ -172,7 +179,13 @@ pub(crate) fn load_in<A: Aggregate>(
     id: StreamId,
 ) -> Result<Loaded<A>> {
     let mut scratch = AlignedVec::new();
-    load_with(view, info, id, &A::snapshots(), &mut scratch)
+    load_with(
+        view,
+        info,
+        id,
+        &A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage()),
+        &mut scratch,
+    )
 }
 
 /// Loads, decides and appends in one write transaction. The outer error is
@@ -188,7 +201,7 @@ pub(crate) fn execute<A: Aggregate>(
     command: &A::Command,
     expected: ExpectedVersion,
 ) -> Result<Result<Executed<A>, A::Error>> {
-    let policy = A::snapshots();
+    let policy = A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage());
     let mut block = BlockBuilder::with_capacity(A::BUFFER_SIZE);
     let mut scratch = AlignedVec::new();
     store.write(|txn| {
@@ -273,9 +286,11 @@ pub(crate) fn execute<A: Aggregate>(
 mod tests {
     use std::collections::HashMap;
 
+    use rkyv::rancor;
     use rkyv::{Archive, Deserialize, Serialize};
 
     use super::*;
+    use crate::event::Event;
 
     /// Events and state values in memory, in place of a store. Each payload
     /// sits at `offset` bytes into an aligned buffer.
@@ -329,10 +344,11 @@ mod tests {
             _: u32,
             _: u64,
             from: u64,
-            mut f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+            mut f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
         ) -> Result<()> {
             for (seq, p) in self.payloads.iter().enumerate().skip(from as usize) {
-                if f(seq as u64, seq as u64, &p[self.offset..])?.is_break() {
+                let fp = Added::FINGERPRINT;
+                if f(seq as u64, seq as u64, fp, &p[self.offset..])?.is_break() {
                     break;
                 }
             }
@@ -342,6 +358,19 @@ mod tests {
 
     #[derive(Archive, Serialize)]
     struct Added(u64);
+
+    impl Event for Added {
+        const STREAM: &'static str = "sums";
+        const BUFFER_SIZE: usize = 64;
+        const TYPE_NAME: &'static str = "varvedb::aggregate::fold::tests::Added";
+        const VERSION: u32 = 1;
+        const FINGERPRINT: u64 = 0xadd;
+        const NAME: &'static str = "Added";
+        type Previous = crate::event::NoPrevious;
+        fn upcast(previous: &crate::event::NoPrevious) -> Self {
+            match *previous {}
+        }
+    }
 
     #[derive(Archive, Serialize, Deserialize, Default, Debug, PartialEq)]
     struct Sum(u64);
@@ -366,7 +395,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::config::VarveConfig::default()).unwrap();
         store
-            .open_stream(Sum::STREAM, &super::super::identity::<Sum>())
+            .open_stream(Sum::STREAM, &crate::typed::identity::<Added>())
             .unwrap()
     }
 

@@ -38,12 +38,12 @@ use crate::config::{Durability, VarveConfig};
 use crate::error::{Error, Location, Result};
 
 pub(crate) use block::BlockBuilder;
-pub(crate) use catalog::{StreamInfo, TypeIdentity};
+pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
 pub use identity::StoreId;
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
-    block_end, block_position, block_tag, walk_stream, ArchivedRef, BlockRef, EventPosition,
-    GlobalCursor, MappedEvent, StreamCursor, View,
+    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
+    MappedEvent, StreamCursor, View,
 };
 pub(crate) use writer::WriteTxn;
 

@@ -343,6 +343,7 @@ mod tests {
             type_name: "raw",
             layout_fingerprint: 1,
             schema_fingerprint: 0,
+            schema: None,
         };
         store.open_stream("s", &identity).unwrap()
     }

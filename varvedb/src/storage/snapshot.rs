@@ -174,6 +174,19 @@ impl<A, P> ArchivedRef<A, P> {
         }
     }
 
+    /// Validates `bytes` (owned: an upcast event) with `access` and keeps them.
+    pub(crate) fn owned<E>(
+        bytes: AlignedVec<16>,
+        access: impl for<'a> Fn(&'a [u8]) -> Result<&'a A, E>,
+    ) -> Result<Self, E> {
+        let ptr = NonNull::from(access(&bytes)?);
+        // Moving `bytes` into the holder does not move its heap buffer.
+        Ok(ArchivedRef {
+            ptr,
+            _holder: Holder::Owned(bytes),
+        })
+    }
+
     /// The archived payload's bytes (the aligned copy, in the fallback case).
     pub(crate) fn bytes(&self) -> &[u8] {
         match &self._holder {
@@ -353,17 +366,18 @@ impl Store {
     }
 }
 
-/// Calls `f(stream sequence, global sequence, payload)` for each event of
-/// `(tag, id)` from sequence `from`, as `txn` sees them, borrowing payloads
-/// straight from the map: no reference counting, no copy. Stops early when `f`
-/// breaks, and at the first damaged event with `Error::Corruption`.
-pub(crate) fn walk_stream(
+/// Calls `f(stream sequence, global sequence, block fingerprint, payload)`
+/// for each event of `(tag, id)` from sequence `from`, as `txn` sees them,
+/// borrowing payloads straight from the map: no reference counting, no copy.
+/// The fingerprint is the version the event was written with. Stops early
+/// when `f` breaks, and at the first damaged event with `Error::Corruption`.
+pub(crate) fn walk_stream_versions(
     store: &Store,
     txn: &RoTxn,
     tag: u32,
     id: u64,
     from: u64,
-    mut f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    mut f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seq = from;
     loop {
@@ -383,7 +397,7 @@ pub(crate) fn walk_stream(
                 let payload = block
                     .event((g - h.first_global) as u32)
                     .map_err(corrupt_at(g))?;
-                if f(seq, g, payload)?.is_break() {
+                if f(seq, g, h.fingerprint, payload)?.is_break() {
                     return Ok(());
                 }
                 seq += 1;
@@ -467,15 +481,15 @@ impl View {
             .map(|r| StreamSequence(r.end_seq() - 1)))
     }
 
-    /// See [`walk_stream`].
-    pub(crate) fn walk_stream(
+    /// See [`walk_stream_versions`].
+    pub(crate) fn walk_stream_versions(
         &mut self,
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        walk_stream(&self.store, &self.pin.txn, tag, id, from, f)
+        walk_stream_versions(&self.store, &self.pin.txn, tag, id, from, f)
     }
 
     /// A value of the `state` database, borrowed from this snapshot.
@@ -696,18 +710,18 @@ impl StreamCursor {
         }
     }
 
-    /// Calls `f(stream sequence, global sequence, payload)` for every remaining
-    /// event, a block at a time, borrowing payloads from the map. The cursor is
-    /// finished afterwards.
-    pub(crate) fn walk(
+    /// Calls `f(stream sequence, global sequence, block fingerprint, payload)`
+    /// for every remaining event, a block at a time, borrowing payloads from
+    /// the map. The cursor is finished afterwards.
+    pub(crate) fn walk_versions(
         &mut self,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         if self.done {
             return Ok(());
         }
         self.done = true;
-        walk_stream(
+        walk_stream_versions(
             &self.view.store,
             &self.view.pin.txn,
             self.tag,

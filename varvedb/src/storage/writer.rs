@@ -16,7 +16,7 @@ use heed::{MdbError, PutFlags, RwTxn};
 use super::block::{BlockBuilder, BlockHeader};
 use super::catalog::Bound;
 use super::keys::{event_key, index_key, Run};
-use super::{walk_stream, Remap, Store, StreamInfo, View};
+use super::{Remap, Store, StreamInfo, View};
 use crate::error::{Error, Result};
 use crate::position::{ExpectedVersion, StreamId, StreamSequence};
 
@@ -237,7 +237,9 @@ impl<'s> WriteTxn<'s> {
             stream_tag: tag,
             stream_id: id,
             first_stream_seq: first_seq,
-            fingerprint: info.layout_fingerprint,
+            // The version it was written with: a derived type's schema
+            // fingerprint, a plain type's layout fingerprint.
+            fingerprint: info.block_fingerprint(),
             count: block.count() as u32,
             meta_len: 0,
             first_global,
@@ -291,16 +293,16 @@ impl<'s> WriteTxn<'s> {
             .map(|r| r.end_seq() - 1))
     }
 
-    /// Calls `f(stream sequence, global sequence, payload)` for each event of
-    /// `(tag, id)` from `from`, as this transaction sees them.
-    pub(crate) fn walk_stream(
+    /// Calls `f(stream sequence, global sequence, block fingerprint, payload)`
+    /// for each event of `(tag, id)` from `from`, as this transaction sees them.
+    pub(crate) fn walk_stream_versions(
         &self,
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        walk_stream(self.store, &self.txn, tag, id, from, f)
+        super::snapshot::walk_stream_versions(self.store, &self.txn, tag, id, from, f)
     }
 
     /// A read snapshot of the commit this transaction started from, for reading
@@ -447,6 +449,7 @@ mod tests {
             type_name: "raw",
             layout_fingerprint: 1,
             schema_fingerprint: 0,
+            schema: None,
         };
         let info = store.open_stream("s", &ty).unwrap();
         store

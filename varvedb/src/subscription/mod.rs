@@ -126,7 +126,7 @@ impl<T: Archivable> Pager for StreamPager<T> {
 /// let consumer = std::thread::spawn(move || -> varvedb::Result<Vec<u64>> {
 ///     subscription
 ///         .take(3)
-///         .map(|event| Ok(event?.archived::<Placed>()?.order.to_native()))
+///         .map(|event| Ok(event?.archived_plain::<Placed>()?.order.to_native()))
 ///         .collect()
 /// });
 /// // Appended after the consumer started: it waits for them.
