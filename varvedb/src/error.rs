@@ -313,6 +313,79 @@ pub enum Error {
          the append may or may not have been committed"
     )]
     CommitAbandoned,
+
+    /// The store was opened read-only (`Varve::open_read_only`), and this
+    /// operation would write.
+    #[error("the store at {path} is open read-only: {operation} is refused")]
+    ReadOnly {
+        /// The store directory.
+        path: PathBuf,
+        /// What was refused (appending, writing state, ...).
+        operation: &'static str,
+    },
+
+    /// A backup, segment or restore would be written where something already
+    /// is; nothing is ever overwritten.
+    #[error("{path} already exists (or is not empty); choose a new destination")]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+
+    /// A backup or segment file fails its own checks: a bad manifest,
+    /// header or checksum, or content whose digest differs from the one
+    /// recorded.
+    #[error("the backup at {path} is damaged: {detail}")]
+    BackupDamaged {
+        /// The backup directory or segment file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+
+    /// A segment (or backup) belongs to another store.
+    #[error("{path} belongs to store {found}, not to store {expected}")]
+    ForeignBackup {
+        /// The segment file or backup directory.
+        path: PathBuf,
+        /// The store being restored.
+        expected: crate::StoreId,
+        /// The store the file names.
+        found: crate::StoreId,
+    },
+
+    /// A chain of segments has a hole: the segment starts after where the
+    /// chain so far ends, so a segment between them is missing.
+    #[error(
+        "a segment is missing before {path}: the chain ends at global sequence {}, \
+         this segment starts at {}",
+        expected_from.0, found_from.0
+    )]
+    SegmentMissing {
+        /// The segment after the hole.
+        path: PathBuf,
+        /// Where the chain so far ends.
+        expected_from: GlobalSequence,
+        /// Where the segment starts.
+        found_from: GlobalSequence,
+    },
+
+    /// A segment does not continue the chain: it starts before where the
+    /// chain so far ends, or at the same place but after other content
+    /// (its recorded starting digest differs).
+    #[error(
+        "the segment {path} is out of order: the chain ends at global sequence {}, \
+         this segment starts at {} (or continues other content)",
+        expected_from.0, found_from.0
+    )]
+    SegmentOutOfOrder {
+        /// The segment.
+        path: PathBuf,
+        /// Where the chain so far ends.
+        expected_from: GlobalSequence,
+        /// Where the segment starts.
+        found_from: GlobalSequence,
+    },
 }
 
 /// Where corrupted bytes were found, for [`Error::Corruption`].
@@ -477,6 +550,42 @@ impl Error {
                 source: copy_heed(source),
             },
             Error::CommitAbandoned => Error::CommitAbandoned,
+            Error::ReadOnly { path, operation } => Error::ReadOnly {
+                path: path.clone(),
+                operation,
+            },
+            Error::DestinationExists { path } => Error::DestinationExists { path: path.clone() },
+            Error::BackupDamaged { path, detail } => Error::BackupDamaged {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::ForeignBackup {
+                path,
+                expected,
+                found,
+            } => Error::ForeignBackup {
+                path: path.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            Error::SegmentMissing {
+                path,
+                expected_from,
+                found_from,
+            } => Error::SegmentMissing {
+                path: path.clone(),
+                expected_from: *expected_from,
+                found_from: *found_from,
+            },
+            Error::SegmentOutOfOrder {
+                path,
+                expected_from,
+                found_from,
+            } => Error::SegmentOutOfOrder {
+                path: path.clone(),
+                expected_from: *expected_from,
+                found_from: *found_from,
+            },
             Error::Truncated {
                 path,
                 expected,
