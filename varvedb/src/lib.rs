@@ -2,6 +2,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aggregate;
+mod backup;
 mod config;
 mod error;
 mod event;
@@ -23,6 +24,10 @@ pub mod __fuzz;
 
 pub use aggregate::{
     Aggregate, AggregateTest, ExecuteError, Executed, Loaded, Snapshots, TestOutcome,
+};
+pub use backup::{
+    BackupManifest, BackupPhase, BackupProgress, BackupReport, ExportReport, LogDigest,
+    RestoreReport, SegmentInfo,
 };
 pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};

@@ -374,6 +374,11 @@ impl Varve {
         self.store.resize_pending()
     }
 
+    /// A handle on an open store (for other modules).
+    pub(crate) fn from_store(store: Arc<Store>) -> Varve {
+        Varve { store }
+    }
+
     /// The engine behind this handle (for other modules).
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store

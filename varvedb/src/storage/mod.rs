@@ -40,7 +40,7 @@ use crate::error::{Error, Location, Result};
 
 pub(crate) use block::BlockBuilder;
 pub(crate) use catalog::{StreamInfo, TypeIdentity};
-pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE, IDENTITY_FILE};
+pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
 pub use identity::StoreId;
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{

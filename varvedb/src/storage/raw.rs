@@ -60,13 +60,13 @@ impl View {
             .map(|(key, _)| key))
     }
 
-    /// Calls `f(first global, block bytes)` for each block whose key is at
-    /// least `from`, in log order, until `f` breaks. Each block's header
-    /// is checked (checksum, key binding) before `f` sees it.
+    /// Calls `f(first global, end global, block bytes)` for each block whose
+    /// key is at least `from`, in log order, until `f` breaks. Each block's
+    /// header is checked (checksum, key binding) before `f` sees it.
     pub(crate) fn for_each_block(
         &self,
         from: u64,
-        mut f: impl FnMut(u64, &[u8]) -> Result<ControlFlow<()>>,
+        mut f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         let err = self.store.err("reading the event log");
         let start = event_key(from);
@@ -82,8 +82,11 @@ impl View {
                 location: Location::Record("an event-log key".into()),
                 detail: format!("malformed key of {} bytes", k.len()),
             })?;
-            BlockView::parse(key, v).map_err(corrupt_at(key))?;
-            if f(key, v)?.is_break() {
+            let end = BlockView::parse(key, v)
+                .map_err(corrupt_at(key))?
+                .header()
+                .end_global();
+            if f(key, end, v)?.is_break() {
                 break;
             }
         }
