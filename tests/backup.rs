@@ -85,7 +85,11 @@ fn a_hot_backup_under_concurrent_writers_holds_exactly_the_first_n_events_and_ve
         .collect();
     let mut reports = Vec::new();
     for k in 0..3 {
-        reports.push(varve.backup(dir.path().join(format!("backup-{k}"))).unwrap());
+        reports.push(
+            varve
+                .backup(dir.path().join(format!("backup-{k}")))
+                .unwrap(),
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -118,14 +122,23 @@ fn a_backup_never_overwrites_anything_and_is_the_same_store() {
     append(&varve, "orders", 0, 10, 2);
     let taken = dir.path().join("taken");
     std::fs::create_dir(&taken).unwrap();
-    assert!(matches!(varve.backup(&taken), Err(Error::DestinationExists { .. })));
+    assert!(matches!(
+        varve.backup(&taken),
+        Err(Error::DestinationExists { .. })
+    ));
     std::fs::write(taken.join("mine"), b"keep").unwrap();
-    assert!(matches!(varve.backup(&taken), Err(Error::DestinationExists { .. })));
+    assert!(matches!(
+        varve.backup(&taken),
+        Err(Error::DestinationExists { .. })
+    ));
     assert_eq!(std::fs::read(taken.join("mine")).unwrap(), b"keep");
 
     let backup = dir.path().join("backup");
     let report = varve.backup(&backup).unwrap();
-    assert!(matches!(varve.backup(&backup), Err(Error::DestinationExists { .. })));
+    assert!(matches!(
+        varve.backup(&backup),
+        Err(Error::DestinationExists { .. })
+    ));
     assert_eq!(BackupManifest::read(&backup).unwrap(), report.manifest);
     // Nothing is left beside the destinations.
     let mut names: Vec<_> = std::fs::read_dir(dir.path())
@@ -146,7 +159,13 @@ fn a_backup_never_overwrites_anything_and_is_the_same_store() {
 fn a_read_only_handle_can_take_a_backup() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    append(&Varve::with_config(&store, config()).unwrap(), "orders", 0, 7, 3);
+    append(
+        &Varve::with_config(&store, config()).unwrap(),
+        "orders",
+        0,
+        7,
+        3,
+    );
     let reader = Varve::open_read_only(&store).unwrap();
     let report = reader.backup(dir.path().join("backup")).unwrap();
     assert_eq!(report.events(), 7);
@@ -176,14 +195,25 @@ fn a_chain_of_segments_restores_to_the_source_exactly() {
     let varve = Varve::with_config(dir.path().join("store"), config()).unwrap();
     let (full, one, two) = chain(dir.path(), &varve);
     // `export(from)` computes the same start digest by reading the log.
-    let again = varve.export(GlobalSequence(40), dir.path().join("1b.seg")).unwrap();
-    assert_eq!(again.segment.start_digest, SegmentInfo::read(&one).unwrap().start_digest);
+    let again = varve
+        .export(GlobalSequence(40), dir.path().join("1b.seg"))
+        .unwrap();
+    assert_eq!(
+        again.segment.start_digest,
+        SegmentInfo::read(&one).unwrap().start_digest
+    );
     assert_eq!(again.segment.end_digest.0.len(), 16);
 
     let dest = dir.path().join("restored");
     let report = Varve::restore(&full, [&one, &two], &dest, None).unwrap();
-    assert_eq!((report.end.0, report.segments_applied, report.rebuilt), (100, 2, false));
-    assert_eq!(report.log_digest, SegmentInfo::read(&two).unwrap().end_digest);
+    assert_eq!(
+        (report.end.0, report.segments_applied, report.rebuilt),
+        (100, 2, false)
+    );
+    assert_eq!(
+        report.log_digest,
+        SegmentInfo::read(&two).unwrap().end_digest
+    );
     let restored = Varve::new(&dest).unwrap();
     assert_eq!(restored.store_id(), varve.store_id());
     assert!(restored.verify().unwrap().is_ok());
@@ -199,25 +229,37 @@ fn a_restore_stops_at_a_point_in_time_before_the_batch_it_would_cut() {
     let varve = Varve::with_config(dir.path().join("store"), config()).unwrap();
     let (full, one, two) = chain(dir.path(), &varve);
     // Batches of 4 from 40: 40..44, 44..48, ... so 50 cuts 48..52.
-    let report =
-        Varve::restore(&full, [&one, &two], dir.path().join("at-50"), Some(GlobalSequence(50)))
-            .unwrap();
+    let report = Varve::restore(
+        &full,
+        [&one, &two],
+        dir.path().join("at-50"),
+        Some(GlobalSequence(50)),
+    )
+    .unwrap();
     assert_eq!((report.end.0, report.rebuilt), (48, false));
     let restored = Varve::open_read_only(dir.path().join("at-50")).unwrap();
     assert_eq!(rows(&restored, u64::MAX), rows(&varve, 48));
     // Before the backup's end: rebuilt from the backup's blocks.
-    let report =
-        Varve::restore(&full, [&one, &two], dir.path().join("at-10"), Some(GlobalSequence(10)))
-            .unwrap();
+    let report = Varve::restore(
+        &full,
+        [&one, &two],
+        dir.path().join("at-10"),
+        Some(GlobalSequence(10)),
+    )
+    .unwrap();
     assert_eq!((report.end.0, report.rebuilt), (9, true));
     let restored = Varve::new(dir.path().join("at-10")).unwrap();
     assert_eq!(restored.store_id(), varve.store_id());
     assert!(restored.verify().unwrap().is_ok());
     assert_eq!(rows(&restored, u64::MAX), rows(&varve, 9));
     // At exactly a segment's end.
-    let report =
-        Varve::restore(&full, [&one, &two], dir.path().join("at-75"), Some(GlobalSequence(75)))
-            .unwrap();
+    let report = Varve::restore(
+        &full,
+        [&one, &two],
+        dir.path().join("at-75"),
+        Some(GlobalSequence(75)),
+    )
+    .unwrap();
     assert_eq!(report.end.0, 75);
 }
 
@@ -233,7 +275,17 @@ fn damaged_missing_out_of_order_and_foreign_pieces_are_refused_before_anything_i
     };
 
     let e = refused(Varve::restore(&full, [&two], &dest, None));
-    assert!(matches!(e, Error::SegmentMissing { expected_from: GlobalSequence(40), found_from: GlobalSequence(75), .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::SegmentMissing {
+                expected_from: GlobalSequence(40),
+                found_from: GlobalSequence(75),
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = refused(Varve::restore(&full, [&one, &one], &dest, None));
     assert!(matches!(e, Error::SegmentOutOfOrder { .. }), "{e}");
     let e = refused(Varve::restore(&full, [&two, &one], &dest, None));
@@ -247,7 +299,9 @@ fn damaged_missing_out_of_order_and_foreign_pieces_are_refused_before_anything_i
     let e = refused(Varve::restore(&full, [&foreign], &dest, None));
     assert!(matches!(e, Error::ForeignBackup { .. }), "{e}");
     // Another store's segment from the same position: also foreign.
-    let e = varve.export_after(&foreign, dir.path().join("x.seg")).unwrap_err();
+    let e = varve
+        .export_after(&foreign, dir.path().join("x.seg"))
+        .unwrap_err();
     assert!(matches!(e, Error::ForeignBackup { .. }), "{e}");
 
     // Every single flipped byte of a segment is caught, and a cut one too.
@@ -277,7 +331,11 @@ fn damaged_missing_out_of_order_and_foreign_pieces_are_refused_before_anything_i
     let e = refused(Varve::restore(&copy, [&one], &dest, None));
     assert!(matches!(e, Error::BackupDamaged { .. }), "{e}");
     let manifest = std::fs::read_to_string(full.join("backup.manifest")).unwrap();
-    std::fs::write(copy.join("backup.manifest"), manifest.replace("end: 40", "end: 41")).unwrap();
+    std::fs::write(
+        copy.join("backup.manifest"),
+        manifest.replace("end: 40", "end: 41"),
+    )
+    .unwrap();
     let e = refused(Varve::restore(&copy, [&one], &dest, None));
     assert!(matches!(e, Error::BackupDamaged { .. }), "{e}");
     std::fs::remove_file(copy.join("backup.manifest")).unwrap();
@@ -299,15 +357,26 @@ fn an_export_must_start_at_a_block_boundary_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let varve = Varve::with_config(dir.path().join("store"), config()).unwrap();
     append(&varve, "orders", 0, 9, 3);
-    let e = varve.export(GlobalSequence(4), dir.path().join("a.seg")).unwrap_err();
+    let e = varve
+        .export(GlobalSequence(4), dir.path().join("a.seg"))
+        .unwrap_err();
     assert!(matches!(e, Error::Corruption { .. }), "{e}");
-    let e = varve.export(GlobalSequence(10), dir.path().join("a.seg")).unwrap_err();
+    let e = varve
+        .export(GlobalSequence(10), dir.path().join("a.seg"))
+        .unwrap_err();
     assert!(matches!(e, Error::Corruption { .. }), "{e}");
-    let empty = varve.export(GlobalSequence(9), dir.path().join("a.seg")).unwrap();
+    let empty = varve
+        .export(GlobalSequence(9), dir.path().join("a.seg"))
+        .unwrap();
     assert_eq!(empty.events(), 0);
-    let e = varve.export(GlobalSequence(3), dir.path().join("a.seg")).unwrap_err();
+    let e = varve
+        .export(GlobalSequence(3), dir.path().join("a.seg"))
+        .unwrap_err();
     assert!(matches!(e, Error::DestinationExists { .. }), "{e}");
-    assert_eq!(SegmentInfo::read(dir.path().join("a.seg")).unwrap().from.0, 9);
+    assert_eq!(
+        SegmentInfo::read(dir.path().join("a.seg")).unwrap().from.0,
+        9
+    );
 }
 
 /// A process taking backups while it appends is killed eight times, at
@@ -379,7 +448,10 @@ fn a_backup_killed_at_any_moment_never_leaves_something_that_looks_complete() {
         whole.push(name);
     }
     for name in &finished {
-        assert!(whole.contains(name), "{name} was reported finished but is missing");
+        assert!(
+            whole.contains(name),
+            "{name} was reported finished but is missing"
+        );
     }
     let varve = Varve::new(&store).unwrap();
     assert!(varve.verify().unwrap().is_ok());

@@ -64,7 +64,10 @@ fn check_all(varve: &Varve, events: u64) {
         assert_eq!(order.id, g as u64);
     }
     let mut reader = varve.stream::<Order, 64>("orders").unwrap().reader();
-    let got = reader.get_archived(StreamId(1), StreamSequence(0)).unwrap().unwrap();
+    let got = reader
+        .get_archived(StreamId(1), StreamSequence(0))
+        .unwrap()
+        .unwrap();
     assert_eq!(got.id, 1);
 }
 
@@ -80,9 +83,15 @@ fn a_read_only_open_reads_everything_refuses_every_write_and_changes_no_byte() {
     assert!(varve.verify().unwrap().is_ok());
     let mut orders = varve.stream::<Order, 64>("orders").unwrap();
     let refused = orders.append(StreamId(1), &Order::numbered(99));
-    assert!(matches!(refused, Err(Error::ReadOnly { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::ReadOnly { .. })),
+        "{refused:?}"
+    );
     let refused = orders.append_batch(StreamId(1), &[Order::numbered(1), Order::numbered(2)]);
-    assert!(matches!(refused, Err(Error::ReadOnly { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::ReadOnly { .. })),
+        "{refused:?}"
+    );
     // A stream that does not exist opens (reads find nothing) and refuses too.
     let mut other = varve.stream::<Order, 64>("other").unwrap();
     assert!(matches!(
@@ -98,9 +107,16 @@ fn a_read_only_open_reads_everything_refuses_every_write_and_changes_no_byte() {
         Err(Error::ReadOnly { .. })
     ));
     // A read model reads (nothing) without writing.
-    assert_eq!(varve.read_model("sales").unwrap().get_u64(b"x").unwrap(), None);
+    assert_eq!(
+        varve.read_model("sales").unwrap().get_u64(b"x").unwrap(),
+        None
+    );
     drop((orders, other, varve));
-    assert_eq!(files(dir.path()), before, "a read-only open changed the store's files");
+    assert_eq!(
+        files(dir.path()),
+        before,
+        "a read-only open changed the store's files"
+    );
 }
 
 #[test]
@@ -118,7 +134,11 @@ fn a_read_only_open_creates_no_directory_and_no_store() {
         matches!(&result, Err(Error::Open { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
         "{result:?}"
     );
-    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()).keys());
+    assert!(
+        files(dir.path()).is_empty(),
+        "{:?}",
+        files(dir.path()).keys()
+    );
 }
 
 #[test]
@@ -133,7 +153,14 @@ fn an_old_store_without_identity_record_is_not_given_one_by_a_read_only_open() {
     let varve = Varve::open_read_only(dir.path()).unwrap();
     let end = varve.global_reader().end().unwrap();
     assert!(end.0 > 0);
-    assert_eq!(varve.global_reader().iter_from(GlobalSequence(0)).unwrap().count() as u64, end.0);
+    assert_eq!(
+        varve
+            .global_reader()
+            .iter_from(GlobalSequence(0))
+            .unwrap()
+            .count() as u64,
+        end.0
+    );
     drop(varve);
     assert!(!dir.path().join("varvedb.id").exists());
     assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), data);
@@ -146,17 +173,29 @@ fn a_process_cannot_hold_one_store_both_read_only_and_writable() {
     let writer = Varve::new(dir.path()).unwrap();
     let result = Varve::open_read_only(dir.path());
     assert!(
-        matches!(&result, Err(Error::ConfigConflict { field: "read_only", .. })),
+        matches!(
+            &result,
+            Err(Error::ConfigConflict {
+                field: "read_only",
+                ..
+            })
+        ),
         "{result:?}"
     );
     drop(writer);
     let reader = Varve::open_read_only(dir.path()).unwrap();
     assert!(matches!(
         Varve::new(dir.path()),
-        Err(Error::ConfigConflict { field: "read_only", .. })
+        Err(Error::ConfigConflict {
+            field: "read_only",
+            ..
+        })
     ));
     // A second read-only open shares the first.
-    assert_eq!(Varve::open_read_only(dir.path()).unwrap().path(), reader.path());
+    assert_eq!(
+        Varve::open_read_only(dir.path()).unwrap().path(),
+        reader.path()
+    );
 }
 
 /// Two stores the unprivileged user `nobody` may read but not write: one
@@ -227,7 +266,10 @@ fn a_child_reads_stores_it_cannot_write() {
     // SAFETY: `geteuid` has no preconditions.
     let uid = unsafe { libc::geteuid() };
     for path in paths.lines().map(PathBuf::from) {
-        assert!(Varve::new(&path).is_err(), "uid {uid} could open {path:?} for writing");
+        assert!(
+            Varve::new(&path).is_err(),
+            "uid {uid} could open {path:?} for writing"
+        );
         let varve = Varve::open_read_only(&path).unwrap();
         check_all(&varve, 12);
         assert!(varve.verify().unwrap().is_ok());

@@ -3,10 +3,13 @@
 
 mod aggregate;
 mod backup;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod config;
 mod error;
 mod event;
 mod global;
+mod inspect;
 mod position;
 mod projection;
 mod reader;
@@ -33,6 +36,7 @@ pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
 pub use global::{GlobalEntry, GlobalEvent, GlobalIter, GlobalReader};
+pub use inspect::{IdSummary, StoreInfo, StreamSummary};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,

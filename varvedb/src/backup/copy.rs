@@ -4,7 +4,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{digest_log, file_digest, io_error, micros_now, write_durably, BackupManifest, LogDigest, Staging, MANIFEST_FILE};
+use super::{
+    digest_log, file_digest, io_error, micros_now, write_durably, BackupManifest, LogDigest,
+    Staging, MANIFEST_FILE,
+};
 use crate::error::{Error, Result};
 use crate::position::GlobalSequence;
 use crate::storage::{self, Identity, StoreId, DATA_FILE, FORMAT_VERSION};

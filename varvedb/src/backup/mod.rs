@@ -51,8 +51,15 @@ pub const MANIFEST_FILE: &str = "backup.manifest";
 
 const MANIFEST_HEADER: &str = "varvedb backup manifest 1";
 
-/// A [log digest](self#the-log-digest): the content of the log up to a
-/// position. Displays as 32 hex digits.
+/// A log digest: names the content of the log up to a position.
+///
+/// A chain over the log's blocks in order: `D(0) = 0` and `D(next) =
+/// XXH3-128(D | first global (BE) | length (LE) | block bytes)`. It depends
+/// only on the log's content, not on how it was cut into backups and
+/// segments: a backup records `D(end)`, a segment `D(from)` and `D(to)`, and a
+/// restore recomputes it from the restored store. It guards against damage and
+/// mix-ups, not against forgery (sign manifests for that). Displays as 32 hex
+/// digits.
 ///
 /// ```
 /// let zero = varvedb::LogDigest::default();
@@ -130,7 +137,7 @@ pub struct BackupManifest {
     pub blocks: u64,
     /// The size of the backup's `data.mdb`.
     pub data_bytes: u64,
-    /// The [log digest](self#the-log-digest) at `end`.
+    /// The [log digest](crate::LogDigest) at `end`.
     pub log_digest: LogDigest,
     /// XXH3-128 of the whole `data.mdb` file, for damage anywhere in it.
     pub data_digest: LogDigest,
@@ -161,7 +168,9 @@ impl BackupManifest {
         }
         let mut lines = body.lines();
         if lines.next() != Some(MANIFEST_HEADER) {
-            return Err(damaged("not a varvedb backup manifest (or a newer version)".into()));
+            return Err(damaged(
+                "not a varvedb backup manifest (or a newer version)".into(),
+            ));
         }
         let fields: std::collections::HashMap<&str, &str> =
             lines.filter_map(|l| l.split_once(": ")).collect();
@@ -270,7 +279,7 @@ fn walk_blocks(
     Ok(())
 }
 
-/// The [log digest](self#the-log-digest) of `store` at `to` (a block
+/// The [log digest](crate::LogDigest) of `store` at `to` (a block
 /// boundary) and the number of blocks before it; `progress(position)`.
 fn digest_log(
     store: &std::sync::Arc<crate::storage::Store>,
@@ -282,7 +291,7 @@ fn digest_log(
     walk_blocks(store, 0, to, |key, _, bytes| {
         digest = digest.chain(key, bytes);
         blocks += 1;
-        if blocks % 1024 == 0 {
+        if blocks.is_multiple_of(1024) {
             progress(key);
         }
         Ok(ControlFlow::Continue(()))

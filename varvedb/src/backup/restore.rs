@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::segment::Record;
-use super::{digest_log, file_digest, io_error, walk_blocks, BackupManifest, LogDigest, SegmentInfo, Staging};
+use super::{
+    digest_log, file_digest, io_error, walk_blocks, BackupManifest, LogDigest, SegmentInfo, Staging,
+};
 use crate::config::VarveConfig;
 use crate::error::{Error, Result};
 use crate::position::GlobalSequence;
@@ -200,9 +202,8 @@ impl Varve {
 
         let limit = until.map_or(u64::MAX, |u| u.0);
         let staging = Staging::new(dest, true)?;
-        let identity = storage::read_identity(backup)?.ok_or_else(|| {
-            damaged(backup, "it has no identity record (varvedb.id)".into())
-        })?;
+        let identity = storage::read_identity(backup)?
+            .ok_or_else(|| damaged(backup, "it has no identity record (varvedb.id)".into()))?;
         let rebuilt = limit < manifest.end.0;
         let mut sink = if rebuilt {
             rebuild_from_backup(backup, &staging.dir, identity, limit)?
@@ -235,9 +236,8 @@ impl Varve {
             info.for_each_record(|record| {
                 match record {
                     Record::Block(key, bytes) => {
-                        let header = storage::block::BlockView::parse(key, bytes).map_err(|e| {
-                            damaged(&info.path, format!("block at {key}: {}", e.0))
-                        })?;
+                        let header = storage::block::BlockView::parse(key, bytes)
+                            .map_err(|e| damaged(&info.path, format!("block at {key}: {}", e.0)))?;
                         let end = header.header().end_global();
                         if end > limit {
                             cut = true;
@@ -254,7 +254,11 @@ impl Varve {
             })?;
             sink.catalog(&catalog)?;
             applied += 1;
-            if !cut && (blocks != info.blocks || sink.digest != info.end_digest || sink.end != info.to.0) {
+            if !cut
+                && (blocks != info.blocks
+                    || sink.digest != info.end_digest
+                    || sink.end != info.to.0)
+            {
                 return Err(damaged(
                     &info.path,
                     "its blocks do not add up to the digest in its trailer".into(),
@@ -315,7 +319,12 @@ fn rebuild_from_backup(
     identity: storage::Identity,
     limit: u64,
 ) -> Result<Sink> {
-    let store = Store::open_as(dir, VarveConfig::default(), Access::ReadWrite, Some(identity))?;
+    let store = Store::open_as(
+        dir,
+        VarveConfig::default(),
+        Access::ReadWrite,
+        Some(identity),
+    )?;
     let mut sink = Sink {
         varve: Varve::from_store(store),
         chunk: Vec::new(),

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! `from`/`to` are the global sequences the blocks cover (`[from, to)`), the
-//! start digest is the [log digest](super#the-log-digest) at `from` (the end
+//! start digest is the [log digest](crate::LogDigest) at `from` (the end
 //! digest of the backup or segment it continues) and the end digest the log
 //! digest at `to`. Blocks are the source's bytes, unchanged.
 
@@ -110,7 +110,10 @@ impl SegmentInfo {
         let mut file = File::open(path).map_err(io_error(path))?;
         let len = file.metadata().map_err(io_error(path))?.len();
         if len < (HEADER_LEN + 1 + TRAILER_LEN) as u64 {
-            return Err(damaged(path, format!("{len} bytes is too short for a segment")));
+            return Err(damaged(
+                path,
+                format!("{len} bytes is too short for a segment"),
+            ));
         }
         let mut header = [0u8; HEADER_LEN];
         file.read_exact(&mut header).map_err(io_error(path))?;
@@ -150,7 +153,10 @@ impl SegmentInfo {
             .map_err(io_error(path))?;
         file.read_exact(&mut tail).map_err(io_error(path))?;
         if h.digest128().to_le_bytes()[..] != tail[TRAILER_LEN - 16..] {
-            return Err(damaged(path, "the segment fails its checksum (damaged or cut short)"));
+            return Err(damaged(
+                path,
+                "the segment fails its checksum (damaged or cut short)",
+            ));
         }
         let trailer = &tail[..TRAILER_LEN - 16];
         if &trailer[..8] != END_MAGIC {
@@ -176,11 +182,15 @@ impl SegmentInfo {
 
     /// Calls `f` for each record, in file order (the file's checksum was
     /// checked by [`SegmentInfo::read`]; records are still bounds-checked).
-    pub(crate) fn for_each_record(&self, mut f: impl FnMut(Record<'_>) -> Result<bool>) -> Result<()> {
+    pub(crate) fn for_each_record(
+        &self,
+        mut f: impl FnMut(Record<'_>) -> Result<bool>,
+    ) -> Result<()> {
         let path = &self.path;
         let file = File::open(path).map_err(io_error(path))?;
         let mut r = BufReader::with_capacity(1 << 20, file);
-        r.seek(SeekFrom::Start(HEADER_LEN as u64)).map_err(io_error(path))?;
+        r.seek(SeekFrom::Start(HEADER_LEN as u64))
+            .map_err(io_error(path))?;
         let cut = |e: std::io::Error| damaged(path, format!("a record is cut short: {e}"));
         let mut buf = Vec::new();
         let mut key = Vec::new();
@@ -286,7 +296,11 @@ impl Varve {
     /// # Errors
     /// As [`Varve::export`]; [`Error::ForeignBackup`] if `previous` belongs
     /// to another store; [`Error::BackupDamaged`] if it fails its checks.
-    pub fn export_after(&self, previous: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<ExportReport> {
+    pub fn export_after(
+        &self,
+        previous: impl AsRef<Path>,
+        dest: impl AsRef<Path>,
+    ) -> Result<ExportReport> {
         let started = Instant::now();
         let previous = previous.as_ref();
         let (id, from, digest) = if previous.is_dir() {
@@ -352,7 +366,8 @@ impl Varve {
         let mut digest = start_digest;
         let mut blocks = 0u64;
         walk_blocks(self.store(), from, to, |key, _, bytes| {
-            let len = u32::try_from(bytes.len()).map_err(|_| damaged(&path, "a block over 4 GiB"))?;
+            let len =
+                u32::try_from(bytes.len()).map_err(|_| damaged(&path, "a block over 4 GiB"))?;
             w.put(&[BLOCK])?;
             w.put(&key.to_le_bytes())?;
             w.put(&len.to_le_bytes())?;
@@ -387,7 +402,10 @@ impl Varve {
         let sum = w.hash.digest128().to_le_bytes();
         w.out.write_all(&sum).map_err(io_error(&path))?;
         let bytes = w.bytes + 16;
-        let file = w.out.into_inner().map_err(|e| io_error(&path)(e.into_error()))?;
+        let file = w
+            .out
+            .into_inner()
+            .map_err(|e| io_error(&path)(e.into_error()))?;
         file.sync_all().map_err(io_error(&path))?;
         drop(file);
         // The segment is a file: publish it by linking it under its name

@@ -40,8 +40,8 @@ use crate::error::{Error, Location, Result};
 
 pub(crate) use block::BlockBuilder;
 pub(crate) use catalog::{StreamInfo, TypeIdentity};
-pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
 pub use identity::StoreId;
+pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
     block_end, block_position, block_tag, walk_stream, ArchivedRef, BlockRef, EventPosition,
@@ -329,7 +329,8 @@ impl Store {
         // to this store; LMDB's lock file coordinates with other processes that
         // use it through LMDB, and the process-wide registry guarantees this
         // process opens it only once.
-        let env = unsafe { options.open(path) }.map_err(open_env_error(path, config.max_readers))?;
+        let env =
+            unsafe { options.open(path) }.map_err(open_env_error(path, config.max_readers))?;
         // Processes that died holding snapshots left their reader slots taken,
         // pinning old pages; free them (`snapshot` also does when slots run out).
         env.clear_stale_readers().map_err(storage_error(
@@ -481,7 +482,8 @@ impl Store {
                 }));
             };
             checked = Some(
-                probe::check(rtxn, &meta, path, recorded.map(|r| r.id)).map_err(OpenError::Varve)?,
+                probe::check(rtxn, &meta, path, recorded.map(|r| r.id))
+                    .map_err(OpenError::Varve)?,
             );
             fn required<D>(name: &'static str, db: Option<D>) -> Result<D, OpenError> {
                 db.ok_or_else(|| {

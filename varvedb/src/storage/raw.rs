@@ -147,12 +147,10 @@ impl WriteTxn<'_> {
                 ),
             });
         }
-        let put = store.events.put_with_flags(
-            &mut self.txn,
-            PutFlags::APPEND,
-            &event_key(key),
-            bytes,
-        );
+        let put =
+            store
+                .events
+                .put_with_flags(&mut self.txn, PutFlags::APPEND, &event_key(key), bytes);
         self.lmdb("restoring the event log", put)?;
         let count = u64::from(header.count);
         let run = match head {
@@ -170,6 +168,98 @@ impl WriteTxn<'_> {
         let put = store.index.put(&mut self.txn, &index, &run.encode(&index));
         self.lmdb("restoring the stream index", put)?;
         self.end_global = Some(header.end_global());
+        Ok(())
+    }
+}
+
+/// What LMDB says about the environment, read inside the gate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EnvStats {
+    pub(crate) map_size: usize,
+    pub(crate) last_txn: usize,
+    pub(crate) readers_used: u32,
+    pub(crate) max_readers: u32,
+}
+
+impl Store {
+    /// The map size, last commit and reader slots in use (`mdb_env_info`,
+    /// which reads the meta pages through the map: inside the gate).
+    pub(crate) fn env_stats(&self) -> EnvStats {
+        let _inside = self.gate.enter();
+        let info = self.env.info();
+        EnvStats {
+            map_size: info.map_size,
+            last_txn: info.last_txn_id,
+            readers_used: info.number_of_readers,
+            max_readers: info.maximum_number_of_readers,
+        }
+    }
+
+    /// Frees the reader slots of dead processes (writes `lock.mdb` only);
+    /// returns how many.
+    pub(crate) fn clear_dead_readers(&self) -> Result<usize> {
+        self.clear_stale_readers()
+    }
+}
+
+impl View {
+    /// Calls `f(tag, stream)` for each stream of the catalog, in tag order.
+    pub(crate) fn for_each_stream(
+        &mut self,
+        mut f: impl FnMut(u32, &super::StreamInfo) -> Result<()>,
+    ) -> Result<()> {
+        let mut tags = Vec::new();
+        self.for_each_catalog_record(|k, _| {
+            if let [b't', a, b, c, d] = *k {
+                tags.push(u32::from_be_bytes([a, b, c, d]));
+            }
+            Ok(())
+        })?;
+        for tag in tags {
+            let info = self.stream_by_tag(tag)?;
+            f(tag, &info)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f(id, events)` for each stream id of the stream `tag`, in id
+    /// order, with its event count (its runs are contiguous from 0).
+    pub(crate) fn for_each_id(
+        &self,
+        tag: u32,
+        mut f: impl FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let err = self.store.err("reading the stream index");
+        let prefix = tag.to_be_bytes();
+        let iter = self
+            .store
+            .index
+            .prefix_iter(&self.pin.txn, &prefix)
+            .map_err(&err)?;
+        let mut current: Option<(u64, u64)> = None;
+        for entry in iter {
+            let (k, v) = entry.map_err(&err)?;
+            let (_, id, seq) =
+                super::keys::parse_index_key(k).ok_or_else(|| Error::Corruption {
+                    location: Location::Record("a stream-index key".into()),
+                    detail: format!("malformed key of {} bytes", k.len()),
+                })?;
+            let run = Run::decode(k, seq, v).ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("the index run of tag {tag} id {id} at {seq}")),
+                detail: "the run fails its checksum".into(),
+            })?;
+            match current {
+                Some((cur, _)) if cur == id => current = Some((id, run.end_seq())),
+                Some((cur, n)) => {
+                    f(cur, n)?;
+                    current = Some((id, run.end_seq()));
+                }
+                None => current = Some((id, run.end_seq())),
+            }
+        }
+        if let Some((id, n)) = current {
+            f(id, n)?;
+        }
         Ok(())
     }
 }

@@ -499,9 +499,7 @@ impl View {
         let Some(state) = &self.store.state else {
             return Ok(());
         };
-        let iter = state
-            .prefix_iter(&self.pin.txn, prefix)
-            .map_err(&err)?;
+        let iter = state.prefix_iter(&self.pin.txn, prefix).map_err(&err)?;
         for entry in iter {
             let (k, v) = entry.map_err(&err)?;
             if f(k, v).is_break() {
