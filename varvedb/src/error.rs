@@ -674,6 +674,30 @@ mod tests {
                 source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no"),
             },
             Error::CommitAbandoned,
+            Error::ReadOnly {
+                path: "/x".into(),
+                operation: "appending",
+            },
+            Error::DestinationExists { path: "/b".into() },
+            Error::BackupDamaged {
+                path: "/b".into(),
+                detail: "bad".into(),
+            },
+            Error::ForeignBackup {
+                path: "/s".into(),
+                expected: crate::StoreId::from_bytes([1; 16]),
+                found: crate::StoreId::from_bytes([2; 16]),
+            },
+            Error::SegmentMissing {
+                path: "/s".into(),
+                expected_from: GlobalSequence(1),
+                found_from: GlobalSequence(5),
+            },
+            Error::SegmentOutOfOrder {
+                path: "/s".into(),
+                expected_from: GlobalSequence(5),
+                found_from: GlobalSequence(1),
+            },
         ];
         for e in &errors {
             let copy = e.duplicate();
