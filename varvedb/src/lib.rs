@@ -29,8 +29,8 @@ pub use aggregate::{
     Aggregate, AggregateTest, ExecuteError, Executed, Loaded, Snapshots, TestOutcome,
 };
 pub use backup::{
-    BackupManifest, BackupPhase, BackupProgress, BackupReport, ExportReport, LogDigest,
-    RestoreReport, SegmentInfo,
+    BackupManifest, BackupPhase, BackupProgress, BackupReport, ExportFollower, ExportReport,
+    LogDigest, RestoreReport, SegmentInfo,
 };
 pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};

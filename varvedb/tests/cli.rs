@@ -227,6 +227,41 @@ fn backup_export_and_restore_round_trip_through_the_tool() {
             .arg("info"),
     );
     assert_eq!(info["store_id"], varve.store_id().to_string());
+    // A follower writes a segment for new commits, in a directory.
+    let follow = std::process::Command::new(assert_cmd::cargo::cargo_bin("varvedb"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args([
+            "--json",
+            "export",
+            "--follow",
+            "--max-segments",
+            "1",
+            "--after",
+        ])
+        .arg(&seg)
+        .arg(dir.path().join("standby"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    varve
+        .events::<Placed>()
+        .unwrap()
+        .append(
+            StreamId(4),
+            &Placed {
+                order: 13,
+                note: String::new(),
+            },
+        )
+        .unwrap();
+    let out = follow.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let written: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (written["from"].clone(), written["to"].clone()),
+        (13.into(), 14.into())
+    );
     // A segment out of its chain is refused.
     let restored2 = dir.path().join("restored2");
     let refused = Command::cargo_bin("varvedb")

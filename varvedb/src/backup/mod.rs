@@ -44,7 +44,7 @@ use crate::storage::StoreId;
 
 pub use copy::{BackupPhase, BackupProgress, BackupReport};
 pub use restore::RestoreReport;
-pub use segment::{ExportReport, SegmentInfo};
+pub use segment::{ExportFollower, ExportReport, SegmentInfo};
 
 /// The name of a backup's manifest inside its directory.
 pub const MANIFEST_FILE: &str = "backup.manifest";

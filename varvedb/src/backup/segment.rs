@@ -442,3 +442,98 @@ impl Varve {
         })
     }
 }
+
+/// Follows the log, writing a segment whenever new commits land, so a
+/// standby copy (a backup plus these segments) lags the store by at most one
+/// segment. Made by [`Varve::export_follower`].
+///
+/// ```
+/// # use rkyv::{Archive, Serialize};
+/// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+/// use std::time::Duration;
+/// use varvedb::{StreamId, Varve};
+/// # let dir = tempfile::tempdir().unwrap();
+/// let varve = Varve::new(dir.path().join("store"))?;
+/// varve.backup(dir.path().join("full"))?;
+/// let mut follower = varve.export_follower(dir.path().join("full"), dir.path().join("segments"))?;
+/// assert!(follower.next_segment(Duration::ZERO)?.is_none()); // nothing new
+/// varve.stream::<Tick, 16>("ticks")?.append(StreamId(1), &Tick { n: 1 })?;
+/// let written = follower.next_segment(Duration::from_secs(5))?.expect("a commit landed");
+/// assert_eq!(written.events(), 1);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ExportFollower {
+    varve: Varve,
+    dir: PathBuf,
+    last: PathBuf,
+    end: GlobalSequence,
+}
+
+impl Varve {
+    /// An [`ExportFollower`] continuing `previous` (a backup directory or a
+    /// segment of this store), writing segments into directory `dir`
+    /// (created if needed) named `FROM-TO.seg` with zero-padded positions,
+    /// so their names sort in chain order.
+    ///
+    /// # Errors
+    /// As [`Varve::export_after`].
+    pub fn export_follower(
+        &self,
+        previous: impl AsRef<Path>,
+        dir: impl AsRef<Path>,
+    ) -> Result<ExportFollower> {
+        let previous = previous.as_ref();
+        let (id, end) = if previous.is_dir() {
+            let m = BackupManifest::read(previous)?;
+            (m.store_id, m.end)
+        } else {
+            let s = SegmentInfo::read(previous)?;
+            (s.store_id, s.to)
+        };
+        if id != self.store_id() {
+            return Err(Error::ForeignBackup {
+                path: previous.to_path_buf(),
+                expected: self.store_id(),
+                found: id,
+            });
+        }
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        Ok(ExportFollower {
+            varve: self.clone(),
+            dir: dir.to_path_buf(),
+            last: previous.to_path_buf(),
+            end,
+        })
+    }
+}
+
+impl ExportFollower {
+    /// Waits up to `timeout` for a commit past the last segment, then writes
+    /// one segment holding everything committed by then; `None` if nothing
+    /// was committed in time.
+    ///
+    /// # Errors
+    /// As [`Varve::export_after`].
+    pub fn next_segment(&mut self, timeout: Duration) -> Result<Option<ExportReport>> {
+        let mut news = self.varve.subscribe(self.end);
+        if news.next_timeout(timeout)?.is_none() {
+            return Ok(None);
+        }
+        drop(news);
+        let end = self.varve.global_reader().end()?;
+        let dest = self
+            .dir
+            .join(format!("{:020}-{:020}.seg", self.end.0, end.0));
+        let report = self.varve.export_after(&self.last, &dest)?;
+        self.last = report.segment.path.clone();
+        self.end = report.segment.to;
+        Ok(Some(report))
+    }
+
+    /// The last backup or segment written (or continued).
+    pub fn last(&self) -> &Path {
+        &self.last
+    }
+}

@@ -382,7 +382,44 @@ impl Cli {
                     )?;
                 }
             }
-            Command::Export { dest, after, from } => {
+            Command::Export {
+                dest,
+                after: Some(previous),
+                follow: true,
+                max_segments,
+                ..
+            } => {
+                let varve = open()?;
+                let mut follower = varve.export_follower(previous, &dest)?;
+                let mut written = 0u64;
+                while max_segments.is_none_or(|m| written < m) {
+                    if let Some(report) = follower.next_segment(Duration::from_secs(1))? {
+                        let s = &report.segment;
+                        if json {
+                            put(
+                                out,
+                                &json!({
+                                    "path": s.path, "from": s.from.0, "to": s.to.0,
+                                    "bytes": report.bytes, "end_digest": s.end_digest.to_string(),
+                                }),
+                            )?;
+                        } else {
+                            writeln!(
+                                out,
+                                "{}: global sequences {}..{}",
+                                s.path.display(),
+                                s.from.0,
+                                s.to.0
+                            )?;
+                        }
+                        out.flush()?;
+                        written += 1;
+                    }
+                }
+            }
+            Command::Export {
+                dest, after, from, ..
+            } => {
                 let varve = open()?;
                 let bar = spinner("exporting");
                 let report = match (after, from) {
@@ -618,10 +655,17 @@ enum Command {
         /// The backup directory (must not exist).
         dest: PathBuf,
     },
-    /// A segment of the log for an incremental backup.
+    /// A segment of the log for an incremental backup; with --follow, one
+    /// segment per burst of commits into a directory, until stopped.
     Export {
-        /// The segment file (must not exist).
+        /// The segment file (must not exist); with --follow, a directory.
         dest: PathBuf,
+        /// Keep writing segments as commits land (needs --after).
+        #[arg(long, requires = "after")]
+        follow: bool,
+        /// With --follow, stop after this many segments.
+        #[arg(long)]
+        max_segments: Option<u64>,
         /// Continue this backup directory or segment file.
         #[arg(long, conflicts_with = "from")]
         after: Option<PathBuf>,
