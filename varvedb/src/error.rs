@@ -417,6 +417,79 @@ pub enum Error {
         /// What went wrong, with the version being read.
         detail: String,
     },
+
+    /// The store was opened read-only (`Varve::open_read_only`), and this
+    /// operation would write.
+    #[error("the store at {path} is open read-only: {operation} is refused")]
+    ReadOnly {
+        /// The store directory.
+        path: PathBuf,
+        /// What was refused (appending, writing state, ...).
+        operation: &'static str,
+    },
+
+    /// A backup, segment or restore would be written where something already
+    /// is; nothing is ever overwritten.
+    #[error("{path} already exists (or is not empty); choose a new destination")]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+
+    /// A backup or segment file fails its own checks: a bad manifest,
+    /// header or checksum, or content whose digest differs from the one
+    /// recorded.
+    #[error("the backup at {path} is damaged: {detail}")]
+    BackupDamaged {
+        /// The backup directory or segment file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+
+    /// A segment (or backup) belongs to another store.
+    #[error("{path} belongs to store {found}, not to store {expected}")]
+    ForeignBackup {
+        /// The segment file or backup directory.
+        path: PathBuf,
+        /// The store being restored.
+        expected: crate::StoreId,
+        /// The store the file names.
+        found: crate::StoreId,
+    },
+
+    /// A chain of segments has a hole: the segment starts after where the
+    /// chain so far ends, so a segment between them is missing.
+    #[error(
+        "a segment is missing before {path}: the chain ends at global sequence {}, \
+         this segment starts at {}",
+        expected_from.0, found_from.0
+    )]
+    SegmentMissing {
+        /// The segment after the hole.
+        path: PathBuf,
+        /// Where the chain so far ends.
+        expected_from: GlobalSequence,
+        /// Where the segment starts.
+        found_from: GlobalSequence,
+    },
+
+    /// A segment does not continue the chain: it starts before where the
+    /// chain so far ends, or at the same place but after other content
+    /// (its recorded starting digest differs).
+    #[error(
+        "the segment {path} is out of order: the chain ends at global sequence {}, \
+         this segment starts at {} (or continues other content)",
+        expected_from.0, found_from.0
+    )]
+    SegmentOutOfOrder {
+        /// The segment.
+        path: PathBuf,
+        /// Where the chain so far ends.
+        expected_from: GlobalSequence,
+        /// Where the segment starts.
+        found_from: GlobalSequence,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -641,6 +714,42 @@ impl Error {
                 event: event.clone(),
                 detail: detail.clone(),
             },
+            Error::ReadOnly { path, operation } => Error::ReadOnly {
+                path: path.clone(),
+                operation,
+            },
+            Error::DestinationExists { path } => Error::DestinationExists { path: path.clone() },
+            Error::BackupDamaged { path, detail } => Error::BackupDamaged {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::ForeignBackup {
+                path,
+                expected,
+                found,
+            } => Error::ForeignBackup {
+                path: path.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            Error::SegmentMissing {
+                path,
+                expected_from,
+                found_from,
+            } => Error::SegmentMissing {
+                path: path.clone(),
+                expected_from: *expected_from,
+                found_from: *found_from,
+            },
+            Error::SegmentOutOfOrder {
+                path,
+                expected_from,
+                found_from,
+            } => Error::SegmentOutOfOrder {
+                path: path.clone(),
+                expected_from: *expected_from,
+                found_from: *found_from,
+            },
             Error::Truncated {
                 path,
                 expected,
@@ -731,6 +840,30 @@ mod tests {
                 source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no"),
             },
             Error::CommitAbandoned,
+            Error::ReadOnly {
+                path: "/x".into(),
+                operation: "appending",
+            },
+            Error::DestinationExists { path: "/b".into() },
+            Error::BackupDamaged {
+                path: "/b".into(),
+                detail: "bad".into(),
+            },
+            Error::ForeignBackup {
+                path: "/s".into(),
+                expected: crate::StoreId::from_bytes([1; 16]),
+                found: crate::StoreId::from_bytes([2; 16]),
+            },
+            Error::SegmentMissing {
+                path: "/s".into(),
+                expected_from: GlobalSequence(1),
+                found_from: GlobalSequence(5),
+            },
+            Error::SegmentOutOfOrder {
+                path: "/s".into(),
+                expected_from: GlobalSequence(5),
+                found_from: GlobalSequence(1),
+            },
         ];
         for e in &errors {
             let copy = e.duplicate();

@@ -2,10 +2,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aggregate;
+mod backup;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod config;
 mod error;
 mod event;
 mod global;
+mod inspect;
 mod position;
 mod projection;
 mod reader;
@@ -24,12 +28,17 @@ pub mod __fuzz;
 pub use aggregate::{
     Aggregate, AggregateTest, ExecuteError, Executed, Loaded, Snapshots, TestOutcome,
 };
+pub use backup::{
+    BackupManifest, BackupPhase, BackupProgress, BackupReport, ExportFollower, ExportReport,
+    LogDigest, RestoreReport, SegmentInfo,
+};
 pub use config::{Durability, VarveConfig};
 pub use error::{Error, Location, Result};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
 pub use global::{
     GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,
 };
+pub use inspect::{IdSummary, StoreInfo, StreamSummary};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamKey, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,

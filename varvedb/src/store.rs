@@ -11,7 +11,7 @@ use crate::position::GlobalSequence;
 use crate::projection::{
     ExternalProjection, ExternalProjector, Kind, ModelReader, Namespace, Projection, Projector,
 };
-use crate::storage::{Store, TypeIdentity};
+use crate::storage::{Access, Store, TypeIdentity};
 use crate::stream::Stream;
 use crate::subscription::{Subscription, WriteWatcher};
 use crate::typed::{self, Events};
@@ -72,6 +72,62 @@ impl Varve {
         Ok(Varve {
             store: Store::open(path.as_ref(), config)?,
         })
+    }
+
+    /// Opens the store in directory `path` read-only, with the default
+    /// [`VarveConfig`]: an inspector, a backup job or a reporting process
+    /// beside the application that writes it (in another process).
+    ///
+    /// A read-only open writes nothing: it creates no directory, no store,
+    /// no identity record and no database (a database missing from an old
+    /// store reads as empty). Every read works as usual (streams, readers,
+    /// the global log, subscriptions, read models, [`Varve::verify`],
+    /// [`Varve::backup`](crate::Varve::backup)); appends, `execute` and
+    /// projectors are [`Error::ReadOnly`](crate::Error::ReadOnly).
+    ///
+    /// LMDB still takes a reader slot in `lock.mdb` (creating that file if
+    /// the directory allows). Where the lock file cannot be written (a
+    /// directory this user may only read), the store opens without LMDB's
+    /// lock: then a writer in another process cannot see this process's
+    /// snapshots and may reuse their pages, so use that mode only on a store
+    /// nobody writes meanwhile (see `docs/operations.md`).
+    ///
+    /// # Errors
+    /// As [`Varve::new`]; [`Error::Open`](crate::Error::Open) with
+    /// [`NotFound`](std::io::ErrorKind::NotFound) if there is no store at
+    /// `path`; [`Error::ConfigConflict`](crate::Error::ConfigConflict) if
+    /// this process already has the store open read-write.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{Error, StreamId, Varve};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # Varve::new(dir.path())?.stream::<Tick, 16>("ticks")?.append(StreamId(1), &Tick { n: 1 })?;
+    /// let inspector = Varve::open_read_only(dir.path())?;
+    /// assert_eq!(inspector.global_reader().end()?.0, 1);
+    /// let mut ticks = inspector.stream::<Tick, 16>("ticks")?;
+    /// assert!(matches!(ticks.append(StreamId(1), &Tick { n: 2 }), Err(Error::ReadOnly { .. })));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Varve> {
+        Varve::open_read_only_with_config(path, VarveConfig::default())
+    }
+
+    /// [`Varve::open_read_only`] with `config` (`max_readers`,
+    /// `cross_process_poll` and `map_size` apply; `durability` is moot).
+    pub fn open_read_only_with_config(
+        path: impl AsRef<Path>,
+        config: VarveConfig,
+    ) -> Result<Varve> {
+        Ok(Varve {
+            store: Store::open_as(path.as_ref(), config, Access::ReadOnly, None)?,
+        })
+    }
+
+    /// Whether this handle was opened with [`Varve::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.store.access() == Access::ReadOnly
     }
 
     /// Opens the stream `name` for events of type `T`.
@@ -283,6 +339,7 @@ impl Varve {
     /// it reads nothing; the checkpoint under `name` decides where it resumes.
     ///
     /// # Errors
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only handle;
     /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName)
     /// unless `name` is 1 to 64 bytes of ASCII letters, digits, `_`, `-`, `.`.
     ///
@@ -306,6 +363,7 @@ impl Varve {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn projector<P: Projection>(&self, name: &str, projection: P) -> Result<Projector<P>> {
+        self.store.check_writable("running a projector")?;
         let ns = Namespace::new(name, Kind::InStore)?;
         Ok(Projector::new(Arc::clone(&self.store), ns, projection))
     }
@@ -322,6 +380,7 @@ impl Varve {
         name: &str,
         sink: S,
     ) -> Result<ExternalProjector<S>> {
+        self.store.check_writable("running a projector")?;
         let ns = Namespace::new(name, Kind::External)?;
         Ok(ExternalProjector::new(Arc::clone(&self.store), ns, sink))
     }
@@ -420,6 +479,11 @@ impl Varve {
     #[doc(hidden)]
     pub fn __growth_pending(&self) -> bool {
         self.store.resize_pending()
+    }
+
+    /// A handle on an open store (for other modules).
+    pub(crate) fn from_store(store: Arc<Store>) -> Varve {
+        Varve { store }
     }
 
     /// The engine behind this handle (for other modules).

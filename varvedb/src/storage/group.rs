@@ -237,6 +237,7 @@ impl Store {
         expected: ExpectedVersion,
         block: &mut BlockBuilder,
     ) -> Result<(u64, u64)> {
+        self.check_writable("appending")?;
         let request = Append {
             info: info.clone(),
             id,

@@ -25,7 +25,7 @@ use crate::position::{GlobalSequence, StreamId, StreamSequence};
 /// The part of a snapshot that references into the map keep alive.
 pub(crate) struct Pinned {
     // Field order matters: the transaction ends before the gate guard is released.
-    txn: RoTxn<'static, WithoutTls>,
+    pub(super) txn: RoTxn<'static, WithoutTls>,
     guard: GateGuard,
 }
 
@@ -39,8 +39,8 @@ unsafe impl Sync for Pinned {}
 
 /// A snapshot of the store, owned by one reader or iterator.
 pub(crate) struct View {
-    pin: Arc<Pinned>,
-    store: Arc<Store>,
+    pub(super) pin: Arc<Pinned>,
+    pub(super) store: Arc<Store>,
 }
 
 /// A block found in a snapshot: its bytes stay valid while the snapshot's
@@ -245,7 +245,7 @@ impl BlockRef {
     }
 }
 
-fn corrupt_at(global: u64) -> impl Fn(BlockError) -> Error {
+pub(super) fn corrupt_at(global: u64) -> impl Fn(BlockError) -> Error {
     move |e| Error::Corruption {
         location: Location::Global(GlobalSequence(global)),
         detail: e.0,
@@ -494,8 +494,10 @@ impl View {
 
     /// A value of the `state` database, borrowed from this snapshot.
     pub(crate) fn state_get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
-        self.store
-            .state
+        let Some(state) = &self.store.state else {
+            return Ok(None);
+        };
+        state
             .get(&self.pin.txn, key)
             .map_err(self.store.err("reading state"))
     }
@@ -508,11 +510,10 @@ impl View {
         mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<()> {
         let err = self.store.err("reading state");
-        let iter = self
-            .store
-            .state
-            .prefix_iter(&self.pin.txn, prefix)
-            .map_err(&err)?;
+        let Some(state) = &self.store.state else {
+            return Ok(());
+        };
+        let iter = state.prefix_iter(&self.pin.txn, prefix).map_err(&err)?;
         for entry in iter {
             let (k, v) = entry.map_err(&err)?;
             if f(k, v).is_break() {

@@ -23,10 +23,10 @@ use crate::position::{ExpectedVersion, StreamId, StreamSequence};
 /// An open write transaction. Everything done through it commits together
 /// (durably) or not at all.
 pub(crate) struct WriteTxn<'s> {
-    store: &'s Store,
-    txn: RwTxn<'s>,
+    pub(super) store: &'s Store,
+    pub(super) txn: RwTxn<'s>,
     /// One past the newest global sequence, once known in this transaction.
-    end_global: Option<u64>,
+    pub(super) end_global: Option<u64>,
     /// Catalog entries this transaction created or completed, taught to their
     /// handles only once it commits (an aborted attempt teaches nothing).
     bound: Vec<Bound>,
@@ -73,6 +73,7 @@ impl Store {
     /// woken subscriber can open its snapshot at once, and a slow (or
     /// writing) waker holds up no other commit.
     pub(crate) fn write<R>(&self, f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+        self.check_writable("writing")?;
         let Committed { value, end, txn_id } = self.write_locked(f)?;
         self.commits.publish(end, txn_id);
         Ok(value)
@@ -327,7 +328,7 @@ impl<'s> WriteTxn<'s> {
 
     /// Maps an LMDB result to ours, first recording its error in the
     /// transaction: see [`WriteTxn::take_failure`].
-    fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
+    pub(super) fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
         result.map_err(|e| {
             if let heed::Error::Mdb(code) = e {
                 match code {
@@ -353,25 +354,25 @@ impl<'s> WriteTxn<'s> {
 
     /// Reads a value of the `state` database (snapshots, checkpoints, read models).
     pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
-        let got = self.store.state.get(&self.txn, key);
+        let got = self.store.state_db()?.get(&self.txn, key);
         self.lmdb("reading state", got)
     }
 
     /// Writes a value of the `state` database.
     pub(crate) fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let put = self.store.state.put(&mut self.txn, key, value);
+        let put = self.store.state_db()?.put(&mut self.txn, key, value);
         self.lmdb("writing state", put)
     }
 
     /// Deletes a value of the `state` database; returns whether it existed.
     pub(crate) fn state_delete(&mut self, key: &[u8]) -> Result<bool> {
-        let deleted = self.store.state.delete(&mut self.txn, key);
+        let deleted = self.store.state_db()?.delete(&mut self.txn, key);
         self.lmdb("deleting state", deleted)
     }
 
     /// Deletes every `state` key starting with `prefix`; returns how many.
     pub(crate) fn state_delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
-        let deleted = Self::delete_prefix(&self.store.state, &mut self.txn, prefix);
+        let deleted = Self::delete_prefix(self.store.state_db()?, &mut self.txn, prefix);
         self.lmdb("deleting state", deleted)
     }
 
