@@ -42,8 +42,8 @@ pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
 pub use identity::StoreId;
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
-    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
-    MappedEvent, StreamCursor, View,
+    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, Frozen,
+    GlobalCursor, MappedEvent, StreamCursor, View,
 };
 pub(crate) use writer::WriteTxn;
 
