@@ -36,29 +36,47 @@ fn a_snapshot_loop_reads_the_same_values_as_the_owning_iterators_on_every_path()
     let mut reader = varve.stream::<Order, 128>("orders").unwrap().reader();
     let snap = reader.snapshot().unwrap();
     for id in [1u64, 2, 3, 4] {
-        for from in [None, Some(StreamSequence(0)), Some(StreamSequence(4)), Some(StreamSequence(99))] {
+        for from in [
+            None,
+            Some(StreamSequence(0)),
+            Some(StreamSequence(4)),
+            Some(StreamSequence(99)),
+        ] {
             let owned: Vec<Seen> = reader
                 .iter_stream(StreamId(id), from)
                 .unwrap()
                 .map(|e| {
                     let e = e.unwrap();
-                    let at = (e.stream_id().0, e.stream_sequence().0, e.global_sequence().0);
+                    let at = (
+                        e.stream_id().0,
+                        e.stream_sequence().0,
+                        e.global_sequence().0,
+                    );
                     (at.0, at.1, at.2, e.id.to_native(), e.note.to_string())
                 })
                 .collect();
             let mut borrowed: Vec<Seen> = Vec::new();
             for e in snap.iter_stream(StreamId(id), from).unwrap() {
                 let e = e.unwrap();
-                let at = (e.stream_id().0, e.stream_sequence().0, e.global_sequence().0);
+                let at = (
+                    e.stream_id().0,
+                    e.stream_sequence().0,
+                    e.global_sequence().0,
+                );
                 borrowed.push((at.0, at.1, at.2, e.id.to_native(), e.note.to_string()));
             }
             assert_eq!(borrowed, owned, "id {id} from {from:?}");
-            assert_eq!(owned.is_empty(), id == 4 || from == Some(StreamSequence(99)));
+            assert_eq!(
+                owned.is_empty(),
+                id == 4 || from == Some(StreamSequence(99))
+            );
         }
         let version = reader.version(StreamId(id)).unwrap();
         assert_eq!(snap.version(StreamId(id)).unwrap(), version);
         for seq in 0..17u64 {
-            let owned = reader.get_archived(StreamId(id), StreamSequence(seq)).unwrap();
+            let owned = reader
+                .get_archived(StreamId(id), StreamSequence(seq))
+                .unwrap();
             let borrowed = snap.get(StreamId(id), StreamSequence(seq)).unwrap();
             assert_eq!(
                 borrowed.map(|e| (e.id.to_native(), e.committed_at(), e.global_sequence())),
@@ -78,7 +96,11 @@ fn a_snapshot_loop_reads_the_same_values_as_the_owning_iterators_on_every_path()
             .map(|e| {
                 let e = e.unwrap();
                 let o = e.archived_plain::<Order>().unwrap();
-                let at = (e.stream_id().0, e.stream_sequence().0, e.global_sequence().0);
+                let at = (
+                    e.stream_id().0,
+                    e.stream_sequence().0,
+                    e.global_sequence().0,
+                );
                 let seen = (at.0, at.1, at.2, o.id.to_native(), o.note.to_string());
                 (e.stream_name().to_owned(), seen)
             })
@@ -87,7 +109,11 @@ fn a_snapshot_loop_reads_the_same_values_as_the_owning_iterators_on_every_path()
         for e in snap.log().iter_from(GlobalSequence(from)).unwrap() {
             let e = e.unwrap();
             let o = e.archived_plain::<Order>().unwrap();
-            let at = (e.stream_id().0, e.stream_sequence().0, e.global_sequence().0);
+            let at = (
+                e.stream_id().0,
+                e.stream_sequence().0,
+                e.global_sequence().0,
+            );
             let seen = (at.0, at.1, at.2, o.id.to_native(), o.note.to_string());
             borrowed.push((e.stream_name().to_owned(), seen));
         }
@@ -97,8 +123,16 @@ fn a_snapshot_loop_reads_the_same_values_as_the_owning_iterators_on_every_path()
         let owned = log.get(GlobalSequence(g)).unwrap();
         let borrowed = snap.log().get(GlobalSequence(g)).unwrap();
         assert_eq!(
-            borrowed.map(|e| (e.stream_name().to_owned(), e.payload().to_vec(), e.committed_at())),
-            owned.map(|e| (e.stream_name().to_owned(), e.payload().to_vec(), e.committed_at())),
+            borrowed.map(|e| (
+                e.stream_name().to_owned(),
+                e.payload().to_vec(),
+                e.committed_at()
+            )),
+            owned.map(|e| (
+                e.stream_name().to_owned(),
+                e.payload().to_vec(),
+                e.committed_at()
+            )),
             "global {g}"
         );
     }
@@ -144,7 +178,9 @@ fn a_held_snapshot_keeps_seeing_its_own_commit_while_another_thread_appends() {
         std::thread::spawn(move || {
             let mut orders = varve.stream::<Order, 128>("orders").unwrap();
             for n in 0..200u64 {
-                orders.append(StreamId(1), &Order::numbered(90_000 + n)).unwrap();
+                orders
+                    .append(StreamId(1), &Order::numbered(90_000 + n))
+                    .unwrap();
             }
         })
     };
@@ -157,7 +193,10 @@ fn a_held_snapshot_keeps_seeing_its_own_commit_while_another_thread_appends() {
             .unwrap()
             .map(|e| e.unwrap().id.to_native())
             .collect();
-        assert_eq!(now, before, "the snapshot changed under a concurrent append");
+        assert_eq!(
+            now, before,
+            "the snapshot changed under a concurrent append"
+        );
         assert_eq!(snap.log().end().unwrap(), end_before);
         assert_eq!(snap.version(StreamId(1)).unwrap(), Some(StreamSequence(14)));
         assert!(snap.get(StreamId(1), StreamSequence(15)).unwrap().is_none());
@@ -169,10 +208,19 @@ fn a_held_snapshot_keeps_seeing_its_own_commit_while_another_thread_appends() {
     writer.join().unwrap();
     assert!(passes >= 1);
     let fresh = orders.reader().snapshot().unwrap();
-    assert_eq!(fresh.version(StreamId(1)).unwrap(), Some(StreamSequence(214)));
-    assert_eq!(fresh.log().end().unwrap(), GlobalSequence(end_before.0 + 200));
+    assert_eq!(
+        fresh.version(StreamId(1)).unwrap(),
+        Some(StreamSequence(214))
+    );
+    assert_eq!(
+        fresh.log().end().unwrap(),
+        GlobalSequence(end_before.0 + 200)
+    );
     // The old snapshot is untouched by the new one.
-    assert_eq!(snap.iter_stream(StreamId(1), None).unwrap().count(), before.len());
+    assert_eq!(
+        snap.iter_stream(StreamId(1), None).unwrap().count(),
+        before.len()
+    );
 }
 
 fn chunky(n: u64) -> Order {

@@ -77,9 +77,19 @@ fn a_flipped_payload_byte_fails_its_checksum_on_every_read_path() {
         snap.get(StreamId(1), StreamSequence(7)),
         Err(Error::Corruption { .. })
     ));
-    assert_eq!(snap.get(StreamId(1), StreamSequence(8)).unwrap().unwrap().id, 8);
+    assert_eq!(
+        snap.get(StreamId(1), StreamSequence(8))
+            .unwrap()
+            .unwrap()
+            .id,
+        8
+    );
     let results: Vec<_> = snap.iter_stream(StreamId(1), None).unwrap().collect();
-    assert_eq!(results.len(), 8, "the snapshot loop stops at the damaged event");
+    assert_eq!(
+        results.len(),
+        8,
+        "the snapshot loop stops at the damaged event"
+    );
     assert!(matches!(results[7], Err(Error::Corruption { .. })));
     let log_snap = snap.log();
     assert!(matches!(
@@ -87,7 +97,11 @@ fn a_flipped_payload_byte_fails_its_checksum_on_every_read_path() {
         Err(Error::Corruption { .. })
     ));
     let results: Vec<_> = log_snap.iter_from(GlobalSequence(0)).unwrap().collect();
-    assert_eq!(results.len(), 8, "the log's snapshot loop stops at the damaged event");
+    assert_eq!(
+        results.len(),
+        8,
+        "the log's snapshot loop stops at the damaged event"
+    );
     assert!(matches!(results[7], Err(Error::Corruption { .. })));
     drop(results);
     drop(snap);
@@ -410,8 +424,9 @@ fn read_everything(varve: &Varve) -> Reads {
             Err(_) => failed = true,
         }
         if !failed && n != expected.len() {
-            r.hidden
-                .push(format!("snapshot iter_stream id {id} ended after {n} events"));
+            r.hidden.push(format!(
+                "snapshot iter_stream id {id} ended after {n} events"
+            ));
         }
         r.count(!failed);
         let folded = reader.iter_stream(StreamId(id), None).and_then(|it| {

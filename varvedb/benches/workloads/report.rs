@@ -129,12 +129,21 @@ impl Report {
             );
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "| {ours} scan | fold | snapshot `for` loop | fold / loop |");
+        let _ = writeln!(
+            out,
+            "| {ours} scan | fold | snapshot `for` loop | fold / loop |"
+        );
         let _ = writeln!(out, "|---|---:|---:|---:|");
         for (fold, looped, what) in [("W4", "W4s", "stream (W4)"), ("W5", "W5s", "global (W5)")] {
             let rate = |w| self.rates.get(&(w, ours)).map(|v| median(v));
             if let (Some(f), Some(l)) = (rate(fold), rate(looped)) {
-                let _ = writeln!(out, "| {what} | {} | {} | **{:.2}×** |", human(f), human(l), f / l);
+                let _ = writeln!(
+                    out,
+                    "| {what} | {} | {} | **{:.2}×** |",
+                    human(f),
+                    human(l),
+                    f / l
+                );
             }
         }
         let _ = writeln!(out);

@@ -110,7 +110,13 @@ impl Contender for VarveDb {
         let mut sum = 0u64;
         for event in snap.iter_from(GlobalSequence(0)).expect("iterate") {
             let event = event.expect("scan");
-            sum = sum.wrapping_add(event.archived_plain::<Sample>().expect("type").b.to_native());
+            sum = sum.wrapping_add(
+                event
+                    .archived_plain::<Sample>()
+                    .expect("type")
+                    .b
+                    .to_native(),
+            );
         }
         sum
     }

@@ -650,12 +650,9 @@ impl<V: Borrow<View>> StreamCursor<V> {
             _ => {
                 self.block = None;
                 let view: &View = self.view.borrow();
-                let found = view.store.run_at_or_before(
-                    &view.pin.txn,
-                    self.tag,
-                    self.id,
-                    self.next_seq,
-                )?;
+                let found =
+                    view.store
+                        .run_at_or_before(&view.pin.txn, self.tag, self.id, self.next_seq)?;
                 match found {
                     Some(run) if self.next_seq < run.end_seq() => {
                         self.run = Some(run);
@@ -948,7 +945,10 @@ impl Frozen {
             return Ok(None);
         };
         let global = run.first_global + (seq - run.first_seq);
-        let block = self.view.block_ref(global)?.ok_or_else(|| missing(global))?;
+        let block = self
+            .view
+            .block_ref(global)?
+            .ok_or_else(|| missing(global))?;
         let position = position_in(&block.header, global);
         check_belongs(&position, tag, id, seq)?;
         Ok(Some((position, payload_in(&self.view, &block, global)?)))
