@@ -41,8 +41,11 @@ use crate::{GlobalReader, Varve};
 /// Made by [`GlobalReader::snapshot`] or [`Varve::snapshot`].
 ///
 /// It sees one commit for as long as it lives, whatever is appended
-/// meanwhile. See the [module notes](self) on holding one: it blocks map
-/// growth while it lives, like a held [`EventRef`](crate::EventRef).
+/// meanwhile. It holds the store's map gate, like a held
+/// [`EventRef`](crate::EventRef): while it lives the map cannot grow, and an
+/// append that needs a larger map waits up to
+/// [`VarveConfig::resize_wait`](crate::VarveConfig::resize_wait), then fails
+/// with [`Error::MapResizeBlocked`]. Never hold one across a long pause.
 ///
 /// ```
 /// # use rkyv::{Archive, Serialize};
@@ -174,9 +177,11 @@ impl fmt::Debug for GlobalEntries<'_> {
 /// `#[derive(Event)]` event is upcast (one allocation, owned by its entry),
 /// anything else is an error, never a reinterpretation of the bytes.
 ///
-/// It sees one commit for as long as it lives. See the [module
-/// notes](self) on holding one: it blocks map growth while it lives, like a
-/// held [`EventRef`](crate::EventRef).
+/// It sees one commit for as long as it lives, and holds the store's map
+/// gate like a held [`EventRef`](crate::EventRef): while it lives the map
+/// cannot grow, and an append that needs a larger map waits up to
+/// [`VarveConfig::resize_wait`](crate::VarveConfig::resize_wait), then fails
+/// with [`Error::MapResizeBlocked`]. Never hold one across a long pause.
 ///
 /// ```
 /// # use rkyv::{Archive, Serialize};
