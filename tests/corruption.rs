@@ -72,6 +72,40 @@ fn a_flipped_payload_byte_fails_its_checksum_on_every_read_path() {
         .try_fold_archived((), |_, _, _| ())
         .is_err());
 
+    let snap = reader.snapshot().unwrap();
+    assert!(matches!(
+        snap.get(StreamId(1), StreamSequence(7)),
+        Err(Error::Corruption { .. })
+    ));
+    assert_eq!(
+        snap.get(StreamId(1), StreamSequence(8))
+            .unwrap()
+            .unwrap()
+            .id,
+        8
+    );
+    let results: Vec<_> = snap.iter_stream(StreamId(1), None).unwrap().collect();
+    assert_eq!(
+        results.len(),
+        8,
+        "the snapshot loop stops at the damaged event"
+    );
+    assert!(matches!(results[7], Err(Error::Corruption { .. })));
+    let log_snap = snap.log();
+    assert!(matches!(
+        log_snap.get(GlobalSequence(7)),
+        Err(Error::Corruption { .. })
+    ));
+    let results: Vec<_> = log_snap.iter_from(GlobalSequence(0)).unwrap().collect();
+    assert_eq!(
+        results.len(),
+        8,
+        "the log's snapshot loop stops at the damaged event"
+    );
+    assert!(matches!(results[7], Err(Error::Corruption { .. })));
+    drop(results);
+    drop(snap);
+
     let mut log = varve.global_reader();
     assert!(matches!(
         log.get(GlobalSequence(7)),
@@ -329,6 +363,15 @@ fn read_everything(varve: &Varve) -> Reads {
             Ok(None) => r.hidden.push(format!("get_archived {at:?} vanished")),
             Err(_) => r.count(false),
         }
+        match reader.snapshot().and_then(|snap| {
+            let got = snap.get(at.0, at.1)?;
+            Ok(got.map(|e| (same(&e, order), format!("{e:?}"))))
+        }) {
+            Ok(Some((true, _))) => r.count(true),
+            Ok(Some((false, e))) => r.wrong.push(format!("snapshot get {at:?} read {e}")),
+            Ok(None) => r.hidden.push(format!("snapshot get {at:?} vanished")),
+            Err(_) => r.count(false),
+        }
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(order).unwrap();
         match reader.get_bytes(at.0, at.1) {
             Ok(Some(b)) if *b == *bytes => r.count(true),
@@ -359,6 +402,31 @@ fn read_everything(varve: &Varve) -> Reads {
         if !failed && n != expected.len() {
             r.hidden
                 .push(format!("iter_stream id {id} ended after {n} events"));
+        }
+        r.count(!failed);
+        // The same through a borrowed snapshot's plain loop.
+        let (mut n, mut failed) = (0, false);
+        match reader.snapshot() {
+            Ok(snap) => match snap.iter_stream(StreamId(id), None) {
+                Ok(iter) => {
+                    for item in iter {
+                        match item {
+                            Ok(e) if expected.get(n).is_some_and(|o| same(&e, o)) => n += 1,
+                            Ok(e) => r
+                                .wrong
+                                .push(format!("snapshot iter_stream id {id} item {n} read {e:?}")),
+                            Err(_) => failed = true,
+                        }
+                    }
+                }
+                Err(_) => failed = true,
+            },
+            Err(_) => failed = true,
+        }
+        if !failed && n != expected.len() {
+            r.hidden.push(format!(
+                "snapshot iter_stream id {id} ended after {n} events"
+            ));
         }
         r.count(!failed);
         let folded = reader.iter_stream(StreamId(id), None).and_then(|it| {
@@ -423,6 +491,57 @@ fn read_everything(varve: &Varve) -> Reads {
     }
     if !failed && n != events.len() {
         r.hidden.push(format!("global iter ended after {n} events"));
+    }
+    r.count(!failed);
+    // The log through a borrowed snapshot: point reads and the plain loop.
+    let check_entry = |e: &varvedb::GlobalEntry<'_>, g: usize| -> Option<bool> {
+        let (id, seq, order) = events.get(g)?;
+        let a = e.archived_plain::<Order>().ok()?;
+        Some(
+            same(a, order)
+                && e.global_sequence() == GlobalSequence(g as u64)
+                && (e.stream_id(), e.stream_sequence()) == (StreamId(*id), StreamSequence(*seq)),
+        )
+    };
+    let snap = match log.snapshot() {
+        Ok(snap) => snap,
+        Err(_) => {
+            r.count(false);
+            return r;
+        }
+    };
+    for g in 0..events.len() {
+        match snap.get(GlobalSequence(g as u64)) {
+            Ok(Some(e)) => match check_entry(&e, g) {
+                Some(true) => r.count(true),
+                Some(false) => r.wrong.push(format!("snapshot global get {g} read {e:?}")),
+                None => r.count(false),
+            },
+            Ok(None) => r.hidden.push(format!("snapshot global get {g} vanished")),
+            Err(_) => r.count(false),
+        }
+    }
+    let (mut n, mut failed) = (0, false);
+    match snap.iter_from(GlobalSequence(0)) {
+        Ok(iter) => {
+            for item in iter {
+                match item.map(|e| (check_entry(&e, n), e)) {
+                    Ok((Some(true), _)) => n += 1,
+                    Ok((Some(false), e)) => {
+                        r.wrong.push(format!("snapshot global iter {n} read {e:?}"))
+                    }
+                    Ok((None, _)) | Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Err(_) => failed = true,
+    }
+    if !failed && n != events.len() {
+        r.hidden
+            .push(format!("snapshot global iter ended after {n} events"));
     }
     r.count(!failed);
     r

@@ -276,6 +276,28 @@ fn every_path<E: Probe>(
         }),
     ));
     out.push((
+        "snapshot iter_stream",
+        reader.snapshot().and_then(|snap| {
+            let values = snap
+                .iter_stream(id, None)?
+                .map(|e| e.map(|e| E::values(&e)))
+                .collect();
+            values
+        }),
+    ));
+    out.push((
+        "snapshot get",
+        reader.snapshot().and_then(|snap| {
+            let values = (0..n as u64)
+                .map(|s| {
+                    snap.get(id, StreamSequence(s))
+                        .map(|e| E::values(&e.expect("written")))
+                })
+                .collect();
+            values
+        }),
+    ));
+    out.push((
         "reader.load",
         reader.load::<Collect<E>>(id).map(|l| l.state.0),
     ));
@@ -337,6 +359,28 @@ fn with_log_paths<E: Probe>(
                 v.push(E::values(entry.archived::<E>()?));
                 Ok(v)
             })
+        }),
+    ));
+    out.push((
+        "LogSnapshot iter_from",
+        varve.snapshot().and_then(|snap| {
+            let values = snap
+                .iter_from(GlobalSequence(0))?
+                .map(|e| e.and_then(|e| e.archived::<E>().map(E::values)))
+                .collect();
+            values
+        }),
+    ));
+    out.push((
+        "LogSnapshot get",
+        varve.snapshot().and_then(|snap| {
+            let values = (0..n as u64)
+                .map(|g| {
+                    let event = snap.get(GlobalSequence(g))?.expect("written");
+                    event.archived::<E>().map(E::values)
+                })
+                .collect();
+            values
         }),
     ));
     let mut sub = varve.subscribe(GlobalSequence(0));

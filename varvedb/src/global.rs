@@ -71,6 +71,12 @@ impl GlobalReader {
         &self.store
     }
 
+    /// The reader's cached snapshot if it is current, else a new one (for an
+    /// iterator or a borrowed snapshot to own).
+    pub(crate) fn owned_view(&self) -> Result<View> {
+        owned_view(&self.store, &mut self.view.lock())
+    }
+
     /// The event at `global`, or `Ok(None)` past the end of the log.
     pub fn get(&mut self, global: GlobalSequence) -> Result<Option<GlobalEvent>> {
         let mut slot = self.view.lock();
@@ -585,19 +591,38 @@ fn typed<'a, T: Archivable>(
 }
 
 /// One event of the global log, borrowed from the snapshot of a
-/// [`GlobalIter::try_fold_entries`]: the same accessors as [`GlobalEvent`], with no
-/// reference counting at all.
+/// [`GlobalIter::try_fold_entries`] or a [`LogSnapshot`](crate::LogSnapshot):
+/// the same accessors as [`GlobalEvent`], with no reference counting at all.
 pub struct GlobalEntry<'a> {
-    block: &'a BlockRef,
+    block: BlockRef,
     global: u64,
     bytes: &'a [u8],
     stream: &'a StreamInfo,
     aligned: OnceLock<(u64, AlignedVec<16>)>,
 }
 
+impl<'a> GlobalEntry<'a> {
+    /// The entry for the event at `global` of `block`, whose payload is
+    /// `bytes`, in `stream` (for the borrowed snapshots).
+    pub(crate) fn new(
+        block: BlockRef,
+        global: u64,
+        bytes: &'a [u8],
+        stream: &'a StreamInfo,
+    ) -> GlobalEntry<'a> {
+        GlobalEntry {
+            block,
+            global,
+            bytes,
+            stream,
+            aligned: OnceLock::new(),
+        }
+    }
+}
+
 impl GlobalEntry<'_> {
     fn position(&self) -> EventPosition {
-        block_position(self.block, self.global)
+        block_position(&self.block, self.global)
     }
 
     /// The name of the stream the event was appended to.
@@ -779,7 +804,7 @@ impl GlobalIter {
                     break;
                 };
                 let entry = GlobalEntry {
-                    block: &block,
+                    block,
                     global,
                     bytes,
                     stream,

@@ -13,6 +13,7 @@ mod inspect;
 mod position;
 mod projection;
 mod reader;
+mod snapshot;
 mod storage;
 mod store;
 mod stream;
@@ -45,6 +46,7 @@ pub use projection::{
     ProjectionThread, Projector, ReadModel, Skipped,
 };
 pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
+pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};
 pub use storage::StoreId;
 pub use store::Varve;
 pub use stream::{HighSerializer, LowSerializer, Stream};

@@ -51,6 +51,17 @@ impl<T> StreamReader<T> {
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
     }
+
+    /// The stream this reader reads (for other modules).
+    pub(crate) fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// The reader's cached snapshot if it is current, else a new one (for an
+    /// iterator or a borrowed snapshot to own).
+    pub(crate) fn owned_view(&self) -> Result<View> {
+        owned_view(&self.store, &mut self.view.lock())
+    }
 }
 
 impl<T> Clone for StreamReader<T> {
@@ -172,7 +183,7 @@ pub(crate) fn read_form<'a, T: Archivable>(
 
 /// Upcasts `bytes` (the version with fingerprint `fp` of `stream`'s event)
 /// into `out`, archived as the handle's current version.
-fn upcast_into(
+pub(crate) fn upcast_into(
     stream: &StreamInfo,
     fp: u64,
     bytes: &[u8],

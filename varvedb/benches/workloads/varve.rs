@@ -94,6 +94,33 @@ impl Contender for VarveDb {
             .expect("scan")
     }
 
+    fn scan_stream_loop(&self, id: u64) -> u64 {
+        self.with_reader(|r| {
+            let snap = r.snapshot().expect("snapshot");
+            let mut sum = 0u64;
+            for sample in snap.iter_stream(StreamId(id), None).expect("iterate") {
+                sum = sum.wrapping_add(sample.expect("scan").b.to_native());
+            }
+            sum
+        })
+    }
+
+    fn scan_global_loop(&self) -> u64 {
+        let snap = self.varve.snapshot().expect("snapshot");
+        let mut sum = 0u64;
+        for event in snap.iter_from(GlobalSequence(0)).expect("iterate") {
+            let event = event.expect("scan");
+            sum = sum.wrapping_add(
+                event
+                    .archived_plain::<Sample>()
+                    .expect("type")
+                    .b
+                    .to_native(),
+            );
+        }
+        sum
+    }
+
     fn fold(&self, id: u64) -> u64 {
         self.with_reader(|r| {
             r.iter_stream(StreamId(id), None)

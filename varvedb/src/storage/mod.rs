@@ -44,8 +44,8 @@ pub use identity::StoreId;
 pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
-    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
-    MappedEvent, StreamCursor, View,
+    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, Frozen,
+    GlobalCursor, MappedEvent, StreamCursor, View,
 };
 pub(crate) use writer::WriteTxn;
 

@@ -8,6 +8,9 @@
 //! the transaction (so the pages it sees are never reused) and a gate guard (so
 //! the map is never moved) alive for as long as any reference exists.
 
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -431,7 +434,7 @@ impl View {
         !self.store.resize_pending() && self.txn_id() == self.store.last_txn_id_in(&self.pin.guard)
     }
 
-    fn block_ref(&mut self, global: u64) -> Result<Option<BlockRef>> {
+    fn block_ref(&self, global: u64) -> Result<Option<BlockRef>> {
         let found = self.store.block_containing(&self.pin.txn, global)?;
         Ok(found.map(|(_, view)| BlockRef {
             ptr: NonNull::from(view.bytes()).cast(),
@@ -604,8 +607,8 @@ fn check_belongs(pos: &EventPosition, tag: u32, id: u64, seq: u64) -> Result<()>
 }
 
 /// Lazily walks one stream id in one snapshot, a run and a block at a time.
-pub(crate) struct StreamCursor {
-    view: View,
+pub(crate) struct StreamCursor<V = View> {
+    view: V,
     tag: u32,
     id: u64,
     next_seq: u64,
@@ -616,12 +619,12 @@ pub(crate) struct StreamCursor {
 
 // SAFETY: as for `GlobalCursor`: the cached `BlockRef` points into pages pinned
 // by the cursor's own `view`, which moves with it.
-unsafe impl Send for StreamCursor {}
+unsafe impl Send for StreamCursor<View> {}
 
-impl StreamCursor {
+impl<V: Borrow<View>> StreamCursor<V> {
     /// A cursor over `(tag, id)` from `from`; with no tag (a stream that does
     /// not exist yet), an empty one.
-    pub(crate) fn new(view: View, tag: Option<u32>, id: u64, from: u64) -> StreamCursor {
+    pub(crate) fn new(view: V, tag: Option<u32>, id: u64, from: u64) -> StreamCursor<V> {
         StreamCursor {
             view,
             tag: tag.unwrap_or(0),
@@ -647,12 +650,10 @@ impl StreamCursor {
             Some(run) if self.next_seq < run.end_seq() => run,
             _ => {
                 self.block = None;
-                let found = self.view.store.run_at_or_before(
-                    &self.view.pin.txn,
-                    self.tag,
-                    self.id,
-                    self.next_seq,
-                )?;
+                let view: &View = self.view.borrow();
+                let found =
+                    view.store
+                        .run_at_or_before(&view.pin.txn, self.tag, self.id, self.next_seq)?;
                 match found {
                     Some(run) if self.next_seq < run.end_seq() => {
                         self.run = Some(run);
@@ -660,8 +661,8 @@ impl StreamCursor {
                     }
                     _ => {
                         self.done = true;
-                        let store = &self.view.store;
-                        store.no_run_for(&self.view.pin.txn, self.tag, self.id, self.next_seq)?;
+                        view.store
+                            .no_run_for(&view.pin.txn, self.tag, self.id, self.next_seq)?;
                         return Ok(None);
                     }
                 }
@@ -673,6 +674,7 @@ impl StreamCursor {
             _ => {
                 let b = self
                     .view
+                    .borrow()
                     .block_ref(global)?
                     .ok_or_else(|| missing(global))?;
                 self.block = Some(b);
@@ -694,7 +696,9 @@ impl StreamCursor {
         self.next_seq += 1;
         Ok(Some((block, global)))
     }
+}
 
+impl StreamCursor<View> {
     /// The next event, pinned (one atomic increment, no copy).
     pub(crate) fn next_event(&mut self) -> Option<Result<MappedEvent>> {
         match self.advance() {
@@ -758,8 +762,8 @@ impl StreamCursor {
 }
 
 /// Lazily walks the whole log in global order in one snapshot.
-pub(crate) struct GlobalCursor {
-    view: View,
+pub(crate) struct GlobalCursor<V = View> {
+    view: V,
     next: u64,
     block: Option<BlockRef>,
     done: bool,
@@ -770,20 +774,22 @@ pub(crate) struct GlobalCursor {
 // in NOTLS mode, plus `Arc`s of `Send + Sync` parts) may move between threads,
 // and the pointer moves with it, so it stays valid: the cursor is used from one
 // thread at a time (`&mut self`), wherever that thread is.
-unsafe impl Send for GlobalCursor {}
+unsafe impl Send for GlobalCursor<View> {}
 
-impl GlobalCursor {
-    pub(crate) fn new(view: View, from: u64) -> GlobalCursor {
+impl GlobalCursor<View> {
+    pub(crate) fn view_mut(&mut self) -> &mut View {
+        &mut self.view
+    }
+}
+
+impl<V: Borrow<View>> GlobalCursor<V> {
+    pub(crate) fn new(view: V, from: u64) -> GlobalCursor<V> {
         GlobalCursor {
             view,
             next: from,
             block: None,
             done: false,
         }
-    }
-
-    pub(crate) fn view_mut(&mut self) -> &mut View {
-        &mut self.view
     }
 
     /// Moves to the next event of the log, returning its block and global sequence.
@@ -794,7 +800,7 @@ impl GlobalCursor {
         let global = self.next;
         let block = match self.block {
             Some(b) if global < b.header.end_global() => b,
-            _ => match self.view.block_ref(global) {
+            _ => match self.view.borrow().block_ref(global) {
                 Ok(Some(b)) => {
                     self.block = Some(b);
                     b
@@ -823,7 +829,9 @@ impl GlobalCursor {
         self.next = block.header.end_global();
         Some(Ok((block, first)))
     }
+}
 
+impl GlobalCursor<View> {
     /// The payload and position of an event found by [`Self::advance`],
     /// borrowed from the snapshot (no reference counting).
     #[inline]
@@ -851,6 +859,183 @@ impl GlobalCursor {
         let event = self.view.mapped(&block, global);
         self.done |= event.is_err();
         Some(event)
+    }
+}
+
+/// A snapshot that lends what it reads for as long as it is borrowed:
+/// payloads and catalog entries come back as `&self` references, with no
+/// reference counting per event (the public `StreamSnapshot` and
+/// `LogSnapshot` are built on it).
+///
+/// Not `Sync` (the `RefCell` sees to it): every LMDB call goes through the
+/// one transaction of its [`View`], and LMDB wants a transaction used by one
+/// thread at a time. It may move to another thread while nothing borrows it.
+pub(crate) struct Frozen {
+    view: View,
+    /// The catalog entries looked up so far, by tag. Entries are only ever
+    /// added, never removed or replaced, while the snapshot lives.
+    streams: RefCell<HashMap<u32, Arc<super::StreamInfo>>>,
+}
+
+impl Frozen {
+    pub(crate) fn new(view: View) -> Frozen {
+        Frozen {
+            view,
+            streams: RefCell::default(),
+        }
+    }
+
+    /// The id of the commit this snapshot sees.
+    pub(crate) fn txn_id(&self) -> usize {
+        self.view.txn_id()
+    }
+
+    /// The tag of `info`'s stream in this snapshot (see [`Store::stream_tag`]).
+    pub(crate) fn stream_tag(&self, info: &super::StreamInfo) -> Result<Option<u32>> {
+        self.view.store.stream_tag(&self.view.pin.txn, info)
+    }
+
+    /// The catalog entry of the stream with `tag`, borrowed from the snapshot.
+    pub(crate) fn stream(&self, tag: u32) -> Result<&super::StreamInfo> {
+        let mut streams = self.streams.borrow_mut();
+        let info: *const super::StreamInfo = match streams.get(&tag) {
+            Some(info) => Arc::as_ptr(info),
+            None => {
+                let info = self.view.store.stream_by_tag(&self.view.pin.txn, tag)?;
+                let ptr = Arc::as_ptr(&info);
+                streams.insert(tag, info);
+                ptr
+            }
+        };
+        // SAFETY: `info` points into an `Arc` that `self.streams` keeps until
+        // `self` is dropped: entries are never removed or replaced, and a map
+        // that rehashes moves the `Arc`s, not what they point to. So the entry
+        // outlives the `&self` borrow the result is tied to, and it is never
+        // mutated (an `Arc` hands out shared access only).
+        Ok(unsafe { &*info })
+    }
+
+    /// One past the newest global sequence in this snapshot.
+    pub(crate) fn end_global(&self) -> Result<u64> {
+        let end = self.view.store.end_global(&self.view.pin.txn)?;
+        self.view.store.observe_end(end);
+        Ok(end)
+    }
+
+    /// The last stream sequence of `(tag, id)`, if any.
+    pub(crate) fn stream_version(&self, tag: u32, id: u64) -> Result<Option<StreamSequence>> {
+        Ok(self
+            .view
+            .store
+            .last_run(&self.view.pin.txn, tag, id)?
+            .map(|r| StreamSequence(r.end_seq() - 1)))
+    }
+
+    /// The event at `(tag, id, seq)` (its position and payload), or `None`
+    /// if the stream id is shorter.
+    pub(crate) fn event_at_stream(
+        &self,
+        tag: u32,
+        id: u64,
+        seq: u64,
+    ) -> Result<Option<(EventPosition, &[u8])>> {
+        let (store, txn) = (&self.view.store, &self.view.pin.txn);
+        let run = store.run_at_or_before(txn, tag, id, seq)?;
+        let Some(run) = run.filter(|r| seq < r.end_seq()) else {
+            store.no_run_for(txn, tag, id, seq)?;
+            return Ok(None);
+        };
+        let global = run.first_global + (seq - run.first_seq);
+        let block = self
+            .view
+            .block_ref(global)?
+            .ok_or_else(|| missing(global))?;
+        let position = position_in(&block.header, global);
+        check_belongs(&position, tag, id, seq)?;
+        Ok(Some((position, payload_in(&self.view, &block, global)?)))
+    }
+
+    /// The event at `global` (its block and payload), or `None` past the end.
+    pub(crate) fn event_at_global(&self, global: u64) -> Result<Option<(BlockRef, &[u8])>> {
+        match self.view.block_ref(global)? {
+            Some(block) => Ok(Some((block, payload_in(&self.view, &block, global)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// A cursor over `(tag, id)` from `from` that lends payloads for as long
+    /// as `self` is borrowed.
+    pub(crate) fn stream_cursor(
+        &self,
+        tag: Option<u32>,
+        id: u64,
+        from: u64,
+    ) -> StreamCursor<&View> {
+        StreamCursor::new(&self.view, tag, id, from)
+    }
+
+    /// A cursor over the log from `from` that lends payloads for as long as
+    /// `self` is borrowed.
+    pub(crate) fn global_cursor(&self, from: u64) -> GlobalCursor<&View> {
+        GlobalCursor::new(&self.view, from)
+    }
+}
+
+/// The payload at `global` of `block`, borrowed for as long as `view` is.
+/// `block` must have been found in `view`'s transaction (every caller: a
+/// [`Frozen`] or a cursor over its view).
+#[inline]
+fn payload_in<'s>(view: &'s View, block: &BlockRef, global: u64) -> Result<&'s [u8]> {
+    let _pinned_by: &'s Pinned = &view.pin;
+    // SAFETY: `block` was found in `view`'s transaction, whose pages `view.pin`
+    // keeps valid and unchanged, and whose gate guard keeps the map in place,
+    // for as long as `view` is borrowed, which bounds the result.
+    let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
+    let index = (global - block.header.first_global) as u32;
+    BlockView::from_validated(bytes, block.header)
+        .event(index)
+        .map_err(corrupt_at(global))
+}
+
+impl<'s> StreamCursor<&'s View> {
+    /// The next event's position and payload, borrowed from the snapshot.
+    #[inline]
+    pub(crate) fn next_in(&mut self) -> Option<Result<(EventPosition, &'s [u8])>> {
+        let found = match self.advance() {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        let (block, global) = found;
+        match payload_in(self.view, &block, global) {
+            Ok(payload) => Some(Ok((position_in(&block.header, global), payload))),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<'s> GlobalCursor<&'s View> {
+    /// The next event of the log: its block, global sequence and payload,
+    /// borrowed from the snapshot.
+    #[inline]
+    pub(crate) fn next_in(&mut self) -> Option<Result<(BlockRef, u64, &'s [u8])>> {
+        let (block, global) = match self.advance()? {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        match payload_in(self.view, &block, global) {
+            Ok(payload) => Some(Ok((block, global, payload))),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
     }
 }
 
