@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod event;
 mod global;
+mod migrate;
 mod position;
 mod projection;
 mod reader;
@@ -30,6 +31,7 @@ pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastE
 pub use global::{
     GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,
 };
+pub use migrate::{MigrateOptions, MigrationReport};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamKey, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,

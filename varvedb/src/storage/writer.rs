@@ -23,13 +23,13 @@ use crate::position::{ExpectedVersion, StreamId, StreamSequence};
 /// An open write transaction. Everything done through it commits together
 /// (durably) or not at all.
 pub(crate) struct WriteTxn<'s> {
-    store: &'s Store,
-    txn: RwTxn<'s>,
+    pub(super) store: &'s Store,
+    pub(super) txn: RwTxn<'s>,
     /// One past the newest global sequence, once known in this transaction.
     end_global: Option<u64>,
     /// Catalog entries this transaction created or completed, taught to their
     /// handles only once it commits (an aborted attempt teaches nothing).
-    bound: Vec<Bound>,
+    pub(super) bound: Vec<Bound>,
     /// A map-full or map-resized error an LMDB call of this transaction
     /// returned: the transaction is then doomed (LMDB marks it failed), and
     /// [`Store::write`] grows or remaps and retries whatever the closure
@@ -327,7 +327,7 @@ impl<'s> WriteTxn<'s> {
 
     /// Maps an LMDB result to ours, first recording its error in the
     /// transaction: see [`WriteTxn::take_failure`].
-    fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
+    pub(super) fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
         result.map_err(|e| {
             if let heed::Error::Mdb(code) = e {
                 match code {
