@@ -387,6 +387,10 @@ pub(crate) struct TypeIdentity<S = &'static str> {
     pub(crate) schema: Option<Schema>,
 }
 
+/// What [`Store::migration_target`] finds: the tag, the event family, and
+/// the [`Bound`] to publish if the family record was written.
+pub(super) type MigrationTarget = (u32, Arc<Family>, Option<Bound>);
+
 /// A stream entry created or completed by a write transaction, to be taught
 /// to its handle and the cache once (and only if) the transaction commits.
 #[derive(Debug)]
@@ -890,7 +894,7 @@ impl Store {
         &self,
         txn: &mut RwTxn,
         info: &StreamInfo,
-    ) -> Result<Option<(u32, Arc<Family>, Option<Bound>)>> {
+    ) -> Result<Option<MigrationTarget>> {
         let Some((tag, record)) = self.lookup(txn, &info.name)? else {
             return Ok(None);
         };

@@ -91,7 +91,6 @@ impl WriteTxn<'_> {
         // Read first (the iterator borrows the transaction), write after.
         let mut rewrites: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut next = from;
-        let mut examined = 0usize;
         let mut rewritten = 0usize;
         let mut reached_end = true;
         let mut scratch: Vec<AlignedVec<16>> = Vec::new();
@@ -99,13 +98,12 @@ impl WriteTxn<'_> {
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(&start[..]), Bound::Unbounded);
         let range = store.events.range(&self.txn, &bounds);
         let iter = self.lmdb("reading the event log", range)?;
-        for item in iter {
+        for (examined, item) in iter.enumerate() {
             let (k, v) = self.lmdb("reading the event log", item)?;
             if examined >= budget.blocks || (rewritten > 0 && rewritten >= budget.events) {
                 reached_end = false;
                 break;
             }
-            examined += 1;
             let global = parse_event_key(k).ok_or_else(|| Error::Corruption {
                 location: Location::Record("the event log".into()),
                 detail: format!("malformed key of {} bytes", k.len()),
@@ -233,7 +231,7 @@ impl Store {
                 let result = view
                     .event(i)
                     .map_err(|e| e.0)
-                    .and_then(|payload| check(payload));
+                    .and_then(&mut check);
                 if let Err(detail) = result {
                     problems.push(Problem {
                         location: Location::Global(GlobalSequence(global + u64::from(i))),
