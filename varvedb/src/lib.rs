@@ -10,6 +10,7 @@ mod error;
 mod event;
 mod global;
 mod inspect;
+mod migrate;
 mod position;
 mod projection;
 mod reader;
@@ -40,6 +41,7 @@ pub use global::{
     GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,
 };
 pub use inspect::{IdSummary, StoreInfo, StreamSummary};
+pub use migrate::{MigrateOptions, MigrationReport};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamKey, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,

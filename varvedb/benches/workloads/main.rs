@@ -9,6 +9,7 @@ mod aggregate;
 mod alloc;
 mod baseline;
 mod contender;
+mod evolution;
 mod report;
 mod varve;
 
@@ -345,9 +346,14 @@ fn main() {
     for len in [scale.stream_len, scale.stream_len * 10] {
         aggregate::run::<RawHeed>(len, &mut report);
     }
+    // W6e: W6's fold over current-version events and over events one
+    // version behind (upcast on every read).
+    let evolution = evolution::run(scale.events, scale.batch, scale.ids);
     criterion.final_summary();
 
-    let table = report.render(VarveDb::NAME, RawHeed::NAME, &format!("{scale:?}"));
+    let mut table = report.render(VarveDb::NAME, RawHeed::NAME, &format!("{scale:?}"));
+    table.push('\n');
+    table.push_str(&evolution);
     println!("\n{table}");
     if let Ok(path) = std::env::var("VARVEDB_BENCH_REPORT") {
         std::fs::write(Path::new(&path), &table).expect("write the report");

@@ -322,6 +322,16 @@ impl<'a> BlockView<'a> {
     /// its bounds and checksum.
     #[inline]
     pub(crate) fn event(&self, index: u32) -> Result<&'a [u8], BlockError> {
+        let (meta, payload) = self.slot(index)?;
+        debug_assert!(meta.len() % SLOT_ALIGN == 0);
+        Ok(payload)
+    }
+
+    /// Event `index`'s slot split into its metadata (`meta_len` rounded up to
+    /// 16 bytes; empty in format 1) and its payload, after checking its
+    /// bounds and checksum.
+    #[inline]
+    fn slot(&self, index: u32) -> Result<(&'a [u8], &'a [u8]), BlockError> {
         if index >= self.header.count {
             return Err(BlockError::new(format!(
                 "event {index} is past the block's {} events",
@@ -355,8 +365,64 @@ impl<'a> BlockView<'a> {
                 "event {index} is shorter than its {meta}-byte metadata"
             )));
         }
-        Ok(&slot[meta..])
+        Ok(slot.split_at(meta))
     }
+}
+
+/// The block `old` with new payloads: what a migration writes in place of a
+/// block of an older event version.
+///
+/// Everything but the payloads, the fingerprint and the checksums is kept:
+/// the key (first global sequence), stream tag and id, stream sequences,
+/// event count, commit time, flags, reserved bytes, and each event's
+/// metadata, copied verbatim (today `meta_len` is always 0: there is none).
+/// Each payload must be an rkyv archive built in a 16-byte aligned buffer:
+/// its slot starts 16-byte aligned, so it stays readable in place.
+///
+/// Fails, writing nothing, if `payloads` is not one per event, if an event
+/// of `old` fails its checksum (a migration never re-seals damage under a
+/// fresh checksum), or if a payload is too large for a slot.
+pub(crate) fn reseal(
+    old: &BlockView<'_>,
+    fingerprint: u64,
+    payloads: &[&[u8]],
+) -> Result<Vec<u8>, BlockError> {
+    let header = *old.header();
+    if payloads.len() != header.count as usize {
+        return Err(BlockError::new(format!(
+            "{} payloads for a block of {} events",
+            payloads.len(),
+            header.count
+        )));
+    }
+    let mut builder = BlockBuilder::with_capacity(old.bytes().len() + 64);
+    builder.start(payloads.len());
+    for (i, payload) in payloads.iter().enumerate() {
+        let (meta, _) = old.slot(i as u32)?;
+        let mut buf = builder.begin_event();
+        buf.extend_from_slice(meta);
+        buf.extend_from_slice(payload);
+        builder.finish_event(buf).map_err(|size| {
+            builder.abandon();
+            BlockError::new(format!(
+                "event {i} of {size} bytes is too large for a block"
+            ))
+        })?;
+    }
+    let mut bytes = builder
+        .seal(&BlockHeader {
+            fingerprint,
+            ..header
+        })
+        .to_vec();
+    // The header bytes `seal` writes as zeros today (flags, reserved) are
+    // kept as they were, so a later format's use of them survives.
+    let old_bytes = old.bytes();
+    bytes[1] = old_bytes[1];
+    bytes[56..60].copy_from_slice(&old_bytes[56..60]);
+    let crc = header_crc(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    Ok(bytes)
 }
 
 /// Recomputes the header checksum and the checksum of every event whose slot
@@ -437,6 +503,89 @@ mod tests {
             let off = p.as_ptr() as usize - bytes.as_ptr() as usize;
             assert_eq!(off % SLOT_ALIGN, 0, "slot {i} at offset {off}");
         }
+    }
+
+    #[test]
+    fn a_resealed_block_keeps_everything_but_payloads_fingerprint_and_checksums() {
+        let original = build(&[b"old one", b"old two, longer than sixteen"], 100);
+        let view = BlockView::parse(100, &original).unwrap();
+        let bytes = reseal(&view, 0xbeef, &[b"new", b"the second new payload"]).unwrap();
+        let new = BlockView::parse(100, &bytes).unwrap();
+        assert_eq!(
+            *new.header(),
+            BlockHeader {
+                fingerprint: 0xbeef,
+                ..*view.header()
+            }
+        );
+        assert_eq!(new.event(0).unwrap(), b"new");
+        assert_eq!(new.event(1).unwrap(), b"the second new payload");
+        for i in 0..2 {
+            let off = new.event(i).unwrap().as_ptr() as usize - bytes.as_ptr() as usize;
+            assert_eq!(off % SLOT_ALIGN, 0);
+        }
+        assert!(reseal(&view, 1, &[b"only one"]).is_err());
+    }
+
+    #[test]
+    fn resealing_copies_each_events_metadata_and_the_header_extras_verbatim() {
+        // A block whose events carry 16 bytes of metadata before their
+        // payload, and whose flags and reserved bytes are set (what a later
+        // format may write).
+        let mut b = BlockBuilder::with_capacity(0);
+        b.start(2);
+        for (meta, p) in [
+            (*b"meta-of-event-00", &b"one"[..]),
+            (*b"meta-of-event-01", b"two"),
+        ] {
+            let mut buf = b.begin_event();
+            buf.extend_from_slice(&meta);
+            buf.extend_from_slice(p);
+            b.finish_event(buf).unwrap();
+        }
+        let mut original = b
+            .seal(&BlockHeader {
+                stream_tag: 1,
+                stream_id: 2,
+                first_stream_seq: 3,
+                fingerprint: 4,
+                count: 2,
+                meta_len: 16,
+                first_global: 5,
+                committed_at_micros: 6,
+            })
+            .to_vec();
+        original[1] = 0x80;
+        original[56..60].copy_from_slice(&[1, 2, 3, 4]);
+        restamp(&mut original);
+        let view = BlockView::parse(5, &original).unwrap();
+        assert_eq!(view.event(1).unwrap(), b"two");
+        let bytes = reseal(&view, 9, &[b"uno", b"dos, a longer payload"]).unwrap();
+        let new = BlockView::parse(5, &bytes).unwrap();
+        assert_eq!(new.header().meta_len, 16);
+        assert_eq!((bytes[1], &bytes[56..60]), (0x80, &[1u8, 2, 3, 4][..]));
+        for (i, (meta, payload)) in [
+            (&b"meta-of-event-00"[..], &b"uno"[..]),
+            (b"meta-of-event-01", b"dos, a longer payload"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(new.slot(i as u32).unwrap(), (meta, payload), "event {i}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_event_is_never_resealed_under_a_fresh_checksum() {
+        let mut original = build(&[b"first", b"second"], 0);
+        let last = original.len() - 1;
+        let base = table_end(2);
+        // Damage a byte of the second payload (not padding).
+        original[base + 16] ^= 1;
+        assert!(last > base + 16);
+        let view = BlockView::parse(0, &original).unwrap();
+        assert!(view.event(1).is_err());
+        assert!(reseal(&view, 1, &[b"a", b"b"]).is_err());
     }
 
     #[test]

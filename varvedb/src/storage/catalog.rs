@@ -13,7 +13,8 @@
 //! written by the write transaction that first appends a version of the
 //! family (creating the stream, adopting a stream bound by type name, or
 //! appending a new version), and rewritten by a migration that retires old
-//! versions.
+//! versions (see `storage/migrate.rs`): a retired version's events were all
+//! rewritten, so no reader needs to know it any more.
 //! Entries are written once, by the write transaction of a stream's first
 //! append, and never change (except the schema fingerprint, filled in by the
 //! first append of a `#[derive(Event)]` type to a stream created from a plain
@@ -386,6 +387,10 @@ pub(crate) struct TypeIdentity<S = &'static str> {
     pub(crate) schema: Option<Schema>,
 }
 
+/// What [`Store::migration_target`] finds: the tag, the event family, and
+/// the [`Bound`] to publish if the family record was written.
+pub(super) type MigrationTarget = (u32, Arc<Family>, Option<Bound>);
+
 /// A stream entry created or completed by a write transaction, to be taught
 /// to its handle and the cache once (and only if) the transaction commits.
 #[derive(Debug)]
@@ -656,6 +661,21 @@ impl Store {
         };
         let cached = self.streams.by_name.read().get(name).cloned();
         let found = match cached {
+            // A cached family record may predate a migration (of another
+            // process) that retired versions this type no longer knows:
+            // a mismatch is decided on the committed record.
+            Some(record)
+                if record.family.is_some()
+                    && record.tag().is_some()
+                    && check_type(&record, &ty).is_err() =>
+            {
+                let mut view = self.snapshot()?;
+                let found = view.stream_entry(name)?;
+                if let Some((tag, record)) = &found {
+                    self.remember(*tag, record, true);
+                }
+                found
+            }
             Some(record) => record.tag().map(|tag| (tag, record)),
             None => {
                 let mut view = self.snapshot()?;
@@ -862,6 +882,94 @@ impl Store {
             legacy,
         };
         Ok((tag, bound))
+    }
+
+    /// For a migration of `info`'s stream (a `#[derive(Event)]` handle) in
+    /// `txn`: its tag and event family, checked against the handle's type
+    /// and recording the handle's version (adopting a stream bound by type
+    /// name), so that older builds can no longer append while old events are
+    /// rewritten. `None` if the stream does not exist. The [`Bound`] to
+    /// publish if the family record was written.
+    pub(super) fn migration_target(
+        &self,
+        txn: &mut RwTxn,
+        info: &StreamInfo,
+    ) -> Result<Option<MigrationTarget>> {
+        let Some((tag, record)) = self.lookup(txn, &info.name)? else {
+            return Ok(None);
+        };
+        let Some(schema) = &info.schema else {
+            return Err(mismatch(&record, &info.identity(), ADVICE_PLAIN));
+        };
+        check_family(&record, schema)?;
+        if let Some(family) = &record.family {
+            if let Some(newest) = family.versions.iter().map(|v| v.version).max() {
+                if newest > schema.version {
+                    return Err(Error::OutdatedEventVersion {
+                        stream: info.name.to_string(),
+                        event: family.name.clone(),
+                        newest,
+                        program: schema.version,
+                    });
+                }
+            }
+            if family
+                .versions
+                .iter()
+                .any(|v| v.fingerprint == schema.fingerprint && !v.retired)
+            {
+                return Ok(Some((tag, Arc::clone(family), None)));
+            }
+        }
+        let (tag, bound) = self.settle_stream(txn, info, Some((tag, record)))?;
+        let family = bound
+            .record
+            .family
+            .clone()
+            .ok_or_else(|| corrupt(format!("stream {:?}", info.name), "no event family"))?;
+        Ok(Some((tag, family, Some(bound))))
+    }
+
+    /// Marks every version of `family` but the one with fingerprint
+    /// `current` retired, in `txn`: a migration rewrote all their events.
+    /// Returns the versions retired now and the [`Bound`] to publish.
+    pub(super) fn retire_versions(
+        &self,
+        txn: &mut RwTxn,
+        info: &StreamInfo,
+        tag: u32,
+        family: &Family,
+        current: u64,
+    ) -> Result<(Vec<u32>, Option<Bound>)> {
+        let mut family = family.clone();
+        let mut retired = Vec::new();
+        for v in &mut family.versions {
+            if v.fingerprint != current && !v.retired {
+                v.retired = true;
+                retired.push(v.version);
+            }
+        }
+        if retired.is_empty() {
+            return Ok((retired, None));
+        }
+        self.put_family(txn, tag, &family)?;
+        let Some((_, mut record)) = self.lookup(txn, &info.name)? else {
+            return Err(corrupt(
+                format!("stream {:?}", info.name),
+                "the stream left the catalog during its migration",
+            ));
+        };
+        let legacy = family.legacy;
+        record.family = Some(Arc::new(family));
+        Ok((
+            retired,
+            Some(Bound {
+                handle: info.clone(),
+                tag,
+                record,
+                legacy,
+            }),
+        ))
     }
 
     /// Writes the event family record of the stream with `tag`.

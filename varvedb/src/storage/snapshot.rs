@@ -531,6 +531,17 @@ impl View {
         self.store.verify(&self.pin.txn)
     }
 
+    /// See [`Store::check_migrated`].
+    pub(crate) fn check_migrated(
+        &self,
+        tag: u32,
+        current: u64,
+        check: impl FnMut(&[u8]) -> std::result::Result<(), String>,
+    ) -> Result<Vec<crate::verify::Problem>> {
+        self.store
+            .check_migrated(&self.pin.txn, tag, current, check)
+    }
+
     /// One past the newest global sequence in this snapshot. Also published
     /// as the log's end subscriptions wait past ([`Store::log_end`]): a
     /// snapshot is a commit, whichever process made it.

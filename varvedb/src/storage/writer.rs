@@ -29,7 +29,7 @@ pub(crate) struct WriteTxn<'s> {
     pub(super) end_global: Option<u64>,
     /// Catalog entries this transaction created or completed, taught to their
     /// handles only once it commits (an aborted attempt teaches nothing).
-    bound: Vec<Bound>,
+    pub(super) bound: Vec<Bound>,
     /// A map-full or map-resized error an LMDB call of this transaction
     /// returned: the transaction is then doomed (LMDB marks it failed), and
     /// [`Store::write`] grows or remaps and retries whatever the closure
