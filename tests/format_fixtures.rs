@@ -304,3 +304,67 @@ fn a_freshly_written_store_matches_the_fixture_expectations() {
     write_fixture(dir.path());
     check_fixture(dir.path());
 }
+
+fn open_env(dir: &Path) -> heed::Env {
+    // SAFETY: no store of this process has `dir` open; nothing truncates the file.
+    unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.unwrap()
+}
+
+/// The `meta` database of `env`, opened with heed directly.
+fn meta_of(env: &heed::Env) -> heed::Database<'_, heed::types::Bytes, heed::types::Bytes> {
+    let rtxn = env.read_txn().unwrap();
+    env.open_databases_and_commit(rtxn, |opener, rtxn| -> heed::Result<_> {
+        let meta = opener
+            .database_options()
+            .types::<heed::types::Bytes, heed::types::Bytes>()
+            .name("meta")
+            .open(rtxn)?
+            .expect("a meta database");
+        Ok(heed::CommitOrAbort::<_, ()>::Commit(meta))
+    })
+    .unwrap()
+    .unwrap_commit()
+}
+
+/// The `format` record of the store in `dir`.
+fn stored_format(dir: &Path) -> u32 {
+    let env = open_env(dir);
+    let meta = meta_of(&env);
+    let rtxn = env.read_txn().unwrap();
+    let raw = meta.get(&rtxn, b"format").unwrap().unwrap();
+    u32::from_le_bytes(raw.try_into().unwrap())
+}
+
+fn set_format(dir: &Path, format: u32) {
+    let env = open_env(dir);
+    let meta = meta_of(&env);
+    let mut wtxn = env.write_txn().unwrap();
+    meta.put(&mut wtxn, b"format", &format.to_le_bytes())
+        .unwrap();
+    wtxn.commit().unwrap();
+}
+
+#[test]
+fn a_format_1_store_is_upgraded_by_its_first_read_write_open_and_not_before() {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_dir().join("data.mdb"), copy.path().join("data.mdb")).unwrap();
+    assert_eq!(stored_format(copy.path()), 1);
+    drop(Varve::open_read_only(copy.path()).expect("format 1 opens read-only"));
+    assert_eq!(
+        stored_format(copy.path()),
+        1,
+        "a read-only open writes nothing"
+    );
+    drop(Varve::new(copy.path()).expect("format 1 opens read-write"));
+    assert_eq!(stored_format(copy.path()), 2, "upgraded in place");
+
+    // A format newer than this build's is refused, never misread.
+    set_format(copy.path(), 3);
+    match Varve::new(copy.path()) {
+        Err(varvedb::Error::UnsupportedFormat {
+            found, supported, ..
+        }) => assert_eq!((found, supported), (3, 2)),
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+    assert_eq!(stored_format(copy.path()), 3, "nothing written");
+}

@@ -183,6 +183,7 @@ impl Varve {
 impl Varve {
     /// The global sequences of stream `stream`'s id `id` from stream
     /// sequence `from`, at most `limit` of them (an untyped read, for tools).
+    #[cfg(feature = "cli")]
     pub(crate) fn stream_globals(
         &self,
         stream: &str,

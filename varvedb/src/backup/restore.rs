@@ -152,7 +152,7 @@ impl Varve {
         let backup = backup.as_ref();
         let dest = dest.as_ref();
         let manifest = BackupManifest::read(backup)?;
-        if manifest.format != FORMAT_VERSION {
+        if !(storage::OLDEST_FORMAT..=FORMAT_VERSION).contains(&manifest.format) {
             return Err(Error::UnsupportedFormat {
                 path: backup.to_path_buf(),
                 found: manifest.format,

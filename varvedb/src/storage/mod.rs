@@ -58,7 +58,20 @@ pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;
 const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The on-disk format version this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+///
+/// Format 2 adds, beside every format-1 record (which it reads unchanged):
+/// event-family records in the catalog (`f` + tag), block fingerprints that
+/// name an event version, per-event metadata in blocks (header flags and a
+/// slot prefix), and the `ids` and `keys` databases. A format-1 store is
+/// upgraded in place by its first read-write open (the `format` record is
+/// rewritten; no other byte changes), after which builds that read only
+/// format 1 refuse it with `UnsupportedFormat` instead of misreading a record
+/// they do not know.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format this build reads (and upgrades when it opens a store
+/// read-write).
+pub(crate) const OLDEST_FORMAT: u32 = 1;
 
 type Db = Database<'static, Bytes, Bytes>;
 

@@ -16,7 +16,7 @@ use heed::{Database, RoTxn, RwTxn};
 use rkyv::{rancor, Archive, Serialize};
 
 use super::identity::StoreId;
-use super::FORMAT_VERSION;
+use super::{FORMAT_VERSION, OLDEST_FORMAT};
 use crate::error::{Error, Location, Result};
 
 const FORMAT_KEY: &[u8] = b"format";
@@ -106,7 +106,17 @@ pub(super) fn initialize_or_check(
                 .map_err(&err)?;
             created
         }
-        Some(raw) => check_format(wtxn, meta, path, &raw)?,
+        Some(raw) => {
+            let (created, format) = check_format(wtxn, meta, path, &raw)?;
+            if format < FORMAT_VERSION {
+                // Every record of the older format reads unchanged in this
+                // one; from now on this build may write records it does not
+                // know, so the store says it is of this format.
+                meta.put(wtxn, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
+                    .map_err(&err)?;
+            }
+            created
+        }
     };
     let stored = stored_id(wtxn, meta)?;
     let id = match (stored, recorded) {
@@ -158,7 +168,7 @@ pub(super) fn check(
         });
     };
     let raw = raw.to_vec();
-    let created_micros = check_format(txn, meta, path, &raw)?;
+    let (created_micros, _) = check_format(txn, meta, path, &raw)?;
     let id = match (stored_id(txn, meta)?, recorded) {
         (Some(stored), Some(recorded)) if stored != recorded => {
             return Err(Error::StoreMismatch {
@@ -180,13 +190,14 @@ pub(super) fn check(
     Ok(Checked { id, created_micros })
 }
 
-/// Checks the recorded format version and rkyv probe; returns the creation time.
+/// Checks the recorded format version and rkyv probe; returns the creation
+/// time and the store's format.
 fn check_format(
     txn: &RoTxn<'_>,
     meta: &Database<'_, Bytes, Bytes>,
     path: &Path,
     raw: &[u8],
-) -> Result<u64> {
+) -> Result<(u64, u32)> {
     let err = super::storage_error("reading the store's metadata", 0);
     let found = <[u8; 4]>::try_from(raw)
         .map(u32::from_le_bytes)
@@ -194,7 +205,7 @@ fn check_format(
             location: Location::Record("the store's format version".into()),
             detail: format!("expected 4 bytes, found {}", raw.len()),
         })?;
-    if found != FORMAT_VERSION {
+    if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&found) {
         return Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
             found,
@@ -207,11 +218,12 @@ fn check_format(
             path: path.to_path_buf(),
         });
     }
-    Ok(meta
+    let created = meta
         .get(txn, CREATED_KEY)
         .map_err(&err)?
         .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
-        .map_or(0, u64::from_le_bytes))
+        .map_or(0, u64::from_le_bytes);
+    Ok((created, found))
 }
 
 /// The id recorded in `meta`, if any.
