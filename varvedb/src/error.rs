@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::id::EventId;
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 
 /// Everything that can go wrong in VarveDB.
@@ -313,6 +314,102 @@ pub enum Error {
          the append may or may not have been committed"
     )]
     CommitAbandoned,
+
+    /// An event's user metadata is larger than
+    /// [`Context::MAX_USER_BYTES`](crate::Context::MAX_USER_BYTES).
+    #[error("user metadata of {size} bytes for stream {stream:?} exceeds the {max}-byte limit")]
+    MetadataTooLarge {
+        /// The stream appended to.
+        stream: String,
+        /// The size of the user bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// An append was given event ids, but not one per event.
+    #[error("an append of {events} events to stream {stream:?} was given {ids} event ids: give one per event, or none")]
+    EventIdCount {
+        /// The stream appended to.
+        stream: String,
+        /// The number of events.
+        events: usize,
+        /// The number of event ids.
+        ids: usize,
+    },
+
+    /// One append names the same event id twice. Refused before anything
+    /// is read or written.
+    #[error("event id {event_id} is given to events {first} and {second} of one append to stream {stream:?}")]
+    DuplicateEventId {
+        /// The stream appended to.
+        stream: String,
+        /// The repeated id.
+        event_id: EventId,
+        /// The index (in the append) of its first event.
+        first: usize,
+        /// The index of the second.
+        second: usize,
+    },
+
+    /// Some of an append's event ids are already stored, but the append is
+    /// not a retry of (a run of) the append that stored them: some of its
+    /// ids are not stored, or they are stored in another stream or stream
+    /// id, or in another order. Nothing was written: a stored id is never
+    /// stored twice.
+    #[error(
+        "event id {event_id} (event {index} of this append to stream {stream:?} id {id}) is already \
+         stored at {stored}: {reason}"
+    )]
+    EventIdConflict {
+        /// The stream appended to.
+        stream: String,
+        /// The stream id appended to.
+        id: StreamId,
+        /// The stored id.
+        event_id: EventId,
+        /// Its index in the append.
+        index: usize,
+        /// Where it is stored.
+        stored: StoredAt,
+        /// Why the append is not a retry.
+        reason: &'static str,
+    },
+
+    /// An entity key is empty or longer than
+    /// [`MAX_ENTITY_KEY`](crate::MAX_ENTITY_KEY) bytes.
+    #[error("entity key of {len} bytes for stream {stream:?}: keys are 1 to {max} bytes")]
+    InvalidEntityKey {
+        /// The stream.
+        stream: String,
+        /// The key's length.
+        len: usize,
+        /// The longest key.
+        max: usize,
+    },
+}
+
+/// Where a stored event is, for [`Error::EventIdConflict`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAt {
+    /// The stream's name.
+    pub stream: String,
+    /// The stream id.
+    pub id: StreamId,
+    /// The event's stream sequence.
+    pub sequence: StreamSequence,
+    /// The event's global sequence.
+    pub global: GlobalSequence,
+}
+
+impl std::fmt::Display for StoredAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream {:?} id {} sequence {} (global {})",
+            self.stream, self.id.0, self.sequence.0, self.global.0
+        )
+    }
 }
 
 /// Where corrupted bytes were found, for [`Error::Corruption`].
@@ -477,6 +574,51 @@ impl Error {
                 source: copy_heed(source),
             },
             Error::CommitAbandoned => Error::CommitAbandoned,
+            Error::MetadataTooLarge { stream, size, max } => Error::MetadataTooLarge {
+                stream: stream.clone(),
+                size: *size,
+                max: *max,
+            },
+            Error::EventIdCount {
+                stream,
+                events,
+                ids,
+            } => Error::EventIdCount {
+                stream: stream.clone(),
+                events: *events,
+                ids: *ids,
+            },
+            Error::DuplicateEventId {
+                stream,
+                event_id,
+                first,
+                second,
+            } => Error::DuplicateEventId {
+                stream: stream.clone(),
+                event_id: *event_id,
+                first: *first,
+                second: *second,
+            },
+            Error::EventIdConflict {
+                stream,
+                id,
+                event_id,
+                index,
+                stored,
+                reason,
+            } => Error::EventIdConflict {
+                stream: stream.clone(),
+                id: *id,
+                event_id: *event_id,
+                index: *index,
+                stored: stored.clone(),
+                reason,
+            },
+            Error::InvalidEntityKey { stream, len, max } => Error::InvalidEntityKey {
+                stream: stream.clone(),
+                len: *len,
+                max: *max,
+            },
             Error::Truncated {
                 path,
                 expected,

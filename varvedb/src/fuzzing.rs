@@ -65,6 +65,7 @@ pub fn encode_block(
         first_stream_seq,
         fingerprint: 0x5eed,
         count: payloads.len() as u32,
+        meta_flags: 0,
         meta_len: 0,
         first_global,
         committed_at_micros: 0,

@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Location, Result};
 use crate::event::{layout_fingerprint, Archivable};
+use crate::id::EventId;
+use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{current_view, may_need_alignment, owned_view, EventRef};
 use crate::storage::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
-    MappedEvent, Store, StreamInfo, View, ViewSlot,
+    MappedEvent, RawMeta, Store, StreamInfo, View, ViewSlot,
 };
 
 /// Reads events of every stream by [`GlobalSequence`], the store-wide commit order.
@@ -71,6 +73,42 @@ impl GlobalReader {
         let mut slot = self.view.lock();
         let view = current_view(&self.store, &mut slot)?;
         match view.event_at_global(global.0)? {
+            Some(event) => {
+                let stream = view.stream_by_tag(event.position.stream_tag)?;
+                Ok(Some(GlobalEvent {
+                    event,
+                    stream,
+                    aligned: OnceLock::new(),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The event stored with `event_id` (see
+    /// [`Stream::append_with`](crate::Stream::append_with)), or `Ok(None)` if
+    /// no event has that id: one lookup in the idempotency index, one in the
+    /// log.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+    /// use varvedb::{Append, EventId, StreamId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let id = EventId::from_u128(77);
+    /// varve.stream::<Paid, 16>("payments")?
+    ///     .append_with(StreamId(3), &Paid { cents: 12 }, Append::new().event_id(id))?;
+    /// let mut log = varve.global_reader();
+    /// let paid = log.get_by_id(id)?.expect("stored");
+    /// assert_eq!((paid.stream_id(), paid.archived::<Paid>()?.cents.to_native()), (StreamId(3), 12));
+    /// assert!(log.get_by_id(EventId::from_u128(78))?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_by_id(&mut self, event_id: EventId) -> Result<Option<GlobalEvent>> {
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
+        match view.event_by_id(&event_id.0)? {
             Some(event) => {
                 let stream = view.stream_by_tag(event.position.stream_tag)?;
                 Ok(Some(GlobalEvent {
@@ -160,6 +198,12 @@ impl GlobalEvent {
         self.event.bytes()
     }
 
+    /// The event's metadata (id, correlation, causation, user bytes), read
+    /// in place.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(self.event.meta())
+    }
+
     /// Whether the event's stream holds events of type `T`.
     pub fn is<T: Archivable>(&self) -> bool {
         self.stream
@@ -186,6 +230,7 @@ impl GlobalEvent {
     pub fn to_event_ref<T: Archivable>(&self) -> Result<EventRef<T>> {
         self.archived::<T>()?;
         let position = self.event.position;
+        let meta = (position.meta_flags != 0).then(|| self.event.share());
         let archived = ArchivedRef::new(
             self.event.share(),
             rkyv::access::<T::Archived, rkyv::rancor::Error>,
@@ -194,7 +239,7 @@ impl GlobalEvent {
             location: Location::Global(position.global),
             detail: format!("invalid archived event: {e}"),
         })?;
-        Ok(EventRef::from_parts(archived, position))
+        Ok(EventRef::from_parts(archived, position, meta))
     }
 }
 
@@ -240,6 +285,7 @@ pub struct GlobalEntry<'a> {
     block: &'a BlockRef,
     global: u64,
     bytes: &'a [u8],
+    meta: RawMeta<'a>,
     stream: &'a StreamInfo,
     aligned: OnceLock<AlignedVec<16>>,
 }
@@ -277,6 +323,11 @@ impl GlobalEntry<'_> {
     /// The archived payload bytes (checksummed), zero-copy.
     pub fn payload(&self) -> &[u8] {
         self.bytes
+    }
+
+    /// The event's metadata, borrowed from the snapshot.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(self.meta)
     }
 
     /// Whether the event's stream holds events of type `T`.
@@ -381,7 +432,7 @@ impl GlobalIter {
                 self.last = Some(self.cursor.view_mut().stream_by_tag(tag)?);
             }
             for global in first..block_end(&block) {
-                let bytes = self.cursor.payload(&block, global)?;
+                let (bytes, meta) = self.cursor.payload(&block, global)?;
                 let Some(stream) = self.last.as_deref() else {
                     break;
                 };
@@ -389,6 +440,7 @@ impl GlobalIter {
                     block: &block,
                     global,
                     bytes,
+                    meta,
                     stream,
                     aligned: OnceLock::new(),
                 };

@@ -3,9 +3,12 @@
 
 mod aggregate;
 mod config;
+mod entity;
 mod error;
 mod event;
 mod global;
+mod id;
+mod metadata;
 mod position;
 mod projection;
 mod reader;
@@ -25,9 +28,12 @@ pub use aggregate::{
     Aggregate, AggregateTest, ExecuteError, Executed, Loaded, Snapshots, TestOutcome,
 };
 pub use config::{Durability, VarveConfig};
-pub use error::{Error, Location, Result};
+pub use entity::MAX_ENTITY_KEY;
+pub use error::{Error, Location, Result, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
 pub use global::{GlobalEntry, GlobalEvent, GlobalIter, GlobalReader};
+pub use id::{CommandId, CorrelationId, EventId};
+pub use metadata::{Append, Appended, Context, Execute, Metadata};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,
@@ -36,7 +42,7 @@ pub use projection::{
 pub use reader::{EventBytes, EventRef, StreamIter, StreamReader};
 pub use storage::StoreId;
 pub use store::Varve;
-pub use stream::Stream;
+pub use stream::{Stream, WithContext};
 #[cfg(feature = "async")]
 pub use subscription::{AsyncStreamSubscription, AsyncSubscription};
 pub use subscription::{Filter, StopHandle, StreamSubscription, Subscription};

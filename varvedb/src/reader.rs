@@ -12,6 +12,7 @@ use rkyv::rancor;
 use crate::aggregate::{load_in, Aggregate, Loaded};
 use crate::error::{Error, Location, Result};
 use crate::event::Archivable;
+use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::storage::{
     ArchivedRef, EventPosition, MappedEvent, Store, StreamCursor, StreamInfo, View, ViewSlot,
@@ -107,6 +108,7 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
             ),
         });
     }
+    let meta = (position.meta_flags != 0).then(|| event.share());
     let archived =
         ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>).map_err(|e| {
             Error::Corruption {
@@ -114,7 +116,11 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
                 detail: format!("invalid archived event: {e}"),
             }
         })?;
-    Ok(EventRef { archived, position })
+    Ok(EventRef {
+        archived,
+        position,
+        meta,
+    })
 }
 
 impl<T: Archivable> StreamReader<T> {
@@ -130,6 +136,12 @@ impl<T: Archivable> StreamReader<T> {
     /// The stream's name.
     pub fn name(&self) -> &str {
         &self.info.name
+    }
+
+    /// The store, the stream's catalog entry and the snapshot slot, for
+    /// the reads other modules add.
+    pub(crate) fn parts(&self) -> (&Arc<Store>, &StreamInfo, &ViewSlot) {
+        (&self.store, &self.info, &self.view)
     }
 
     /// The event at `(id, seq)`, validated and zero-copy: the returned guard
@@ -300,11 +312,33 @@ impl<T: Archivable> StreamReader<T> {
 pub struct EventRef<T: Archivable> {
     archived: ArchivedRef<T::Archived>,
     position: EventPosition,
+    /// The event pinned once more, for its metadata (only if it has some:
+    /// the payload may be an aligned copy that no longer pins the slot).
+    meta: Option<MappedEvent>,
 }
 
 impl<T: Archivable> EventRef<T> {
-    pub(crate) fn from_parts(archived: ArchivedRef<T::Archived>, position: EventPosition) -> Self {
-        EventRef { archived, position }
+    pub(crate) fn from_parts(
+        archived: ArchivedRef<T::Archived>,
+        position: EventPosition,
+        meta: Option<MappedEvent>,
+    ) -> Self {
+        EventRef {
+            archived,
+            position,
+            meta,
+        }
+    }
+
+    /// The event's metadata (id, correlation, causation, user bytes), read
+    /// in place.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(
+            self.meta
+                .as_ref()
+                .map(MappedEvent::meta)
+                .unwrap_or_default(),
+        )
     }
 
     /// The stream id the event belongs to.
@@ -361,6 +395,11 @@ pub struct EventBytes {
 }
 
 impl EventBytes {
+    /// The event's metadata, read in place.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(self.event.meta())
+    }
+
     /// The event's position in its stream id.
     pub fn stream_sequence(&self) -> StreamSequence {
         self.event.position.stream_sequence
@@ -458,7 +497,7 @@ impl<T: Archivable> StreamIter<T> {
         let mut acc = Some(init);
         let mut scratch = rkyv::util::AlignedVec::<16>::new();
         let (name, id) = (&self.info.name, StreamId(self.cursor.id()));
-        self.cursor.walk(|seq, _, bytes| {
+        self.cursor.walk(|seq, _, bytes, _| {
             let archived =
                 access_or_copy::<T>(bytes, &mut scratch).map_err(|e| Error::Corruption {
                     location: Location::Stream {

@@ -9,6 +9,8 @@
 //! | `index`   | tag, stream id, first sequence (BE)   | run: first global, count               |
 //! | `events`  | first global sequence (BE)            | a block of events ([`block`])          |
 //! | `state`   | namespaced by its owner               | snapshots, checkpoints, read models    |
+//! | `ids`     | event id (16 bytes)                   | global sequence, checksum              |
+//! | `keys`    | entity keys ([`keys::entity_key`])    | stream id / user key / next id         |
 //!
 //! See `docs/design.md` for the invariants each one protects.
 
@@ -37,7 +39,7 @@ use parking_lot::Mutex;
 use crate::config::{Durability, VarveConfig};
 use crate::error::{Error, Location, Result};
 
-pub(crate) use block::BlockBuilder;
+pub(crate) use block::{BlockBuilder, RawMeta};
 pub(crate) use catalog::{StreamInfo, TypeIdentity};
 pub use identity::StoreId;
 pub(crate) use notify::CROSS_PROCESS_POLL;
@@ -45,7 +47,7 @@ pub(crate) use snapshot::{
     block_end, block_position, block_tag, walk_stream, ArchivedRef, BlockRef, EventPosition,
     GlobalCursor, MappedEvent, StreamCursor, View,
 };
-pub(crate) use writer::WriteTxn;
+pub(crate) use writer::{Entity, Placed, WriteTxn, FIRST_KEYED_ID};
 
 /// A reader's cached snapshot; see [`Store::view_slot`].
 pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;
@@ -63,6 +65,10 @@ pub(crate) struct Store {
     index: Db,
     events: Db,
     state: Db,
+    /// Event id to global sequence: the idempotency index.
+    ids: Db,
+    /// Entity keys to stream ids and back.
+    keys: Db,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -294,6 +300,8 @@ impl Store {
                     db("index")?,
                     db("events")?,
                     db("state")?,
+                    db("ids")?,
+                    db("keys")?,
                 );
                 checked = Some(
                     probe::initialize_or_check(wtxn, &dbs.0, path, recorded.map(|r| r.id))
@@ -301,7 +309,7 @@ impl Store {
                 );
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
-        let (_meta, catalog, index, events, state) = match created {
+        let (_meta, catalog, index, events, state, ids, keys) = match created {
             Ok(committed) => committed.unwrap_commit(),
             Err(OpenError::Heed(e)) => return Err(err(e)),
             Err(OpenError::Varve(e)) => return Err(e),
@@ -334,6 +342,8 @@ impl Store {
             index,
             events,
             state,
+            ids,
+            keys,
             commits: notify::CommitSignal::default(),
             group: group::GroupCommit::default(),
             gate: Arc::new(gate::MapGate::default()),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use heed::{RoTxn, WithoutTls};
 use rkyv::util::AlignedVec;
 
-use super::block::{BlockError, BlockHeader, BlockView};
+use super::block::{parse_meta, BlockError, BlockHeader, BlockView, RawMeta};
 use super::gate::GateGuard;
 use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
 use super::Store;
@@ -61,6 +61,10 @@ pub(crate) struct MappedEvent<P = Pinned> {
     pin: Arc<P>,
     ptr: NonNull<u8>,
     len: usize,
+    /// The event's metadata prefix (unpadded; empty without metadata), in
+    /// the same slot as the payload.
+    meta_ptr: NonNull<u8>,
+    meta_len: usize,
     pub(crate) position: EventPosition,
 }
 
@@ -73,6 +77,8 @@ pub(crate) struct EventPosition {
     pub(crate) global: GlobalSequence,
     pub(crate) fingerprint: u64,
     pub(crate) committed_at_micros: u64,
+    /// The block's metadata flags (which fields the event's prefix holds).
+    pub(crate) meta_flags: u8,
 }
 
 // SAFETY: a `MappedEvent` is a shared, read-only view of bytes in the map plus
@@ -83,20 +89,40 @@ unsafe impl<P: Send + Sync> Send for MappedEvent<P> {}
 unsafe impl<P: Send + Sync> Sync for MappedEvent<P> {}
 
 impl<P> MappedEvent<P> {
-    /// Pins `bytes` with `pin`.
+    /// Pins `bytes` (the payload) and `meta` (its metadata prefix) with `pin`.
     ///
     /// # Safety
     ///
-    /// `bytes` must stay valid and unchanged for as long as any clone of `pin`
-    /// lives. For a snapshot's [`Pinned`]: bytes LMDB returned in its
-    /// transaction.
-    unsafe fn pinned(pin: Arc<P>, bytes: &[u8], position: EventPosition) -> MappedEvent<P> {
+    /// `bytes` and `meta` must stay valid and unchanged for as long as any
+    /// clone of `pin` lives. For a snapshot's [`Pinned`]: bytes LMDB
+    /// returned in its transaction. `meta` must be a prefix that
+    /// [`parse_meta`] accepts with `position.meta_flags`.
+    unsafe fn pinned(
+        pin: Arc<P>,
+        meta: &[u8],
+        bytes: &[u8],
+        position: EventPosition,
+    ) -> MappedEvent<P> {
         MappedEvent {
             pin,
             ptr: NonNull::from(bytes).cast(),
             len: bytes.len(),
+            meta_ptr: NonNull::from(meta).cast(),
+            meta_len: meta.len(),
             position,
         }
+    }
+
+    /// The event's metadata, borrowed from its slot.
+    pub(crate) fn meta(&self) -> RawMeta<'_> {
+        if self.position.meta_flags == 0 {
+            return RawMeta::default();
+        }
+        // SAFETY: as in `bytes`: `meta_ptr`/`meta_len` came from a slice in
+        // the same pinned slot as the payload, valid while `self.pin` lives.
+        let prefix = unsafe { std::slice::from_raw_parts(self.meta_ptr.as_ptr(), self.meta_len) };
+        // Validated when the event was pinned (`mapped_in`).
+        parse_meta(self.position.meta_flags, prefix).unwrap_or_default()
     }
 
     /// The payload bytes (the archived event).
@@ -116,6 +142,8 @@ impl<P> MappedEvent<P> {
             pin: Arc::clone(&self.pin),
             ptr: self.ptr,
             len: self.len,
+            meta_ptr: self.meta_ptr,
+            meta_len: self.meta_len,
             position: self.position,
         }
     }
@@ -335,6 +363,57 @@ impl Store {
         }
     }
 
+    /// The global sequence the idempotency index holds for `event_id`.
+    pub(crate) fn id_global(&self, txn: &RoTxn, event_id: &[u8; 16]) -> Result<Option<u64>> {
+        let got = self
+            .ids
+            .get(txn, event_id)
+            .map_err(self.err("reading event ids"))?;
+        let Some(v) = got else { return Ok(None) };
+        super::keys::decode_id_value(event_id, v)
+            .map(Some)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!(
+                    "the event id index entry of {}",
+                    crate::id::EventId(*event_id)
+                )),
+                detail: "malformed entry".into(),
+            })
+    }
+
+    /// The stream id entity `key` maps to in the stream with `tag`.
+    pub(crate) fn entity_id(&self, txn: &RoTxn, tag: u32, key: &[u8]) -> Result<Option<u64>> {
+        let k = super::keys::entity_key(tag, key);
+        let got = self
+            .keys
+            .get(txn, &k)
+            .map_err(self.err("reading entity keys"))?;
+        let Some(v) = got else { return Ok(None) };
+        super::keys::open_sealed(&k, v)
+            .and_then(|v| Some(u64::from_le_bytes(v.try_into().ok()?)))
+            .map(Some)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("the entity key entry of tag {tag}")),
+                detail: "malformed entry".into(),
+            })
+    }
+
+    /// The entity key stream id `id` of the stream with `tag` was allocated to.
+    pub(crate) fn entity_key_of(&self, txn: &RoTxn, tag: u32, id: u64) -> Result<Option<Vec<u8>>> {
+        let k = super::keys::entity_reverse_key(tag, id);
+        let got = self
+            .keys
+            .get(txn, &k)
+            .map_err(self.err("reading entity keys"))?;
+        let Some(v) = got else { return Ok(None) };
+        super::keys::open_sealed(&k, v)
+            .map(|v| Some(v.to_vec()))
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("the entity key of tag {tag} id {id}")),
+                detail: "malformed entry".into(),
+            })
+    }
+
     /// One past the newest global sequence (0 for an empty store).
     pub(crate) fn end_global(&self, txn: &RoTxn) -> Result<u64> {
         let last = self
@@ -353,7 +432,7 @@ impl Store {
     }
 }
 
-/// Calls `f(stream sequence, global sequence, payload)` for each event of
+/// Calls `f(stream sequence, global sequence, payload, metadata)` for each event of
 /// `(tag, id)` from sequence `from`, as `txn` sees them, borrowing payloads
 /// straight from the map: no reference counting, no copy. Stops early when `f`
 /// breaks, and at the first damaged event with `Error::Corruption`.
@@ -363,7 +442,7 @@ pub(crate) fn walk_stream(
     tag: u32,
     id: u64,
     from: u64,
-    mut f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    mut f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seq = from;
     loop {
@@ -380,10 +459,10 @@ pub(crate) fn walk_stream(
             check_belongs(&position_in(&h, global), tag, id, seq)?;
             let last = h.end_global().min(run.end_global());
             for g in global..last {
-                let payload = block
-                    .event((g - h.first_global) as u32)
+                let (meta, payload) = block
+                    .entry((g - h.first_global) as u32)
                     .map_err(corrupt_at(g))?;
-                if f(seq, g, payload)?.is_break() {
+                if f(seq, g, payload, meta)?.is_break() {
                     return Ok(());
                 }
                 seq += 1;
@@ -459,6 +538,33 @@ impl View {
         Ok(Some(event))
     }
 
+    /// The event stored with `event_id`, or `None` if no event has it.
+    pub(crate) fn event_by_id(&mut self, event_id: &[u8; 16]) -> Result<Option<MappedEvent>> {
+        let Some(global) = self.store.id_global(&self.pin.txn, event_id)? else {
+            return Ok(None);
+        };
+        let event = self
+            .event_at_global(global)?
+            .ok_or_else(|| missing(global))?;
+        if event.meta().event_id.as_ref() != Some(event_id) {
+            return Err(Error::Corruption {
+                location: Location::Global(GlobalSequence(global)),
+                detail: "the event id index points at an event without that id".into(),
+            });
+        }
+        Ok(Some(event))
+    }
+
+    /// The stream id entity `key` maps to in the stream with `tag`.
+    pub(crate) fn entity_id(&mut self, tag: u32, key: &[u8]) -> Result<Option<u64>> {
+        self.store.entity_id(&self.pin.txn, tag, key)
+    }
+
+    /// The entity key of stream id `id` in the stream with `tag`.
+    pub(crate) fn entity_key_of(&mut self, tag: u32, id: u64) -> Result<Option<Vec<u8>>> {
+        self.store.entity_key_of(&self.pin.txn, tag, id)
+    }
+
     /// The last stream sequence of `(tag, id)`, if any.
     pub(crate) fn stream_version(&mut self, tag: u32, id: u64) -> Result<Option<StreamSequence>> {
         Ok(self
@@ -473,7 +579,7 @@ impl View {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         walk_stream(&self.store, &self.pin.txn, tag, id, from, f)
     }
@@ -548,10 +654,17 @@ impl View {
 unsafe fn mapped_in<P>(pin: &Arc<P>, block: &BlockRef, global: u64) -> Result<MappedEvent<P>> {
     let header = block.header;
     let index = (global - header.first_global) as u32;
-    let payload = block.view().event(index).map_err(corrupt_at(global))?;
-    // SAFETY: `payload` lies within `block`'s bytes, which the caller
-    // guarantees stay valid while `pin` lives.
-    Ok(unsafe { MappedEvent::pinned(Arc::clone(pin), payload, position_in(&header, global)) })
+    let view = block.view();
+    let (meta, payload) = view.slot(index).map_err(corrupt_at(global))?;
+    // Validates the metadata once, here, so `MappedEvent::meta` cannot fail.
+    parse_meta(header.meta_flags, meta).map_err(corrupt_at(global))?;
+    // SAFETY: `meta` and `payload` lie within `block`'s bytes, which the
+    // caller guarantees stay valid while `pin` lives.
+    Ok(
+        unsafe {
+            MappedEvent::pinned(Arc::clone(pin), meta, payload, position_in(&header, global))
+        },
+    )
 }
 
 /// The position of the event at `global` in the block with header `h`.
@@ -564,6 +677,7 @@ fn position_in(h: &BlockHeader, global: u64) -> EventPosition {
         global: GlobalSequence(global),
         fingerprint: h.fingerprint,
         committed_at_micros: h.committed_at_micros,
+        meta_flags: h.meta_flags,
     }
 }
 
@@ -701,7 +815,7 @@ impl StreamCursor {
     /// finished afterwards.
     pub(crate) fn walk(
         &mut self,
-        f: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         if self.done {
             return Ok(());
@@ -809,16 +923,23 @@ impl GlobalCursor {
         Some(Ok((block, first)))
     }
 
-    /// The payload and position of an event found by [`Self::advance`],
+    /// The payload and metadata of an event found by [`Self::advance`],
     /// borrowed from the snapshot (no reference counting).
     #[inline]
-    pub(crate) fn payload(&mut self, block: &BlockRef, global: u64) -> Result<&[u8]> {
+    pub(crate) fn payload(
+        &mut self,
+        block: &BlockRef,
+        global: u64,
+    ) -> Result<(&[u8], RawMeta<'_>)> {
         let h = block.header;
         let index = (global - h.first_global) as u32;
         // SAFETY: `block` was found by `advance` in this cursor's view, whose
         // pin keeps the bytes valid and unchanged while `self` is borrowed.
         let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
-        match BlockView::from_validated(bytes, h).event(index) {
+        match BlockView::from_validated(bytes, h)
+            .entry(index)
+            .map(|(meta, payload)| (payload, meta))
+        {
             Ok(payload) => Ok(payload),
             Err(e) => {
                 self.done = true;
@@ -874,6 +995,7 @@ mod tests {
             first_stream_seq: 0,
             fingerprint: 3,
             count: VALUES.len() as u32,
+            meta_flags: 0,
             meta_len: 0,
             first_global: FIRST_GLOBAL,
             committed_at_micros: 4,
