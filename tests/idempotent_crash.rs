@@ -1,0 +1,164 @@
+//! Retries across crashes: a writer killed at any moment and restarted
+//! retries its last appends with the same event ids; after recovery every
+//! logical append exists exactly once, whole, and every acknowledged one
+//! exists.
+//!
+//! The parent test re-executes this binary as a child writer
+//! (`VARVEDB_IDEM_CHILD=<dir>:<first append>`), which appends a fixed plan
+//! of batches, each with its own ids, and reports each acknowledgement. The
+//! parent kills it at a random moment, checks the store, and restarts a child
+//! a few appends *before* the last acknowledged one (so it retries appends
+//! that landed, and the one in flight that may or may not have).
+#![cfg(unix)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use varvedb::{Append, EventId, GlobalSequence, StreamId, StreamSequence, Varve};
+use varvedb_suite::Order;
+
+const CHILD: &str = "VARVEDB_IDEM_CHILD";
+const CHILD_TEST: &str = "a_child_writer_retries_its_plan_until_killed";
+const CYCLES: u64 = 12;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Logical append `k`: `k % 3 + 1` events to stream id `k % 4`.
+fn plan(k: u64) -> (StreamId, Vec<EventId>) {
+    let n = k % 3 + 1;
+    let ids = (0..n)
+        .map(|i| EventId::from_u128((u128::from(k) << 8) | u128::from(i)))
+        .collect();
+    (StreamId(k % 4), ids)
+}
+
+fn split(id: EventId) -> (u64, u64) {
+    let v = u128::from_be_bytes(id.0);
+    ((v >> 8) as u64, (v & 0xff) as u64)
+}
+
+/// Checks the store: every event has an id, no id twice, every logical
+/// append whole and contiguous in its stream id; returns the appends found.
+fn check(varve: &Varve) -> HashSet<u64> {
+    let mut seen = HashSet::new();
+    let mut appends = HashSet::new();
+    let mut log = varve.global_reader();
+    for event in log.iter_from(GlobalSequence(0)).unwrap() {
+        let event = event.unwrap();
+        let id = event.metadata().event_id().expect("every event has an id");
+        assert!(seen.insert(id), "{id} stored twice");
+        let (k, i) = split(id);
+        let (stream_id, ids) = plan(k);
+        assert_eq!(event.stream_id(), stream_id);
+        appends.insert(k);
+        // The first event of an append is followed by the rest, in order.
+        if i == 0 {
+            for (j, later) in ids.iter().enumerate().skip(1) {
+                let e = log.get_by_id(*later).unwrap().expect("a whole append");
+                assert_eq!(
+                    e.stream_sequence(),
+                    StreamSequence(event.stream_sequence().0 + j as u64)
+                );
+            }
+        }
+    }
+    for k in &appends {
+        for id in plan(*k).1 {
+            assert!(seen.contains(&id), "append {k} is partial");
+        }
+    }
+    assert!(varve.verify().unwrap().is_ok());
+    appends
+}
+
+#[test]
+fn after_crashes_and_retries_each_logical_append_exists_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x1de3_u64;
+    let mut acked: Option<u64> = None;
+    for cycle in 0..CYCLES {
+        let start = acked.map_or(0, |a| a.saturating_sub(3));
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                CHILD_TEST,
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, format!("{start}:{}", dir.path().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("@@ ") {
+                    let _ = tx.send(line[at + 3..].to_string());
+                }
+            }
+        });
+        // Wait for the child to get going (past its retries), then kill it
+        // a pseudo-random number of acknowledgements later.
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait_for = 4 + (seed >> 33) % 20;
+        let deadline = Instant::now() + TIMEOUT;
+        let mut got = 0;
+        while got < wait_for {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the child acknowledged in time");
+            let k: u64 = line.strip_prefix("ack ").unwrap().parse().unwrap();
+            acked = Some(acked.map_or(k, |a| a.max(k)));
+            got += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Acknowledgements that were printed before the kill count too.
+        while let Ok(line) = rx.try_recv() {
+            let k: u64 = line.strip_prefix("ack ").unwrap().parse().unwrap();
+            acked = Some(acked.map_or(k, |a| a.max(k)));
+        }
+        let varve = Varve::new(dir.path()).unwrap();
+        let appends = check(&varve);
+        let last = acked.unwrap();
+        for k in 0..=last {
+            assert!(
+                appends.contains(&k),
+                "cycle {cycle}: acknowledged append {k} lost"
+            );
+        }
+        // Nothing past the one in flight.
+        assert!(appends.iter().all(|&k| k <= last + 1), "cycle {cycle}");
+    }
+}
+
+/// The child writer of the test above.
+#[test]
+#[ignore = "run by its parent test"]
+fn a_child_writer_retries_its_plan_until_killed() {
+    let Ok(arg) = std::env::var(CHILD) else {
+        return;
+    };
+    let (start, dir) = arg.split_once(':').unwrap();
+    let start: u64 = start.parse().unwrap();
+    let varve = Varve::new(dir).unwrap();
+    let mut orders = varve.stream::<Order, 256>("orders").unwrap();
+    for k in start.. {
+        let (id, ids) = plan(k);
+        let events: Vec<Order> = (0..ids.len() as u64)
+            .map(|i| Order::numbered(k + i))
+            .collect();
+        orders
+            .append_batch_with(id, &events, Append::new().event_ids(&ids))
+            .unwrap();
+        println!("@@ ack {k}");
+    }
+}
