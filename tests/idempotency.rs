@@ -458,3 +458,47 @@ fn an_event_is_found_by_its_id_and_ids_appear_on_every_read_path() {
         .metadata()
         .is_empty());
 }
+
+#[test]
+fn verify_finds_an_event_id_index_entry_that_was_deleted() {
+    let (dir, varve) = temp_store();
+    orders(&varve)
+        .append_batch_with(
+            StreamId(1),
+            &[Order::numbered(1), Order::numbered(2)],
+            Append::new().event_ids(&ids(&[1, 2])),
+        )
+        .unwrap();
+    assert!(varve.verify().unwrap().is_ok());
+    drop(varve);
+    {
+        use heed::types::Bytes;
+        // SAFETY: the test owns the store directory and no varvedb handle is open.
+        let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(dir.path()) }.unwrap();
+        let wtxn = env.write_txn().unwrap();
+        let db = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                let db = opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .name("ids")
+                    .create(wtxn)?;
+                Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+            })
+            .unwrap()
+            .unwrap_commit();
+        let mut wtxn = env.write_txn().unwrap();
+        assert!(db.delete(&mut wtxn, eid(2).as_bytes()).unwrap());
+        wtxn.commit().unwrap();
+    }
+    let varve = Varve::new(dir.path()).unwrap();
+    let report = varve.verify().unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("event id")),
+        "{report:?}"
+    );
+}
