@@ -188,7 +188,16 @@ fn a_batch_that_is_not_a_retry_is_refused_naming_the_stored_id_and_writes_nothin
         .unwrap();
     let commit = varve.last_commit_id();
     let at = |seq: u64| (StreamId(1), StreamSequence(seq), GlobalSequence(seq));
-    let cases: [(&str, Vec<EventId>, ExpectedVersion, u128, usize, u64); 5] = [
+    // (what, the batch's ids, expected, the id named, its index, its sequence)
+    type Case = (
+        &'static str,
+        Vec<EventId>,
+        ExpectedVersion,
+        u128,
+        usize,
+        u64,
+    );
+    let cases: [Case; 5] = [
         // KurrentDB: an idempotency failure too.
         (
             "a later id is new",

@@ -123,14 +123,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// An append made with event ids: `(stream, id, values, ids, positions)`.
+type WithIds = (usize, u64, Vec<u32>, Vec<EventId>, Vec<(u64, u64)>);
+
 /// The model: the global log as `(stream, id, stream sequence, value)`.
 #[derive(Default)]
 struct Model {
     log: Vec<(usize, u64, u64, u32)>,
     /// `(stream, id)` -> globals of its events, in order.
     ids: HashMap<(usize, u64), Vec<u64>>,
-    /// Appends made with event ids: `(stream, id, values, ids, positions)`.
-    with_ids: Vec<(usize, u64, Vec<u32>, Vec<EventId>, Vec<(u64, u64)>)>,
+    /// Appends made with event ids.
+    with_ids: Vec<WithIds>,
     /// The next event id to hand out.
     next_event_id: u128,
 }

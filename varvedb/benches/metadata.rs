@@ -36,7 +36,7 @@ enum Meta {
 
 fn context() -> Context {
     Context::new()
-        .correlation(CorrelationId::from_u128(0xc0ff_ee))
+        .correlation(CorrelationId::from_u128(0x00c0_ffee))
         .causation(EventId::from_u128(0xca05e))
 }
 

@@ -437,9 +437,9 @@ impl Varve {
     /// # let dir = tempfile::tempdir()?;
     /// let varve = Varve::new(dir.path())?;
     /// let request = Execute::new().command_id(CommandId::from_u128(0xbeef));
-    /// let first = varve.execute_with::<Account>(StreamId(1), &30, request)?;
+    /// let first = varve.execute_with::<Account>(StreamId(1), &30, request).map_err(|e| e.to_string())?;
     /// // The client timed out and retries: the original answer, not "over the limit".
-    /// let retry = varve.execute_with::<Account>(StreamId(1), &30, request)?;
+    /// let retry = varve.execute_with::<Account>(StreamId(1), &30, request).map_err(|e| e.to_string())?;
     /// assert!(retry.idempotent && !first.idempotent);
     /// assert_eq!((retry.positions, retry.state.0), (first.positions, 30));
     /// assert_eq!(varve.load::<Account>(StreamId(1))?.state.0, 30);
