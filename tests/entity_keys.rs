@@ -119,6 +119,59 @@ fn an_allocated_id_skips_ids_chosen_by_hand_and_a_refused_append_allocates_nothi
 }
 
 #[test]
+fn a_keyed_append_or_command_retried_with_its_ids_is_idempotent() {
+    use rkyv::{Archive, Serialize};
+    use varvedb::{Aggregate, CommandId, Execute};
+
+    let (_dir, varve) = temp_store();
+    let mut orders = varve.stream::<Order, 256>("orders").unwrap();
+    let ids = [EventId::from_u128(1), EventId::from_u128(2)];
+    let options = Append::new()
+        .expected(ExpectedVersion::NoStream)
+        .event_ids(&ids);
+    let events = [Order::numbered(1), Order::numbered(2)];
+    let first = orders
+        .append_batch_keyed_with("k-1", &events, options)
+        .unwrap();
+    let retry = orders
+        .append_batch_keyed_with("k-1", &events, options)
+        .unwrap();
+    assert!(retry.is_idempotent());
+    assert_eq!(retry.positions(), first.positions());
+    assert_eq!(retry.stream_id(), first.stream_id());
+    assert_eq!(first.stream_id(), orders.reader().entity_id("k-1").unwrap());
+    // Under another key, the ids are stored elsewhere.
+    assert!(matches!(
+        orders.append_batch_keyed_with("k-2", &events, options),
+        Err(Error::EventIdConflict { .. })
+    ));
+    assert_eq!(orders.reader().entity_id("k-2").unwrap(), None);
+
+    #[derive(Archive, Serialize)]
+    struct Added(u64);
+    #[derive(Default)]
+    struct Cart(u64);
+    impl Aggregate for Cart {
+        type Event = Added;
+        type Command = u64;
+        type Error = std::convert::Infallible;
+        const STREAM: &'static str = "carts";
+        fn apply(&mut self, e: &ArchivedAdded) {
+            self.0 += e.0.to_native();
+        }
+        fn handle(&self, n: &u64) -> Result<Vec<Added>, Self::Error> {
+            Ok(vec![Added(*n)])
+        }
+    }
+    let once = Execute::new().command_id(CommandId::from_u128(3));
+    let done = varve.execute_keyed::<Cart>("cart-1", &4, once).unwrap();
+    let again = varve.execute_keyed::<Cart>("cart-1", &4, once).unwrap();
+    assert!(again.idempotent && !done.idempotent);
+    assert_eq!((again.positions, again.state.0), (done.positions, 4));
+    assert_eq!(varve.load_keyed::<Cart>("cart-1").unwrap().state.0, 4);
+}
+
+#[test]
 fn threads_racing_on_new_keys_get_one_id_per_key() {
     const THREADS: usize = 6;
     let (_dir, varve) = temp_store();

@@ -707,12 +707,69 @@ mod tests {
                 source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no"),
             },
             Error::CommitAbandoned,
+            Error::EventIdConflict {
+                stream: "orders".into(),
+                id: StreamId(2),
+                event_id: EventId::from_u128(9),
+                index: 1,
+                stored: StoredAt {
+                    stream: "orders".into(),
+                    id: StreamId(1),
+                    sequence: StreamSequence(3),
+                    global: GlobalSequence(40),
+                },
+                reason: "it is stored in another stream or stream id",
+            },
+            Error::DuplicateEventId {
+                stream: "orders".into(),
+                event_id: EventId::from_u128(9),
+                first: 0,
+                second: 2,
+            },
+            Error::MetadataTooLarge {
+                stream: "orders".into(),
+                size: 70_000,
+                max: 65_536,
+            },
+            Error::EventIdCount {
+                stream: "orders".into(),
+                events: 3,
+                ids: 2,
+            },
+            Error::InvalidEntityKey {
+                stream: "orders".into(),
+                len: 0,
+                max: 255,
+            },
         ];
         for e in &errors {
             let copy = e.duplicate();
             assert_eq!(copy.to_string(), e.to_string());
             assert_eq!(format!("{copy:?}"), format!("{e:?}"));
         }
+    }
+
+    #[test]
+    fn an_event_id_conflict_names_the_id_and_where_it_is_stored() {
+        let e = Error::EventIdConflict {
+            stream: "orders".into(),
+            id: StreamId(2),
+            event_id: EventId::from_u128(9),
+            index: 1,
+            stored: StoredAt {
+                stream: "orders".into(),
+                id: StreamId(1),
+                sequence: StreamSequence(3),
+                global: GlobalSequence(40),
+            },
+            reason: "it is stored in another stream or stream id",
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("00000000-0000-0000-0000-000000000009"),
+            "{msg}"
+        );
+        assert!(msg.contains("id 1 sequence 3 (global 40)"), "{msg}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::id::{CommandId, CorrelationId, EventId};
-use crate::position::{ExpectedVersion, GlobalSequence, StreamSequence};
+use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 use crate::storage::{Placed, RawMeta};
 
 /// The metadata stored with one event, read in place from the store: its
@@ -275,6 +275,7 @@ impl<'a> Append<'a> {
 /// nothing was written and these are the original positions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
+    stream_id: Option<StreamId>,
     positions: Vec<(StreamSequence, GlobalSequence)>,
     committed_at_micros: Option<u64>,
     idempotent: bool,
@@ -283,6 +284,7 @@ pub struct Appended {
 impl Appended {
     pub(crate) fn from_placed(placed: &Placed) -> Self {
         Appended {
+            stream_id: Some(StreamId(placed.id)),
             positions: (0..placed.count)
                 .map(|i| {
                     (
@@ -298,10 +300,17 @@ impl Appended {
 
     pub(crate) fn empty() -> Self {
         Appended {
+            stream_id: None,
             positions: Vec::new(),
             committed_at_micros: None,
             idempotent: false,
         }
+    }
+
+    /// The stream id the events are in: for an append by entity key, the id
+    /// the key maps to. `None` for an empty batch.
+    pub fn stream_id(&self) -> Option<StreamId> {
+        self.stream_id
     }
 
     /// Each event's stream and global sequence, in order.

@@ -28,6 +28,8 @@ use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence}
 /// for an idempotent retry, where the original append had.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Placed {
+    /// The stream id the events are in.
+    pub(crate) id: u64,
     pub(crate) first_seq: u64,
     pub(crate) first_global: u64,
     pub(crate) count: u64,
@@ -336,6 +338,7 @@ impl<'s> WriteTxn<'s> {
         }
         self.end_global = Some(first_global + count);
         Ok(Placed {
+            id,
             first_seq,
             first_global,
             count,
@@ -499,6 +502,7 @@ impl<'s> WriteTxn<'s> {
         let (first_seq, committed_at_micros) = first.unwrap_or_default();
         let consecutive = globals.windows(2).all(|w| w[1] == w[0] + 1);
         Ok(Some(Placed {
+            id,
             first_seq,
             first_global: globals[0],
             count: globals.len() as u64,
