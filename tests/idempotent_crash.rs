@@ -192,8 +192,9 @@ fn two_processes_sending_the_same_appends_at_once_write_each_once() {
             acks
         })
         .collect();
-    for k in 0..APPENDS as usize {
-        let (a, b) = (reports[0][k], reports[1][k]);
+    assert_eq!(reports[0].len(), APPENDS as usize);
+    assert_eq!(reports[1].len(), APPENDS as usize);
+    for (k, (a, b)) in reports[0].iter().zip(&reports[1]).enumerate() {
         assert_eq!((a.0, a.1), (b.0, b.1), "append {k}: one position for both");
         assert!(
             a.2 != b.2,
