@@ -1079,6 +1079,64 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_events_metadata_stays_readable_while_any_share_of_it_lives() {
+        use crate::storage::block::RawMeta;
+        let mut b = BlockBuilder::with_capacity(0);
+        let user: &[u8] = b"user bytes";
+        let meta = |i: u8| RawMeta {
+            event_id: Some([i; 16]),
+            correlation: Some([9; 16]),
+            causation: None,
+            user: Some(user),
+        };
+        b.start_with_meta(2, meta(0).flags(), user.len());
+        for i in 0..2u8 {
+            let mut buf = b.begin_event_with(&meta(i));
+            buf.extend_from_slice(&archive(u128::from(i)));
+            b.finish_event(buf).unwrap();
+        }
+        let (meta_flags, meta_len) = b.meta();
+        let mut map = AlignedVec::<16>::new();
+        map.extend_from_slice(b.seal(&BlockHeader {
+            stream_tag: 1,
+            stream_id: 2,
+            first_stream_seq: 0,
+            fingerprint: 3,
+            count: 2,
+            meta_flags,
+            meta_len,
+            first_global: FIRST_GLOBAL,
+            committed_at_micros: 4,
+        }));
+        let pin = Arc::new(HeapMap(map));
+        let header = *BlockView::parse(FIRST_GLOBAL, &pin.0).unwrap().header();
+        // SAFETY: `pin` owns the buffer and nothing mutates it.
+        let block = unsafe { BlockRef::over(&pin.0, header) };
+        let second = event(&pin, &block, 1);
+        drop(pin);
+        let shared = second.share();
+        drop(second);
+        let read = std::thread::spawn(move || {
+            let m = shared.meta();
+            (
+                m.event_id,
+                m.correlation,
+                m.user.map(<[u8]>::to_vec),
+                shared.bytes().to_vec(),
+            )
+        });
+        assert_eq!(
+            read.join().unwrap(),
+            (
+                Some([1; 16]),
+                Some([9; 16]),
+                Some(user.to_vec()),
+                archive(1).to_vec()
+            )
+        );
+    }
+
+    #[test]
     fn a_payload_that_fails_on_its_aligned_copy_too_is_an_error() {
         fn never(_: &[u8]) -> Result<&rkyv::Archived<u128>, ()> {
             Err(())

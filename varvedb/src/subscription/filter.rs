@@ -8,11 +8,13 @@ use crate::global::GlobalEvent;
 use crate::id::CorrelationId;
 use crate::storage::StreamInfo;
 
-/// Selects events of the global log by stream name and event type.
+/// Selects events of the global log by stream name, event type and
+/// correlation id.
 ///
 /// An event passes if its stream is one of the named streams (or no stream
 /// is named) **and** its stream holds one of the named types (or no type is
-/// named). [`Filter::all`] passes everything. Filtered-out events still move
+/// named) **and** it carries one of the named correlation ids (or none is
+/// named; see [`Filter::correlation`]). [`Filter::all`] passes everything. Filtered-out events still move
 /// a subscription's position (and a projection's checkpoint) forward.
 ///
 /// ```
