@@ -1045,12 +1045,25 @@ mod tests {
     fn random_bytes_and_mutated_blocks_never_panic() {
         let mut state = 7u64;
         let original = build(&[b"first event", b"", b"third event, longer"], 3);
+        let meta = |user: &'static [u8]| RawMeta {
+            event_id: Some([1; 16]),
+            correlation: None,
+            causation: Some([2; 16]),
+            user: Some(user),
+        };
+        let with_meta = build_with_meta(
+            &[b"first event", b"", b"third event, longer"],
+            &[meta(b"u"), meta(b""), meta(b"longer user bytes")],
+            3,
+        );
         for round in 0..ROUNDS {
-            let mut bytes = if round % 3 == 0 {
-                let len = (rng(&mut state) % 200) as usize;
-                (0..len).map(|_| rng(&mut state) as u8).collect()
-            } else {
-                original.clone()
+            let mut bytes = match round % 3 {
+                0 => {
+                    let len = (rng(&mut state) % 200) as usize;
+                    (0..len).map(|_| rng(&mut state) as u8).collect()
+                }
+                1 => original.clone(),
+                _ => with_meta.clone(),
             };
             for _ in 0..1 + rng(&mut state) % 4 {
                 if !bytes.is_empty() {
@@ -1064,9 +1077,11 @@ mod tests {
             let key = crate::__fuzz::claimed_key(&bytes).unwrap_or(0);
             if let Ok(view) = BlockView::parse(key, &bytes) {
                 for i in 0..view.header().count.min(64) {
-                    if let Ok(payload) = view.event(i) {
-                        let start = payload.as_ptr() as usize - bytes.as_ptr() as usize;
-                        assert!(start + payload.len() <= bytes.len());
+                    if let Ok((meta, payload)) = view.entry(i) {
+                        for part in [payload].into_iter().chain(meta.user) {
+                            let start = part.as_ptr() as usize - bytes.as_ptr() as usize;
+                            assert!(start + part.len() <= bytes.len());
+                        }
                     }
                 }
             }
