@@ -511,3 +511,33 @@ fn verify_finds_an_event_id_index_entry_that_was_deleted() {
         "{report:?}"
     );
 }
+
+#[test]
+fn fresh_ids_in_any_order_above_or_among_the_stored_ones_are_written_once() {
+    let (_dir, varve) = temp_store();
+    let mut stream = orders(&varve);
+    let events = [Order::numbered(1), Order::numbered(2), Order::numbered(3)];
+    // Above every stored id, ascending (appended at the index's end), then
+    // descending, then among stored ones (looked up one by one).
+    for (n, batch) in [[10u128, 11, 12], [22, 21, 20], [15, 5, 16]]
+        .iter()
+        .enumerate()
+    {
+        let batch = ids(batch);
+        let written = stream
+            .append_batch_with(StreamId(n as u64), &events, Append::new().event_ids(&batch))
+            .unwrap();
+        assert!(!written.is_idempotent());
+        let retry = stream
+            .append_batch_with(StreamId(n as u64), &events, Append::new().event_ids(&batch))
+            .unwrap();
+        assert!(retry.is_idempotent(), "{batch:?}");
+        assert_eq!(retry.positions(), written.positions());
+    }
+    let mut log = varve.global_reader();
+    for n in [5u128, 10, 11, 12, 15, 16, 20, 21, 22] {
+        assert!(log.get_by_id(eid(n)).unwrap().is_some(), "{n}");
+    }
+    assert_eq!(log.end().unwrap(), GlobalSequence(9));
+    assert!(varve.verify().unwrap().is_ok());
+}

@@ -253,7 +253,11 @@ impl<'s> WriteTxn<'s> {
         };
         // A retry of an append whose ids are stored answers with the
         // original positions, whatever `expected` says, and writes nothing.
-        if !block.event_ids().is_empty() {
+        // Ids all above the greatest stored one (time-ordered ids, UUIDv7)
+        // cannot be stored: one look at the index's last key instead of a
+        // lookup per id, and the ids are then appended at its end.
+        let above_all = self.ids_above_all(block.event_ids())?;
+        if !block.event_ids().is_empty() && !above_all {
             if let Some(placed) = self.replay(info, tag, id, block.event_ids())? {
                 return Ok(placed);
             }
@@ -326,11 +330,18 @@ impl<'s> WriteTxn<'s> {
         let put = store.index.put(&mut self.txn, &key, &run.encode(&key));
         self.lmdb("updating the stream index", put)?;
         // The idempotency index: checked above to hold none of these ids,
-        // and written without overwriting, so an id is never stored twice.
+        // and written without overwriting (`APPEND` too refuses a key that is
+        // not above the last), so an id is never stored twice.
+        let ascending = block.event_ids().windows(2).all(|w| w[0] < w[1]);
+        let flags = if above_all && ascending {
+            PutFlags::APPEND
+        } else {
+            PutFlags::NO_OVERWRITE
+        };
         for (i, event_id) in block.event_ids().iter().enumerate() {
             let put = store.ids.put_with_flags(
                 &mut self.txn,
-                PutFlags::NO_OVERWRITE,
+                flags,
                 event_id,
                 &id_value(event_id, first_global + i as u64),
             );
@@ -390,6 +401,19 @@ impl<'s> WriteTxn<'s> {
     /// The name of the stream with `tag`.
     pub(crate) fn stream_name(&self, tag: u32) -> Result<String> {
         Ok(self.store.stream_by_tag(&self.txn, tag)?.name.to_string())
+    }
+
+    /// Whether every id of `ids` (none: false) is above the greatest stored
+    /// id, so that none can be stored.
+    fn ids_above_all(&self, ids: &[[u8; 16]]) -> Result<bool> {
+        let Some(lowest) = ids.iter().min() else {
+            return Ok(false);
+        };
+        let last = self.store.ids.last(&self.txn);
+        Ok(match self.lmdb("reading event ids", last)? {
+            None => true,
+            Some((greatest, _)) => lowest.as_slice() > greatest,
+        })
     }
 
     /// The global sequence stored for `event_id`, if any.
