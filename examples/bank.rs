@@ -13,7 +13,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Aggregate, Error, ExecuteError, Snapshots, StreamId, StreamSequence, Varve};
 
 /// What happened to an account: past tense, one fact each.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 enum AccountEvent {
     Opened { owner: String },
     Deposited { cents: u64 },

@@ -60,26 +60,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let positions = stream.append_batch(StreamId(2), &batch)?;
     println!("batch appended {} events", positions.len());
 
-    // Lazy scan of one stream id, folded straight from the map.
-    let revenue = reader
-        .iter_stream(StreamId(2), None)?
-        .try_fold_archived(0u64, |sum, _, order| sum + order.amount.to_native())?;
-    let events = reader.iter_stream(StreamId(2), None)?.collect_bytes()?;
-    println!(
-        "stream 2 holds {} events worth {} cents",
-        events.len(),
-        revenue
-    );
+    // Lazy scan of one stream id: a plain loop over a snapshot, each event
+    // borrowed from the map. The snapshot blocks map growth while it lives.
+    let snap = reader.snapshot()?;
+    let (mut events, mut revenue) = (0, 0u64);
+    for order in snap.iter_stream(StreamId(2), None)? {
+        events += 1;
+        revenue += order?.amount.to_native();
+    }
+    drop(snap);
+    println!("stream 2 holds {events} events worth {revenue} cents");
 
     // Every stream, in commit order.
-    let mut log = varve.global_reader();
+    let log = varve.snapshot()?;
     let first = log.get(GlobalSequence(0))?.ok_or("the log starts at 0")?;
+    let mut total = 0;
+    for event in log.iter_from(GlobalSequence(0))? {
+        event?;
+        total += 1;
+    }
     println!(
-        "global #0 is {:?} id {} sequence {}; the log holds {} events",
+        "global #0 is {:?} id {} sequence {}; the log holds {total} events",
         first.stream_name(),
         first.stream_id().0,
         first.stream_sequence().0,
-        log.iter_from(GlobalSequence(0))?.count()
     );
     Ok(())
 }

@@ -10,7 +10,7 @@ use varvedb::{
 };
 
 /// What happened to an account.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, varvedb::Event)]
 enum AccountEvent {
     Opened { owner: String },
     Deposited { cents: u64 },
@@ -164,7 +164,7 @@ fn a_rejected_command_writes_nothing_and_returns_the_aggregates_error() {
 
 #[test]
 fn a_command_producing_no_event_appends_nothing() {
-    #[derive(Archive, Serialize)]
+    #[derive(Archive, Serialize, varvedb::Event)]
     struct Noted;
     #[derive(Default)]
     struct Quiet;
@@ -196,7 +196,7 @@ fn a_reader_loads_the_same_state_as_the_store_on_another_thread() {
         .execute::<Account>(id, &AccountCommand::Deposit { cents: 70 })
         .unwrap();
     let mut reader = varve
-        .stream::<AccountEvent, 64>(Account::STREAM)
+        .events_in::<AccountEvent>(Account::STREAM)
         .unwrap()
         .reader();
     let from_reader = std::thread::spawn(move || reader.load::<Account>(id).unwrap())
@@ -210,6 +210,10 @@ thread_local! {
     static DECISIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// A note.
+#[derive(Archive, Serialize, varvedb::Event)]
+struct Note(String);
+
 /// Appends one long note per command, counting its decisions.
 #[derive(Default)]
 struct Notebook {
@@ -218,17 +222,17 @@ struct Notebook {
 }
 
 impl Aggregate for Notebook {
-    type Event = String;
+    type Event = Note;
     type Command = usize;
     type Error = ();
     const STREAM: &'static str = "notebooks";
-    fn apply(&mut self, note: &rkyv::string::ArchivedString) {
+    fn apply(&mut self, ArchivedNote(note): &ArchivedNote) {
         self.notes += 1;
         self.bytes += note.len() as u64;
     }
-    fn handle(&self, len: &usize) -> Result<Vec<String>, ()> {
+    fn handle(&self, len: &usize) -> Result<Vec<Note>, ()> {
         DECISIONS.with(|d| d.set(d.get() + 1));
-        Ok(vec![format!("{:>len$}", self.notes)])
+        Ok(vec![Note(format!("{:>len$}", self.notes))])
     }
 }
 
@@ -296,7 +300,7 @@ fn the_given_when_then_helper_fails_on_other_events() {
 // --- Property: load == in-memory fold --------------------------------------
 
 /// A step of the model: owned events, folded in memory.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, varvedb::Event)]
 enum Step {
     Add(u32),
     Double,
@@ -391,7 +395,7 @@ fn write(varve: &Varve, id: StreamId, via: Via, batch: &[Step]) {
         Via::Snapped => drop(varve.execute::<Snapped>(id, &batch).unwrap()),
         Via::Stream => drop(
             varve
-                .stream::<Step, 64>("tallies")
+                .events_in::<Step>("tallies")
                 .unwrap()
                 .append_batch(id, &batch)
                 .unwrap(),
@@ -406,7 +410,7 @@ fn check(varve: &Varve, id: StreamId, model: &Tally, len: u64) {
     assert_eq!(plain.snapshot, None);
     let snapped = varve.load::<Snapped>(id).unwrap();
     assert_eq!((&snapped.state.0, snapped.version), (model, version));
-    let mut reader = varve.stream::<Step, 64>("tallies").unwrap().reader();
+    let mut reader = varve.events_in::<Step>("tallies").unwrap().reader();
     assert_eq!(reader.load::<Snapped>(id).unwrap(), snapped);
 }
 

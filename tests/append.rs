@@ -37,7 +37,7 @@ fn a_batch_gets_consecutive_positions_and_reads_back_in_order() {
     let got: Vec<(u64, u64)> = positions.iter().map(|(s, g)| (s.0, g.0)).collect();
     assert_eq!(got, expected);
 
-    let mut reader = orders.reader();
+    let reader = orders.reader();
     let ids: Vec<u64> = reader
         .iter_stream(StreamId(9), None)
         .unwrap()
@@ -137,7 +137,7 @@ fn a_batch_that_fails_midway_writes_nothing_and_consumes_no_number() {
     );
     assert!(stream.append(StreamId(1), &fragile(5, true)).is_err());
 
-    let mut reader = stream.reader();
+    let reader = stream.reader();
     assert_eq!(reader.iter_stream(StreamId(1), None).unwrap().count(), 1);
     assert_eq!(varve.global_reader().end().unwrap(), GlobalSequence(1));
     // The next good append takes the very next numbers: nothing was consumed.
@@ -251,7 +251,7 @@ fn interleaved_single_appends_read_back_per_stream_and_globally() {
             let e = e.unwrap();
             (
                 e.stream_id().0,
-                e.archived::<Order>().unwrap().id.to_native(),
+                e.archived_plain::<Order>().unwrap().id.to_native(),
             )
         })
         .collect();
@@ -274,7 +274,7 @@ fn consecutive_appends_to_one_id_read_back_from_any_position() {
             &(10..20).map(Order::numbered).collect::<Vec<_>>(),
         )
         .unwrap();
-    let mut reader = orders.reader();
+    let reader = orders.reader();
     for from in 0..21u64 {
         let got: Vec<u64> = reader
             .iter_stream(StreamId(4), Some(StreamSequence(from)))

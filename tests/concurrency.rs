@@ -99,8 +99,8 @@ fn readers_never_see_half_a_batch_or_a_gap_while_a_writer_appends() {
     let done = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..3)
         .map(|_| {
-            let mut reader = reader.clone();
-            let mut log = varve.global_reader();
+            let reader = reader.clone();
+            let log = varve.global_reader();
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
                 let mut checks = 0u64;
@@ -145,7 +145,7 @@ fn an_iterator_sees_one_snapshot_even_as_appends_continue() {
             &(0..10).map(Order::numbered).collect::<Vec<_>>(),
         )
         .unwrap();
-    let mut reader = writer.reader();
+    let reader = writer.reader();
     let mut iter = reader.iter_stream(StreamId(1), None).unwrap();
     let first = iter.next().unwrap().unwrap();
     for n in 10..20 {
@@ -312,7 +312,7 @@ fn racing_batches_with_exact_expected_versions_each_land_whole_exactly_once() {
     }
     assert_eq!(winner_of.len() as u64, rounds, "every round won");
     // The stream is the winners' batches, whole and in round order.
-    let mut reader = varve.stream::<Order, 128>("contested").unwrap().reader();
+    let reader = varve.stream::<Order, 128>("contested").unwrap().reader();
     let events: Vec<(u64, u32)> = reader
         .iter_stream(StreamId(1), None)
         .unwrap()
@@ -389,7 +389,7 @@ fn events_once_read_never_change_or_vanish_while_writers_append_and_the_map_grow
         .map(|r| {
             let (varve, done) = (varve.clone(), Arc::clone(&done));
             std::thread::spawn(move || {
-                let mut log = varve.global_reader();
+                let log = varve.global_reader();
                 let mut reader = varve.stream::<Order, 128>("orders").unwrap().reader();
                 let mut seen: HashMap<u64, String> = HashMap::new();
                 let mut rounds = 0u64;
@@ -400,7 +400,7 @@ fn events_once_read_never_change_or_vanish_while_writers_append_and_the_map_grow
                     for e in log.iter_from(GlobalSequence(0)).unwrap() {
                         let e = e.unwrap();
                         assert_eq!(e.global_sequence().0, n);
-                        let order = e.archived::<Order>().unwrap();
+                        let order = e.archived_plain::<Order>().unwrap();
                         let note = order.note.as_str();
                         let parts: Vec<&str> = note.splitn(5, '/').collect();
                         let (batch, index, count) = (

@@ -72,6 +72,40 @@ fn a_flipped_payload_byte_fails_its_checksum_on_every_read_path() {
         .try_fold_archived((), |_, _, _| ())
         .is_err());
 
+    let snap = reader.snapshot().unwrap();
+    assert!(matches!(
+        snap.get(StreamId(1), StreamSequence(7)),
+        Err(Error::Corruption { .. })
+    ));
+    assert_eq!(
+        snap.get(StreamId(1), StreamSequence(8))
+            .unwrap()
+            .unwrap()
+            .id,
+        8
+    );
+    let results: Vec<_> = snap.iter_stream(StreamId(1), None).unwrap().collect();
+    assert_eq!(
+        results.len(),
+        8,
+        "the snapshot loop stops at the damaged event"
+    );
+    assert!(matches!(results[7], Err(Error::Corruption { .. })));
+    let log_snap = snap.log();
+    assert!(matches!(
+        log_snap.get(GlobalSequence(7)),
+        Err(Error::Corruption { .. })
+    ));
+    let results: Vec<_> = log_snap.iter_from(GlobalSequence(0)).unwrap().collect();
+    assert_eq!(
+        results.len(),
+        8,
+        "the log's snapshot loop stops at the damaged event"
+    );
+    assert!(matches!(results[7], Err(Error::Corruption { .. })));
+    drop(results);
+    drop(snap);
+
     let mut log = varve.global_reader();
     assert!(matches!(
         log.get(GlobalSequence(7)),
@@ -135,7 +169,8 @@ fn a_child_reads_a_randomly_damaged_store() {
         }
     }
     if let Ok(iter) = varve.global_reader().iter_from(GlobalSequence(0)) {
-        iter.for_each(drop);
+        // The iterator's own `for_each` (the inherent one copies events out).
+        Iterator::for_each(iter, drop);
     }
     let _ = varve.verify();
 }
@@ -150,7 +185,6 @@ fn a_child_reads_a_randomly_damaged_store() {
 #[test]
 fn random_damage_anywhere_in_the_file_never_panics_or_reads_a_wrong_value() {
     use std::os::unix::process::ExitStatusExt;
-    use std::process::Command;
 
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path());
@@ -170,13 +204,7 @@ fn random_damage_anywhere_in_the_file_never_panics_or_reads_a_wrong_value() {
             flips.push(at);
         }
         std::fs::write(&path, &bytes).unwrap();
-        let status = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "a_child_reads_a_randomly_damaged_store",
-                "--quiet",
-            ])
+        let status = varvedb_suite::child_test("a_child_reads_a_randomly_damaged_store")
             .env(DAMAGE_CHILD, dir.path())
             .stdout(std::process::Stdio::null())
             .status()
@@ -335,6 +363,15 @@ fn read_everything(varve: &Varve) -> Reads {
             Ok(None) => r.hidden.push(format!("get_archived {at:?} vanished")),
             Err(_) => r.count(false),
         }
+        match reader.snapshot().and_then(|snap| {
+            let got = snap.get(at.0, at.1)?;
+            Ok(got.map(|e| (same(&e, order), format!("{e:?}"))))
+        }) {
+            Ok(Some((true, _))) => r.count(true),
+            Ok(Some((false, e))) => r.wrong.push(format!("snapshot get {at:?} read {e}")),
+            Ok(None) => r.hidden.push(format!("snapshot get {at:?} vanished")),
+            Err(_) => r.count(false),
+        }
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(order).unwrap();
         match reader.get_bytes(at.0, at.1) {
             Ok(Some(b)) if *b == *bytes => r.count(true),
@@ -367,6 +404,31 @@ fn read_everything(varve: &Varve) -> Reads {
                 .push(format!("iter_stream id {id} ended after {n} events"));
         }
         r.count(!failed);
+        // The same through a borrowed snapshot's plain loop.
+        let (mut n, mut failed) = (0, false);
+        match reader.snapshot() {
+            Ok(snap) => match snap.iter_stream(StreamId(id), None) {
+                Ok(iter) => {
+                    for item in iter {
+                        match item {
+                            Ok(e) if expected.get(n).is_some_and(|o| same(&e, o)) => n += 1,
+                            Ok(e) => r
+                                .wrong
+                                .push(format!("snapshot iter_stream id {id} item {n} read {e:?}")),
+                            Err(_) => failed = true,
+                        }
+                    }
+                }
+                Err(_) => failed = true,
+            },
+            Err(_) => failed = true,
+        }
+        if !failed && n != expected.len() {
+            r.hidden.push(format!(
+                "snapshot iter_stream id {id} ended after {n} events"
+            ));
+        }
+        r.count(!failed);
         let folded = reader.iter_stream(StreamId(id), None).and_then(|it| {
             it.try_fold_archived(Vec::new(), |mut v, _, e| {
                 v.push(expected.get(v.len()).is_some_and(|o| same(e, o)));
@@ -391,7 +453,7 @@ fn read_everything(varve: &Varve) -> Reads {
     let mut log = varve.global_reader();
     let check = |e: &varvedb::GlobalEvent, g: usize| -> Option<bool> {
         let (id, seq, order) = events.get(g)?;
-        let a = e.archived::<Order>().ok()?;
+        let a = e.archived_plain::<Order>().ok()?;
         Some(
             same(a, order)
                 && e.global_sequence() == GlobalSequence(g as u64)
@@ -429,6 +491,57 @@ fn read_everything(varve: &Varve) -> Reads {
     }
     if !failed && n != events.len() {
         r.hidden.push(format!("global iter ended after {n} events"));
+    }
+    r.count(!failed);
+    // The log through a borrowed snapshot: point reads and the plain loop.
+    let check_entry = |e: &varvedb::GlobalEntry<'_>, g: usize| -> Option<bool> {
+        let (id, seq, order) = events.get(g)?;
+        let a = e.archived_plain::<Order>().ok()?;
+        Some(
+            same(a, order)
+                && e.global_sequence() == GlobalSequence(g as u64)
+                && (e.stream_id(), e.stream_sequence()) == (StreamId(*id), StreamSequence(*seq)),
+        )
+    };
+    let snap = match log.snapshot() {
+        Ok(snap) => snap,
+        Err(_) => {
+            r.count(false);
+            return r;
+        }
+    };
+    for g in 0..events.len() {
+        match snap.get(GlobalSequence(g as u64)) {
+            Ok(Some(e)) => match check_entry(&e, g) {
+                Some(true) => r.count(true),
+                Some(false) => r.wrong.push(format!("snapshot global get {g} read {e:?}")),
+                None => r.count(false),
+            },
+            Ok(None) => r.hidden.push(format!("snapshot global get {g} vanished")),
+            Err(_) => r.count(false),
+        }
+    }
+    let (mut n, mut failed) = (0, false);
+    match snap.iter_from(GlobalSequence(0)) {
+        Ok(iter) => {
+            for item in iter {
+                match item.map(|e| (check_entry(&e, n), e)) {
+                    Ok((Some(true), _)) => n += 1,
+                    Ok((Some(false), e)) => {
+                        r.wrong.push(format!("snapshot global iter {n} read {e:?}"))
+                    }
+                    Ok((None, _)) | Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Err(_) => failed = true,
+    }
+    if !failed && n != events.len() {
+        r.hidden
+            .push(format!("snapshot global iter ended after {n} events"));
     }
     r.count(!failed);
     r
@@ -508,7 +621,7 @@ struct PageOutcome {
 fn flip_page(page: &str) -> PageOutcome {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::FileExt;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
     write_page_store(dir.path());
@@ -527,13 +640,7 @@ fn flip_page(page: &str) -> PageOutcome {
     let mut done = 0;
     let mut next = 0;
     while next < flips.len() {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "a_child_flips_every_byte_of_a_page",
-                "--nocapture",
-            ])
+        let mut child = varvedb_suite::child_test("a_child_flips_every_byte_of_a_page")
             .env(
                 FLIP_CHILD,
                 format!("{page}:{next}:{}", dir.path().display()),

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -236,15 +236,7 @@ fn run_child(
     durability: &str,
     kill_after: Duration,
 ) -> BTreeMap<u64, Intent> {
-    let exe = std::env::current_exe().expect("the test binary");
-    let child = Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            CHILD_TEST,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let child = varvedb_suite::child_test(CHILD_TEST)
         .env(CHILD, dir)
         .env(CHILD_CYCLE, cycle.to_string())
         .env(CHILD_DURABILITY, durability)
@@ -341,7 +333,7 @@ fn check_store(
     for e in log.iter() {
         next_seq.insert((e.stream, e.id), e.seq + 1);
     }
-    let mut global = varve.global_reader();
+    let global = varve.global_reader();
     let mut events = global
         .iter_from(GlobalSequence(0))
         .expect("iterate the log");
@@ -374,7 +366,7 @@ fn check_store(
             GlobalSequence(g),
             "the log has a gap"
         );
-        let typed = event.archived::<Written>().expect("a valid event");
+        let typed = event.archived_plain::<Written>().expect("a valid event");
         let (nonce, index) = (typed.nonce.to_native(), typed.index.to_native());
         let intent = intents
             .get(&nonce)

@@ -8,9 +8,8 @@
 //! so a crash shows as a failed test with its signal.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use varvedb::{Durability, Error, GlobalSequence, StreamId, Varve, VarveConfig};
+use varvedb::{Durability, Error, GlobalSequence, StreamId, StreamSequence, Varve, VarveConfig};
 use varvedb_suite::Order;
 
 const CHILD: &str = "VARVEDB_DAMAGED_CHILD";
@@ -58,14 +57,7 @@ fn truncate(path: &Path, len: u64) {
 /// Runs the ignored test `name` in a child process with `CHILD` set to
 /// `arg`, and fails (naming the signal) unless it exits successfully.
 fn run_child(name: &str, arg: &str) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            name,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = varvedb_suite::child_test(name)
         .env(CHILD, arg)
         .output()
         .unwrap();
@@ -102,7 +94,7 @@ fn child_opens_a_truncated_store() {
     let len: u64 = len.parse().unwrap();
     let result = Varve::new(dir).and_then(|varve| {
         // Without the check, this is where the process dies.
-        let mut log = varve.global_reader();
+        let log = varve.global_reader();
         let mut n = 0u64;
         for event in log.iter_from(GlobalSequence(0))? {
             event?;
@@ -326,6 +318,18 @@ fn a_store_deleted_while_open_is_never_answered_for_its_path() {
         .unwrap();
     std::fs::remove_dir_all(&path).unwrap();
 
+    // An append through a live handle is refused, never acknowledged and
+    // lost with the deleted file; reads of what it held still work.
+    let mut orders = old.stream::<Order, 64>("orders").unwrap();
+    match orders.append(StreamId(1), &Order::numbered(2)) {
+        Err(Error::StoreDeleted { .. }) => {}
+        other => panic!("expected Error::StoreDeleted, got {other:?}"),
+    }
+    assert_eq!(
+        orders.reader().version(StreamId(1)).unwrap(),
+        Some(StreamSequence(0))
+    );
+
     // The old store lives on in `old`, but the path no longer names it.
     match Varve::new(&path) {
         Err(Error::StoreReplaced { .. }) => {}
@@ -336,7 +340,7 @@ fn a_store_deleted_while_open_is_never_answered_for_its_path() {
         Err(e) => panic!("expected Error::StoreReplaced, got {e:?}"),
     }
     // Once the old handles are gone, the path opens a new, empty store.
-    drop(old);
+    drop((old, orders));
     let new = Varve::new(&path).unwrap();
     assert_ne!(new.store_id(), old_id);
     let (seq, global) = new

@@ -147,7 +147,7 @@ fn a_keyed_append_or_command_retried_with_its_ids_is_idempotent() {
     ));
     assert_eq!(orders.reader().entity_id("k-2").unwrap(), None);
 
-    #[derive(Archive, Serialize)]
+    #[derive(Archive, Serialize, varvedb::Event)]
     struct Added(u64);
     #[derive(Default)]
     struct Cart(u64);

@@ -258,14 +258,7 @@ fn set_file_size_limit(bytes: u64) {
 #[test]
 fn a_write_past_the_file_size_limit_is_a_typed_error_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "a_child_appends_under_a_file_size_limit",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = varvedb_suite::child_test("a_child_appends_under_a_file_size_limit")
         .env(FSIZE_CHILD, dir.path())
         .output()
         .unwrap();

@@ -209,7 +209,7 @@ fn check_fixture(fixture: &Path) {
     );
 
     // The log, in order, byte for byte.
-    let mut log = varve.global_reader();
+    let log = varve.global_reader();
     let mut n = 0;
     for (g, e) in log.iter_from(GlobalSequence(0)).unwrap().enumerate() {
         let e = e.unwrap();

@@ -169,7 +169,7 @@ fn conflict(
             stored,
             reason,
             ..
-        }) => (event_id, index, stored, reason),
+        }) => (event_id, index, *stored, reason),
         other => panic!("expected an event id conflict, got {other:?}"),
     }
 }

@@ -167,7 +167,7 @@ fn a_projection_sees_each_events_metadata() {
     assert_eq!(model.get_u64(b"none").unwrap(), Some(1));
 }
 
-#[derive(Archive, Serialize, Debug)]
+#[derive(Archive, Serialize, Debug, varvedb::Event)]
 struct Withdrew(u64);
 
 thread_local! {

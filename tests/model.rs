@@ -338,15 +338,15 @@ fn value_of_note(text: &rkyv::string::ArchivedString, pinned: bool) -> u32 {
 fn global_entry(e: &varvedb::GlobalEvent) -> (usize, u64, u64, u32) {
     let stream = STREAMS.iter().position(|s| *s == e.stream_name()).unwrap();
     let value = if stream == 1 {
-        assert!(e.is::<Note>() && !e.is::<Order>());
-        let n = e.archived::<Note>().unwrap();
+        assert!(e.is_plain::<Note>() && !e.is_plain::<Order>());
+        let n = e.archived_plain::<Note>().unwrap();
         value_of_note(&n.text, n.pinned)
     } else {
         assert!(matches!(
-            e.archived::<Note>(),
+            e.archived_plain::<Note>(),
             Err(Error::TypeMismatch { .. })
         ));
-        e.archived::<Order>().unwrap().id.to_native() as u32
+        e.archived_plain::<Order>().unwrap().id.to_native() as u32
     };
     (stream, e.stream_id().0, e.stream_sequence().0, value)
 }

@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -39,14 +39,7 @@ struct Process {
 
 impl Process {
     fn spawn(role: &str, dir: &Path) -> Process {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                CHILD_TEST,
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = varvedb_suite::child_test(CHILD_TEST)
             .env(CHILD, format!("{role}:{}", dir.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -142,7 +135,7 @@ fn follow_commits(dir: &Path) {
         for (g, e) in (seen..).zip(log.iter_from(GlobalSequence(seen)).unwrap()) {
             let e = e.unwrap();
             assert_eq!(e.global_sequence(), GlobalSequence(g));
-            let order = e.archived::<Order>().unwrap();
+            let order = e.archived_plain::<Order>().unwrap();
             assert_eq!(order.id, g);
             assert_eq!(order.note, Order::numbered(g).note);
         }
@@ -281,7 +274,7 @@ fn race_here_and_check(dir: &Path, other: Process) {
 
     // The winners' events are in the log, in order, and the store is whole.
     let varve = Varve::with_config(dir, small_map()).unwrap();
-    let mut reader = varve.stream::<Order, 64>("contested").unwrap().reader();
+    let reader = varve.stream::<Order, 64>("contested").unwrap().reader();
     for (seq, e) in reader.iter_stream(StreamId(1), None).unwrap().enumerate() {
         let e = e.unwrap();
         assert_eq!(e.quantity, seq as u32);

@@ -10,7 +10,7 @@ use varvedb::{
     Varve,
 };
 
-#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Debug, Clone, PartialEq, varvedb::Event)]
 struct Booked {
     seat: u32,
 }
@@ -133,7 +133,7 @@ fn every_expectation_against_every_stream_shape_through_execute() {
 #[test]
 fn every_expectation_against_every_stream_shape_through_a_stream() {
     let (_dir, varve) = varvedb_suite::temp_store();
-    let mut shows = varve.stream::<Booked, 16>("shows").unwrap();
+    let mut shows = varve.events_in::<Booked>("shows").unwrap();
     let mut id = 100;
     for (expected, outcomes) in matrix() {
         for ((events, actual), ok) in shapes().into_iter().zip(outcomes) {

@@ -33,7 +33,7 @@ fn expected_units(varve: &Varve) -> BTreeMap<String, u64> {
     {
         let event = event.expect("readable");
         if event.stream_name() == "orders" {
-            let order = event.archived::<Order>().expect("an order");
+            let order = event.archived_plain::<Order>().expect("an order");
             *units.entry(product(order.id.to_native())).or_insert(0) +=
                 u64::from(order.quantity.to_native());
         }
@@ -179,7 +179,7 @@ impl Projection for Flaky {
     ) -> Result<(), HandlerError> {
         // Write first, so a failure has something to roll back.
         Sales.apply(event, model)?;
-        let id = event.archived::<Order>()?.id.to_native();
+        let id = event.archived_plain::<Order>()?.id.to_native();
         if self.poison.contains(&id) && self.tries < self.failures {
             self.tries += 1;
             return Err(format!("order {id} is poison").into());
@@ -370,7 +370,7 @@ struct Recorder {
 
 impl ExternalProjection for Recorder {
     fn filter(&self) -> Filter {
-        Filter::all().event_type::<Order>()
+        Filter::all().plain_type::<Order>()
     }
 
     fn deliver(&mut self, event: &GlobalEvent) -> Result<(), HandlerError> {

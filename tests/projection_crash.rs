@@ -11,7 +11,7 @@
 #![cfg(unix)]
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -101,14 +101,7 @@ fn a_child_runs_the_projection_until_killed() {
 
 /// Runs one child and kills it after `delay`.
 fn crash_once(dir: &std::path::Path, delay: Duration, rebuild: bool) {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            CHILD_TEST,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = varvedb_suite::child_test(CHILD_TEST)
         .env(CHILD, dir)
         .env(
             "VARVEDB_PROJECTION_CRASH_REBUILD",

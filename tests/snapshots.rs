@@ -9,7 +9,7 @@ use varvedb::{Aggregate, Snapshots, StreamId, StreamSequence, Varve};
 use varvedb_suite::flip_in_data_file;
 
 /// The counters' events (public: the versioned states below expose it).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 pub enum Counted {
     /// Adds to the total.
     Added(u64),
@@ -133,7 +133,7 @@ fn a_long_stream_loads_from_its_snapshot_and_folds_only_the_tail() {
     assert_eq!(folded, 0, "the snapshot covers every event");
 
     // Seven more events, appended outside any command: no new snapshot.
-    let mut stream = varve.stream::<Counted, 16>("counters").unwrap();
+    let mut stream = varve.events_in::<Counted>("counters").unwrap();
     stream
         .append_batch(id, &vec![Counted::Added(2); 7])
         .unwrap();

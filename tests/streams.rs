@@ -95,12 +95,12 @@ fn the_global_reader_refuses_to_view_an_event_as_the_wrong_type() {
         .get(GlobalSequence(0))
         .unwrap()
         .unwrap();
-    assert!(event.is::<Order>() && !event.is::<Other>());
+    assert!(event.is_plain::<Order>() && !event.is_plain::<Other>());
     assert!(matches!(
-        event.archived::<Other>(),
+        event.archived_plain::<Other>(),
         Err(Error::TypeMismatch { .. })
     ));
-    assert_eq!(event.archived::<Order>().unwrap().id, 1);
+    assert_eq!(event.archived_plain::<Order>().unwrap().id, 1);
 }
 
 #[test]

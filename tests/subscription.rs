@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -36,7 +35,11 @@ fn order_id(writer: u64, n: u64) -> u64 {
 }
 
 fn order_of(event: &GlobalEvent) -> u64 {
-    event.archived::<Order>().expect("an order").id.to_native()
+    event
+        .archived_plain::<Order>()
+        .expect("an order")
+        .id
+        .to_native()
 }
 
 /// Reads `count` events (blocking) and returns their (global, order id).
@@ -188,7 +191,7 @@ fn dropped_and_waiting_subscriptions_hold_no_snapshot() {
     assert_eq!(read, 10);
 
     // So every reader slot is free for others (and there are no more).
-    let mut log = varve.global_reader();
+    let log = varve.global_reader();
     let held: Vec<_> = (0..SLOTS)
         .map(|_| {
             log.iter_from(GlobalSequence(0))
@@ -251,7 +254,7 @@ fn filters_select_events_by_stream_and_by_type() {
     assert_eq!(users_only.len(), 10);
     assert!(users_only.iter().all(|(s, g)| s == "users" && g % 3 == 2));
 
-    let all_orders = drain(Filter::all().event_type::<Order>());
+    let all_orders = drain(Filter::all().plain_type::<Order>());
     assert_eq!(all_orders.len(), 20);
     assert!(names(&all_orders).iter().all(|s| s != "users"));
 
@@ -261,7 +264,7 @@ fn filters_select_events_by_stream_and_by_type() {
         Filter::all()
             .stream("orders")
             .stream("users")
-            .event_type::<Joined>(),
+            .plain_type::<Joined>(),
     );
     assert_eq!(narrowed, users_only);
     assert_eq!(drain(Filter::all().stream("nowhere")), []);
@@ -368,14 +371,7 @@ async fn the_async_stream_follows_commits_without_blocking_a_single_threaded_exe
 
 /// Runs this test binary as a child that appends `count` orders to `dir`.
 fn append_from_another_process(dir: &Path, count: u64) {
-    let status = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            CHILD_TEST,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let status = varvedb_suite::child_test(CHILD_TEST)
         .env(CHILD, dir)
         .env("VARVEDB_SUBSCRIPTION_CHILD_COUNT", count.to_string())
         .status()

@@ -96,7 +96,7 @@ fn iterating_allocates_the_same_whatever_the_stream_length() {
     });
     assert!(fold_allocs <= short_allocs, "{fold_allocs}");
 
-    let mut log = varve.global_reader();
+    let log = varve.global_reader();
     let (count, global_allocs, _) = measure(|| log.iter_from(GlobalSequence(0)).unwrap().count());
     assert_eq!(count, 21_500);
     assert!(
@@ -192,7 +192,7 @@ fn sixteen_byte_aligned_types_read_back_correctly() {
         )
         .unwrap();
     }
-    let mut reader = wide.reader();
+    let reader = wide.reader();
     let sum = reader
         .iter_stream(StreamId(1), None)
         .unwrap()

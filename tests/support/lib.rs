@@ -13,7 +13,7 @@ pub fn temp_store() -> (tempfile::TempDir, Varve) {
 }
 
 /// A small event used across the tests.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, varvedb::Event)]
 #[rkyv(derive(Debug))]
 pub struct Order {
     /// Order number.
@@ -77,7 +77,7 @@ impl Projection for Sales {
         event: &GlobalEvent,
         model: &mut ReadModel<'_, '_>,
     ) -> Result<(), HandlerError> {
-        let order = event.archived::<Order>()?;
+        let order = event.archived_plain::<Order>()?;
         let product = product(order.id.to_native());
         add(
             model,
@@ -95,4 +95,20 @@ impl Projection for Sales {
         model.put_u64(b"last", global)?;
         Ok(())
     }
+}
+
+/// A command that runs `test`, an `#[ignore]`d child-process entry point of the
+/// calling test binary, alone: `--ignored --exact test --nocapture
+/// --test-threads=1`. The parent adds the environment that tells the child
+/// what to do (without it, every child entry point fails).
+pub fn child_test(test: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("the test binary"));
+    command.args([
+        "--ignored",
+        "--exact",
+        test,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    command
 }

@@ -151,7 +151,7 @@ impl Projection for Count {
         event: &GlobalEvent,
         model: &mut ReadModel<'_, '_>,
     ) -> Result<(), HandlerError> {
-        let n = event.archived::<Tick>()?.n.to_native();
+        let n = event.archived_plain::<Tick>()?.n.to_native();
         let total = model.get_u64(b"sum")?.unwrap_or(0);
         model.put_u64(b"sum", total.wrapping_add(n))?;
         Ok(())
@@ -180,7 +180,7 @@ fn catch_up(c: &mut Criterion, events: u64) {
 
     group.bench_function("global_iter (baseline)", |b| {
         b.iter(|| {
-            let mut log = varve.global_reader();
+            let log = varve.global_reader();
             let n = log
                 .iter_from(GlobalSequence(0))
                 .expect("iter")

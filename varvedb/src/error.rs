@@ -370,8 +370,8 @@ pub enum Error {
         event_id: EventId,
         /// Its index in the append.
         index: usize,
-        /// Where it is stored.
-        stored: StoredAt,
+        /// Where it is stored (boxed: it keeps `Error` small).
+        stored: Box<StoredAt>,
         /// Why the append is not a retry.
         reason: &'static str,
     },
@@ -387,6 +387,194 @@ pub enum Error {
         /// The longest key.
         max: usize,
     },
+    /// The store's data file was deleted (its directory removed) while the
+    /// store was open: the write was not committed, since it would have been
+    /// acknowledged and lost with the file. Open the store again where it now
+    /// lives, or restore it.
+    #[error(
+        "the data file of the store at {path} was deleted while the store was open; \
+         nothing was written"
+    )]
+    StoreDeleted {
+        /// The store directory, as it was opened.
+        path: PathBuf,
+    },
+
+    /// The directory holds a store written by varvedb 0.4, whose on-disk
+    /// layout this version does not read. Nothing was changed in it; convert
+    /// it with `varvedb import` (see `docs/migrating-from-0.4.md`).
+    #[error(
+        "the store at {path} was written by varvedb 0.4, whose on-disk format this version \
+         cannot read; nothing was changed: convert it with `varvedb import` \
+         (see docs/migrating-from-0.4.md)"
+    )]
+    LegacyStore {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// A stream holds an event family (a `#[derive(Event)]` name and chain of
+    /// versions) that the type it was opened with does not match: another
+    /// event name, a stored version this type gives another fingerprint (its
+    /// fields changed without a new version), or a type without the derive.
+    #[error(
+        "stream {stream:?} holds event {stored:?} {}; this program's `{requested}` is {}: {advice}",
+        show_versions(.stored_versions),
+        show_versions(.requested_versions)
+    )]
+    SchemaMismatch {
+        /// The stream name.
+        stream: String,
+        /// The event name the stream is bound to (a type name for a stream
+        /// bound by type).
+        stored: String,
+        /// `(version, fingerprint)` of every version the stream holds (or
+        /// held, before a migration retired it), oldest first.
+        stored_versions: Box<[(u32, u64)]>,
+        /// The program's event name (or type name, for a type without the derive).
+        requested: String,
+        /// `(version, fingerprint)` of every version the program's type knows.
+        requested_versions: Box<[(u32, u64)]>,
+        /// What to do about it.
+        advice: &'static str,
+    },
+
+    /// An event was written with a version of its event that the program's
+    /// type does not know: a newer build wrote it. The program reads the
+    /// versions it knows; upgrade it to read this one.
+    #[error(
+        "{location}: event {event:?}{} (fingerprint {fingerprint:#018x}) is unknown \
+         to this program, which knows {}; a newer build wrote it",
+        .version.map(|v| format!(" version {v}")).unwrap_or_default(),
+        show_versions(.known)
+    )]
+    UnknownEventVersion {
+        /// Where the event is.
+        location: Location,
+        /// The event name.
+        event: String,
+        /// The version the stream records for the fingerprint, when known.
+        version: Option<u32>,
+        /// The fingerprint the event's block carries.
+        fingerprint: u64,
+        /// `(version, fingerprint)` of every version the program knows.
+        known: Box<[(u32, u64)]>,
+    },
+
+    /// An append of an event version older than the newest one its stream
+    /// holds: only the newest version can be appended, so an older build can
+    /// read the stream but not write to it.
+    #[error(
+        "stream {stream:?} holds event {event:?} version {newest}, newer than this program's \
+         version {program}: an older build cannot append; upgrade it"
+    )]
+    OutdatedEventVersion {
+        /// The stream name.
+        stream: String,
+        /// The event name.
+        event: String,
+        /// The newest version the stream holds.
+        newest: u32,
+        /// The version the program appends.
+        program: u32,
+    },
+
+    /// An older version's event could not be upcast into the current one: its
+    /// bytes failed validation as that version, or re-archiving failed.
+    #[error("{location}: cannot upcast event {event:?}: {detail}")]
+    UpcastFailed {
+        /// Where the event is.
+        location: Location,
+        /// The event name.
+        event: String,
+        /// What went wrong, with the version being read.
+        detail: String,
+    },
+
+    /// The store was opened read-only (`Varve::open_read_only`), and this
+    /// operation would write.
+    #[error("the store at {path} is open read-only: {operation} is refused")]
+    ReadOnly {
+        /// The store directory.
+        path: PathBuf,
+        /// What was refused (appending, writing state, ...).
+        operation: &'static str,
+    },
+
+    /// A backup, segment or restore would be written where something already
+    /// is; nothing is ever overwritten.
+    #[error("{path} already exists (or is not empty); choose a new destination")]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+
+    /// A backup or segment file fails its own checks: a bad manifest,
+    /// header or checksum, or content whose digest differs from the one
+    /// recorded.
+    #[error("the backup at {path} is damaged: {detail}")]
+    BackupDamaged {
+        /// The backup directory or segment file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+
+    /// A segment (or backup) belongs to another store.
+    #[error("{path} belongs to store {found}, not to store {expected}")]
+    ForeignBackup {
+        /// The segment file or backup directory.
+        path: PathBuf,
+        /// The store being restored.
+        expected: crate::StoreId,
+        /// The store the file names.
+        found: crate::StoreId,
+    },
+
+    /// A chain of segments has a hole: the segment starts after where the
+    /// chain so far ends, so a segment between them is missing.
+    #[error(
+        "a segment is missing before {path}: the chain ends at global sequence {}, \
+         this segment starts at {}",
+        expected_from.0, found_from.0
+    )]
+    SegmentMissing {
+        /// The segment after the hole.
+        path: PathBuf,
+        /// Where the chain so far ends.
+        expected_from: GlobalSequence,
+        /// Where the segment starts.
+        found_from: GlobalSequence,
+    },
+
+    /// A segment does not continue the chain: it starts before where the
+    /// chain so far ends, or at the same place but after other content
+    /// (its recorded starting digest differs).
+    #[error(
+        "the segment {path} is out of order: the chain ends at global sequence {}, \
+         this segment starts at {} (or continues other content)",
+        expected_from.0, found_from.0
+    )]
+    SegmentOutOfOrder {
+        /// The segment.
+        path: PathBuf,
+        /// Where the chain so far ends.
+        expected_from: GlobalSequence,
+        /// Where the segment starts.
+        found_from: GlobalSequence,
+    },
+}
+
+/// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
+fn show_versions(versions: &[(u32, u64)]) -> String {
+    if versions.is_empty() {
+        return "without versions (not a #[derive(Event)] type)".into();
+    }
+    let shown: Vec<String> = versions
+        .iter()
+        .map(|(v, fp)| format!("v{v} {fp:#018x}"))
+        .collect();
+    format!("[{}]", shown.join(", "))
 }
 
 /// Where a stored event is, for [`Error::EventIdConflict`].
@@ -619,6 +807,90 @@ impl Error {
                 len: *len,
                 max: *max,
             },
+            Error::SchemaMismatch {
+                stream,
+                stored,
+                stored_versions,
+                requested,
+                requested_versions,
+                advice,
+            } => Error::SchemaMismatch {
+                stream: stream.clone(),
+                stored: stored.clone(),
+                stored_versions: stored_versions.clone(),
+                requested: requested.clone(),
+                requested_versions: requested_versions.clone(),
+                advice,
+            },
+            Error::UnknownEventVersion {
+                location,
+                event,
+                version,
+                fingerprint,
+                known,
+            } => Error::UnknownEventVersion {
+                location: location.clone(),
+                event: event.clone(),
+                version: *version,
+                fingerprint: *fingerprint,
+                known: known.clone(),
+            },
+            Error::OutdatedEventVersion {
+                stream,
+                event,
+                newest,
+                program,
+            } => Error::OutdatedEventVersion {
+                stream: stream.clone(),
+                event: event.clone(),
+                newest: *newest,
+                program: *program,
+            },
+            Error::UpcastFailed {
+                location,
+                event,
+                detail,
+            } => Error::UpcastFailed {
+                location: location.clone(),
+                event: event.clone(),
+                detail: detail.clone(),
+            },
+            Error::ReadOnly { path, operation } => Error::ReadOnly {
+                path: path.clone(),
+                operation,
+            },
+            Error::DestinationExists { path } => Error::DestinationExists { path: path.clone() },
+            Error::BackupDamaged { path, detail } => Error::BackupDamaged {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::ForeignBackup {
+                path,
+                expected,
+                found,
+            } => Error::ForeignBackup {
+                path: path.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            Error::SegmentMissing {
+                path,
+                expected_from,
+                found_from,
+            } => Error::SegmentMissing {
+                path: path.clone(),
+                expected_from: *expected_from,
+                found_from: *found_from,
+            },
+            Error::SegmentOutOfOrder {
+                path,
+                expected_from,
+                found_from,
+            } => Error::SegmentOutOfOrder {
+                path: path.clone(),
+                expected_from: *expected_from,
+                found_from: *found_from,
+            },
             Error::Truncated {
                 path,
                 expected,
@@ -642,6 +914,8 @@ impl Error {
                 found: *found,
             },
             Error::StoreReplaced { path } => Error::StoreReplaced { path: path.clone() },
+            Error::StoreDeleted { path } => Error::StoreDeleted { path: path.clone() },
+            Error::LegacyStore { path } => Error::LegacyStore { path: path.clone() },
             Error::ConfigConflict {
                 path,
                 field,
@@ -712,12 +986,12 @@ mod tests {
                 id: StreamId(2),
                 event_id: EventId::from_u128(9),
                 index: 1,
-                stored: StoredAt {
+                stored: Box::new(StoredAt {
                     stream: "orders".into(),
                     id: StreamId(1),
                     sequence: StreamSequence(3),
                     global: GlobalSequence(40),
-                },
+                }),
                 reason: "it is stored in another stream or stream id",
             },
             Error::DuplicateEventId {
@@ -741,6 +1015,30 @@ mod tests {
                 len: 0,
                 max: 255,
             },
+            Error::ReadOnly {
+                path: "/x".into(),
+                operation: "appending",
+            },
+            Error::DestinationExists { path: "/b".into() },
+            Error::BackupDamaged {
+                path: "/b".into(),
+                detail: "bad".into(),
+            },
+            Error::ForeignBackup {
+                path: "/s".into(),
+                expected: crate::StoreId::from_bytes([1; 16]),
+                found: crate::StoreId::from_bytes([2; 16]),
+            },
+            Error::SegmentMissing {
+                path: "/s".into(),
+                expected_from: GlobalSequence(1),
+                found_from: GlobalSequence(5),
+            },
+            Error::SegmentOutOfOrder {
+                path: "/s".into(),
+                expected_from: GlobalSequence(5),
+                found_from: GlobalSequence(1),
+            },
         ];
         for e in &errors {
             let copy = e.duplicate();
@@ -756,12 +1054,12 @@ mod tests {
             id: StreamId(2),
             event_id: EventId::from_u128(9),
             index: 1,
-            stored: StoredAt {
+            stored: Box::new(StoredAt {
                 stream: "orders".into(),
                 id: StreamId(1),
                 sequence: StreamSequence(3),
                 global: GlobalSequence(40),
-            },
+            }),
             reason: "it is stored in another stream or stream id",
         };
         let msg = e.to_string();

@@ -184,13 +184,19 @@ pub const fn assert_archivable<T: ?Sized + Archivable>() {}
 ///
 /// # Identity in the store
 ///
-/// A stream is bound to the type of its first append, by its full
-/// [`std::any::type_name`], its archived size and alignment and, for derived
-/// types, its [`FINGERPRINT`](Event::FINGERPRINT). Opening the stream with any
-/// other type, including one of the same name in another module or the same type
-/// after its layout changed, fails with
-/// [`Error::TypeMismatch`](crate::Error::TypeMismatch) (at the first append or
-/// read, for a handle opened before the stream existed).
+/// A stream opened through [`Varve::events`](crate::Varve::events),
+/// [`Varve::events_in`](crate::Varve::events_in) or an aggregate is bound to
+/// the event's *family*: its [`NAME`](Event::NAME) and every version appended
+/// to it, each with its [`FINGERPRINT`](Event::FINGERPRINT). Neither depends
+/// on the module path or the crate name, so moving the type or renaming the
+/// crate changes nothing, and `#[event(name = "...")]` keeps the identity
+/// across a rename of the type. Every block records the fingerprint of the
+/// version it was written with, and every typed read compares it: the
+/// current version is read in place, an older version of the chain is
+/// upcast, anything else is an error
+/// ([`Error::SchemaMismatch`](crate::Error::SchemaMismatch) at open,
+/// [`Error::UnknownEventVersion`](crate::Error::UnknownEventVersion) for an
+/// event a newer build wrote). Only the newest version can be appended.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a VarveDB event",
     label = "not an event",
@@ -204,7 +210,8 @@ pub trait Event: Archivable {
     const BUFFER_SIZE: usize;
     /// The type's path as written, `module_path!()` then the name (for example
     /// `my_app::orders::OrderPlaced`), without generic arguments: for messages
-    /// and logs. The store itself binds streams by [`std::any::type_name`].
+    /// and logs. The store binds streams by [`NAME`](Event::NAME) and
+    /// fingerprints, not by path.
     const TYPE_NAME: &'static str;
     /// The schema version declared with `#[event(version = N)]` (default 1).
     const VERSION: u32;
@@ -422,6 +429,153 @@ pub fn lineage<E: Event>() -> Vec<(u32, u64)> {
 #[doc(hidden)]
 pub fn upcast<E: Event>(fingerprint: u64, bytes: &[u8]) -> Result<Option<E>, UpcastError> {
     E::Previous::upcast_into::<E>(fingerprint, bytes)
+}
+
+/// What the store needs to know of a `#[derive(Event)]` type at run time,
+/// without its type: its name, its current version and fingerprint, the chain
+/// of versions it knows, and how to upcast an older version's bytes into the
+/// current version's archived form. `Copy` and free to build (statics and
+/// function pointers), so typed reads of the global log build one per call.
+#[derive(Clone, Copy)]
+pub(crate) struct Schema {
+    /// [`Event::NAME`].
+    pub(crate) name: &'static str,
+    /// [`Event::VERSION`].
+    pub(crate) version: u32,
+    /// [`Event::FINGERPRINT`] (at least 1: 0 means "unknown" in the catalog).
+    pub(crate) fingerprint: u64,
+    /// [`std::any::type_name`] of the type: for messages, and for adopting a
+    /// stream bound by type name (format 1, or [`Varve::stream`](crate::Varve::stream)).
+    pub(crate) type_name: &'static str,
+    /// The layout fingerprint a plain binding of the type records.
+    pub(crate) layout: fn() -> u64,
+    /// [`lineage`] of the type, as the derive computes it.
+    pub(crate) chain: fn() -> Vec<(u32, u64)>,
+    /// For an instance of a generic type: a hash of its type arguments,
+    /// mixed into every fingerprint (the derive hashes a generic type's
+    /// fields as written, one fingerprint for all its instances, so
+    /// `Measured<u32>` and `Measured<f32>` would otherwise share a stream).
+    /// 0 for a type without generic arguments: fingerprints as derived.
+    pub(crate) args: u64,
+    /// Upcasts `bytes` of the version with (derived) fingerprint `fp` into
+    /// `out` (the current version, archived): `Ok(false)` if the type knows
+    /// no such version.
+    pub(crate) upcast_derived: fn(u64, &[u8], &mut AlignedVec<16>) -> Result<bool, UpcastError>,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schema")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("fingerprint", &format_args!("{:#018x}", self.fingerprint))
+            .finish()
+    }
+}
+
+/// `fp` with the type arguments' hash `args` mixed in (never 0).
+fn mix(fp: u64, args: u64) -> u64 {
+    if args == 0 {
+        return fp;
+    }
+    let mut h = Fnv::new();
+    h.write(&fp.to_le_bytes());
+    h.write(&args.to_le_bytes());
+    h.finish().max(1)
+}
+
+/// A hash of the generic arguments in `type_name` (what follows the type's
+/// own path, from its first `<`), or 0 for a type without any.
+fn generic_args(type_name: &str) -> u64 {
+    match type_name.find('<') {
+        Some(at) => {
+            let mut h = Fnv::new();
+            h.write(b"varvedb generic arguments\0");
+            h.write(&type_name.as_bytes()[at..]);
+            h.finish().max(1)
+        }
+        None => 0,
+    }
+}
+
+impl Schema {
+    /// The schema of `E`.
+    pub(crate) fn of<E: Event>() -> Schema {
+        let type_name = std::any::type_name::<E>();
+        let args = generic_args(type_name);
+        Schema {
+            name: E::NAME,
+            version: E::VERSION,
+            // 0 means "unknown" to the catalog; the derive never produces it,
+            // but a hand-written impl might.
+            fingerprint: mix(E::FINGERPRINT, args).max(1),
+            type_name,
+            layout: layout_fingerprint::<E>,
+            chain: lineage::<E>,
+            args,
+            upcast_derived: upcast_archived::<E>,
+        }
+    }
+
+    /// `(version, fingerprint)` of every version the type knows, oldest
+    /// first, as the store records them.
+    pub(crate) fn lineage(&self) -> Vec<(u32, u64)> {
+        let mut chain = (self.chain)();
+        for (_, fp) in &mut chain {
+            *fp = mix(*fp, self.args);
+        }
+        chain
+    }
+
+    /// The version this schema's chain gives (stored) fingerprint `fp`, if any.
+    pub(crate) fn version_of(&self, fp: u64) -> Option<u32> {
+        if fp == self.fingerprint {
+            return Some(self.version);
+        }
+        self.lineage()
+            .into_iter()
+            .find(|&(_, f)| f == fp)
+            .map(|(v, _)| v)
+    }
+
+    /// Upcasts `bytes` of the version with (stored) fingerprint `fp` into
+    /// `out`, archived as the current version: `Ok(false)` if the type knows
+    /// no such version.
+    pub(crate) fn upcast(
+        &self,
+        fp: u64,
+        bytes: &[u8],
+        out: &mut AlignedVec<16>,
+    ) -> Result<bool, UpcastError> {
+        let derived = (self.chain)()
+            .into_iter()
+            .find(|&(_, f)| mix(f, self.args) == fp)
+            .map(|(_, f)| f);
+        match derived {
+            Some(derived) => (self.upcast_derived)(derived, bytes, out),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Upcasts the bytes of `E`'s version with fingerprint `fp` and archives the
+/// result into `out` (reused: cleared, its capacity kept).
+fn upcast_archived<E: Event>(
+    fp: u64,
+    bytes: &[u8],
+    out: &mut AlignedVec<16>,
+) -> Result<bool, UpcastError> {
+    let Some(value) = upcast::<E>(fp, bytes)? else {
+        return Ok(false);
+    };
+    let mut buf = std::mem::take(out);
+    buf.clear();
+    *out =
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(&value, buf).map_err(|e| UpcastError {
+            version: E::VERSION,
+            detail: e.to_string(),
+        })?;
+    Ok(true)
 }
 
 /// Whether two strings are equal, in `const` contexts (the derive's

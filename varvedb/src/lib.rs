@@ -2,16 +2,22 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aggregate;
+mod backup;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod config;
 mod entity;
 mod error;
 mod event;
 mod global;
 mod id;
+mod inspect;
 mod metadata;
+mod migrate;
 mod position;
 mod projection;
 mod reader;
+mod snapshot;
 mod storage;
 mod store;
 mod stream;
@@ -27,25 +33,34 @@ pub mod __fuzz;
 pub use aggregate::{
     Aggregate, AggregateTest, ExecuteError, Executed, Loaded, Snapshots, TestOutcome,
 };
+pub use backup::{
+    BackupManifest, BackupPhase, BackupProgress, BackupReport, ExportFollower, ExportReport,
+    LogDigest, RestoreReport, SegmentInfo,
+};
 pub use config::{Durability, VarveConfig};
 pub use entity::MAX_ENTITY_KEY;
 pub use error::{Error, Location, Result, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
-pub use global::{GlobalEntry, GlobalEvent, GlobalIter, GlobalReader};
+pub use global::{
+    GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,
+};
 pub use id::{CommandId, CorrelationId, EventId};
+pub use inspect::{IdSummary, StoreInfo, StreamSummary};
 pub use metadata::{Append, Appended, Context, Execute, Metadata};
-pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+pub use migrate::{MigrateOptions, MigrationReport};
+pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamKey, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,
     ProjectionThread, Projector, ReadModel, Skipped,
 };
-pub use reader::{EventBytes, EventRef, StreamIter, StreamReader};
+pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
+pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};
 pub use storage::StoreId;
 pub use store::Varve;
-pub use stream::{Stream, WithContext};
+pub use stream::{HighSerializer, LowSerializer, Stream, WithContext};
 #[cfg(feature = "async")]
 pub use subscription::{AsyncStreamSubscription, AsyncSubscription};
-pub use subscription::{Filter, StopHandle, StreamSubscription, Subscription};
+pub use subscription::{Filter, StopHandle, StreamSubscription, Subscription, WriteWatcher};
 pub use typed::Events;
 /// Derives [`Event`](trait@Event): see the trait for every attribute, its
 /// default and its limits.

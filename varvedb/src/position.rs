@@ -99,3 +99,85 @@ impl fmt::Display for ExpectedVersion {
         }
     }
 }
+
+macro_rules! u64_conversions {
+    ($($name:ident),*) => {$(
+        impl From<u64> for $name {
+            fn from(value: u64) -> Self {
+                $name(value)
+            }
+        }
+
+        impl From<$name> for u64 {
+            fn from(value: $name) -> Self {
+                value.0
+            }
+        }
+    )*};
+}
+
+// As in varvedb 0.4: each position converts from and into its `u64`.
+u64_conversions!(StreamId, StreamSequence, GlobalSequence);
+
+/// One event's place in its stream: a [`StreamId`] and a [`StreamSequence`],
+/// with varvedb 0.4's 16-byte big-endian encoding (stream id, then sequence),
+/// which sorts as the pair does.
+///
+/// Kept for programs written against varvedb 0.4, which exported it. VarveDB
+/// itself indexes runs of events, not single keys, so nothing in its API takes
+/// a `StreamKey`: it is a plain value type.
+///
+/// ```
+/// use varvedb::{StreamId, StreamKey, StreamSequence};
+/// let key = StreamKey::new(StreamId(7), StreamSequence(2));
+/// let bytes = key.to_bytes();
+/// assert_eq!(bytes.len(), StreamKey::SIZE);
+/// assert_eq!(StreamKey::from_bytes(&bytes), Some(key));
+/// assert!(StreamKey::prefix(StreamId(7)).to_bytes() < bytes);
+/// assert_eq!(StreamKey::from_bytes(&bytes[..15]), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamKey {
+    /// The stream id.
+    pub stream_id: StreamId,
+    /// The position within the stream id.
+    pub stream_seq: StreamSequence,
+}
+
+impl StreamKey {
+    /// The length of [`StreamKey::to_bytes`].
+    pub const SIZE: usize = 16;
+
+    /// The key of event `stream_seq` of `stream_id`.
+    pub fn new(stream_id: StreamId, stream_seq: StreamSequence) -> Self {
+        StreamKey {
+            stream_id,
+            stream_seq,
+        }
+    }
+
+    /// The first key of `stream_id` (sequence 0): every key of the id sorts
+    /// at or after it.
+    pub fn prefix(stream_id: StreamId) -> Self {
+        StreamKey::new(stream_id, StreamSequence(0))
+    }
+
+    /// The stream id then the sequence, each 8 bytes big-endian.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut bytes = [0; Self::SIZE];
+        bytes[..8].copy_from_slice(&self.stream_id.0.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.stream_seq.0.to_be_bytes());
+        bytes
+    }
+
+    /// Decodes the first [`StreamKey::SIZE`] bytes of `bytes` (later bytes are
+    /// ignored, as in 0.4), or `None` if there are fewer.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let id = bytes.get(..8)?.try_into().ok()?;
+        let seq = bytes.get(8..16)?.try_into().ok()?;
+        Some(StreamKey::new(
+            StreamId(u64::from_be_bytes(id)),
+            StreamSequence(u64::from_be_bytes(seq)),
+        ))
+    }
+}

@@ -47,6 +47,24 @@ pub struct StreamReader<T> {
     _event: PhantomData<fn() -> T>,
 }
 
+impl<T> StreamReader<T> {
+    /// The store this reader reads (for other modules).
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The stream this reader reads (for other modules).
+    pub(crate) fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// The reader's cached snapshot if it is current, else a new one (for an
+    /// iterator or a borrowed snapshot to own).
+    pub(crate) fn owned_view(&self) -> Result<View> {
+        owned_view(&self.store, &mut self.view.lock())
+    }
+}
+
 impl<T> Clone for StreamReader<T> {
     fn clone(&self) -> Self {
         StreamReader {
@@ -92,6 +110,108 @@ pub(crate) fn owned_view(store: &Arc<Store>, cached: &mut Option<View>) -> Resul
     store.snapshot()
 }
 
+/// How a handle reads an event, from the fingerprint of its block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// Written with the handle's type (its current version): read in place.
+    Current,
+    /// Written with an older version of the handle's event, with this
+    /// fingerprint: validated as that version and upcast.
+    Older(u64),
+}
+
+/// How `stream`'s handle reads an event whose block carries `fingerprint`:
+/// a plain type only its own layout; a `#[derive(Event)]` type its current
+/// version in place and the older versions of its chain by upcasting. Any
+/// other fingerprint is an error, never a reinterpretation of the bytes.
+pub(crate) fn form_of(
+    stream: &StreamInfo,
+    fingerprint: u64,
+    location: impl FnOnce() -> Location,
+) -> Result<Form> {
+    let Some(schema) = &stream.schema else {
+        if fingerprint == stream.layout_fingerprint {
+            return Ok(Form::Current);
+        }
+        return Err(Error::Corruption {
+            location: location(),
+            detail: format!(
+                "event carries type fingerprint {fingerprint:#018x}, the stream's type is {:#018x}",
+                stream.layout_fingerprint
+            ),
+        });
+    };
+    let fp = stream
+        .legacy()
+        .filter(|l| l.block == fingerprint)
+        .map_or(fingerprint, |l| l.schema);
+    if fp == schema.fingerprint {
+        return Ok(Form::Current);
+    }
+    if schema.version_of(fp).is_some() {
+        return Ok(Form::Older(fp));
+    }
+    Err(Error::UnknownEventVersion {
+        location: location(),
+        event: schema.name.to_string(),
+        version: None,
+        fingerprint: fp,
+        known: schema.lineage().into(),
+    })
+}
+
+/// Reads `bytes`, an event of `form`, as the handle's current version: in
+/// place (or on an aligned copy in `scratch`), or upcast into `scratch`.
+pub(crate) fn read_form<'a, T: Archivable>(
+    stream: &StreamInfo,
+    form: Form,
+    bytes: &'a [u8],
+    scratch: &'a mut rkyv::util::AlignedVec<16>,
+    location: impl Fn() -> Location,
+) -> Result<&'a T::Archived> {
+    let corrupt = |e: rancor::Error| Error::Corruption {
+        location: location(),
+        detail: format!("invalid archived event: {e}"),
+    };
+    match form {
+        Form::Current => access_or_copy::<T>(bytes, scratch).map_err(corrupt),
+        Form::Older(fp) => {
+            upcast_into(stream, fp, bytes, scratch, &location)?;
+            rkyv::access::<T::Archived, rancor::Error>(scratch).map_err(corrupt)
+        }
+    }
+}
+
+/// Upcasts `bytes` (the version with fingerprint `fp` of `stream`'s event)
+/// into `out`, archived as the handle's current version.
+pub(crate) fn upcast_into(
+    stream: &StreamInfo,
+    fp: u64,
+    bytes: &[u8],
+    out: &mut rkyv::util::AlignedVec<16>,
+    location: &impl Fn() -> Location,
+) -> Result<()> {
+    let schema = stream.schema.as_ref().ok_or_else(|| Error::Corruption {
+        location: location(),
+        detail: "an older event version for a type without versions".into(),
+    })?;
+    match schema.upcast(fp, bytes, out) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::UnknownEventVersion {
+            location: location(),
+            event: schema.name.to_string(),
+            version: None,
+            fingerprint: fp,
+            known: schema.lineage().into(),
+        }),
+        Err(e) => Err(Error::UpcastFailed {
+            location: location(),
+            event: schema.name.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
 fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<EventRef<T>> {
     let position = event.position;
     let location = || Location::Stream {
@@ -99,23 +219,23 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
         id: position.stream_id,
         sequence: position.stream_sequence,
     };
-    if position.fingerprint != stream.layout_fingerprint {
-        return Err(Error::Corruption {
-            location: location(),
-            detail: format!(
-                "event carries type fingerprint {:#018x}, the stream's type is {:#018x}",
-                position.fingerprint, stream.layout_fingerprint
-            ),
-        });
-    }
+    let corrupt = |e: rancor::Error| Error::Corruption {
+        location: location(),
+        detail: format!("invalid archived event: {e}"),
+    };
+    // The metadata stays in the event's slot: pinned by a share of it (an
+    // upcast event's archive is a copy, the metadata is not).
     let meta = (position.meta_flags != 0).then(|| event.share());
-    let archived =
-        ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>).map_err(|e| {
-            Error::Corruption {
-                location: location(),
-                detail: format!("invalid archived event: {e}"),
-            }
-        })?;
+    let archived = match form_of(stream, position.fingerprint, location)? {
+        Form::Current => {
+            ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>).map_err(corrupt)?
+        }
+        Form::Older(fp) => {
+            let mut out = rkyv::util::AlignedVec::<16>::new();
+            upcast_into(stream, fp, event.bytes(), &mut out, &location)?;
+            ArchivedRef::owned(out, rkyv::access::<T::Archived, rancor::Error>).map_err(corrupt)?
+        }
+    };
     Ok(EventRef {
         archived,
         position,
@@ -199,11 +319,7 @@ impl<T: Archivable> StreamReader<T> {
     /// assert_eq!(tail, [2, 3]);
     /// # Ok::<(), varvedb::Error>(())
     /// ```
-    pub fn iter_stream(
-        &mut self,
-        id: StreamId,
-        from: Option<StreamSequence>,
-    ) -> Result<StreamIter<T>> {
+    pub fn iter_stream(&self, id: StreamId, from: Option<StreamSequence>) -> Result<StreamIter<T>> {
         let mut view = owned_view(&self.store, &mut self.view.lock())?;
         let tag = view.stream_tag(&self.info)?;
         let cursor = StreamCursor::new(view, tag, id.0, from.map_or(0, |s| s.0));
@@ -214,6 +330,38 @@ impl<T: Archivable> StreamReader<T> {
             failed: false,
             _event: PhantomData,
         })
+    }
+
+    /// [`StreamReader::get_archived`], under varvedb 0.4's name for a read
+    /// that skipped validation. VarveDB always validates (a checksum and
+    /// rkyv's check, so damaged bytes are an [`Error::Corruption`], never
+    /// undefined behaviour); the method stays `unsafe` only so that 0.4
+    /// callers, who wrap it in `unsafe { }`, compile unchanged.
+    ///
+    /// # Safety
+    /// None needed: it is as safe as [`StreamReader::get_archived`].
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Rated { stars: u8 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ratings = varve.stream::<Rated, 16>("ratings")?;
+    /// ratings.append(StreamId(3), &Rated { stars: 4 })?;
+    /// let mut reader = ratings.reader();
+    /// // SAFETY: varvedb validates the bytes anyway.
+    /// let rated = unsafe { reader.get_archived_unchecked(StreamId(3), StreamSequence(0))? };
+    /// assert_eq!(rated.expect("written").stars, 4);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    #[allow(clippy::missing_safety_doc)]
+    pub unsafe fn get_archived_unchecked(
+        &mut self,
+        id: StreamId,
+        seq: StreamSequence,
+    ) -> Result<Option<EventRef<T>>> {
+        self.get_archived(id, seq)
     }
 
     /// The last stream sequence of `id`, or `None` if it has no events.
@@ -238,7 +386,7 @@ impl<T: Archivable> StreamReader<T> {
     /// ```
     /// # use rkyv::{Archive, Serialize};
     /// # use varvedb::{Aggregate, StreamId, Varve};
-    /// #[derive(Archive, Serialize)]
+    /// #[derive(Archive, Serialize, varvedb::Event)]
     /// struct Rated(u8);
     ///
     /// #[derive(Default)]
@@ -260,7 +408,7 @@ impl<T: Archivable> StreamReader<T> {
     ///
     /// # let dir = tempfile::tempdir()?;
     /// # let varve = Varve::new(dir.path())?;
-    /// let mut ratings = varve.stream::<Rated, 16>("ratings")?;
+    /// let mut ratings = varve.events_in::<Rated>("ratings")?;
     /// ratings.append_batch(StreamId(4), &[Rated(5), Rated(3)])?;
     ///
     /// let mut reader = ratings.reader();
@@ -395,6 +543,10 @@ pub struct EventBytes {
 }
 
 impl EventBytes {
+    pub(crate) fn new(event: MappedEvent) -> Self {
+        EventBytes { event }
+    }
+
     /// The event's metadata, read in place.
     pub fn metadata(&self) -> Metadata<'_> {
         Metadata::from_raw(self.event.meta())
@@ -428,6 +580,25 @@ impl fmt::Debug for EventBytes {
     }
 }
 
+/// varvedb 0.4's name for [`StreamIter`], the iterator of
+/// [`StreamReader::iter_stream`]. The lifetime is unused (VarveDB's iterator
+/// owns its snapshot); the event type is new: 0.4's iterator was untyped.
+///
+/// ```
+/// # use rkyv::{Archive, Serialize};
+/// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+/// use varvedb::{StreamId, StreamIterator, StreamReader};
+/// fn count(iter: StreamIterator<'_, Tick>) -> varvedb::Result<usize> {
+///     Ok(iter.collect_bytes()?.len())
+/// }
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let varve = varvedb::Varve::new(dir.path())?;
+/// let reader: StreamReader<Tick> = varve.stream::<Tick, 16>("ticks")?.reader();
+/// assert_eq!(count(reader.iter_stream(StreamId(1), None)?)?, 0);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub type StreamIterator<'a, T> = StreamIter<T>;
+
 /// A lazy iterator over one stream id's events, in one snapshot. Yields
 /// validated, zero-copy [`EventRef`]s.
 /// After the first error it yields `None`: it never skips past a damaged event.
@@ -457,17 +628,77 @@ impl<T: Archivable> StreamIter<T> {
         }
     }
 
-    /// Copies every remaining event's archived bytes into a `Vec`.
-    pub fn collect_bytes(mut self) -> Result<Vec<Vec<u8>>> {
+    /// Copies every remaining event's archived bytes (checksummed, not
+    /// rkyv-validated) into a `Vec`, each with its stream sequence, as
+    /// varvedb 0.4 did.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append_batch(StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }, Tick { n: 3 }])?;
+    /// let tail = ticks.reader().iter_stream(StreamId(1), Some(StreamSequence(1)))?.collect_bytes()?;
+    /// assert_eq!(tail.len(), 2);
+    /// let (seq, bytes) = &tail[0];
+    /// assert_eq!(*seq, StreamSequence(1));
+    /// assert_eq!(rkyv::access::<ArchivedTick, rkyv::rancor::Error>(bytes).unwrap().n, 2);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first error the scan meets ([`Error::Corruption`], or the
+    /// stream's [`Error::TypeMismatch`]); nothing is returned then.
+    pub fn collect_bytes(mut self) -> Result<Vec<(StreamSequence, Vec<u8>)>> {
         if let Some(e) = self.pending.take() {
             return Err(*e);
         }
         let mut out = Vec::new();
         while let Some(next) = self.cursor.next_bytes() {
-            let (_, _, bytes) = next?;
-            out.push(bytes.to_vec());
+            let (seq, _, bytes) = next?;
+            out.push((seq, bytes.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Calls `f(sequence, bytes)` for every remaining event, with its archived
+    /// bytes (checksummed, not rkyv-validated) borrowed from the map: no copy,
+    /// no allocation per event. varvedb 0.4's closure shape.
+    ///
+    /// This inherent method shadows [`Iterator::for_each`] in method-call
+    /// syntax (`iter.for_each(..)`), so 0.4 code compiles unchanged. For the
+    /// iterator's own, which yields `Result<EventRef<T>>`, write
+    /// `for event in iter { .. }` or `Iterator::for_each(iter, ..)`.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append_batch(StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }])?;
+    /// let mut seen = Vec::new();
+    /// ticks.reader().iter_stream(StreamId(1), None)?.for_each(|seq, bytes| {
+    ///     let tick = rkyv::access::<ArchivedTick, rkyv::rancor::Error>(bytes).unwrap();
+    ///     seen.push((seq.0, tick.n.to_native()));
+    /// })?;
+    /// assert_eq!(seen, [(0, 1), (1, 2)]);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first error the scan meets; `f` has then seen every event before it.
+    pub fn for_each(mut self, mut f: impl FnMut(StreamSequence, &[u8])) -> Result<()> {
+        if let Some(e) = self.pending.take() {
+            return Err(*e);
+        }
+        self.cursor.walk_versions(|seq, _, _, bytes, _| {
+            f(StreamSequence(seq), bytes);
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
     }
 
     /// Folds every remaining event, borrowed straight from the map: no
@@ -496,20 +727,28 @@ impl<T: Archivable> StreamIter<T> {
         }
         let mut acc = Some(init);
         let mut scratch = rkyv::util::AlignedVec::<16>::new();
-        let (name, id) = (&self.info.name, StreamId(self.cursor.id()));
-        self.cursor.walk(|seq, _, bytes, _| {
-            let archived =
-                access_or_copy::<T>(bytes, &mut scratch).map_err(|e| Error::Corruption {
-                    location: Location::Stream {
-                        stream: name.to_string(),
-                        id,
-                        sequence: StreamSequence(seq),
-                    },
-                    detail: format!("invalid archived event: {e}"),
-                })?;
+        let (info, id) = (&self.info, StreamId(self.cursor.id()));
+        // The form is decided once per block fingerprint, not per event.
+        let mut last: Option<(u64, Form)> = None;
+        self.cursor.walk_versions(|seq, _, fp, bytes, _| {
+            let location = || Location::Stream {
+                stream: info.name.to_string(),
+                id,
+                sequence: StreamSequence(seq),
+            };
+            let form = match last {
+                Some((f, form)) if f == fp => form,
+                _ => {
+                    let form = form_of(info, fp, location)?;
+                    last = Some((fp, form));
+                    form
+                }
+            };
+            let archived = read_form::<T>(info, form, bytes, &mut scratch, location)?;
             acc = acc.take().map(|acc| f(acc, StreamSequence(seq), archived));
             Ok(std::ops::ControlFlow::Continue(()))
         })?;
+        let name = &self.info.name;
         acc.ok_or_else(|| Error::Corruption {
             location: Location::Record(format!("stream {name:?}")),
             detail: "fold state lost".into(),

@@ -11,9 +11,9 @@ use crate::position::GlobalSequence;
 use crate::projection::{
     ExternalProjection, ExternalProjector, Kind, ModelReader, Namespace, Projection, Projector,
 };
-use crate::storage::{Store, TypeIdentity};
+use crate::storage::{Access, Store, TypeIdentity};
 use crate::stream::Stream;
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, WriteWatcher};
 use crate::typed::{self, Events};
 use crate::verify::VerifyReport;
 
@@ -74,6 +74,62 @@ impl Varve {
         })
     }
 
+    /// Opens the store in directory `path` read-only, with the default
+    /// [`VarveConfig`]: an inspector, a backup job or a reporting process
+    /// beside the application that writes it (in another process).
+    ///
+    /// A read-only open writes nothing: it creates no directory, no store,
+    /// no identity record and no database (a database missing from an old
+    /// store reads as empty). Every read works as usual (streams, readers,
+    /// the global log, subscriptions, read models, [`Varve::verify`],
+    /// [`Varve::backup`](crate::Varve::backup)); appends, `execute` and
+    /// projectors are [`Error::ReadOnly`](crate::Error::ReadOnly).
+    ///
+    /// LMDB still takes a reader slot in `lock.mdb` (creating that file if
+    /// the directory allows). Where the lock file cannot be written (a
+    /// directory this user may only read), the store opens without LMDB's
+    /// lock: then a writer in another process cannot see this process's
+    /// snapshots and may reuse their pages, so use that mode only on a store
+    /// nobody writes meanwhile (see `docs/operations.md`).
+    ///
+    /// # Errors
+    /// As [`Varve::new`]; [`Error::Open`](crate::Error::Open) with
+    /// [`NotFound`](std::io::ErrorKind::NotFound) if there is no store at
+    /// `path`; [`Error::ConfigConflict`](crate::Error::ConfigConflict) if
+    /// this process already has the store open read-write.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{Error, StreamId, Varve};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # Varve::new(dir.path())?.stream::<Tick, 16>("ticks")?.append(StreamId(1), &Tick { n: 1 })?;
+    /// let inspector = Varve::open_read_only(dir.path())?;
+    /// assert_eq!(inspector.global_reader().end()?.0, 1);
+    /// let mut ticks = inspector.stream::<Tick, 16>("ticks")?;
+    /// assert!(matches!(ticks.append(StreamId(1), &Tick { n: 2 }), Err(Error::ReadOnly { .. })));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Varve> {
+        Varve::open_read_only_with_config(path, VarveConfig::default())
+    }
+
+    /// [`Varve::open_read_only`] with `config` (`max_readers`,
+    /// `cross_process_poll` and `map_size` apply; `durability` is moot).
+    pub fn open_read_only_with_config(
+        path: impl AsRef<Path>,
+        config: VarveConfig,
+    ) -> Result<Varve> {
+        Ok(Varve {
+            store: Store::open_as(path.as_ref(), config, Access::ReadOnly, None)?,
+        })
+    }
+
+    /// Whether this handle was opened with [`Varve::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.store.access() == Access::ReadOnly
+    }
+
     /// Opens the stream `name` for events of type `T`.
     ///
     /// Opening writes nothing: a stream that does not exist yet opens as an
@@ -91,10 +147,28 @@ impl Varve {
     /// with a precomposed `é` (NFC) and with `e` plus a combining accent
     /// (NFD) are two different streams.
     ///
+    /// # What is checked
+    ///
+    /// A type opened here (a plain rkyv type, or a `#[derive(Event)]` type:
+    /// this function cannot tell them apart) binds the stream by its
+    /// [`std::any::type_name`] and its archived size and alignment. Detected:
+    /// another type, the same type moved to another module or crate (then
+    /// refused, although nothing changed), and any change of the archived
+    /// size or alignment. **Not detected:** a change that keeps the type's
+    /// path, size and alignment: two fields of one type swapped, a `u64`
+    /// retyped as `f64` or `i64`, a field renamed. Such a build reads the old
+    /// bytes as its new fields. For events that will change, derive
+    /// [`Event`] and open them with [`Varve::events`] or [`Varve::events_in`]:
+    /// their streams record every version's fingerprint and upcast old
+    /// versions (see "Changing an event" in the README). A stream bound to a
+    /// `#[derive(Event)]` family cannot be opened here.
+    ///
     /// # Errors
-    /// [`Error::InvalidStreamName`](crate::Error::InvalidStreamName), or
+    /// [`Error::InvalidStreamName`](crate::Error::InvalidStreamName),
     /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) if the stream
-    /// exists for another type (or for this type with a different layout).
+    /// exists for another type (or for this type with a different layout), or
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if it holds a
+    /// `#[derive(Event)]` event.
     /// A stream created for another type after this handle was opened is a
     /// `TypeMismatch` at this handle's first append or read.
     ///
@@ -117,6 +191,7 @@ impl Varve {
             type_name: std::any::type_name::<T>(),
             layout_fingerprint: layout_fingerprint::<T>(),
             schema_fingerprint: 0,
+            schema: None,
         };
         let info = self.store.open_stream(name, &identity)?;
         Ok(Stream::new(Arc::clone(&self.store), info, N))
@@ -126,15 +201,21 @@ impl Varve {
     /// with a buffer of `E::BUFFER_SIZE` bytes. As for [`Varve::stream`],
     /// opening writes nothing; the first append creates the stream.
     ///
-    /// The stream records `E`'s [`FINGERPRINT`](Event::FINGERPRINT). It can
-    /// also be opened with [`Varve::stream`] for the same type, which does not
-    /// check the fingerprint.
+    /// The stream is bound to `E`'s event family: its
+    /// [`NAME`](Event::NAME) and every version appended to it, each with its
+    /// [`FINGERPRINT`](Event::FINGERPRINT). A type of the same name and fields
+    /// in another module or crate is the same event (moving a type changes
+    /// nothing); a stored version that this program's type gives other fields
+    /// is refused. Events of an older version of `E`'s chain
+    /// (`#[event(upcast_from)]`) are upcast as they are read; a program older
+    /// than the stream's newest version reads the versions it knows and may
+    /// not append. A stream of a `#[derive(Event)]` type cannot be opened with
+    /// [`Varve::stream`], which could not check its versions.
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) if the stream was
-    /// created for another type (a type of the same name in another module is
-    /// another type) or for `E` with a different layout or fingerprint, e.g. by
-    /// an older build before a field was added or the version bumped.
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the stream
+    /// holds another event, one of its versions with other fields, or a plain
+    /// rkyv type other than `E` (a store of format 1, or [`Varve::stream`]).
     ///
     /// ```
     /// use rkyv::{Archive, Serialize};
@@ -144,24 +225,65 @@ impl Varve {
     /// #[event(stream = "carts")]
     /// struct ItemAdded { sku: u32 }
     ///
-    /// mod other {
+    /// mod moved {
+    ///     // The same event, moved to another module.
     ///     #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
     ///     #[event(stream = "carts")]
     ///     pub struct ItemAdded { pub sku: u32 }
+    /// }
+    ///
+    /// mod changed {
+    ///     // The same name with another field type and no new version.
+    ///     #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    ///     #[event(stream = "carts")]
+    ///     pub struct ItemAdded { pub sku: i32 }
     /// }
     ///
     /// # let dir = tempfile::tempdir()?;
     /// let varve = Varve::new(dir.path())?;
     /// let mut carts = varve.events::<ItemAdded>()?;
     /// carts.append(StreamId(1), &ItemAdded { sku: 42 })?;
+    /// assert!(varve.events::<moved::ItemAdded>().is_ok());
     /// assert!(matches!(
-    ///     varve.events::<other::ItemAdded>(),
-    ///     Err(varvedb::Error::TypeMismatch { .. })
+    ///     varve.events::<changed::ItemAdded>(),
+    ///     Err(varvedb::Error::SchemaMismatch { .. })
     /// ));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn events<E: Event>(&self) -> Result<Events<E>> {
         let info = self.store.open_stream(E::STREAM, &typed::identity::<E>())?;
+        Ok(Events::new(Stream::new(
+            Arc::clone(&self.store),
+            info,
+            E::BUFFER_SIZE,
+        )))
+    }
+
+    /// Opens the stream `name` for the `#[derive(Event)]` type `E`: as
+    /// [`Varve::events`], under another name than `E::STREAM` (one event in
+    /// several streams, or a stream per tenant). The stream is bound to `E`'s
+    /// event family and every read and append is checked against its versions.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStreamName`](crate::Error::InvalidStreamName), and as
+    /// [`Varve::events`].
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use varvedb::{Event, StreamId, Varve};
+    ///
+    /// #[derive(Archive, Serialize, Event)]
+    /// struct Visited { page: u32 }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// let mut eu = varve.events_in::<Visited>("visits/eu")?;
+    /// eu.append(StreamId(1), &Visited { page: 3 })?;
+    /// assert_eq!(eu.name(), "visits/eu");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn events_in<E: Event>(&self, name: &str) -> Result<Events<E>> {
+        let info = self.store.open_stream(name, &typed::identity::<E>())?;
         Ok(Events::new(Stream::new(
             Arc::clone(&self.store),
             info,
@@ -217,6 +339,7 @@ impl Varve {
     /// it reads nothing; the checkpoint under `name` decides where it resumes.
     ///
     /// # Errors
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only handle;
     /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName)
     /// unless `name` is 1 to 64 bytes of ASCII letters, digits, `_`, `-`, `.`.
     ///
@@ -240,6 +363,7 @@ impl Varve {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn projector<P: Projection>(&self, name: &str, projection: P) -> Result<Projector<P>> {
+        self.store.check_writable("running a projector")?;
         let ns = Namespace::new(name, Kind::InStore)?;
         Ok(Projector::new(Arc::clone(&self.store), ns, projection))
     }
@@ -256,6 +380,7 @@ impl Varve {
         name: &str,
         sink: S,
     ) -> Result<ExternalProjector<S>> {
+        self.store.check_writable("running a projector")?;
         let ns = Namespace::new(name, Kind::External)?;
         Ok(ExternalProjector::new(Arc::clone(&self.store), ns, sink))
     }
@@ -307,12 +432,58 @@ impl Varve {
         self.store.last_txn_id() as u64
     }
 
+    /// The global sequence the next event appended to the store will get:
+    /// one past the newest committed event, by any handle or process (so the
+    /// number of events in the store). varvedb 0.4's method, with no
+    /// `Result`.
+    ///
+    /// It looks at LMDB's newest transaction id and, only if that moved since
+    /// the end was last read, reads the end from a short snapshot. If that
+    /// read cannot be made (every reader slot taken) or would wait (a writer
+    /// is growing the map), it returns the newest end this process already
+    /// knows, which may be behind other processes' latest commits.
+    /// [`GlobalReader::end`](crate::GlobalReader::end) reports such failures.
+    ///
+    /// Unlike 0.4's counter, it never counts an append that failed: global
+    /// sequences have no gaps.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.stream::<Tick, 16>("ticks")?.append_batch(varvedb::StreamId(1), &[Tick { n: 1 }, Tick { n: 2 }])?;
+    /// assert_eq!(varve.next_global_seq().0, 2);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn next_global_seq(&self) -> GlobalSequence {
+        GlobalSequence(self.store.newest_end())
+    }
+
+    /// A [`WriteWatcher`] on this store, for varvedb 0.4 programs that wait
+    /// for new commits with it.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// assert_eq!(varve.watcher().committed_next_global_seq(), varve.next_global_seq());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn watcher(&self) -> WriteWatcher {
+        WriteWatcher::new(Arc::clone(self.store()))
+    }
+
     /// Whether a writer is waiting for references to be dropped so it can
     /// grow the memory map. For tests that must act while growth waits; not
     /// a stable API.
     #[doc(hidden)]
     pub fn __growth_pending(&self) -> bool {
         self.store.resize_pending()
+    }
+
+    /// A handle on an open store (for other modules).
+    pub(crate) fn from_store(store: Arc<Store>) -> Varve {
+        Varve { store }
     }
 
     /// The engine behind this handle (for other modules).

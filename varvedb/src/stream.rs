@@ -128,6 +128,49 @@ fn serialize_with<T: Archivable>(
     }
 }
 
+/// The serializer varvedb 0.4 used for [`Stream::append`]: rkyv's, writing
+/// into a fixed buffer, without an allocator or pointer sharing.
+///
+/// Kept so that 0.4 bounds such as `T: for<'a> rkyv::Serialize<LowSerializer<'a>>`
+/// still name a type. VarveDB serializes every event with
+/// [`HighSerializer`]'s capabilities, so its appends need
+/// [`Archivable`](crate::Archivable) instead, which every type deriving rkyv's
+/// traits has.
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::LowSerializer;
+///
+/// #[derive(Archive, Serialize)]
+/// struct Point { x: i32 }
+/// fn fixed_size<T: for<'a> Serialize<LowSerializer<'a>>>(_: &T) {}
+/// fixed_size(&Point { x: 1 });
+/// ```
+pub type LowSerializer<'a> =
+    rancor::Strategy<rkyv::ser::Serializer<rkyv::ser::writer::Buffer<'a>, (), ()>, rancor::Error>;
+
+/// The serializer varvedb 0.4 used for [`Stream::append_alloc`]: rkyv's,
+/// writing into a fixed buffer, with an arena allocator and pointer sharing.
+/// Kept for 0.4 bounds, like [`LowSerializer`].
+///
+/// ```
+/// use rkyv::{Archive, Serialize};
+/// use varvedb::HighSerializer;
+///
+/// #[derive(Archive, Serialize)]
+/// struct Tagged { tags: Vec<String> }
+/// fn allocating<T: for<'a> Serialize<HighSerializer<'a>>>(_: &T) {}
+/// allocating(&Tagged { tags: vec!["new".into()] });
+/// ```
+pub type HighSerializer<'a> = rancor::Strategy<
+    rkyv::ser::Serializer<
+        rkyv::ser::writer::Buffer<'a>,
+        rkyv::ser::allocator::ArenaHandle<'a>,
+        rkyv::ser::sharing::Share,
+    >,
+    rancor::Error,
+>;
+
 /// A typed handle for appending events of type `T` to one named stream.
 ///
 /// Appends take `&mut self`: a handle is one writer. Any number of handles
@@ -501,6 +544,105 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
                 })
             }
         }
+    }
+
+    /// [`Stream::append`], under varvedb 0.4's name for appending an event
+    /// that needs an allocating serializer (strings, vectors). VarveDB
+    /// serializes every event with an allocator, so both names do the same.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// #[derive(Archive, Serialize)]
+    /// struct Named { name: String }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut names = varve.stream::<Named, 64>("names")?;
+    /// let (seq, _) = names.append_alloc(varvedb::StreamId(1), &Named { name: "Ada".into() })?;
+    /// assert_eq!(seq.0, 0);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn append_alloc(
+        &mut self,
+        id: StreamId,
+        event: &T,
+    ) -> Result<(StreamSequence, GlobalSequence)> {
+        self.append(id, event)
+    }
+
+    /// [`Stream::append_batch`], under varvedb 0.4's name for a batch of
+    /// events that need an allocating serializer: the same atomic batch.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Named { name: String }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut names = varve.stream::<Named, 64>("names")?;
+    /// let batch = [Named { name: "Ada".into() }, Named { name: "Alan".into() }];
+    /// let positions = names.append_batch_alloc(varvedb::StreamId(1), &batch)?;
+    /// assert_eq!(positions.len(), 2);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn append_batch_alloc(
+        &mut self,
+        id: StreamId,
+        events: &[T],
+    ) -> Result<Vec<(StreamSequence, GlobalSequence)>> {
+        self.append_batch(id, events)
+    }
+
+    /// A copy of the archived bytes of the event at `(id, seq)` (checksummed,
+    /// not rkyv-validated), or `Ok(None)` if `id` has no event at `seq`, as in
+    /// varvedb 0.4. Reads the newest commit. For zero-copy reads use a
+    /// [`StreamReader`] ([`StreamReader::get_archived`],
+    /// [`StreamReader::get_bytes`]).
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append(StreamId(1), &Tick { n: 7 })?;
+    /// let bytes = ticks.get_bytes(StreamId(1), StreamSequence(0))?.expect("written");
+    /// let tick = rkyv::access::<ArchivedTick, rkyv::rancor::Error>(&bytes).unwrap();
+    /// assert_eq!(tick.n, 7);
+    /// assert!(ticks.get_bytes(StreamId(1), StreamSequence(1))?.is_none());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] if the stored bytes fail their checksum.
+    pub fn get_bytes(&self, id: StreamId, seq: StreamSequence) -> Result<Option<Vec<u8>>> {
+        let mut view = self.store.snapshot()?;
+        let Some(tag) = view.stream_tag(&self.info)? else {
+            return Ok(None);
+        };
+        Ok(view
+            .event_at_stream(tag, id.0, seq.0)?
+            .map(|event| event.bytes().to_vec()))
+    }
+
+    /// The global sequence the next event appended to the store will get:
+    /// one past the newest committed event of any stream, by any handle or
+    /// process (the number of events in the store). As in varvedb 0.4 it
+    /// returns no `Result`; see [`Varve::next_global_seq`](crate::Varve::next_global_seq)
+    /// for how it reads the log.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// assert_eq!(ticks.next_global_seq().0, 0);
+    /// let (_, global) = ticks.append(varvedb::StreamId(1), &Tick { n: 1 })?;
+    /// assert_eq!(ticks.next_global_seq().0, global.0 + 1);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn next_global_seq(&self) -> GlobalSequence {
+        GlobalSequence(self.store.newest_end())
     }
 
     /// A reader for this stream. Readers are cheap, `Clone` and `Send`.

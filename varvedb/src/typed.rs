@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::error::Result;
-use crate::event::{layout_fingerprint, Event};
+use crate::event::{layout_fingerprint, Event, Schema};
 use crate::metadata::{Append, Appended, Context};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 use crate::reader::StreamReader;
@@ -62,15 +62,16 @@ where
     }
 }
 
-/// The identity `E`'s stream is created with or checked against: the engine's
-/// usual type name and layout, plus the derive's schema fingerprint.
+/// The identity `E`'s stream is created with or checked against: its event
+/// family (name and versions); the type name and layout are recorded for
+/// messages and for adopting a stream bound by type name.
 pub(crate) fn identity<E: Event>() -> TypeIdentity {
+    let schema = Schema::of::<E>();
     TypeIdentity {
         type_name: std::any::type_name::<E>(),
         layout_fingerprint: layout_fingerprint::<E>(),
-        // 0 means "unknown" to the catalog; the derive never produces it, but a
-        // hand-written impl might.
-        schema_fingerprint: E::FINGERPRINT.max(1),
+        schema_fingerprint: schema.fingerprint,
+        schema: Some(schema),
     }
 }
 
@@ -233,22 +234,31 @@ mod tests {
             .append(crate::StreamId(1), &Renamed { _to: 1 })
             .unwrap();
 
+        // Version 1 with another layout: changed without a new version.
+        let mut schema = Schema::of::<Renamed>();
+        schema.fingerprint = 0x5678;
+        schema.chain = || vec![(1, 0x5678)];
         let later = TypeIdentity {
             schema_fingerprint: 0x5678,
+            schema: Some(schema),
             ..identity::<Renamed>()
         };
         match store.open_stream(Renamed::STREAM, &later) {
-            Err(Error::TypeMismatch {
-                stored_fingerprint,
-                requested_fingerprint,
+            Err(Error::SchemaMismatch {
+                stored,
+                stored_versions,
+                requested_versions,
+                advice,
                 ..
             }) => {
+                assert_eq!(stored, "Renamed");
                 assert_eq!(
-                    (stored_fingerprint, requested_fingerprint),
-                    (0x1234, 0x5678)
+                    (&*stored_versions, &*requested_versions),
+                    (&[(1, 0x1234)][..], &[(1, 0x5678)][..])
                 );
+                assert!(advice.contains("new version"), "{advice}");
             }
-            other => panic!("expected TypeMismatch, got {other:?}"),
+            other => panic!("expected SchemaMismatch, got {other:?}"),
         }
         assert!(store
             .open_stream(Renamed::STREAM, &identity::<Renamed>())
@@ -259,7 +269,7 @@ mod tests {
         let store = Store::open(dir.path(), VarveConfig::default()).unwrap();
         assert!(matches!(
             store.open_stream(Renamed::STREAM, &later),
-            Err(Error::TypeMismatch { .. })
+            Err(Error::SchemaMismatch { .. })
         ));
     }
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 use rkyv::{Archive, Serialize};
 
 /// The benchmark event: four u64 and a short string, about 64 bytes archived.
-#[derive(Archive, Serialize, Clone, Debug)]
+#[derive(Archive, Serialize, Clone, Debug, varvedb::Event)]
+#[event(stream = "samples")]
 pub struct Sample {
     pub a: u64,
     pub b: u64,
@@ -44,6 +45,15 @@ pub trait Contender: Send + Sync + Sized + 'static {
     fn scan_stream(&self, id: u64) -> u64;
     /// Sums `b` over every event of the log, in global order.
     fn scan_global(&self) -> u64;
+    /// [`scan_stream`](Self::scan_stream) written as a user's first code: a
+    /// plain `for` loop (VarveDB: over a borrowed snapshot).
+    fn scan_stream_loop(&self, id: u64) -> u64 {
+        self.scan_stream(id)
+    }
+    /// [`scan_global`](Self::scan_global) as a plain `for` loop.
+    fn scan_global_loop(&self) -> u64 {
+        self.scan_global()
+    }
     /// Rebuilds an aggregate (the sum of `c`) from stream id `id`.
     fn fold(&self, id: u64) -> u64 {
         self.scan_stream(id)

@@ -9,6 +9,7 @@ mod aggregate;
 mod alloc;
 mod baseline;
 mod contender;
+mod evolution;
 mod report;
 mod varve;
 
@@ -274,6 +275,20 @@ fn run<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
     );
     let (_, allocs) = alloc::count(|| black_box(w4.db.scan_stream(7)));
     report.allocs("W4", name, allocs as f64 / scale.stream_len as f64);
+    workload(
+        c,
+        report,
+        ("W4s", "stream scan, snapshot loop"),
+        name,
+        scale.stream_len,
+        || {
+            timed(|| {
+                black_box(w4.db.scan_stream_loop(7));
+            })
+        },
+    );
+    let (_, allocs) = alloc::count(|| black_box(w4.db.scan_stream_loop(7)));
+    report.allocs("W4s", name, allocs as f64 / scale.stream_len as f64);
     drop(w4);
 
     workload(c, report, ("W5", "global scan"), name, scale.events, || {
@@ -285,6 +300,20 @@ fn run<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
     let (_, allocs) = alloc::count(|| black_box(w1.db.scan_global()));
     report.allocs("W5", name, allocs as f64 / scale.events as f64);
     report.rss(name, report::rss_anon_kib().saturating_sub(anon_before));
+    workload(
+        c,
+        report,
+        ("W5s", "global scan, snapshot loop"),
+        name,
+        scale.events,
+        || {
+            timed(|| {
+                black_box(w1.db.scan_global_loop());
+            })
+        },
+    );
+    let (_, allocs) = alloc::count(|| black_box(w1.db.scan_global_loop()));
+    report.allocs("W5s", name, allocs as f64 / scale.events as f64);
 
     let fold_all = || {
         (0..scale.ids).for_each(|id| {
@@ -317,9 +346,14 @@ fn main() {
     for len in [scale.stream_len, scale.stream_len * 10] {
         aggregate::run::<RawHeed>(len, &mut report);
     }
+    // W6e: W6's fold over current-version events and over events one
+    // version behind (upcast on every read).
+    let evolution = evolution::run(scale.events, scale.batch, scale.ids);
     criterion.final_summary();
 
-    let table = report.render(VarveDb::NAME, RawHeed::NAME, &format!("{scale:?}"));
+    let mut table = report.render(VarveDb::NAME, RawHeed::NAME, &format!("{scale:?}"));
+    table.push('\n');
+    table.push_str(&evolution);
     println!("\n{table}");
     if let Ok(path) = std::env::var("VARVEDB_BENCH_REPORT") {
         std::fs::write(Path::new(&path), &table).expect("write the report");

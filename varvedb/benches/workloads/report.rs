@@ -16,13 +16,15 @@ pub struct Report {
     aggregates: BTreeMap<u64, (&'static str, Duration, Duration, Duration)>,
 }
 
-const WORKLOADS: [(&str, &str); 7] = [
+const WORKLOADS: [(&str, &str); 9] = [
     ("W1", "batch append (durable, 1,000 per txn)"),
     ("W2", "single append (durable, 1 thread)"),
     ("W2c", "single append (durable, 4 threads)"),
     ("W3", "random point read (validated)"),
     ("W4", "scan one stream id"),
+    ("W4s", "W4 snapshot loop (`for` over a borrowed snapshot)"),
     ("W5", "scan the global log"),
+    ("W5s", "W5 snapshot loop (`for` over a borrowed snapshot)"),
     ("W6", "fold every stream (1,000 aggregates)"),
 ];
 
@@ -125,6 +127,24 @@ impl Report {
                 al(ours),
                 al(base)
             );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| {ours} scan | fold | snapshot `for` loop | fold / loop |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for (fold, looped, what) in [("W4", "W4s", "stream (W4)"), ("W5", "W5s", "global (W5)")] {
+            let rate = |w| self.rates.get(&(w, ours)).map(|v| median(v));
+            if let (Some(f), Some(l)) = (rate(fold), rate(looped)) {
+                let _ = writeln!(
+                    out,
+                    "| {what} | {} | {} | **{:.2}×** |",
+                    human(f),
+                    human(l),
+                    f / l
+                );
+            }
         }
         let _ = writeln!(out);
         let d = |c| self.disk.get(c).copied().unwrap_or(0.0);

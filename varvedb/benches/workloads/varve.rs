@@ -85,13 +85,40 @@ impl Contender for VarveDb {
     }
 
     fn scan_global(&self) -> u64 {
-        let mut log = self.varve.global_reader();
+        let log = self.varve.global_reader();
         log.iter_from(GlobalSequence(0))
             .expect("iterate")
             .try_fold_entries(0u64, |sum, event| {
-                Ok(sum.wrapping_add(event.archived::<Sample>()?.b.to_native()))
+                Ok(sum.wrapping_add(event.archived_plain::<Sample>()?.b.to_native()))
             })
             .expect("scan")
+    }
+
+    fn scan_stream_loop(&self, id: u64) -> u64 {
+        self.with_reader(|r| {
+            let snap = r.snapshot().expect("snapshot");
+            let mut sum = 0u64;
+            for sample in snap.iter_stream(StreamId(id), None).expect("iterate") {
+                sum = sum.wrapping_add(sample.expect("scan").b.to_native());
+            }
+            sum
+        })
+    }
+
+    fn scan_global_loop(&self) -> u64 {
+        let snap = self.varve.snapshot().expect("snapshot");
+        let mut sum = 0u64;
+        for event in snap.iter_from(GlobalSequence(0)).expect("iterate") {
+            let event = event.expect("scan");
+            sum = sum.wrapping_add(
+                event
+                    .archived_plain::<Sample>()
+                    .expect("type")
+                    .b
+                    .to_native(),
+            );
+        }
+        sum
     }
 
     fn fold(&self, id: u64) -> u64 {

@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 
-use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::snapshot::{self, Snapshots};
@@ -12,7 +11,7 @@ use crate::error::{Error, Location, Result};
 use crate::id::EventId;
 use crate::metadata::{Context, Execute, Metadata};
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
-use crate::reader::access_or_copy;
+use crate::reader::{form_of, read_form, Form};
 use crate::storage::{BlockBuilder, Entity, RawMeta, Store, StreamInfo, View, WriteTxn};
 use crate::stream::serialize_with_meta;
 
@@ -24,13 +23,14 @@ pub(crate) trait Source {
     fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>>;
     /// A value of the `state` database.
     fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>>;
-    /// Calls `f(stream sequence, global sequence, payload, metadata)` from `from` on.
+    /// Calls `f(stream sequence, global sequence, block fingerprint,
+    /// payload, metadata)` from `from` on.
     fn walk(
         &mut self,
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()>;
 }
 
@@ -52,9 +52,9 @@ impl Source for View {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        self.walk_stream(tag, id, from, f)
+        self.walk_stream_versions(tag, id, from, f)
     }
 }
 
@@ -76,9 +76,9 @@ impl Source for WriteTxn<'_> {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        self.walk_stream(tag, id, from, f)
+        self.walk_stream_versions(tag, id, from, f)
     }
 }
 
@@ -98,19 +98,26 @@ fn fold_from<A: Aggregate>(
     aligned: &mut AlignedVec<16>,
 ) -> Result<Option<u64>> {
     let mut last = None;
-    src.walk(tag, id.0, from, |seq, _, bytes, meta| {
+    // The form is decided once per block fingerprint, not per event.
+    let mut form: Option<(u64, Form)> = None;
+    src.walk(tag, id.0, from, |seq, _, fp, bytes, meta| {
         if until.is_some_and(|u| seq > u) {
             return Ok(ControlFlow::Break(()));
         }
-        let corrupt = |e: rancor::Error| Error::Corruption {
-            location: Location::Stream {
-                stream: info.name.to_string(),
-                id,
-                sequence: StreamSequence(seq),
-            },
-            detail: format!("invalid archived event: {e}"),
+        let location = || Location::Stream {
+            stream: info.name.to_string(),
+            id,
+            sequence: StreamSequence(seq),
         };
-        let event = access_or_copy::<A::Event>(bytes, aligned).map_err(corrupt)?;
+        let f = match form {
+            Some((known, f)) if known == fp => f,
+            _ => {
+                let f = form_of(info, fp, location)?;
+                form = Some((fp, f));
+                f
+            }
+        };
+        let event = read_form::<A::Event>(info, f, bytes, aligned, location)?;
         state.apply_with_meta(event, &Metadata::from_raw(meta));
         last = Some(seq);
         Ok(ControlFlow::Continue(()))
@@ -195,7 +202,13 @@ pub(crate) fn load_in<A: Aggregate>(
     id: StreamId,
 ) -> Result<Loaded<A>> {
     let mut scratch = AlignedVec::new();
-    load_with(view, info, id, &A::snapshots(), &mut scratch)
+    load_with(
+        view,
+        info,
+        id,
+        &A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage()),
+        &mut scratch,
+    )
 }
 
 /// Loads, decides and appends in one write transaction. The outer error is
@@ -216,7 +229,7 @@ pub(crate) fn execute<A: Aggregate>(
     command: &A::Command,
     options: &Execute<'_>,
 ) -> Result<Result<Executed<A>, A::Error>> {
-    let policy = A::snapshots();
+    let policy = A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage());
     let expected = options.expected;
     let mut block = BlockBuilder::with_capacity(A::BUFFER_SIZE);
     let mut scratch = AlignedVec::new();
@@ -368,12 +381,12 @@ fn replay_command<A: Aggregate>(
             id: StreamId(id.unwrap_or(crate::storage::FIRST_KEYED_ID)),
             event_id: command.event_id(0),
             index: 0,
-            stored: crate::error::StoredAt {
+            stored: Box::new(crate::error::StoredAt {
                 stream: name,
                 id: StreamId(first.id),
                 sequence: StreamSequence(first.seq),
                 global: GlobalSequence(first.global),
-            },
+            }),
             reason: "this command id was executed against another stream or stream id",
         });
     }
@@ -403,9 +416,11 @@ fn replay_command<A: Aggregate>(
 mod tests {
     use std::collections::HashMap;
 
+    use rkyv::rancor;
     use rkyv::{Archive, Deserialize, Serialize};
 
     use super::*;
+    use crate::event::Event;
 
     /// Events and state values in memory, in place of a store. Each payload
     /// sits at `offset` bytes into an aligned buffer.
@@ -459,12 +474,14 @@ mod tests {
             _: u32,
             _: u64,
             from: u64,
-            mut f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
+            mut f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
         ) -> Result<()> {
             for (seq, p) in self.payloads.iter().enumerate().skip(from as usize) {
+                let fp = Added::FINGERPRINT;
                 if f(
                     seq as u64,
                     seq as u64,
+                    fp,
                     &p[self.offset..],
                     RawMeta::default(),
                 )?
@@ -479,6 +496,19 @@ mod tests {
 
     #[derive(Archive, Serialize)]
     struct Added(u64);
+
+    impl Event for Added {
+        const STREAM: &'static str = "sums";
+        const BUFFER_SIZE: usize = 64;
+        const TYPE_NAME: &'static str = "varvedb::aggregate::fold::tests::Added";
+        const VERSION: u32 = 1;
+        const FINGERPRINT: u64 = 0xadd;
+        const NAME: &'static str = "Added";
+        type Previous = crate::event::NoPrevious;
+        fn upcast(previous: &crate::event::NoPrevious) -> Self {
+            match *previous {}
+        }
+    }
 
     #[derive(Archive, Serialize, Deserialize, Default, Debug, PartialEq)]
     struct Sum(u64);
@@ -503,7 +533,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::config::VarveConfig::default()).unwrap();
         store
-            .open_stream(Sum::STREAM, &super::super::identity::<Sum>())
+            .open_stream(Sum::STREAM, &crate::typed::identity::<Added>())
             .unwrap()
     }
 

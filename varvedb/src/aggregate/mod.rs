@@ -18,11 +18,10 @@ use std::fmt;
 use rkyv::Archive;
 
 use crate::error::{Error, Result};
-use crate::event::{layout_fingerprint, Archivable};
+use crate::event::Event;
 use crate::metadata::{Execute, Metadata};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
-use crate::storage::Entity;
-use crate::storage::{StreamInfo, TypeIdentity};
+use crate::storage::{Entity, StreamInfo};
 use crate::store::Varve;
 
 pub(crate) use fold::load_in;
@@ -47,7 +46,7 @@ pub use testing::{AggregateTest, TestOutcome};
 /// use rkyv::{Archive, Serialize};
 /// use varvedb::{Aggregate, ExecuteError, StreamId, StreamSequence, Varve};
 ///
-/// #[derive(Archive, Serialize, Debug, PartialEq)]
+/// #[derive(Archive, Serialize, Debug, PartialEq, varvedb::Event)]
 /// enum CounterEvent {
 ///     Added(u64),
 ///     Reset,
@@ -115,19 +114,21 @@ pub use testing::{AggregateTest, TestOutcome};
 /// ```
 pub trait Aggregate: Default {
     /// The events of the aggregate's stream: usually an enum with one
-    /// past-tense variant per fact.
-    type Event: Archivable;
+    /// past-tense variant per fact, with `#[derive(Event)]`, so the stream
+    /// is bound to its name and versions and every read is checked (an
+    /// older version's events are upcast before [`apply`](Aggregate::apply)
+    /// sees them).
+    type Event: Event;
     /// What callers ask the aggregate to do.
     type Command;
     /// Why a command is rejected (a business rule), as opposed to a store
     /// failure ([`ExecuteError::Store`]).
     type Error;
 
-    /// The stream the aggregate's events live in. It is bound to
-    /// [`Event`](Aggregate::Event) like any stream opened with
-    /// [`Varve::stream`]. With a `#[derive(Event)]` event type, name it once:
-    /// `const STREAM: &'static str = AccountEvent::STREAM;`.
-    const STREAM: &'static str;
+    /// The stream the aggregate's events live in: by default the event's
+    /// own [`STREAM`](Event::STREAM). It is bound to the event's family as
+    /// [`Varve::events_in`] binds it.
+    const STREAM: &'static str = <Self::Event as Event>::STREAM;
 
     /// Initial capacity, in bytes, of the buffer [`Varve::execute`] serializes
     /// a command's events into. Larger events still succeed: it grows.
@@ -277,19 +278,12 @@ impl<E: std::error::Error + 'static> std::error::Error for ExecuteError<E> {
     }
 }
 
-/// The identity `A`'s stream is opened with: the same as
-/// [`Varve::stream::<A::Event, _>`](Varve::stream).
-fn identity<A: Aggregate>() -> TypeIdentity {
-    TypeIdentity {
-        type_name: std::any::type_name::<A::Event>(),
-        layout_fingerprint: layout_fingerprint::<A::Event>(),
-        schema_fingerprint: 0,
-    }
-}
-
 impl Varve {
+    /// `A`'s stream, bound to its event's family as
+    /// [`Varve::events_in`] binds it.
     fn aggregate_stream<A: Aggregate>(&self) -> Result<StreamInfo> {
-        self.store().open_stream(A::STREAM, &identity::<A>())
+        self.store()
+            .open_stream(A::STREAM, &crate::typed::identity::<A::Event>())
     }
 
     /// Loads aggregate `A` of `id`: its [stored snapshot](Snapshots), if any
@@ -309,7 +303,7 @@ impl Varve {
     /// ```
     /// # use rkyv::{Archive, Serialize};
     /// # use varvedb::{Aggregate, StreamId, StreamSequence, Varve};
-    /// # #[derive(Archive, Serialize)] struct Visited;
+    /// # #[derive(Archive, Serialize, varvedb::Event)] struct Visited;
     /// # #[derive(Default)] struct Visits(u64);
     /// # impl Aggregate for Visits {
     /// #     type Event = Visited; type Command = (); type Error = std::convert::Infallible;
@@ -322,7 +316,7 @@ impl Varve {
     /// let page = StreamId(3);
     /// assert_eq!(varve.load::<Visits>(page)?.version, None);
     ///
-    /// varve.stream::<Visited, 16>("visits")?.append_batch(page, &[Visited, Visited])?;
+    /// varve.events_in::<Visited>("visits")?.append_batch(page, &[Visited, Visited])?;
     /// let loaded = varve.load::<Visits>(page)?;
     /// assert_eq!((loaded.state.0, loaded.version), (2, Some(StreamSequence(1))));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -371,7 +365,7 @@ impl Varve {
     /// ```
     /// # use rkyv::{Archive, Serialize};
     /// # use varvedb::{Aggregate, StreamId, Varve};
-    /// # #[derive(Archive, Serialize)] struct Visited;
+    /// # #[derive(Archive, Serialize, varvedb::Event)] struct Visited;
     /// # #[derive(Default)] struct Visits(u64);
     /// # impl Aggregate for Visits {
     /// #     type Event = Visited; type Command = (); type Error = std::convert::Infallible;
@@ -424,7 +418,7 @@ impl Varve {
     /// ```
     /// # use rkyv::{Archive, Serialize};
     /// # use varvedb::{Aggregate, StreamId, Varve};
-    /// # #[derive(Archive, Serialize)] struct Withdrew(u64);
+    /// # #[derive(Archive, Serialize, varvedb::Event)] struct Withdrew(u64);
     /// # #[derive(Default)] struct Account(u64);
     /// # impl Aggregate for Account {
     /// #     type Event = Withdrew; type Command = u64; type Error = &'static str;
@@ -464,7 +458,7 @@ impl Varve {
     /// ```
     /// # use rkyv::{Archive, Serialize};
     /// # use varvedb::{Aggregate, Varve};
-    /// # #[derive(Archive, Serialize)] struct Added(u64);
+    /// # #[derive(Archive, Serialize, varvedb::Event)] struct Added(u64);
     /// # #[derive(Default)] struct Cart(u64);
     /// # impl Aggregate for Cart {
     /// #     type Event = Added; type Command = u64; type Error = std::convert::Infallible;

@@ -60,10 +60,15 @@ pub(crate) fn key(tag: u32, id: u64) -> [u8; 17] {
 /// snapshot is never trusted over the events, and never replaced by a
 /// default state.
 ///
-/// **Bump the version** whenever the state type's fields change or
-/// [`apply`](crate::Aggregate::apply) folds differently: the fingerprint sees a
-/// renamed or moved type and a changed size, but not, say, a `u64` field
-/// turned into an `i64`, nor a fixed bug in `apply`.
+/// The fingerprint also covers every version of the aggregate's event: a
+/// new event version makes older snapshots unusable. With
+/// [`schema`](Snapshots::schema) (the state's own `#[derive(Event)]`
+/// fingerprint) it covers the state's fields; without it, only the state's
+/// type name, size and alignment. **Bump the version** whenever
+/// [`apply`](crate::Aggregate::apply) folds differently, or the state's
+/// fields change without a schema given: the layout alone sees a renamed or
+/// moved type and a changed size, but not, say, a `u64` field turned into an
+/// `i64`, nor a fixed bug in `apply`.
 ///
 /// Each stream id has one snapshot slot. Two aggregates with snapshots over
 /// the same stream still load correctly, but overwrite each other's
@@ -73,7 +78,7 @@ pub(crate) fn key(tag: u32, id: u64) -> [u8; 17] {
 /// use rkyv::{Archive, Deserialize, Serialize};
 /// use varvedb::{Aggregate, Snapshots, StreamId, StreamSequence, Varve};
 ///
-/// #[derive(Archive, Serialize)]
+/// #[derive(Archive, Serialize, varvedb::Event)]
 /// struct Scored(u32);
 ///
 /// // The state is stored too, so it derives rkyv's traits.
@@ -122,6 +127,11 @@ pub(crate) struct Codec<A> {
     every: u64,
     version: u32,
     layout: u64,
+    /// The state's schema fingerprint, if given ([`Snapshots::schema`]).
+    schema: u64,
+    /// A hash of the aggregate's event versions, set where the aggregate's
+    /// event type is known (loads and executes).
+    events: u64,
     encode: fn(&A) -> Result<AlignedVec<16>, rancor::Error>,
     decode: fn(&[u8]) -> Result<A, rancor::Error>,
 }
@@ -191,6 +201,8 @@ impl<A> Snapshots<A> {
                 every: n,
                 version: 0,
                 layout: layout_fingerprint::<A>(),
+                schema: 0,
+                events: 0,
                 encode: encode_state::<A>,
                 decode: decode_state::<A>,
             }),
@@ -203,6 +215,42 @@ impl<A> Snapshots<A> {
     pub const fn version(mut self, version: u32) -> Self {
         if let Some(codec) = &mut self.codec {
             codec.version = version;
+        }
+        self
+    }
+
+    /// Sets the state's schema fingerprint: with `#[derive(Event)]` on the
+    /// state type, pass its [`FINGERPRINT`](crate::Event::FINGERPRINT), and
+    /// any change of its fields (a same-size retype included, which the
+    /// layout alone misses) makes older snapshots unusable.
+    ///
+    /// ```
+    /// use rkyv::{Archive, Deserialize, Serialize};
+    /// use varvedb::{Event, Snapshots};
+    ///
+    /// #[derive(Archive, Serialize, Deserialize, Event, Default)]
+    /// struct Balance { cents: u64 }
+    ///
+    /// let policy = Snapshots::<Balance>::every(100).schema(Balance::FINGERPRINT);
+    /// assert_ne!(policy.fingerprint(), Snapshots::<Balance>::every(100).fingerprint());
+    /// ```
+    pub const fn schema(mut self, fingerprint: u64) -> Self {
+        if let Some(codec) = &mut self.codec {
+            codec.schema = fingerprint;
+        }
+        self
+    }
+
+    /// The policy for an aggregate whose event has the versions `lineage`:
+    /// snapshots taken under other event versions are unusable.
+    pub(crate) fn for_events(mut self, lineage: &[(u32, u64)]) -> Self {
+        if let Some(codec) = &mut self.codec {
+            let mut h = crate::event::Fnv::new();
+            for (v, fp) in lineage {
+                h.write(&v.to_le_bytes());
+                h.write(&fp.to_le_bytes());
+            }
+            codec.events = h.finish();
         }
         self
     }
@@ -232,12 +280,23 @@ impl<A> Snapshots<A> {
 
 impl<A> Codec<A> {
     fn fingerprint(&self) -> u64 {
-        // 64-bit FNV-1a over a domain tag, the layout and the version.
+        // 64-bit FNV-1a over a domain tag, the layout and the version, then
+        // the state's schema and the event versions when known (a codec
+        // without them keeps the fingerprints of before).
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let parts: [&[u8]; 3] = [
+        let (schema, events) = (self.schema.to_le_bytes(), self.events.to_le_bytes());
+        let extra: &[u8] = if self.schema == 0 && self.events == 0 {
+            &[]
+        } else {
+            b"+schema"
+        };
+        let parts: [&[u8]; 6] = [
             b"varvedb snapshot",
             &self.layout.to_le_bytes(),
             &self.version.to_le_bytes(),
+            extra,
+            if extra.is_empty() { &[] } else { &schema },
+            if extra.is_empty() { &[] } else { &events },
         ];
         for byte in parts.into_iter().flatten() {
             h ^= u64::from(*byte);
@@ -400,6 +459,26 @@ mod tests {
         let mut scratch = AlignedVec::new();
         assert!(v1.decode(&value, &mut scratch).is_none());
         assert!(other.decode(&value, &mut scratch).is_none());
+    }
+
+    #[test]
+    fn another_event_version_or_state_schema_makes_a_snapshot_unusable() {
+        let v1 = Snapshots::<State>::every(10).for_events(&[(1, 0xa)]);
+        let v2 = Snapshots::<State>::every(10).for_events(&[(1, 0xa), (2, 0xb)]);
+        let v1_changed = Snapshots::<State>::every(10).for_events(&[(1, 0xc)]);
+        let retyped = v1.schema(0x5);
+        let retyped_again = v1.schema(0x6);
+        let all = [v1, v2, v1_changed, retyped, retyped_again].map(|s| codec(s).fingerprint());
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        let value = codec(v1).encode(&State::default(), 3).unwrap();
+        let mut scratch = AlignedVec::new();
+        assert!(codec(v1).decode(&value, &mut scratch).is_some());
+        assert!(codec(v2).decode(&value, &mut scratch).is_none());
+        assert!(codec(retyped).decode(&value, &mut scratch).is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::Aggregate;
 /// use rkyv::{Archive, Serialize};
 /// use varvedb::{Aggregate, AggregateTest};
 ///
-/// #[derive(Archive, Serialize, Debug, PartialEq)]
+/// #[derive(Archive, Serialize, Debug, PartialEq, varvedb::Event)]
 /// enum DoorEvent {
 ///     Opened,
 ///     Closed,

@@ -42,6 +42,8 @@ pub struct ExternalProjector<S> {
 struct Progress {
     next: u64,
     saved: u64,
+    /// The checkpoint's generation when `saved` was read or written.
+    generation: u64,
     skipped: Vec<(u64, String)>,
 }
 
@@ -177,13 +179,14 @@ impl<S: ExternalProjection> ExternalProjector<S> {
     /// Delivers from the checkpoint until `target` (or until stopped, for
     /// `None`), saving progress as it goes and when it ends, error or not.
     fn follow(&mut self, target: Option<u64>) -> Result<u64> {
-        let from = self.ns.checkpoint(&self.store)?;
+        let (from, generation) = self.ns.position(&self.store)?;
         let pager = GlobalPager::new(GlobalSequence(from), self.filter.clone());
         let mut events =
             Follower::with_stop(Arc::clone(&self.store), pager, Arc::clone(&self.stop));
         let mut progress = Progress {
             next: from,
             saved: from,
+            generation,
             skipped: Vec::new(),
         };
         let outcome = self.deliver_all(&mut events, &mut progress, target);
@@ -261,15 +264,16 @@ impl<S: ExternalProjection> ExternalProjector<S> {
     }
 
     /// Writes the checkpoint (and skip records) if the store's checkpoint is
-    /// still the one this projector last read or wrote: a compare-and-set, so
-    /// another projector of the name (or a reset) is never overwritten,
-    /// which would move the checkpoint back or skip events.
+    /// still the one this projector last read or wrote, at the same
+    /// generation: a compare-and-set, so another projector of the name (or a
+    /// reset, even one that brought the checkpoint back to the same value) is
+    /// never overwritten, which would move the checkpoint back or skip events.
     fn save(&self, progress: &mut Progress) -> Result<()> {
         let (ns, next, skipped) = (&self.ns, progress.next, &progress.skipped);
-        let expected = progress.saved;
-        self.store.write(|w| {
-            let found = ns.checkpoint_in(w)?;
-            if found != expected {
+        let (expected, generation) = (progress.saved, progress.generation);
+        let written = self.store.write(|w| {
+            let (found, found_generation) = ns.position_in(w)?;
+            if found != expected || found_generation != generation {
                 return Err(Error::CheckpointMoved {
                     projection: ns.name().to_owned(),
                     expected: GlobalSequence(expected),
@@ -279,9 +283,11 @@ impl<S: ExternalProjection> ExternalProjector<S> {
             for (at, error) in skipped {
                 ns.record_skip(w, *at, error)?;
             }
-            ns.write_checkpoint(w, next)
+            ns.write_checkpoint(w, next)?;
+            Ok(generation.wrapping_add(1))
         })?;
         progress.saved = next;
+        progress.generation = written;
         progress.skipped.clear();
         Ok(())
     }

@@ -67,7 +67,7 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// impl Projection for UnitsSold {
 ///     fn apply(&mut self, event: &GlobalEvent, model: &mut ReadModel<'_, '_>) -> Result<(), HandlerError> {
-///         let sold = event.archived::<Sold>()?;
+///         let sold = event.archived_plain::<Sold>()?;
 ///         let key = sold.product.as_bytes();
 ///         let units = model.get_u64(key)?.unwrap_or(0) + u64::from(sold.units.to_native());
 ///         model.put_u64(key, units)?;

@@ -4,6 +4,7 @@
 //! ```text
 //! proj/<name>/c                  checkpoint: u64 LE, the next global sequence to apply
 //! proj/<name>/k                  kind: `in-store` or `external`, written with the checkpoint
+//! proj/<name>/g                  generation: u64 LE, raised by every checkpoint write and reset
 //! proj/<name>/m/<key>            read model entries (in-store projections)
 //! proj/<name>/s/<global, BE u64> an event skipped under `OnError::Skip`: the error, UTF-8
 //! ```
@@ -57,6 +58,10 @@ pub(crate) struct Namespace {
     name: Arc<str>,
     kind: Kind,
     checkpoint: Vec<u8>,
+    /// Raised by every checkpoint write and every reset, so a compare-and-set
+    /// of the checkpoint also sees a reset that brought it back to the value
+    /// a projector read (ABA).
+    generation: Vec<u8>,
     kind_key: Vec<u8>,
     root: Vec<u8>,
     model: Vec<u8>,
@@ -93,6 +98,7 @@ impl Namespace {
             kind,
             checkpoint: with(b"c"),
             kind_key: with(b"k"),
+            generation: with(b"g"),
             model: with(b"m/"),
             skipped: with(b"s/"),
             root,
@@ -163,6 +169,48 @@ impl Namespace {
         self.decode_checkpoint(txn.state_get(&self.checkpoint)?)
     }
 
+    /// The checkpoint and its generation as `txn` sees them.
+    pub(crate) fn position_in(&self, txn: &WriteTxn<'_>) -> Result<(u64, u64)> {
+        let checkpoint = self.checkpoint_in(txn)?;
+        Ok((
+            checkpoint,
+            self.decode_generation(txn.state_get(&self.generation)?)?,
+        ))
+    }
+
+    /// The checkpoint and its generation in the newest commit.
+    pub(crate) fn position(&self, store: &Arc<Store>) -> Result<(u64, u64)> {
+        let mut view = store.snapshot()?;
+        let checkpoint = self.checkpoint_in_view(&mut view)?;
+        let generation = self.decode_generation(view.state_get(&self.generation)?)?;
+        Ok((checkpoint, generation))
+    }
+
+    fn decode_generation(&self, raw: Option<&[u8]>) -> Result<u64> {
+        match raw {
+            None => Ok(0),
+            Some(raw) => raw
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| Error::Corruption {
+                    location: Location::Record(format!(
+                        "the checkpoint generation of projection {:?}",
+                        self.name
+                    )),
+                    detail: format!("{} bytes, not 8", raw.len()),
+                }),
+        }
+    }
+
+    /// Raises the generation in `txn`; returns the new one.
+    fn bump_generation(&self, txn: &mut WriteTxn<'_>) -> Result<u64> {
+        let next = self
+            .decode_generation(txn.state_get(&self.generation)?)?
+            .wrapping_add(1);
+        txn.state_put(&self.generation, &next.to_le_bytes())?;
+        Ok(next)
+    }
+
     /// The checkpoint as `view` sees it.
     pub(crate) fn checkpoint_in_view(&self, view: &mut View) -> Result<u64> {
         self.check_kind(view.state_get(&self.kind_key)?)?;
@@ -181,7 +229,8 @@ impl Namespace {
         if !self.check_kind(txn.state_get(&self.kind_key)?)? {
             txn.state_put(&self.kind_key, self.kind.tag().as_bytes())?;
         }
-        txn.state_put(&self.checkpoint, &next.to_le_bytes())
+        txn.state_put(&self.checkpoint, &next.to_le_bytes())?;
+        self.bump_generation(txn).map(drop)
     }
 
     pub(crate) fn record_skip(&self, txn: &mut WriteTxn<'_>, at: u64, error: &str) -> Result<()> {
@@ -225,7 +274,12 @@ impl Namespace {
     /// of `txn`; a projection of the other kind is left alone (an error).
     pub(crate) fn clear(&self, txn: &mut WriteTxn<'_>) -> Result<()> {
         self.check_kind(txn.state_get(&self.kind_key)?)?;
-        txn.state_delete_prefix(&self.root).map(drop)
+        let generation = self.decode_generation(txn.state_get(&self.generation)?)?;
+        txn.state_delete_prefix(&self.root)?;
+        // The generation outlives the reset: a projector that read the
+        // checkpoint before it must not find the same (checkpoint,
+        // generation) after it.
+        txn.state_put(&self.generation, &generation.wrapping_add(1).to_le_bytes())
     }
 }
 

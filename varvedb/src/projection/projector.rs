@@ -36,7 +36,7 @@ pub(crate) const DEFAULT_BATCH: usize = 512;
 /// struct Total;
 /// impl Projection for Total {
 ///     fn apply(&mut self, event: &GlobalEvent, model: &mut ReadModel<'_, '_>) -> Result<(), HandlerError> {
-///         let units = u64::from(event.archived::<Sold>()?.units.to_native());
+///         let units = u64::from(event.archived_plain::<Sold>()?.units.to_native());
 ///         let total = model.get_u64(b"total")?.unwrap_or(0);
 ///         Ok(model.put_u64(b"total", total + units)?)
 ///     }

@@ -304,6 +304,37 @@ impl BlockBuilder {
         self.event_ids.clear();
     }
 
+    /// Starts a block of `count` events whose slots begin with a metadata
+    /// prefix of exactly `meta_len` bytes with `flags`, each copied from an
+    /// existing block by [`Self::begin_event_verbatim`] (a migration's
+    /// [`reseal`]).
+    pub(crate) fn start_verbatim(&mut self, count: usize, flags: u8, meta_len: usize) {
+        self.start_with_meta(count, flags, 0);
+        self.meta_len = if flags == 0 { 0 } else { meta_len };
+    }
+
+    /// [`Self::begin_event`], first copying `prefix` (an event's metadata
+    /// prefix as stored, `meta_len` bytes) and padding it as every block does.
+    pub(crate) fn begin_event_verbatim(&mut self, prefix: &[u8]) -> AlignedVec<16> {
+        debug_assert!(self.written < self.capacity);
+        debug_assert_eq!(prefix.len(), self.meta_len);
+        let aligned = align_up(self.buf.len(), SLOT_ALIGN);
+        self.buf.resize(aligned, 0);
+        if self.meta_flags != 0 {
+            self.buf.extend_from_slice(prefix);
+            if self.meta_flags & META_EVENT_ID != 0 {
+                if let Some(id) = prefix.get(..ID_LEN) {
+                    let mut out = [0u8; 16];
+                    out.copy_from_slice(id);
+                    self.event_ids.push(out);
+                }
+            }
+            let end = align_up(self.buf.len(), SLOT_ALIGN);
+            self.buf.resize(end, 0);
+        }
+        std::mem::take(&mut self.buf)
+    }
+
     /// The event ids of the current block, one per event, or empty.
     pub(crate) fn event_ids(&self) -> &[[u8; 16]] {
         &self.event_ids
@@ -585,6 +616,68 @@ impl<'a> BlockView<'a> {
     }
 }
 
+/// The block `old` with new payloads: what a migration writes in place of a
+/// block of an older event version.
+///
+/// Everything but the payloads, the fingerprint and the checksums is kept:
+/// the key (first global sequence), stream tag and id, stream sequences,
+/// event count, commit time, metadata flags and length, reserved bytes, and
+/// each event's metadata prefix (event id, correlation, causation, user
+/// bytes: exactly the header's `meta_len` bytes, zero-padded to 16 as every
+/// block pads it), copied verbatim. So the `ids` index, which maps an event
+/// id to the global sequence of its block, stays valid.
+/// Each payload must be an rkyv archive built in a 16-byte aligned buffer:
+/// its slot starts 16-byte aligned, so it stays readable in place.
+///
+/// Fails, writing nothing, if `payloads` is not one per event, if an event
+/// of `old` fails its checksum or its metadata does not parse (a migration
+/// never re-seals damage under a fresh checksum), or if a payload is too
+/// large for a slot.
+pub(crate) fn reseal(
+    old: &BlockView<'_>,
+    fingerprint: u64,
+    payloads: &[&[u8]],
+) -> Result<Vec<u8>, BlockError> {
+    let header = *old.header();
+    if payloads.len() != header.count as usize {
+        return Err(BlockError::new(format!(
+            "{} payloads for a block of {} events",
+            payloads.len(),
+            header.count
+        )));
+    }
+    let mut builder = BlockBuilder::with_capacity(old.bytes().len() + 64);
+    builder.start_verbatim(payloads.len(), header.meta_flags, header.meta_len as usize);
+    for (i, payload) in payloads.iter().enumerate() {
+        let (prefix, _) = old.slot(i as u32)?;
+        // Checked, not only copied: damage never gets a fresh checksum.
+        parse_meta(header.meta_flags, prefix)
+            .map_err(|e| BlockError::new(format!("event {i}: {}", e.0)))?;
+        let mut buf = builder.begin_event_verbatim(prefix);
+        buf.extend_from_slice(payload);
+        builder.finish_event(buf).map_err(|size| {
+            builder.abandon();
+            BlockError::new(format!(
+                "event {i} of {size} bytes is too large for a block"
+            ))
+        })?;
+    }
+    let mut bytes = builder
+        .seal(&BlockHeader {
+            fingerprint,
+            ..header
+        })
+        .to_vec();
+    // The reserved header bytes `seal` writes as zeros today are kept as
+    // they were, so a later format's use of them survives. (Byte 1, the
+    // metadata flags, `seal` writes from the builder: the old block's.)
+    let old_bytes = old.bytes();
+    bytes[56..60].copy_from_slice(&old_bytes[56..60]);
+    let crc = header_crc(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    Ok(bytes)
+}
+
 /// Recomputes the header checksum and the checksum of every event whose slot
 /// lies inside `bytes`, leaving everything else as it is. For the fuzzer and
 /// tests: it lets damaged bytes reach the checks behind the checksums.
@@ -810,6 +903,104 @@ mod tests {
             let off = p.as_ptr() as usize - bytes.as_ptr() as usize;
             assert_eq!(off % SLOT_ALIGN, 0, "slot {i} at offset {off}");
         }
+    }
+
+    #[test]
+    fn a_resealed_block_keeps_everything_but_payloads_fingerprint_and_checksums() {
+        let original = build(&[b"old one", b"old two, longer than sixteen"], 100);
+        let view = BlockView::parse(100, &original).unwrap();
+        let bytes = reseal(&view, 0xbeef, &[b"new", b"the second new payload"]).unwrap();
+        let new = BlockView::parse(100, &bytes).unwrap();
+        assert_eq!(
+            *new.header(),
+            BlockHeader {
+                fingerprint: 0xbeef,
+                ..*view.header()
+            }
+        );
+        assert_eq!(new.event(0).unwrap(), b"new");
+        assert_eq!(new.event(1).unwrap(), b"the second new payload");
+        for i in 0..2 {
+            let off = new.event(i).unwrap().as_ptr() as usize - bytes.as_ptr() as usize;
+            assert_eq!(off % SLOT_ALIGN, 0);
+        }
+        assert!(reseal(&view, 1, &[b"only one"]).is_err());
+    }
+
+    #[test]
+    fn resealing_copies_each_events_metadata_and_the_header_extras_verbatim() {
+        // A block whose events carry every metadata field (user bytes of
+        // different lengths, so the shorter is zero-padded in its prefix),
+        // and whose reserved bytes are set (what a later format may write).
+        let users: [&[u8]; 2] = [b"short", b"the longer user bytes"];
+        let meta = |i: usize| RawMeta {
+            event_id: Some([i as u8 + 1; 16]),
+            correlation: Some([7; 16]),
+            causation: Some([8; 16]),
+            user: Some(users[i]),
+        };
+        let mut b = BlockBuilder::with_capacity(0);
+        b.start_with_meta(2, meta(0).flags(), users[1].len());
+        for (i, p) in [&b"one"[..], b"two"].into_iter().enumerate() {
+            let mut buf = b.begin_event_with(&meta(i));
+            buf.extend_from_slice(p);
+            b.finish_event(buf).unwrap();
+        }
+        let (meta_flags, meta_len) = b.meta();
+        let mut original = b
+            .seal(&BlockHeader {
+                stream_tag: 1,
+                stream_id: 2,
+                first_stream_seq: 3,
+                fingerprint: 4,
+                count: 2,
+                meta_flags,
+                meta_len,
+                first_global: 5,
+                committed_at_micros: 6,
+            })
+            .to_vec();
+        original[56..60].copy_from_slice(&[1, 2, 3, 4]);
+        restamp(&mut original);
+        let view = BlockView::parse(5, &original).unwrap();
+        assert_eq!(view.event(1).unwrap(), b"two");
+        let bytes = reseal(&view, 9, &[b"uno", b"dos, a longer payload"]).unwrap();
+        let new = BlockView::parse(5, &bytes).unwrap();
+        assert_eq!(
+            *new.header(),
+            BlockHeader {
+                fingerprint: 9,
+                ..*view.header()
+            }
+        );
+        assert_eq!(
+            (bytes[1], &bytes[56..60]),
+            (meta_flags, &[1u8, 2, 3, 4][..])
+        );
+        for (i, payload) in [&b"uno"[..], b"dos, a longer payload"]
+            .into_iter()
+            .enumerate()
+        {
+            let i32 = i as u32;
+            // The prefix, byte for byte (padding included), and its fields.
+            assert_eq!(new.slot(i32).unwrap().0, view.slot(i32).unwrap().0);
+            assert_eq!(new.entry(i32).unwrap(), (meta(i), payload), "event {i}");
+            let off = new.event(i32).unwrap().as_ptr() as usize - bytes.as_ptr() as usize;
+            assert_eq!(off % SLOT_ALIGN, 0);
+        }
+    }
+
+    #[test]
+    fn a_damaged_event_is_never_resealed_under_a_fresh_checksum() {
+        let mut original = build(&[b"first", b"second"], 0);
+        let last = original.len() - 1;
+        let base = table_end(2);
+        // Damage a byte of the second payload (not padding).
+        original[base + 16] ^= 1;
+        assert!(last > base + 16);
+        let view = BlockView::parse(0, &original).unwrap();
+        assert!(view.event(1).is_err());
+        assert!(reseal(&view, 1, &[b"a", b"b"]).is_err());
     }
 
     #[test]

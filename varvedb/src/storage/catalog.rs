@@ -4,7 +4,17 @@
 //! ```text
 //! "n" + name       -> tag u32 | layout fingerprint u64 | schema fingerprint u64 | type name (UTF-8)
 //! "t" + tag (BE)   -> name (UTF-8)
+//! "f" + tag (BE)   -> event family: kind 1 | flags | name | [legacy] | versions
 //! ```
+//! The `f` record (new with event families; a stream without one is bound by
+//! type name, as every stream of a format-1 store is) binds the stream to a
+//! `#[derive(Event)]` family: its [`NAME`](crate::Event::NAME) and every
+//! version it has stored, `(version, fingerprint)`, oldest first. It is
+//! written by the write transaction that first appends a version of the
+//! family (creating the stream, adopting a stream bound by type name, or
+//! appending a new version), and rewritten by a migration that retires old
+//! versions (see `storage/migrate.rs`): a retired version's events were all
+//! rewritten, so no reader needs to know it any more.
 //! Entries are written once, by the write transaction of a stream's first
 //! append, and never change (except the schema fingerprint, filled in by the
 //! first append of a `#[derive(Event)]` type to a stream created from a plain
@@ -24,11 +34,153 @@ use parking_lot::RwLock;
 
 use super::Store;
 use crate::error::{Error, Location, Result};
+use crate::event::Schema;
 
 /// The longest stream name, in bytes of UTF-8.
 pub(crate) const MAX_STREAM_NAME_LEN: usize = 255;
 
 const RECORD_FIXED: usize = 4 + 8 + 8;
+
+/// One version of an event family as the catalog records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredVersion {
+    pub(crate) version: u32,
+    pub(crate) fingerprint: u64,
+    /// Retired by a migration: no event of the stream has it any more.
+    pub(crate) retired: bool,
+}
+
+/// Blocks written before a stream was bound to its event family (by type
+/// name: format 1, or [`Varve::stream`](crate::Varve::stream)) carry the
+/// layout fingerprint `block`; they hold the version with fingerprint `schema`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Legacy {
+    pub(crate) block: u64,
+    pub(crate) schema: u64,
+}
+
+/// The event family a stream is bound to (the `f` record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Family {
+    pub(crate) name: String,
+    /// Every version stored, oldest first.
+    pub(crate) versions: Vec<StoredVersion>,
+    pub(crate) legacy: Option<Legacy>,
+}
+
+const FAMILY_KIND: u8 = 1;
+const FAMILY_HAS_LEGACY: u8 = 1;
+
+impl Family {
+    /// `(version, fingerprint)` of the versions not retired.
+    pub(crate) fn live(&self) -> Vec<(u32, u64)> {
+        self.versions
+            .iter()
+            .filter(|v| !v.retired)
+            .map(|v| (v.version, v.fingerprint))
+            .collect()
+    }
+
+    /// The version the family records for block fingerprint `fp`, if any.
+    pub(crate) fn version_of(&self, fp: u64) -> Option<u32> {
+        let fp = self
+            .legacy
+            .filter(|l| l.block == fp)
+            .map_or(fp, |l| l.schema);
+        self.versions
+            .iter()
+            .find(|v| v.fingerprint == fp)
+            .map(|v| v.version)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.name.len() + 13 * self.versions.len());
+        v.push(FAMILY_KIND);
+        v.push(if self.legacy.is_some() {
+            FAMILY_HAS_LEGACY
+        } else {
+            0
+        });
+        v.push(self.name.len() as u8);
+        v.extend_from_slice(self.name.as_bytes());
+        if let Some(l) = self.legacy {
+            v.extend_from_slice(&l.block.to_le_bytes());
+            v.extend_from_slice(&l.schema.to_le_bytes());
+        }
+        v.extend_from_slice(&(self.versions.len() as u32).to_le_bytes());
+        for ver in &self.versions {
+            v.extend_from_slice(&ver.version.to_le_bytes());
+            v.extend_from_slice(&ver.fingerprint.to_le_bytes());
+            v.push(u8::from(ver.retired));
+        }
+        v
+    }
+
+    fn decode(stream: &str, v: &[u8]) -> Result<Family> {
+        let bad = |why: &str| {
+            corrupt(
+                format!("the event family record of stream {stream:?}"),
+                why.to_string(),
+            )
+        };
+        let mut r = Reader(v);
+        if r.take(1).ok_or_else(|| bad("empty record"))?[0] != FAMILY_KIND {
+            return Err(bad("unknown record kind"));
+        }
+        let flags = r.take(1).ok_or_else(|| bad("truncated"))?[0];
+        let len = r.take(1).ok_or_else(|| bad("truncated"))?[0] as usize;
+        let name = std::str::from_utf8(r.take(len).ok_or_else(|| bad("truncated"))?)
+            .map_err(|_| bad("the event name is not UTF-8"))?
+            .to_string();
+        let legacy = if flags & FAMILY_HAS_LEGACY != 0 {
+            Some(Legacy {
+                block: r.u64().ok_or_else(|| bad("truncated"))?,
+                schema: r.u64().ok_or_else(|| bad("truncated"))?,
+            })
+        } else {
+            None
+        };
+        let count = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+        let mut versions = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let version = r.u32().ok_or_else(|| bad("truncated"))?;
+            let fingerprint = r.u64().ok_or_else(|| bad("truncated"))?;
+            let retired = r.take(1).ok_or_else(|| bad("truncated"))?[0] != 0;
+            versions.push(StoredVersion {
+                version,
+                fingerprint,
+                retired,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Family {
+            name,
+            versions,
+            legacy,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
 
 /// What a handle knows of its stream's catalog entry, shared by the handle's
 /// clones (readers, queued appends) so one learning it teaches all.
@@ -36,6 +188,9 @@ const RECORD_FIXED: usize = 4 + 8 + 8;
 struct Binding {
     /// The stream's tag, once the stream exists in the catalog.
     tag: OnceLock<u32>,
+    /// For a handle of a `#[derive(Event)]` type: what the stream's blocks
+    /// from before its family was recorded hold (set with the tag).
+    legacy: OnceLock<Option<Legacy>>,
     /// Whether the catalog entry is all an append needs (it exists and records
     /// the handle's schema fingerprint), so appends skip the catalog.
     settled: AtomicBool,
@@ -54,6 +209,11 @@ pub(crate) struct StreamInfo {
     pub(crate) layout_fingerprint: u64,
     /// 0 when the stream was created from a type without `#[derive(Event)]`.
     pub(crate) schema_fingerprint: u64,
+    /// A handle's `#[derive(Event)]` type (`None` for a plain rkyv type, and
+    /// in catalog records).
+    pub(crate) schema: Option<Schema>,
+    /// In catalog records: the event family the stream is bound to, if any.
+    pub(crate) family: Option<Arc<Family>>,
     /// Address of the `type_name` of the last Rust type found to match this
     /// stream, so typed reads of the global log check a type once, not per event.
     pub(crate) matched_type: Arc<AtomicUsize>,
@@ -67,9 +227,11 @@ impl StreamInfo {
         type_name: Arc<str>,
         layout_fingerprint: u64,
         schema_fingerprint: u64,
+        family: Option<Family>,
     ) -> Self {
         let binding = Binding::default();
         let _ = binding.tag.set(tag);
+        let _ = binding.legacy.set(None);
         binding.settled.store(true, Ordering::Relaxed);
         StreamInfo {
             binding: Arc::new(binding),
@@ -77,14 +239,22 @@ impl StreamInfo {
             type_name,
             layout_fingerprint,
             schema_fingerprint,
+            schema: None,
+            family: family.map(Arc::new),
             matched_type: Arc::default(),
         }
     }
 
     /// A handle's view of stream `name` opened with `ty`; `tag` if it exists.
-    fn handle(name: Arc<str>, ty: &TypeIdentity<&str>, tag: Option<u32>, settled: bool) -> Self {
+    fn handle(
+        name: Arc<str>,
+        ty: &TypeIdentity<&str>,
+        bound: Option<(u32, Option<Legacy>)>,
+        settled: bool,
+    ) -> Self {
         let binding = Binding::default();
-        if let Some(tag) = tag {
+        if let Some((tag, legacy)) = bound {
+            let _ = binding.legacy.set(legacy);
             let _ = binding.tag.set(tag);
         }
         binding.settled.store(settled, Ordering::Relaxed);
@@ -94,8 +264,26 @@ impl StreamInfo {
             type_name: ty.type_name.into(),
             layout_fingerprint: ty.layout_fingerprint,
             schema_fingerprint: ty.schema_fingerprint,
+            schema: ty.schema,
+            family: None,
             matched_type: Arc::default(),
         }
+    }
+
+    /// The fingerprint the blocks this handle appends carry: the schema
+    /// fingerprint of a `#[derive(Event)]` type's version, the layout
+    /// fingerprint of a plain type.
+    #[inline]
+    pub(crate) fn block_fingerprint(&self) -> u64 {
+        self.schema
+            .map_or(self.layout_fingerprint, |s| s.fingerprint)
+    }
+
+    /// For a handle of a `#[derive(Event)]` type, once bound: the legacy
+    /// blocks of its stream (see [`Legacy`]).
+    #[inline]
+    pub(crate) fn legacy(&self) -> Option<Legacy> {
+        self.binding.legacy.get().copied().flatten()
     }
 
     /// The stream's tag, or `None` while the stream does not exist (as far
@@ -108,7 +296,9 @@ impl StreamInfo {
     /// The tag, when the catalog entry needs nothing more from an append.
     #[inline]
     fn settled_tag(&self) -> Option<u32> {
-        if self.binding.settled.load(Ordering::Acquire) {
+        // A derived type's appends always read the family record: another
+        // process may have appended a newer version since.
+        if self.schema.is_none() && self.binding.settled.load(Ordering::Acquire) {
             self.tag()
         } else {
             None
@@ -117,7 +307,9 @@ impl StreamInfo {
 
     /// Records that the stream exists with `tag`, with an entry that needs
     /// nothing more from appends when `settled`.
-    fn bind(&self, tag: u32, settled: bool) {
+    fn bind(&self, tag: u32, settled: bool, legacy: Option<Legacy>) {
+        // The legacy mapping first: a reader that sees the tag finds it set.
+        let _ = self.binding.legacy.set(legacy);
         let _ = self.binding.tag.set(tag);
         if settled {
             self.binding.settled.store(true, Ordering::Release);
@@ -129,6 +321,36 @@ impl StreamInfo {
             type_name: &self.type_name,
             layout_fingerprint: self.layout_fingerprint,
             schema_fingerprint: self.schema_fingerprint,
+            schema: self.schema,
+        }
+    }
+
+    /// For a catalog record: whether a `#[derive(Event)]` type with `schema`
+    /// may read the stream, and what its legacy blocks hold. Cached per type
+    /// (by the address of its type name), so typed reads of the global log
+    /// check a type once, not per event.
+    pub(crate) fn accepts(&self, schema: &Schema) -> Result<Option<Legacy>> {
+        let key = schema.type_name.as_ptr() as usize ^ 1;
+        if self.matched_type.load(Ordering::Relaxed) == key {
+            return Ok(self.family_legacy(schema));
+        }
+        let legacy = check_family(self, schema)?;
+        self.matched_type.store(key, Ordering::Relaxed);
+        Ok(legacy)
+    }
+
+    /// The legacy mapping of a record for `schema`, once it was checked.
+    fn family_legacy(&self, schema: &Schema) -> Option<Legacy> {
+        match &self.family {
+            Some(f) => f.legacy,
+            None => Some(Legacy {
+                block: self.layout_fingerprint,
+                schema: if self.schema_fingerprint != 0 {
+                    self.schema_fingerprint
+                } else {
+                    schema.fingerprint
+                },
+            }),
         }
     }
 
@@ -143,8 +365,9 @@ impl StreamInfo {
         if self.matched_type.load(Ordering::Relaxed) == key {
             return true;
         }
-        let holds =
-            *self.type_name == *type_name && self.layout_fingerprint == layout_fingerprint();
+        let holds = self.family.is_none()
+            && *self.type_name == *type_name
+            && self.layout_fingerprint == layout_fingerprint();
         if holds {
             self.matched_type.store(key, Ordering::Relaxed);
         }
@@ -159,7 +382,14 @@ pub(crate) struct TypeIdentity<S = &'static str> {
     pub(crate) layout_fingerprint: u64,
     /// 0 when unknown (a plain rkyv type).
     pub(crate) schema_fingerprint: u64,
+    /// A `#[derive(Event)]` type's schema: the stream is then bound to its
+    /// event family.
+    pub(crate) schema: Option<Schema>,
 }
+
+/// What [`Store::migration_target`] finds: the tag, the event family, and
+/// the [`Bound`] to publish if the family record was written.
+pub(super) type MigrationTarget = (u32, Arc<Family>, Option<Bound>);
 
 /// A stream entry created or completed by a write transaction, to be taught
 /// to its handle and the cache once (and only if) the transaction commits.
@@ -168,6 +398,7 @@ pub(crate) struct Bound {
     handle: StreamInfo,
     tag: u32,
     record: StreamInfo,
+    legacy: Option<Legacy>,
 }
 
 #[derive(Debug, Default)]
@@ -196,6 +427,12 @@ fn corrupt(what: String, detail: impl Into<String>) -> Error {
     }
 }
 
+fn family_key(tag: u32) -> [u8; 5] {
+    let mut k = [b'f', 0, 0, 0, 0];
+    k[1..].copy_from_slice(&tag.to_be_bytes());
+    k
+}
+
 fn decode(name: &str, v: &[u8]) -> Result<(u32, StreamInfo)> {
     let bad = || {
         corrupt(
@@ -214,6 +451,7 @@ fn decode(name: &str, v: &[u8]) -> Result<(u32, StreamInfo)> {
         type_name.into(),
         u64::from_le_bytes(v[4..12].try_into().map_err(|_| bad())?),
         u64::from_le_bytes(v[12..20].try_into().map_err(|_| bad())?),
+        None,
     );
     Ok((tag, info))
 }
@@ -251,31 +489,123 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 /// Whether `record` (the catalog entry) needs nothing more from an append of
 /// a handle of type `ty`: it records `ty`'s schema fingerprint, or `ty` has none.
 fn settles(record: &StreamInfo, ty: &TypeIdentity<&str>) -> bool {
-    record.schema_fingerprint != 0 || ty.schema_fingerprint == 0
+    ty.schema.is_none() && (record.schema_fingerprint != 0 || ty.schema_fingerprint == 0)
 }
 
-fn check_type(info: &StreamInfo, ty: &TypeIdentity<&str>) -> Result<()> {
-    let schema_conflict = info.schema_fingerprint != 0
+const ADVICE_PLAIN: &str = "the stream holds a #[derive(Event)] event: open it with that type \
+     (Varve::events or Varve::events_in), which checks every version; a plain rkyv type cannot be checked";
+const ADVICE_NAME: &str = "the stream holds another event; if this is the same event under a \
+     new type name, keep its identity with #[event(name = \"<the stored name>\")]";
+const ADVICE_VERSION: &str = "a stored version has another layout in this program; a changed \
+     event needs a new version: keep the old type, add #[event(version = <next>, upcast_from = <old type>)] \
+     and an Upcast impl (Varve::migrate can then rewrite old events)";
+const ADVICE_ADOPT: &str = "the stream is bound by type name (a format-1 store or Varve::stream) \
+     to another type or layout: open it with the type that wrote it, or bind its version with \
+     #[event(version, upcast_from)] to the type that wrote it";
+
+fn mismatch(record: &StreamInfo, ty: &TypeIdentity<&str>, advice: &'static str) -> Error {
+    let (stored, stored_versions) = match &record.family {
+        Some(f) => (
+            f.name.clone(),
+            f.versions
+                .iter()
+                .map(|v| (v.version, v.fingerprint))
+                .collect(),
+        ),
+        None => (record.type_name.to_string(), Vec::new()),
+    };
+    let (requested, requested_versions) = match &ty.schema {
+        Some(s) => (s.name.to_string(), s.lineage()),
+        None => (ty.type_name.to_string(), Vec::new()),
+    };
+    Error::SchemaMismatch {
+        stream: record.name.to_string(),
+        stored,
+        stored_versions: stored_versions.into(),
+        requested,
+        requested_versions: requested_versions.into(),
+        advice,
+    }
+}
+
+/// Whether a `#[derive(Event)]` type with `schema` may open the stream of
+/// `record`: the same event name and every stored version known by its
+/// fingerprint (versions newer than the program's are allowed: it reads what
+/// it knows). A stream bound by type name is adopted when it recorded a
+/// fingerprint of the type's chain, or (none recorded) has the type's name
+/// and layout. Returns what the stream's legacy blocks hold.
+fn check_family(record: &StreamInfo, schema: &Schema) -> Result<Option<Legacy>> {
+    let ty = TypeIdentity {
+        type_name: schema.type_name,
+        layout_fingerprint: (schema.layout)(),
+        schema_fingerprint: schema.fingerprint,
+        schema: Some(*schema),
+    };
+    match &record.family {
+        Some(f) => {
+            if f.name != schema.name {
+                return Err(mismatch(record, &ty, ADVICE_NAME));
+            }
+            let lineage = schema.lineage();
+            for v in f.versions.iter().filter(|v| !v.retired) {
+                let known = lineage.iter().any(|&(_, fp)| fp == v.fingerprint);
+                if !known && v.version <= schema.version {
+                    return Err(mismatch(record, &ty, ADVICE_VERSION));
+                }
+            }
+            Ok(f.legacy)
+        }
+        None => {
+            let adopted = if record.schema_fingerprint != 0 {
+                if schema.version_of(record.schema_fingerprint).is_none() {
+                    return Err(mismatch(record, &ty, ADVICE_ADOPT));
+                }
+                record.schema_fingerprint
+            } else if *record.type_name == *schema.type_name
+                && record.layout_fingerprint == ty.layout_fingerprint
+            {
+                schema.fingerprint
+            } else {
+                return Err(mismatch(record, &ty, ADVICE_ADOPT));
+            };
+            Ok(Some(Legacy {
+                block: record.layout_fingerprint,
+                schema: adopted,
+            }))
+        }
+    }
+}
+
+/// Checks that a handle of type `ty` may open the stream of `record`;
+/// returns what its legacy blocks hold (for a `#[derive(Event)]` type).
+fn check_type(record: &StreamInfo, ty: &TypeIdentity<&str>) -> Result<Option<Legacy>> {
+    if let Some(schema) = &ty.schema {
+        return check_family(record, schema);
+    }
+    if record.family.is_some() {
+        return Err(mismatch(record, ty, ADVICE_PLAIN));
+    }
+    let schema_conflict = record.schema_fingerprint != 0
         && ty.schema_fingerprint != 0
-        && info.schema_fingerprint != ty.schema_fingerprint;
-    if *info.type_name != *ty.type_name
-        || info.layout_fingerprint != ty.layout_fingerprint
+        && record.schema_fingerprint != ty.schema_fingerprint;
+    if *record.type_name != *ty.type_name
+        || record.layout_fingerprint != ty.layout_fingerprint
         || schema_conflict
     {
         let (stored_fingerprint, requested_fingerprint) = if schema_conflict {
-            (info.schema_fingerprint, ty.schema_fingerprint)
+            (record.schema_fingerprint, ty.schema_fingerprint)
         } else {
-            (info.layout_fingerprint, ty.layout_fingerprint)
+            (record.layout_fingerprint, ty.layout_fingerprint)
         };
         return Err(Error::TypeMismatch {
-            stream: info.name.to_string(),
-            stored: info.type_name.to_string(),
+            stream: record.name.to_string(),
+            stored: record.type_name.to_string(),
             stored_fingerprint,
             requested: ty.type_name.to_string(),
             requested_fingerprint,
         });
     }
-    Ok(())
+    Ok(None)
 }
 
 impl Store {
@@ -284,7 +614,20 @@ impl Store {
             .catalog
             .get(txn, &name_key(name))
             .map_err(self.err("reading the catalog"))?;
-        raw.map(|v| decode(name, v)).transpose()
+        let Some((tag, mut info)) = raw.map(|v| decode(name, v)).transpose()? else {
+            return Ok(None);
+        };
+        info.family = self.family(txn, tag, name)?.map(Arc::new);
+        Ok(Some((tag, info)))
+    }
+
+    /// The event family record of the stream `name` with `tag`, if any.
+    fn family(&self, txn: &RoTxn, tag: u32, name: &str) -> Result<Option<Family>> {
+        let raw = self
+            .catalog
+            .get(txn, &family_key(tag))
+            .map_err(self.err("reading the catalog"))?;
+        raw.map(|v| Family::decode(name, v)).transpose()
     }
 
     /// Remembers a committed catalog entry (replacing an older one when
@@ -314,9 +657,25 @@ impl Store {
             type_name: ty.type_name,
             layout_fingerprint: ty.layout_fingerprint,
             schema_fingerprint: ty.schema_fingerprint,
+            schema: ty.schema,
         };
         let cached = self.streams.by_name.read().get(name).cloned();
         let found = match cached {
+            // A cached family record may predate a migration (of another
+            // process) that retired versions this type no longer knows:
+            // a mismatch is decided on the committed record.
+            Some(record)
+                if record.family.is_some()
+                    && record.tag().is_some()
+                    && check_type(&record, &ty).is_err() =>
+            {
+                let mut view = self.snapshot()?;
+                let found = view.stream_entry(name)?;
+                if let Some((tag, record)) = &found {
+                    self.remember(*tag, record, true);
+                }
+                found
+            }
             Some(record) => record.tag().map(|tag| (tag, record)),
             None => {
                 let mut view = self.snapshot()?;
@@ -329,9 +688,14 @@ impl Store {
         };
         match found {
             Some((tag, record)) => {
-                check_type(&record, &ty)?;
+                let legacy = check_type(&record, &ty)?;
                 let settled = settles(&record, &ty);
-                Ok(StreamInfo::handle(record.name, &ty, Some(tag), settled))
+                Ok(StreamInfo::handle(
+                    record.name,
+                    &ty,
+                    Some((tag, legacy)),
+                    settled,
+                ))
             }
             None => Ok(StreamInfo::handle(name.into(), &ty, None, false)),
         }
@@ -358,8 +722,8 @@ impl Store {
             return Ok(None);
         };
         let ty = info.identity();
-        check_type(&record, &ty)?;
-        info.bind(tag, settles(&record, &ty));
+        let legacy = check_type(&record, &ty)?;
+        info.bind(tag, settles(&record, &ty), legacy);
         self.remember(tag, &record, false);
         Ok(Some(tag))
     }
@@ -367,6 +731,11 @@ impl Store {
     /// For an append through `info` in a write transaction: `Ok(tag)` if the
     /// catalog entry needs nothing, else what [`Store::settle_stream`] needs
     /// (the existing entry, type-checked, or `None` to create one).
+    ///
+    /// A `#[derive(Event)]` handle always reads the entry (another process may
+    /// have appended a newer version): an append of a version older than the
+    /// newest stored one is [`Error::OutdatedEventVersion`]; the first append
+    /// of a version (or to a stream bound by type name) records it.
     pub(super) fn append_target(
         &self,
         txn: &RoTxn,
@@ -376,15 +745,42 @@ impl Store {
             return Ok(Ok(tag));
         }
         let found = self.lookup(txn, &info.name)?;
-        if let Some((_, record)) = &found {
-            check_type(record, &info.identity())?;
+        let Some((tag, record)) = &found else {
+            return Ok(Err(found));
+        };
+        check_type(record, &info.identity())?;
+        let Some(schema) = &info.schema else {
+            return Ok(Err(found));
+        };
+        let Some(family) = &record.family else {
+            return Ok(Err(found));
+        };
+        if let Some(newest) = family.versions.iter().map(|v| v.version).max() {
+            if newest > schema.version {
+                return Err(Error::OutdatedEventVersion {
+                    stream: info.name.to_string(),
+                    event: family.name.clone(),
+                    newest,
+                    program: schema.version,
+                });
+            }
         }
-        Ok(Err(found))
+        let recorded = family
+            .versions
+            .iter()
+            .any(|v| v.fingerprint == schema.fingerprint && !v.retired);
+        if recorded {
+            Ok(Ok(*tag))
+        } else {
+            Ok(Err(found))
+        }
     }
 
     /// Creates the catalog entry of `info`'s stream (`existing` is `None`) or
-    /// records the handle's schema fingerprint in it, in `txn`. Returns the
-    /// tag and what to teach the handle and the cache once `txn` commits.
+    /// completes it, in `txn`: records the handle's schema fingerprint, and
+    /// for a `#[derive(Event)]` handle its event family and version (adopting
+    /// a stream bound by type name). Returns the tag and what to teach the
+    /// handle and the cache once `txn` commits.
     pub(super) fn settle_stream(
         &self,
         txn: &mut RwTxn,
@@ -392,9 +788,10 @@ impl Store {
         existing: Option<(u32, StreamInfo)>,
     ) -> Result<(u32, Bound)> {
         let err = self.err("creating a stream");
-        let (tag, record) = match existing {
+        let created = existing.is_none();
+        let (tag, mut record) = match existing {
             Some((tag, mut record)) => {
-                if !settles(&record, &info.identity()) {
+                if !settles(&record, &info.identity()) && record.schema_fingerprint == 0 {
                     record.schema_fingerprint = info.schema_fingerprint;
                     self.catalog
                         .put(txn, &name_key(&info.name), &encode(tag, &record))
@@ -417,6 +814,7 @@ impl Store {
                     Arc::clone(&info.type_name),
                     info.layout_fingerprint,
                     info.schema_fingerprint,
+                    None,
                 );
                 self.catalog
                     .put(txn, &name_key(&info.name), &encode(tag, &record))
@@ -427,19 +825,165 @@ impl Store {
                 (tag, record)
             }
         };
+        let mut legacy = None;
+        if let Some(schema) = &info.schema {
+            let mut family = match record.family.as_deref() {
+                Some(f) => f.clone(),
+                None if created => {
+                    // Created just now by this handle: no legacy blocks.
+                    Family {
+                        name: schema.name.to_string(),
+                        versions: Vec::new(),
+                        legacy: None,
+                    }
+                }
+                None => {
+                    // Adopting a stream bound by type name: its blocks hold
+                    // the version it recorded, or (none recorded) this one.
+                    let held = check_family(&record, schema)?.unwrap_or(Legacy {
+                        block: record.layout_fingerprint,
+                        schema: schema.fingerprint,
+                    });
+                    let version = schema.version_of(held.schema).unwrap_or(schema.version);
+                    Family {
+                        name: schema.name.to_string(),
+                        versions: vec![StoredVersion {
+                            version,
+                            fingerprint: held.schema,
+                            retired: false,
+                        }],
+                        legacy: Some(held),
+                    }
+                }
+            };
+            if !family
+                .versions
+                .iter()
+                .any(|v| v.fingerprint == schema.fingerprint && !v.retired)
+            {
+                family
+                    .versions
+                    .retain(|v| v.fingerprint != schema.fingerprint);
+                family.versions.push(StoredVersion {
+                    version: schema.version,
+                    fingerprint: schema.fingerprint,
+                    retired: false,
+                });
+                family.versions.sort_by_key(|v| v.version);
+            }
+            self.put_family(txn, tag, &family)?;
+            legacy = family.legacy;
+            record.family = Some(Arc::new(family));
+        }
         let bound = Bound {
             handle: info.clone(),
             tag,
             record,
+            legacy,
         };
         Ok((tag, bound))
+    }
+
+    /// For a migration of `info`'s stream (a `#[derive(Event)]` handle) in
+    /// `txn`: its tag and event family, checked against the handle's type
+    /// and recording the handle's version (adopting a stream bound by type
+    /// name), so that older builds can no longer append while old events are
+    /// rewritten. `None` if the stream does not exist. The [`Bound`] to
+    /// publish if the family record was written.
+    pub(super) fn migration_target(
+        &self,
+        txn: &mut RwTxn,
+        info: &StreamInfo,
+    ) -> Result<Option<MigrationTarget>> {
+        let Some((tag, record)) = self.lookup(txn, &info.name)? else {
+            return Ok(None);
+        };
+        let Some(schema) = &info.schema else {
+            return Err(mismatch(&record, &info.identity(), ADVICE_PLAIN));
+        };
+        check_family(&record, schema)?;
+        if let Some(family) = &record.family {
+            if let Some(newest) = family.versions.iter().map(|v| v.version).max() {
+                if newest > schema.version {
+                    return Err(Error::OutdatedEventVersion {
+                        stream: info.name.to_string(),
+                        event: family.name.clone(),
+                        newest,
+                        program: schema.version,
+                    });
+                }
+            }
+            if family
+                .versions
+                .iter()
+                .any(|v| v.fingerprint == schema.fingerprint && !v.retired)
+            {
+                return Ok(Some((tag, Arc::clone(family), None)));
+            }
+        }
+        let (tag, bound) = self.settle_stream(txn, info, Some((tag, record)))?;
+        let family = bound
+            .record
+            .family
+            .clone()
+            .ok_or_else(|| corrupt(format!("stream {:?}", info.name), "no event family"))?;
+        Ok(Some((tag, family, Some(bound))))
+    }
+
+    /// Marks every version of `family` but the one with fingerprint
+    /// `current` retired, in `txn`: a migration rewrote all their events.
+    /// Returns the versions retired now and the [`Bound`] to publish.
+    pub(super) fn retire_versions(
+        &self,
+        txn: &mut RwTxn,
+        info: &StreamInfo,
+        tag: u32,
+        family: &Family,
+        current: u64,
+    ) -> Result<(Vec<u32>, Option<Bound>)> {
+        let mut family = family.clone();
+        let mut retired = Vec::new();
+        for v in &mut family.versions {
+            if v.fingerprint != current && !v.retired {
+                v.retired = true;
+                retired.push(v.version);
+            }
+        }
+        if retired.is_empty() {
+            return Ok((retired, None));
+        }
+        self.put_family(txn, tag, &family)?;
+        let Some((_, mut record)) = self.lookup(txn, &info.name)? else {
+            return Err(corrupt(
+                format!("stream {:?}", info.name),
+                "the stream left the catalog during its migration",
+            ));
+        };
+        let legacy = family.legacy;
+        record.family = Some(Arc::new(family));
+        Ok((
+            retired,
+            Some(Bound {
+                handle: info.clone(),
+                tag,
+                record,
+                legacy,
+            }),
+        ))
+    }
+
+    /// Writes the event family record of the stream with `tag`.
+    pub(super) fn put_family(&self, txn: &mut RwTxn, tag: u32, family: &Family) -> Result<()> {
+        self.catalog
+            .put(txn, &family_key(tag), &family.encode())
+            .map_err(self.err("recording an event family"))
     }
 
     /// Teaches handles and the cache the catalog entries a committed write
     /// transaction created or completed.
     pub(super) fn publish_bound(&self, bound: Vec<Bound>) {
         for b in bound {
-            b.handle.bind(b.tag, true);
+            b.handle.bind(b.tag, true, b.legacy);
             self.remember(b.tag, &b.record, true);
         }
     }
@@ -518,7 +1062,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let info = StreamInfo::record(9, "orders".into(), "app::OrderPlaced".into(), 1, 2);
+        let info = StreamInfo::record(9, "orders".into(), "app::OrderPlaced".into(), 1, 2, None);
         let (tag, back) = decode("orders", &encode(9, &info)).unwrap();
         assert_eq!(
             (
@@ -530,5 +1074,44 @@ mod tests {
             (9, "app::OrderPlaced", 1, 2)
         );
         assert!(decode("orders", &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn family_records_round_trip_and_refuse_damage() {
+        let family = Family {
+            name: "OrderPlaced".into(),
+            versions: vec![
+                StoredVersion {
+                    version: 1,
+                    fingerprint: 11,
+                    retired: true,
+                },
+                StoredVersion {
+                    version: 2,
+                    fingerprint: 22,
+                    retired: false,
+                },
+            ],
+            legacy: Some(Legacy {
+                block: 7,
+                schema: 11,
+            }),
+        };
+        let bytes = family.encode();
+        assert_eq!(Family::decode("orders", &bytes).unwrap(), family);
+        assert_eq!(family.version_of(7), Some(1));
+        assert_eq!(family.live(), vec![(2, 22)]);
+        for cut in 0..bytes.len() {
+            assert!(
+                Family::decode("orders", &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut other_kind = bytes.clone();
+        other_kind[0] = 2;
+        assert!(Family::decode("orders", &other_kind).is_err());
+        let mut longer = bytes;
+        longer.push(0);
+        assert!(Family::decode("orders", &longer).is_err());
     }
 }

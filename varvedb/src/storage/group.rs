@@ -238,6 +238,7 @@ impl Store {
         expected: ExpectedVersion,
         block: &mut BlockBuilder,
     ) -> Result<Placed> {
+        self.check_writable("appending")?;
         let request = Append {
             info: info.clone(),
             id,
@@ -636,7 +637,7 @@ mod loom_tests {
         QUIET.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                if !info.payload().is::<InjectedPanic>() {
+                if !info.payload().is_plain::<InjectedPanic>() {
                     previous(info);
                 }
             }));

@@ -160,30 +160,59 @@ pub(crate) fn read_identity(dir: &Path) -> Result<Option<Identity>> {
     }
 }
 
-/// Writes `varvedb.id` in `dir` atomically and durably: a temporary file,
-/// synced, renamed over the name, then the directory synced.
+/// Writes `varvedb.id` in `dir` atomically and durably, never replacing one
+/// that is there: a temporary file of this process's own, synced, linked to
+/// the name (which fails if the name exists), then the directory synced.
+///
+/// Several processes may open a new store at once and each find no record:
+/// the first link wins, and the others accept the record it wrote if it names
+/// the same store (it does: every one read the id from the same data file).
+/// A process that dies midway leaves at most its temporary file, never a
+/// partial record under the real name.
 pub(crate) fn write_identity(dir: &Path, identity: &Identity) -> Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = dir.join(IDENTITY_FILE);
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let unique = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        "{IDENTITY_FILE}.{}.{unique}.tmp",
+        std::process::id()
+    ));
     let io = |source| Error::Open {
         path: path.clone(),
         source,
     };
-    let mut file = File::create(&tmp).map_err(io)?;
-    file.write_all(&identity.encode()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    sync_dir(dir).map_err(io)
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&identity.encode())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::hard_link(&tmp, &path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => sync_dir(dir).map_err(io),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => match read_identity(dir)? {
+            Some(record) if record.id == identity.id => sync_dir(dir).map_err(io),
+            // The record beside the data file names another store.
+            Some(record) => Err(Error::StoreMismatch {
+                path: dir.to_path_buf(),
+                expected: record.id,
+                found: Some(identity.id),
+            }),
+            // It was there, and is gone again: someone is removing the store.
+            None => Err(io(e)),
+        },
+        Err(e) => Err(io(e)),
+    }
 }
 
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -281,6 +310,21 @@ pub(crate) fn check_open_file(file: &File, path: &Path) -> Result<DataFile> {
 }
 
 /// The identity of an open file.
+/// Whether `file` (the open data file) has been unlinked: its directory was
+/// deleted or the file removed while the store is open. One `fstat`, so cheap
+/// beside a commit's sync.
+#[cfg(unix)]
+pub(crate) fn is_unlinked(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
+}
+
+/// Elsewhere an open file cannot be unlinked.
+#[cfg(not(unix))]
+pub(crate) fn is_unlinked(_: &File) -> bool {
+    false
+}
+
 pub(crate) fn file_key(file: &File, path: &Path) -> Result<FileKey> {
     let meta = file.metadata().map_err(io_err(path))?;
     #[cfg(unix)]
@@ -417,24 +461,32 @@ fn free_pages_cover(
 ) -> bool {
     use lmdb_layout::*;
 
-    let missing = meta.last_pg + 1 - first_missing;
-    let Ok(missing_usize) = usize::try_from(missing) else {
+    // Every page the free list names is an 8-byte id stored in the file, so
+    // a file of `file_len` bytes can account for at most `file_len / 8`
+    // missing pages: a larger gap (a damaged `last_pg`) is never covered, and
+    // nothing below is sized by numbers read from disk.
+    let Some(missing) = meta
+        .last_pg
+        .checked_add(1)
+        .and_then(|end| end.checked_sub(first_missing))
+    else {
         return false;
     };
-    let mut seen = vec![false; missing_usize];
-    let mut unseen = missing_usize;
-    let mut mark = |pgno: u64| {
-        if (first_missing..=meta.last_pg).contains(&pgno) {
-            let slot = &mut seen[(pgno - first_missing) as usize];
-            if !*slot {
-                *slot = true;
-                unseen -= 1;
-            }
-        }
-    };
-    if meta.free_root == P_INVALID {
+    if missing > file_len / 8 || meta.free_root == P_INVALID {
         return false;
     }
+    let mut found = std::collections::BTreeSet::new();
+    // Ids read in all, bounded so that a damaged tree that points many nodes
+    // at one large overflow page cannot make the walk take forever.
+    let mut budget = 4 * (file_len / 8);
+    let mut mark = |pgno: u64| -> bool {
+        if (first_missing..=meta.last_pg).contains(&pgno) {
+            found.insert(pgno);
+        }
+        budget = budget.saturating_sub(1);
+        budget > 0
+    };
+    let file_pages = file_len / psize;
     let psize_usize = psize as usize;
     let mut page = vec![0u8; psize_usize];
     // (page number, level): level counts down to the leaves at 1.
@@ -442,7 +494,7 @@ fn free_pages_cover(
     let mut visited = 0u64;
     while let Some((pgno, level)) = stack.pop() {
         visited += 1;
-        if level == 0 || visited > meta.last_pg || pgno > meta.last_pg {
+        if level == 0 || visited > file_pages || pgno > meta.last_pg {
             return false;
         }
         let Some(offset) = pgno.checked_mul(psize) else {
@@ -511,11 +563,13 @@ fn free_pages_cover(
                 return false;
             }
             for k in 1..=count as usize {
-                mark(u64_at(&ids, 8 * k));
+                if !mark(u64_at(&ids, 8 * k)) {
+                    return false;
+                }
             }
         }
     }
-    unseen == 0
+    found.len() as u64 == missing
 }
 
 /// LMDB's on-disk layout (`mdb.c`), 64-bit builds.

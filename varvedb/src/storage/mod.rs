@@ -20,8 +20,10 @@ mod gate;
 mod group;
 mod identity;
 pub(crate) mod keys;
+pub(crate) mod migrate;
 mod notify;
 mod probe;
+mod raw;
 mod registry;
 mod snapshot;
 mod sync;
@@ -40,17 +42,22 @@ use crate::config::{Durability, VarveConfig};
 use crate::error::{Error, Location, Result};
 
 pub(crate) use block::{BlockBuilder, RawMeta};
-pub(crate) use catalog::{StreamInfo, TypeIdentity};
+pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
 pub use identity::StoreId;
+pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
-    block_end, block_position, block_tag, walk_stream, ArchivedRef, BlockRef, EventPosition,
+    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, Frozen,
     GlobalCursor, MappedEvent, StreamCursor, View,
 };
 pub(crate) use writer::{Entity, Placed, WriteTxn, FIRST_KEYED_ID};
 
 /// A reader's cached snapshot; see [`Store::view_slot`].
 pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;
+
+/// How long an open waits for an environment of the same path that is being
+/// closed on another thread (its last handle dropping) to be gone.
+const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The on-disk format version this build reads and writes.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -64,11 +71,14 @@ pub(crate) struct Store {
     catalog: Db,
     index: Db,
     events: Db,
-    state: Db,
-    /// Event id to global sequence: the idempotency index.
-    ids: Db,
-    /// Entity keys to stream ids and back.
-    keys: Db,
+    /// `None` only in a read-only open of a store from before the `state`
+    /// database existed: it reads as empty.
+    state: Option<Db>,
+    /// Event id to global sequence: the idempotency index. `None` only in a
+    /// read-only open of a store from before it existed: it reads as empty.
+    ids: Option<Db>,
+    /// Entity keys to stream ids and back. `None` as `ids`.
+    keys: Option<Db>,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -90,6 +100,19 @@ pub(crate) struct Store {
     file_key: identity::FileKey,
     /// The data file, open, to check its length with plain reads.
     data_file: std::fs::File,
+    /// How the store was opened; see [`Access`].
+    access: Access,
+}
+
+/// Whether a store may be written through this process's handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Appends, projections and aggregates may write.
+    ReadWrite,
+    /// LMDB's `MDB_RDONLY`: nothing is written, not even the identity record
+    /// of an old store or a database that is missing; every write is
+    /// [`Error::ReadOnly`].
+    ReadOnly,
 }
 
 impl std::fmt::Debug for Store {
@@ -122,6 +145,39 @@ pub(crate) fn storage_error(
     }
 }
 
+/// Runs `open` again while heed answers `EnvAlreadyOpened`, for at most
+/// [`ENV_CLOSE_WAIT`]. heed forgets an environment only once its last handle
+/// has closed it: a store of this path whose last `Varve` is being dropped on
+/// another thread right now (the registry already saw it die) is still
+/// "open" for a moment.
+fn retry_while_closing<T>(mut open: impl FnMut() -> heed::Result<T>) -> heed::Result<T> {
+    let since = std::time::Instant::now();
+    loop {
+        match open() {
+            Err(heed::Error::EnvAlreadyOpened) if since.elapsed() < ENV_CLOSE_WAIT => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+fn open_env_error(path: &Path, max_readers: u32) -> impl Fn(heed::Error) -> Error + '_ {
+    move |e| match e {
+        heed::Error::Io(source) => Error::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+        heed::Error::EnvAlreadyOpened => Error::Open {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "the LMDB environment is already open in this process outside varvedb",
+            ),
+        },
+        other => storage_error("opening the store", max_readers)(other),
+    }
+}
+
 fn open_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |source| Error::Open {
         path: path.to_path_buf(),
@@ -137,17 +193,54 @@ impl Store {
     /// newest commit and its identity against the record beside it
     /// (see [`identity`]), so a damaged or replaced file is a typed error.
     pub(crate) fn open(path: &Path, config: VarveConfig) -> Result<Arc<Store>> {
-        if path.exists() && !path.is_dir() {
+        Store::open_as(path, config, Access::ReadWrite, None)
+    }
+
+    /// [`Store::open`] with an [`Access`] mode. `seed` (used by restores
+    /// only) is the identity a store created by this open takes instead of a
+    /// fresh random one.
+    pub(crate) fn open_as(
+        path: &Path,
+        config: VarveConfig,
+        access: Access,
+        seed: Option<Identity>,
+    ) -> Result<Arc<Store>> {
+        // One look: a directory deleted between two looks is not a file.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
             return Err(Error::NotADirectory {
                 path: path.to_path_buf(),
             });
         }
-        std::fs::create_dir_all(path).map_err(open_error(path))?;
+        match access {
+            Access::ReadWrite => std::fs::create_dir_all(path).map_err(open_error(path))?,
+            // A read-only open creates nothing, not even the directory.
+            Access::ReadOnly if !path.exists() => {
+                return Err(Error::Open {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no store here (the directory does not exist)",
+                    ),
+                })
+            }
+            Access::ReadOnly => {}
+        }
         let canonical = path.canonicalize().map_err(open_error(path))?;
         let mut open = registry::lock();
         if let Some(key) = identity::data_file_key(&canonical)? {
             if let Some(store) = open.get(&key) {
                 store.check_same_config(&config)?;
+                if store.access != access {
+                    // One LMDB environment per process: a read-only handle
+                    // cannot share a writable one (its streams could append)
+                    // nor the other way round.
+                    return Err(Error::ConfigConflict {
+                        path: store.path.clone(),
+                        field: "read_only",
+                        open: (store.access == Access::ReadOnly).to_string(),
+                        requested: (access == Access::ReadOnly).to_string(),
+                    });
+                }
                 return Ok(store);
             }
         }
@@ -157,7 +250,10 @@ impl Store {
         if open.any_at(&canonical) {
             return Err(Error::StoreReplaced { path: canonical });
         }
-        let store = Store::open_new(&canonical, config)?;
+        let store = match access {
+            Access::ReadWrite => Store::open_new(&canonical, config, seed)?,
+            Access::ReadOnly => Store::open_read_only(&canonical, config)?,
+        };
         open.insert(&store);
         Ok(store)
     }
@@ -215,7 +311,7 @@ impl Store {
         Ok(())
     }
 
-    fn open_new(path: &Path, config: VarveConfig) -> Result<Arc<Store>> {
+    fn open_new(path: &Path, config: VarveConfig, seed: Option<Identity>) -> Result<Arc<Store>> {
         let recorded = identity::read_identity(path)?;
         match identity::check_data_file(path)? {
             identity::DataFile::Missing | identity::DataFile::Empty => {
@@ -258,24 +354,16 @@ impl Store {
         // or NO_SYNC, which trade durability (documented on `Durability`), not
         // memory safety.
         unsafe { options.flags(flags) };
-        // SAFETY: `open` is unsafe because memory-mapping a file is only sound if
-        // nothing truncates or rewrites it underneath us. The directory belongs
-        // to this store; LMDB's lock file coordinates with other processes that
-        // use it through LMDB, and the process-wide registry guarantees this
-        // process opens it only once.
-        let env = unsafe { options.open(path) }.map_err(|e| match e {
-            heed::Error::Io(source) => Error::Open {
-                path: path.to_path_buf(),
-                source,
-            },
-            heed::Error::EnvAlreadyOpened => Error::Open {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(
-                    "the LMDB environment is already open in this process outside varvedb",
-                ),
-            },
-            other => storage_error("opening the store", config.max_readers)(other),
-        })?;
+        let opened = retry_while_closing(|| {
+            // SAFETY: `open` is unsafe because memory-mapping a file is only
+            // sound if nothing truncates or rewrites it underneath us. The
+            // directory belongs to this store; LMDB's lock file coordinates
+            // with other processes that use it through LMDB, and the
+            // process-wide registry (whose lock the caller holds) guarantees
+            // this process opens it only once.
+            unsafe { options.open(path) }
+        });
+        let env = opened.map_err(open_env_error(path, config.max_readers))?;
         // Processes that died holding snapshots left their reader slots taken,
         // pinning old pages; free them (`snapshot` also does when slots run out).
         env.clear_stale_readers().map_err(storage_error(
@@ -287,6 +375,19 @@ impl Store {
         let mut checked = None;
         let created =
             env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
+                // A store of varvedb 0.4 (its log in a `global_events`
+                // database, no `meta`) is refused before anything is
+                // created in it: treated as new, its events would vanish
+                // from view under a fresh, empty store.
+                let main = opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .open(wtxn)?;
+                if legacy_store(main, wtxn)? {
+                    return Err(OpenError::Varve(Error::LegacyStore {
+                        path: path.to_path_buf(),
+                    }));
+                }
                 let mut db = |name| {
                     opener
                         .database_options()
@@ -304,7 +405,7 @@ impl Store {
                     db("keys")?,
                 );
                 checked = Some(
-                    probe::initialize_or_check(wtxn, &dbs.0, path, recorded.map(|r| r.id))
+                    probe::initialize_or_check(wtxn, &dbs.0, path, recorded.map(|r| r.id), seed)
                         .map_err(OpenError::Varve)?,
                 );
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
@@ -320,6 +421,15 @@ impl Store {
         // Written after the first commit, so a record never names a store
         // whose data file was never complete; an older store adopts one here.
         if recorded.is_none() {
+            // The record must never reach the disk before the commit that put
+            // the id in the data file: with NoMetaSync or NoSync that commit's
+            // meta page is not synced yet, and a power cut would leave a
+            // record naming a store the data file does not hold (the store
+            // would refuse to open). One forced sync, once per store.
+            env.force_sync().map_err(storage_error(
+                "syncing the new store before recording its identity",
+                config.max_readers,
+            ))?;
             identity::write_identity(
                 path,
                 &identity::Identity {
@@ -329,6 +439,157 @@ impl Store {
                 },
             )?;
         }
+        Store::assemble(
+            path,
+            config,
+            env,
+            (catalog, index, events, Some(state), Some(ids), Some(keys)),
+            checked.id,
+            Access::ReadWrite,
+        )
+    }
+
+    /// A read-only open: the same checks as [`Store::open_new`] (the data
+    /// file's length, the identity record, the format and encoding), made
+    /// without writing anything. LMDB opens with `MDB_RDONLY`; it still
+    /// needs its lock file (`lock.mdb`) to take a reader slot beside other
+    /// processes. Where the lock file cannot be opened for writing (a
+    /// directory and lock file this user may only read), the environment
+    /// opens with `MDB_NOLOCK`: then this process's snapshots are invisible
+    /// to writers, so a writer in another process may reuse the pages they
+    /// read. That mode is meant for a store nobody writes meanwhile (a
+    /// backup, a stopped application); see `docs/operations.md`.
+    fn open_read_only(path: &Path, config: VarveConfig) -> Result<Arc<Store>> {
+        let recorded = identity::read_identity(path)?;
+        match identity::check_data_file(path)? {
+            identity::DataFile::Missing | identity::DataFile::Empty => {
+                return Err(match recorded {
+                    Some(recorded) => Error::DataFileMissing {
+                        path: path.to_path_buf(),
+                        store_id: recorded.id,
+                    },
+                    None => Error::Open {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "no store here (no data.mdb, and a read-only open creates none)",
+                        ),
+                    },
+                });
+            }
+            // A store still being created (see `open_new`): a read-only open
+            // cannot wait for LMDB to finish it, and must not map a short file.
+            identity::DataFile::Partial { expected, actual } => {
+                return Err(Error::Truncated {
+                    path: path.join(identity::DATA_FILE),
+                    expected,
+                    actual,
+                })
+            }
+            identity::DataFile::Whole => {}
+        }
+        let page = page_size();
+        let map_size = config.map_size.max(page).div_ceil(page) * page;
+        let open = |flags: EnvFlags| {
+            let mut options = EnvOpenOptions::new().read_txn_without_tls();
+            options
+                .map_size(map_size)
+                .max_readers(config.max_readers)
+                .max_dbs(8);
+            // SAFETY: READ_ONLY only removes abilities. NO_LOCK (passed only
+            // when the lock file cannot be written) drops LMDB's reader
+            // table for this process: its snapshots are then not protected
+            // from page reuse by writers in *other* processes. Within this
+            // process the gate still orders remaps against snapshots; the
+            // cross-process consequence is the documented limit of this
+            // mode (a store nobody writes meanwhile), which the caller chose
+            // by opening a store it cannot lock.
+            unsafe { options.flags(flags) };
+            // SAFETY: as in `open_new`: the registry opens this directory
+            // once per process, and LMDB's lock file (when usable)
+            // coordinates with other processes.
+            unsafe { options.open(path) }
+        };
+        let env = match retry_while_closing(|| open(EnvFlags::READ_ONLY)) {
+            Ok(env) => env,
+            Err(heed::Error::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                open(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK)
+                    .map_err(open_env_error(path, config.max_readers))?
+            }
+            Err(e) => return Err(open_env_error(path, config.max_readers)(e)),
+        };
+        let err = storage_error("opening the store's databases", config.max_readers);
+        let rtxn = env.read_txn().map_err(&err)?;
+        let mut checked = None;
+        let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenError> {
+            let db = |name| {
+                opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .name(name)
+                    .open(rtxn)
+            };
+            let Some(meta) = db("meta")? else {
+                return Err(OpenError::Varve(Error::Open {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no varvedb store has been created here yet (the LMDB file has no `meta`)",
+                    ),
+                }));
+            };
+            checked = Some(
+                probe::check(rtxn, &meta, path, recorded.map(|r| r.id))
+                    .map_err(OpenError::Varve)?,
+            );
+            fn required<D>(name: &'static str, db: Option<D>) -> Result<D, OpenError> {
+                db.ok_or_else(|| {
+                    OpenError::Varve(Error::Corruption {
+                        location: Location::Record(format!("the `{name}` database")),
+                        detail: "missing from a store that has metadata".into(),
+                    })
+                })
+            }
+            let dbs = (
+                required("catalog", db("catalog")?)?,
+                required("index", db("index")?)?,
+                required("events", db("events")?)?,
+                // Stores from before the `state` database: it reads as empty.
+                db("state")?,
+                // Stores from before event metadata (issue 12): no event
+                // ids, no entity keys. Both read as empty.
+                db("ids")?,
+                db("keys")?,
+            );
+            Ok(CommitOrAbort::<_, ()>::Commit(dbs))
+        });
+        let dbs = match opened {
+            Ok(committed) => committed.unwrap_commit(),
+            Err(OpenError::Heed(e)) => return Err(err(e)),
+            Err(OpenError::Varve(e)) => return Err(e),
+        };
+        let Some(checked) = checked else {
+            return Err(err(heed::Error::Mdb(MdbError::Panic)));
+        };
+        Store::assemble(path, config, env, dbs, checked.id, Access::ReadOnly)
+    }
+
+    /// The rest of an open, once the environment and its databases are open.
+    fn assemble(
+        path: &Path,
+        config: VarveConfig,
+        env: Env<WithoutTls>,
+        (catalog, index, events, state, ids, keys): (
+            Db,
+            Db,
+            Db,
+            Option<Db>,
+            Option<Db>,
+            Option<Db>,
+        ),
+        store_id: StoreId,
+        access: Access,
+    ) -> Result<Arc<Store>> {
         let data_path = path.join(identity::DATA_FILE);
         let data_file = std::fs::File::open(&data_path).map_err(open_error(&data_path))?;
         let file_key = identity::file_key(&data_file, &data_path)?;
@@ -352,9 +613,10 @@ impl Store {
             view_slots: Mutex::new(Vec::new()),
             map_size: AtomicUsize::new(map_size),
             config,
-            store_id: checked.id,
+            store_id,
             file_key,
             data_file,
+            access,
         });
         // Publish the log's end, the mark subscriptions wait past. A damaged
         // last block is not an open error: reads report it where it is.
@@ -364,6 +626,48 @@ impl Store {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How this store was opened.
+    pub(crate) fn access(&self) -> Access {
+        self.access
+    }
+
+    /// The `state` database, for writers (a read-only store refuses them).
+    pub(crate) fn state_db(&self) -> Result<&Db> {
+        self.state.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.path.clone(),
+            operation: "writing state",
+        })
+    }
+
+    /// The `ids` database (event ids), for writers (a read-only store
+    /// refuses them).
+    pub(crate) fn ids_db(&self) -> Result<&Db> {
+        self.ids.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.path.clone(),
+            operation: "writing event ids",
+        })
+    }
+
+    /// The `keys` database (entity keys), for writers (a read-only store
+    /// refuses them).
+    pub(crate) fn keys_db(&self) -> Result<&Db> {
+        self.keys.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.path.clone(),
+            operation: "writing entity keys",
+        })
+    }
+
+    /// `Error::ReadOnly` for `operation` if this store was opened read-only.
+    pub(crate) fn check_writable(&self, operation: &'static str) -> Result<()> {
+        match self.access {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly => Err(Error::ReadOnly {
+                path: self.path.clone(),
+                operation,
+            }),
+        }
     }
 
     pub(crate) fn config(&self) -> &VarveConfig {
@@ -536,6 +840,17 @@ enum Freed {
 }
 
 /// The error type heed's database-creation helper needs (`From<heed::Error>`).
+/// Whether the environment's main database (`main`, whose keys name the
+/// named databases) is a varvedb 0.4 store: its `global_events` log without
+/// this format's `meta`.
+fn legacy_store(
+    main: Option<Database<'_, Bytes, Bytes>>,
+    txn: &heed::RoTxn,
+) -> Result<bool, heed::Error> {
+    let Some(main) = main else { return Ok(false) };
+    Ok(main.get(txn, b"global_events")?.is_some() && main.get(txn, b"meta")?.is_none())
+}
+
 enum OpenError {
     Heed(heed::Error),
     Varve(Error),

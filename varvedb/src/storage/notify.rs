@@ -99,9 +99,13 @@ impl CommitSignal {
             }
             tasks.waiting.drain().map(|(_, w)| w).collect()
         };
-        // Outside the lock: a waker may run code that registers again.
+        // Outside the lock: a waker may run code that registers again. A
+        // waker belongs to the task's runtime; one that panics must not cost
+        // the other tasks their wake-up, nor the committing thread (an
+        // appender, a group's leader) the answer of a commit that is durable,
+        // so its panic is contained here.
         for waker in wakers {
-            waker.wake();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
         }
     }
 
@@ -153,6 +157,16 @@ impl Store {
             // snapshot reports a lasting failure.
             let _ = self.look_for_commits();
         }
+        self.log_end()
+    }
+
+    /// One past the last global sequence committed by any process, whatever
+    /// the poll setting: looks for new commits (LMDB's last transaction id,
+    /// then a short snapshot only if it moved), then reads the published end.
+    /// If looking fails (no reader slot) or would wait (a map growth is
+    /// pending), the newest end this process already knows.
+    pub(crate) fn newest_end(self: &Arc<Self>) -> u64 {
+        let _ = self.look_for_commits();
         self.log_end()
     }
 
@@ -329,6 +343,7 @@ mod tests {
             type_name: "raw",
             layout_fingerprint: 1,
             schema_fingerprint: 0,
+            schema: None,
         };
         store.open_stream("s", &identity).unwrap()
     }

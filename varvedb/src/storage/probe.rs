@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use heed::types::Bytes;
-use heed::{Database, RwTxn};
+use heed::{Database, RoTxn, RwTxn};
 use rkyv::{rancor, Archive, Serialize};
 
 use super::identity::StoreId;
@@ -71,22 +71,34 @@ fn probe_bytes() -> Vec<u8> {
 /// and encoding. `recorded` is the id in the identity record beside the data
 /// file, if there is one: the data file must carry the same id. A store from
 /// before ids existed is given one.
+///
+/// `seed` (a restore) is the id and creation time a *new* store takes; for
+/// an existing store it is ignored.
 pub(super) fn initialize_or_check(
     wtxn: &mut RwTxn<'_>,
     meta: &Database<'_, Bytes, Bytes>,
     path: &Path,
     recorded: Option<StoreId>,
+    seed: Option<super::Identity>,
 ) -> Result<Checked> {
     let err = super::storage_error("reading the store's metadata", 0);
     let format = meta
         .get(wtxn, FORMAT_KEY)
         .map_err(&err)?
         .map(<[u8]>::to_vec);
+    if format.is_none() {
+        if let Some(seed) = seed {
+            meta.put(wtxn, STORE_ID_KEY, seed.id.as_bytes())
+                .map_err(&err)?;
+        }
+    }
     let created_micros = match format {
         None => {
-            let created = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
+            let created = seed.map(|s| s.created_micros).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64)
+            });
             meta.put(wtxn, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
                 .map_err(&err)?;
             meta.put(wtxn, PROBE_KEY, &probe_bytes()).map_err(&err)?;
@@ -94,42 +106,9 @@ pub(super) fn initialize_or_check(
                 .map_err(&err)?;
             created
         }
-        Some(raw) => {
-            let found = <[u8; 4]>::try_from(raw.as_slice())
-                .map(u32::from_le_bytes)
-                .map_err(|_| Error::Corruption {
-                    location: Location::Record("the store's format version".into()),
-                    detail: format!("expected 4 bytes, found {}", raw.len()),
-                })?;
-            if found != FORMAT_VERSION {
-                return Err(Error::UnsupportedFormat {
-                    path: path.to_path_buf(),
-                    found,
-                    supported: FORMAT_VERSION,
-                });
-            }
-            let stored = meta.get(wtxn, PROBE_KEY).map_err(&err)?;
-            if stored != Some(probe_bytes().as_slice()) {
-                return Err(Error::IncompatibleEncoding {
-                    path: path.to_path_buf(),
-                });
-            }
-            meta.get(wtxn, CREATED_KEY)
-                .map_err(&err)?
-                .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
-                .map_or(0, u64::from_le_bytes)
-        }
+        Some(raw) => check_format(wtxn, meta, path, &raw)?,
     };
-    let stored =
-        match meta.get(wtxn, STORE_ID_KEY).map_err(&err)? {
-            None => None,
-            Some(raw) => Some(<[u8; 16]>::try_from(raw).map(StoreId::from_bytes).map_err(
-                |_| Error::Corruption {
-                    location: Location::Record("the store's id".into()),
-                    detail: format!("expected 16 bytes, found {}", raw.len()),
-                },
-            )?),
-        };
+    let stored = stored_id(wtxn, meta)?;
     let id = match (stored, recorded) {
         (Some(stored), Some(recorded)) if stored != recorded => {
             return Err(Error::StoreMismatch {
@@ -156,4 +135,95 @@ pub(super) fn initialize_or_check(
         }
     };
     Ok(Checked { id, created_micros })
+}
+
+/// [`initialize_or_check`] for a read-only open: the same checks, writing
+/// nothing. A store from before ids existed, without an identity record,
+/// has no id to report until it is opened once read-write: it gets the
+/// all-zero id.
+pub(super) fn check(
+    txn: &RoTxn<'_>,
+    meta: &Database<'_, Bytes, Bytes>,
+    path: &Path,
+    recorded: Option<StoreId>,
+) -> Result<Checked> {
+    let err = super::storage_error("reading the store's metadata", 0);
+    let Some(raw) = meta.get(txn, FORMAT_KEY).map_err(&err)? else {
+        return Err(Error::Open {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no varvedb store has been created here yet (no format record)",
+            ),
+        });
+    };
+    let raw = raw.to_vec();
+    let created_micros = check_format(txn, meta, path, &raw)?;
+    let id = match (stored_id(txn, meta)?, recorded) {
+        (Some(stored), Some(recorded)) if stored != recorded => {
+            return Err(Error::StoreMismatch {
+                path: path.to_path_buf(),
+                expected: recorded,
+                found: Some(stored),
+            })
+        }
+        (Some(stored), _) => stored,
+        (None, Some(recorded)) => {
+            return Err(Error::StoreMismatch {
+                path: path.to_path_buf(),
+                expected: recorded,
+                found: None,
+            })
+        }
+        (None, None) => StoreId::from_bytes([0; 16]),
+    };
+    Ok(Checked { id, created_micros })
+}
+
+/// Checks the recorded format version and rkyv probe; returns the creation time.
+fn check_format(
+    txn: &RoTxn<'_>,
+    meta: &Database<'_, Bytes, Bytes>,
+    path: &Path,
+    raw: &[u8],
+) -> Result<u64> {
+    let err = super::storage_error("reading the store's metadata", 0);
+    let found = <[u8; 4]>::try_from(raw)
+        .map(u32::from_le_bytes)
+        .map_err(|_| Error::Corruption {
+            location: Location::Record("the store's format version".into()),
+            detail: format!("expected 4 bytes, found {}", raw.len()),
+        })?;
+    if found != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let stored = meta.get(txn, PROBE_KEY).map_err(&err)?;
+    if stored != Some(probe_bytes().as_slice()) {
+        return Err(Error::IncompatibleEncoding {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(meta
+        .get(txn, CREATED_KEY)
+        .map_err(&err)?
+        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// The id recorded in `meta`, if any.
+fn stored_id(txn: &RoTxn<'_>, meta: &Database<'_, Bytes, Bytes>) -> Result<Option<StoreId>> {
+    let err = super::storage_error("reading the store's metadata", 0);
+    match meta.get(txn, STORE_ID_KEY).map_err(&err)? {
+        None => Ok(None),
+        Some(raw) => <[u8; 16]>::try_from(raw)
+            .map(|b| Some(StoreId::from_bytes(b)))
+            .map_err(|_| Error::Corruption {
+                location: Location::Record("the store's id".into()),
+                detail: format!("expected 16 bytes, found {}", raw.len()),
+            }),
+    }
 }

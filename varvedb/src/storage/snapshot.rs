@@ -8,6 +8,9 @@
 //! the transaction (so the pages it sees are never reused) and a gate guard (so
 //! the map is never moved) alive for as long as any reference exists.
 
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use crate::position::{GlobalSequence, StreamId, StreamSequence};
 /// The part of a snapshot that references into the map keep alive.
 pub(crate) struct Pinned {
     // Field order matters: the transaction ends before the gate guard is released.
-    txn: RoTxn<'static, WithoutTls>,
+    pub(super) txn: RoTxn<'static, WithoutTls>,
     guard: GateGuard,
 }
 
@@ -39,8 +42,8 @@ unsafe impl Sync for Pinned {}
 
 /// A snapshot of the store, owned by one reader or iterator.
 pub(crate) struct View {
-    pin: Arc<Pinned>,
-    store: Arc<Store>,
+    pub(super) pin: Arc<Pinned>,
+    pub(super) store: Arc<Store>,
 }
 
 /// A block found in a snapshot: its bytes stay valid while the snapshot's
@@ -202,6 +205,19 @@ impl<A, P> ArchivedRef<A, P> {
         }
     }
 
+    /// Validates `bytes` (owned: an upcast event) with `access` and keeps them.
+    pub(crate) fn owned<E>(
+        bytes: AlignedVec<16>,
+        access: impl for<'a> Fn(&'a [u8]) -> Result<&'a A, E>,
+    ) -> Result<Self, E> {
+        let ptr = NonNull::from(access(&bytes)?);
+        // Moving `bytes` into the holder does not move its heap buffer.
+        Ok(ArchivedRef {
+            ptr,
+            _holder: Holder::Owned(bytes),
+        })
+    }
+
     /// The archived payload's bytes (the aligned copy, in the fallback case).
     pub(crate) fn bytes(&self) -> &[u8] {
         match &self._holder {
@@ -260,7 +276,7 @@ impl BlockRef {
     }
 }
 
-fn corrupt_at(global: u64) -> impl Fn(BlockError) -> Error {
+pub(super) fn corrupt_at(global: u64) -> impl Fn(BlockError) -> Error {
     move |e| Error::Corruption {
         location: Location::Global(GlobalSequence(global)),
         detail: e.0,
@@ -365,8 +381,11 @@ impl Store {
 
     /// The global sequence the idempotency index holds for `event_id`.
     pub(crate) fn id_global(&self, txn: &RoTxn, event_id: &[u8; 16]) -> Result<Option<u64>> {
-        let got = self
-            .ids
+        // A read-only open of a store from before event ids: none stored.
+        let Some(ids) = &self.ids else {
+            return Ok(None);
+        };
+        let got = ids
             .get(txn, event_id)
             .map_err(self.err("reading event ids"))?;
         let Some(v) = got else { return Ok(None) };
@@ -384,10 +403,11 @@ impl Store {
     /// The stream id entity `key` maps to in the stream with `tag`.
     pub(crate) fn entity_id(&self, txn: &RoTxn, tag: u32, key: &[u8]) -> Result<Option<u64>> {
         let k = super::keys::entity_key(tag, key);
-        let got = self
-            .keys
-            .get(txn, &k)
-            .map_err(self.err("reading entity keys"))?;
+        // A read-only open of a store from before entity keys: none stored.
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let got = keys.get(txn, &k).map_err(self.err("reading entity keys"))?;
         let Some(v) = got else { return Ok(None) };
         super::keys::open_sealed(&k, v)
             .and_then(|v| Some(u64::from_le_bytes(v.try_into().ok()?)))
@@ -401,10 +421,11 @@ impl Store {
     /// The entity key stream id `id` of the stream with `tag` was allocated to.
     pub(crate) fn entity_key_of(&self, txn: &RoTxn, tag: u32, id: u64) -> Result<Option<Vec<u8>>> {
         let k = super::keys::entity_reverse_key(tag, id);
-        let got = self
-            .keys
-            .get(txn, &k)
-            .map_err(self.err("reading entity keys"))?;
+        // A read-only open of a store from before entity keys: none stored.
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let got = keys.get(txn, &k).map_err(self.err("reading entity keys"))?;
         let Some(v) = got else { return Ok(None) };
         super::keys::open_sealed(&k, v)
             .map(|v| Some(v.to_vec()))
@@ -432,17 +453,19 @@ impl Store {
     }
 }
 
-/// Calls `f(stream sequence, global sequence, payload, metadata)` for each event of
-/// `(tag, id)` from sequence `from`, as `txn` sees them, borrowing payloads
-/// straight from the map: no reference counting, no copy. Stops early when `f`
-/// breaks, and at the first damaged event with `Error::Corruption`.
-pub(crate) fn walk_stream(
+/// Calls `f(stream sequence, global sequence, block fingerprint, payload,
+/// metadata)` for each event of `(tag, id)` from sequence `from`, as `txn` sees
+/// them, borrowing payloads straight from the map: no reference counting, no
+/// copy. The fingerprint is the version the event was written with. Stops
+/// early when `f` breaks, and at the first damaged event with
+/// `Error::Corruption`.
+pub(crate) fn walk_stream_versions(
     store: &Store,
     txn: &RoTxn,
     tag: u32,
     id: u64,
     from: u64,
-    mut f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
+    mut f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seq = from;
     loop {
@@ -462,7 +485,7 @@ pub(crate) fn walk_stream(
                 let (meta, payload) = block
                     .entry((g - h.first_global) as u32)
                     .map_err(corrupt_at(g))?;
-                if f(seq, g, payload, meta)?.is_break() {
+                if f(seq, g, h.fingerprint, payload, meta)?.is_break() {
                     return Ok(());
                 }
                 seq += 1;
@@ -496,7 +519,7 @@ impl View {
         !self.store.resize_pending() && self.txn_id() == self.store.last_txn_id_in(&self.pin.guard)
     }
 
-    fn block_ref(&mut self, global: u64) -> Result<Option<BlockRef>> {
+    fn block_ref(&self, global: u64) -> Result<Option<BlockRef>> {
         let found = self.store.block_containing(&self.pin.txn, global)?;
         Ok(found.map(|(_, view)| BlockRef {
             ptr: NonNull::from(view.bytes()).cast(),
@@ -573,21 +596,23 @@ impl View {
             .map(|r| StreamSequence(r.end_seq() - 1)))
     }
 
-    /// See [`walk_stream`].
-    pub(crate) fn walk_stream(
+    /// See [`walk_stream_versions`].
+    pub(crate) fn walk_stream_versions(
         &mut self,
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        walk_stream(&self.store, &self.pin.txn, tag, id, from, f)
+        walk_stream_versions(&self.store, &self.pin.txn, tag, id, from, f)
     }
 
     /// A value of the `state` database, borrowed from this snapshot.
     pub(crate) fn state_get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
-        self.store
-            .state
+        let Some(state) = &self.store.state else {
+            return Ok(None);
+        };
+        state
             .get(&self.pin.txn, key)
             .map_err(self.store.err("reading state"))
     }
@@ -600,11 +625,10 @@ impl View {
         mut f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<()> {
         let err = self.store.err("reading state");
-        let iter = self
-            .store
-            .state
-            .prefix_iter(&self.pin.txn, prefix)
-            .map_err(&err)?;
+        let Some(state) = &self.store.state else {
+            return Ok(());
+        };
+        let iter = state.prefix_iter(&self.pin.txn, prefix).map_err(&err)?;
         for entry in iter {
             let (k, v) = entry.map_err(&err)?;
             if f(k, v).is_break() {
@@ -617,6 +641,17 @@ impl View {
     /// See [`Store::verify`].
     pub(crate) fn verify(&self) -> Result<crate::verify::VerifyReport> {
         self.store.verify(&self.pin.txn)
+    }
+
+    /// See [`Store::check_migrated`].
+    pub(crate) fn check_migrated(
+        &self,
+        tag: u32,
+        current: u64,
+        check: impl FnMut(&[u8]) -> std::result::Result<(), String>,
+    ) -> Result<Vec<crate::verify::Problem>> {
+        self.store
+            .check_migrated(&self.pin.txn, tag, current, check)
     }
 
     /// One past the newest global sequence in this snapshot. Also published
@@ -703,8 +738,8 @@ fn check_belongs(pos: &EventPosition, tag: u32, id: u64, seq: u64) -> Result<()>
 }
 
 /// Lazily walks one stream id in one snapshot, a run and a block at a time.
-pub(crate) struct StreamCursor {
-    view: View,
+pub(crate) struct StreamCursor<V = View> {
+    view: V,
     tag: u32,
     id: u64,
     next_seq: u64,
@@ -715,12 +750,12 @@ pub(crate) struct StreamCursor {
 
 // SAFETY: as for `GlobalCursor`: the cached `BlockRef` points into pages pinned
 // by the cursor's own `view`, which moves with it.
-unsafe impl Send for StreamCursor {}
+unsafe impl Send for StreamCursor<View> {}
 
-impl StreamCursor {
+impl<V: Borrow<View>> StreamCursor<V> {
     /// A cursor over `(tag, id)` from `from`; with no tag (a stream that does
     /// not exist yet), an empty one.
-    pub(crate) fn new(view: View, tag: Option<u32>, id: u64, from: u64) -> StreamCursor {
+    pub(crate) fn new(view: V, tag: Option<u32>, id: u64, from: u64) -> StreamCursor<V> {
         StreamCursor {
             view,
             tag: tag.unwrap_or(0),
@@ -746,12 +781,10 @@ impl StreamCursor {
             Some(run) if self.next_seq < run.end_seq() => run,
             _ => {
                 self.block = None;
-                let found = self.view.store.run_at_or_before(
-                    &self.view.pin.txn,
-                    self.tag,
-                    self.id,
-                    self.next_seq,
-                )?;
+                let view: &View = self.view.borrow();
+                let found =
+                    view.store
+                        .run_at_or_before(&view.pin.txn, self.tag, self.id, self.next_seq)?;
                 match found {
                     Some(run) if self.next_seq < run.end_seq() => {
                         self.run = Some(run);
@@ -759,8 +792,8 @@ impl StreamCursor {
                     }
                     _ => {
                         self.done = true;
-                        let store = &self.view.store;
-                        store.no_run_for(&self.view.pin.txn, self.tag, self.id, self.next_seq)?;
+                        view.store
+                            .no_run_for(&view.pin.txn, self.tag, self.id, self.next_seq)?;
                         return Ok(None);
                     }
                 }
@@ -772,6 +805,7 @@ impl StreamCursor {
             _ => {
                 let b = self
                     .view
+                    .borrow()
                     .block_ref(global)?
                     .ok_or_else(|| missing(global))?;
                 self.block = Some(b);
@@ -793,7 +827,9 @@ impl StreamCursor {
         self.next_seq += 1;
         Ok(Some((block, global)))
     }
+}
 
+impl StreamCursor<View> {
     /// The next event, pinned (one atomic increment, no copy).
     pub(crate) fn next_event(&mut self) -> Option<Result<MappedEvent>> {
         match self.advance() {
@@ -810,18 +846,18 @@ impl StreamCursor {
         }
     }
 
-    /// Calls `f(stream sequence, global sequence, payload)` for every remaining
-    /// event, a block at a time, borrowing payloads from the map. The cursor is
-    /// finished afterwards.
-    pub(crate) fn walk(
+    /// Calls `f(stream sequence, global sequence, block fingerprint, payload,
+    /// metadata)` for every remaining event, a block at a time, borrowing
+    /// payloads from the map. The cursor is finished afterwards.
+    pub(crate) fn walk_versions(
         &mut self,
-        f: impl FnMut(u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         if self.done {
             return Ok(());
         }
         self.done = true;
-        walk_stream(
+        walk_stream_versions(
             &self.view.store,
             &self.view.pin.txn,
             self.tag,
@@ -857,8 +893,8 @@ impl StreamCursor {
 }
 
 /// Lazily walks the whole log in global order in one snapshot.
-pub(crate) struct GlobalCursor {
-    view: View,
+pub(crate) struct GlobalCursor<V = View> {
+    view: V,
     next: u64,
     block: Option<BlockRef>,
     done: bool,
@@ -869,20 +905,22 @@ pub(crate) struct GlobalCursor {
 // in NOTLS mode, plus `Arc`s of `Send + Sync` parts) may move between threads,
 // and the pointer moves with it, so it stays valid: the cursor is used from one
 // thread at a time (`&mut self`), wherever that thread is.
-unsafe impl Send for GlobalCursor {}
+unsafe impl Send for GlobalCursor<View> {}
 
-impl GlobalCursor {
-    pub(crate) fn new(view: View, from: u64) -> GlobalCursor {
+impl GlobalCursor<View> {
+    pub(crate) fn view_mut(&mut self) -> &mut View {
+        &mut self.view
+    }
+}
+
+impl<V: Borrow<View>> GlobalCursor<V> {
+    pub(crate) fn new(view: V, from: u64) -> GlobalCursor<V> {
         GlobalCursor {
             view,
             next: from,
             block: None,
             done: false,
         }
-    }
-
-    pub(crate) fn view_mut(&mut self) -> &mut View {
-        &mut self.view
     }
 
     /// Moves to the next event of the log, returning its block and global sequence.
@@ -893,7 +931,7 @@ impl GlobalCursor {
         let global = self.next;
         let block = match self.block {
             Some(b) if global < b.header.end_global() => b,
-            _ => match self.view.block_ref(global) {
+            _ => match self.view.borrow().block_ref(global) {
                 Ok(Some(b)) => {
                     self.block = Some(b);
                     b
@@ -922,7 +960,9 @@ impl GlobalCursor {
         self.next = block.header.end_global();
         Some(Ok((block, first)))
     }
+}
 
+impl GlobalCursor<View> {
     /// The payload and metadata of an event found by [`Self::advance`],
     /// borrowed from the snapshot (no reference counting).
     #[inline]
@@ -957,6 +997,199 @@ impl GlobalCursor {
         let event = self.view.mapped(&block, global);
         self.done |= event.is_err();
         Some(event)
+    }
+}
+
+/// A snapshot that lends what it reads for as long as it is borrowed:
+/// payloads and catalog entries come back as `&self` references, with no
+/// reference counting per event (the public `StreamSnapshot` and
+/// `LogSnapshot` are built on it).
+///
+/// Not `Sync` (the `RefCell` sees to it): every LMDB call goes through the
+/// one transaction of its [`View`], and LMDB wants a transaction used by one
+/// thread at a time. It may move to another thread while nothing borrows it.
+pub(crate) struct Frozen {
+    view: View,
+    /// The catalog entries looked up so far, by tag. Entries are only ever
+    /// added, never removed or replaced, while the snapshot lives.
+    streams: RefCell<HashMap<u32, Arc<super::StreamInfo>>>,
+}
+
+impl Frozen {
+    pub(crate) fn new(view: View) -> Frozen {
+        Frozen {
+            view,
+            streams: RefCell::default(),
+        }
+    }
+
+    /// The id of the commit this snapshot sees.
+    pub(crate) fn txn_id(&self) -> usize {
+        self.view.txn_id()
+    }
+
+    /// The tag of `info`'s stream in this snapshot (see [`Store::stream_tag`]).
+    pub(crate) fn stream_tag(&self, info: &super::StreamInfo) -> Result<Option<u32>> {
+        self.view.store.stream_tag(&self.view.pin.txn, info)
+    }
+
+    /// The catalog entry of the stream with `tag`, borrowed from the snapshot.
+    pub(crate) fn stream(&self, tag: u32) -> Result<&super::StreamInfo> {
+        let mut streams = self.streams.borrow_mut();
+        let info: *const super::StreamInfo = match streams.get(&tag) {
+            Some(info) => Arc::as_ptr(info),
+            None => {
+                let info = self.view.store.stream_by_tag(&self.view.pin.txn, tag)?;
+                let ptr = Arc::as_ptr(&info);
+                streams.insert(tag, info);
+                ptr
+            }
+        };
+        // SAFETY: `info` points into an `Arc` that `self.streams` keeps until
+        // `self` is dropped: entries are never removed or replaced, and a map
+        // that rehashes moves the `Arc`s, not what they point to. So the entry
+        // outlives the `&self` borrow the result is tied to, and it is never
+        // mutated (an `Arc` hands out shared access only).
+        Ok(unsafe { &*info })
+    }
+
+    /// One past the newest global sequence in this snapshot.
+    pub(crate) fn end_global(&self) -> Result<u64> {
+        let end = self.view.store.end_global(&self.view.pin.txn)?;
+        self.view.store.observe_end(end);
+        Ok(end)
+    }
+
+    /// The last stream sequence of `(tag, id)`, if any.
+    pub(crate) fn stream_version(&self, tag: u32, id: u64) -> Result<Option<StreamSequence>> {
+        Ok(self
+            .view
+            .store
+            .last_run(&self.view.pin.txn, tag, id)?
+            .map(|r| StreamSequence(r.end_seq() - 1)))
+    }
+
+    /// The event at `(tag, id, seq)` (its position, payload and metadata), or `None`
+    /// if the stream id is shorter.
+    pub(crate) fn event_at_stream(
+        &self,
+        tag: u32,
+        id: u64,
+        seq: u64,
+    ) -> Result<Option<(EventPosition, &[u8], RawMeta<'_>)>> {
+        let (store, txn) = (&self.view.store, &self.view.pin.txn);
+        let run = store.run_at_or_before(txn, tag, id, seq)?;
+        let Some(run) = run.filter(|r| seq < r.end_seq()) else {
+            store.no_run_for(txn, tag, id, seq)?;
+            return Ok(None);
+        };
+        let global = run.first_global + (seq - run.first_seq);
+        let block = self
+            .view
+            .block_ref(global)?
+            .ok_or_else(|| missing(global))?;
+        let position = position_in(&block.header, global);
+        check_belongs(&position, tag, id, seq)?;
+        let (payload, meta) = payload_in(&self.view, &block, global)?;
+        Ok(Some((position, payload, meta)))
+    }
+
+    /// The event at `global` (its block, payload and metadata), or `None`
+    /// past the end.
+    pub(crate) fn event_at_global(
+        &self,
+        global: u64,
+    ) -> Result<Option<(BlockRef, &[u8], RawMeta<'_>)>> {
+        match self.view.block_ref(global)? {
+            Some(block) => {
+                let (payload, meta) = payload_in(&self.view, &block, global)?;
+                Ok(Some((block, payload, meta)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A cursor over `(tag, id)` from `from` that lends payloads for as long
+    /// as `self` is borrowed.
+    pub(crate) fn stream_cursor(
+        &self,
+        tag: Option<u32>,
+        id: u64,
+        from: u64,
+    ) -> StreamCursor<&View> {
+        StreamCursor::new(&self.view, tag, id, from)
+    }
+
+    /// A cursor over the log from `from` that lends payloads for as long as
+    /// `self` is borrowed.
+    pub(crate) fn global_cursor(&self, from: u64) -> GlobalCursor<&View> {
+        GlobalCursor::new(&self.view, from)
+    }
+}
+
+/// The payload and metadata at `global` of `block`, borrowed for as long as
+/// `view` is.
+/// `block` must have been found in `view`'s transaction (every caller: a
+/// [`Frozen`] or a cursor over its view).
+#[inline]
+fn payload_in<'s>(
+    view: &'s View,
+    block: &BlockRef,
+    global: u64,
+) -> Result<(&'s [u8], RawMeta<'s>)> {
+    let _pinned_by: &'s Pinned = &view.pin;
+    // SAFETY: `block` was found in `view`'s transaction, whose pages `view.pin`
+    // keeps valid and unchanged, and whose gate guard keeps the map in place,
+    // for as long as `view` is borrowed, which bounds the result.
+    let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
+    let index = (global - block.header.first_global) as u32;
+    BlockView::from_validated(bytes, block.header)
+        .entry(index)
+        .map(|(meta, payload)| (payload, meta))
+        .map_err(corrupt_at(global))
+}
+
+impl<'s> StreamCursor<&'s View> {
+    /// The next event's position, payload and metadata, borrowed from the
+    /// snapshot.
+    #[inline]
+    pub(crate) fn next_in(&mut self) -> Option<Result<(EventPosition, &'s [u8], RawMeta<'s>)>> {
+        let found = match self.advance() {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        let (block, global) = found;
+        match payload_in(self.view, &block, global) {
+            Ok((payload, meta)) => Some(Ok((position_in(&block.header, global), payload, meta))),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<'s> GlobalCursor<&'s View> {
+    /// The next event of the log: its block, global sequence, payload and
+    /// metadata, borrowed from the snapshot.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn next_in(&mut self) -> Option<Result<(BlockRef, u64, &'s [u8], RawMeta<'s>)>> {
+        let (block, global) = match self.advance()? {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        match payload_in(self.view, &block, global) {
+            Ok((payload, meta)) => Some(Ok((block, global, payload, meta))),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
     }
 }
 

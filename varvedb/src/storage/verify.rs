@@ -183,7 +183,12 @@ impl Store {
         }
 
         // Event ids: each entry points at an event carrying that id.
-        for item in self.ids.iter(txn).map_err(&err)? {
+        // (A read-only open of a store from before event ids has no index.)
+        let ids = match &self.ids {
+            Some(ids) => Some(ids.iter(txn).map_err(&err)?),
+            None => None,
+        };
+        for item in ids.into_iter().flatten() {
             let (k, v) = item.map_err(&err)?;
             let at = Location::Record(format!("event id index entry {k:02x?}"));
             let Some((event_id, global)) = <[u8; 16]>::try_from(k)

@@ -19,7 +19,7 @@ use super::keys::{
     decode_id_value, entity_counter_key, entity_key, entity_reverse_key, event_key, id_value,
     index_key, open_sealed, sealed_value, Run,
 };
-use super::{walk_stream, Remap, Store, StreamInfo, View};
+use super::{Remap, Store, StreamInfo, View};
 use crate::error::{Error, Location, Result, StoredAt};
 use crate::id::EventId;
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
@@ -76,13 +76,13 @@ pub(crate) const FIRST_KEYED_ID: u64 = 1 << 63;
 /// An open write transaction. Everything done through it commits together
 /// (durably) or not at all.
 pub(crate) struct WriteTxn<'s> {
-    store: &'s Store,
-    txn: RwTxn<'s>,
+    pub(super) store: &'s Store,
+    pub(super) txn: RwTxn<'s>,
     /// One past the newest global sequence, once known in this transaction.
-    end_global: Option<u64>,
+    pub(super) end_global: Option<u64>,
     /// Catalog entries this transaction created or completed, taught to their
     /// handles only once it commits (an aborted attempt teaches nothing).
-    bound: Vec<Bound>,
+    pub(super) bound: Vec<Bound>,
     /// A map-full or map-resized error an LMDB call of this transaction
     /// returned: the transaction is then doomed (LMDB marks it failed), and
     /// [`Store::write`] grows or remaps and retries whatever the closure
@@ -126,6 +126,7 @@ impl Store {
     /// woken subscriber can open its snapshot at once, and a slow (or
     /// writing) waker holds up no other commit.
     pub(crate) fn write<R>(&self, f: impl FnMut(&mut WriteTxn<'_>) -> Result<R>) -> Result<R> {
+        self.check_writable("writing")?;
         let Committed { value, end, txn_id } = self.write_locked(f)?;
         self.commits.publish(end, txn_id);
         Ok(value)
@@ -191,6 +192,13 @@ impl Store {
         if let Some(env) = wtxn.environmental.get() {
             // The closure swallowed a failed write: committing would lose it.
             return Err(Attempt::Env(env));
+        }
+        if super::identity::is_unlinked(&self.data_file) {
+            // The store was deleted under us: a commit would be acknowledged
+            // and gone with the file.
+            return Err(Attempt::Failed(Error::StoreDeleted {
+                path: self.path.clone(),
+            }));
         }
         // The end of the log this commit leaves, if it appended. A commit
         // that did not leaves the end where it was; it is not read here, as
@@ -297,7 +305,9 @@ impl<'s> WriteTxn<'s> {
             stream_tag: tag,
             stream_id: id,
             first_stream_seq: first_seq,
-            fingerprint: info.layout_fingerprint,
+            // The version it was written with: a derived type's schema
+            // fingerprint, a plain type's layout fingerprint.
+            fingerprint: info.block_fingerprint(),
             count: block.count() as u32,
             meta_flags,
             meta_len,
@@ -339,7 +349,7 @@ impl<'s> WriteTxn<'s> {
             PutFlags::NO_OVERWRITE
         };
         for (i, event_id) in block.event_ids().iter().enumerate() {
-            let put = store.ids.put_with_flags(
+            let put = store.ids_db()?.put_with_flags(
                 &mut self.txn,
                 flags,
                 event_id,
@@ -409,7 +419,7 @@ impl<'s> WriteTxn<'s> {
         let Some(lowest) = ids.iter().min() else {
             return Ok(false);
         };
-        let last = self.store.ids.last(&self.txn);
+        let last = self.store.ids_db()?.last(&self.txn);
         Ok(match self.lmdb("reading event ids", last)? {
             None => true,
             Some((greatest, _)) => lowest.as_slice() > greatest,
@@ -418,7 +428,7 @@ impl<'s> WriteTxn<'s> {
 
     /// The global sequence stored for `event_id`, if any.
     fn stored_id(&self, event_id: &[u8; 16]) -> Result<Option<u64>> {
-        let got = self.store.ids.get(&self.txn, event_id);
+        let got = self.store.ids_db()?.get(&self.txn, event_id);
         let Some(v) = self.lmdb("reading event ids", got)? else {
             return Ok(None);
         };
@@ -483,12 +493,12 @@ impl<'s> WriteTxn<'s> {
                 id: StreamId(id),
                 event_id: EventId(ids[index]),
                 index,
-                stored: StoredAt {
+                stored: Box::new(StoredAt {
                     stream: name,
                     id: StreamId(i),
                     sequence: StreamSequence(seq),
                     global: GlobalSequence(global),
-                },
+                }),
                 reason,
             })
         };
@@ -577,7 +587,7 @@ impl<'s> WriteTxn<'s> {
             }
         };
         let counter_key = entity_counter_key(tag);
-        let got = store.keys.get(&self.txn, &counter_key);
+        let got = store.keys_db()?.get(&self.txn, &counter_key);
         let mut next = match self.lmdb("reading entity keys", got)? {
             None => FIRST_KEYED_ID,
             Some(v) => open_sealed(&counter_key, v)
@@ -616,7 +626,7 @@ impl<'s> WriteTxn<'s> {
             ),
         ];
         for (k, v) in puts {
-            let put = store.keys.put(&mut self.txn, k, &v);
+            let put = store.keys_db()?.put(&mut self.txn, k, &v);
             self.lmdb("writing entity keys", put)?;
         }
         Ok(next)
@@ -639,16 +649,16 @@ impl<'s> WriteTxn<'s> {
             .map(|r| r.end_seq() - 1))
     }
 
-    /// Calls `f(stream sequence, global sequence, payload)` for each event of
-    /// `(tag, id)` from `from`, as this transaction sees them.
-    pub(crate) fn walk_stream(
+    /// Calls `f(stream sequence, global sequence, block fingerprint, payload)`
+    /// for each event of `(tag, id)` from `from`, as this transaction sees them.
+    pub(crate) fn walk_stream_versions(
         &self,
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, &[u8], super::RawMeta<'_>) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], super::RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
-        walk_stream(self.store, &self.txn, tag, id, from, f)
+        super::snapshot::walk_stream_versions(self.store, &self.txn, tag, id, from, f)
     }
 
     /// A read snapshot of the commit this transaction started from, for reading
@@ -673,7 +683,7 @@ impl<'s> WriteTxn<'s> {
 
     /// Maps an LMDB result to ours, first recording its error in the
     /// transaction: see [`WriteTxn::take_failure`].
-    fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
+    pub(super) fn lmdb<T>(&self, operation: &'static str, result: heed::Result<T>) -> Result<T> {
         result.map_err(|e| {
             if let heed::Error::Mdb(code) = e {
                 match code {
@@ -699,25 +709,25 @@ impl<'s> WriteTxn<'s> {
 
     /// Reads a value of the `state` database (snapshots, checkpoints, read models).
     pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
-        let got = self.store.state.get(&self.txn, key);
+        let got = self.store.state_db()?.get(&self.txn, key);
         self.lmdb("reading state", got)
     }
 
     /// Writes a value of the `state` database.
     pub(crate) fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let put = self.store.state.put(&mut self.txn, key, value);
+        let put = self.store.state_db()?.put(&mut self.txn, key, value);
         self.lmdb("writing state", put)
     }
 
     /// Deletes a value of the `state` database; returns whether it existed.
     pub(crate) fn state_delete(&mut self, key: &[u8]) -> Result<bool> {
-        let deleted = self.store.state.delete(&mut self.txn, key);
+        let deleted = self.store.state_db()?.delete(&mut self.txn, key);
         self.lmdb("deleting state", deleted)
     }
 
     /// Deletes every `state` key starting with `prefix`; returns how many.
     pub(crate) fn state_delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
-        let deleted = Self::delete_prefix(&self.store.state, &mut self.txn, prefix);
+        let deleted = Self::delete_prefix(self.store.state_db()?, &mut self.txn, prefix);
         self.lmdb("deleting state", deleted)
     }
 
@@ -795,6 +805,7 @@ mod tests {
             type_name: "raw",
             layout_fingerprint: 1,
             schema_fingerprint: 0,
+            schema: None,
         };
         let info = store.open_stream("s", &ty).unwrap();
         store

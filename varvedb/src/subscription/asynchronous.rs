@@ -84,7 +84,7 @@ impl<P: Pager> Drop for Task<P> {
 ///
 /// // Any executor will do; with tokio: `events.next().await` (futures' StreamExt).
 /// let first = futures_executor_block_on(poll_fn(|cx| Pin::new(&mut events).poll_next(cx)));
-/// assert_eq!(first.expect("committed")?.archived::<Placed>()?.order, 7);
+/// assert_eq!(first.expect("committed")?.archived_plain::<Placed>()?.order, 7);
 /// # fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// #     let mut f = std::pin::pin!(f);
 /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::event::{layout_fingerprint, Archivable};
+use crate::event::{layout_fingerprint, Archivable, Event, Schema};
 use crate::global::GlobalEvent;
 use crate::id::CorrelationId;
 use crate::storage::StreamInfo;
@@ -19,14 +19,14 @@ use crate::storage::StreamInfo;
 ///
 /// ```
 /// # use rkyv::{Archive, Serialize};
-/// # #[derive(Archive, Serialize)] struct Placed { n: u32 }
-/// # #[derive(Archive, Serialize)] struct Joined { n: u32 }
+/// # #[derive(Archive, Serialize, varvedb::Event)] struct Placed { n: u32 }
+/// # #[derive(Archive, Serialize, varvedb::Event)] struct Joined { n: u32 }
 /// use varvedb::{Filter, GlobalSequence, StreamId};
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let varve = varvedb::Varve::new(dir.path())?;
-/// varve.stream::<Placed, 16>("orders")?.append(StreamId(1), &Placed { n: 1 })?;
-/// varve.stream::<Joined, 16>("users")?.append(StreamId(1), &Joined { n: 2 })?;
-/// varve.stream::<Placed, 16>("returns")?.append(StreamId(1), &Placed { n: 3 })?;
+/// varve.events_in::<Placed>("orders")?.append(StreamId(1), &Placed { n: 1 })?;
+/// varve.events_in::<Joined>("users")?.append(StreamId(1), &Joined { n: 2 })?;
+/// varve.events_in::<Placed>("returns")?.append(StreamId(1), &Placed { n: 3 })?;
 ///
 /// let placed = Filter::all().event_type::<Placed>();
 /// let mut subscription = varve.subscribe(GlobalSequence(0)).with_filter(placed);
@@ -47,11 +47,36 @@ pub struct Filter {
     correlations: Vec<CorrelationId>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TypeKey {
-    name: &'static str,
-    fingerprint: u64,
+#[derive(Debug, Clone, Copy)]
+enum TypeKey {
+    /// A plain rkyv type: by type name and layout.
+    Plain {
+        name: &'static str,
+        fingerprint: u64,
+    },
+    /// A `#[derive(Event)]` type: by its event family.
+    Event(Schema),
 }
+
+impl PartialEq for TypeKey {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                TypeKey::Plain { name, fingerprint },
+                TypeKey::Plain {
+                    name: n,
+                    fingerprint: f,
+                },
+            ) => name == n && fingerprint == f,
+            (TypeKey::Event(a), TypeKey::Event(b)) => {
+                (a.name, a.fingerprint, a.type_name) == (b.name, b.fingerprint, b.type_name)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TypeKey {}
 
 impl Filter {
     /// A filter that passes every event.
@@ -69,14 +94,23 @@ impl Filter {
         self
     }
 
-    /// Also passes events of streams holding `T` (the first call restricts
-    /// the filter to the named types). A type matches as
-    /// [`GlobalEvent::is`] does: by type name and layout.
-    pub fn event_type<T: Archivable>(mut self) -> Filter {
-        let key = TypeKey {
+    /// Also passes events of streams holding `E`'s event family (the first
+    /// call restricts the filter to the named types): the streams
+    /// [`GlobalEvent::archived::<E>`](GlobalEvent::archived) reads.
+    pub fn event_type<E: Event>(self) -> Filter {
+        self.with_type(TypeKey::Event(Schema::of::<E>()))
+    }
+
+    /// Also passes events of streams holding the plain rkyv type `T` (see
+    /// [`GlobalEvent::is_plain`]): by type name and layout.
+    pub fn plain_type<T: Archivable>(self) -> Filter {
+        self.with_type(TypeKey::Plain {
             name: std::any::type_name::<T>(),
             fingerprint: layout_fingerprint::<T>(),
-        };
+        })
+    }
+
+    fn with_type(mut self, key: TypeKey) -> Filter {
         if !self.types.contains(&key) {
             self.types.push(key);
         }
@@ -134,10 +168,14 @@ impl Filter {
     fn matches_stream(&self, info: &StreamInfo) -> bool {
         let stream_ok = self.streams.is_empty() || self.streams.iter().any(|s| **s == *info.name);
         let type_ok = self.types.is_empty()
-            || self
-                .types
-                .iter()
-                .any(|t| *t.name == *info.type_name && t.fingerprint == info.layout_fingerprint);
+            || self.types.iter().any(|t| match t {
+                TypeKey::Plain { name, fingerprint } => {
+                    info.family.is_none()
+                        && **name == *info.type_name
+                        && *fingerprint == info.layout_fingerprint
+                }
+                TypeKey::Event(schema) => info.accepts(schema).is_ok(),
+            });
         stream_ok && type_ok
     }
 }

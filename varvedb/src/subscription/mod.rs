@@ -21,6 +21,7 @@ mod asynchronous;
 mod filter;
 mod follow;
 mod stop;
+mod watcher;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -40,6 +41,7 @@ pub use filter::Filter;
 pub(crate) use filter::FilterCache;
 pub(crate) use follow::{Follower, Pager, Step};
 pub use stop::StopHandle;
+pub use watcher::WriteWatcher;
 
 /// Reads the global log from a position, applying a filter.
 pub(crate) struct GlobalPager {
@@ -124,7 +126,7 @@ impl<T: Archivable> Pager for StreamPager<T> {
 /// let consumer = std::thread::spawn(move || -> varvedb::Result<Vec<u64>> {
 ///     subscription
 ///         .take(3)
-///         .map(|event| Ok(event?.archived::<Placed>()?.order.to_native()))
+///         .map(|event| Ok(event?.archived_plain::<Placed>()?.order.to_native()))
 ///         .collect()
 /// });
 /// // Appended after the consumer started: it waits for them.

@@ -1,0 +1,355 @@
+//! [`Varve::restore`]: a store rebuilt from a backup and segments.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::segment::Record;
+use super::{
+    digest_log, file_digest, io_error, walk_blocks, BackupManifest, LogDigest, SegmentInfo, Staging,
+};
+use crate::config::VarveConfig;
+use crate::error::{Error, Result};
+use crate::position::GlobalSequence;
+use crate::storage::{self, Access, Store, StoreId, DATA_FILE, FORMAT_VERSION};
+use crate::store::Varve;
+
+/// Bytes of blocks written per transaction while restoring.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// What [`Varve::restore`] rebuilt.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// The restored store's directory.
+    pub path: PathBuf,
+    /// Its id (the backup's).
+    pub store_id: StoreId,
+    /// One past its last global sequence.
+    pub end: GlobalSequence,
+    /// Events it holds (equal to `end`).
+    pub events: u64,
+    /// Blocks written on top of the backup's data file (all of them when
+    /// `rebuilt`).
+    pub blocks_applied: u64,
+    /// Segments whose blocks were applied (wholly or up to `until`).
+    pub segments_applied: usize,
+    /// Whether the store was rebuilt block by block from the backup (a
+    /// point in time before the backup's end) instead of starting from a
+    /// copy of its data file. A rebuilt store holds the log and catalog
+    /// only: no aggregate snapshots, no projection checkpoints or models
+    /// (projections start over, which is right for a log cut short).
+    pub rebuilt: bool,
+    /// The log digest of the restored store, recomputed from it.
+    pub log_digest: LogDigest,
+    /// How long the restore took.
+    pub duration: Duration,
+}
+
+/// Where blocks go while restoring: a store, written a chunk at a time.
+struct Sink {
+    varve: Varve,
+    chunk: Vec<(u64, Vec<u8>)>,
+    bytes: usize,
+    digest: LogDigest,
+    blocks: u64,
+    end: u64,
+}
+
+impl Sink {
+    fn block(&mut self, key: u64, end: u64, bytes: &[u8]) -> Result<()> {
+        self.digest = self.digest.chain(key, bytes);
+        self.blocks += 1;
+        self.end = end;
+        self.bytes += bytes.len();
+        self.chunk.push((key, bytes.to_vec()));
+        if self.bytes >= CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        self.bytes = 0;
+        self.varve.store().write(|txn| {
+            for (key, bytes) in &chunk {
+                txn.import_block(*key, bytes)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn catalog(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        self.flush()?;
+        self.varve.store().write(|txn| {
+            for (k, v) in records {
+                txn.import_catalog_record(k, v)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Varve {
+    /// Restores the full backup `backup`, then the chain of `segments` (in
+    /// order), into `dest`, a new or empty directory, up to (not including)
+    /// global sequence `until` if given.
+    ///
+    /// Before writing anything it checks the backup's manifest and the
+    /// digest of its data file, and each segment's checksum, store id and
+    /// place in the chain (each must start where the previous ends, with
+    /// the same log digest). Appends are atomic, so a restore stops *before*
+    /// a batch that `until` would cut: the report's `end` may be below
+    /// `until`. Restoring to a point before the backup's end rebuilds the
+    /// store from the backup's blocks (see [`RestoreReport::rebuilt`]).
+    ///
+    /// The result is opened, [verified](Varve::verify), and its log digest
+    /// recomputed and compared with the digests recorded in the backup and
+    /// segments, before it is moved to `dest` (syncing files and
+    /// directories). A crash leaves no `dest`.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{GlobalSequence, StreamId, Varve};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = Varve::new(dir.path().join("store"))?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append(StreamId(1), &Tick { n: 1 })?;
+    /// varve.backup(dir.path().join("full"))?;
+    /// ticks.append(StreamId(1), &Tick { n: 2 })?;
+    /// ticks.append(StreamId(1), &Tick { n: 3 })?;
+    /// varve.export_after(dir.path().join("full"), dir.path().join("1.seg"))?;
+    ///
+    /// let restored = Varve::restore(
+    ///     dir.path().join("full"),
+    ///     [dir.path().join("1.seg")],
+    ///     dir.path().join("restored"),
+    ///     Some(GlobalSequence(2)),
+    /// )?;
+    /// assert_eq!(restored.end, GlobalSequence(2));
+    /// assert_eq!(Varve::new(dir.path().join("restored"))?.store_id(), varve.store_id());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::DestinationExists`] if `dest` is neither absent nor an empty
+    /// directory; [`Error::BackupDamaged`] for a damaged backup or segment,
+    /// or a result that fails its checks; [`Error::ForeignBackup`],
+    /// [`Error::SegmentMissing`] and [`Error::SegmentOutOfOrder`] for
+    /// segments that do not continue the chain.
+    pub fn restore<P: AsRef<Path>>(
+        backup: impl AsRef<Path>,
+        segments: impl IntoIterator<Item = P>,
+        dest: impl AsRef<Path>,
+        until: Option<GlobalSequence>,
+    ) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let backup = backup.as_ref();
+        let dest = dest.as_ref();
+        let manifest = BackupManifest::read(backup)?;
+        if manifest.format != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path: backup.to_path_buf(),
+                found: manifest.format,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let damaged = |path: &Path, detail: String| Error::BackupDamaged {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let data = backup.join(DATA_FILE);
+        if file_digest(&data, |_| {})? != manifest.data_digest {
+            return Err(damaged(
+                backup,
+                "its data file does not match the digest in its manifest".into(),
+            ));
+        }
+        // The whole chain is checked before anything is written.
+        let mut chain = Vec::new();
+        let (mut at, mut digest) = (manifest.end, manifest.log_digest);
+        for path in segments {
+            let info = SegmentInfo::read(path.as_ref())?;
+            if info.store_id != manifest.store_id {
+                return Err(Error::ForeignBackup {
+                    path: info.path,
+                    expected: manifest.store_id,
+                    found: info.store_id,
+                });
+            }
+            if info.from > at {
+                return Err(Error::SegmentMissing {
+                    path: info.path,
+                    expected_from: at,
+                    found_from: info.from,
+                });
+            }
+            if info.from < at || info.start_digest != digest {
+                return Err(Error::SegmentOutOfOrder {
+                    path: info.path,
+                    expected_from: at,
+                    found_from: info.from,
+                });
+            }
+            (at, digest) = (info.to, info.end_digest);
+            chain.push(info);
+        }
+
+        let limit = until.map_or(u64::MAX, |u| u.0);
+        let staging = Staging::new(dest, true)?;
+        let identity = storage::read_identity(backup)?
+            .ok_or_else(|| damaged(backup, "it has no identity record (varvedb.id)".into()))?;
+        let rebuilt = limit < manifest.end.0;
+        let mut sink = if rebuilt {
+            rebuild_from_backup(backup, &staging.dir, identity, limit)?
+        } else {
+            let copy = staging.dir.join(DATA_FILE);
+            std::fs::copy(&data, &copy).map_err(io_error(&copy))?;
+            std::fs::File::open(&copy)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error(&copy))?;
+            storage::write_identity(&staging.dir, &identity)?;
+            let varve = Varve::new(&staging.dir)?;
+            Sink {
+                varve,
+                chunk: Vec::new(),
+                bytes: 0,
+                digest: manifest.log_digest,
+                blocks: 0,
+                end: manifest.end.0,
+            }
+        };
+
+        let mut applied = 0;
+        for info in &chain {
+            if sink.end >= limit || rebuilt {
+                break;
+            }
+            let mut catalog = Vec::new();
+            let mut cut = false;
+            let mut blocks = 0u64;
+            info.for_each_record(|record| {
+                match record {
+                    Record::Block(key, bytes) => {
+                        let header = storage::block::BlockView::parse(key, bytes)
+                            .map_err(|e| damaged(&info.path, format!("block at {key}: {}", e.0)))?;
+                        let end = header.header().end_global();
+                        if end > limit {
+                            cut = true;
+                            return Ok(true); // the catalog records follow
+                        }
+                        if !cut {
+                            sink.block(key, end, bytes)?;
+                            blocks += 1;
+                        }
+                    }
+                    Record::Catalog(k, v) => catalog.push((k.to_vec(), v.to_vec())),
+                }
+                Ok(true)
+            })?;
+            sink.catalog(&catalog)?;
+            applied += 1;
+            if !cut
+                && (blocks != info.blocks
+                    || sink.digest != info.end_digest
+                    || sink.end != info.to.0)
+            {
+                return Err(damaged(
+                    &info.path,
+                    "its blocks do not add up to the digest in its trailer".into(),
+                ));
+            }
+            if cut {
+                break;
+            }
+        }
+        sink.flush()?;
+
+        // Check the result from scratch.
+        let varve = sink.varve;
+        let end = varve.global_reader().end()?.0;
+        let verified = varve.verify()?;
+        if !verified.is_ok() || verified.events != end {
+            return Err(damaged(
+                dest,
+                format!(
+                    "the restored store fails verification: {}",
+                    verified
+                        .problems
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| format!("{} events, end {end}", verified.events))
+                ),
+            ));
+        }
+        let (log_digest, _) = digest_log(varve.store(), end, |_| {})?;
+        if log_digest != sink.digest || end != sink.end {
+            return Err(damaged(
+                dest,
+                "the restored log's digest differs from the backup's and segments'".into(),
+            ));
+        }
+        let store_id = varve.store_id();
+        drop(varve);
+        staging.publish(true)?;
+        Ok(RestoreReport {
+            path: dest.to_path_buf(),
+            store_id,
+            end: GlobalSequence(end),
+            events: end,
+            blocks_applied: sink.blocks,
+            segments_applied: applied,
+            rebuilt,
+            log_digest,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+/// A new store in `dir` with the backup's identity, holding the backup's
+/// blocks that end at or before `limit`, and its catalog.
+fn rebuild_from_backup(
+    backup: &Path,
+    dir: &Path,
+    identity: storage::Identity,
+    limit: u64,
+) -> Result<Sink> {
+    let store = Store::open_as(
+        dir,
+        VarveConfig::default(),
+        Access::ReadWrite,
+        Some(identity),
+    )?;
+    let mut sink = Sink {
+        varve: Varve::from_store(store),
+        chunk: Vec::new(),
+        bytes: 0,
+        digest: LogDigest::default(),
+        blocks: 0,
+        end: 0,
+    };
+    let source = Varve::open_read_only(backup)?;
+    let end = source.global_reader().end()?.0;
+    walk_blocks(source.store(), 0, end, |key, block_end, bytes| {
+        if block_end > limit {
+            return Ok(ControlFlow::Break(()));
+        }
+        sink.block(key, block_end, bytes)?;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    let mut records = Vec::new();
+    source.store().snapshot()?.for_each_catalog_record(|k, v| {
+        records.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })?;
+    sink.catalog(&records)?;
+    // The read-only open may have made LMDB's lock file in the backup: it
+    // is left there (another process may be reading the backup too).
+    drop(source);
+    Ok(sink)
+}

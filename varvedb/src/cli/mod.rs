@@ -1,0 +1,809 @@
+//! The `varvedb` command-line tool, and the library entry to build your own
+//! with your event types (feature `cli`).
+//!
+//! The generic binary (`cargo install --path varvedb --features cli`) prints
+//! events with their headers and base64 payloads. An application registers
+//! its types to print them as JSON:
+//!
+//! ```no_run
+//! use varvedb::Event;
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, Event)]
+//! #[event(stream = "orders")]
+//! struct OrderPlaced { order: u64, cents: u64 }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     varvedb::cli::Cli::new().event::<OrderPlaced>().run()
+//! }
+//! ```
+//!
+//! Every command takes `--json`. Inspection opens the store read-only, so it
+//! runs beside the application; only `readers --clear-stale` writes (LMDB's
+//! lock file), and `restore` writes only its new destination.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rkyv::rancor;
+use serde_json::{json, Value};
+
+use crate::{
+    BackupPhase, Error, Event, GlobalEvent, GlobalSequence, StreamId, StreamSequence, Varve,
+};
+
+/// A printer of one stream's events as JSON.
+type Typed = Box<dyn Fn(&GlobalEvent) -> Result<Value, String>>;
+
+/// The `varvedb` tool, with the application's event types registered.
+pub struct Cli {
+    typed: HashMap<String, Typed>,
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("typed_streams", &self.typed.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for Cli {
+    fn default() -> Self {
+        Cli::new()
+    }
+}
+
+impl Cli {
+    /// The generic tool: payloads print as base64.
+    pub fn new() -> Cli {
+        Cli {
+            typed: HashMap::new(),
+        }
+    }
+
+    /// Prints the events of `E::STREAM` as `E`, serialized with serde.
+    /// Events of another type in that stream (none, if the store is sound)
+    /// print as base64.
+    pub fn event<E>(mut self) -> Cli
+    where
+        E: Event + serde::Serialize + 'static,
+        E::Archived: rkyv::Deserialize<E, rkyv::rancor::Strategy<rkyv::de::Pool, rancor::Error>>,
+    {
+        // Through the event's family: older versions print upcast.
+        let print: Typed = Box::new(|event: &GlobalEvent| {
+            let archived = event.archived::<E>().map_err(|e| e.to_string())?;
+            let value: E =
+                rkyv::deserialize::<E, rancor::Error>(archived).map_err(|e| e.to_string())?;
+            serde_json::to_value(&value).map_err(|e| e.to_string())
+        });
+        self.typed.insert(E::STREAM.to_owned(), print);
+        self
+    }
+
+    /// Prints the events of stream `name` as the plain rkyv type `T` (a
+    /// stream written through `Varve::stream`), serialized with serde.
+    pub fn stream<T>(mut self, name: &str) -> Cli
+    where
+        T: crate::Archivable + serde::Serialize + 'static,
+        T::Archived: rkyv::Deserialize<T, rkyv::rancor::Strategy<rkyv::de::Pool, rancor::Error>>,
+    {
+        let print: Typed = Box::new(|event: &GlobalEvent| {
+            let archived = event.archived_plain::<T>().map_err(|e| e.to_string())?;
+            let value: T =
+                rkyv::deserialize::<T, rancor::Error>(archived).map_err(|e| e.to_string())?;
+            serde_json::to_value(&value).map_err(|e| e.to_string())
+        });
+        self.typed.insert(name.to_owned(), print);
+        self
+    }
+
+    /// Parses the process's arguments, runs the command, prints errors to
+    /// stderr; exit code 0 on success, 1 on an error, 2 when `verify` finds
+    /// problems.
+    pub fn run(self) -> ExitCode {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        self.run_from(std::env::args_os(), &mut out)
+    }
+
+    /// [`Cli::run`] with these arguments (the first is the program name),
+    /// writing to `out`: for tests, or to embed the tool.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # varvedb::Varve::new(dir.path())?;
+    /// let mut out = Vec::new();
+    /// let args = ["varvedb", "--json", "--store", dir.path().to_str().unwrap(), "info"];
+    /// let code = varvedb::cli::Cli::new().run_from(args, &mut out);
+    /// assert_eq!(code, std::process::ExitCode::SUCCESS);
+    /// assert!(String::from_utf8(out).unwrap().contains("\"events\":0"));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn run_from<I, T>(self, args: I, out: &mut dyn Write) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = match Args::try_parse_from(args) {
+            Ok(args) => args,
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+            }
+        };
+        let json = args.json;
+        match self.execute(args, out) {
+            Ok(code) => code,
+            Err(e) => {
+                let _ = out.flush();
+                if json {
+                    let _ = writeln!(out, "{}", json!({ "error": e.to_string() }));
+                }
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    fn execute(&self, args: Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+        let json = args.json;
+        let store = || {
+            args.store.clone().ok_or(CliError::Usage(
+                "this command needs the store: --store PATH (or VARVEDB_STORE)",
+            ))
+        };
+        let open = || -> Result<Varve, CliError> { Ok(Varve::open_read_only(store()?)?) };
+        match args.command {
+            Command::Info => {
+                let info = open()?.info()?;
+                if json {
+                    put(
+                        out,
+                        &json!({
+                            "path": info.path, "store_id": info.store_id.to_string(),
+                            "format": info.format, "read_only": info.read_only,
+                            "data_bytes": info.data_bytes, "map_size": info.map_size,
+                            "events": info.end.0, "end": info.end.0, "streams": info.streams,
+                            "last_commit": info.last_commit, "readers_used": info.readers_used,
+                            "max_readers": info.max_readers,
+                        }),
+                    )?;
+                } else {
+                    table(
+                        out,
+                        &["field", "value"],
+                        &[
+                            vec!["path".into(), info.path.display().to_string()],
+                            vec!["store id".into(), info.store_id.to_string()],
+                            vec!["format".into(), info.format.to_string()],
+                            vec!["data file".into(), bytes(info.data_bytes)],
+                            vec!["map".into(), bytes(info.map_size)],
+                            vec!["events".into(), info.end.0.to_string()],
+                            vec!["streams".into(), info.streams.to_string()],
+                            vec!["last commit".into(), info.last_commit.to_string()],
+                            vec![
+                                "readers".into(),
+                                format!("{} of {}", info.readers_used, info.max_readers),
+                            ],
+                        ],
+                    )?;
+                }
+            }
+            Command::Streams => {
+                let streams = open()?.streams()?;
+                if json {
+                    let list: Vec<Value> = streams.iter().map(|s| json!({
+                        "name": s.name, "type": s.type_name, "ids": s.ids, "events": s.events,
+                        "layout_fingerprint": format!("{:#018x}", s.layout_fingerprint),
+                        "schema_fingerprint": format!("{:#018x}", s.schema_fingerprint),
+                    })).collect();
+                    put(out, &Value::Array(list))?;
+                } else {
+                    let rows: Vec<Vec<String>> = streams
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.name.clone(),
+                                s.ids.to_string(),
+                                s.events.to_string(),
+                                s.type_name.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(out, &["stream", "ids", "events", "type"], &rows)?;
+                }
+            }
+            Command::Ids { stream } => {
+                let ids = open()?.stream_ids(&stream)?;
+                if json {
+                    let list: Vec<Value> = ids
+                        .iter()
+                        .map(|i| {
+                            json!({
+                                "id": i.id.0, "events": i.events, "version": i.version.0,
+                            })
+                        })
+                        .collect();
+                    put(out, &Value::Array(list))?;
+                } else {
+                    let rows: Vec<Vec<String>> = ids
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i.id.0.to_string(),
+                                i.events.to_string(),
+                                i.version.0.to_string(),
+                            ]
+                        })
+                        .collect();
+                    table(out, &["id", "events", "version"], &rows)?;
+                }
+            }
+            Command::Read {
+                stream,
+                id,
+                from,
+                limit,
+            } => {
+                let varve = open()?;
+                let globals = varve.stream_globals(
+                    &stream,
+                    StreamId(id),
+                    StreamSequence(from),
+                    limit.unwrap_or(u64::MAX),
+                )?;
+                let mut log = varve.global_reader();
+                for g in globals {
+                    if let Some(event) = log.get(g)? {
+                        self.print_event(out, &event, json)?;
+                    }
+                }
+            }
+            Command::Log { from, limit } => {
+                let varve = open()?;
+                let log = varve.global_reader();
+                let limit = limit.unwrap_or(u64::MAX);
+                for event in log.iter_from(GlobalSequence(from))?.take(limit as usize) {
+                    self.print_event(out, &event?, json)?;
+                }
+            }
+            Command::Dump { from } => {
+                let varve = open()?;
+                let log = varve.global_reader();
+                for event in log.iter_from(GlobalSequence(from))? {
+                    self.print_event(out, &event?, true)?;
+                }
+            }
+            Command::Tail { follow, lines, max } => {
+                let varve = open()?;
+                let end = varve.global_reader().end()?.0;
+                let from = end.saturating_sub(lines);
+                let log = varve.global_reader();
+                for event in log.iter_from(GlobalSequence(from))? {
+                    self.print_event(out, &event?, json)?;
+                }
+                drop(log);
+                if follow {
+                    out.flush()?;
+                    let mut live = varve.subscribe(GlobalSequence(end));
+                    let mut seen = 0u64;
+                    while max.is_none_or(|m| seen < m) {
+                        if let Some(event) = live.next_timeout(Duration::from_secs(3600))? {
+                            self.print_event(out, &event, json)?;
+                            out.flush()?;
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+            Command::Verify => {
+                let varve = open()?;
+                let bar = spinner("verifying");
+                let report = varve.verify()?;
+                bar.finish_and_clear();
+                if json {
+                    let problems: Vec<String> =
+                        report.problems.iter().map(ToString::to_string).collect();
+                    put(
+                        out,
+                        &json!({
+                            "ok": report.is_ok(), "events": report.events, "blocks": report.blocks,
+                            "runs": report.runs, "streams": report.streams, "problems": problems,
+                        }),
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} events, {} blocks, {} runs, {} streams: {}",
+                        report.events,
+                        report.blocks,
+                        report.runs,
+                        report.streams,
+                        if report.is_ok() {
+                            "ok".to_string()
+                        } else {
+                            format!("{} problems", report.problems.len())
+                        }
+                    )?;
+                    for p in &report.problems {
+                        writeln!(out, "  {p}")?;
+                    }
+                }
+                if !report.is_ok() {
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            Command::Backup { dest } => {
+                let varve = open()?;
+                let bar = ProgressBar::new(0);
+                let mut phase = None;
+                let report = varve.backup_with_progress(&dest, |p| {
+                    if phase != Some(p.phase) {
+                        phase = Some(p.phase);
+                        let (style, message) = match p.phase {
+                            BackupPhase::Copying => {
+                                ("{spinner} {msg} {elapsed}", "copying (one LMDB call)")
+                            }
+                            BackupPhase::HashingFile => {
+                                ("{msg} [{bar:30}] {bytes}/{total_bytes}", "hashing the copy")
+                            }
+                            BackupPhase::DigestingLog => {
+                                ("{msg} [{bar:30}] {pos}/{len} events", "digesting the log")
+                            }
+                            _ => ("{spinner} {msg}", "verifying the copy"),
+                        };
+                        if let Ok(style) = ProgressStyle::with_template(style) {
+                            bar.set_style(style);
+                        }
+                        bar.set_message(message);
+                        bar.enable_steady_tick(Duration::from_millis(120));
+                    }
+                    bar.set_length(p.total);
+                    bar.set_position(p.done);
+                })?;
+                bar.finish_and_clear();
+                let m = &report.manifest;
+                if json {
+                    put(
+                        out,
+                        &json!({
+                            "path": report.path, "store_id": m.store_id.to_string(), "end": m.end.0,
+                            "events": m.events, "blocks": m.blocks, "bytes": report.bytes,
+                            "log_digest": m.log_digest.to_string(), "duration_ms": report.duration.as_millis() as u64,
+                            "copy_bytes_per_second": report.bytes_per_second(),
+                        }),
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "backed up {} events ({}) to {} in {:.2?} (copy {}/s); log digest {}",
+                        m.events,
+                        bytes(report.bytes),
+                        report.path.display(),
+                        report.duration,
+                        bytes(report.bytes_per_second() as u64),
+                        m.log_digest
+                    )?;
+                }
+            }
+            Command::Export {
+                dest,
+                after: Some(previous),
+                follow: true,
+                max_segments,
+                ..
+            } => {
+                let varve = open()?;
+                let mut follower = varve.export_follower(previous, &dest)?;
+                let mut written = 0u64;
+                while max_segments.is_none_or(|m| written < m) {
+                    if let Some(report) = follower.next_segment(Duration::from_secs(1))? {
+                        let s = &report.segment;
+                        if json {
+                            put(
+                                out,
+                                &json!({
+                                    "path": s.path, "from": s.from.0, "to": s.to.0,
+                                    "bytes": report.bytes, "end_digest": s.end_digest.to_string(),
+                                }),
+                            )?;
+                        } else {
+                            writeln!(
+                                out,
+                                "{}: global sequences {}..{}",
+                                s.path.display(),
+                                s.from.0,
+                                s.to.0
+                            )?;
+                        }
+                        out.flush()?;
+                        written += 1;
+                    }
+                }
+            }
+            Command::Export {
+                dest, after, from, ..
+            } => {
+                let varve = open()?;
+                let bar = spinner("exporting");
+                let report = match (after, from) {
+                    (Some(previous), _) => varve.export_after(previous, &dest)?,
+                    (None, Some(from)) => varve.export(GlobalSequence(from), &dest)?,
+                    (None, None) => {
+                        return Err(CliError::Usage(
+                            "export needs --after PREVIOUS or --from POSITION",
+                        ))
+                    }
+                };
+                bar.finish_and_clear();
+                let s = &report.segment;
+                if json {
+                    put(
+                        out,
+                        &json!({
+                            "path": s.path, "from": s.from.0, "to": s.to.0, "blocks": s.blocks,
+                            "bytes": report.bytes, "start_digest": s.start_digest.to_string(),
+                            "end_digest": s.end_digest.to_string(), "duration_ms": report.duration.as_millis() as u64,
+                        }),
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "exported global sequences {}..{} ({} events, {}) to {}",
+                        s.from.0,
+                        s.to.0,
+                        report.events(),
+                        bytes(report.bytes),
+                        s.path.display()
+                    )?;
+                }
+            }
+            Command::Restore {
+                backup,
+                segments,
+                to,
+                until,
+            } => {
+                let bar = spinner("restoring");
+                let report = Varve::restore(&backup, &segments, &to, until.map(GlobalSequence))?;
+                bar.finish_and_clear();
+                if json {
+                    put(
+                        out,
+                        &json!({
+                            "path": report.path, "store_id": report.store_id.to_string(), "end": report.end.0,
+                            "events": report.events, "segments_applied": report.segments_applied,
+                            "rebuilt": report.rebuilt, "log_digest": report.log_digest.to_string(),
+                            "duration_ms": report.duration.as_millis() as u64,
+                        }),
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "restored {} events to {} ({} segments{}); verified, log digest {}",
+                        report.events,
+                        report.path.display(),
+                        report.segments_applied,
+                        if report.rebuilt {
+                            ", rebuilt from the backup's blocks"
+                        } else {
+                            ""
+                        },
+                        report.log_digest
+                    )?;
+                }
+            }
+            Command::Readers { clear_stale } => {
+                let varve = open()?;
+                let cleared = if clear_stale {
+                    Some(varve.clear_dead_readers()?)
+                } else {
+                    None
+                };
+                let info = varve.info()?;
+                if json {
+                    put(
+                        out,
+                        &json!({
+                            "used": info.readers_used, "max": info.max_readers, "cleared": cleared,
+                        }),
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} of {} reader slots in use{}",
+                        info.readers_used,
+                        info.max_readers,
+                        cleared
+                            .map(|n| format!("; cleared {n} left by dead processes"))
+                            .unwrap_or_default()
+                    )?;
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn print_event(
+        &self,
+        out: &mut dyn Write,
+        event: &GlobalEvent,
+        json: bool,
+    ) -> Result<(), CliError> {
+        let micros = event
+            .committed_at()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let typed = self
+            .typed
+            .get(event.stream_name())
+            .map(|print| print(event));
+        if json {
+            let mut line = json!({
+                "global": event.global_sequence().0,
+                "stream": event.stream_name(),
+                "id": event.stream_id().0,
+                "seq": event.stream_sequence().0,
+                "type": event.type_name(),
+                "committed_at_micros": micros,
+            });
+            match typed {
+                Some(Ok(value)) => line["event"] = value,
+                other => {
+                    line["payload_base64"] = Value::String(base64(event.payload()));
+                    if let Some(Err(e)) = other {
+                        line["event_error"] = Value::String(e);
+                    }
+                }
+            }
+            writeln!(out, "{line}")?;
+        } else {
+            let body = match typed {
+                Some(Ok(value)) => value.to_string(),
+                _ => {
+                    let p = event.payload();
+                    let hex: String = p.iter().take(24).map(|b| format!("{b:02x}")).collect();
+                    format!(
+                        "{} bytes {hex}{}",
+                        p.len(),
+                        if p.len() > 24 { "…" } else { "" }
+                    )
+                }
+            };
+            writeln!(
+                out,
+                "{:>8}  {}/{}@{}  {}",
+                event.global_sequence().0,
+                event.stream_name(),
+                event.stream_id().0,
+                event.stream_sequence().0,
+                body
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "varvedb",
+    version,
+    about = "Inspect, verify, back up and restore a VarveDB store"
+)]
+struct Args {
+    /// The store directory (every command but `restore`).
+    #[arg(short, long, env = "VARVEDB_STORE", global = true)]
+    store: Option<PathBuf>,
+    /// Print JSON (one document, or JSON Lines for events) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Format, size, map, readers, end of the log, stream count.
+    Info,
+    /// Streams with their types, ids and events.
+    Streams,
+    /// The ids of a stream with their event counts and versions.
+    Ids {
+        /// The stream name.
+        stream: String,
+    },
+    /// The events of one stream id.
+    Read {
+        /// The stream name.
+        stream: String,
+        /// The stream id.
+        id: u64,
+        /// The first stream sequence.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// The global log from a position.
+    Log {
+        /// The first global sequence.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// The last events of the log; with -f, then each new commit.
+    Tail {
+        /// Keep following new commits.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many of the last events to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        /// Stop after following this many events.
+        #[arg(long)]
+        max: Option<u64>,
+    },
+    /// Every event as JSON Lines.
+    Dump {
+        /// The first global sequence.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Check the whole store; exit code 2 if it finds problems.
+    Verify,
+    /// A hot, verified full backup into a new directory.
+    Backup {
+        /// The backup directory (must not exist).
+        dest: PathBuf,
+    },
+    /// A segment of the log for an incremental backup; with --follow, one
+    /// segment per burst of commits into a directory, until stopped.
+    Export {
+        /// The segment file (must not exist); with --follow, a directory.
+        dest: PathBuf,
+        /// Keep writing segments as commits land (needs --after).
+        #[arg(long, requires = "after")]
+        follow: bool,
+        /// With --follow, stop after this many segments.
+        #[arg(long)]
+        max_segments: Option<u64>,
+        /// Continue this backup directory or segment file.
+        #[arg(long, conflicts_with = "from")]
+        after: Option<PathBuf>,
+        /// Start at this global sequence (a block boundary).
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Restore a backup and segments into a new directory.
+    Restore {
+        /// The full backup directory.
+        backup: PathBuf,
+        /// Segment files, in order.
+        segments: Vec<PathBuf>,
+        /// The new store's directory (absent or empty).
+        #[arg(long)]
+        to: PathBuf,
+        /// Stop before this global sequence.
+        #[arg(long)]
+        until: Option<u64>,
+    },
+    /// LMDB reader slots; --clear-stale frees those of dead processes.
+    Readers {
+        /// Free the slots of dead processes (writes LMDB's lock file).
+        #[arg(long)]
+        clear_stale: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Varve(#[from] Error),
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn put(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {
+    writeln!(out, "{value}")?;
+    Ok(())
+}
+
+fn spinner(message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Left-aligned columns, a header and a rule.
+fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    writeln!(
+        out,
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+    )?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+    }
+}

@@ -1,0 +1,214 @@
+//! Looking inside a store: its size, streams and stream ids (for tools such
+//! as the `varvedb` command, and for applications' own health pages).
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::position::{GlobalSequence, StreamId, StreamSequence};
+use crate::storage::{StoreId, DATA_FILE, FORMAT_VERSION};
+use crate::store::Varve;
+
+/// What [`Varve::info`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreInfo {
+    /// The store's directory.
+    pub path: PathBuf,
+    /// The store's id.
+    pub store_id: StoreId,
+    /// The on-disk format version.
+    pub format: u32,
+    /// Whether this handle is read-only.
+    pub read_only: bool,
+    /// The size of `data.mdb` in bytes.
+    pub data_bytes: u64,
+    /// This process's memory map, in bytes (address space, not memory).
+    pub map_size: u64,
+    /// One past the last global sequence (the number of events).
+    pub end: GlobalSequence,
+    /// Streams in the catalog.
+    pub streams: u64,
+    /// The id of the newest commit ([`Varve::last_commit_id`]).
+    pub last_commit: u64,
+    /// LMDB reader slots in use, across processes (a slot stays taken by a
+    /// thread that once read, and by a dead process until cleared).
+    pub readers_used: u32,
+    /// LMDB reader slots in all (`max_readers`).
+    pub max_readers: u32,
+}
+
+/// One stream, as [`Varve::streams`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSummary {
+    /// The stream's name.
+    pub name: String,
+    /// The Rust type it is bound to.
+    pub type_name: String,
+    /// The type's layout fingerprint.
+    pub layout_fingerprint: u64,
+    /// The derive's schema fingerprint (0 without `#[derive(Event)]`).
+    pub schema_fingerprint: u64,
+    /// Stream ids that hold events.
+    pub ids: u64,
+    /// Events in all its ids.
+    pub events: u64,
+}
+
+/// One stream id, as [`Varve::stream_ids`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdSummary {
+    /// The id.
+    pub id: StreamId,
+    /// Its events.
+    pub events: u64,
+    /// Its last stream sequence (`events - 1`).
+    pub version: StreamSequence,
+}
+
+impl Varve {
+    /// The store's size, position and reader slots, in one snapshot.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = varvedb::Varve::new(dir.path())?;
+    /// let info = varve.info()?;
+    /// assert_eq!((info.end.0, info.streams, info.read_only), (0, 0, false));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn info(&self) -> Result<StoreInfo> {
+        let stats = self.store().env_stats();
+        let mut view = self.store().snapshot()?;
+        let end = view.end_global()?;
+        let mut streams = 0;
+        view.for_each_stream(|_, _| {
+            streams += 1;
+            Ok(())
+        })?;
+        drop(view);
+        let data = self.path().join(DATA_FILE);
+        let data_bytes = std::fs::metadata(&data)
+            .map_err(|source| crate::Error::Open { path: data, source })?
+            .len();
+        Ok(StoreInfo {
+            path: self.path().to_path_buf(),
+            store_id: self.store_id(),
+            format: FORMAT_VERSION,
+            read_only: self.is_read_only(),
+            data_bytes,
+            map_size: stats.map_size as u64,
+            end: GlobalSequence(end),
+            streams,
+            last_commit: stats.last_txn as u64,
+            readers_used: stats.readers_used,
+            max_readers: stats.max_readers,
+        })
+    }
+
+    /// Every stream of the catalog with its type and counts, in creation
+    /// order, from one snapshot (it walks the whole index: a tool's call).
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut ticks = varve.stream::<Tick, 16>("ticks")?;
+    /// ticks.append_batch(varvedb::StreamId(7), &[Tick { n: 1 }, Tick { n: 2 }])?;
+    /// let streams = varve.streams()?;
+    /// assert_eq!((streams[0].name.as_str(), streams[0].ids, streams[0].events), ("ticks", 1, 2));
+    /// assert_eq!(varve.stream_ids("ticks")?[0].version.0, 1);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn streams(&self) -> Result<Vec<StreamSummary>> {
+        let mut view = self.store().snapshot()?;
+        let mut found = Vec::new();
+        view.for_each_stream(|tag, info| {
+            found.push((tag, info.clone()));
+            Ok(())
+        })?;
+        let mut out = Vec::with_capacity(found.len());
+        for (tag, info) in found {
+            let (mut ids, mut events) = (0, 0);
+            view.for_each_id(tag, |_, n| {
+                ids += 1;
+                events += n;
+                Ok(())
+            })?;
+            out.push(StreamSummary {
+                name: info.name.to_string(),
+                type_name: info.type_name.to_string(),
+                layout_fingerprint: info.layout_fingerprint,
+                schema_fingerprint: info.schema_fingerprint,
+                ids,
+                events,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The ids of stream `stream` with their event counts, in id order (an
+    /// unknown stream has none).
+    pub fn stream_ids(&self, stream: &str) -> Result<Vec<IdSummary>> {
+        let mut view = self.store().snapshot()?;
+        let mut tag = None;
+        view.for_each_stream(|t, info| {
+            if &*info.name == stream {
+                tag = Some(t);
+            }
+            Ok(())
+        })?;
+        let mut out = Vec::new();
+        if let Some(tag) = tag {
+            view.for_each_id(tag, |id, events| {
+                out.push(IdSummary {
+                    id: StreamId(id),
+                    events,
+                    version: StreamSequence(events.saturating_sub(1)),
+                });
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Frees the LMDB reader slots left taken by processes that died while
+    /// reading; returns how many. Writes only LMDB's lock file.
+    pub fn clear_dead_readers(&self) -> Result<usize> {
+        self.store().clear_dead_readers()
+    }
+}
+
+impl Varve {
+    /// The global sequences of stream `stream`'s id `id` from stream
+    /// sequence `from`, at most `limit` of them (an untyped read, for tools).
+    pub(crate) fn stream_globals(
+        &self,
+        stream: &str,
+        id: StreamId,
+        from: StreamSequence,
+        limit: u64,
+    ) -> Result<Vec<GlobalSequence>> {
+        let mut view = self.store().snapshot()?;
+        let mut tag = None;
+        view.for_each_stream(|t, info| {
+            if &*info.name == stream {
+                tag = Some(t);
+            }
+            Ok(())
+        })?;
+        let Some(tag) = tag else {
+            return Ok(Vec::new());
+        };
+        let mut cursor = crate::storage::StreamCursor::new(view, Some(tag), id.0, from.0);
+        let mut out = Vec::new();
+        while (out.len() as u64) < limit {
+            match cursor.next_bytes() {
+                Some(found) => out.push(found?.1),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}

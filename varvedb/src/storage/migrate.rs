@@ -1,0 +1,242 @@
+//! Migration: rewriting a stream's blocks of older event versions into the
+//! current version, in place, one bounded batch per write transaction.
+//!
+//! ```text
+//! state "migrate/" + tag (BE u32) -> next global sequence to examine (LE u64)
+//! ```
+//!
+//! Each batch reads the cursor, rewrites the blocks it examines and moves
+//! the cursor in one write transaction, so a crash loses at most a batch
+//! that never committed, and two migrations of one stream serialize on the
+//! writer lock (each sees the cursor the other left). The batch that reaches
+//! the end of the log retires the older versions in the stream's family and
+//! deletes the cursor, in the same transaction: no block of a retired
+//! version can exist, since the family records the current version from the
+//! first batch on and older builds cannot append past it.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use heed::RoTxn;
+use rkyv::util::AlignedVec;
+
+use super::block::{reseal, BlockView};
+use super::keys::{event_key, parse_event_key};
+use super::{Store, StreamInfo, WriteTxn};
+use crate::error::{Error, Location, Result};
+use crate::position::GlobalSequence;
+use crate::verify::Problem;
+
+/// The `state` key of the cursor of a migration of the stream with `tag`.
+fn cursor_key(tag: u32) -> [u8; 12] {
+    let mut k = *b"migrate/\0\0\0\0";
+    k[8..].copy_from_slice(&tag.to_be_bytes());
+    k
+}
+
+/// What one batch did.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// Blocks rewritten.
+    pub(crate) blocks: u64,
+    /// Events rewritten, per version they had.
+    pub(crate) events: BTreeMap<u32, u64>,
+    /// The versions retired (by the last batch).
+    pub(crate) retired: Vec<u32>,
+    /// Whether the stream is migrated (the cursor reached the end of the log).
+    pub(crate) done: bool,
+    /// Whether the stream exists.
+    pub(crate) exists: bool,
+}
+
+/// The limits of one batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Events rewritten, at most (a block is never split: one block of more
+    /// events is rewritten whole, alone).
+    pub(crate) events: usize,
+    /// Blocks examined (of any stream), at most.
+    pub(crate) blocks: usize,
+}
+
+impl WriteTxn<'_> {
+    /// Rewrites, within `budget`, the next blocks of `info`'s stream that
+    /// hold an older version of its event (`info` is a `#[derive(Event)]`
+    /// handle), from the cursor the last batch left.
+    pub(crate) fn migrate_batch(&mut self, info: &StreamInfo, budget: Budget) -> Result<Batch> {
+        let store = self.store;
+        let mut batch = Batch::default();
+        let Some((tag, family, bound)) = store.migration_target(&mut self.txn, info)? else {
+            batch.done = true;
+            return Ok(batch);
+        };
+        batch.exists = true;
+        self.bound.extend(bound);
+        let schema = info.schema.as_ref().ok_or_else(|| Error::Corruption {
+            location: Location::Record(format!("stream {:?}", info.name)),
+            detail: "a migration needs a #[derive(Event)] type".into(),
+        })?;
+        let key = cursor_key(tag);
+        let from = match self.state_get(&key)? {
+            Some(v) => u64::from_le_bytes(v.try_into().map_err(|_| Error::Corruption {
+                location: Location::Record(format!(
+                    "the migration cursor of stream {:?}",
+                    info.name
+                )),
+                detail: format!("{} bytes, expected 8", v.len()),
+            })?),
+            None => 0,
+        };
+
+        // Read first (the iterator borrows the transaction), write after.
+        let mut rewrites: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut next = from;
+        let mut rewritten = 0usize;
+        let mut reached_end = true;
+        let mut scratch: Vec<AlignedVec<16>> = Vec::new();
+        let start = event_key(from);
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(&start[..]), Bound::Unbounded);
+        let range = store.events.range(&self.txn, &bounds);
+        let iter = self.lmdb("reading the event log", range)?;
+        for (examined, item) in iter.enumerate() {
+            let (k, v) = self.lmdb("reading the event log", item)?;
+            if examined >= budget.blocks || (rewritten > 0 && rewritten >= budget.events) {
+                reached_end = false;
+                break;
+            }
+            let global = parse_event_key(k).ok_or_else(|| Error::Corruption {
+                location: Location::Record("the event log".into()),
+                detail: format!("malformed key of {} bytes", k.len()),
+            })?;
+            let corrupt = |detail: String| Error::Corruption {
+                location: Location::Global(GlobalSequence(global)),
+                detail,
+            };
+            let view = BlockView::parse(global, v).map_err(|e| corrupt(e.0))?;
+            let header = *view.header();
+            next = header.end_global();
+            if header.stream_tag != tag {
+                continue;
+            }
+            let fp = family
+                .legacy
+                .filter(|l| l.block == header.fingerprint)
+                .map_or(header.fingerprint, |l| l.schema);
+            if fp == schema.fingerprint {
+                if header.fingerprint != fp {
+                    // A block from before the family was recorded, of the
+                    // current version: its bytes stay, its fingerprint is
+                    // the version's own from now on.
+                    let payloads = (0..header.count)
+                        .map(|i| view.event(i))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(|e| corrupt(e.0))?;
+                    let bytes =
+                        reseal(&view, schema.fingerprint, &payloads).map_err(|e| corrupt(e.0))?;
+                    rewrites.push((global, bytes));
+                    batch.blocks += 1;
+                }
+                continue;
+            }
+            let unknown = || Error::UnknownEventVersion {
+                location: Location::Global(GlobalSequence(global)),
+                event: schema.name.to_string(),
+                version: family.version_of(header.fingerprint),
+                fingerprint: fp,
+                known: schema.lineage().into(),
+            };
+            let version = schema.version_of(fp).ok_or_else(unknown)?;
+            scratch.resize_with(header.count as usize, AlignedVec::new);
+            for i in 0..header.count {
+                let payload = view.event(i).map_err(|e| corrupt(e.0))?;
+                let out = &mut scratch[i as usize];
+                match schema.upcast(fp, payload, out) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(unknown()),
+                    Err(e) => {
+                        return Err(Error::UpcastFailed {
+                            location: Location::Global(GlobalSequence(global + u64::from(i))),
+                            event: schema.name.to_string(),
+                            detail: e.to_string(),
+                        })
+                    }
+                }
+            }
+            let payloads: Vec<&[u8]> = scratch[..header.count as usize]
+                .iter()
+                .map(|b| b.as_slice())
+                .collect();
+            let bytes = reseal(&view, schema.fingerprint, &payloads).map_err(|e| corrupt(e.0))?;
+            rewrites.push((global, bytes));
+            batch.blocks += 1;
+            *batch.events.entry(version).or_default() += u64::from(header.count);
+            rewritten += header.count as usize;
+        }
+
+        for (global, bytes) in &rewrites {
+            let put = store.events.put(&mut self.txn, &event_key(*global), bytes);
+            self.lmdb("rewriting a block", put)?;
+        }
+        if reached_end {
+            let (retired, bound) =
+                store.retire_versions(&mut self.txn, info, tag, &family, schema.fingerprint)?;
+            self.bound.extend(bound);
+            batch.retired = retired;
+            self.state_delete(&key)?;
+            batch.done = true;
+        } else {
+            self.state_put(&key, &next.to_le_bytes())?;
+        }
+        Ok(batch)
+    }
+}
+
+impl Store {
+    /// After a migration: every block of the stream with `tag` carries the
+    /// current version's fingerprint `current` and each of its events passes
+    /// `check` (validation as the current version). Returns what does not.
+    pub(crate) fn check_migrated(
+        &self,
+        txn: &RoTxn,
+        tag: u32,
+        current: u64,
+        mut check: impl FnMut(&[u8]) -> std::result::Result<(), String>,
+    ) -> Result<Vec<Problem>> {
+        let err = self.err("checking a migrated stream");
+        let mut problems = Vec::new();
+        for item in self.events.iter(txn).map_err(&err)? {
+            let (k, v) = item.map_err(&err)?;
+            let Some(global) = parse_event_key(k) else {
+                continue; // verify() reports it
+            };
+            let Ok(view) = BlockView::parse(global, v) else {
+                continue; // verify() reports it
+            };
+            let header = view.header();
+            if header.stream_tag != tag {
+                continue;
+            }
+            let at = Location::Global(GlobalSequence(global));
+            if header.fingerprint != current {
+                problems.push(Problem {
+                    location: at,
+                    detail: format!(
+                        "block still carries fingerprint {:#018x}, not the current version's {current:#018x}",
+                        header.fingerprint
+                    ),
+                });
+                continue;
+            }
+            for i in 0..header.count {
+                let result = view.event(i).map_err(|e| e.0).and_then(&mut check);
+                if let Err(detail) = result {
+                    problems.push(Problem {
+                        location: Location::Global(GlobalSequence(global + u64::from(i))),
+                        detail,
+                    });
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
