@@ -534,3 +534,75 @@ fn a_follower_keeps_a_standby_chain_that_restores_to_the_source() {
         rows(&varve, u64::MAX)
     );
 }
+
+#[test]
+fn a_restore_refills_the_event_id_index_from_the_blocks_but_keys_only_come_with_the_backup() {
+    use varvedb::{Append, EventId};
+    let dir = tempfile::tempdir().unwrap();
+    let varve = Varve::with_config(dir.path().join("store"), config()).unwrap();
+    let mut s = varve.stream::<Order, 64>("orders").unwrap();
+    let eid = |n: u64| EventId::from_u128(u128::from(n) + 1000);
+    let with_ids = |s: &mut varvedb::Stream<Order, 64>, from: u64| {
+        let events: Vec<Order> = (from..from + 3).map(Order::numbered).collect();
+        let ids: Vec<EventId> = (from..from + 3).map(eid).collect();
+        s.append_batch_with(StreamId(from % 5), &events, Append::new().event_ids(&ids))
+            .unwrap();
+    };
+    with_ids(&mut s, 0);
+    s.append(StreamId(9), &Order::numbered(3)).unwrap();
+    let early = s.append_keyed("early", &Order::numbered(4)).unwrap();
+    let full = dir.path().join("full");
+    varve.backup(&full).unwrap();
+    with_ids(&mut s, 5);
+    let late = s.append_keyed("late", &Order::numbered(8)).unwrap();
+    with_ids(&mut s, 9);
+    let seg = dir.path().join("1.seg");
+    varve.export_after(&full, &seg).unwrap();
+
+    let dest = dir.path().join("restored");
+    let report = Varve::restore(&full, [&seg], &dest, None).unwrap();
+    assert_eq!(report.end.0, 12);
+    let restored = Varve::new(&dest).unwrap();
+    assert!(restored.verify().unwrap().is_ok());
+    let mut log = restored.global_reader();
+    for (n, global) in [(0, 0), (2, 2), (5, 5), (7, 7), (9, 9), (11, 11)] {
+        let e = log.get_by_id(eid(n)).unwrap().expect("restored id");
+        assert_eq!(e.global_sequence().0, global, "id of event {n}");
+    }
+    // A retry of an append restored from a segment is recognized.
+    let mut r = restored.stream::<Order, 64>("orders").unwrap();
+    let events: Vec<Order> = (9..12).map(Order::numbered).collect();
+    let ids: Vec<EventId> = (9..12).map(eid).collect();
+    let retry = r
+        .append_batch_with(StreamId(9 % 5), &events, Append::new().event_ids(&ids))
+        .unwrap();
+    assert!(retry.is_idempotent());
+    // Keys: the backup's are kept; the segment's are not in any block.
+    let mut reader = r.reader();
+    assert_eq!(reader.entity_id("early").unwrap(), early.stream_id());
+    assert_eq!(reader.entity_id("late").unwrap(), None);
+    assert!(restored
+        .global_reader()
+        .get(GlobalSequence(8))
+        .unwrap()
+        .is_some());
+    let _ = late;
+
+    // Rebuilt from the backup's blocks (a point before its end): ids too.
+    let report = Varve::restore(
+        &full,
+        [&seg],
+        dir.path().join("at-2"),
+        Some(GlobalSequence(4)),
+    )
+    .unwrap();
+    assert!(report.rebuilt);
+    let restored = Varve::open_read_only(dir.path().join("at-2")).unwrap();
+    assert!(restored.verify().unwrap().is_ok());
+    let mut log = restored.global_reader();
+    assert_eq!(
+        log.get_by_id(eid(1)).unwrap().unwrap().global_sequence().0,
+        1
+    );
+    assert!(log.get_by_id(eid(5)).unwrap().is_none());
+}

@@ -368,3 +368,48 @@ fn a_format_1_store_is_upgraded_by_its_first_read_write_open_and_not_before() {
     }
     assert_eq!(stored_format(copy.path()), 3, "nothing written");
 }
+
+#[test]
+fn a_format_one_store_takes_metadata_ids_and_keys_beside_its_old_events() {
+    use varvedb::{Context, CorrelationId, EventId};
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_dir().join("data.mdb"), copy.path().join("data.mdb")).unwrap();
+    let varve = Varve::new(copy.path()).unwrap();
+    let mut log = varve.global_reader();
+    let end = log.end().unwrap();
+    // Old events carry no metadata; the (new, empty) ids index finds nothing.
+    for event in log.iter_from(GlobalSequence(0)).unwrap() {
+        assert!(event.unwrap().metadata().is_empty());
+    }
+    assert!(log.get_by_id(EventId::from_u128(1)).unwrap().is_none());
+    let mut orders = varve.stream::<Order, 256>("orders").unwrap();
+    let context = Context::new().correlation(CorrelationId::from_u128(3));
+    let options = varvedb::Append::new()
+        .event_id(EventId::from_u128(1))
+        .context(&context);
+    let first = orders
+        .append_with(StreamId(1), &Order::numbered(1), options)
+        .unwrap();
+    let retry = orders
+        .append_with(StreamId(1), &Order::numbered(1), options)
+        .unwrap();
+    assert!(retry.is_idempotent());
+    assert_eq!(retry.positions(), first.positions());
+    assert_eq!(first.first().unwrap().1, end);
+    orders.append_keyed("order-1", &Order::numbered(2)).unwrap();
+    assert!(varve.verify().unwrap().is_ok());
+    drop((orders, log, varve));
+    // Old and new blocks read together after a reopen.
+    let varve = Varve::new(copy.path()).unwrap();
+    let mut log = varve.global_reader();
+    let found = log.get_by_id(EventId::from_u128(1)).unwrap().unwrap();
+    assert_eq!(found.global_sequence(), end);
+    assert_eq!(
+        found.metadata().correlation_id(),
+        Some(CorrelationId::from_u128(3))
+    );
+    assert_eq!(
+        log.iter_from(GlobalSequence(0)).unwrap().count() as u64,
+        end.0 + 2
+    );
+}

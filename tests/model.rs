@@ -1,6 +1,8 @@
 //! The store behaves like a plain in-memory log: random sequences of appends,
-//! batches, expected-version appends, point reads, iterations from random
-//! positions and reopens, run against both, always agree.
+//! batches, expected-version appends, appends with event ids and their
+//! retries (whole, or any run of them, with any expected version), point
+//! reads, iterations from random positions and reopens, run against both,
+//! always agree.
 //!
 //! `PROPTEST_CASES` sets the number of sequences (64 by default).
 
@@ -10,8 +12,8 @@ use std::path::Path;
 use proptest::prelude::*;
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{
-    Durability, Error, ExpectedVersion, GlobalReader, GlobalSequence, Stream, StreamId,
-    StreamReader, StreamSequence, Varve, VarveConfig,
+    Append, Durability, Error, EventId, ExpectedVersion, GlobalReader, GlobalSequence, Stream,
+    StreamId, StreamReader, StreamSequence, Varve, VarveConfig,
 };
 use varvedb_suite::Order;
 
@@ -59,6 +61,15 @@ enum Op {
         values: Vec<u32>,
         single: bool,
         expect: Expect,
+        with_ids: bool,
+    },
+    /// Retries the run `[from, from + len)` (clamped) of the `pick`th append
+    /// made with ids, with the same ids and `expect`.
+    Retry {
+        pick: usize,
+        from: usize,
+        len: usize,
+        expect: Expect,
     },
     Get {
         stream: usize,
@@ -90,14 +101,17 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (-2i8..=2).prop_map(Expect::Exact),
     ];
     prop_oneof![
-        8 => (stream.clone(), id.clone(), prop::collection::vec(any::<u32>(), 1..8), any::<bool>(), expect)
-            .prop_map(|(stream, id, values, single, expect)| Op::Append {
+        8 => (stream.clone(), id.clone(), prop::collection::vec(any::<u32>(), 1..8), any::<bool>(), expect.clone(), any::<bool>())
+            .prop_map(|(stream, id, values, single, expect, with_ids)| Op::Append {
                 stream,
                 id,
                 single: single && values.len() == 1,
                 values,
                 expect,
+                with_ids,
             }),
+        3 => (any::<usize>(), 0usize..8, 1usize..8, expect)
+            .prop_map(|(pick, from, len, expect)| Op::Retry { pick, from, len, expect }),
         3 => (stream.clone(), id.clone(), 0u64..12).prop_map(|(stream, id, seq)| Op::Get { stream, id, seq }),
         2 => (0u64..60).prop_map(Op::GetGlobal),
         2 => (stream.clone(), id.clone(), 0u64..12)
@@ -109,12 +123,19 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// An append made with event ids: `(stream, id, values, ids, positions)`.
+type WithIds = (usize, u64, Vec<u32>, Vec<EventId>, Vec<(u64, u64)>);
+
 /// The model: the global log as `(stream, id, stream sequence, value)`.
 #[derive(Default)]
 struct Model {
     log: Vec<(usize, u64, u64, u32)>,
     /// `(stream, id)` -> globals of its events, in order.
     ids: HashMap<(usize, u64), Vec<u64>>,
+    /// Appends made with event ids.
+    with_ids: Vec<WithIds>,
+    /// The next event id to hand out.
+    next_event_id: u128,
 }
 
 impl Model {
@@ -181,6 +202,33 @@ impl Subject {
             notes,
             varve,
         }
+    }
+
+    /// An append with event ids: its positions and whether it was idempotent.
+    fn append_with_ids(
+        &mut self,
+        stream: usize,
+        id: u64,
+        values: &[u32],
+        ids: &[EventId],
+        expected: ExpectedVersion,
+    ) -> varvedb::Result<(Vec<(StreamSequence, GlobalSequence)>, bool)> {
+        let (id, options) = (
+            StreamId(id),
+            Append::new().expected(expected).event_ids(ids),
+        );
+        let done = match stream {
+            1 => {
+                let events: Vec<Note> = values.iter().map(|&v| note(v)).collect();
+                self.notes.append_batch_with(id, &events, options)?
+            }
+            s => {
+                let events: Vec<Order> = values.iter().map(|&v| order(v)).collect();
+                self.orders[s / 2].append_batch_with(id, &events, options)?
+            }
+        };
+        let idempotent = done.is_idempotent();
+        Ok((done.into_positions(), idempotent))
     }
 
     fn append(
@@ -316,16 +364,34 @@ fn run(ops: &[Op]) {
                 values,
                 single,
                 expect,
+                with_ids,
             } => {
                 let expected = model.expected(stream, id, expect);
                 let actual = model.version(stream, id).map(StreamSequence);
-                match s.append(stream, id, &values, single, expected) {
+                let ids: Vec<EventId> = (0..values.len() as u128)
+                    .map(|i| EventId::from_u128(model.next_event_id + i))
+                    .collect();
+                model.next_event_id += values.len() as u128;
+                let result = if with_ids {
+                    s.append_with_ids(stream, id, &values, &ids, expected).map(
+                        |(positions, idempotent)| {
+                            assert!(!idempotent, "{op:?}: fresh ids");
+                            positions
+                        },
+                    )
+                } else {
+                    s.append(stream, id, &values, single, expected)
+                };
+                match result {
                     Ok(positions) => {
                         assert!(expected.matches(actual), "{op:?} should conflict");
                         let want = model.append(stream, id, &values);
                         let got: Vec<(u64, u64)> =
                             positions.iter().map(|(s, g)| (s.0, g.0)).collect();
                         assert_eq!(got, want, "{op:?}");
+                        if with_ids {
+                            model.with_ids.push((stream, id, values, ids, want));
+                        }
                     }
                     Err(Error::VersionConflict {
                         actual: reported, ..
@@ -335,6 +401,36 @@ fn run(ops: &[Op]) {
                     }
                     Err(other) => panic!("{op:?}: {other}"),
                 }
+            }
+            Op::Retry {
+                pick,
+                from,
+                len,
+                expect,
+            } => {
+                if model.with_ids.is_empty() {
+                    continue;
+                }
+                let (stream, id, values, ids, positions) =
+                    model.with_ids[pick % model.with_ids.len()].clone();
+                let from = from % values.len();
+                let run = from..(from + len).min(values.len());
+                let expected = model.expected(stream, id, expect);
+                let (got, idempotent) = s
+                    .append_with_ids(
+                        stream,
+                        id,
+                        &values[run.clone()],
+                        &ids[run.clone()],
+                        expected,
+                    )
+                    .unwrap_or_else(|e| panic!("{op:?}: {e}"));
+                assert!(idempotent, "{op:?}");
+                let got: Vec<(u64, u64)> = got.iter().map(|(s, g)| (s.0, g.0)).collect();
+                assert_eq!(got, positions[run.clone()], "{op:?}");
+                let by_id = s.log.get_by_id(ids[run.start]).unwrap().expect("stored");
+                assert_eq!(by_id.global_sequence().0, positions[run.start].1);
+                assert_eq!(by_id.metadata().event_id(), Some(ids[run.start]));
             }
             Op::Get { stream, id, seq } => {
                 let want = model

@@ -367,3 +367,31 @@ fn a_child_writes_batches() {
         }
     }
 }
+
+#[test]
+fn a_store_from_before_event_ids_opens_read_only_without_them_and_reads_them_as_empty() {
+    // The format-1 fixture predates the `ids` and `keys` databases; a
+    // read-only open must not create them (nor anything else).
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let data = std::fs::read(dir.path().join("data.mdb")).unwrap();
+    let varve = Varve::open_read_only(dir.path()).unwrap();
+    let mut log = varve.global_reader();
+    assert!(log
+        .get_by_id(varvedb::EventId::from_u128(1))
+        .unwrap()
+        .is_none());
+    let first = log
+        .get(GlobalSequence(0))
+        .unwrap()
+        .expect("the fixture has events");
+    assert!(first.metadata().is_empty());
+    assert!(varve.verify().unwrap().is_ok());
+    drop(log);
+    drop(varve);
+    assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), data);
+}

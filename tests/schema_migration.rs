@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use varvedb::{
-    Aggregate, Error, Event, GlobalSequence, MigrateOptions, StreamId, StreamSequence, Upcast,
-    Varve, VarveConfig,
+    Aggregate, Append, Context, CorrelationId, Error, Event, EventId, GlobalSequence,
+    MigrateOptions, StreamId, StreamSequence, Upcast, Varve, VarveConfig,
 };
 
 /// The first release: cents fit in 32 bits.
@@ -579,4 +579,135 @@ fn a_migration_killed_at_any_moment_resumes_to_the_same_values() {
     assert_eq!(seen::<v3::OrderPlaced>(&varve), before);
     assert_eq!(folds(&varve), folds_before);
     assert_eq!(seen::<only::OrderPlaced>(&varve), before);
+}
+
+/// An event's metadata: id, correlation, causation, user bytes.
+type Meta = (
+    Option<EventId>,
+    Option<CorrelationId>,
+    Option<EventId>,
+    Option<Vec<u8>>,
+);
+
+/// What a migration must keep of each event besides its value: its
+/// metadata, as the global log shows it.
+fn metadata_of(varve: &Varve) -> BTreeMap<u64, Meta> {
+    let mut log = varve.global_reader();
+    let end = log.end().unwrap().0;
+    (0..end)
+        .map(|g| {
+            let e = log.get(GlobalSequence(g)).unwrap().expect("a dense log");
+            let m = e.metadata();
+            (
+                g,
+                (
+                    m.event_id(),
+                    m.correlation_id(),
+                    m.causation_id(),
+                    m.user_bytes().map(<[u8]>::to_vec),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_migration_keeps_each_events_ids_and_context_and_the_ids_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = Varve::new(dir.path()).unwrap();
+    let eid = |n: u128| EventId::from_u128(n);
+    let full = Context::new()
+        .correlation(CorrelationId::from_u128(900))
+        .causation(eid(901))
+        .user_bytes(b"who did it".to_vec())
+        .unwrap();
+    let mut old = varve.events::<v1::OrderPlaced>().unwrap();
+    let v1 = |order: u64| v1::OrderPlaced {
+        order,
+        cents: order as u32 * 3,
+    };
+    // Ids and the full context (user bytes: a prefix that is not a
+    // multiple of 16), ids alone, and no metadata at all.
+    let ids = [eid(1), eid(2), eid(3)];
+    old.append_batch_with(
+        StreamId(1),
+        &[v1(1), v1(2), v1(3)],
+        Append::new().event_ids(&ids).context(&full),
+    )
+    .unwrap();
+    old.append_with(StreamId(2), &v1(4), Append::new().event_id(eid(4)))
+        .unwrap();
+    old.append(StreamId(1), &v1(5)).unwrap();
+    drop(old);
+    let mut mid = varve.events::<v2::OrderPlaced>().unwrap();
+    let short = Context::new().user_bytes(b"x".to_vec()).unwrap();
+    mid.append_with(
+        StreamId(2),
+        &v2::OrderPlaced {
+            order: 6,
+            cents: 60,
+        },
+        Append::new().event_id(eid(6)).context(&short),
+    )
+    .unwrap();
+    drop(mid);
+
+    let before = seen::<v3::OrderPlaced>(&varve);
+    let meta_before = metadata_of(&varve);
+    assert_eq!(meta_before[&0].0, Some(eid(1)));
+    assert_eq!(meta_before[&2].3.as_deref(), Some(&b"who did it"[..]));
+    assert_eq!(meta_before[&4], (None, None, None, None));
+
+    let report = varve.migrate::<v3::OrderPlaced>().unwrap();
+    assert_eq!(report.events, 6);
+    assert!(report.verify.is_ok(), "{:?}", report.verify);
+    assert!(varve.verify().unwrap().is_ok());
+
+    // The values, the positions and every event's metadata are unchanged.
+    assert_eq!(seen::<v3::OrderPlaced>(&varve), before);
+    assert_eq!(metadata_of(&varve), meta_before);
+    // The ids index still finds each event, now in its new version.
+    let mut log = varve.global_reader();
+    for (n, global) in [(1, 0), (2, 1), (3, 2), (4, 3), (6, 5)] {
+        let e = log.get_by_id(eid(n)).unwrap().expect("indexed");
+        assert_eq!(e.global_sequence(), GlobalSequence(global));
+        assert_eq!(e.metadata().event_id(), Some(eid(n)));
+        assert_eq!(
+            e.archived::<v3::OrderPlaced>().unwrap().order.to_native(),
+            if n == 6 { 6 } else { n as u64 }
+        );
+    }
+    // Typed reads see the metadata too.
+    let reader = varve.events::<v3::OrderPlaced>().unwrap().reader();
+    let first = reader
+        .iter_stream(StreamId(1), None)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.metadata().correlation_id(),
+        Some(CorrelationId::from_u128(900))
+    );
+    let snap = reader.snapshot().unwrap();
+    let entry = snap.get(StreamId(2), StreamSequence(1)).unwrap().unwrap();
+    assert_eq!(
+        (entry.metadata().event_id(), entry.metadata().user_bytes()),
+        (Some(eid(6)), Some(&b"x"[..]))
+    );
+    // A retry of a migrated append is still recognized, and writes nothing.
+    let mut new = varve.events::<v3::OrderPlaced>().unwrap();
+    let retry = new
+        .append_with(
+            StreamId(2),
+            &v3::OrderPlaced {
+                order: 4,
+                cents: 12,
+                currency: *b"EUR",
+            },
+            Append::new().event_id(eid(4)),
+        )
+        .unwrap();
+    assert!(retry.is_idempotent());
+    assert_eq!(varve.global_reader().end().unwrap(), GlobalSequence(6));
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::id::EventId;
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 
 /// Everything that can go wrong in VarveDB.
@@ -314,6 +315,78 @@ pub enum Error {
     )]
     CommitAbandoned,
 
+    /// An event's user metadata is larger than
+    /// [`Context::MAX_USER_BYTES`](crate::Context::MAX_USER_BYTES).
+    #[error("user metadata of {size} bytes for stream {stream:?} exceeds the {max}-byte limit")]
+    MetadataTooLarge {
+        /// The stream appended to.
+        stream: String,
+        /// The size of the user bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// An append was given event ids, but not one per event.
+    #[error("an append of {events} events to stream {stream:?} was given {ids} event ids: give one per event, or none")]
+    EventIdCount {
+        /// The stream appended to.
+        stream: String,
+        /// The number of events.
+        events: usize,
+        /// The number of event ids.
+        ids: usize,
+    },
+
+    /// One append names the same event id twice. Refused before anything
+    /// is read or written.
+    #[error("event id {event_id} is given to events {first} and {second} of one append to stream {stream:?}")]
+    DuplicateEventId {
+        /// The stream appended to.
+        stream: String,
+        /// The repeated id.
+        event_id: EventId,
+        /// The index (in the append) of its first event.
+        first: usize,
+        /// The index of the second.
+        second: usize,
+    },
+
+    /// Some of an append's event ids are already stored, but the append is
+    /// not a retry of (a run of) the append that stored them: some of its
+    /// ids are not stored, or they are stored in another stream or stream
+    /// id, or in another order. Nothing was written: a stored id is never
+    /// stored twice.
+    #[error(
+        "event id {event_id} (event {index} of this append to stream {stream:?} id {id}) is already \
+         stored at {stored}: {reason}"
+    )]
+    EventIdConflict {
+        /// The stream appended to.
+        stream: String,
+        /// The stream id appended to.
+        id: StreamId,
+        /// The stored id.
+        event_id: EventId,
+        /// Its index in the append.
+        index: usize,
+        /// Where it is stored (boxed: it keeps `Error` small).
+        stored: Box<StoredAt>,
+        /// Why the append is not a retry.
+        reason: &'static str,
+    },
+
+    /// An entity key is empty or longer than
+    /// [`MAX_ENTITY_KEY`](crate::MAX_ENTITY_KEY) bytes.
+    #[error("entity key of {len} bytes for stream {stream:?}: keys are 1 to {max} bytes")]
+    InvalidEntityKey {
+        /// The stream.
+        stream: String,
+        /// The key's length.
+        len: usize,
+        /// The longest key.
+        max: usize,
+    },
     /// The store's data file was deleted (its directory removed) while the
     /// store was open: the write was not committed, since it would have been
     /// acknowledged and lost with the file. Open the store again where it now
@@ -504,6 +577,29 @@ fn show_versions(versions: &[(u32, u64)]) -> String {
     format!("[{}]", shown.join(", "))
 }
 
+/// Where a stored event is, for [`Error::EventIdConflict`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAt {
+    /// The stream's name.
+    pub stream: String,
+    /// The stream id.
+    pub id: StreamId,
+    /// The event's stream sequence.
+    pub sequence: StreamSequence,
+    /// The event's global sequence.
+    pub global: GlobalSequence,
+}
+
+impl std::fmt::Display for StoredAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream {:?} id {} sequence {} (global {})",
+            self.stream, self.id.0, self.sequence.0, self.global.0
+        )
+    }
+}
+
 /// Where corrupted bytes were found, for [`Error::Corruption`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -666,6 +762,51 @@ impl Error {
                 source: copy_heed(source),
             },
             Error::CommitAbandoned => Error::CommitAbandoned,
+            Error::MetadataTooLarge { stream, size, max } => Error::MetadataTooLarge {
+                stream: stream.clone(),
+                size: *size,
+                max: *max,
+            },
+            Error::EventIdCount {
+                stream,
+                events,
+                ids,
+            } => Error::EventIdCount {
+                stream: stream.clone(),
+                events: *events,
+                ids: *ids,
+            },
+            Error::DuplicateEventId {
+                stream,
+                event_id,
+                first,
+                second,
+            } => Error::DuplicateEventId {
+                stream: stream.clone(),
+                event_id: *event_id,
+                first: *first,
+                second: *second,
+            },
+            Error::EventIdConflict {
+                stream,
+                id,
+                event_id,
+                index,
+                stored,
+                reason,
+            } => Error::EventIdConflict {
+                stream: stream.clone(),
+                id: *id,
+                event_id: *event_id,
+                index: *index,
+                stored: stored.clone(),
+                reason,
+            },
+            Error::InvalidEntityKey { stream, len, max } => Error::InvalidEntityKey {
+                stream: stream.clone(),
+                len: *len,
+                max: *max,
+            },
             Error::SchemaMismatch {
                 stream,
                 stored,
@@ -840,6 +981,40 @@ mod tests {
                 source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no"),
             },
             Error::CommitAbandoned,
+            Error::EventIdConflict {
+                stream: "orders".into(),
+                id: StreamId(2),
+                event_id: EventId::from_u128(9),
+                index: 1,
+                stored: Box::new(StoredAt {
+                    stream: "orders".into(),
+                    id: StreamId(1),
+                    sequence: StreamSequence(3),
+                    global: GlobalSequence(40),
+                }),
+                reason: "it is stored in another stream or stream id",
+            },
+            Error::DuplicateEventId {
+                stream: "orders".into(),
+                event_id: EventId::from_u128(9),
+                first: 0,
+                second: 2,
+            },
+            Error::MetadataTooLarge {
+                stream: "orders".into(),
+                size: 70_000,
+                max: 65_536,
+            },
+            Error::EventIdCount {
+                stream: "orders".into(),
+                events: 3,
+                ids: 2,
+            },
+            Error::InvalidEntityKey {
+                stream: "orders".into(),
+                len: 0,
+                max: 255,
+            },
             Error::ReadOnly {
                 path: "/x".into(),
                 operation: "appending",
@@ -870,6 +1045,29 @@ mod tests {
             assert_eq!(copy.to_string(), e.to_string());
             assert_eq!(format!("{copy:?}"), format!("{e:?}"));
         }
+    }
+
+    #[test]
+    fn an_event_id_conflict_names_the_id_and_where_it_is_stored() {
+        let e = Error::EventIdConflict {
+            stream: "orders".into(),
+            id: StreamId(2),
+            event_id: EventId::from_u128(9),
+            index: 1,
+            stored: Box::new(StoredAt {
+                stream: "orders".into(),
+                id: StreamId(1),
+                sequence: StreamSequence(3),
+                global: GlobalSequence(40),
+            }),
+            reason: "it is stored in another stream or stream id",
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("00000000-0000-0000-0000-000000000009"),
+            "{msg}"
+        );
+        assert!(msg.contains("id 1 sequence 3 (global 40)"), "{msg}");
     }
 
     #[test]

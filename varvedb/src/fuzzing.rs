@@ -31,8 +31,9 @@ pub struct Decoded<'a> {
 pub fn decode_block(key: u64, bytes: &[u8]) -> Result<Decoded<'_>, String> {
     let view = BlockView::parse(key, bytes).map_err(|e| e.0)?;
     let h = *view.header();
+    // `entry` checks the slot as `event` does, and parses its metadata.
     let events = (0..h.count)
-        .map(|i| view.event(i).map_err(|e| e.0))
+        .map(|i| view.entry(i).map(|(_, payload)| payload).map_err(|e| e.0))
         .collect();
     Ok(Decoded {
         stream_id: h.stream_id,
@@ -65,6 +66,7 @@ pub fn encode_block(
         first_stream_seq,
         fingerprint: 0x5eed,
         count: payloads.len() as u32,
+        meta_flags: 0,
         meta_len: 0,
         first_global,
         committed_at_micros: 0,

@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Location, Result};
 use crate::event::{layout_fingerprint, Archivable, Event, Schema};
+use crate::id::EventId;
+use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{current_view, may_need_alignment, owned_view, EventBytes, EventRef};
 use crate::storage::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
-    Legacy, MappedEvent, Store, StreamInfo, View, ViewSlot,
+    Legacy, MappedEvent, RawMeta, Store, StreamInfo, View, ViewSlot,
 };
 
 /// Reads events of every stream by [`GlobalSequence`], the store-wide commit order.
@@ -82,6 +84,42 @@ impl GlobalReader {
         let mut slot = self.view.lock();
         let view = current_view(&self.store, &mut slot)?;
         match view.event_at_global(global.0)? {
+            Some(event) => {
+                let stream = view.stream_by_tag(event.position.stream_tag)?;
+                Ok(Some(GlobalEvent {
+                    event,
+                    stream,
+                    aligned: OnceLock::new(),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The event stored with `event_id` (see
+    /// [`Stream::append_with`](crate::Stream::append_with)), or `Ok(None)` if
+    /// no event has that id: one lookup in the idempotency index, one in the
+    /// log.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+    /// use varvedb::{Append, EventId, StreamId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let id = EventId::from_u128(77);
+    /// varve.stream::<Paid, 16>("payments")?
+    ///     .append_with(StreamId(3), &Paid { cents: 12 }, Append::new().event_id(id))?;
+    /// let mut log = varve.global_reader();
+    /// let paid = log.get_by_id(id)?.expect("stored");
+    /// assert_eq!((paid.stream_id(), paid.archived_plain::<Paid>()?.cents.to_native()), (StreamId(3), 12));
+    /// assert!(log.get_by_id(EventId::from_u128(78))?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_by_id(&mut self, event_id: EventId) -> Result<Option<GlobalEvent>> {
+        let mut slot = self.view.lock();
+        let view = current_view(&self.store, &mut slot)?;
+        match view.event_by_id(&event_id.0)? {
             Some(event) => {
                 let stream = view.stream_by_tag(event.position.stream_tag)?;
                 Ok(Some(GlobalEvent {
@@ -198,6 +236,12 @@ impl GlobalEvent {
         self.event.bytes()
     }
 
+    /// The event's metadata (id, correlation, causation, user bytes), read
+    /// in place.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(self.event.meta())
+    }
+
     /// Whether the event is an `E`: its stream holds `E`'s event family and
     /// the event's version is one `E` knows (so [`archived`](Self::archived)
     /// would not fail for its type).
@@ -304,6 +348,7 @@ impl GlobalEvent {
     /// As [`archived`](Self::archived).
     pub fn to_event_ref<E: Event>(&self) -> Result<EventRef<E>> {
         let position = self.event.position;
+        let meta = (position.meta_flags != 0).then(|| self.event.share());
         let schema = Schema::of::<E>();
         let legacy = self.stream.accepts(&schema)?;
         let fp = resolve(legacy, position.fingerprint);
@@ -330,7 +375,7 @@ impl GlobalEvent {
             ArchivedRef::owned(out, rkyv::access::<E::Archived, rkyv::rancor::Error>)
                 .map_err(corrupt)?
         };
-        Ok(EventRef::from_parts(archived, position))
+        Ok(EventRef::from_parts(archived, position, meta))
     }
 
     /// [`to_event_ref`](Self::to_event_ref) for a plain rkyv type, checked
@@ -338,6 +383,7 @@ impl GlobalEvent {
     pub fn to_event_ref_plain<T: Archivable>(&self) -> Result<EventRef<T>> {
         self.archived_plain::<T>()?;
         let position = self.event.position;
+        let meta = (position.meta_flags != 0).then(|| self.event.share());
         let archived = ArchivedRef::new(
             self.event.share(),
             rkyv::access::<T::Archived, rkyv::rancor::Error>,
@@ -346,7 +392,7 @@ impl GlobalEvent {
             location: Location::Global(position.global),
             detail: format!("invalid archived event: {e}"),
         })?;
-        Ok(EventRef::from_parts(archived, position))
+        Ok(EventRef::from_parts(archived, position, meta))
     }
 }
 
@@ -597,23 +643,26 @@ pub struct GlobalEntry<'a> {
     block: BlockRef,
     global: u64,
     bytes: &'a [u8],
+    meta: RawMeta<'a>,
     stream: &'a StreamInfo,
     aligned: OnceLock<(u64, AlignedVec<16>)>,
 }
 
 impl<'a> GlobalEntry<'a> {
     /// The entry for the event at `global` of `block`, whose payload is
-    /// `bytes`, in `stream` (for the borrowed snapshots).
+    /// `bytes` and metadata `meta`, in `stream` (for the borrowed snapshots).
     pub(crate) fn new(
         block: BlockRef,
         global: u64,
         bytes: &'a [u8],
+        meta: RawMeta<'a>,
         stream: &'a StreamInfo,
     ) -> GlobalEntry<'a> {
         GlobalEntry {
             block,
             global,
             bytes,
+            meta,
             stream,
             aligned: OnceLock::new(),
         }
@@ -653,6 +702,11 @@ impl GlobalEntry<'_> {
     /// The archived payload bytes (checksummed), zero-copy.
     pub fn payload(&self) -> &[u8] {
         self.bytes
+    }
+
+    /// The event's metadata, borrowed from the snapshot.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(self.meta)
     }
 
     /// Whether the event is an `E` (see [`GlobalEvent::is`]).
@@ -799,7 +853,7 @@ impl GlobalIter {
                 self.last = Some(self.cursor.view_mut().stream_by_tag(tag)?);
             }
             for global in first..block_end(&block) {
-                let bytes = self.cursor.payload(&block, global)?;
+                let (bytes, meta) = self.cursor.payload(&block, global)?;
                 let Some(stream) = self.last.as_deref() else {
                     break;
                 };
@@ -807,6 +861,7 @@ impl GlobalIter {
                     block,
                     global,
                     bytes,
+                    meta,
                     stream,
                     aligned: OnceLock::new(),
                 };

@@ -6,10 +6,13 @@ mod backup;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod config;
+mod entity;
 mod error;
 mod event;
 mod global;
+mod id;
 mod inspect;
+mod metadata;
 mod migrate;
 mod position;
 mod projection;
@@ -35,12 +38,15 @@ pub use backup::{
     LogDigest, RestoreReport, SegmentInfo,
 };
 pub use config::{Durability, VarveConfig};
-pub use error::{Error, Location, Result};
+pub use entity::MAX_ENTITY_KEY;
+pub use error::{Error, Location, Result, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
 pub use global::{
     GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,
 };
+pub use id::{CommandId, CorrelationId, EventId};
 pub use inspect::{IdSummary, StoreInfo, StreamSummary};
+pub use metadata::{Append, Appended, Context, Execute, Metadata};
 pub use migrate::{MigrateOptions, MigrationReport};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamKey, StreamSequence};
 pub use projection::{
@@ -51,7 +57,7 @@ pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader}
 pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};
 pub use storage::StoreId;
 pub use store::Varve;
-pub use stream::{HighSerializer, LowSerializer, Stream};
+pub use stream::{HighSerializer, LowSerializer, Stream, WithContext};
 #[cfg(feature = "async")]
 pub use subscription::{AsyncStreamSubscription, AsyncSubscription};
 pub use subscription::{Filter, StopHandle, StreamSubscription, Subscription, WriteWatcher};

@@ -12,6 +12,7 @@ use rkyv::rancor;
 use crate::aggregate::{load_in, Aggregate, Loaded};
 use crate::error::{Error, Location, Result};
 use crate::event::Archivable;
+use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::storage::{
     ArchivedRef, EventPosition, MappedEvent, Store, StreamCursor, StreamInfo, View, ViewSlot,
@@ -222,6 +223,9 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
         location: location(),
         detail: format!("invalid archived event: {e}"),
     };
+    // The metadata stays in the event's slot: pinned by a share of it (an
+    // upcast event's archive is a copy, the metadata is not).
+    let meta = (position.meta_flags != 0).then(|| event.share());
     let archived = match form_of(stream, position.fingerprint, location)? {
         Form::Current => {
             ArchivedRef::new(event, rkyv::access::<T::Archived, rancor::Error>).map_err(corrupt)?
@@ -232,7 +236,11 @@ fn validate<T: Archivable>(stream: &StreamInfo, event: MappedEvent) -> Result<Ev
             ArchivedRef::owned(out, rkyv::access::<T::Archived, rancor::Error>).map_err(corrupt)?
         }
     };
-    Ok(EventRef { archived, position })
+    Ok(EventRef {
+        archived,
+        position,
+        meta,
+    })
 }
 
 impl<T: Archivable> StreamReader<T> {
@@ -248,6 +256,12 @@ impl<T: Archivable> StreamReader<T> {
     /// The stream's name.
     pub fn name(&self) -> &str {
         &self.info.name
+    }
+
+    /// The store, the stream's catalog entry and the snapshot slot, for
+    /// the reads other modules add.
+    pub(crate) fn parts(&self) -> (&Arc<Store>, &StreamInfo, &ViewSlot) {
+        (&self.store, &self.info, &self.view)
     }
 
     /// The event at `(id, seq)`, validated and zero-copy: the returned guard
@@ -446,11 +460,33 @@ impl<T: Archivable> StreamReader<T> {
 pub struct EventRef<T: Archivable> {
     archived: ArchivedRef<T::Archived>,
     position: EventPosition,
+    /// The event pinned once more, for its metadata (only if it has some:
+    /// the payload may be an aligned copy that no longer pins the slot).
+    meta: Option<MappedEvent>,
 }
 
 impl<T: Archivable> EventRef<T> {
-    pub(crate) fn from_parts(archived: ArchivedRef<T::Archived>, position: EventPosition) -> Self {
-        EventRef { archived, position }
+    pub(crate) fn from_parts(
+        archived: ArchivedRef<T::Archived>,
+        position: EventPosition,
+        meta: Option<MappedEvent>,
+    ) -> Self {
+        EventRef {
+            archived,
+            position,
+            meta,
+        }
+    }
+
+    /// The event's metadata (id, correlation, causation, user bytes), read
+    /// in place.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(
+            self.meta
+                .as_ref()
+                .map(MappedEvent::meta)
+                .unwrap_or_default(),
+        )
     }
 
     /// The stream id the event belongs to.
@@ -509,6 +545,11 @@ pub struct EventBytes {
 impl EventBytes {
     pub(crate) fn new(event: MappedEvent) -> Self {
         EventBytes { event }
+    }
+
+    /// The event's metadata, read in place.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata::from_raw(self.event.meta())
     }
 
     /// The event's position in its stream id.
@@ -654,7 +695,7 @@ impl<T: Archivable> StreamIter<T> {
         if let Some(e) = self.pending.take() {
             return Err(*e);
         }
-        self.cursor.walk_versions(|seq, _, _, bytes| {
+        self.cursor.walk_versions(|seq, _, _, bytes, _| {
             f(StreamSequence(seq), bytes);
             Ok(std::ops::ControlFlow::Continue(()))
         })
@@ -689,7 +730,7 @@ impl<T: Archivable> StreamIter<T> {
         let (info, id) = (&self.info, StreamId(self.cursor.id()));
         // The form is decided once per block fingerprint, not per event.
         let mut last: Option<(u64, Form)> = None;
-        self.cursor.walk_versions(|seq, _, fp, bytes| {
+        self.cursor.walk_versions(|seq, _, fp, bytes, _| {
             let location = || Location::Stream {
                 stream: info.name.to_string(),
                 id,

@@ -29,10 +29,12 @@ use rkyv::util::AlignedVec;
 use crate::error::{Error, Location, Result};
 use crate::event::Archivable;
 use crate::global::GlobalEntry;
+use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{form_of, may_need_alignment, upcast_into, Form, StreamReader};
 use crate::storage::{
-    block_tag, ArchivedRef, EventPosition, Frozen, GlobalCursor, StreamCursor, StreamInfo, View,
+    block_tag, ArchivedRef, EventPosition, Frozen, GlobalCursor, RawMeta, StreamCursor, StreamInfo,
+    View,
 };
 use crate::{GlobalReader, Varve};
 
@@ -104,11 +106,11 @@ impl LogSnapshot {
     /// # Errors
     /// [`Error::Corruption`] if its block is damaged.
     pub fn get(&self, global: GlobalSequence) -> Result<Option<GlobalEntry<'_>>> {
-        let Some((block, bytes)) = self.frozen.event_at_global(global.0)? else {
+        let Some((block, bytes, meta)) = self.frozen.event_at_global(global.0)? else {
             return Ok(None);
         };
         let stream = self.frozen.stream(block_tag(&block))?;
-        Ok(Some(GlobalEntry::new(block, global.0, bytes, stream)))
+        Ok(Some(GlobalEntry::new(block, global.0, bytes, meta, stream)))
     }
 
     /// One past the newest global sequence this snapshot sees: the number of
@@ -135,7 +137,7 @@ impl<'s> Iterator for GlobalEntries<'s> {
         if self.failed {
             return None;
         }
-        let (block, global, bytes) = match self.cursor.next_in()? {
+        let (block, global, bytes, meta) = match self.cursor.next_in()? {
             Ok(found) => found,
             Err(e) => {
                 self.failed = true;
@@ -156,7 +158,7 @@ impl<'s> Iterator for GlobalEntries<'s> {
                 }
             },
         };
-        Some(Ok(GlobalEntry::new(block, global, bytes, stream)))
+        Some(Ok(GlobalEntry::new(block, global, bytes, meta, stream)))
     }
 }
 
@@ -256,7 +258,9 @@ impl<T: Archivable> StreamSnapshot<T> {
             return Ok(None);
         };
         match self.log.frozen.event_at_stream(tag, id.0, seq.0)? {
-            Some((position, bytes)) => read_entry(&self.info, &mut None, position, bytes).map(Some),
+            Some((position, bytes, meta)) => {
+                read_entry(&self.info, &mut None, position, bytes, meta).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -304,7 +308,9 @@ where
             return None;
         }
         let item = match self.cursor.next_in()? {
-            Ok((position, bytes)) => read_entry(self.info, &mut self.last, position, bytes),
+            Ok((position, bytes, meta)) => {
+                read_entry(self.info, &mut self.last, position, bytes, meta)
+            }
             Err(e) => Err(e),
         };
         self.failed = item.is_err();
@@ -329,6 +335,7 @@ fn read_entry<'s, T: Archivable>(
     last: &mut Option<(u64, Form)>,
     position: EventPosition,
     bytes: &'s [u8],
+    meta: RawMeta<'s>,
 ) -> Result<StreamEntry<'s, T>> {
     let location = || Location::Stream {
         stream: info.name.to_string(),
@@ -365,7 +372,11 @@ fn read_entry<'s, T: Archivable>(
             Held::Owned(ArchivedRef::owned(out, access).map_err(corrupt)?)
         }
     };
-    Ok(StreamEntry { archived, position })
+    Ok(StreamEntry {
+        archived,
+        position,
+        meta,
+    })
 }
 
 /// Where a [`StreamEntry`]'s archived event lives.
@@ -384,6 +395,7 @@ enum Held<'s, A> {
 pub struct StreamEntry<'s, T: Archivable> {
     archived: Held<'s, T::Archived>,
     position: EventPosition,
+    meta: RawMeta<'s>,
 }
 
 impl<'s, T: Archivable> StreamEntry<'s, T> {
@@ -405,6 +417,12 @@ impl<'s, T: Archivable> StreamEntry<'s, T> {
     /// When the event was committed (wall clock of the writer).
     pub fn committed_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(self.position.committed_at_micros)
+    }
+
+    /// The event's metadata (id, correlation, causation, user bytes),
+    /// borrowed from the snapshot.
+    pub fn metadata(&self) -> Metadata<'s> {
+        Metadata::from_raw(self.meta)
     }
 
     /// The archived event, for as long as the snapshot lives, when it was

@@ -8,20 +8,12 @@ use rkyv::rancor;
 
 use crate::error::{Error, Result};
 use crate::event::Archivable;
+use crate::id::EventId;
+use crate::metadata::{Append, Appended, Context};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 use crate::reader::StreamReader;
 use crate::storage::block::MAX_SLOT_LEN;
-use crate::storage::{BlockBuilder, Store, StreamInfo};
-
-/// Serializes `event` with rkyv as the next event of `block` (which must have
-/// been [`BlockBuilder::start`]ed with room for it).
-pub(crate) fn serialize_event<T: Archivable>(
-    block: &mut BlockBuilder,
-    stream: &str,
-    event: &T,
-) -> Result<()> {
-    serialize_events(block, stream, std::slice::from_ref(event))
-}
+use crate::storage::{BlockBuilder, Entity, RawMeta, Store, StreamInfo};
 
 /// Serializes `events` in order into `block`, borrowing rkyv's thread-local
 /// arena once for the whole batch rather than once per event.
@@ -31,19 +23,93 @@ pub(crate) fn serialize_events<T: Archivable>(
     events: &[T],
 ) -> Result<()> {
     rkyv::util::with_arena(|arena| {
-        events
-            .iter()
-            .try_for_each(|event| serialize_with(block, stream, event, arena.acquire()))
+        events.iter().try_for_each(|event| {
+            serialize_with(block, stream, event, &RawMeta::default(), arena.acquire())
+        })
     })
+}
+
+/// Starts `block` for `events` with the metadata of `options` and
+/// serializes them: the event ids (checked: one per event, no repeats) and
+/// the context go into each event's metadata prefix.
+pub(crate) fn serialize_with_meta<T: Archivable>(
+    block: &mut BlockBuilder,
+    stream: &str,
+    events: &[T],
+    ids: Option<&[EventId]>,
+    context: Option<&Context>,
+) -> Result<()> {
+    if let Some(ids) = ids {
+        check_ids(stream, events.len(), ids)?;
+    }
+    let empty = Context::default();
+    let context = context.unwrap_or(&empty);
+    let id_of = |i: usize| ids.map(|ids| ids[i]);
+    let first = context.raw(id_of(0));
+    if first.flags() == 0 {
+        block.start(events.len());
+        return serialize_events(block, stream, events);
+    }
+    if let Some(user) = context.user() {
+        if user.len() > Context::MAX_USER_BYTES {
+            return Err(Error::MetadataTooLarge {
+                stream: stream.to_string(),
+                size: user.len(),
+                max: Context::MAX_USER_BYTES,
+            });
+        }
+    }
+    block.start_with_meta(
+        events.len(),
+        first.flags(),
+        context.user().map_or(0, <[u8]>::len),
+    );
+    rkyv::util::with_arena(|arena| {
+        events.iter().enumerate().try_for_each(|(i, event)| {
+            serialize_with(
+                block,
+                stream,
+                event,
+                &context.raw(id_of(i)),
+                arena.acquire(),
+            )
+        })
+    })
+}
+
+/// Refuses ids that are not one per event, or that repeat, before any
+/// transaction.
+fn check_ids(stream: &str, events: usize, ids: &[EventId]) -> Result<()> {
+    if ids.len() != events {
+        return Err(Error::EventIdCount {
+            stream: stream.to_string(),
+            events,
+            ids: ids.len(),
+        });
+    }
+    if ids.len() > 1 {
+        let mut sorted: Vec<(EventId, usize)> = ids.iter().copied().zip(0..).collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::DuplicateEventId {
+                stream: stream.to_string(),
+                event_id: w[0].0,
+                first: w[0].1.min(w[1].1),
+                second: w[0].1.max(w[1].1),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn serialize_with<T: Archivable>(
     block: &mut BlockBuilder,
     stream: &str,
     event: &T,
+    meta: &RawMeta<'_>,
     alloc: rkyv::ser::allocator::ArenaHandle<'_>,
 ) -> Result<()> {
-    let buf = block.begin_event();
+    let buf = block.begin_event_with(meta);
     match rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(event, buf, alloc) {
         Ok(buf) => block
             .finish_event(buf)
@@ -162,6 +228,12 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
         &self.info.name
     }
 
+    /// The stream's catalog entry (for tests that drive the engine).
+    #[cfg(test)]
+    pub(crate) fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
     /// Appends one event to `id`. Returns its stream sequence and global sequence.
     ///
     /// # Errors
@@ -195,10 +267,13 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
     ) -> Result<(StreamSequence, GlobalSequence)> {
         self.block.start(1);
         self.serialize(event)?;
-        let (seq, global) = self
+        let placed = self
             .store
-            .append(&self.info, id.0, expected, &mut self.block)?;
-        Ok((StreamSequence(seq), GlobalSequence(global)))
+            .append(&self.info, Entity::Id(id.0), expected, &mut self.block)?;
+        Ok((
+            StreamSequence(placed.first_seq),
+            GlobalSequence(placed.first_global),
+        ))
     }
 
     /// Appends `events` to `id` atomically: all of them or none, at consecutive
@@ -247,16 +322,211 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
         }
         self.block.start(events.len());
         serialize_events(&mut self.block, &self.info.name, events)?;
-        let (seq, global) = self
+        let placed = self
             .store
-            .append(&self.info, id.0, expected, &mut self.block)?;
+            .append(&self.info, Entity::Id(id.0), expected, &mut self.block)?;
         Ok((0..events.len() as u64)
-            .map(|i| (StreamSequence(seq + i), GlobalSequence(global + i)))
+            .map(|i| {
+                (
+                    StreamSequence(placed.first_seq + i),
+                    GlobalSequence(placed.first_global + i),
+                )
+            })
             .collect())
     }
 
+    /// Appends one event with `options`: an expected version, an
+    /// [`EventId`], a [`Context`]. Returns where it is, when it was
+    /// committed, and whether it was an idempotent retry.
+    ///
+    /// **Idempotency.** If the event's id is already stored in this stream
+    /// id, nothing is written and the answer is the original position and
+    /// commit time, with [`Appended::is_idempotent`] set, *whatever the
+    /// expected version says* (a retry after a timeout must not fail because
+    /// its own first attempt moved the version). The index of ids is
+    /// persistent and written in the event's transaction: retries are safe
+    /// across restarts, processes and concurrent retries.
+    ///
+    /// # Errors
+    /// As [`Stream::append_expected`], plus [`Error::EventIdConflict`] if the
+    /// id is stored in another stream or stream id, and
+    /// [`Error::MetadataTooLarge`].
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+    /// use varvedb::{Append, EventId, ExpectedVersion, StreamId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut payments = varve.stream::<Paid, 16>("payments")?;
+    /// let id = EventId::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+    /// let once = Append::new().expected(ExpectedVersion::NoStream).event_id(id);
+    /// let first = payments.append_with(StreamId(1), &Paid { cents: 5 }, once)?;
+    /// let again = payments.append_with(StreamId(1), &Paid { cents: 5 }, once)?;
+    /// assert!(again.is_idempotent());
+    /// assert_eq!((again.first(), again.committed_at()), (first.first(), first.committed_at()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_with(
+        &mut self,
+        id: StreamId,
+        event: &T,
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        self.write(Entity::Id(id.0), std::slice::from_ref(event), options)
+    }
+
+    /// Appends `events` atomically with `options` (one event id per event,
+    /// via [`Append::event_ids`]). A retry is idempotent when every id is
+    /// stored, as one run of this stream id in this order: the whole
+    /// original batch, or a prefix, suffix or any run of it. If only some
+    /// ids are stored, or they are stored elsewhere or in another order,
+    /// nothing is written and the error is [`Error::EventIdConflict`],
+    /// naming the id and where it is stored. An id repeated within the
+    /// batch is [`Error::DuplicateEventId`], before any transaction.
+    ///
+    /// # Errors
+    /// As [`Stream::append_with`], plus [`Error::EventIdCount`].
+    pub fn append_batch_with(
+        &mut self,
+        id: StreamId,
+        events: &[T],
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        self.write(Entity::Id(id.0), events, options)
+    }
+
+    /// Appends one event to the stream id of entity `key` (a string, bytes
+    /// or a UUID's bytes), allocating the id in this append's transaction if
+    /// the key is new (see [`StreamReader::entity_id`]).
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Placed { cents: u64 }
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut orders = varve.stream::<Placed, 16>("orders")?;
+    /// let placed = orders.append_keyed("order-9f3c", &Placed { cents: 100 })?;
+    /// let (_, _) = placed.first().expect("one event");
+    /// let mut reader = orders.reader();
+    /// let id = reader.entity_id("order-9f3c")?.expect("allocated");
+    /// assert_eq!(reader.entity_key(id)?.as_deref(), Some(&b"order-9f3c"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Stream::append_with`], plus [`Error::InvalidEntityKey`].
+    pub fn append_keyed(&mut self, key: impl AsRef<[u8]>, event: &T) -> Result<Appended> {
+        self.append_keyed_with(key, event, Append::new())
+    }
+
+    /// [`Stream::append_keyed`] with options.
+    ///
+    /// # Errors
+    /// As [`Stream::append_keyed`].
+    pub fn append_keyed_with(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        event: &T,
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        let key = crate::entity::check_key(&self.info.name, key.as_ref())?;
+        self.write(
+            Entity::Key(key.into()),
+            std::slice::from_ref(event),
+            options,
+        )
+    }
+
+    /// [`Stream::append_batch_with`] to the stream id of entity `key`.
+    ///
+    /// # Errors
+    /// As [`Stream::append_keyed`].
+    pub fn append_batch_keyed_with(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        events: &[T],
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        let key = crate::entity::check_key(&self.info.name, key.as_ref())?;
+        self.write(Entity::Key(key.into()), events, options)
+    }
+
+    /// A handle that appends every event with `context` (sugar for
+    /// [`Append::context`] on each call).
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Clicked;
+    /// use varvedb::{Context, CorrelationId, StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut clicks = varve.stream::<Clicked, 16>("clicks")?;
+    /// let request = Context::new().correlation(CorrelationId::from_u128(42));
+    /// let mut traced = clicks.with_context(request);
+    /// traced.append(StreamId(1), &Clicked)?;
+    /// traced.append_batch(StreamId(1), &[Clicked, Clicked])?;
+    /// let read = clicks.reader().get_archived(StreamId(1), StreamSequence(2))?.expect("written");
+    /// assert_eq!(read.metadata().correlation_id(), Some(CorrelationId::from_u128(42)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_context(&mut self, context: Context) -> WithContext<'_, T, N> {
+        WithContext {
+            stream: self,
+            context,
+        }
+    }
+
+    fn write(&mut self, entity: Entity, events: &[T], options: Append<'_>) -> Result<Appended> {
+        if events.is_empty() {
+            if let Some(ids) = options.ids() {
+                check_ids(&self.info.name, 0, ids)?;
+            }
+            let actual = match &entity {
+                Entity::Id(id) => self.version(StreamId(*id))?,
+                Entity::Key(key) => {
+                    let mut reader = self.reader();
+                    match reader.entity_id(key)? {
+                        Some(id) => reader.version(id)?,
+                        None => None,
+                    }
+                }
+            };
+            if !options.expected.matches(actual) {
+                return Err(Error::VersionConflict {
+                    stream: self.info.name.to_string(),
+                    id: match entity {
+                        Entity::Id(id) => StreamId(id),
+                        Entity::Key(_) => StreamId(crate::storage::FIRST_KEYED_ID),
+                    },
+                    expected: options.expected,
+                    actual,
+                });
+            }
+            return Ok(Appended::empty());
+        }
+        if events.len() > u32::MAX as usize {
+            return Err(Error::EventTooLarge {
+                stream: self.info.name.to_string(),
+                size: events.len(),
+                max: u32::MAX as usize,
+            });
+        }
+        serialize_with_meta(
+            &mut self.block,
+            &self.info.name,
+            events,
+            options.ids(),
+            options.context,
+        )?;
+        let placed = self
+            .store
+            .append(&self.info, entity, options.expected, &mut self.block)?;
+        Ok(Appended::from_placed(&placed))
+    }
+
     fn serialize(&mut self, event: &T) -> Result<()> {
-        let buf = self.block.begin_event();
+        let buf = self.block.begin_event_with(&RawMeta::default());
         match rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf) {
             Ok(buf) => self
                 .block
@@ -387,5 +657,79 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
             Some(tag) => view.stream_version(tag, id.0),
             None => Ok(None),
         }
+    }
+}
+
+/// A [`Stream`] handle that appends with a [`Context`]: see
+/// [`Stream::with_context`].
+pub struct WithContext<'s, T, const N: usize> {
+    stream: &'s mut Stream<T, N>,
+    context: Context,
+}
+
+impl<T, const N: usize> fmt::Debug for WithContext<'_, T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithContext")
+            .field("stream", &self.stream)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+impl<T: Archivable, const N: usize> WithContext<'_, T, N> {
+    /// The context every append of this handle stores.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// [`Stream::append`] with the context.
+    ///
+    /// # Errors
+    /// As [`Stream::append_with`].
+    pub fn append(&mut self, id: StreamId, event: &T) -> Result<Appended> {
+        self.append_with(id, event, Append::new())
+    }
+
+    /// [`Stream::append_batch`] with the context.
+    ///
+    /// # Errors
+    /// As [`Stream::append_batch_with`].
+    pub fn append_batch(&mut self, id: StreamId, events: &[T]) -> Result<Appended> {
+        self.append_batch_with(id, events, Append::new())
+    }
+
+    /// [`Stream::append_with`] with the context (which replaces any context
+    /// in `options`).
+    ///
+    /// # Errors
+    /// As [`Stream::append_with`].
+    pub fn append_with(
+        &mut self,
+        id: StreamId,
+        event: &T,
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        let options = Append {
+            context: Some(&self.context),
+            ..options
+        };
+        self.stream.append_with(id, event, options)
+    }
+
+    /// [`Stream::append_batch_with`] with the context.
+    ///
+    /// # Errors
+    /// As [`Stream::append_batch_with`].
+    pub fn append_batch_with(
+        &mut self,
+        id: StreamId,
+        events: &[T],
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        let options = Append {
+            context: Some(&self.context),
+            ..options
+        };
+        self.stream.append_batch_with(id, events, options)
     }
 }

@@ -5,10 +5,11 @@ use std::fmt;
 
 use crate::error::Result;
 use crate::event::{layout_fingerprint, Event, Schema};
+use crate::metadata::{Append, Appended, Context};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 use crate::reader::StreamReader;
 use crate::storage::TypeIdentity;
-use crate::stream::Stream;
+use crate::stream::{Stream, WithContext};
 
 /// A write handle on the stream of event type `E`, named by `E::STREAM` and
 /// with a buffer of `E::BUFFER_SIZE` bytes.
@@ -134,6 +135,45 @@ impl<E: Event> Events<E> {
         expected: ExpectedVersion,
     ) -> Result<Vec<(StreamSequence, GlobalSequence)>> {
         self.stream.append_batch_expected(id, events, expected)
+    }
+
+    /// Appends one event with options (ids, context, expected version).
+    ///
+    /// # Errors
+    /// As [`Stream::append_with`].
+    pub fn append_with(
+        &mut self,
+        id: StreamId,
+        event: &E,
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        self.stream.append_with(id, event, options)
+    }
+
+    /// Appends `events` atomically with options.
+    ///
+    /// # Errors
+    /// As [`Stream::append_batch_with`].
+    pub fn append_batch_with(
+        &mut self,
+        id: StreamId,
+        events: &[E],
+        options: Append<'_>,
+    ) -> Result<Appended> {
+        self.stream.append_batch_with(id, events, options)
+    }
+
+    /// Appends one event to the stream id of entity `key`.
+    ///
+    /// # Errors
+    /// As [`Stream::append_keyed`].
+    pub fn append_keyed(&mut self, key: impl AsRef<[u8]>, event: &E) -> Result<Appended> {
+        self.stream.append_keyed(key, event)
+    }
+
+    /// A handle appending with `context`.
+    pub fn with_context(&mut self, context: Context) -> WithContext<'_, E, 0> {
+        self.stream.with_context(context)
     }
 
     /// A reader for this stream. Readers are cheap, `Clone` and `Send`.

@@ -8,10 +8,12 @@ use rkyv::util::AlignedVec;
 use super::snapshot::{self, Snapshots};
 use super::{Aggregate, Executed, Loaded};
 use crate::error::{Error, Location, Result};
-use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+use crate::id::EventId;
+use crate::metadata::{Context, Execute, Metadata};
+use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{form_of, read_form, Form};
-use crate::storage::{BlockBuilder, Store, StreamInfo, View, WriteTxn};
-use crate::stream::serialize_event;
+use crate::storage::{BlockBuilder, Entity, RawMeta, Store, StreamInfo, View, WriteTxn};
+use crate::stream::serialize_with_meta;
 
 /// What a fold reads from: a read snapshot or a write transaction.
 pub(crate) trait Source {
@@ -22,13 +24,13 @@ pub(crate) trait Source {
     /// A value of the `state` database.
     fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>>;
     /// Calls `f(stream sequence, global sequence, block fingerprint,
-    /// payload)` from `from` on.
+    /// payload, metadata)` from `from` on.
     fn walk(
         &mut self,
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()>;
 }
 
@@ -50,7 +52,7 @@ impl Source for View {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         self.walk_stream_versions(tag, id, from, f)
     }
@@ -74,7 +76,7 @@ impl Source for WriteTxn<'_> {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         self.walk_stream_versions(tag, id, from, f)
     }
@@ -82,21 +84,26 @@ impl Source for WriteTxn<'_> {
 
 /// Folds `(info, id)`'s events from `from` into `state`, each validated with
 /// rkyv and read in place; an under-aligned payload is validated on a copy in
-/// `aligned` (reused, so no allocation per event). Returns the last sequence
-/// folded, if any.
+/// `aligned` (reused, so no allocation per event), up to `until` (included)
+/// if given. Returns the last sequence folded, if any.
+#[allow(clippy::too_many_arguments)]
 fn fold_from<A: Aggregate>(
     src: &mut impl Source,
     info: &StreamInfo,
     tag: u32,
     id: StreamId,
     from: u64,
+    until: Option<u64>,
     state: &mut A,
     aligned: &mut AlignedVec<16>,
 ) -> Result<Option<u64>> {
     let mut last = None;
     // The form is decided once per block fingerprint, not per event.
     let mut form: Option<(u64, Form)> = None;
-    src.walk(tag, id.0, from, |seq, _, fp, bytes| {
+    src.walk(tag, id.0, from, |seq, _, fp, bytes, meta| {
+        if until.is_some_and(|u| seq > u) {
+            return Ok(ControlFlow::Break(()));
+        }
         let location = || Location::Stream {
             stream: info.name.to_string(),
             id,
@@ -111,7 +118,7 @@ fn fold_from<A: Aggregate>(
             }
         };
         let event = read_form::<A::Event>(info, f, bytes, aligned, location)?;
-        state.apply(event);
+        state.apply_with_meta(event, &Metadata::from_raw(meta));
         last = Some(seq);
         Ok(ControlFlow::Continue(()))
     })?;
@@ -127,6 +134,19 @@ fn load_with<A: Aggregate>(
     policy: &Snapshots<A>,
     scratch: &mut AlignedVec<16>,
 ) -> Result<Loaded<A>> {
+    load_until(src, info, id, None, policy, scratch)
+}
+
+/// [`load_with`], folding only up to stream sequence `until` if given (a
+/// snapshot covering more is ignored).
+fn load_until<A: Aggregate>(
+    src: &mut impl Source,
+    info: &StreamInfo,
+    id: StreamId,
+    until: Option<u64>,
+    policy: &Snapshots<A>,
+    scratch: &mut AlignedVec<16>,
+) -> Result<Loaded<A>> {
     // A stream that does not exist yet loads as the default state; looking
     // at it creates nothing.
     let Some(tag) = src.tag(info)? else {
@@ -136,7 +156,10 @@ fn load_with<A: Aggregate>(
             snapshot: None,
         });
     };
-    let version = src.version(tag, id.0)?;
+    let version = match (src.version(tag, id.0)?, until) {
+        (Some(v), Some(u)) => Some(v.min(u)),
+        (v, _) => v,
+    };
     let mut start = None;
     if let (Some(codec), Some(version)) = (policy.codec(), version) {
         if let Some(value) = src.state(&snapshot::key(tag, id.0))? {
@@ -152,7 +175,7 @@ fn load_with<A: Aggregate>(
         None => (A::default(), None),
     };
     let from = snapshot.map_or(0, |s| s + 1);
-    let last = fold_from(src, info, tag, id, from, &mut state, scratch)?.or(snapshot);
+    let last = fold_from(src, info, tag, id, from, until, &mut state, scratch)?.or(snapshot);
     if last != version {
         return Err(Error::Corruption {
             location: Location::Record(format!(
@@ -194,22 +217,46 @@ pub(crate) fn load_in<A: Aggregate>(
 /// `Store::write` may run the closure twice (after growing the map, the first
 /// attempt having been aborted): each run loads afresh and decides again,
 /// which is why `handle` borrows the command and must be pure.
+///
+/// With a command id, the events' ids derive from it
+/// ([`CommandId::event_id`](crate::CommandId::event_id)); if the first is
+/// stored, the command was executed before: its original outcome is
+/// rebuilt from the store and `handle` is not called.
 pub(crate) fn execute<A: Aggregate>(
     store: &Store,
     info: &StreamInfo,
-    id: StreamId,
+    entity: &Entity,
     command: &A::Command,
-    expected: ExpectedVersion,
+    options: &Execute<'_>,
 ) -> Result<Result<Executed<A>, A::Error>> {
     let policy = A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage());
+    let expected = options.expected;
     let mut block = BlockBuilder::with_capacity(A::BUFFER_SIZE);
     let mut scratch = AlignedVec::new();
+    let default_context = options
+        .command_id
+        .map(|c| Context::new().correlation(c).causation(EventId::from(c)));
+    let context = options.context.or(default_context.as_ref());
     store.write(|txn| {
-        let loaded = load_with(txn, info, id, &policy, &mut scratch)?;
+        if let Some(done) = replay_command(txn, info, entity, options, &policy, &mut scratch)? {
+            return Ok(Ok(done));
+        }
+        let id = match entity {
+            Entity::Id(id) => Some(*id),
+            Entity::Key(key) => txn.entity_id(info, key)?,
+        };
+        let loaded = match id {
+            Some(id) => load_with(txn, info, StreamId(id), &policy, &mut scratch)?,
+            None => Loaded {
+                state: A::default(),
+                version: None,
+                snapshot: None,
+            },
+        };
         if !expected.matches(loaded.version) {
             return Err(Error::VersionConflict {
                 stream: info.name.to_string(),
-                id,
+                id: StreamId(id.unwrap_or(crate::storage::FIRST_KEYED_ID)),
                 expected,
                 actual: loaded.version,
             });
@@ -224,6 +271,7 @@ pub(crate) fn execute<A: Aggregate>(
                 state,
                 version: loaded.version,
                 positions: Vec::new(),
+                idempotent: false,
             }));
         }
         if events.len() > u32::MAX as usize {
@@ -233,11 +281,22 @@ pub(crate) fn execute<A: Aggregate>(
                 max: u32::MAX as usize,
             });
         }
-        block.start(events.len());
-        for event in &events {
-            serialize_event(&mut block, &info.name, event)?;
-        }
-        let (first_seq, first_global) = txn.append(info, id.0, expected, &mut block)?;
+        let ids: Option<Vec<EventId>> = options
+            .command_id
+            .map(|c| (0..events.len() as u32).map(|i| c.event_id(i)).collect());
+        serialize_with_meta(&mut block, &info.name, &events, ids.as_deref(), context)?;
+        let placed = txn.append_to(info, entity, expected, &mut block)?;
+        let id = match (id, entity) {
+            (Some(id), _) => StreamId(id),
+            (None, Entity::Key(key)) => {
+                StreamId(txn.entity_id(info, key)?.ok_or_else(|| Error::Corruption {
+                    location: Location::Record(format!("entity keys of stream {:?}", info.name)),
+                    detail: "a key allocated in this transaction does not read back".into(),
+                })?)
+            }
+            (None, Entity::Id(id)) => StreamId(*id),
+        };
+        let (first_seq, first_global) = (placed.first_seq, placed.first_global);
         // The append created the stream if it did not exist.
         let tag = txn.stream_tag(info)?.ok_or_else(|| Error::Corruption {
             location: Location::Global(GlobalSequence(first_global)),
@@ -247,7 +306,16 @@ pub(crate) fn execute<A: Aggregate>(
             ),
         })?;
         // Fold the new events as they were stored, as a later load will.
-        let last = fold_from(txn, info, tag, id, first_seq, &mut state, &mut scratch)?;
+        let last = fold_from(
+            txn,
+            info,
+            tag,
+            id,
+            first_seq,
+            None,
+            &mut state,
+            &mut scratch,
+        )?;
         let count = events.len() as u64;
         if last != Some(first_seq + count - 1) {
             return Err(Error::Corruption {
@@ -278,8 +346,70 @@ pub(crate) fn execute<A: Aggregate>(
                     )
                 })
                 .collect(),
+            idempotent: false,
         }))
     })
+}
+
+/// The original outcome of a command whose id's first event is stored:
+/// its events' positions and the state right after them. `None` if the
+/// command's first event id is not stored.
+fn replay_command<A: Aggregate>(
+    txn: &mut WriteTxn<'_>,
+    info: &StreamInfo,
+    entity: &Entity,
+    options: &Execute<'_>,
+    policy: &Snapshots<A>,
+    scratch: &mut AlignedVec<16>,
+) -> Result<Option<Executed<A>>> {
+    let Some(command) = options.command_id else {
+        return Ok(None);
+    };
+    let Some(first) = txn.event_by_id(&command.event_id(0).0)? else {
+        return Ok(None);
+    };
+    let tag = txn.stream_tag(info)?;
+    let id = match entity {
+        Entity::Id(id) => Some(*id),
+        Entity::Key(key) => txn.entity_id(info, key)?,
+    };
+    let stored_elsewhere = Some(first.tag) != tag || Some(first.id) != id;
+    if stored_elsewhere {
+        let name = txn.stream_name(first.tag)?;
+        return Err(Error::EventIdConflict {
+            stream: info.name.to_string(),
+            id: StreamId(id.unwrap_or(crate::storage::FIRST_KEYED_ID)),
+            event_id: command.event_id(0),
+            index: 0,
+            stored: Box::new(crate::error::StoredAt {
+                stream: name,
+                id: StreamId(first.id),
+                sequence: StreamSequence(first.seq),
+                global: GlobalSequence(first.global),
+            }),
+            reason: "this command id was executed against another stream or stream id",
+        });
+    }
+    // The command's events are one block: consecutive from the first.
+    let mut positions = vec![(StreamSequence(first.seq), GlobalSequence(first.global))];
+    for i in 1u32.. {
+        match txn.event_by_id(&command.event_id(i).0)? {
+            Some(e)
+                if e.tag == first.tag && e.id == first.id && e.seq == first.seq + u64::from(i) =>
+            {
+                positions.push((StreamSequence(e.seq), GlobalSequence(e.global)));
+            }
+            _ => break,
+        }
+    }
+    let last = first.seq + positions.len() as u64 - 1;
+    let loaded = load_until(txn, info, StreamId(first.id), Some(last), policy, scratch)?;
+    Ok(Some(Executed {
+        state: loaded.state,
+        version: Some(StreamSequence(last)),
+        positions,
+        idempotent: true,
+    }))
 }
 
 #[cfg(test)]
@@ -344,11 +474,19 @@ mod tests {
             _: u32,
             _: u64,
             from: u64,
-            mut f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+            mut f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
         ) -> Result<()> {
             for (seq, p) in self.payloads.iter().enumerate().skip(from as usize) {
                 let fp = Added::FINGERPRINT;
-                if f(seq as u64, seq as u64, fp, &p[self.offset..])?.is_break() {
+                if f(
+                    seq as u64,
+                    seq as u64,
+                    fp,
+                    &p[self.offset..],
+                    RawMeta::default(),
+                )?
+                .is_break()
+                {
                     break;
                 }
             }

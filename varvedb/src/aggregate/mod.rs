@@ -19,8 +19,9 @@ use rkyv::Archive;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::metadata::{Execute, Metadata};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
-use crate::storage::StreamInfo;
+use crate::storage::{Entity, StreamInfo};
 use crate::store::Varve;
 
 pub(crate) use fold::load_in;
@@ -141,6 +142,18 @@ pub trait Aggregate: Default {
     /// on every load, and a [snapshot](Snapshots) stores its result.
     fn apply(&mut self, event: &<Self::Event as Archive>::Archived);
 
+    /// [`apply`](Aggregate::apply) with the event's [`Metadata`] (its id,
+    /// correlation, causation, user bytes). Calls `apply` unless overridden;
+    /// loads and [`Varve::execute`] call this one.
+    fn apply_with_meta(
+        &mut self,
+        event: &<Self::Event as Archive>::Archived,
+        metadata: &Metadata<'_>,
+    ) {
+        let _ = metadata;
+        self.apply(event);
+    }
+
     /// Decides a command against the current state: the events to append
     /// (possibly none), or a rejection.
     ///
@@ -205,6 +218,11 @@ pub struct Executed<A> {
     /// Where each new event was written, in order; empty if the command
     /// produced no event.
     pub positions: Vec<(StreamSequence, GlobalSequence)>,
+    /// Whether this is the original outcome of a command executed before
+    /// with the same [`CommandId`](crate::CommandId): nothing was decided or
+    /// written, `positions` are where its events were written, and `state`
+    /// and `version` are as they were right after them.
+    pub idempotent: bool,
 }
 
 /// Why [`Varve::execute`] did not apply a command: the aggregate rejected
@@ -377,8 +395,127 @@ impl Varve {
         command: &A::Command,
         expected: ExpectedVersion,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        self.execute_with::<A>(id, command, Execute::new().expected(expected))
+    }
+
+    /// [`Varve::execute`] with options: an expected version, a
+    /// [`CommandId`](crate::CommandId), a [`Context`](crate::Context) for the
+    /// events.
+    ///
+    /// **Idempotent commands.** With a command id, the events' ids derive
+    /// from it ([`CommandId::event_id`](crate::CommandId::event_id)), and a
+    /// command whose events are stored is answered with its original outcome
+    /// ([`Executed::idempotent`]) *without calling `handle`*, even if the
+    /// state changed since (a retry of "withdraw 30" after a timeout must not
+    /// withdraw twice, nor be refused because the first attempt drained the
+    /// account). A command that produced no events leaves nothing to find: a
+    /// retry decides again.
+    ///
+    /// # Errors
+    /// As [`Varve::execute_expected`], plus [`Error::EventIdConflict`] if the
+    /// command id was used for another stream id.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # use varvedb::{Aggregate, StreamId, Varve};
+    /// # #[derive(Archive, Serialize, varvedb::Event)] struct Withdrew(u64);
+    /// # #[derive(Default)] struct Account(u64);
+    /// # impl Aggregate for Account {
+    /// #     type Event = Withdrew; type Command = u64; type Error = &'static str;
+    /// #     const STREAM: &'static str = "accounts";
+    /// #     fn apply(&mut self, e: &ArchivedWithdrew) { self.0 += e.0.to_native() }
+    /// #     fn handle(&self, c: &u64) -> Result<Vec<Withdrew>, &'static str> {
+    /// #         if self.0 + c > 50 { Err("over the limit") } else { Ok(vec![Withdrew(*c)]) } }
+    /// # }
+    /// use varvedb::{CommandId, Execute};
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// let request = Execute::new().command_id(CommandId::from_u128(0xbeef));
+    /// let first = varve.execute_with::<Account>(StreamId(1), &30, request).map_err(|e| e.to_string())?;
+    /// // The client timed out and retries: the original answer, not "over the limit".
+    /// let retry = varve.execute_with::<Account>(StreamId(1), &30, request).map_err(|e| e.to_string())?;
+    /// assert!(retry.idempotent && !first.idempotent);
+    /// assert_eq!((retry.positions, retry.state.0), (first.positions, 30));
+    /// assert_eq!(varve.load::<Account>(StreamId(1))?.state.0, 30);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn execute_with<A: Aggregate>(
+        &self,
+        id: StreamId,
+        command: &A::Command,
+        options: Execute<'_>,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        self.execute_entity::<A>(Entity::Id(id.0), command, options)
+    }
+
+    /// [`Varve::execute_with`] on the stream id of entity `key` (allocated
+    /// in the command's transaction if the key is new; see
+    /// [`StreamReader::entity_id`](crate::StreamReader::entity_id)).
+    ///
+    /// # Errors
+    /// As [`Varve::execute_with`], plus [`Error::InvalidEntityKey`].
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # use varvedb::{Aggregate, Varve};
+    /// # #[derive(Archive, Serialize, varvedb::Event)] struct Added(u64);
+    /// # #[derive(Default)] struct Cart(u64);
+    /// # impl Aggregate for Cart {
+    /// #     type Event = Added; type Command = u64; type Error = std::convert::Infallible;
+    /// #     const STREAM: &'static str = "carts";
+    /// #     fn apply(&mut self, e: &ArchivedAdded) { self.0 += e.0.to_native() }
+    /// #     fn handle(&self, c: &u64) -> Result<Vec<Added>, Self::Error> { Ok(vec![Added(*c)]) }
+    /// # }
+    /// use varvedb::Execute;
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// varve.execute_keyed::<Cart>("cart-3f9a", &2, Execute::new())?;
+    /// varve.execute_keyed::<Cart>("cart-3f9a", &5, Execute::new())?;
+    /// assert_eq!(varve.load_keyed::<Cart>("cart-3f9a")?.state.0, 7);
+    /// assert_eq!(varve.load_keyed::<Cart>("cart-0000")?.version, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn execute_keyed<A: Aggregate>(
+        &self,
+        key: impl AsRef<[u8]>,
+        command: &A::Command,
+        options: Execute<'_>,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        let key = crate::entity::check_key(A::STREAM, key.as_ref())?;
+        self.execute_entity::<A>(Entity::Key(key.into()), command, options)
+    }
+
+    /// [`Varve::load`] of the stream id of entity `key`: the default state
+    /// (version `None`) if the key was never used. Allocates nothing.
+    ///
+    /// # Errors
+    /// As [`Varve::load`], plus [`Error::InvalidEntityKey`].
+    pub fn load_keyed<A: Aggregate>(&self, key: impl AsRef<[u8]>) -> Result<Loaded<A>> {
+        let key = crate::entity::check_key(A::STREAM, key.as_ref())?;
         let info = self.aggregate_stream::<A>()?;
-        match fold::execute::<A>(self.store(), &info, id, command, expected)? {
+        let mut view = self.store().snapshot()?;
+        let id = match view.stream_tag(&info)? {
+            Some(tag) => view.entity_id(tag, key)?,
+            None => None,
+        };
+        match id {
+            Some(id) => load_in(&mut view, &info, StreamId(id)),
+            None => Ok(Loaded {
+                state: A::default(),
+                version: None,
+                snapshot: None,
+            }),
+        }
+    }
+
+    fn execute_entity<A: Aggregate>(
+        &self,
+        entity: Entity,
+        command: &A::Command,
+        options: Execute<'_>,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        let info = self.aggregate_stream::<A>()?;
+        match fold::execute::<A>(self.store(), &info, &entity, command, &options)? {
             Ok(done) => Ok(done),
             Err(rejection) => Err(ExecuteError::Rejected(rejection)),
         }

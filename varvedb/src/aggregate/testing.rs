@@ -79,13 +79,15 @@ impl<A> fmt::Debug for AggregateTest<A> {
     }
 }
 
-/// Round-trips `event` through its archived form and folds it into `state`.
+/// Round-trips `event` through its archived form and folds it into `state`
+/// (through [`Aggregate::apply_with_meta`], with no metadata, as a load
+/// folds an event appended without any).
 fn apply_archived<A: Aggregate>(state: &mut A, event: &A::Event, what: &str) {
     let bytes = rkyv::to_bytes::<rancor::Error>(event)
         .unwrap_or_else(|e| panic!("{what} event cannot be serialized with rkyv: {e}"));
     let archived = rkyv::access::<<A::Event as Archive>::Archived, rancor::Error>(&bytes)
         .unwrap_or_else(|e| panic!("{what} event does not validate once archived: {e}"));
-    state.apply(archived);
+    state.apply_with_meta(archived, &crate::metadata::Metadata::default());
 }
 
 impl<A: Aggregate> AggregateTest<A> {

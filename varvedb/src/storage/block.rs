@@ -8,14 +8,14 @@
 //! ```text
 //! offset  size  field (little endian)
 //! 0       1     format version (1)
-//! 1       1     flags (0; reserved)
+//! 1       1     metadata flags: which fields begin every slot (0: none)
 //! 2       2     header length (64)
 //! 4       4     stream tag (interned stream name)
 //! 8       8     stream id
 //! 16      8     first stream sequence
 //! 24      8     type fingerprint
 //! 32      4     event count (>= 1)
-//! 36      4     per-event metadata length (0 in format 1; room for event ids, timestamps)
+//! 36      4     per-event metadata length (0 when the flags are 0)
 //! 40      8     first global sequence (must equal the key)
 //! 48      8     commit time, microseconds since the Unix epoch
 //! 56      4     reserved (0)
@@ -26,6 +26,26 @@
 //! base    ..    slots: event i occupies [start_i, end_i) from `base`, start_0 = 0,
 //!               start_i = end_{i-1} rounded up to 16; total length padded to 16
 //! ```
+//!
+//! **Metadata.** A block without metadata (flags 0, metadata length 0) is
+//! byte for byte a format-1 block. Otherwise every slot begins with a
+//! metadata prefix of exactly `metadata length` bytes, padded with zeros to
+//! a multiple of 16, and the payload follows (still 16-byte aligned). The
+//! flags say which fields the prefix holds, in this order:
+//!
+//! ```text
+//! flag  size   field
+//! 0x01  16     event id
+//! 0x02  16     correlation id
+//! 0x04  16     causation id
+//! 0x08  4+m    user bytes: u32 length, then the bytes; m is the longest
+//!              user bytes of the block, shorter ones are zero-padded
+//! ```
+//!
+//! Every event of a block has the same fields (one append decides them), so
+//! the prefix length is one number in the (checksummed) header, and the
+//! prefix lies inside the slot that the entry checksum covers. Unknown flags,
+//! or a length that disagrees with the flags, fail the header check.
 //!
 //! Everything in this module is pure byte manipulation (no LMDB, no `unsafe`),
 //! so it runs under Miri and the fuzzer.
@@ -44,6 +64,126 @@ pub(crate) const MAX_SLOT_LEN: usize = u32::MAX as usize - SLOT_ALIGN;
 
 const fn align_up(n: usize, align: usize) -> usize {
     (n + align - 1) & !(align - 1)
+}
+
+/// Metadata flag: every slot begins with a 16-byte event id.
+pub(crate) const META_EVENT_ID: u8 = 0x01;
+/// Metadata flag: a 16-byte correlation id follows.
+pub(crate) const META_CORRELATION: u8 = 0x02;
+/// Metadata flag: a 16-byte causation id follows.
+pub(crate) const META_CAUSATION: u8 = 0x04;
+/// Metadata flag: user bytes (u32 length, then the bytes) follow.
+pub(crate) const META_USER: u8 = 0x08;
+const META_KNOWN: u8 = META_EVENT_ID | META_CORRELATION | META_CAUSATION | META_USER;
+/// Length of one id field of the metadata prefix.
+const ID_LEN: usize = 16;
+
+/// The length of the fixed (id) part of a prefix with `flags`.
+fn ids_len(flags: u8) -> usize {
+    (flags & (META_EVENT_ID | META_CORRELATION | META_CAUSATION)).count_ones() as usize * ID_LEN
+}
+
+/// The metadata of one event, borrowed from its slot (ids are copied: 16
+/// bytes each). All `None` for an event of a block without metadata.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RawMeta<'a> {
+    pub(crate) event_id: Option<[u8; 16]>,
+    pub(crate) correlation: Option<[u8; 16]>,
+    pub(crate) causation: Option<[u8; 16]>,
+    pub(crate) user: Option<&'a [u8]>,
+}
+
+impl RawMeta<'_> {
+    /// The flags of a prefix holding exactly the fields present here.
+    pub(crate) fn flags(&self) -> u8 {
+        let mut f = 0;
+        if self.event_id.is_some() {
+            f |= META_EVENT_ID;
+        }
+        if self.correlation.is_some() {
+            f |= META_CORRELATION;
+        }
+        if self.causation.is_some() {
+            f |= META_CAUSATION;
+        }
+        if self.user.is_some() {
+            f |= META_USER;
+        }
+        f
+    }
+}
+
+/// The prefix length for `flags` and user bytes of at most `user_max` bytes.
+pub(crate) fn meta_len(flags: u8, user_max: usize) -> usize {
+    ids_len(flags)
+        + if flags & META_USER != 0 {
+            4 + user_max
+        } else {
+            0
+        }
+}
+
+/// Checks that a header's metadata flags and length describe a prefix.
+fn check_meta(flags: u8, len: u32) -> Result<(), BlockError> {
+    if flags & !META_KNOWN != 0 {
+        return Err(BlockError::new(format!(
+            "unknown metadata flags {flags:#04x}"
+        )));
+    }
+    let fixed = meta_len(flags, 0);
+    let ok = if flags & META_USER != 0 {
+        len as usize >= fixed
+    } else {
+        len as usize == fixed
+    };
+    if !ok {
+        return Err(BlockError::new(format!(
+            "metadata length {len} does not fit metadata flags {flags:#04x}"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes a metadata prefix of `flags` (validated by the header check) from
+/// `prefix` (exactly the prefix, unpadded).
+pub(crate) fn parse_meta(flags: u8, prefix: &[u8]) -> Result<RawMeta<'_>, BlockError> {
+    let mut meta = RawMeta::default();
+    if flags == 0 {
+        return Ok(meta);
+    }
+    let mut at = 0;
+    let id = |at: &mut usize| -> Result<[u8; 16], BlockError> {
+        let bytes = prefix
+            .get(*at..*at + ID_LEN)
+            .ok_or_else(|| BlockError::new("metadata prefix is too short for its ids"))?;
+        *at += ID_LEN;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    };
+    if flags & META_EVENT_ID != 0 {
+        meta.event_id = Some(id(&mut at)?);
+    }
+    if flags & META_CORRELATION != 0 {
+        meta.correlation = Some(id(&mut at)?);
+    }
+    if flags & META_CAUSATION != 0 {
+        meta.causation = Some(id(&mut at)?);
+    }
+    if flags & META_USER != 0 {
+        let len = prefix
+            .get(at..at + 4)
+            .map(|b| u32_at(b, 0) as usize)
+            .ok_or_else(|| BlockError::new("metadata prefix is too short for its user bytes"))?;
+        let user = prefix.get(at + 4..at + 4 + len).ok_or_else(|| {
+            BlockError::new(format!(
+                "user metadata of {len} bytes overruns its {}-byte prefix",
+                prefix.len()
+            ))
+        })?;
+        meta.user = Some(user);
+    }
+    Ok(meta)
 }
 
 /// Checksums are XXH3-64 truncated to 32 bits: about three times cheaper than
@@ -78,6 +218,7 @@ pub(crate) struct BlockHeader {
     pub(crate) first_stream_seq: u64,
     pub(crate) fingerprint: u64,
     pub(crate) count: u32,
+    pub(crate) meta_flags: u8,
     pub(crate) meta_len: u32,
     pub(crate) first_global: u64,
     pub(crate) committed_at_micros: u64,
@@ -119,6 +260,12 @@ pub(crate) struct BlockBuilder {
     buf: AlignedVec<16>,
     capacity: usize,
     written: usize,
+    /// Metadata flags and prefix length of the current block (0, 0: none).
+    meta_flags: u8,
+    meta_len: usize,
+    /// The event id of each event, when the block carries them (for the
+    /// writer's idempotency index).
+    event_ids: Vec<[u8; 16]>,
 }
 
 impl BlockBuilder {
@@ -128,15 +275,74 @@ impl BlockBuilder {
             buf: AlignedVec::with_capacity(initial_capacity.max(HEADER_LEN + 64)),
             capacity: 0,
             written: 0,
+            meta_flags: 0,
+            meta_len: 0,
+            event_ids: Vec::new(),
         }
     }
 
-    /// Starts a block of exactly `count` events, discarding any previous content.
+    /// Starts a block of exactly `count` events without metadata,
+    /// discarding any previous content.
     pub(crate) fn start(&mut self, count: usize) {
+        self.start_with_meta(count, 0, 0);
+    }
+
+    /// Starts a block of `count` events whose slots begin with a metadata
+    /// prefix of `flags`, with user bytes of at most `user_max` bytes. Each
+    /// event is then begun with [`Self::begin_event_with`].
+    pub(crate) fn start_with_meta(&mut self, count: usize, flags: u8, user_max: usize) {
         self.buf.clear();
         self.buf.resize(table_end(count), 0);
         self.capacity = count;
         self.written = 0;
+        self.meta_flags = flags;
+        self.meta_len = if flags == 0 {
+            0
+        } else {
+            meta_len(flags, user_max)
+        };
+        self.event_ids.clear();
+    }
+
+    /// Starts a block of `count` events whose slots begin with a metadata
+    /// prefix of exactly `meta_len` bytes with `flags`, each copied from an
+    /// existing block by [`Self::begin_event_verbatim`] (a migration's
+    /// [`reseal`]).
+    pub(crate) fn start_verbatim(&mut self, count: usize, flags: u8, meta_len: usize) {
+        self.start_with_meta(count, flags, 0);
+        self.meta_len = if flags == 0 { 0 } else { meta_len };
+    }
+
+    /// [`Self::begin_event`], first copying `prefix` (an event's metadata
+    /// prefix as stored, `meta_len` bytes) and padding it as every block does.
+    pub(crate) fn begin_event_verbatim(&mut self, prefix: &[u8]) -> AlignedVec<16> {
+        debug_assert!(self.written < self.capacity);
+        debug_assert_eq!(prefix.len(), self.meta_len);
+        let aligned = align_up(self.buf.len(), SLOT_ALIGN);
+        self.buf.resize(aligned, 0);
+        if self.meta_flags != 0 {
+            self.buf.extend_from_slice(prefix);
+            if self.meta_flags & META_EVENT_ID != 0 {
+                if let Some(id) = prefix.get(..ID_LEN) {
+                    let mut out = [0u8; 16];
+                    out.copy_from_slice(id);
+                    self.event_ids.push(out);
+                }
+            }
+            let end = align_up(self.buf.len(), SLOT_ALIGN);
+            self.buf.resize(end, 0);
+        }
+        std::mem::take(&mut self.buf)
+    }
+
+    /// The event ids of the current block, one per event, or empty.
+    pub(crate) fn event_ids(&self) -> &[[u8; 16]] {
+        &self.event_ids
+    }
+
+    /// The metadata flags and prefix length of the current block.
+    pub(crate) fn meta(&self) -> (u8, u32) {
+        (self.meta_flags, self.meta_len as u32)
     }
 
     /// Number of events the current block will hold.
@@ -151,9 +357,38 @@ impl BlockBuilder {
     /// Pads the buffer so the next slot starts aligned, and hands it out for the
     /// serializer to append one event. Must be followed by [`Self::finish_event`].
     pub(crate) fn begin_event(&mut self) -> AlignedVec<16> {
+        self.begin_event_with(&RawMeta::default())
+    }
+
+    /// [`Self::begin_event`], first writing the event's metadata prefix. The
+    /// fields of `meta` must be those the block was started with.
+    pub(crate) fn begin_event_with(&mut self, meta: &RawMeta<'_>) -> AlignedVec<16> {
         debug_assert!(self.written < self.capacity);
         let aligned = align_up(self.buf.len(), SLOT_ALIGN);
         self.buf.resize(aligned, 0);
+        if self.meta_flags != 0 {
+            debug_assert_eq!(meta.flags(), self.meta_flags);
+            let start = self.buf.len();
+            for id in [meta.event_id, meta.correlation, meta.causation]
+                .into_iter()
+                .flatten()
+            {
+                self.buf.extend_from_slice(&id);
+            }
+            if let Some(user) = meta.user {
+                self.buf
+                    .extend_from_slice(&(user.len() as u32).to_le_bytes());
+                self.buf.extend_from_slice(user);
+            }
+            if let Some(id) = meta.event_id {
+                self.event_ids.push(id);
+            }
+            // Shorter user bytes are zero-padded to the block's prefix length,
+            // then the payload starts aligned.
+            let end = start + self.meta_len;
+            debug_assert!(self.buf.len() <= end);
+            self.buf.resize(align_up(end, SLOT_ALIGN), 0);
+        }
         std::mem::take(&mut self.buf)
     }
 
@@ -200,15 +435,19 @@ impl BlockBuilder {
         let total = align_up(self.buf.len(), SLOT_ALIGN);
         self.buf.resize(total, 0);
         let h = &mut self.buf[..HEADER_LEN];
+        debug_assert_eq!(
+            (header.meta_flags, header.meta_len as usize),
+            (self.meta_flags, self.meta_len)
+        );
         h[0] = BLOCK_VERSION;
-        h[1] = 0;
+        h[1] = self.meta_flags;
         h[2..4].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
         h[4..8].copy_from_slice(&header.stream_tag.to_le_bytes());
         h[8..16].copy_from_slice(&header.stream_id.to_le_bytes());
         h[16..24].copy_from_slice(&header.first_stream_seq.to_le_bytes());
         h[24..32].copy_from_slice(&header.fingerprint.to_le_bytes());
         h[32..36].copy_from_slice(&header.count.to_le_bytes());
-        h[36..40].copy_from_slice(&header.meta_len.to_le_bytes());
+        h[36..40].copy_from_slice(&(self.meta_len as u32).to_le_bytes());
         h[40..48].copy_from_slice(&header.first_global.to_le_bytes());
         h[48..56].copy_from_slice(&header.committed_at_micros.to_le_bytes());
         h[56..60].copy_from_slice(&0u32.to_le_bytes());
@@ -259,6 +498,7 @@ impl<'a> BlockView<'a> {
             first_stream_seq: u64_at(bytes, 16),
             fingerprint: u64_at(bytes, 24),
             count: u32_at(bytes, 32),
+            meta_flags: bytes[1],
             meta_len: u32_at(bytes, 36),
             first_global: u64_at(bytes, 40),
             committed_at_micros: u64_at(bytes, 48),
@@ -272,6 +512,7 @@ impl<'a> BlockView<'a> {
         if header.count == 0 {
             return Err(BlockError::new("block holds no events"));
         }
+        check_meta(header.meta_flags, header.meta_len)?;
         let base = table_end(header.count as usize);
         if base > bytes.len() {
             return Err(BlockError::new(format!(
@@ -322,16 +563,13 @@ impl<'a> BlockView<'a> {
     /// its bounds and checksum.
     #[inline]
     pub(crate) fn event(&self, index: u32) -> Result<&'a [u8], BlockError> {
-        let (meta, payload) = self.slot(index)?;
-        debug_assert!(meta.len() % SLOT_ALIGN == 0);
-        Ok(payload)
+        self.slot(index).map(|(_, payload)| payload)
     }
 
-    /// Event `index`'s slot split into its metadata (`meta_len` rounded up to
-    /// 16 bytes; empty in format 1) and its payload, after checking its
-    /// bounds and checksum.
+    /// The metadata prefix (unpadded; empty without metadata) and the
+    /// payload of event `index`, after checking bounds and checksum.
     #[inline]
-    fn slot(&self, index: u32) -> Result<(&'a [u8], &'a [u8]), BlockError> {
+    pub(crate) fn slot(&self, index: u32) -> Result<(&'a [u8], &'a [u8]), BlockError> {
         if index >= self.header.count {
             return Err(BlockError::new(format!(
                 "event {index} is past the block's {} events",
@@ -365,7 +603,16 @@ impl<'a> BlockView<'a> {
                 "event {index} is shorter than its {meta}-byte metadata"
             )));
         }
-        Ok(slot.split_at(meta))
+        Ok((&slot[..self.header.meta_len as usize], &slot[meta..]))
+    }
+
+    /// The metadata and payload of event `index`, checked as [`Self::event`].
+    #[inline]
+    pub(crate) fn entry(&self, index: u32) -> Result<(RawMeta<'a>, &'a [u8]), BlockError> {
+        let (prefix, payload) = self.slot(index)?;
+        let meta = parse_meta(self.header.meta_flags, prefix)
+            .map_err(|e| BlockError::new(format!("event {index}: {}", e.0)))?;
+        Ok((meta, payload))
     }
 }
 
@@ -374,14 +621,18 @@ impl<'a> BlockView<'a> {
 ///
 /// Everything but the payloads, the fingerprint and the checksums is kept:
 /// the key (first global sequence), stream tag and id, stream sequences,
-/// event count, commit time, flags, reserved bytes, and each event's
-/// metadata, copied verbatim (today `meta_len` is always 0: there is none).
+/// event count, commit time, metadata flags and length, reserved bytes, and
+/// each event's metadata prefix (event id, correlation, causation, user
+/// bytes: exactly the header's `meta_len` bytes, zero-padded to 16 as every
+/// block pads it), copied verbatim. So the `ids` index, which maps an event
+/// id to the global sequence of its block, stays valid.
 /// Each payload must be an rkyv archive built in a 16-byte aligned buffer:
 /// its slot starts 16-byte aligned, so it stays readable in place.
 ///
 /// Fails, writing nothing, if `payloads` is not one per event, if an event
-/// of `old` fails its checksum (a migration never re-seals damage under a
-/// fresh checksum), or if a payload is too large for a slot.
+/// of `old` fails its checksum or its metadata does not parse (a migration
+/// never re-seals damage under a fresh checksum), or if a payload is too
+/// large for a slot.
 pub(crate) fn reseal(
     old: &BlockView<'_>,
     fingerprint: u64,
@@ -396,11 +647,13 @@ pub(crate) fn reseal(
         )));
     }
     let mut builder = BlockBuilder::with_capacity(old.bytes().len() + 64);
-    builder.start(payloads.len());
+    builder.start_verbatim(payloads.len(), header.meta_flags, header.meta_len as usize);
     for (i, payload) in payloads.iter().enumerate() {
-        let (meta, _) = old.slot(i as u32)?;
-        let mut buf = builder.begin_event();
-        buf.extend_from_slice(meta);
+        let (prefix, _) = old.slot(i as u32)?;
+        // Checked, not only copied: damage never gets a fresh checksum.
+        parse_meta(header.meta_flags, prefix)
+            .map_err(|e| BlockError::new(format!("event {i}: {}", e.0)))?;
+        let mut buf = builder.begin_event_verbatim(prefix);
         buf.extend_from_slice(payload);
         builder.finish_event(buf).map_err(|size| {
             builder.abandon();
@@ -415,10 +668,10 @@ pub(crate) fn reseal(
             ..header
         })
         .to_vec();
-    // The header bytes `seal` writes as zeros today (flags, reserved) are
-    // kept as they were, so a later format's use of them survives.
+    // The reserved header bytes `seal` writes as zeros today are kept as
+    // they were, so a later format's use of them survives. (Byte 1, the
+    // metadata flags, `seal` writes from the builder: the old block's.)
     let old_bytes = old.bytes();
-    bytes[1] = old_bytes[1];
     bytes[56..60].copy_from_slice(&old_bytes[56..60]);
     let crc = header_crc(&bytes[..60]);
     bytes[60..64].copy_from_slice(&crc.to_le_bytes());
@@ -469,11 +722,158 @@ mod tests {
             first_stream_seq: 7,
             fingerprint: 0xfeed,
             count: payloads.len() as u32,
+            meta_flags: 0,
             meta_len: 0,
             first_global,
             committed_at_micros: 1,
         })
         .to_vec()
+    }
+
+    fn build_with_meta(payloads: &[&[u8]], metas: &[RawMeta<'_>], first_global: u64) -> Vec<u8> {
+        let flags = metas[0].flags();
+        let user_max = metas
+            .iter()
+            .filter_map(|m| m.user)
+            .map(<[u8]>::len)
+            .max()
+            .unwrap_or(0);
+        let mut b = BlockBuilder::with_capacity(0);
+        b.start_with_meta(payloads.len(), flags, user_max);
+        for (p, m) in payloads.iter().zip(metas) {
+            let mut buf = b.begin_event_with(m);
+            buf.extend_from_slice(p);
+            b.finish_event(buf).unwrap();
+        }
+        let (meta_flags, meta_len) = b.meta();
+        b.seal(&BlockHeader {
+            stream_tag: 3,
+            stream_id: 42,
+            first_stream_seq: 7,
+            fingerprint: 0xfeed,
+            count: payloads.len() as u32,
+            meta_flags,
+            meta_len,
+            first_global,
+            committed_at_micros: 1,
+        })
+        .to_vec()
+    }
+
+    #[test]
+    fn metadata_round_trips_beside_each_payload_which_stays_aligned() {
+        let metas = [
+            RawMeta {
+                event_id: Some([1; 16]),
+                correlation: Some([2; 16]),
+                causation: Some([3; 16]),
+                user: Some(b"short"),
+            },
+            RawMeta {
+                event_id: Some([4; 16]),
+                correlation: Some([2; 16]),
+                causation: Some([3; 16]),
+                user: Some(b"a longer user value, over 16 bytes"),
+            },
+            RawMeta {
+                event_id: Some([5; 16]),
+                correlation: Some([2; 16]),
+                causation: Some([3; 16]),
+                user: Some(b""),
+            },
+        ];
+        let payloads: [&[u8]; 3] = [b"a", b"bb", b"c, longer than sixteen bytes"];
+        let bytes = build_with_meta(&payloads, &metas, 10);
+        let view = BlockView::parse(10, &bytes).unwrap();
+        for i in 0..3 {
+            let (meta, payload) = view.entry(i as u32).unwrap();
+            assert_eq!((meta, payload), (metas[i], payloads[i]));
+            let off = payload.as_ptr() as usize - bytes.as_ptr() as usize;
+            assert_eq!(off % SLOT_ALIGN, 0);
+        }
+        let ids_only = [RawMeta {
+            event_id: Some([9; 16]),
+            ..RawMeta::default()
+        }];
+        let bytes = build_with_meta(&[b"x"], &ids_only, 0);
+        let view = BlockView::parse(0, &bytes).unwrap();
+        assert_eq!(view.header().meta_len, 16);
+        assert_eq!(view.entry(0).unwrap(), (ids_only[0], &b"x"[..]));
+    }
+
+    #[test]
+    fn a_block_without_metadata_is_a_format_one_block_byte_for_byte() {
+        let plain = build(&[b"one", b"two"], 5);
+        assert_eq!((plain[1], u32_at(&plain, 36)), (0, 0));
+        let mut b = BlockBuilder::with_capacity(0);
+        b.start_with_meta(2, 0, 0);
+        for p in [&b"one"[..], b"two"] {
+            let mut buf = b.begin_event_with(&RawMeta::default());
+            buf.extend_from_slice(p);
+            b.finish_event(buf).unwrap();
+        }
+        let header = *BlockView::parse(5, &plain).unwrap().header();
+        assert_eq!(b.seal(&header), &plain[..]);
+        let view = BlockView::parse(5, &plain).unwrap();
+        assert_eq!(view.entry(1).unwrap(), (RawMeta::default(), &b"two"[..]));
+    }
+
+    #[test]
+    fn every_single_bit_flip_in_metadata_is_detected_or_harmless() {
+        let metas = [
+            RawMeta {
+                event_id: Some([1; 16]),
+                correlation: Some([2; 16]),
+                causation: None,
+                user: Some(b"user"),
+            },
+            RawMeta {
+                event_id: Some([3; 16]),
+                correlation: Some([2; 16]),
+                causation: None,
+                user: Some(b"bytes!"),
+            },
+        ];
+        let original = build_with_meta(&[b"first", b"second"], &metas, 9);
+        let good = BlockView::parse(9, &original).unwrap();
+        for byte in 0..original.len() {
+            for bit in 0..8 {
+                let mut b = original.clone();
+                b[byte] ^= 1 << bit;
+                let Ok(view) = BlockView::parse(9, &b) else {
+                    continue;
+                };
+                for i in 0..view.header().count {
+                    if let Ok(entry) = view.entry(i) {
+                        assert_eq!(entry, good.entry(i).unwrap(), "flip at {byte}.{bit}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_whose_metadata_flags_and_length_disagree_is_rejected() {
+        let metas = [RawMeta {
+            event_id: Some([1; 16]),
+            ..RawMeta::default()
+        }];
+        let original = build_with_meta(&[b"x"], &metas, 0);
+        for (flags, len) in [
+            (0x10u8, 16u32),
+            (META_EVENT_ID, 32),
+            (META_EVENT_ID | META_CAUSATION, 16),
+            (META_USER, 3),
+        ] {
+            let mut b = original.clone();
+            b[1] = flags;
+            put_u32(&mut b, 36, len);
+            restamp(&mut b);
+            assert!(
+                BlockView::parse(0, &b).is_err(),
+                "flags {flags:#x} len {len}"
+            );
+        }
     }
 
     #[test]
@@ -529,20 +929,24 @@ mod tests {
 
     #[test]
     fn resealing_copies_each_events_metadata_and_the_header_extras_verbatim() {
-        // A block whose events carry 16 bytes of metadata before their
-        // payload, and whose flags and reserved bytes are set (what a later
-        // format may write).
+        // A block whose events carry every metadata field (user bytes of
+        // different lengths, so the shorter is zero-padded in its prefix),
+        // and whose reserved bytes are set (what a later format may write).
+        let users: [&[u8]; 2] = [b"short", b"the longer user bytes"];
+        let meta = |i: usize| RawMeta {
+            event_id: Some([i as u8 + 1; 16]),
+            correlation: Some([7; 16]),
+            causation: Some([8; 16]),
+            user: Some(users[i]),
+        };
         let mut b = BlockBuilder::with_capacity(0);
-        b.start(2);
-        for (meta, p) in [
-            (*b"meta-of-event-00", &b"one"[..]),
-            (*b"meta-of-event-01", b"two"),
-        ] {
-            let mut buf = b.begin_event();
-            buf.extend_from_slice(&meta);
+        b.start_with_meta(2, meta(0).flags(), users[1].len());
+        for (i, p) in [&b"one"[..], b"two"].into_iter().enumerate() {
+            let mut buf = b.begin_event_with(&meta(i));
             buf.extend_from_slice(p);
             b.finish_event(buf).unwrap();
         }
+        let (meta_flags, meta_len) = b.meta();
         let mut original = b
             .seal(&BlockHeader {
                 stream_tag: 1,
@@ -550,28 +954,39 @@ mod tests {
                 first_stream_seq: 3,
                 fingerprint: 4,
                 count: 2,
-                meta_len: 16,
+                meta_flags,
+                meta_len,
                 first_global: 5,
                 committed_at_micros: 6,
             })
             .to_vec();
-        original[1] = 0x80;
         original[56..60].copy_from_slice(&[1, 2, 3, 4]);
         restamp(&mut original);
         let view = BlockView::parse(5, &original).unwrap();
         assert_eq!(view.event(1).unwrap(), b"two");
         let bytes = reseal(&view, 9, &[b"uno", b"dos, a longer payload"]).unwrap();
         let new = BlockView::parse(5, &bytes).unwrap();
-        assert_eq!(new.header().meta_len, 16);
-        assert_eq!((bytes[1], &bytes[56..60]), (0x80, &[1u8, 2, 3, 4][..]));
-        for (i, (meta, payload)) in [
-            (&b"meta-of-event-00"[..], &b"uno"[..]),
-            (b"meta-of-event-01", b"dos, a longer payload"),
-        ]
-        .into_iter()
-        .enumerate()
+        assert_eq!(
+            *new.header(),
+            BlockHeader {
+                fingerprint: 9,
+                ..*view.header()
+            }
+        );
+        assert_eq!(
+            (bytes[1], &bytes[56..60]),
+            (meta_flags, &[1u8, 2, 3, 4][..])
+        );
+        for (i, payload) in [&b"uno"[..], b"dos, a longer payload"]
+            .into_iter()
+            .enumerate()
         {
-            assert_eq!(new.slot(i as u32).unwrap(), (meta, payload), "event {i}");
+            let i32 = i as u32;
+            // The prefix, byte for byte (padding included), and its fields.
+            assert_eq!(new.slot(i32).unwrap().0, view.slot(i32).unwrap().0);
+            assert_eq!(new.entry(i32).unwrap(), (meta(i), payload), "event {i}");
+            let off = new.event(i32).unwrap().as_ptr() as usize - bytes.as_ptr() as usize;
+            assert_eq!(off % SLOT_ALIGN, 0);
         }
     }
 
@@ -696,6 +1111,7 @@ mod tests {
             first_stream_seq: 0,
             fingerprint: 3,
             count: 2,
+            meta_flags: 0,
             meta_len: 0,
             first_global: 4,
             committed_at_micros: 5,
@@ -722,6 +1138,7 @@ mod tests {
             first_stream_seq: 3,
             fingerprint: 3,
             count: 2,
+            meta_flags: 0,
             meta_len: 0,
             first_global: 10,
             committed_at_micros: 5,
@@ -796,8 +1213,15 @@ mod tests {
         );
         assert!(view.event(1).is_err());
 
-        // Metadata longer than the slot.
+        // Metadata without flags saying what it holds.
         let mut b = original.clone();
+        put_u32(&mut b, 36, 64);
+        restamp(&mut b);
+        assert!(BlockView::parse(0, &b).is_err());
+
+        // Metadata (user bytes) longer than the slot.
+        let mut b = original.clone();
+        b[1] = META_USER;
         put_u32(&mut b, 36, 64);
         restamp(&mut b);
         let view = BlockView::parse(0, &b).unwrap();
@@ -812,12 +1236,25 @@ mod tests {
     fn random_bytes_and_mutated_blocks_never_panic() {
         let mut state = 7u64;
         let original = build(&[b"first event", b"", b"third event, longer"], 3);
+        let meta = |user: &'static [u8]| RawMeta {
+            event_id: Some([1; 16]),
+            correlation: None,
+            causation: Some([2; 16]),
+            user: Some(user),
+        };
+        let with_meta = build_with_meta(
+            &[b"first event", b"", b"third event, longer"],
+            &[meta(b"u"), meta(b""), meta(b"longer user bytes")],
+            3,
+        );
         for round in 0..ROUNDS {
-            let mut bytes = if round % 3 == 0 {
-                let len = (rng(&mut state) % 200) as usize;
-                (0..len).map(|_| rng(&mut state) as u8).collect()
-            } else {
-                original.clone()
+            let mut bytes = match round % 3 {
+                0 => {
+                    let len = (rng(&mut state) % 200) as usize;
+                    (0..len).map(|_| rng(&mut state) as u8).collect()
+                }
+                1 => original.clone(),
+                _ => with_meta.clone(),
             };
             for _ in 0..1 + rng(&mut state) % 4 {
                 if !bytes.is_empty() {
@@ -831,9 +1268,11 @@ mod tests {
             let key = crate::__fuzz::claimed_key(&bytes).unwrap_or(0);
             if let Ok(view) = BlockView::parse(key, &bytes) {
                 for i in 0..view.header().count.min(64) {
-                    if let Ok(payload) = view.event(i) {
-                        let start = payload.as_ptr() as usize - bytes.as_ptr() as usize;
-                        assert!(start + payload.len() <= bytes.len());
+                    if let Ok((meta, payload)) = view.entry(i) {
+                        for part in [payload].into_iter().chain(meta.user) {
+                            let start = part.as_ptr() as usize - bytes.as_ptr() as usize;
+                            assert!(start + part.len() <= bytes.len());
+                        }
                     }
                 }
             }

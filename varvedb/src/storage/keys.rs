@@ -98,9 +98,93 @@ pub(crate) fn parse_event_key(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.try_into().ok()?))
 }
 
+/// Value of the `ids` database (key: the 16-byte event id): the event's
+/// global sequence (u64 LE) and a checksum (u32 LE, low 32 bits of XXH3-64
+/// over the key and the global).
+pub(crate) const ID_VALUE_LEN: usize = 12;
+
+fn keyed_checksum(key: &[u8], value: &[u8]) -> u32 {
+    let seed = xxhash_rust::xxh3::xxh3_64(key);
+    xxhash_rust::xxh3::xxh3_64_with_seed(value, seed) as u32
+}
+
+pub(crate) fn id_value(event_id: &[u8; 16], global: u64) -> [u8; ID_VALUE_LEN] {
+    let mut v = [0u8; ID_VALUE_LEN];
+    v[..8].copy_from_slice(&global.to_le_bytes());
+    let sum = keyed_checksum(event_id, &v[..8]);
+    v[8..].copy_from_slice(&sum.to_le_bytes());
+    v
+}
+
+/// The global sequence stored under `key` in `ids`; `None` if malformed.
+pub(crate) fn decode_id_value(key: &[u8], v: &[u8]) -> Option<u64> {
+    if v.len() != ID_VALUE_LEN || keyed_checksum(key, &v[..8]).to_le_bytes() != v[8..] {
+        return None;
+    }
+    Some(u64::from_le_bytes(v[..8].try_into().ok()?))
+}
+
+/// Keys of the `keys` database (entity keys): `k` + tag (BE) + user key maps
+/// to the stream id; `r` + tag (BE) + stream id (BE) maps back to the user
+/// key; `n` + tag (BE) holds the next stream id to allocate. Every value ends
+/// with a checksum over its key and value (u32 LE).
+pub(crate) fn entity_key(tag: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.push(b'k');
+    k.extend_from_slice(&tag.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+pub(crate) fn entity_reverse_key(tag: u32, id: u64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = b'r';
+    k[1..5].copy_from_slice(&tag.to_be_bytes());
+    k[5..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(crate) fn entity_counter_key(tag: u32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = b'n';
+    k[1..].copy_from_slice(&tag.to_be_bytes());
+    k
+}
+
+/// `value` followed by its checksum (bound to `key`).
+pub(crate) fn sealed_value(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(value.len() + 4);
+    v.extend_from_slice(value);
+    v.extend_from_slice(&keyed_checksum(key, value).to_le_bytes());
+    v
+}
+
+/// The value [`sealed_value`] sealed under `key`; `None` if it fails its checksum.
+pub(crate) fn open_sealed<'v>(key: &[u8], v: &'v [u8]) -> Option<&'v [u8]> {
+    let (value, sum) = v.split_at_checked(v.len().checked_sub(4)?)?;
+    (keyed_checksum(key, value).to_le_bytes() == sum).then_some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_values_and_sealed_values_are_bound_to_their_key() {
+        let v = id_value(&[7; 16], 99);
+        assert_eq!(decode_id_value(&[7; 16], &v), Some(99));
+        assert_eq!(decode_id_value(&[8; 16], &v), None);
+        for byte in 0..ID_VALUE_LEN {
+            let mut bad = v;
+            bad[byte] ^= 1;
+            assert_eq!(decode_id_value(&[7; 16], &bad), None);
+        }
+        let sealed = sealed_value(b"key", b"value");
+        assert_eq!(open_sealed(b"key", &sealed), Some(&b"value"[..]));
+        assert_eq!(open_sealed(b"kez", &sealed), None);
+        assert_eq!(open_sealed(b"key", &sealed[1..]), None);
+        assert_eq!(open_sealed(b"key", &[1, 2]), None);
+    }
 
     #[test]
     fn index_keys_sort_by_tag_then_id_then_sequence() {

@@ -9,6 +9,8 @@
 //! | `index`   | tag, stream id, first sequence (BE)   | run: first global, count               |
 //! | `events`  | first global sequence (BE)            | a block of events ([`block`])          |
 //! | `state`   | namespaced by its owner               | snapshots, checkpoints, read models    |
+//! | `ids`     | event id (16 bytes)                   | global sequence, checksum              |
+//! | `keys`    | entity keys ([`keys::entity_key`])    | stream id / user key / next id         |
 //!
 //! See `docs/design.md` for the invariants each one protects.
 
@@ -39,7 +41,7 @@ use parking_lot::Mutex;
 use crate::config::{Durability, VarveConfig};
 use crate::error::{Error, Location, Result};
 
-pub(crate) use block::BlockBuilder;
+pub(crate) use block::{BlockBuilder, RawMeta};
 pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
 pub use identity::StoreId;
 pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
@@ -48,7 +50,7 @@ pub(crate) use snapshot::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, Frozen,
     GlobalCursor, MappedEvent, StreamCursor, View,
 };
-pub(crate) use writer::WriteTxn;
+pub(crate) use writer::{Entity, Placed, WriteTxn, FIRST_KEYED_ID};
 
 /// A reader's cached snapshot; see [`Store::view_slot`].
 pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;
@@ -85,6 +87,11 @@ pub(crate) struct Store {
     /// `None` only in a read-only open of a store from before the `state`
     /// database existed: it reads as empty.
     state: Option<Db>,
+    /// Event id to global sequence: the idempotency index. `None` only in a
+    /// read-only open of a store from before it existed: it reads as empty.
+    ids: Option<Db>,
+    /// Entity keys to stream ids and back. `None` as `ids`.
+    keys: Option<Db>,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -407,6 +414,8 @@ impl Store {
                     db("index")?,
                     db("events")?,
                     db("state")?,
+                    db("ids")?,
+                    db("keys")?,
                 );
                 checked = Some(
                     probe::initialize_or_check(wtxn, &dbs.0, path, recorded.map(|r| r.id), seed)
@@ -414,7 +423,7 @@ impl Store {
                 );
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
-        let (_meta, catalog, index, events, state) = match created {
+        let (_meta, catalog, index, events, state, ids, keys) = match created {
             Ok(committed) => committed.unwrap_commit(),
             Err(OpenError::Heed(e)) => return Err(err(e)),
             Err(OpenError::Varve(e)) => return Err(e),
@@ -447,7 +456,7 @@ impl Store {
             path,
             config,
             env,
-            (catalog, index, events, Some(state)),
+            (catalog, index, events, Some(state), Some(ids), Some(keys)),
             checked.id,
             Access::ReadWrite,
         )
@@ -560,6 +569,10 @@ impl Store {
                 required("events", db("events")?)?,
                 // Stores from before the `state` database: it reads as empty.
                 db("state")?,
+                // Stores from before event metadata (issue 12): no event
+                // ids, no entity keys. Both read as empty.
+                db("ids")?,
+                db("keys")?,
             );
             Ok(CommitOrAbort::<_, ()>::Commit(dbs))
         });
@@ -579,7 +592,14 @@ impl Store {
         path: &Path,
         config: VarveConfig,
         env: Env<WithoutTls>,
-        (catalog, index, events, state): (Db, Db, Db, Option<Db>),
+        (catalog, index, events, state, ids, keys): (
+            Db,
+            Db,
+            Db,
+            Option<Db>,
+            Option<Db>,
+            Option<Db>,
+        ),
         store_id: StoreId,
         access: Access,
     ) -> Result<Arc<Store>> {
@@ -596,6 +616,8 @@ impl Store {
             index,
             events,
             state,
+            ids,
+            keys,
             commits: notify::CommitSignal::default(),
             group: group::GroupCommit::default(),
             gate: Arc::new(gate::MapGate::default()),
@@ -629,6 +651,24 @@ impl Store {
         self.state.as_ref().ok_or_else(|| Error::ReadOnly {
             path: self.path.clone(),
             operation: "writing state",
+        })
+    }
+
+    /// The `ids` database (event ids), for writers (a read-only store
+    /// refuses them).
+    pub(crate) fn ids_db(&self) -> Result<&Db> {
+        self.ids.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.path.clone(),
+            operation: "writing event ids",
+        })
+    }
+
+    /// The `keys` database (entity keys), for writers (a read-only store
+    /// refuses them).
+    pub(crate) fn keys_db(&self) -> Result<&Db> {
+        self.keys.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.path.clone(),
+            operation: "writing entity keys",
         })
     }
 

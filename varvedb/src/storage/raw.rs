@@ -3,8 +3,9 @@
 //! the log's blocks and the catalog, and the write side that appends such
 //! blocks to another store of the same id.
 //!
-//! Nothing here interprets a block beyond its header: a block is copied
-//! byte for byte, so a restored store holds the very bytes the source held.
+//! Nothing here interprets a block beyond its header and its events' ids (a
+//! restore records them in the `ids` index): a block is copied byte for
+//! byte, so a restored store holds the very bytes the source held.
 
 use std::fs::File;
 use std::io::Seek;
@@ -118,11 +119,13 @@ impl WriteTxn<'_> {
     /// Appends a block copied byte for byte from a store of the same id:
     /// it must continue this log at its end and its stream id at its next
     /// sequence, exactly as the source appended it; the index run is
-    /// extended or started as an append would.
+    /// extended or started as an append would, and the block's event ids
+    /// (if it carries them) are recorded in the `ids` index. Entity keys are
+    /// not in blocks, so they cannot be restored from one (see
+    /// `docs/operations.md`).
     pub(crate) fn import_block(&mut self, key: u64, bytes: &[u8]) -> Result<()> {
-        let header = *BlockView::parse(key, bytes)
-            .map_err(corrupt_at(key))?
-            .header();
+        let view = BlockView::parse(key, bytes).map_err(corrupt_at(key))?;
+        let header = *view.header();
         let store = self.store;
         let end = match self.end_global {
             Some(g) => g,
@@ -167,6 +170,35 @@ impl WriteTxn<'_> {
         let index = index_key(tag, id, run.first_seq);
         let put = store.index.put(&mut self.txn, &index, &run.encode(&index));
         self.lmdb("restoring the stream index", put)?;
+        // The idempotency index: each event id the block carries, pointing
+        // at its event, as the source's append recorded it.
+        if header.meta_flags & super::block::META_EVENT_ID != 0 {
+            for i in 0..header.count {
+                let global = key + u64::from(i);
+                let (meta, _) = view.entry(i).map_err(corrupt_at(global))?;
+                let Some(event_id) = meta.event_id else {
+                    continue;
+                };
+                let put = store.ids_db()?.put_with_flags(
+                    &mut self.txn,
+                    PutFlags::NO_OVERWRITE,
+                    &event_id,
+                    &super::keys::id_value(&event_id, global),
+                );
+                match put {
+                    Err(heed::Error::Mdb(MdbError::KeyExist)) => {
+                        return Err(Error::Corruption {
+                            location: Location::Global(GlobalSequence(global)),
+                            detail: format!(
+                                "a restored event carries id {}, which an earlier event has",
+                                crate::id::EventId(event_id)
+                            ),
+                        })
+                    }
+                    put => self.lmdb("restoring event ids", put)?,
+                }
+            }
+        }
         self.end_global = Some(header.end_global());
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use heed::{RoTxn, WithoutTls};
 use rkyv::util::AlignedVec;
 
-use super::block::{BlockError, BlockHeader, BlockView};
+use super::block::{parse_meta, BlockError, BlockHeader, BlockView, RawMeta};
 use super::gate::GateGuard;
 use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
 use super::Store;
@@ -64,6 +64,10 @@ pub(crate) struct MappedEvent<P = Pinned> {
     pin: Arc<P>,
     ptr: NonNull<u8>,
     len: usize,
+    /// The event's metadata prefix (unpadded; empty without metadata), in
+    /// the same slot as the payload.
+    meta_ptr: NonNull<u8>,
+    meta_len: usize,
     pub(crate) position: EventPosition,
 }
 
@@ -76,6 +80,8 @@ pub(crate) struct EventPosition {
     pub(crate) global: GlobalSequence,
     pub(crate) fingerprint: u64,
     pub(crate) committed_at_micros: u64,
+    /// The block's metadata flags (which fields the event's prefix holds).
+    pub(crate) meta_flags: u8,
 }
 
 // SAFETY: a `MappedEvent` is a shared, read-only view of bytes in the map plus
@@ -86,20 +92,40 @@ unsafe impl<P: Send + Sync> Send for MappedEvent<P> {}
 unsafe impl<P: Send + Sync> Sync for MappedEvent<P> {}
 
 impl<P> MappedEvent<P> {
-    /// Pins `bytes` with `pin`.
+    /// Pins `bytes` (the payload) and `meta` (its metadata prefix) with `pin`.
     ///
     /// # Safety
     ///
-    /// `bytes` must stay valid and unchanged for as long as any clone of `pin`
-    /// lives. For a snapshot's [`Pinned`]: bytes LMDB returned in its
-    /// transaction.
-    unsafe fn pinned(pin: Arc<P>, bytes: &[u8], position: EventPosition) -> MappedEvent<P> {
+    /// `bytes` and `meta` must stay valid and unchanged for as long as any
+    /// clone of `pin` lives. For a snapshot's [`Pinned`]: bytes LMDB
+    /// returned in its transaction. `meta` must be a prefix that
+    /// [`parse_meta`] accepts with `position.meta_flags`.
+    unsafe fn pinned(
+        pin: Arc<P>,
+        meta: &[u8],
+        bytes: &[u8],
+        position: EventPosition,
+    ) -> MappedEvent<P> {
         MappedEvent {
             pin,
             ptr: NonNull::from(bytes).cast(),
             len: bytes.len(),
+            meta_ptr: NonNull::from(meta).cast(),
+            meta_len: meta.len(),
             position,
         }
+    }
+
+    /// The event's metadata, borrowed from its slot.
+    pub(crate) fn meta(&self) -> RawMeta<'_> {
+        if self.position.meta_flags == 0 {
+            return RawMeta::default();
+        }
+        // SAFETY: as in `bytes`: `meta_ptr`/`meta_len` came from a slice in
+        // the same pinned slot as the payload, valid while `self.pin` lives.
+        let prefix = unsafe { std::slice::from_raw_parts(self.meta_ptr.as_ptr(), self.meta_len) };
+        // Validated when the event was pinned (`mapped_in`).
+        parse_meta(self.position.meta_flags, prefix).unwrap_or_default()
     }
 
     /// The payload bytes (the archived event).
@@ -119,6 +145,8 @@ impl<P> MappedEvent<P> {
             pin: Arc::clone(&self.pin),
             ptr: self.ptr,
             len: self.len,
+            meta_ptr: self.meta_ptr,
+            meta_len: self.meta_len,
             position: self.position,
         }
     }
@@ -351,6 +379,62 @@ impl Store {
         }
     }
 
+    /// The global sequence the idempotency index holds for `event_id`.
+    pub(crate) fn id_global(&self, txn: &RoTxn, event_id: &[u8; 16]) -> Result<Option<u64>> {
+        // A read-only open of a store from before event ids: none stored.
+        let Some(ids) = &self.ids else {
+            return Ok(None);
+        };
+        let got = ids
+            .get(txn, event_id)
+            .map_err(self.err("reading event ids"))?;
+        let Some(v) = got else { return Ok(None) };
+        super::keys::decode_id_value(event_id, v)
+            .map(Some)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!(
+                    "the event id index entry of {}",
+                    crate::id::EventId(*event_id)
+                )),
+                detail: "malformed entry".into(),
+            })
+    }
+
+    /// The stream id entity `key` maps to in the stream with `tag`.
+    pub(crate) fn entity_id(&self, txn: &RoTxn, tag: u32, key: &[u8]) -> Result<Option<u64>> {
+        let k = super::keys::entity_key(tag, key);
+        // A read-only open of a store from before entity keys: none stored.
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let got = keys.get(txn, &k).map_err(self.err("reading entity keys"))?;
+        let Some(v) = got else { return Ok(None) };
+        super::keys::open_sealed(&k, v)
+            .and_then(|v| Some(u64::from_le_bytes(v.try_into().ok()?)))
+            .map(Some)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("the entity key entry of tag {tag}")),
+                detail: "malformed entry".into(),
+            })
+    }
+
+    /// The entity key stream id `id` of the stream with `tag` was allocated to.
+    pub(crate) fn entity_key_of(&self, txn: &RoTxn, tag: u32, id: u64) -> Result<Option<Vec<u8>>> {
+        let k = super::keys::entity_reverse_key(tag, id);
+        // A read-only open of a store from before entity keys: none stored.
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let got = keys.get(txn, &k).map_err(self.err("reading entity keys"))?;
+        let Some(v) = got else { return Ok(None) };
+        super::keys::open_sealed(&k, v)
+            .map(|v| Some(v.to_vec()))
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("the entity key of tag {tag} id {id}")),
+                detail: "malformed entry".into(),
+            })
+    }
+
     /// One past the newest global sequence (0 for an empty store).
     pub(crate) fn end_global(&self, txn: &RoTxn) -> Result<u64> {
         let last = self
@@ -369,18 +453,19 @@ impl Store {
     }
 }
 
-/// Calls `f(stream sequence, global sequence, block fingerprint, payload)`
-/// for each event of `(tag, id)` from sequence `from`, as `txn` sees them,
-/// borrowing payloads straight from the map: no reference counting, no copy.
-/// The fingerprint is the version the event was written with. Stops early
-/// when `f` breaks, and at the first damaged event with `Error::Corruption`.
+/// Calls `f(stream sequence, global sequence, block fingerprint, payload,
+/// metadata)` for each event of `(tag, id)` from sequence `from`, as `txn` sees
+/// them, borrowing payloads straight from the map: no reference counting, no
+/// copy. The fingerprint is the version the event was written with. Stops
+/// early when `f` breaks, and at the first damaged event with
+/// `Error::Corruption`.
 pub(crate) fn walk_stream_versions(
     store: &Store,
     txn: &RoTxn,
     tag: u32,
     id: u64,
     from: u64,
-    mut f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+    mut f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seq = from;
     loop {
@@ -397,10 +482,10 @@ pub(crate) fn walk_stream_versions(
             check_belongs(&position_in(&h, global), tag, id, seq)?;
             let last = h.end_global().min(run.end_global());
             for g in global..last {
-                let payload = block
-                    .event((g - h.first_global) as u32)
+                let (meta, payload) = block
+                    .entry((g - h.first_global) as u32)
                     .map_err(corrupt_at(g))?;
-                if f(seq, g, h.fingerprint, payload)?.is_break() {
+                if f(seq, g, h.fingerprint, payload, meta)?.is_break() {
                     return Ok(());
                 }
                 seq += 1;
@@ -476,6 +561,33 @@ impl View {
         Ok(Some(event))
     }
 
+    /// The event stored with `event_id`, or `None` if no event has it.
+    pub(crate) fn event_by_id(&mut self, event_id: &[u8; 16]) -> Result<Option<MappedEvent>> {
+        let Some(global) = self.store.id_global(&self.pin.txn, event_id)? else {
+            return Ok(None);
+        };
+        let event = self
+            .event_at_global(global)?
+            .ok_or_else(|| missing(global))?;
+        if event.meta().event_id.as_ref() != Some(event_id) {
+            return Err(Error::Corruption {
+                location: Location::Global(GlobalSequence(global)),
+                detail: "the event id index points at an event without that id".into(),
+            });
+        }
+        Ok(Some(event))
+    }
+
+    /// The stream id entity `key` maps to in the stream with `tag`.
+    pub(crate) fn entity_id(&mut self, tag: u32, key: &[u8]) -> Result<Option<u64>> {
+        self.store.entity_id(&self.pin.txn, tag, key)
+    }
+
+    /// The entity key of stream id `id` in the stream with `tag`.
+    pub(crate) fn entity_key_of(&mut self, tag: u32, id: u64) -> Result<Option<Vec<u8>>> {
+        self.store.entity_key_of(&self.pin.txn, tag, id)
+    }
+
     /// The last stream sequence of `(tag, id)`, if any.
     pub(crate) fn stream_version(&mut self, tag: u32, id: u64) -> Result<Option<StreamSequence>> {
         Ok(self
@@ -490,7 +602,7 @@ impl View {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         walk_stream_versions(&self.store, &self.pin.txn, tag, id, from, f)
     }
@@ -577,10 +689,17 @@ impl View {
 unsafe fn mapped_in<P>(pin: &Arc<P>, block: &BlockRef, global: u64) -> Result<MappedEvent<P>> {
     let header = block.header;
     let index = (global - header.first_global) as u32;
-    let payload = block.view().event(index).map_err(corrupt_at(global))?;
-    // SAFETY: `payload` lies within `block`'s bytes, which the caller
-    // guarantees stay valid while `pin` lives.
-    Ok(unsafe { MappedEvent::pinned(Arc::clone(pin), payload, position_in(&header, global)) })
+    let view = block.view();
+    let (meta, payload) = view.slot(index).map_err(corrupt_at(global))?;
+    // Validates the metadata once, here, so `MappedEvent::meta` cannot fail.
+    parse_meta(header.meta_flags, meta).map_err(corrupt_at(global))?;
+    // SAFETY: `meta` and `payload` lie within `block`'s bytes, which the
+    // caller guarantees stay valid while `pin` lives.
+    Ok(
+        unsafe {
+            MappedEvent::pinned(Arc::clone(pin), meta, payload, position_in(&header, global))
+        },
+    )
 }
 
 /// The position of the event at `global` in the block with header `h`.
@@ -593,6 +712,7 @@ fn position_in(h: &BlockHeader, global: u64) -> EventPosition {
         global: GlobalSequence(global),
         fingerprint: h.fingerprint,
         committed_at_micros: h.committed_at_micros,
+        meta_flags: h.meta_flags,
     }
 }
 
@@ -726,12 +846,12 @@ impl StreamCursor<View> {
         }
     }
 
-    /// Calls `f(stream sequence, global sequence, block fingerprint, payload)`
-    /// for every remaining event, a block at a time, borrowing payloads from
-    /// the map. The cursor is finished afterwards.
+    /// Calls `f(stream sequence, global sequence, block fingerprint, payload,
+    /// metadata)` for every remaining event, a block at a time, borrowing
+    /// payloads from the map. The cursor is finished afterwards.
     pub(crate) fn walk_versions(
         &mut self,
-        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         if self.done {
             return Ok(());
@@ -843,16 +963,23 @@ impl<V: Borrow<View>> GlobalCursor<V> {
 }
 
 impl GlobalCursor<View> {
-    /// The payload and position of an event found by [`Self::advance`],
+    /// The payload and metadata of an event found by [`Self::advance`],
     /// borrowed from the snapshot (no reference counting).
     #[inline]
-    pub(crate) fn payload(&mut self, block: &BlockRef, global: u64) -> Result<&[u8]> {
+    pub(crate) fn payload(
+        &mut self,
+        block: &BlockRef,
+        global: u64,
+    ) -> Result<(&[u8], RawMeta<'_>)> {
         let h = block.header;
         let index = (global - h.first_global) as u32;
         // SAFETY: `block` was found by `advance` in this cursor's view, whose
         // pin keeps the bytes valid and unchanged while `self` is borrowed.
         let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
-        match BlockView::from_validated(bytes, h).event(index) {
+        match BlockView::from_validated(bytes, h)
+            .entry(index)
+            .map(|(meta, payload)| (payload, meta))
+        {
             Ok(payload) => Ok(payload),
             Err(e) => {
                 self.done = true;
@@ -942,14 +1069,14 @@ impl Frozen {
             .map(|r| StreamSequence(r.end_seq() - 1)))
     }
 
-    /// The event at `(tag, id, seq)` (its position and payload), or `None`
+    /// The event at `(tag, id, seq)` (its position, payload and metadata), or `None`
     /// if the stream id is shorter.
     pub(crate) fn event_at_stream(
         &self,
         tag: u32,
         id: u64,
         seq: u64,
-    ) -> Result<Option<(EventPosition, &[u8])>> {
+    ) -> Result<Option<(EventPosition, &[u8], RawMeta<'_>)>> {
         let (store, txn) = (&self.view.store, &self.view.pin.txn);
         let run = store.run_at_or_before(txn, tag, id, seq)?;
         let Some(run) = run.filter(|r| seq < r.end_seq()) else {
@@ -963,13 +1090,21 @@ impl Frozen {
             .ok_or_else(|| missing(global))?;
         let position = position_in(&block.header, global);
         check_belongs(&position, tag, id, seq)?;
-        Ok(Some((position, payload_in(&self.view, &block, global)?)))
+        let (payload, meta) = payload_in(&self.view, &block, global)?;
+        Ok(Some((position, payload, meta)))
     }
 
-    /// The event at `global` (its block and payload), or `None` past the end.
-    pub(crate) fn event_at_global(&self, global: u64) -> Result<Option<(BlockRef, &[u8])>> {
+    /// The event at `global` (its block, payload and metadata), or `None`
+    /// past the end.
+    pub(crate) fn event_at_global(
+        &self,
+        global: u64,
+    ) -> Result<Option<(BlockRef, &[u8], RawMeta<'_>)>> {
         match self.view.block_ref(global)? {
-            Some(block) => Ok(Some((block, payload_in(&self.view, &block, global)?))),
+            Some(block) => {
+                let (payload, meta) = payload_in(&self.view, &block, global)?;
+                Ok(Some((block, payload, meta)))
+            }
             None => Ok(None),
         }
     }
@@ -992,11 +1127,16 @@ impl Frozen {
     }
 }
 
-/// The payload at `global` of `block`, borrowed for as long as `view` is.
+/// The payload and metadata at `global` of `block`, borrowed for as long as
+/// `view` is.
 /// `block` must have been found in `view`'s transaction (every caller: a
 /// [`Frozen`] or a cursor over its view).
 #[inline]
-fn payload_in<'s>(view: &'s View, block: &BlockRef, global: u64) -> Result<&'s [u8]> {
+fn payload_in<'s>(
+    view: &'s View,
+    block: &BlockRef,
+    global: u64,
+) -> Result<(&'s [u8], RawMeta<'s>)> {
     let _pinned_by: &'s Pinned = &view.pin;
     // SAFETY: `block` was found in `view`'s transaction, whose pages `view.pin`
     // keeps valid and unchanged, and whose gate guard keeps the map in place,
@@ -1004,14 +1144,16 @@ fn payload_in<'s>(view: &'s View, block: &BlockRef, global: u64) -> Result<&'s [
     let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
     let index = (global - block.header.first_global) as u32;
     BlockView::from_validated(bytes, block.header)
-        .event(index)
+        .entry(index)
+        .map(|(meta, payload)| (payload, meta))
         .map_err(corrupt_at(global))
 }
 
 impl<'s> StreamCursor<&'s View> {
-    /// The next event's position and payload, borrowed from the snapshot.
+    /// The next event's position, payload and metadata, borrowed from the
+    /// snapshot.
     #[inline]
-    pub(crate) fn next_in(&mut self) -> Option<Result<(EventPosition, &'s [u8])>> {
+    pub(crate) fn next_in(&mut self) -> Option<Result<(EventPosition, &'s [u8], RawMeta<'s>)>> {
         let found = match self.advance() {
             Ok(Some(found)) => found,
             Ok(None) => return None,
@@ -1022,7 +1164,7 @@ impl<'s> StreamCursor<&'s View> {
         };
         let (block, global) = found;
         match payload_in(self.view, &block, global) {
-            Ok(payload) => Some(Ok((position_in(&block.header, global), payload))),
+            Ok((payload, meta)) => Some(Ok((position_in(&block.header, global), payload, meta))),
             Err(e) => {
                 self.done = true;
                 Some(Err(e))
@@ -1032,16 +1174,17 @@ impl<'s> StreamCursor<&'s View> {
 }
 
 impl<'s> GlobalCursor<&'s View> {
-    /// The next event of the log: its block, global sequence and payload,
-    /// borrowed from the snapshot.
+    /// The next event of the log: its block, global sequence, payload and
+    /// metadata, borrowed from the snapshot.
     #[inline]
-    pub(crate) fn next_in(&mut self) -> Option<Result<(BlockRef, u64, &'s [u8])>> {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn next_in(&mut self) -> Option<Result<(BlockRef, u64, &'s [u8], RawMeta<'s>)>> {
         let (block, global) = match self.advance()? {
             Ok(found) => found,
             Err(e) => return Some(Err(e)),
         };
         match payload_in(self.view, &block, global) {
-            Ok(payload) => Some(Ok((block, global, payload))),
+            Ok((payload, meta)) => Some(Ok((block, global, payload, meta))),
             Err(e) => {
                 self.done = true;
                 Some(Err(e))
@@ -1085,6 +1228,7 @@ mod tests {
             first_stream_seq: 0,
             fingerprint: 3,
             count: VALUES.len() as u32,
+            meta_flags: 0,
             meta_len: 0,
             first_global: FIRST_GLOBAL,
             committed_at_micros: 4,
@@ -1165,6 +1309,64 @@ mod tests {
                 .collect::<Vec<u128>>()
         });
         assert_eq!(read.join().unwrap(), Vec::from(VALUES));
+    }
+
+    #[test]
+    fn a_pinned_events_metadata_stays_readable_while_any_share_of_it_lives() {
+        use crate::storage::block::RawMeta;
+        let mut b = BlockBuilder::with_capacity(0);
+        let user: &[u8] = b"user bytes";
+        let meta = |i: u8| RawMeta {
+            event_id: Some([i; 16]),
+            correlation: Some([9; 16]),
+            causation: None,
+            user: Some(user),
+        };
+        b.start_with_meta(2, meta(0).flags(), user.len());
+        for i in 0..2u8 {
+            let mut buf = b.begin_event_with(&meta(i));
+            buf.extend_from_slice(&archive(u128::from(i)));
+            b.finish_event(buf).unwrap();
+        }
+        let (meta_flags, meta_len) = b.meta();
+        let mut map = AlignedVec::<16>::new();
+        map.extend_from_slice(b.seal(&BlockHeader {
+            stream_tag: 1,
+            stream_id: 2,
+            first_stream_seq: 0,
+            fingerprint: 3,
+            count: 2,
+            meta_flags,
+            meta_len,
+            first_global: FIRST_GLOBAL,
+            committed_at_micros: 4,
+        }));
+        let pin = Arc::new(HeapMap(map));
+        let header = *BlockView::parse(FIRST_GLOBAL, &pin.0).unwrap().header();
+        // SAFETY: `pin` owns the buffer and nothing mutates it.
+        let block = unsafe { BlockRef::over(&pin.0, header) };
+        let second = event(&pin, &block, 1);
+        drop(pin);
+        let shared = second.share();
+        drop(second);
+        let read = std::thread::spawn(move || {
+            let m = shared.meta();
+            (
+                m.event_id,
+                m.correlation,
+                m.user.map(<[u8]>::to_vec),
+                shared.bytes().to_vec(),
+            )
+        });
+        assert_eq!(
+            read.join().unwrap(),
+            (
+                Some([1; 16]),
+                Some([9; 16]),
+                Some(user.to_vec()),
+                archive(1).to_vec()
+            )
+        );
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //!
 //! Together these make the index and the log describe the same events, so a
 //! stream id's blocks are dense and in global order too.
+//!
+//! - Every event with an event id is found under it in the `ids` index (log
+//!   walk), and every `ids` entry points at an event with that id (ids walk).
 
 use std::collections::HashMap;
 
@@ -99,9 +102,24 @@ impl Store {
                 );
             }
             for i in 0..h.count {
-                match view.event(i) {
-                    Ok(_) => events += 1,
-                    Err(e) => problem(Location::Global(GlobalSequence(key + u64::from(i))), e.0),
+                let global = key + u64::from(i);
+                match view.entry(i) {
+                    Ok((meta, _)) => {
+                        events += 1;
+                        if let Some(event_id) = meta.event_id {
+                            if self.id_global(txn, &event_id).ok().flatten() != Some(global) {
+                                problem(
+                                    Location::Global(GlobalSequence(global)),
+                                    format!(
+                                        "event id {} is not in the event id index at this \
+                                         sequence",
+                                        crate::id::EventId(event_id)
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => problem(Location::Global(GlobalSequence(global)), e.0),
                 }
             }
             if !self.block_in_index(txn, &h)? {
@@ -161,6 +179,38 @@ impl Store {
             last_global = Some(run.end_global() - 1);
             if !self.run_in_log(txn, tag, id, &run)? {
                 problem(at, "the run disagrees with the blocks in the log".into());
+            }
+        }
+
+        // Event ids: each entry points at an event carrying that id.
+        // (A read-only open of a store from before event ids has no index.)
+        let ids = match &self.ids {
+            Some(ids) => Some(ids.iter(txn).map_err(&err)?),
+            None => None,
+        };
+        for item in ids.into_iter().flatten() {
+            let (k, v) = item.map_err(&err)?;
+            let at = Location::Record(format!("event id index entry {k:02x?}"));
+            let Some((event_id, global)) = <[u8; 16]>::try_from(k)
+                .ok()
+                .and_then(|id| Some((id, super::keys::decode_id_value(&id, v)?)))
+            else {
+                problem(at, "malformed entry or checksum mismatch".into());
+                continue;
+            };
+            let found = self
+                .block_containing(txn, global)
+                .ok()
+                .flatten()
+                .and_then(|(_, view)| {
+                    let index = (global - view.header().first_global) as u32;
+                    view.entry(index).ok().map(|(meta, _)| meta.event_id)
+                });
+            if found != Some(Some(event_id)) {
+                problem(
+                    at,
+                    format!("points at global sequence {global}, which does not carry this id"),
+                );
             }
         }
 

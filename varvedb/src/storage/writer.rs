@@ -13,12 +13,65 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use heed::{MdbError, PutFlags, RwTxn};
 
-use super::block::{BlockBuilder, BlockHeader};
+use super::block::{BlockBuilder, BlockHeader, BlockView};
 use super::catalog::Bound;
-use super::keys::{event_key, index_key, Run};
+use super::keys::{
+    decode_id_value, entity_counter_key, entity_key, entity_reverse_key, event_key, id_value,
+    index_key, open_sealed, sealed_value, Run,
+};
 use super::{Remap, Store, StreamInfo, View};
-use crate::error::{Error, Result};
-use crate::position::{ExpectedVersion, StreamId, StreamSequence};
+use crate::error::{Error, Location, Result, StoredAt};
+use crate::id::EventId;
+use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
+
+/// Where an append's events are: where [`WriteTxn::append`] wrote them, or,
+/// for an idempotent retry, where the original append had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// The stream id the events are in.
+    pub(crate) id: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) first_global: u64,
+    pub(crate) count: u64,
+    /// The commit time of the (first) event.
+    pub(crate) committed_at_micros: u64,
+    /// For a retry whose original events lie apart in the log (they were
+    /// appended by several calls): each event's global sequence.
+    pub(crate) scattered: Option<Vec<u64>>,
+    /// Whether every event was already stored: nothing was written.
+    pub(crate) idempotent: bool,
+}
+
+impl Placed {
+    /// The global sequence of the `i`th event.
+    pub(crate) fn global(&self, i: u64) -> u64 {
+        match &self.scattered {
+            Some(globals) => globals[i as usize],
+            None => self.first_global + i,
+        }
+    }
+}
+
+/// Which stream id an append goes to: one given, or the one an entity key
+/// maps to (allocated in the append's transaction if the key is new).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entity {
+    Id(u64),
+    Key(Box<[u8]>),
+}
+
+/// Where an event found by its id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredEvent {
+    pub(crate) tag: u32,
+    pub(crate) id: u64,
+    pub(crate) seq: u64,
+    pub(crate) global: u64,
+}
+
+/// The first stream id allocated to entity keys, in each stream: the top
+/// half of the id space, so allocated ids stay clear of small hand-chosen ones.
+pub(crate) const FIRST_KEYED_ID: u64 = 1 << 63;
 
 /// An open write transaction. Everything done through it commits together
 /// (durably) or not at all.
@@ -199,13 +252,24 @@ impl<'s> WriteTxn<'s> {
         id: u64,
         expected: ExpectedVersion,
         block: &mut BlockBuilder,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<Placed> {
         let store = self.store;
         let target = store.append_target(&self.txn, info)?;
         let tag = match &target {
             Ok(tag) => Some(*tag),
             Err(existing) => existing.as_ref().map(|(tag, _)| *tag),
         };
+        // A retry of an append whose ids are stored answers with the
+        // original positions, whatever `expected` says, and writes nothing.
+        // Ids all above the greatest stored one (time-ordered ids, UUIDv7)
+        // cannot be stored: one look at the index's last key instead of a
+        // lookup per id, and the ids are then appended at its end.
+        let above_all = self.ids_above_all(block.event_ids())?;
+        if !block.event_ids().is_empty() && !above_all {
+            if let Some(placed) = self.replay(info, tag, id, block.event_ids())? {
+                return Ok(placed);
+            }
+        }
         let head = match tag {
             Some(tag) => store.last_run(&self.txn, tag, id)?,
             None => None,
@@ -233,7 +297,10 @@ impl<'s> WriteTxn<'s> {
             None => store.end_global(&self.txn)?,
         };
         let count = block.count() as u64;
-
+        let (meta_flags, meta_len) = block.meta();
+        let committed_at_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         let header = BlockHeader {
             stream_tag: tag,
             stream_id: id,
@@ -242,11 +309,10 @@ impl<'s> WriteTxn<'s> {
             // fingerprint, a plain type's layout fingerprint.
             fingerprint: info.block_fingerprint(),
             count: block.count() as u32,
-            meta_len: 0,
+            meta_flags,
+            meta_len,
             first_global,
-            committed_at_micros: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
+            committed_at_micros,
         };
         let bytes = block.seal(&header);
         let put = store.events.put_with_flags(
@@ -273,8 +339,297 @@ impl<'s> WriteTxn<'s> {
         let key = index_key(tag, id, run.first_seq);
         let put = store.index.put(&mut self.txn, &key, &run.encode(&key));
         self.lmdb("updating the stream index", put)?;
+        // The idempotency index: checked above to hold none of these ids,
+        // and written without overwriting (`APPEND` too refuses a key that is
+        // not above the last), so an id is never stored twice.
+        let ascending = block.event_ids().windows(2).all(|w| w[0] < w[1]);
+        let flags = if above_all && ascending {
+            PutFlags::APPEND
+        } else {
+            PutFlags::NO_OVERWRITE
+        };
+        for (i, event_id) in block.event_ids().iter().enumerate() {
+            let put = store.ids_db()?.put_with_flags(
+                &mut self.txn,
+                flags,
+                event_id,
+                &id_value(event_id, first_global + i as u64),
+            );
+            self.lmdb("recording event ids", put)?;
+        }
         self.end_global = Some(first_global + count);
-        Ok((first_seq, first_global))
+        Ok(Placed {
+            id,
+            first_seq,
+            first_global,
+            count,
+            committed_at_micros,
+            scattered: None,
+            idempotent: false,
+        })
+    }
+
+    /// [`WriteTxn::append`] to the stream id `entity` names.
+    pub(crate) fn append_to(
+        &mut self,
+        info: &StreamInfo,
+        entity: &Entity,
+        expected: ExpectedVersion,
+        block: &mut BlockBuilder,
+    ) -> Result<Placed> {
+        let id = match entity {
+            Entity::Id(id) => *id,
+            Entity::Key(key) => match self.entity_id(info, key)? {
+                Some(id) => id,
+                None => {
+                    // A new key's stream id holds no events, so any stored
+                    // id is stored elsewhere: refuse before allocating.
+                    if !block.event_ids().is_empty() {
+                        self.replay(info, None, FIRST_KEYED_ID, block.event_ids())?;
+                    }
+                    self.entity_id_or_allocate(info, key, expected)?
+                }
+            },
+        };
+        self.append(info, id, expected, block)
+    }
+
+    /// Where the event stored with `event_id` is, if any.
+    pub(crate) fn event_by_id(&self, event_id: &[u8; 16]) -> Result<Option<StoredEvent>> {
+        let Some(global) = self.stored_id(event_id)? else {
+            return Ok(None);
+        };
+        let (tag, id, seq, _) = self.locate_id(event_id, global)?;
+        Ok(Some(StoredEvent {
+            tag,
+            id,
+            seq,
+            global,
+        }))
+    }
+
+    /// The name of the stream with `tag`.
+    pub(crate) fn stream_name(&self, tag: u32) -> Result<String> {
+        Ok(self.store.stream_by_tag(&self.txn, tag)?.name.to_string())
+    }
+
+    /// Whether every id of `ids` (none: false) is above the greatest stored
+    /// id, so that none can be stored.
+    fn ids_above_all(&self, ids: &[[u8; 16]]) -> Result<bool> {
+        let Some(lowest) = ids.iter().min() else {
+            return Ok(false);
+        };
+        let last = self.store.ids_db()?.last(&self.txn);
+        Ok(match self.lmdb("reading event ids", last)? {
+            None => true,
+            Some((greatest, _)) => lowest.as_slice() > greatest,
+        })
+    }
+
+    /// The global sequence stored for `event_id`, if any.
+    fn stored_id(&self, event_id: &[u8; 16]) -> Result<Option<u64>> {
+        let got = self.store.ids_db()?.get(&self.txn, event_id);
+        let Some(v) = self.lmdb("reading event ids", got)? else {
+            return Ok(None);
+        };
+        decode_id_value(event_id, v)
+            .map(Some)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!(
+                    "the event id index entry of {}",
+                    EventId(*event_id)
+                )),
+                detail: "malformed entry".into(),
+            })
+    }
+
+    /// Where the event stored under `event_id` at `global` is, checked
+    /// against its block: `(tag, id, seq, committed_at)`.
+    fn locate_id(&self, event_id: &[u8; 16], global: u64) -> Result<(u32, u64, u64, u64)> {
+        let broken = |detail: String| Error::Corruption {
+            location: Location::Global(GlobalSequence(global)),
+            detail,
+        };
+        let (_, block): (u64, BlockView<'_>) = self
+            .store
+            .block_containing(&self.txn, global)?
+            .ok_or_else(|| broken("the event id index points past the log".into()))?;
+        let h = *block.header();
+        let (meta, _) = block
+            .entry((global - h.first_global) as u32)
+            .map_err(|e| broken(e.0))?;
+        if meta.event_id.as_ref() != Some(event_id) {
+            return Err(broken(format!(
+                "the event id index maps {} to an event without that id",
+                EventId(*event_id)
+            )));
+        }
+        let seq = h.first_stream_seq + (global - h.first_global);
+        Ok((h.stream_tag, h.stream_id, seq, h.committed_at_micros))
+    }
+
+    /// If `ids` are stored, as one run of `(tag, id)` in this order, their
+    /// original positions; `None` if none is stored; an
+    /// [`Error::EventIdConflict`] for anything in between.
+    fn replay(
+        &self,
+        info: &StreamInfo,
+        tag: Option<u32>,
+        id: u64,
+        ids: &[[u8; 16]],
+    ) -> Result<Option<Placed>> {
+        let mut stored = Vec::with_capacity(ids.len());
+        for event_id in ids {
+            stored.push(self.stored_id(event_id)?);
+        }
+        let Some(first_stored) = stored.iter().position(Option::is_some) else {
+            return Ok(None);
+        };
+        let conflict = |index: usize, global: u64, reason: &'static str| -> Result<Error> {
+            let (t, i, seq, _) = self.locate_id(&ids[index], global)?;
+            let name = self.store.stream_by_tag(&self.txn, t)?.name.to_string();
+            Ok(Error::EventIdConflict {
+                stream: info.name.to_string(),
+                id: StreamId(id),
+                event_id: EventId(ids[index]),
+                index,
+                stored: Box::new(StoredAt {
+                    stream: name,
+                    id: StreamId(i),
+                    sequence: StreamSequence(seq),
+                    global: GlobalSequence(global),
+                }),
+                reason,
+            })
+        };
+        if stored.iter().any(Option::is_none) {
+            let g = stored[first_stored].unwrap_or_default();
+            return Err(conflict(
+                first_stored,
+                g,
+                "other events of this append have ids that are not stored: a retry must \
+                 repeat the original append's ids, or a run of them, exactly",
+            )?);
+        }
+        let mut globals = Vec::with_capacity(ids.len());
+        let mut first = None;
+        for (i, (event_id, global)) in ids.iter().zip(&stored).enumerate() {
+            let global = global.unwrap_or_default();
+            let (t, sid, seq, at) = self.locate_id(event_id, global)?;
+            if Some(t) != tag || sid != id {
+                return Err(conflict(
+                    i,
+                    global,
+                    "it is stored in another stream or stream id",
+                )?);
+            }
+            let (first_seq, _) = *first.get_or_insert((seq, at));
+            if seq != first_seq + i as u64 {
+                return Err(conflict(
+                    i,
+                    global,
+                    "the stored events with these ids are not one run in this order",
+                )?);
+            }
+            globals.push(global);
+        }
+        let (first_seq, committed_at_micros) = first.unwrap_or_default();
+        let consecutive = globals.windows(2).all(|w| w[1] == w[0] + 1);
+        Ok(Some(Placed {
+            id,
+            first_seq,
+            first_global: globals[0],
+            count: globals.len() as u64,
+            committed_at_micros,
+            scattered: (!consecutive).then_some(globals),
+            idempotent: true,
+        }))
+    }
+
+    /// The stream id the entity `key` of `info`'s stream maps to, as this
+    /// transaction sees it.
+    pub(crate) fn entity_id(&self, info: &StreamInfo, key: &[u8]) -> Result<Option<u64>> {
+        match self.stream_tag(info)? {
+            Some(tag) => self.store.entity_id(&self.txn, tag, key),
+            None => Ok(None),
+        }
+    }
+
+    /// The stream id of entity `key` in `info`'s stream, allocated (and the
+    /// stream created) if the key is new, in this transaction. `expected`
+    /// is checked first for a new key (whose stream id has no events), so a
+    /// refused append allocates nothing.
+    pub(crate) fn entity_id_or_allocate(
+        &mut self,
+        info: &StreamInfo,
+        key: &[u8],
+        expected: ExpectedVersion,
+    ) -> Result<u64> {
+        if let Some(id) = self.entity_id(info, key)? {
+            return Ok(id);
+        }
+        let store = self.store;
+        let target = store.append_target(&self.txn, info)?;
+        let tag = match target {
+            Ok(tag) => tag,
+            Err(existing) => {
+                if !expected.matches(None) {
+                    return Err(Error::VersionConflict {
+                        stream: info.name.to_string(),
+                        id: StreamId(FIRST_KEYED_ID),
+                        expected,
+                        actual: None,
+                    });
+                }
+                let (tag, bound) = store.settle_stream(&mut self.txn, info, existing)?;
+                self.bound.push(bound);
+                tag
+            }
+        };
+        let counter_key = entity_counter_key(tag);
+        let got = store.keys_db()?.get(&self.txn, &counter_key);
+        let mut next = match self.lmdb("reading entity keys", got)? {
+            None => FIRST_KEYED_ID,
+            Some(v) => open_sealed(&counter_key, v)
+                .and_then(|v| Some(u64::from_le_bytes(v.try_into().ok()?)))
+                .ok_or_else(|| Error::Corruption {
+                    location: Location::Record(format!(
+                        "the entity key counter of stream {:?}",
+                        info.name
+                    )),
+                    detail: "malformed entry".into(),
+                })?,
+        };
+        // Skip ids that already hold events (chosen by hand).
+        while store.last_run(&self.txn, tag, next)?.is_some() {
+            next += 1;
+        }
+        if !expected.matches(None) {
+            return Err(Error::VersionConflict {
+                stream: info.name.to_string(),
+                id: StreamId(next),
+                expected,
+                actual: None,
+            });
+        }
+        let forward = entity_key(tag, key);
+        let reverse = entity_reverse_key(tag, next);
+        let puts = [
+            (
+                forward.as_slice(),
+                sealed_value(&forward, &next.to_le_bytes()),
+            ),
+            (&reverse[..], sealed_value(&reverse, key)),
+            (
+                &counter_key[..],
+                sealed_value(&counter_key, &(next + 1).to_le_bytes()),
+            ),
+        ];
+        for (k, v) in puts {
+            let put = store.keys_db()?.put(&mut self.txn, k, &v);
+            self.lmdb("writing entity keys", put)?;
+        }
+        Ok(next)
     }
 
     /// The tag of `info`'s stream in this transaction (`None` while it does
@@ -301,7 +656,7 @@ impl<'s> WriteTxn<'s> {
         tag: u32,
         id: u64,
         from: u64,
-        f: impl FnMut(u64, u64, u64, &[u8]) -> Result<ControlFlow<()>>,
+        f: impl FnMut(u64, u64, u64, &[u8], super::RawMeta<'_>) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         super::snapshot::walk_stream_versions(self.store, &self.txn, tag, id, from, f)
     }

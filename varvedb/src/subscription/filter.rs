@@ -1,17 +1,20 @@
 //! [`Filter`]: which events a subscription or projection wants, by stream
-//! name and event type.
+//! name, event type and correlation id.
 
 use std::collections::HashMap;
 
 use crate::event::{layout_fingerprint, Archivable, Event, Schema};
 use crate::global::GlobalEvent;
+use crate::id::CorrelationId;
 use crate::storage::StreamInfo;
 
-/// Selects events of the global log by stream name and event type.
+/// Selects events of the global log by stream name, event type and
+/// correlation id.
 ///
 /// An event passes if its stream is one of the named streams (or no stream
 /// is named) **and** its stream holds one of the named types (or no type is
-/// named). [`Filter::all`] passes everything. Filtered-out events still move
+/// named) **and** it carries one of the named correlation ids (or none is
+/// named; see [`Filter::correlation`]). [`Filter::all`] passes everything. Filtered-out events still move
 /// a subscription's position (and a projection's checkpoint) forward.
 ///
 /// ```
@@ -41,6 +44,7 @@ use crate::storage::StreamInfo;
 pub struct Filter {
     streams: Vec<Box<str>>,
     types: Vec<TypeKey>,
+    correlations: Vec<CorrelationId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,14 +117,52 @@ impl Filter {
         self
     }
 
+    /// Also passes events whose correlation id is `id` (the first call
+    /// restricts the filter to events carrying one of the named correlation
+    /// ids; an event without one never passes it). Combined with streams
+    /// and types by "and".
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Step(u32);
+    /// use varvedb::{Context, CorrelationId, Filter, GlobalSequence, StreamId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut steps = varve.stream::<Step, 16>("steps")?;
+    /// let saga = CorrelationId::from_u128(9);
+    /// steps.with_context(Context::new().correlation(saga)).append(StreamId(1), &Step(1))?;
+    /// steps.append(StreamId(1), &Step(2))?;
+    /// steps.with_context(Context::new().correlation(saga)).append(StreamId(2), &Step(3))?;
+    ///
+    /// let mut flow = varve.subscribe(GlobalSequence(0)).with_filter(Filter::all().correlation(saga));
+    /// assert_eq!(flow.try_next()?.expect("first").global_sequence(), GlobalSequence(0));
+    /// assert_eq!(flow.try_next()?.expect("second").global_sequence(), GlobalSequence(2));
+    /// assert!(flow.try_next()?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn correlation(mut self, id: CorrelationId) -> Filter {
+        if !self.correlations.contains(&id) {
+            self.correlations.push(id);
+        }
+        self
+    }
+
     /// Whether the filter passes every event.
     pub fn is_all(&self) -> bool {
-        self.streams.is_empty() && self.types.is_empty()
+        self.streams.is_empty() && self.types.is_empty() && self.correlations.is_empty()
     }
 
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &GlobalEvent) -> bool {
-        self.matches_stream(event.stream_info())
+        self.matches_stream(event.stream_info()) && self.matches_correlation(event)
+    }
+
+    fn matches_correlation(&self, event: &GlobalEvent) -> bool {
+        self.correlations.is_empty()
+            || event
+                .metadata()
+                .correlation_id()
+                .is_some_and(|id| self.correlations.contains(&id))
     }
 
     fn matches_stream(&self, info: &StreamInfo) -> bool {
@@ -160,11 +202,14 @@ impl FilterCache {
         }
         let info = event.stream_info();
         let tag = event.stream_tag();
-        if let Some(&pass) = self.by_tag.get(&tag) {
-            return pass;
-        }
-        let pass = self.filter.matches_stream(info);
-        self.by_tag.insert(tag, pass);
-        pass
+        let stream_ok = match self.by_tag.get(&tag) {
+            Some(&pass) => pass,
+            None => {
+                let pass = self.filter.matches_stream(info);
+                self.by_tag.insert(tag, pass);
+                pass
+            }
+        };
+        stream_ok && self.filter.matches_correlation(event)
     }
 }
