@@ -216,7 +216,7 @@ fn plan(
                 ),
             })?,
         }
-        if global % 1024 == 0 {
+        if global.is_multiple_of(1024) {
             progress(ImportProgress {
                 phase: ImportPhase::Checking,
                 done: global,
@@ -387,7 +387,7 @@ fn compare(
                 ),
             ));
         }
-        if at % 1024 == 0 {
+        if at.is_multiple_of(1024) {
             progress(ImportProgress {
                 phase: ImportPhase::Comparing,
                 done: at as u64,
