@@ -563,6 +563,50 @@ pub enum Error {
         /// Where the segment starts.
         found_from: GlobalSequence,
     },
+
+    /// A varvedb 0.4 store being imported cannot be read as 0.4 wrote it:
+    /// a record that does not decode, an index that disagrees with the
+    /// log, or a payload that is not a valid archived value of the type
+    /// its stream was bound to. Nothing is written to the destination.
+    #[error("the varvedb 0.4 store at {path} is damaged: {detail}")]
+    LegacyDamaged {
+        /// The 0.4 store directory.
+        path: PathBuf,
+        /// What failed, and where.
+        detail: String,
+    },
+
+    /// A varvedb 0.4 store being imported has positions this format cannot
+    /// keep: a hole in the global log (a failed 0.4 commit leaves one) or
+    /// a stream id whose sequences are not dense from 0. Import with
+    /// renumbering (`ImportOptions::renumber`, `varvedb import --renumber`)
+    /// to number them densely, keeping their order.
+    #[error(
+        "the varvedb 0.4 store at {path} cannot be imported with its positions kept: {detail}; \
+         import with renumbering to number events densely in the same order"
+    )]
+    LegacyGap {
+        /// The 0.4 store directory.
+        path: PathBuf,
+        /// The hole or duplicate, with its stream, id and sequences.
+        detail: String,
+    },
+
+    /// A varvedb 0.4 store being imported holds streams whose event type
+    /// was not given: 0.4 recorded no types, and VarveDB binds every stream
+    /// to one.
+    #[error(
+        "the varvedb 0.4 store at {path} holds streams with no event type given: {}; \
+         bind each to the Rust type that wrote it (ImportOptions::stream, or \
+         Cli::stream in a tool built with your types)",
+        streams.join(", ")
+    )]
+    ImportUnbound {
+        /// The 0.4 store directory.
+        path: PathBuf,
+        /// The streams without a type, with their event counts.
+        streams: Vec<String>,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -945,6 +989,18 @@ impl Error {
                 stored,
                 requested,
             },
+            Error::LegacyDamaged { path, detail } => Error::LegacyDamaged {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::LegacyGap { path, detail } => Error::LegacyGap {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::ImportUnbound { path, streams } => Error::ImportUnbound {
+                path: path.clone(),
+                streams: streams.clone(),
+            },
         }
     }
 }
@@ -1020,6 +1076,18 @@ mod tests {
                 operation: "appending",
             },
             Error::DestinationExists { path: "/b".into() },
+            Error::LegacyDamaged {
+                path: "/old".into(),
+                detail: "bad".into(),
+            },
+            Error::LegacyGap {
+                path: "/old".into(),
+                detail: "hole".into(),
+            },
+            Error::ImportUnbound {
+                path: "/old".into(),
+                streams: vec!["orders (3 events)".into()],
+            },
             Error::BackupDamaged {
                 path: "/b".into(),
                 detail: "bad".into(),

@@ -35,7 +35,8 @@ pub use aggregate::{
 };
 pub use backup::{
     BackupManifest, BackupPhase, BackupProgress, BackupReport, ExportFollower, ExportReport,
-    LogDigest, RestoreReport, SegmentInfo,
+    ImportOptions, ImportPhase, ImportProgress, ImportReport, LogDigest, RestoreReport,
+    SegmentInfo,
 };
 pub use config::{Durability, VarveConfig};
 pub use entity::MAX_ENTITY_KEY;

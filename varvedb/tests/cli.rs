@@ -324,3 +324,105 @@ fn an_application_tool_prints_its_registered_events_as_typed_json() {
 fn stderr_has(output: &std::process::Output, needle: &str) -> bool {
     String::from_utf8_lossy(&output.stderr).contains(needle)
 }
+
+/// A copy of the store the published varvedb 0.4.2 wrote
+/// (`tests/fixtures/v0.4`).
+fn old_04(dir: &Path) -> std::path::PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v0.4/data.mdb");
+    let old = dir.join("old");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::copy(fixture, old.join("data.mdb")).unwrap();
+    old
+}
+
+#[test]
+fn the_generic_binary_refuses_to_import_streams_it_has_no_types_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = old_04(dir.path());
+    let new = dir.path().join("new");
+    let out = Command::cargo_bin("varvedb")
+        .unwrap()
+        .arg("import")
+        .arg(&old)
+        .arg(&new)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for stream in [
+        "\"orders\" (7 events)",
+        "\"ticks\" (5 events)",
+        "\"users\" (3 events)",
+    ] {
+        assert!(stderr.contains(stream), "{stderr}");
+    }
+    assert!(stderr.contains("Cli::stream"), "{stderr}");
+    assert!(!new.exists());
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
+struct OrderPlaced {
+    order: u64,
+    cents: u64,
+    note: String,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
+struct UserRenamed {
+    name: String,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
+struct Tick {
+    n: u32,
+}
+
+fn tool() -> varvedb::cli::Cli {
+    varvedb::cli::Cli::new()
+        .stream::<OrderPlaced>("orders")
+        .stream::<UserRenamed>("users")
+        .stream::<Tick>("ticks")
+}
+
+#[test]
+fn a_tool_with_the_types_imports_a_042_store_and_reads_it_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = old_04(dir.path());
+    let new = dir.path().join("new");
+    let (old_arg, new_arg) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let mut out = Vec::new();
+    let code = tool().run_from(["varvedb", "--json", "import", old_arg, new_arg], &mut out);
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    let report: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["events"], 15);
+    assert_eq!(report["renumbered"], 0);
+    assert_eq!(report["streams"]["orders"], 7);
+
+    // The table form, into another directory.
+    let mut out = Vec::new();
+    let again = dir.path().join("again");
+    let code = tool().run_from(
+        ["varvedb", "import", old_arg, again.to_str().unwrap()],
+        &mut out,
+    );
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("imported 15 events"), "{text}");
+
+    // The imported store reads typed through the same tool.
+    let mut out = Vec::new();
+    let args = [
+        "varvedb", "--json", "--store", new_arg, "read", "orders", "1",
+    ];
+    assert_eq!(
+        tool().run_from(args, &mut out),
+        std::process::ExitCode::SUCCESS
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("second, with a longer note"), "{text}");
+
+    // Importing again into the now non-empty destination is refused.
+    let mut out = Vec::new();
+    let code = tool().run_from(["varvedb", "import", old_arg, new_arg], &mut out);
+    assert_ne!(code, std::process::ExitCode::SUCCESS);
+}

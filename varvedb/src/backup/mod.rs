@@ -28,8 +28,11 @@
 //! someone forging a backup: sign the manifest for that.
 
 mod copy;
+mod import_v04;
 mod restore;
 mod segment;
+
+pub use import_v04::{ImportOptions, ImportPhase, ImportProgress, ImportReport};
 
 use std::fmt;
 use std::fs::File;

@@ -19,7 +19,7 @@
 //!
 //! Every command takes `--json`. Inspection opens the store read-only, so it
 //! runs beside the application; only `readers --clear-stale` writes (LMDB's
-//! lock file), and `restore` writes only its new destination.
+//! lock file), and `restore` and `import` write only their new destination.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,7 +33,8 @@ use rkyv::rancor;
 use serde_json::{json, Value};
 
 use crate::{
-    BackupPhase, Error, Event, GlobalEvent, GlobalSequence, StreamId, StreamSequence, Varve,
+    BackupPhase, Error, Event, GlobalEvent, GlobalSequence, ImportOptions, ImportPhase, StreamId,
+    StreamSequence, Varve,
 };
 
 /// A printer of one stream's events as JSON.
@@ -42,6 +43,8 @@ type Typed = Box<dyn Fn(&GlobalEvent) -> Result<Value, String>>;
 /// The `varvedb` tool, with the application's event types registered.
 pub struct Cli {
     typed: HashMap<String, Typed>,
+    /// The types `import` binds 0.4 streams to (from [`Cli::stream`]).
+    import: ImportOptions,
 }
 
 impl std::fmt::Debug for Cli {
@@ -63,6 +66,7 @@ impl Cli {
     pub fn new() -> Cli {
         Cli {
             typed: HashMap::new(),
+            import: ImportOptions::new(),
         }
     }
 
@@ -86,7 +90,9 @@ impl Cli {
     }
 
     /// Prints the events of stream `name` as the plain rkyv type `T` (a
-    /// stream written through `Varve::stream`), serialized with serde.
+    /// stream written through `Varve::stream`), serialized with serde; and
+    /// `import` brings a varvedb 0.4 stream `name` in as `T`
+    /// ([`ImportOptions::stream`](crate::ImportOptions::stream)).
     pub fn stream<T>(mut self, name: &str) -> Cli
     where
         T: crate::Archivable + serde::Serialize + 'static,
@@ -99,6 +105,7 @@ impl Cli {
             serde_json::to_value(&value).map_err(|e| e.to_string())
         });
         self.typed.insert(name.to_owned(), print);
+        self.import = std::mem::take(&mut self.import).stream::<T>(name);
         self
     }
 
@@ -498,6 +505,56 @@ impl Cli {
                     )?;
                 }
             }
+            Command::Import { old, new, renumber } => {
+                let options = self.import.clone().renumber(renumber);
+                let bar = ProgressBar::new(0);
+                let mut phase = None;
+                let report = Varve::import_v04_with_progress(&old, &new, &options, |p| {
+                    if phase != Some(p.phase) {
+                        phase = Some(p.phase);
+                        let message = match p.phase {
+                            ImportPhase::Checking => "checking the 0.4 store",
+                            ImportPhase::Writing => "writing",
+                            _ => "verifying and comparing",
+                        };
+                        if let Ok(style) =
+                            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} events")
+                        {
+                            bar.set_style(style);
+                        }
+                        bar.set_message(message);
+                    }
+                    bar.set_length(p.total);
+                    bar.set_position(p.done);
+                })?;
+                bar.finish_and_clear();
+                if json {
+                    put(
+                        out,
+                        &json!({
+                            "path": report.path, "events": report.events,
+                            "streams": report.streams, "renumbered": report.renumbered,
+                            "duration_ms": report.duration.as_millis() as u64,
+                        }),
+                    )?;
+                } else {
+                    let rows: Vec<Vec<String>> = report
+                        .streams
+                        .iter()
+                        .map(|(name, n)| vec![name.clone(), n.to_string()])
+                        .collect();
+                    table(out, &["stream", "events"], &rows)?;
+                    writeln!(
+                        out,
+                        "imported {} events into {} in {:.2?} ({} renumbered); verified and \
+                         compared event by event",
+                        report.events,
+                        report.path.display(),
+                        report.duration,
+                        report.renumbered
+                    )?;
+                }
+            }
             Command::Readers { clear_stale } => {
                 let varve = open()?;
                 let cleared = if clear_stale {
@@ -694,6 +751,17 @@ enum Command {
         /// Stop before this global sequence.
         #[arg(long)]
         until: Option<u64>,
+    },
+    /// Import a store written by varvedb 0.4 into a new directory. Its
+    /// streams need their types: build your tool with `Cli::stream`.
+    Import {
+        /// The 0.4 store's directory (read only).
+        old: PathBuf,
+        /// The new store's directory (absent or empty).
+        new: PathBuf,
+        /// Number events densely (same order) when the 0.4 log has holes.
+        #[arg(long)]
+        renumber: bool,
     },
     /// LMDB reader slots; --clear-stale frees those of dead processes.
     Readers {

@@ -20,6 +20,7 @@ mod gate;
 mod group;
 mod identity;
 pub(crate) mod keys;
+pub(crate) mod legacy04;
 pub(crate) mod migrate;
 mod notify;
 mod probe;
