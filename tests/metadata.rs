@@ -75,6 +75,23 @@ fn metadata_reaches_stream_reads_bytes_iterators_and_the_global_log() {
         .unwrap()
         .unwrap();
     assert!(plain.metadata().is_empty());
+    // The borrowed stream fold sees each event's metadata beside its payload.
+    let folded = reader
+        .iter_stream(StreamId(1), None)
+        .unwrap()
+        .try_fold_with_metadata(Vec::new(), |mut seen, seq, order, meta| {
+            assert_full(&meta, u128::from(seq.0) + 1);
+            seen.push((order.id.to_native(), meta.event_id()));
+            seen
+        })
+        .unwrap();
+    assert_eq!(
+        folded,
+        [
+            (1, Some(EventId::from_u128(1))),
+            (2, Some(EventId::from_u128(2)))
+        ]
+    );
 
     let mut log = varve.global_reader();
     assert_full(&log.get(GlobalSequence(0)).unwrap().unwrap().metadata(), 1);

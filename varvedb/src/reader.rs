@@ -718,9 +718,37 @@ impl<T: Archivable> StreamIter<T> {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn try_fold_archived<B>(
-        mut self,
+        self,
         init: B,
         mut f: impl FnMut(B, StreamSequence, &T::Archived) -> B,
+    ) -> Result<B> {
+        self.try_fold_with_metadata(init, |acc, seq, archived, _| f(acc, seq, archived))
+    }
+
+    /// [`try_fold_archived`](Self::try_fold_archived), with each event's
+    /// [`Metadata`](crate::Metadata) (ids, correlation, causation, user
+    /// bytes), also borrowed from the map.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Paid { cents: u64 }
+    /// use varvedb::{Append, EventId, StreamId};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut payments = varve.stream::<Paid, 16>("payments")?;
+    /// payments.append_with(StreamId(1), &Paid { cents: 150 }, Append::new().event_id(EventId::from_u128(7)))?;
+    /// let ids = payments.reader().iter_stream(StreamId(1), None)?
+    ///     .try_fold_with_metadata(Vec::new(), |mut ids, _, _, meta| {
+    ///         ids.extend(meta.event_id());
+    ///         ids
+    ///     })?;
+    /// assert_eq!(ids, [EventId::from_u128(7)]);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn try_fold_with_metadata<B>(
+        mut self,
+        init: B,
+        mut f: impl FnMut(B, StreamSequence, &T::Archived, crate::Metadata<'_>) -> B,
     ) -> Result<B> {
         if let Some(e) = self.pending.take() {
             return Err(*e);
@@ -730,7 +758,7 @@ impl<T: Archivable> StreamIter<T> {
         let (info, id) = (&self.info, StreamId(self.cursor.id()));
         // The form is decided once per block fingerprint, not per event.
         let mut last: Option<(u64, Form)> = None;
-        self.cursor.walk_versions(|seq, _, fp, bytes, _| {
+        self.cursor.walk_versions(|seq, _, fp, bytes, meta| {
             let location = || Location::Stream {
                 stream: info.name.to_string(),
                 id,
@@ -745,7 +773,10 @@ impl<T: Archivable> StreamIter<T> {
                 }
             };
             let archived = read_form::<T>(info, form, bytes, &mut scratch, location)?;
-            acc = acc.take().map(|acc| f(acc, StreamSequence(seq), archived));
+            let meta = crate::Metadata::from_raw(meta);
+            acc = acc
+                .take()
+                .map(|acc| f(acc, StreamSequence(seq), archived, meta));
             Ok(std::ops::ControlFlow::Continue(()))
         })?;
         let name = &self.info.name;
