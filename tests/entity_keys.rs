@@ -281,3 +281,67 @@ fn a_child_process_appends_to_keys() {
         println!("@@ {} {}", key(k), id.0);
     }
 }
+
+/// Runs `damage` on the store's `keys` database, with no varvedb handle open.
+fn damage_keys(
+    dir: &std::path::Path,
+    damage: impl FnOnce(&mut heed::RwTxn<'_>, heed::Database<heed::types::Bytes, heed::types::Bytes>),
+) {
+    use heed::types::Bytes;
+    // SAFETY: the test owns the store directory and no varvedb handle is open.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.unwrap();
+    let wtxn = env.write_txn().unwrap();
+    let db = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+            let db = opener
+                .database_options()
+                .types::<Bytes, Bytes>()
+                .name("keys")
+                .create(wtxn)?;
+            Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    damage(&mut wtxn, db);
+    wtxn.commit().unwrap();
+}
+
+#[test]
+fn verify_finds_a_key_whose_reverse_entry_is_gone_or_points_elsewhere() {
+    for case in ["delete the reverse entry", "flip a forward value"] {
+        let (dir, varve) = temp_store();
+        let mut orders = varve.stream::<Order, 64>("orders").unwrap();
+        orders.append_keyed("order-a", &Order::numbered(1)).unwrap();
+        orders.append_keyed("order-b", &Order::numbered(2)).unwrap();
+        assert!(varve.verify().unwrap().is_ok());
+        drop((orders, varve));
+        damage_keys(dir.path(), |wtxn, db| {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = db
+                .iter(wtxn)
+                .unwrap()
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                .collect();
+            let (prefix, flip) = match case {
+                "delete the reverse entry" => (b'r', false),
+                _ => (b'k', true),
+            };
+            let (k, v) = entries.iter().find(|(k, _)| k[0] == prefix).unwrap();
+            if flip {
+                let mut v = v.clone();
+                v[0] ^= 1;
+                db.put(wtxn, k, &v).unwrap();
+            } else {
+                assert!(db.delete(wtxn, k).unwrap());
+            }
+        });
+        let report = Varve::new(dir.path()).unwrap().verify().unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.detail.contains("map") || p.detail.contains("checksum")),
+            "{case}: {report:?}"
+        );
+    }
+}

@@ -21,6 +21,8 @@
 //!
 //! - Every event with an event id is found under it in the `ids` index (log
 //!   walk), and every `ids` entry points at an event with that id (ids walk).
+//! - Every entity key maps to a stream id that maps back to it, and every
+//!   reverse entry to a key that maps to it (keys walk, by lookup).
 
 use std::collections::HashMap;
 
@@ -211,6 +213,60 @@ impl Store {
                     at,
                     format!("points at global sequence {global}, which does not carry this id"),
                 );
+            }
+        }
+
+        // Entity keys: every key maps to an id that maps back to it, and
+        // every reverse entry to a key that maps to it; every value passes its
+        // checksum. (A read-only open of a store from before keys has none.)
+        let entries = match &self.keys {
+            Some(keys) => Some((keys, keys.iter(txn).map_err(&err)?)),
+            None => None,
+        };
+        if let Some((keys, entries)) = entries {
+            for item in entries {
+                let (k, v) = item.map_err(&err)?;
+                let at = Location::Record(format!("entity key entry {k:02x?}"));
+                let Some(value) = super::keys::open_sealed(k, v) else {
+                    problem(at, "malformed entry or checksum mismatch".into());
+                    continue;
+                };
+                let tag = k.get(1..5).and_then(|t| <[u8; 4]>::try_from(t).ok());
+                let (kind, Some(tag)) = (k[0], tag.map(u32::from_be_bytes)) else {
+                    problem(at, "a key too short for its kind".into());
+                    continue;
+                };
+                let back = |key: &[u8]| -> Result<Option<Vec<u8>>> {
+                    let found = keys.get(txn, key).map_err(&err)?;
+                    Ok(found.and_then(|v| super::keys::open_sealed(key, v).map(<[u8]>::to_vec)))
+                };
+                match kind {
+                    b'k' => {
+                        let Ok(id) = <[u8; 8]>::try_from(value).map(u64::from_le_bytes) else {
+                            problem(at, "a stream id of the wrong length".into());
+                            continue;
+                        };
+                        let reverse = super::keys::entity_reverse_key(tag, id);
+                        if back(&reverse)?.as_deref() != Some(&k[5..]) {
+                            problem(at, format!("stream id {id} does not map back to this key"));
+                        }
+                    }
+                    b'r' => {
+                        let Some(id) = k.get(5..13).and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        else {
+                            problem(at, "a reverse key of the wrong length".into());
+                            continue;
+                        };
+                        let forward = super::keys::entity_key(tag, value);
+                        // Forward values hold the id little-endian.
+                        let id = u64::from_be_bytes(id).to_le_bytes();
+                        if back(&forward)?.as_deref() != Some(&id[..]) {
+                            problem(at, "the key does not map to this stream id".into());
+                        }
+                    }
+                    b'n' => {}
+                    _ => problem(at, "an entry of unknown kind".into()),
+                }
             }
         }
 
