@@ -229,7 +229,7 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
     }
 
     /// The stream's catalog entry (for tests that drive the engine).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn info(&self) -> &StreamInfo {
         &self.info
     }

@@ -637,7 +637,7 @@ mod loom_tests {
         QUIET.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                if !info.payload().is_plain::<InjectedPanic>() {
+                if !info.payload().is::<InjectedPanic>() {
                     previous(info);
                 }
             }));
