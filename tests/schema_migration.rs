@@ -207,38 +207,24 @@ trait V3: Event {
     fn values(a: &Self::Archived) -> Vec<u64>;
 }
 
-impl V3 for v3::OrderPlaced {
-    fn values(a: &Self::Archived) -> Vec<u64> {
-        let c = a.currency;
-        vec![
-            a.order.to_native(),
-            a.cents.to_native(),
-            u64::from(c[0]) << 16 | u64::from(c[1]) << 8 | u64::from(c[2]),
-        ]
-    }
+/// The three builds' version 3 are one layout under three types (each a
+/// build of its own), read the same way.
+macro_rules! v3_values {
+    ($($build:ident),*) => {$(
+        impl V3 for $build::OrderPlaced {
+            fn values(a: &Self::Archived) -> Vec<u64> {
+                let c = a.currency;
+                vec![
+                    a.order.to_native(),
+                    a.cents.to_native(),
+                    u64::from(c[0]) << 16 | u64::from(c[1]) << 8 | u64::from(c[2]),
+                ]
+            }
+        }
+    )*};
 }
 
-impl V3 for later::OrderPlaced {
-    fn values(a: &Self::Archived) -> Vec<u64> {
-        let c = a.currency;
-        vec![
-            a.order.to_native(),
-            a.cents.to_native(),
-            u64::from(c[0]) << 16 | u64::from(c[1]) << 8 | u64::from(c[2]),
-        ]
-    }
-}
-
-impl V3 for only::OrderPlaced {
-    fn values(a: &Self::Archived) -> Vec<u64> {
-        let c = a.currency;
-        vec![
-            a.order.to_native(),
-            a.cents.to_native(),
-            u64::from(c[0]) << 16 | u64::from(c[1]) << 8 | u64::from(c[2]),
-        ]
-    }
-}
+v3_values!(v3, later, only);
 
 fn seen<E: V3>(varve: &Varve) -> BTreeMap<u64, Seen> {
     let mut log = varve.global_reader();
