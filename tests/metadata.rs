@@ -445,3 +445,90 @@ fn a_follow_up_context_chains_causation_and_keeps_the_correlation() {
     let plain = log.get(GlobalSequence(2)).unwrap().unwrap();
     assert!(plain.metadata().follow_up().is_empty());
 }
+
+#[test]
+fn metadata_reaches_the_borrowed_snapshot_loops_block_by_block() {
+    let (_dir, varve) = store_with_metadata();
+    let mut orders = varve.stream::<Order, 256>("orders").unwrap();
+    // A plain block after a block with metadata in the same id: the loops
+    // decide per block whether there is a prefix to skip.
+    orders.append(StreamId(1), &Order::numbered(4)).unwrap();
+    let snap = orders.reader().snapshot().unwrap();
+    let seen: Vec<_> = snap
+        .iter_stream(StreamId(1), None)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata();
+            (
+                entry.stream_sequence().0,
+                entry.id.to_native(),
+                meta.event_id(),
+                meta.user_bytes().map(<[u8]>::to_vec),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                0,
+                1,
+                Some(EventId::from_u128(1)),
+                Some(b"tenant=7".to_vec())
+            ),
+            (
+                1,
+                2,
+                Some(EventId::from_u128(2)),
+                Some(b"tenant=7".to_vec())
+            ),
+            (2, 4, None, None),
+        ]
+    );
+    let entry = snap
+        .iter_stream(StreamId(1), None)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_full(&entry.metadata(), 1);
+    assert_eq!(entry.global_sequence(), GlobalSequence(0));
+
+    let log = varve.snapshot().unwrap();
+    let ids: Vec<_> = log
+        .iter_from(GlobalSequence(0))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.global_sequence().0,
+                e.stream_id().0,
+                e.metadata().event_id(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (0, 1, Some(EventId::from_u128(1))),
+            (1, 1, Some(EventId::from_u128(2))),
+            (2, 2, None),
+            (3, 1, None),
+        ]
+    );
+    let folded = orders
+        .reader()
+        .iter_stream(StreamId(1), Some(StreamSequence(1)))
+        .unwrap()
+        .try_fold_with_metadata(Vec::new(), |mut seen, seq, order, meta| {
+            seen.push((seq.0, order.id.to_native(), meta.event_id()));
+            seen
+        })
+        .unwrap();
+    assert_eq!(
+        folded,
+        [(1, 2, Some(EventId::from_u128(2))), (2, 4, None)],
+        "a fold starting inside a block with metadata"
+    );
+}

@@ -14,7 +14,7 @@ use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{current_view, may_need_alignment, owned_view, EventBytes, EventRef};
 use crate::storage::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
-    Legacy, MappedEvent, RawMeta, Store, StreamInfo, View, ViewSlot,
+    Legacy, MappedEvent, MetaPrefix, Store, StreamInfo, View, ViewSlot,
 };
 
 /// Reads events of every stream by [`GlobalSequence`], the store-wide commit order.
@@ -643,7 +643,7 @@ pub struct GlobalEntry<'a> {
     block: BlockRef,
     global: u64,
     bytes: &'a [u8],
-    meta: RawMeta<'a>,
+    meta: MetaPrefix<'a>,
     stream: &'a StreamInfo,
     aligned: OnceLock<(u64, AlignedVec<16>)>,
 }
@@ -655,7 +655,7 @@ impl<'a> GlobalEntry<'a> {
         block: BlockRef,
         global: u64,
         bytes: &'a [u8],
-        meta: RawMeta<'a>,
+        meta: MetaPrefix<'a>,
         stream: &'a StreamInfo,
     ) -> GlobalEntry<'a> {
         GlobalEntry {
@@ -706,7 +706,7 @@ impl GlobalEntry<'_> {
 
     /// The event's metadata, borrowed from the snapshot.
     pub fn metadata(&self) -> Metadata<'_> {
-        Metadata::from_raw(self.meta)
+        Metadata::from_raw(self.meta.raw())
     }
 
     /// Whether the event is an `E` (see [`GlobalEvent::is`]).

@@ -15,7 +15,8 @@ use crate::event::Archivable;
 use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::storage::{
-    ArchivedRef, EventPosition, MappedEvent, Store, StreamCursor, StreamInfo, View, ViewSlot,
+    ArchivedRef, EventPosition, MappedEvent, RawMeta, Store, StreamCursor, StreamInfo, View,
+    ViewSlot,
 };
 use crate::subscription::StreamSubscription;
 
@@ -160,8 +161,22 @@ pub(crate) fn form_of(
     })
 }
 
+/// The error for an event whose archived bytes fail validation; out of line,
+/// so the read loops that may return it stay small.
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_event(location: Location, e: rancor::Error) -> Error {
+    Error::Corruption {
+        location,
+        detail: format!("invalid archived event: {e}"),
+    }
+}
+
 /// Reads `bytes`, an event of `form`, as the handle's current version: in
 /// place (or on an aligned copy in `scratch`), or upcast into `scratch`.
+/// Inlined: it is the body of every typed read loop, and the current-version
+/// branch is a validation call.
+#[inline]
 pub(crate) fn read_form<'a, T: Archivable>(
     stream: &StreamInfo,
     form: Form,
@@ -169,10 +184,7 @@ pub(crate) fn read_form<'a, T: Archivable>(
     scratch: &'a mut rkyv::util::AlignedVec<16>,
     location: impl Fn() -> Location,
 ) -> Result<&'a T::Archived> {
-    let corrupt = |e: rancor::Error| Error::Corruption {
-        location: location(),
-        detail: format!("invalid archived event: {e}"),
-    };
+    let corrupt = |e: rancor::Error| invalid_event(location(), e);
     match form {
         Form::Current => access_or_copy::<T>(bytes, scratch).map_err(corrupt),
         Form::Older(fp) => {
@@ -722,7 +734,7 @@ impl<T: Archivable> StreamIter<T> {
         init: B,
         mut f: impl FnMut(B, StreamSequence, &T::Archived) -> B,
     ) -> Result<B> {
-        self.try_fold_with_metadata(init, |acc, seq, archived, _| f(acc, seq, archived))
+        self.fold_blocks::<B, false>(init, |acc, seq, archived, _| f(acc, seq, archived))
     }
 
     /// [`try_fold_archived`](Self::try_fold_archived), with each event's
@@ -746,9 +758,24 @@ impl<T: Archivable> StreamIter<T> {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn try_fold_with_metadata<B>(
-        mut self,
+        self,
         init: B,
         mut f: impl FnMut(B, StreamSequence, &T::Archived, crate::Metadata<'_>) -> B,
+    ) -> Result<B> {
+        self.fold_blocks::<B, true>(init, |acc, seq, archived, meta| {
+            f(acc, seq, archived, crate::Metadata::from_raw(meta))
+        })
+    }
+
+    /// The one fold loop, a block at a time: the run, the block header and
+    /// the event form (current or an older version to upcast) are decided
+    /// once per block; per event it checks the checksum, validates and calls
+    /// `f`. With `META` false, or for a block without metadata, the metadata
+    /// prefix is skipped unparsed and `f` gets empty metadata.
+    fn fold_blocks<B, const META: bool>(
+        mut self,
+        init: B,
+        mut f: impl FnMut(B, StreamSequence, &T::Archived, RawMeta<'_>) -> B,
     ) -> Result<B> {
         if let Some(e) = self.pending.take() {
             return Err(*e);
@@ -756,27 +783,48 @@ impl<T: Archivable> StreamIter<T> {
         let mut acc = Some(init);
         let mut scratch = rkyv::util::AlignedVec::<16>::new();
         let (info, id) = (&self.info, StreamId(self.cursor.id()));
-        // The form is decided once per block fingerprint, not per event.
-        let mut last: Option<(u64, Form)> = None;
-        self.cursor.walk_versions(|seq, _, fp, bytes, meta| {
-            let location = || Location::Stream {
+        let location = |seq: u64| {
+            move || Location::Stream {
                 stream: info.name.to_string(),
                 id,
                 sequence: StreamSequence(seq),
-            };
+            }
+        };
+        let mut last: Option<(u64, Form)> = None;
+        self.cursor.walk_blocks(|part| {
+            let fp = part.fingerprint();
             let form = match last {
                 Some((f, form)) if f == fp => form,
                 _ => {
-                    let form = form_of(info, fp, location)?;
+                    let form = form_of(info, fp, location(part.seq(0)))?;
                     last = Some((fp, form));
                     form
                 }
             };
-            let archived = read_form::<T>(info, form, bytes, &mut scratch, location)?;
-            let meta = crate::Metadata::from_raw(meta);
-            acc = acc
-                .take()
-                .map(|acc| f(acc, StreamSequence(seq), archived, meta));
+            let Some(mut state) = acc.take() else {
+                return Ok(std::ops::ControlFlow::Break(()));
+            };
+            if META && part.has_metadata() {
+                for i in 0..part.len() {
+                    let (meta, bytes) = part.entry(i)?;
+                    let archived =
+                        read_form::<T>(info, form, bytes, &mut scratch, location(part.seq(i)))?;
+                    state = f(state, StreamSequence(part.seq(i)), archived, meta);
+                }
+            } else {
+                for i in 0..part.len() {
+                    let bytes = part.payload(i)?;
+                    let archived =
+                        read_form::<T>(info, form, bytes, &mut scratch, location(part.seq(i)))?;
+                    state = f(
+                        state,
+                        StreamSequence(part.seq(i)),
+                        archived,
+                        RawMeta::default(),
+                    );
+                }
+            }
+            acc = Some(state);
             Ok(std::ops::ControlFlow::Continue(()))
         })?;
         let name = &self.info.name;

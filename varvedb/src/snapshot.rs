@@ -26,15 +26,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::error::{Error, Location, Result};
+use crate::error::{Location, Result};
 use crate::event::Archivable;
 use crate::global::GlobalEntry;
 use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
-use crate::reader::{form_of, may_need_alignment, upcast_into, Form, StreamReader};
+use crate::reader::{form_of, invalid_event, may_need_alignment, upcast_into, Form, StreamReader};
 use crate::storage::{
-    block_tag, ArchivedRef, EventPosition, Frozen, GlobalCursor, RawMeta, StreamCursor, StreamInfo,
-    View,
+    block_tag, ArchivedRef, EventAt, EventPosition, Frozen, GlobalCursor, MetaPrefix, StreamBlock,
+    StreamCursor, StreamInfo, View,
 };
 use crate::{GlobalReader, Varve};
 
@@ -241,6 +241,8 @@ impl<T: Archivable> StreamSnapshot<T> {
             cursor: self.log.frozen.stream_cursor(self.tag, id.0, from),
             info: &self.info,
             last: None,
+            part: None,
+            at: 0,
             failed: false,
             _event: PhantomData,
         })
@@ -258,9 +260,7 @@ impl<T: Archivable> StreamSnapshot<T> {
             return Ok(None);
         };
         match self.log.frozen.event_at_stream(tag, id.0, seq.0)? {
-            Some((position, bytes, meta)) => {
-                read_entry(&self.info, &mut None, position, bytes, meta).map(Some)
-            }
+            Some((at, bytes, meta)) => read_entry(&self.info, &mut None, at, bytes, meta).map(Some),
             None => Ok(None),
         }
     }
@@ -292,6 +292,10 @@ pub struct StreamEntries<'s, T> {
     info: &'s StreamInfo,
     /// The form of the last block fingerprint seen: decided once per block.
     last: Option<(u64, Form)>,
+    /// The block being walked, its form, and the index of the next event
+    /// in it: run, header and form are checked once per block.
+    part: Option<(StreamBlock<'s>, Form)>,
+    at: u32,
     failed: bool,
     _event: PhantomData<fn() -> T>,
 }
@@ -304,17 +308,45 @@ where
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        let item = match self.cursor.next_in()? {
-            Ok((position, bytes, meta)) => {
-                read_entry(self.info, &mut self.last, position, bytes, meta)
+        loop {
+            if let Some((part, form)) = &self.part {
+                let (part, form) = (part, *form);
+                if self.at < part.len() {
+                    let i = self.at;
+                    self.at += 1;
+                    let item = part.read(i).and_then(|(at, prefix, bytes)| {
+                        entry_of(self.info, form, at, bytes, prefix)
+                    });
+                    if item.is_err() {
+                        self.failed = true;
+                        self.part = None;
+                    }
+                    return Some(item);
+                }
+                self.part = None;
             }
-            Err(e) => Err(e),
-        };
-        self.failed = item.is_err();
-        Some(item)
+            if self.failed {
+                return None;
+            }
+            let next = self.cursor.next_block_in().and_then(|part| {
+                part.map(|part| {
+                    let position = part.position(0);
+                    form_for(self.info, &mut self.last, &position).map(|form| (part, form))
+                })
+                .transpose()
+            });
+            match next {
+                Ok(Some(part)) => {
+                    self.part = Some(part);
+                    self.at = 0;
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
     }
 }
 
@@ -326,35 +358,59 @@ impl<T> fmt::Debug for StreamEntries<'_, T> {
     }
 }
 
-/// Reads `bytes` (the event at `position`) as `T`'s current version: in
-/// place, or (upcast, or a misaligned payload copied) into a buffer the entry
-/// owns. `last` caches the form of the last block fingerprint seen.
+/// Reads `bytes` (the event `at`) as `T`'s current version: in place, or
+/// (upcast, or a misaligned payload copied) into a buffer the entry owns.
+/// `last` caches the form of the last block fingerprint seen.
 #[inline]
 fn read_entry<'s, T: Archivable>(
     info: &StreamInfo,
     last: &mut Option<(u64, Form)>,
-    position: EventPosition,
+    at: EventAt<'s>,
     bytes: &'s [u8],
-    meta: RawMeta<'s>,
+    meta: MetaPrefix<'s>,
 ) -> Result<StreamEntry<'s, T>> {
-    let location = || Location::Stream {
+    let form = form_for(info, last, &at.position())?;
+    entry_of(info, form, at, bytes, meta.bytes())
+}
+
+/// The form of the event at `position` (the current version, or an older
+/// one to upcast), from `last` when its block fingerprint is the same.
+#[inline]
+fn form_for(
+    info: &StreamInfo,
+    last: &mut Option<(u64, Form)>,
+    position: &EventPosition,
+) -> Result<Form> {
+    let fp = position.fingerprint;
+    match *last {
+        Some((f, form)) if f == fp => Ok(form),
+        _ => {
+            let form = form_of(info, fp, || entry_location(info, position))?;
+            *last = Some((fp, form));
+            Ok(form)
+        }
+    }
+}
+
+fn entry_location(info: &StreamInfo, position: &EventPosition) -> Location {
+    Location::Stream {
         stream: info.name.to_string(),
         id: position.stream_id,
         sequence: position.stream_sequence,
-    };
-    let corrupt = |e: rancor::Error| Error::Corruption {
-        location: location(),
-        detail: format!("invalid archived event: {e}"),
-    };
-    let fp = position.fingerprint;
-    let form = match *last {
-        Some((f, form)) if f == fp => form,
-        _ => {
-            let form = form_of(info, fp, location)?;
-            *last = Some((fp, form));
-            form
-        }
-    };
+    }
+}
+
+/// [`read_entry`] once the form is known.
+#[inline]
+fn entry_of<'s, T: Archivable>(
+    info: &StreamInfo,
+    form: Form,
+    at: EventAt<'s>,
+    bytes: &'s [u8],
+    prefix: &'s [u8],
+) -> Result<StreamEntry<'s, T>> {
+    let location = || entry_location(info, &at.position());
+    let corrupt = |e: rancor::Error| invalid_event(location(), e);
     let access = rkyv::access::<T::Archived, rancor::Error>;
     let archived = match form {
         Form::Current => match access(bytes) {
@@ -363,19 +419,19 @@ fn read_entry<'s, T: Archivable>(
             Err(_) => {
                 let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
                 copy.extend_from_slice(bytes);
-                Held::Owned(ArchivedRef::owned(copy, access).map_err(corrupt)?)
+                Held::Owned(Box::new(ArchivedRef::owned(copy, access).map_err(corrupt)?))
             }
         },
         Form::Older(fp) => {
             let mut out = AlignedVec::<16>::new();
             upcast_into(info, fp, bytes, &mut out, &location)?;
-            Held::Owned(ArchivedRef::owned(out, access).map_err(corrupt)?)
+            Held::Owned(Box::new(ArchivedRef::owned(out, access).map_err(corrupt)?))
         }
     };
     Ok(StreamEntry {
         archived,
-        position,
-        meta,
+        at,
+        prefix,
     })
 }
 
@@ -385,7 +441,7 @@ enum Held<'s, A> {
     Borrowed(&'s A),
     /// In a buffer the entry owns: an upcast older version (or, rarely, a
     /// payload copied for alignment).
-    Owned(ArchivedRef<A, ()>),
+    Owned(Box<ArchivedRef<A, ()>>),
 }
 
 /// One validated event of a [`StreamSnapshot`], borrowed from it: dereferences
@@ -394,35 +450,36 @@ enum Held<'s, A> {
 /// upcast into a buffer the entry owns.
 pub struct StreamEntry<'s, T: Archivable> {
     archived: Held<'s, T::Archived>,
-    position: EventPosition,
-    meta: RawMeta<'s>,
+    at: EventAt<'s>,
+    /// The event's metadata prefix, checked when read; parsed when asked.
+    prefix: &'s [u8],
 }
 
 impl<'s, T: Archivable> StreamEntry<'s, T> {
     /// The stream id the event belongs to.
     pub fn stream_id(&self) -> StreamId {
-        self.position.stream_id
+        self.at.position().stream_id
     }
 
     /// The event's position in its stream id.
     pub fn stream_sequence(&self) -> StreamSequence {
-        self.position.stream_sequence
+        self.at.position().stream_sequence
     }
 
     /// The event's position in the global log.
     pub fn global_sequence(&self) -> GlobalSequence {
-        self.position.global
+        self.at.position().global
     }
 
     /// When the event was committed (wall clock of the writer).
     pub fn committed_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_micros(self.position.committed_at_micros)
+        UNIX_EPOCH + Duration::from_micros(self.at.position().committed_at_micros)
     }
 
     /// The event's metadata (id, correlation, causation, user bytes),
     /// borrowed from the snapshot.
     pub fn metadata(&self) -> Metadata<'s> {
-        Metadata::from_raw(self.meta)
+        Metadata::from_raw(self.at.meta(self.prefix))
     }
 
     /// The archived event, for as long as the snapshot lives, when it was
@@ -472,9 +529,9 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamEntry")
-            .field("stream_id", &self.position.stream_id)
-            .field("stream_sequence", &self.position.stream_sequence)
-            .field("global_sequence", &self.position.global)
+            .field("stream_id", &self.at.position().stream_id)
+            .field("stream_sequence", &self.at.position().stream_sequence)
+            .field("global_sequence", &self.at.position().global)
             .field("event", &**self)
             .finish()
     }

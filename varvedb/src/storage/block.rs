@@ -93,6 +93,48 @@ pub(crate) struct RawMeta<'a> {
     pub(crate) user: Option<&'a [u8]>,
 }
 
+/// An event's metadata prefix, checked when the event was read and parsed
+/// again only when asked for: 24 bytes to carry where [`RawMeta`] is 72, so
+/// the entries a scan yields stay small.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MetaPrefix<'a> {
+    flags: u8,
+    bytes: &'a [u8],
+}
+
+impl<'a> MetaPrefix<'a> {
+    /// `bytes` as the prefix of a block with metadata `flags`, if it parses.
+    #[inline]
+    pub(crate) fn checked(flags: u8, bytes: &'a [u8]) -> Result<Self, BlockError> {
+        if flags != 0 {
+            parse_meta(flags, bytes)?;
+        }
+        Ok(MetaPrefix { flags, bytes })
+    }
+
+    /// A prefix `checked` before (for entries that keep only its bytes).
+    #[inline]
+    pub(crate) fn trusted(flags: u8, bytes: &'a [u8]) -> Self {
+        MetaPrefix { flags, bytes }
+    }
+
+    /// The prefix's bytes.
+    #[inline]
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The parsed metadata (empty without metadata).
+    #[inline]
+    pub(crate) fn raw(&self) -> RawMeta<'a> {
+        if self.flags == 0 {
+            return RawMeta::default();
+        }
+        // Checked by `checked` (or before `trusted`).
+        parse_meta(self.flags, self.bytes).unwrap_or_default()
+    }
+}
+
 impl RawMeta<'_> {
     /// The flags of a prefix holding exactly the fields present here.
     pub(crate) fn flags(&self) -> u8 {
@@ -225,6 +267,23 @@ pub(crate) struct BlockHeader {
 }
 
 impl BlockHeader {
+    /// The fields of a header's bytes, unchecked: for bytes [`BlockView::parse`]
+    /// checked (it decodes with this too).
+    #[inline]
+    pub(crate) fn decode(b: &[u8; HEADER_LEN]) -> BlockHeader {
+        BlockHeader {
+            stream_tag: u32_at(b, 4),
+            stream_id: u64_at(b, 8),
+            first_stream_seq: u64_at(b, 16),
+            fingerprint: u64_at(b, 24),
+            count: u32_at(b, 32),
+            meta_flags: b[1],
+            meta_len: u32_at(b, 36),
+            first_global: u64_at(b, 40),
+            committed_at_micros: u64_at(b, 48),
+        }
+    }
+
     /// The global sequence one past this block's last event.
     pub(crate) fn end_global(&self) -> u64 {
         self.first_global + u64::from(self.count)
@@ -492,17 +551,10 @@ impl<'a> BlockView<'a> {
                 "block header length {header_len} is invalid"
             )));
         }
-        let header = BlockHeader {
-            stream_tag: u32_at(bytes, 4),
-            stream_id: u64_at(bytes, 8),
-            first_stream_seq: u64_at(bytes, 16),
-            fingerprint: u64_at(bytes, 24),
-            count: u32_at(bytes, 32),
-            meta_flags: bytes[1],
-            meta_len: u32_at(bytes, 36),
-            first_global: u64_at(bytes, 40),
-            committed_at_micros: u64_at(bytes, 48),
+        let Some(fixed) = bytes.first_chunk::<HEADER_LEN>() else {
+            return Err(BlockError::new("block is shorter than its header"));
         };
+        let header = BlockHeader::decode(fixed);
         if header.first_global != key_global {
             return Err(BlockError::new(format!(
                 "block stored under global sequence {key_global} claims to start at {}",
@@ -554,6 +606,12 @@ impl<'a> BlockView<'a> {
         &self.header
     }
 
+    /// The header's bytes, borrowed for as long as the block's.
+    #[inline]
+    pub(crate) fn header_bytes(&self) -> Option<&'a [u8; HEADER_LEN]> {
+        self.bytes.first_chunk::<HEADER_LEN>()
+    }
+
     /// The whole block's bytes.
     pub(crate) fn bytes(&self) -> &'a [u8] {
         self.bytes
@@ -568,7 +626,7 @@ impl<'a> BlockView<'a> {
 
     /// The metadata prefix (unpadded; empty without metadata) and the
     /// payload of event `index`, after checking bounds and checksum.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn slot(&self, index: u32) -> Result<(&'a [u8], &'a [u8]), BlockError> {
         if index >= self.header.count {
             return Err(BlockError::new(format!(
@@ -604,6 +662,16 @@ impl<'a> BlockView<'a> {
             )));
         }
         Ok((&slot[..self.header.meta_len as usize], &slot[meta..]))
+    }
+
+    /// The checked metadata prefix and payload of event `index`, checked as
+    /// [`Self::entry`] but not kept parsed.
+    #[inline]
+    pub(crate) fn prefixed(&self, index: u32) -> Result<(MetaPrefix<'a>, &'a [u8]), BlockError> {
+        let (prefix, payload) = self.slot(index)?;
+        let meta = MetaPrefix::checked(self.header.meta_flags, prefix)
+            .map_err(|e| BlockError::new(format!("event {index}: {}", e.0)))?;
+        Ok((meta, payload))
     }
 
     /// The metadata and payload of event `index`, checked as [`Self::event`].

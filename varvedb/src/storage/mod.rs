@@ -42,14 +42,14 @@ use parking_lot::Mutex;
 use crate::config::{Durability, VarveConfig};
 use crate::error::{Error, Location, Result};
 
-pub(crate) use block::{BlockBuilder, RawMeta};
+pub(crate) use block::{BlockBuilder, MetaPrefix, RawMeta};
 pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
 pub use identity::StoreId;
 pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
 pub(crate) use notify::CROSS_PROCESS_POLL;
 pub(crate) use snapshot::{
-    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, Frozen,
-    GlobalCursor, MappedEvent, StreamCursor, View,
+    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventAt, EventPosition, Frozen,
+    GlobalCursor, MappedEvent, StreamBlock, StreamCursor, View,
 };
 pub(crate) use writer::{Entity, Placed, WriteTxn, FIRST_KEYED_ID};
 

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use heed::{RoTxn, WithoutTls};
 use rkyv::util::AlignedVec;
 
-use super::block::{parse_meta, BlockError, BlockHeader, BlockView, RawMeta};
+use super::block::{
+    parse_meta, BlockError, BlockHeader, BlockView, MetaPrefix, RawMeta, HEADER_LEN,
+};
 use super::gate::GateGuard;
 use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
 use super::Store;
@@ -82,6 +84,30 @@ pub(crate) struct EventPosition {
     pub(crate) committed_at_micros: u64,
     /// The block's metadata flags (which fields the event's prefix holds).
     pub(crate) meta_flags: u8,
+}
+
+/// Where an event of a borrowed snapshot sits: its block's header bytes in
+/// the map and its index in the block. Its [`EventPosition`] is decoded only
+/// when asked for, so an entry carries 16 bytes for it instead of 48.
+#[derive(Clone, Copy)]
+pub(crate) struct EventAt<'a> {
+    header: &'a [u8; HEADER_LEN],
+    index: u32,
+}
+
+impl<'a> EventAt<'a> {
+    /// The metadata of the event whose checked prefix is `prefix`.
+    #[inline]
+    pub(crate) fn meta(&self, prefix: &'a [u8]) -> RawMeta<'a> {
+        MetaPrefix::trusted(self.header[1], prefix).raw()
+    }
+
+    /// The event's position, decoded from its (checked) block header.
+    #[inline]
+    pub(crate) fn position(&self) -> EventPosition {
+        let h = BlockHeader::decode(self.header);
+        position_in(&h, h.first_global + u64::from(self.index))
+    }
 }
 
 // SAFETY: a `MappedEvent` is a shared, read-only view of bytes in the map plus
@@ -467,6 +493,141 @@ pub(crate) fn walk_stream_versions(
     from: u64,
     mut f: impl FnMut(u64, u64, u64, &[u8], RawMeta<'_>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
+    walk_stream_blocks(store, txn, tag, id, from, |part| {
+        let fp = part.fingerprint();
+        for i in 0..part.len() {
+            let (meta, payload) = part.entry(i)?;
+            if f(part.seq(i), part.global(i), fp, payload, meta)?.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+}
+
+/// The events of one block that belong to a walk: `len()` consecutive events
+/// of one `(stream, id)`, starting at stream sequence `seq(0)`. What is the
+/// same for every event of an append (its fingerprint, its metadata fields)
+/// is read once here, so a fold decides it once per block, not per event.
+#[derive(Clone, Copy)]
+pub(crate) struct StreamBlock<'a> {
+    block: BlockView<'a>,
+    header: &'a [u8; HEADER_LEN],
+    first_index: u32,
+    len: u32,
+    first_seq: u64,
+}
+
+impl<'a> StreamBlock<'a> {
+    /// The events `[global, end)` of `block`, the first at stream sequence
+    /// `first_seq` (the caller checked they belong to the walked stream).
+    #[inline]
+    fn new(block: BlockView<'a>, global: u64, end: u64, first_seq: u64) -> Result<Self> {
+        let h = block.header();
+        Ok(StreamBlock {
+            header: block.header_bytes().ok_or_else(|| missing(global))?,
+            first_index: (global - h.first_global) as u32,
+            len: (end - global) as u32,
+            first_seq,
+            block,
+        })
+    }
+
+    /// How many events of the block the walk visits.
+    #[inline]
+    pub(crate) fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// The type fingerprint every event of the block was written with.
+    #[inline]
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.block.header().fingerprint
+    }
+
+    /// Whether the block's events carry a metadata prefix.
+    #[inline]
+    pub(crate) fn has_metadata(&self) -> bool {
+        self.block.header().meta_flags != 0
+    }
+
+    /// The stream sequence of the `i`th visited event.
+    #[inline]
+    pub(crate) fn seq(&self, i: u32) -> u64 {
+        self.first_seq + u64::from(i)
+    }
+
+    /// The global sequence of the `i`th visited event.
+    #[inline]
+    pub(crate) fn global(&self, i: u32) -> u64 {
+        self.block.header().first_global + u64::from(self.first_index + i)
+    }
+
+    /// The position of the `i`th visited event.
+    #[inline]
+    pub(crate) fn position(&self, i: u32) -> EventPosition {
+        position_in(self.block.header(), self.global(i))
+    }
+
+    /// Where the `i`th visited event sits, its checked metadata prefix (empty
+    /// in a block without metadata) and its payload (checksum checked): what
+    /// a borrowed entry holds.
+    #[inline]
+    pub(crate) fn read(&self, i: u32) -> Result<(EventAt<'a>, &'a [u8], &'a [u8])> {
+        let index = self.first_index + i;
+        let found = if self.has_metadata() {
+            self.block
+                .prefixed(index)
+                .map(|(meta, payload)| (meta.bytes(), payload))
+        } else {
+            self.block.event(index).map(|p| (&[][..], p))
+        };
+        let (prefix, payload) = found.map_err(corrupt_at(self.global(i)))?;
+        Ok((self.at(i), prefix, payload))
+    }
+
+    /// Where the `i`th visited event sits, for an entry that decodes its
+    /// position only when asked.
+    #[inline]
+    pub(crate) fn at(&self, i: u32) -> EventAt<'a> {
+        EventAt {
+            header: self.header,
+            index: self.first_index + i,
+        }
+    }
+
+    /// The payload of the `i`th visited event, checksum checked; its
+    /// metadata prefix is skipped without being parsed.
+    #[inline]
+    pub(crate) fn payload(&self, i: u32) -> Result<&'a [u8]> {
+        self.block
+            .event(self.first_index + i)
+            .map_err(corrupt_at(self.global(i)))
+    }
+
+    /// The metadata and payload of the `i`th visited event, checksum checked.
+    #[inline]
+    pub(crate) fn entry(&self, i: u32) -> Result<(RawMeta<'a>, &'a [u8])> {
+        self.block
+            .entry(self.first_index + i)
+            .map_err(corrupt_at(self.global(i)))
+    }
+}
+
+/// Calls `f` with each block's share of the events of `(tag, id)` from
+/// sequence `from`, as `txn` sees them, in order, borrowing from the map.
+/// The run and the block header are checked once per block. Stops early when
+/// `f` breaks, and at the first damaged run or block with `Error::Corruption`
+/// (a damaged event is reported by the [`StreamBlock`] accessor that reads
+/// it).
+pub(crate) fn walk_stream_blocks(
+    store: &Store,
+    txn: &RoTxn,
+    tag: u32,
+    id: u64,
+    from: u64,
+    mut f: impl FnMut(StreamBlock<'_>) -> Result<ControlFlow<()>>,
+) -> Result<()> {
     let mut seq = from;
     loop {
         let run = store.run_at_or_before(txn, tag, id, seq)?;
@@ -481,15 +642,11 @@ pub(crate) fn walk_stream_versions(
             let h = *block.header();
             check_belongs(&position_in(&h, global), tag, id, seq)?;
             let last = h.end_global().min(run.end_global());
-            for g in global..last {
-                let (meta, payload) = block
-                    .entry((g - h.first_global) as u32)
-                    .map_err(corrupt_at(g))?;
-                if f(seq, g, h.fingerprint, payload, meta)?.is_break() {
-                    return Ok(());
-                }
-                seq += 1;
+            let part = StreamBlock::new(block, global, last, seq)?;
+            if f(part)?.is_break() {
+                return Ok(());
             }
+            seq += last - global;
         }
     }
 }
@@ -772,32 +929,39 @@ impl<V: Borrow<View>> StreamCursor<V> {
         self.id
     }
 
+    /// The run holding the next sequence, or `None` (the cursor then done)
+    /// past the stream's end.
+    #[inline]
+    fn run_for_next(&mut self) -> Result<Option<Run>> {
+        if let Some(run) = self.run.filter(|r| self.next_seq < r.end_seq()) {
+            return Ok(Some(run));
+        }
+        self.block = None;
+        let view: &View = self.view.borrow();
+        let found = view
+            .store
+            .run_at_or_before(&view.pin.txn, self.tag, self.id, self.next_seq)?;
+        match found {
+            Some(run) if self.next_seq < run.end_seq() => {
+                self.run = Some(run);
+                Ok(Some(run))
+            }
+            _ => {
+                self.done = true;
+                view.store
+                    .no_run_for(&view.pin.txn, self.tag, self.id, self.next_seq)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Moves to the next event, returning its block and global sequence.
     fn advance(&mut self) -> Result<Option<(BlockRef, u64)>> {
         if self.done {
             return Ok(None);
         }
-        let run = match self.run {
-            Some(run) if self.next_seq < run.end_seq() => run,
-            _ => {
-                self.block = None;
-                let view: &View = self.view.borrow();
-                let found =
-                    view.store
-                        .run_at_or_before(&view.pin.txn, self.tag, self.id, self.next_seq)?;
-                match found {
-                    Some(run) if self.next_seq < run.end_seq() => {
-                        self.run = Some(run);
-                        run
-                    }
-                    _ => {
-                        self.done = true;
-                        view.store
-                            .no_run_for(&view.pin.txn, self.tag, self.id, self.next_seq)?;
-                        return Ok(None);
-                    }
-                }
-            }
+        let Some(run) = self.run_for_next()? else {
+            return Ok(None);
         };
         let global = run.first_global + (self.next_seq - run.first_seq);
         let block = match self.block {
@@ -858,6 +1022,26 @@ impl StreamCursor<View> {
         }
         self.done = true;
         walk_stream_versions(
+            &self.view.store,
+            &self.view.pin.txn,
+            self.tag,
+            self.id,
+            self.next_seq,
+            f,
+        )
+    }
+
+    /// Calls `f` with each remaining block's share of the stream's events
+    /// (see [`walk_stream_blocks`]). The cursor is finished afterwards.
+    pub(crate) fn walk_blocks(
+        &mut self,
+        f: impl FnMut(StreamBlock<'_>) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        walk_stream_blocks(
             &self.view.store,
             &self.view.pin.txn,
             self.tag,
@@ -970,14 +1154,14 @@ impl GlobalCursor<View> {
         &mut self,
         block: &BlockRef,
         global: u64,
-    ) -> Result<(&[u8], RawMeta<'_>)> {
+    ) -> Result<(&[u8], MetaPrefix<'_>)> {
         let h = block.header;
         let index = (global - h.first_global) as u32;
         // SAFETY: `block` was found by `advance` in this cursor's view, whose
         // pin keeps the bytes valid and unchanged while `self` is borrowed.
         let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
         match BlockView::from_validated(bytes, h)
-            .entry(index)
+            .prefixed(index)
             .map(|(meta, payload)| (payload, meta))
         {
             Ok(payload) => Ok(payload),
@@ -1076,7 +1260,7 @@ impl Frozen {
         tag: u32,
         id: u64,
         seq: u64,
-    ) -> Result<Option<(EventPosition, &[u8], RawMeta<'_>)>> {
+    ) -> Result<Option<(EventAt<'_>, &[u8], MetaPrefix<'_>)>> {
         let (store, txn) = (&self.view.store, &self.view.pin.txn);
         let run = store.run_at_or_before(txn, tag, id, seq)?;
         let Some(run) = run.filter(|r| seq < r.end_seq()) else {
@@ -1088,10 +1272,18 @@ impl Frozen {
             .view
             .block_ref(global)?
             .ok_or_else(|| missing(global))?;
-        let position = position_in(&block.header, global);
-        check_belongs(&position, tag, id, seq)?;
+        check_belongs(&position_in(&block.header, global), tag, id, seq)?;
         let (payload, meta) = payload_in(&self.view, &block, global)?;
-        Ok(Some((position, payload, meta)))
+        // SAFETY: as in `payload_in`: `block` was found in this snapshot's
+        // view, whose pin keeps its bytes valid while `self` is borrowed.
+        let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
+        let part = StreamBlock::new(
+            BlockView::from_validated(bytes, block.header),
+            global,
+            global + 1,
+            seq,
+        )?;
+        Ok(Some((part.at(0), payload, meta)))
     }
 
     /// The event at `global` (its block, payload and metadata), or `None`
@@ -1099,7 +1291,7 @@ impl Frozen {
     pub(crate) fn event_at_global(
         &self,
         global: u64,
-    ) -> Result<Option<(BlockRef, &[u8], RawMeta<'_>)>> {
+    ) -> Result<Option<(BlockRef, &[u8], MetaPrefix<'_>)>> {
         match self.view.block_ref(global)? {
             Some(block) => {
                 let (payload, meta) = payload_in(&self.view, &block, global)?;
@@ -1136,7 +1328,7 @@ fn payload_in<'s>(
     view: &'s View,
     block: &BlockRef,
     global: u64,
-) -> Result<(&'s [u8], RawMeta<'s>)> {
+) -> Result<(&'s [u8], MetaPrefix<'s>)> {
     let _pinned_by: &'s Pinned = &view.pin;
     // SAFETY: `block` was found in `view`'s transaction, whose pages `view.pin`
     // keeps valid and unchanged, and whose gate guard keeps the map in place,
@@ -1144,32 +1336,49 @@ fn payload_in<'s>(
     let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
     let index = (global - block.header.first_global) as u32;
     BlockView::from_validated(bytes, block.header)
-        .entry(index)
+        .prefixed(index)
         .map(|(meta, payload)| (payload, meta))
         .map_err(corrupt_at(global))
 }
 
 impl<'s> StreamCursor<&'s View> {
-    /// The next event's position, payload and metadata, borrowed from the
-    /// snapshot.
-    #[inline]
-    pub(crate) fn next_in(&mut self) -> Option<Result<(EventPosition, &'s [u8], RawMeta<'s>)>> {
-        let found = match self.advance() {
-            Ok(Some(found)) => found,
-            Ok(None) => return None,
-            Err(e) => {
-                self.done = true;
-                return Some(Err(e));
-            }
-        };
-        let (block, global) = found;
-        match payload_in(self.view, &block, global) {
-            Ok((payload, meta)) => Some(Ok((position_in(&block.header, global), payload, meta))),
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
+    /// The next block's share of the stream's events, borrowed from the
+    /// snapshot (see [`StreamBlock`]); run and header checked once for all
+    /// of them. `None` past the end; the cursor is done after an error.
+    pub(crate) fn next_block_in(&mut self) -> Result<Option<StreamBlock<'s>>> {
+        if self.done {
+            return Ok(None);
         }
+        let part = self.next_block_unchecked();
+        if !matches!(part, Ok(Some(_))) {
+            self.done = true;
+        }
+        part
+    }
+
+    fn next_block_unchecked(&mut self) -> Result<Option<StreamBlock<'s>>> {
+        let Some(run) = self.run_for_next()? else {
+            return Ok(None);
+        };
+        let view: &'s View = self.view;
+        let global = run.first_global + (self.next_seq - run.first_seq);
+        let block = view.block_ref(global)?.ok_or_else(|| missing(global))?;
+        let h = block.header;
+        check_belongs(&position_in(&h, global), self.tag, self.id, self.next_seq)?;
+        let _pinned_by: &'s Pinned = &view.pin;
+        // SAFETY: `block` was found in `view`'s transaction, whose pages
+        // `view.pin` keeps valid and unchanged, and whose gate guard keeps the
+        // map in place, for as long as `view` is borrowed, which bounds 's.
+        let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.len) };
+        let last = h.end_global().min(run.end_global());
+        let part = StreamBlock::new(
+            BlockView::from_validated(bytes, h),
+            global,
+            last,
+            self.next_seq,
+        )?;
+        self.next_seq += last - global;
+        Ok(Some(part))
     }
 }
 
@@ -1178,7 +1387,7 @@ impl<'s> GlobalCursor<&'s View> {
     /// metadata, borrowed from the snapshot.
     #[inline]
     #[allow(clippy::type_complexity)]
-    pub(crate) fn next_in(&mut self) -> Option<Result<(BlockRef, u64, &'s [u8], RawMeta<'s>)>> {
+    pub(crate) fn next_in(&mut self) -> Option<Result<(BlockRef, u64, &'s [u8], MetaPrefix<'s>)>> {
         let (block, global) = match self.advance()? {
             Ok(found) => found,
             Err(e) => return Some(Err(e)),
