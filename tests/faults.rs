@@ -121,15 +121,12 @@ fn fill(dir: &Path) -> PathBuf {
 
 fn is_disk_full(err: &Error) -> bool {
     match err {
-        Error::Storage {
-            source: heed::Error::Io(io),
-            ..
-        } => {
+        Error::Storage { source, .. } => source.io_error().is_some_and(|io| {
             matches!(
                 io.kind(),
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge
             ) || io.raw_os_error() == Some(libc::EIO)
-        }
+        }),
         _ => false,
     }
 }

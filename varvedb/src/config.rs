@@ -27,6 +27,10 @@ pub enum Durability {
     NoSync,
 }
 
+/// The default longest a waiter takes to notice a commit made by another
+/// process ([`VarveConfig::cross_process_poll`]).
+pub(crate) const CROSS_PROCESS_POLL: Duration = Duration::from_millis(50);
+
 /// Options for [`Varve::with_config`](crate::Varve::with_config).
 ///
 /// The defaults need no tuning for stores of tens of gigabytes: the map starts
@@ -82,7 +86,7 @@ impl Default for VarveConfig {
             max_readers: 1024,
             durability: Durability::Full,
             resize_wait: Duration::from_secs(10),
-            cross_process_poll: Some(crate::storage::CROSS_PROCESS_POLL),
+            cross_process_poll: Some(CROSS_PROCESS_POLL),
         }
     }
 }

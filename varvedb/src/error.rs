@@ -188,14 +188,16 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// LMDB reported an error; `operation` says what VarveDB was doing.
+    /// The storage engine reported an error; `operation` says what VarveDB
+    /// was doing. [`StorageError::kind`] says what failed (I/O, with
+    /// [`StorageError::io_error`], a full map, an engine code).
     #[error("storage error while {operation}: {source}")]
     Storage {
         /// What VarveDB was doing.
         operation: &'static str,
-        /// The underlying error.
+        /// What the engine reported.
         #[source]
-        source: heed::Error,
+        source: StorageError,
     },
 
     /// The data file is shorter than its newest commit needs: pages it uses
@@ -702,13 +704,107 @@ fn copy_io(e: &std::io::Error) -> std::io::Error {
     }
 }
 
-fn copy_heed(e: &heed::Error) -> heed::Error {
-    match e {
-        heed::Error::Io(io) => heed::Error::Io(copy_io(io)),
-        heed::Error::Mdb(mdb) => heed::Error::Mdb(*mdb),
-        heed::Error::Encoding(b) => heed::Error::Encoding(Box::new(Copied(b.to_string()))),
-        heed::Error::Decoding(b) => heed::Error::Decoding(Box::new(Copied(b.to_string()))),
-        heed::Error::EnvAlreadyOpened => heed::Error::EnvAlreadyOpened,
+/// A failure reported by the storage engine under a store: VarveDB's own
+/// type, so no engine type is part of the public API. The engine's error is
+/// kept as the [`source`](std::error::Error::source) of this one.
+///
+/// ```
+/// use varvedb::{Error, StorageErrorKind};
+///
+/// fn is_disk_full(err: &Error) -> bool {
+///     match err {
+///         Error::Storage { source, .. } => {
+///             source.kind() == StorageErrorKind::Io
+///                 && source.io_error().and_then(|e| e.raw_os_error()) == Some(28) // ENOSPC
+///         }
+///         _ => false,
+///     }
+/// }
+/// # let _ = is_disk_full;
+/// ```
+pub struct StorageError {
+    kind: StorageErrorKind,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+/// What kind of failure a [`StorageError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageErrorKind {
+    /// An operating-system I/O error; [`StorageError::io_error`] returns it.
+    Io,
+    /// The memory map is full (VarveDB grows it itself; this reaches a caller
+    /// only where growing was not possible).
+    MapFull,
+    /// Another process grew the map beyond this one's.
+    MapResized,
+    /// Any other refusal of the engine, with its (LMDB) error code.
+    Engine {
+        /// The engine's error code.
+        code: i32,
+    },
+    /// The engine layer could not encode or decode a value.
+    Encoding,
+    /// The environment was already open in this process with other options.
+    AlreadyOpen,
+}
+
+impl StorageError {
+    /// A storage error of `kind` whose cause is `source`.
+    pub(crate) fn new(
+        kind: StorageErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        StorageError {
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+
+    /// The operating-system error, for [`StorageErrorKind::Io`].
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        self.source.downcast_ref::<std::io::Error>()
+    }
+
+    /// A copy for another caller that met the same failure: same kind; an I/O
+    /// error rebuilt with its code or kind, anything else with its message.
+    fn duplicate(&self) -> StorageError {
+        let source: Box<dyn std::error::Error + Send + Sync> = match self.io_error() {
+            Some(io) => Box::new(copy_io(io)),
+            None => Box::new(Copied(self.source.to_string())),
+        };
+        StorageError {
+            kind: self.kind,
+            source,
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageError")
+            .field("kind", &self.kind)
+            .field("message", &self.source.to_string())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The engine's error is what this one displays; its own cause (if
+        // any) is the next link.
+        self.source.source()
     }
 }
 
@@ -803,7 +899,7 @@ impl Error {
             },
             Error::Storage { operation, source } => Error::Storage {
                 operation,
-                source: copy_heed(source),
+                source: source.duplicate(),
             },
             Error::CommitAbandoned => Error::CommitAbandoned,
             Error::MetadataTooLarge { stream, size, max } => Error::MetadataTooLarge {
@@ -1016,6 +1112,26 @@ mod tests {
     }
 
     #[test]
+    fn a_storage_error_says_its_kind_and_keeps_the_os_error_through_a_duplicate() {
+        let err = Error::Storage {
+            operation: "committing",
+            source: StorageError::new(StorageErrorKind::Io, std::io::Error::from_raw_os_error(28)),
+        };
+        let Error::Storage { source, .. } = err.duplicate() else {
+            panic!("not a storage error: {err:?}");
+        };
+        assert_eq!(source.kind(), StorageErrorKind::Io);
+        assert_eq!(source.io_error().and_then(|e| e.raw_os_error()), Some(28));
+        let engine = StorageError::new(StorageErrorKind::Engine { code: -30796 }, "MDB_CORRUPTED");
+        assert!(engine.io_error().is_none());
+        assert_eq!(
+            engine.duplicate().kind(),
+            StorageErrorKind::Engine { code: -30796 }
+        );
+        assert_eq!(engine.to_string(), "MDB_CORRUPTED");
+    }
+
+    #[test]
     fn a_duplicated_error_keeps_its_variant_fields_and_message() {
         let errors = [
             Error::MapResizeBlocked {
@@ -1026,11 +1142,17 @@ mod tests {
             Error::ReadersFull { max: 126 },
             Error::Storage {
                 operation: "committing",
-                source: heed::Error::Mdb(heed::MdbError::MapFull),
+                source: StorageError::new(
+                    StorageErrorKind::MapFull,
+                    "MDB_MAP_FULL: Environment mapsize limit reached",
+                ),
             },
             Error::Storage {
                 operation: "committing",
-                source: heed::Error::Io(std::io::Error::from_raw_os_error(28)),
+                source: StorageError::new(
+                    StorageErrorKind::Io,
+                    std::io::Error::from_raw_os_error(28),
+                ),
             },
             Error::Open {
                 path: "/x".into(),

@@ -11,10 +11,10 @@ use crate::event::{layout_fingerprint, Archivable, Event, Schema};
 use crate::id::EventId;
 use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
-use crate::reader::{current_view, may_need_alignment, owned_view, EventBytes, EventRef};
+use crate::reader::{current_view, owned_view, EventBytes, EventRef};
 use crate::storage::{
-    block_end, block_position, block_tag, ArchivedRef, BlockRef, EventPosition, GlobalCursor,
-    Legacy, MappedEvent, MetaPrefix, Store, StreamInfo, View, ViewSlot,
+    block_end, block_position, block_tag, may_need_alignment, ArchivedRef, BlockRef, EventPosition,
+    GlobalCursor, Legacy, MappedEvent, MetaPrefix, Store, StreamInfo, View, ViewSlot,
 };
 
 /// Reads events of every stream by [`GlobalSequence`], the store-wide commit order.

@@ -40,7 +40,7 @@ pub use backup::{
 };
 pub use config::{Durability, VarveConfig};
 pub use entity::MAX_ENTITY_KEY;
-pub use error::{Error, Location, Result, StoredAt};
+pub use error::{Error, Location, Result, StorageError, StorageErrorKind, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
 pub use global::{
     GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,

@@ -9,16 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rkyv::rancor;
 
-use crate::aggregate::{load_in, Aggregate, Loaded};
 use crate::error::{Error, Location, Result};
 use crate::event::Archivable;
 use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::storage::{
-    ArchivedRef, EventPosition, MappedEvent, RawMeta, Store, StreamCursor, StreamInfo, View,
-    ViewSlot,
+    may_need_alignment, ArchivedRef, EventPosition, MappedEvent, RawMeta, Store, StreamCursor,
+    StreamInfo, View, ViewSlot,
 };
-use crate::subscription::StreamSubscription;
 
 /// A read-only view of one stream. Cheap to clone, `Send`, and usable while
 /// writers append.
@@ -384,78 +382,6 @@ impl<T: Archivable> StreamReader<T> {
             Some(tag) => view.stream_version(tag, id.0),
             None => Ok(None),
         }
-    }
-
-    /// Loads aggregate `A` of `id` from this reader's stream (which need not
-    /// be named `A::STREAM`), as [`Varve::load`](crate::Varve::load) does:
-    /// a usable snapshot plus the later events, folded zero-copy in one
-    /// snapshot of the store, reusing the reader's snapshot when no commit
-    /// happened since its last call.
-    ///
-    /// # Errors
-    /// [`Error::Corruption`] if an event fails validation.
-    ///
-    /// ```
-    /// # use rkyv::{Archive, Serialize};
-    /// # use varvedb::{Aggregate, StreamId, Varve};
-    /// #[derive(Archive, Serialize, varvedb::Event)]
-    /// struct Rated(u8);
-    ///
-    /// #[derive(Default)]
-    /// struct Rating { count: u32, sum: u32 }
-    ///
-    /// impl Aggregate for Rating {
-    ///     type Event = Rated;
-    ///     type Command = u8;
-    ///     type Error = std::convert::Infallible;
-    ///     const STREAM: &'static str = "ratings";
-    ///     fn apply(&mut self, event: &ArchivedRated) {
-    ///         self.count += 1;
-    ///         self.sum += u32::from(event.0);
-    ///     }
-    ///     fn handle(&self, stars: &u8) -> Result<Vec<Rated>, Self::Error> {
-    ///         Ok(vec![Rated(*stars)])
-    ///     }
-    /// }
-    ///
-    /// # let dir = tempfile::tempdir()?;
-    /// # let varve = Varve::new(dir.path())?;
-    /// let mut ratings = varve.events_in::<Rated>("ratings")?;
-    /// ratings.append_batch(StreamId(4), &[Rated(5), Rated(3)])?;
-    ///
-    /// let mut reader = ratings.reader();
-    /// let handle = std::thread::spawn(move || reader.load::<Rating>(StreamId(4)));
-    /// let rating = handle.join().expect("no panic")?.state;
-    /// assert_eq!((rating.count, rating.sum), (2, 8));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn load<A: Aggregate<Event = T>>(&mut self, id: StreamId) -> Result<Loaded<A>> {
-        let mut slot = self.view.lock();
-        let view = current_view(&self.store, &mut slot)?;
-        load_in(view, &self.info, id)
-    }
-
-    /// Follows `id` from `from`: its events already committed, then each new
-    /// one as it is committed. See [`StreamSubscription`]. A `from` past
-    /// `id`'s last event (or on a stream not created yet) waits for that
-    /// sequence; the events before it are not yielded.
-    ///
-    /// ```
-    /// # use rkyv::{Archive, Serialize};
-    /// # #[derive(Archive, Serialize)] struct Moved { x: i32 }
-    /// use varvedb::{StreamId, StreamSequence};
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let varve = varvedb::Varve::new(dir.path())?;
-    /// let mut moves = varve.stream::<Moved, 16>("moves")?;
-    /// let follower = moves.reader().subscribe(StreamId(5), StreamSequence(0));
-    /// let watcher = std::thread::spawn(move || follower.take(2).map(|m| m.map(|m| m.x.to_native())).collect::<Result<Vec<_>, _>>());
-    /// moves.append(StreamId(5), &Moved { x: -1 })?;
-    /// moves.append(StreamId(5), &Moved { x: 4 })?;
-    /// assert_eq!(watcher.join().expect("no panic")?, [-1, 4]);
-    /// # Ok::<(), varvedb::Error>(())
-    /// ```
-    pub fn subscribe(&self, id: StreamId, from: StreamSequence) -> StreamSubscription<T> {
-        StreamSubscription::new(Arc::clone(&self.store), self.info.clone(), id, from)
     }
 
     /// Releases the snapshot this reader keeps between calls. Readers do this
@@ -833,14 +759,6 @@ impl<T: Archivable> StreamIter<T> {
             detail: "fold state lost".into(),
         })
     }
-}
-
-/// Whether a validation failure on `bytes` may only be their alignment (they
-/// are less than 16-byte aligned), so it is worth retrying on an aligned copy.
-/// The one place that rule lives.
-#[inline]
-pub(crate) fn may_need_alignment(bytes: &[u8]) -> bool {
-    !(bytes.as_ptr() as usize).is_multiple_of(16)
 }
 
 /// Validates `bytes` as an archived `T` in place or, when they are too

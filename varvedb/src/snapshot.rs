@@ -13,7 +13,7 @@
 //! gate, exactly as a held [`EventRef`](crate::EventRef) does: while it lives,
 //! the memory map cannot grow. An append that needs a larger map waits up to
 //! [`VarveConfig::resize_wait`](crate::VarveConfig::resize_wait) for it to be
-//! dropped, then fails with [`Error::MapResizeBlocked`] (it never remaps
+//! dropped, then fails with [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked) (it never remaps
 //! under a reader). It also keeps LMDB from reusing the pages of later
 //! commits' garbage. Take a snapshot for a scan or a burst of reads, then drop
 //! it; never hold one across a long pause.
@@ -31,10 +31,10 @@ use crate::event::Archivable;
 use crate::global::GlobalEntry;
 use crate::metadata::Metadata;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
-use crate::reader::{form_of, invalid_event, may_need_alignment, upcast_into, Form, StreamReader};
+use crate::reader::{form_of, invalid_event, upcast_into, Form, StreamReader};
 use crate::storage::{
-    block_tag, ArchivedRef, EventAt, EventPosition, Frozen, GlobalCursor, MetaPrefix, StreamBlock,
-    StreamCursor, StreamInfo, View,
+    block_tag, may_need_alignment, ArchivedRef, EventAt, EventPosition, Frozen, GlobalCursor,
+    MetaPrefix, StreamBlock, StreamCursor, StreamInfo, View,
 };
 use crate::{GlobalReader, Varve};
 
@@ -47,7 +47,7 @@ use crate::{GlobalReader, Varve};
 /// [`EventRef`](crate::EventRef): while it lives the map cannot grow, and an
 /// append that needs a larger map waits up to
 /// [`VarveConfig::resize_wait`](crate::VarveConfig::resize_wait), then fails
-/// with [`Error::MapResizeBlocked`]. Never hold one across a long pause.
+/// with [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked). Never hold one across a long pause.
 ///
 /// ```
 /// # use rkyv::{Archive, Serialize};
@@ -104,7 +104,7 @@ impl LogSnapshot {
     /// the end of the log.
     ///
     /// # Errors
-    /// [`Error::Corruption`] if its block is damaged.
+    /// [`Error::Corruption`](crate::Error::Corruption) if its block is damaged.
     pub fn get(&self, global: GlobalSequence) -> Result<Option<GlobalEntry<'_>>> {
         let Some((block, bytes, meta)) = self.frozen.event_at_global(global.0)? else {
             return Ok(None);
@@ -183,7 +183,7 @@ impl fmt::Debug for GlobalEntries<'_> {
 /// gate like a held [`EventRef`](crate::EventRef): while it lives the map
 /// cannot grow, and an append that needs a larger map waits up to
 /// [`VarveConfig::resize_wait`](crate::VarveConfig::resize_wait), then fails
-/// with [`Error::MapResizeBlocked`]. Never hold one across a long pause.
+/// with [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked). Never hold one across a long pause.
 ///
 /// ```
 /// # use rkyv::{Archive, Serialize};
@@ -252,9 +252,9 @@ impl<T: Archivable> StreamSnapshot<T> {
     /// an older version), or `Ok(None)` if `id` has no event at `seq`.
     ///
     /// # Errors
-    /// [`Error::Corruption`] if the stored bytes fail their checksum or rkyv
-    /// validation, [`Error::UnknownEventVersion`] or
-    /// [`Error::UpcastFailed`] for a version the handle cannot read.
+    /// [`Error::Corruption`](crate::Error::Corruption) if the stored bytes fail their checksum or rkyv
+    /// validation, [`Error::UnknownEventVersion`](crate::Error::UnknownEventVersion) or
+    /// [`Error::UpcastFailed`](crate::Error::UpcastFailed) for a version the handle cannot read.
     pub fn get(&self, id: StreamId, seq: StreamSequence) -> Result<Option<StreamEntry<'_, T>>> {
         let Some(tag) = self.tag else {
             return Ok(None);
@@ -543,11 +543,11 @@ impl<T: Archivable> StreamReader<T> {
     /// cached snapshot when no commit happened since its last call.
     ///
     /// While the snapshot lives, the map cannot grow (an append that needs
-    /// it waits, then fails with [`Error::MapResizeBlocked`]): drop it when
+    /// it waits, then fails with [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked)): drop it when
     /// the scan is done.
     ///
     /// # Errors
-    /// [`Error::TypeMismatch`] or [`Error::SchemaMismatch`] if the stream
+    /// [`Error::TypeMismatch`](crate::Error::TypeMismatch) or [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the stream
     /// now holds another type than this reader's.
     ///
     /// ```

@@ -521,3 +521,55 @@ impl Varve {
         }
     }
 }
+
+impl<T: crate::event::Archivable> crate::reader::StreamReader<T> {
+    /// Loads aggregate `A` of `id` from this reader's stream (which need not
+    /// be named `A::STREAM`), as [`Varve::load`](crate::Varve::load) does:
+    /// a usable snapshot plus the later events, folded zero-copy in one
+    /// snapshot of the store, reusing the reader's snapshot when no commit
+    /// happened since its last call.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] if an event fails validation.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # use varvedb::{Aggregate, StreamId, Varve};
+    /// #[derive(Archive, Serialize, varvedb::Event)]
+    /// struct Rated(u8);
+    ///
+    /// #[derive(Default)]
+    /// struct Rating { count: u32, sum: u32 }
+    ///
+    /// impl Aggregate for Rating {
+    ///     type Event = Rated;
+    ///     type Command = u8;
+    ///     type Error = std::convert::Infallible;
+    ///     const STREAM: &'static str = "ratings";
+    ///     fn apply(&mut self, event: &ArchivedRated) {
+    ///         self.count += 1;
+    ///         self.sum += u32::from(event.0);
+    ///     }
+    ///     fn handle(&self, stars: &u8) -> Result<Vec<Rated>, Self::Error> {
+    ///         Ok(vec![Rated(*stars)])
+    ///     }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let varve = Varve::new(dir.path())?;
+    /// let mut ratings = varve.events_in::<Rated>("ratings")?;
+    /// ratings.append_batch(StreamId(4), &[Rated(5), Rated(3)])?;
+    ///
+    /// let mut reader = ratings.reader();
+    /// let handle = std::thread::spawn(move || reader.load::<Rating>(StreamId(4)));
+    /// let rating = handle.join().expect("no panic")?.state;
+    /// assert_eq!((rating.count, rating.sum), (2, 8));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn load<A: Aggregate<Event = T>>(&mut self, id: StreamId) -> Result<Loaded<A>> {
+        let (store, info, view) = self.parts();
+        let mut slot = view.lock();
+        let view = crate::reader::current_view(store, &mut slot)?;
+        load_in(view, info, id)
+    }
+}

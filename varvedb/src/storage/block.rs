@@ -772,6 +772,14 @@ pub(crate) fn restamp_checksums(bytes: &mut [u8]) {
     }
 }
 
+/// Whether a validation failure on `bytes` may only be their alignment (they
+/// are less than 16-byte aligned), so it is worth retrying on an aligned copy.
+/// The one place that rule lives.
+#[inline]
+pub(crate) fn may_need_alignment(bytes: &[u8]) -> bool {
+    !(bytes.as_ptr() as usize).is_multiple_of(16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

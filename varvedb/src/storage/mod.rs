@@ -40,9 +40,9 @@ use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, MdbError, Wit
 use parking_lot::Mutex;
 
 use crate::config::{Durability, VarveConfig};
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, Location, Result, StorageError, StorageErrorKind};
 
-pub(crate) use block::{BlockBuilder, MetaPrefix, RawMeta};
+pub(crate) use block::{may_need_alignment, BlockBuilder, MetaPrefix, RawMeta};
 pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
 pub use identity::StoreId;
 pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
@@ -155,7 +155,32 @@ pub(crate) fn storage_error(
             location: Location::Record("the LMDB data file".into()),
             detail: format!("{operation}: {e}"),
         },
-        source => Error::Storage { operation, source },
+        source => Error::Storage {
+            operation,
+            source: engine_error(source),
+        },
+    }
+}
+
+/// heed's error as VarveDB's [`StorageError`]: classified, with the engine's
+/// error (or the I/O error inside it) kept as its source.
+pub(crate) fn engine_error(e: heed::Error) -> StorageError {
+    match e {
+        heed::Error::Io(io) => StorageError::new(StorageErrorKind::Io, io),
+        heed::Error::Mdb(MdbError::MapFull) => StorageError::new(StorageErrorKind::MapFull, e),
+        heed::Error::Mdb(MdbError::MapResized) => {
+            StorageError::new(StorageErrorKind::MapResized, e)
+        }
+        heed::Error::Mdb(mdb) => StorageError::new(
+            StorageErrorKind::Engine {
+                code: mdb.to_err_code(),
+            },
+            e,
+        ),
+        heed::Error::Encoding(_) | heed::Error::Decoding(_) => {
+            StorageError::new(StorageErrorKind::Encoding, e)
+        }
+        heed::Error::EnvAlreadyOpened => StorageError::new(StorageErrorKind::AlreadyOpen, e),
     }
 }
 

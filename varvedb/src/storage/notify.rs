@@ -26,9 +26,7 @@ use super::sync::{Condvar, Instant, Mutex};
 use super::Store;
 use crate::error::Result;
 
-/// The default longest a waiter takes to notice a commit made by another
-/// process ([`VarveConfig::cross_process_poll`](crate::VarveConfig::cross_process_poll)).
-pub(crate) const CROSS_PROCESS_POLL: Duration = Duration::from_millis(50);
+pub(crate) use crate::config::CROSS_PROCESS_POLL;
 
 /// The shortest poll interval: a zero interval would spin.
 const MIN_POLL: Duration = Duration::from_millis(1);

@@ -217,7 +217,7 @@ impl<A, P> ArchivedRef<A, P> {
                     _holder: Holder::Mapped(event),
                 })
             }
-            Err(e) if !crate::reader::may_need_alignment(bytes) => Err(e),
+            Err(e) if !super::block::may_need_alignment(bytes) => Err(e),
             Err(_) => {
                 let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
                 copy.extend_from_slice(bytes);

@@ -20,7 +20,7 @@ use super::keys::{
     index_key, open_sealed, sealed_value, Run,
 };
 use super::{Remap, Store, StreamInfo, View};
-use crate::error::{Error, Location, Result, StoredAt};
+use crate::error::{Error, Location, Result, StorageErrorKind, StoredAt};
 use crate::id::EventId;
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 
@@ -97,20 +97,14 @@ pub(crate) struct WriteTxn<'s> {
 fn is_map_full(e: &Error) -> bool {
     matches!(
         e,
-        Error::Storage {
-            source: heed::Error::Mdb(MdbError::MapFull),
-            ..
-        }
+        Error::Storage { source, .. } if source.kind() == StorageErrorKind::MapFull
     )
 }
 
 fn is_map_resized(e: &Error) -> bool {
     matches!(
         e,
-        Error::Storage {
-            source: heed::Error::Mdb(MdbError::MapResized),
-            ..
-        }
+        Error::Storage { source, .. } if source.kind() == StorageErrorKind::MapResized
     )
 }
 

@@ -374,6 +374,31 @@ impl<T: Archivable> fmt::Debug for StreamSubscription<T> {
     }
 }
 
+impl<T: crate::event::Archivable> crate::reader::StreamReader<T> {
+    /// Follows `id` from `from`: its events already committed, then each new
+    /// one as it is committed. See [`StreamSubscription`]. A `from` past
+    /// `id`'s last event (or on a stream not created yet) waits for that
+    /// sequence; the events before it are not yielded.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Moved { x: i32 }
+    /// use varvedb::{StreamId, StreamSequence};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut moves = varve.stream::<Moved, 16>("moves")?;
+    /// let follower = moves.reader().subscribe(StreamId(5), StreamSequence(0));
+    /// let watcher = std::thread::spawn(move || follower.take(2).map(|m| m.map(|m| m.x.to_native())).collect::<Result<Vec<_>, _>>());
+    /// moves.append(StreamId(5), &Moved { x: -1 })?;
+    /// moves.append(StreamId(5), &Moved { x: 4 })?;
+    /// assert_eq!(watcher.join().expect("no panic")?, [-1, 4]);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn subscribe(&self, id: StreamId, from: StreamSequence) -> StreamSubscription<T> {
+        StreamSubscription::new(Arc::clone(self.store()), self.info().clone(), id, from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
