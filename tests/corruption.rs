@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use varvedb::{Error, GlobalSequence, StreamId, StreamSequence, Varve};
+use varvedb::{Append, Context, Error, EventId, GlobalSequence, StreamId, StreamSequence, Varve};
 use varvedb_suite::{flip_in_data_file, Order};
 
 const MARKER: &str = "MARKER-7f3a9c-payload";
@@ -894,4 +894,429 @@ fn verify_reports_an_index_run_whose_events_are_missing_from_the_log() {
             .any(|d| d.contains("the run disagrees with the blocks in the log")),
         "{details:?}"
     );
+}
+
+/// Rewrites the block stored under global sequence `key` with raw LMDB, the
+/// store being closed: `damage` edits its bytes, then every checksum is
+/// recomputed, so the damage reaches the checks behind the checksums (what
+/// a writer bug, not a flipped bit, would leave).
+fn rewrite_block(dir: &Path, key: u64, damage: impl FnOnce(&mut Vec<u8>)) {
+    use heed::types::Bytes;
+    // SAFETY: the test owns the store directory and no varvedb handle is open.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(dir) }.unwrap();
+    let wtxn = env.write_txn().unwrap();
+    let events = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+            let db = opener
+                .database_options()
+                .types::<Bytes, Bytes>()
+                .name("events")
+                .create(wtxn)?;
+            Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    let mut block = events
+        .get(&wtxn, &key.to_be_bytes())
+        .unwrap()
+        .expect("a block under that key")
+        .to_vec();
+    damage(&mut block);
+    varvedb::__fuzz::fix_checksums(&mut block);
+    events.put(&mut wtxn, &key.to_be_bytes(), &block).unwrap();
+    wtxn.commit().unwrap();
+}
+
+/// Where event `index`'s payload lies in `block` (stored under `key`).
+fn payload_at(key: u64, block: &[u8], index: usize) -> std::ops::Range<usize> {
+    let decoded = varvedb::__fuzz::decode_block(key, block).unwrap();
+    let payload = decoded.events[index].as_ref().unwrap();
+    let start = payload.as_ptr() as usize - block.as_ptr() as usize;
+    start..start + payload.len()
+}
+
+/// `block` with the payload at `payload` changed so that it no longer
+/// validates as an archived `Order`.
+fn refusable(block: &[u8], payload: std::ops::Range<usize>) -> Vec<u8> {
+    let validates = |bytes: &[u8]| {
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(bytes);
+        rkyv::access::<varvedb_suite::ArchivedOrder, rkyv::rancor::Error>(&aligned).is_ok()
+    };
+    assert!(validates(&block[payload.clone()]));
+    for fill in [0x55u8, 0xff, 0x80, 0x01] {
+        for tail in 1..=payload.len() {
+            let mut damaged = block.to_vec();
+            damaged[payload.end - tail..payload.end].fill(fill);
+            if !validates(&damaged[payload.clone()]) {
+                return damaged;
+            }
+        }
+    }
+    panic!("no damage found that fails validation");
+}
+
+#[test]
+fn a_stream_scan_never_resumes_past_an_event_it_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path());
+    // Event 7 keeps a valid checksum but is no longer an archived `Order`:
+    // it is refused by validation, after the cursor moved past it.
+    rewrite_block(dir.path(), 0, |block| {
+        let payload = payload_at(0, block, 7);
+        *block = refusable(block, payload);
+    });
+    let varve = Varve::new(dir.path()).unwrap();
+    let reader = varve.stream::<Order, 128>("orders").unwrap().reader();
+    let refused = || {
+        let mut iter = reader
+            .iter_stream(StreamId(1), Some(StreamSequence(6)))
+            .unwrap();
+        assert_eq!(iter.next().unwrap().unwrap().id, 6);
+        let err = iter.next().unwrap();
+        assert!(matches!(err, Err(Error::Corruption { .. })), "{err:?}");
+        iter
+    };
+    assert!(
+        refused().next().is_none(),
+        "the iterator stops at its error"
+    );
+    // What is left of the iterator after its error is nothing, whichever
+    // way it is consumed: never the events behind the damaged one.
+    let folded = refused()
+        .try_fold_archived(Vec::new(), |mut seen, seq, _| {
+            seen.push(seq.0);
+            seen
+        })
+        .unwrap();
+    assert_eq!(folded, Vec::<u64>::new(), "try_fold_archived");
+    let folded = refused()
+        .try_fold_with_metadata(Vec::new(), |mut seen, seq, _, _| {
+            seen.push(seq.0);
+            seen
+        })
+        .unwrap();
+    assert_eq!(folded, Vec::<u64>::new(), "try_fold_with_metadata");
+    assert_eq!(
+        refused().collect_bytes().unwrap(),
+        Vec::new(),
+        "collect_bytes"
+    );
+    let mut seen = Vec::new();
+    refused().for_each(|seq, _| seen.push(seq.0)).unwrap();
+    assert_eq!(seen, Vec::<u64>::new(), "for_each");
+    // A fold over the damaged event refuses it too.
+    let folded = reader
+        .iter_stream(StreamId(1), None)
+        .unwrap()
+        .try_fold_archived((), |(), _, _| ());
+    assert!(
+        matches!(folded, Err(Error::Corruption { .. })),
+        "{folded:?}"
+    );
+}
+
+/// id 1: a run of two blocks (sequences 0..3 at globals 0..3, 3..7 at
+/// 3..7), id 2 at global 7, then a second run of id 1 (7..10 at 8..11).
+fn write_run_store(dir: &Path) {
+    let varve = Varve::new(dir).unwrap();
+    let mut orders = varve.stream::<Order, 128>("orders").unwrap();
+    let batch = |seqs: std::ops::Range<u64>| seqs.map(Order::numbered).collect::<Vec<_>>();
+    orders.append_batch(StreamId(1), &batch(0..3)).unwrap();
+    orders.append_batch(StreamId(1), &batch(3..7)).unwrap();
+    orders.append(StreamId(2), &Order::numbered(100)).unwrap();
+    orders.append_batch(StreamId(1), &batch(7..10)).unwrap();
+}
+
+/// Reads id 1 of [`write_run_store`] (`Order::numbered(seq)` at each
+/// sequence `0..10`) through every stream read path, from every start.
+fn read_id_one(varve: &Varve) -> Reads {
+    const EVENTS: u64 = 10;
+    let mut r = Reads::default();
+    let mut reader = varve.stream::<Order, 128>("orders").unwrap().reader();
+    let snap = reader.snapshot().unwrap();
+    let right = |seq: u64, id: u64| id == seq;
+    for seq in 0..EVENTS {
+        let at = StreamSequence(seq);
+        match reader.get_archived(StreamId(1), at) {
+            Ok(Some(e)) if right(seq, e.id.to_native()) => r.count(true),
+            Ok(Some(e)) => r.wrong.push(format!("get_archived {seq} read {e:?}")),
+            Ok(None) => r.hidden.push(format!("get_archived {seq} vanished")),
+            Err(_) => r.count(false),
+        }
+        match snap.get(StreamId(1), at) {
+            Ok(Some(e)) if right(seq, e.id.to_native()) && e.stream_sequence() == at => {
+                r.count(true)
+            }
+            Ok(Some(e)) => r.wrong.push(format!("snapshot get {seq} read {e:?}")),
+            Ok(None) => r.hidden.push(format!("snapshot get {seq} vanished")),
+            Err(_) => r.count(false),
+        }
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&Order::numbered(seq)).unwrap();
+        match reader.get_bytes(StreamId(1), at) {
+            Ok(Some(b)) if *b == *bytes => r.count(true),
+            Ok(Some(_)) => r.wrong.push(format!("get_bytes {seq} changed")),
+            Ok(None) => r.hidden.push(format!("get_bytes {seq} vanished")),
+            Err(_) => r.count(false),
+        }
+    }
+    // Each scan from `from`: what it saw (sequence, order id) and whether
+    // it ended with an error. It may stop at an error, never early or with
+    // a wrong event.
+    let mut scan = |name: &str, from: u64, seen: Vec<(u64, u64)>, failed: bool| {
+        let wrong = seen
+            .iter()
+            .enumerate()
+            .find(|&(i, &(seq, id))| seq != from + i as u64 || !right(seq, id));
+        if let Some((_, e)) = wrong {
+            r.wrong.push(format!("{name} from {from} read {e:?}"));
+        } else if !failed && seen.len() as u64 != EVENTS - from {
+            r.hidden.push(format!(
+                "{name} from {from} ended after {} events",
+                seen.len()
+            ));
+        } else {
+            r.count(!failed);
+        }
+    };
+    for from in 0..=EVENTS {
+        let start = Some(StreamSequence(from));
+        let (mut seen, mut failed) = (Vec::new(), false);
+        for e in reader.iter_stream(StreamId(1), start).unwrap() {
+            match e {
+                Ok(e) => seen.push((e.stream_sequence().0, e.id.to_native())),
+                Err(_) => failed = true,
+            }
+        }
+        scan("iter_stream", from, seen, failed);
+        let (mut seen, mut failed) = (Vec::new(), false);
+        for e in snap.iter_stream(StreamId(1), start).unwrap() {
+            match e {
+                Ok(e) => seen.push((e.stream_sequence().0, e.id.to_native())),
+                Err(_) => failed = true,
+            }
+        }
+        scan("snapshot iter_stream", from, seen, failed);
+        let mut seen = Vec::new();
+        let failed = reader
+            .iter_stream(StreamId(1), start)
+            .unwrap()
+            .try_fold_archived((), |(), seq, e| seen.push((seq.0, e.id.to_native())))
+            .is_err();
+        scan("try_fold_archived", from, seen, failed);
+        let mut seen = Vec::new();
+        let failed = reader
+            .iter_stream(StreamId(1), start)
+            .unwrap()
+            .try_fold_with_metadata((), |(), seq, e, _| seen.push((seq.0, e.id.to_native())))
+            .is_err();
+        scan("try_fold_with_metadata", from, seen, failed);
+        let mut seen = Vec::new();
+        let failed = reader
+            .iter_stream(StreamId(1), start)
+            .unwrap()
+            .for_each(|seq, bytes| {
+                let id = rkyv::access::<varvedb_suite::ArchivedOrder, rkyv::rancor::Error>(bytes)
+                    .map_or(u64::MAX, |e| e.id.to_native());
+                seen.push((seq.0, id));
+            })
+            .is_err();
+        scan("for_each", from, seen, failed);
+    }
+    r
+}
+
+#[test]
+fn a_block_header_that_disagrees_with_the_index_is_refused_on_every_stream_path() {
+    let pristine = tempfile::tempdir().unwrap();
+    write_run_store(pristine.path());
+    {
+        let varve = Varve::new(pristine.path()).unwrap();
+        let r = read_id_one(&varve);
+        assert_eq!((r.refused, &r.wrong, &r.hidden), (0, &vec![], &vec![]));
+    }
+    // The second block of id 1's first run (key 3: sequences 3..7), its
+    // header rewritten with valid checksums. Offsets: stream tag 4, stream
+    // id 8, first stream sequence 16, event count 32.
+    let damages: [(&str, usize, &[u8]); 5] = [
+        ("another stream id", 8, &2u64.to_le_bytes()),
+        ("another stream tag", 4, &1u32.to_le_bytes()),
+        ("a later first sequence", 16, &4u64.to_le_bytes()),
+        ("an earlier first sequence", 16, &2u64.to_le_bytes()),
+        ("one event fewer than the run", 32, &3u32.to_le_bytes()),
+    ];
+    for (what, at, value) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        for file in std::fs::read_dir(pristine.path()).unwrap() {
+            let file = file.unwrap();
+            if !file.file_type().unwrap().is_file() {
+                continue;
+            }
+            std::fs::copy(file.path(), dir.path().join(file.file_name())).unwrap();
+        }
+        rewrite_block(dir.path(), 3, |block| {
+            block[at..at + value.len()].copy_from_slice(value)
+        });
+        let varve = Varve::new(dir.path()).unwrap();
+        let r = read_id_one(&varve);
+        assert!(
+            r.wrong.is_empty() && r.hidden.is_empty(),
+            "{what}: wrong {:?}, hidden {:?}",
+            r.wrong,
+            r.hidden
+        );
+        assert!(r.refused > 0, "{what}: the damage went unnoticed");
+        let last_of_block = varve
+            .stream::<Order, 128>("orders")
+            .unwrap()
+            .reader()
+            .get_archived(StreamId(1), StreamSequence(6));
+        assert!(
+            matches!(last_of_block, Err(Error::Corruption { .. })),
+            "{what}: {last_of_block:?}"
+        );
+    }
+}
+
+#[test]
+fn a_metadata_prefix_that_overruns_itself_is_refused_wherever_metadata_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let varve = Varve::new(dir.path()).unwrap();
+        let mut orders = varve.stream::<Order, 128>("orders").unwrap();
+        let context = Context::new().user_bytes(b"tenant=7".to_vec()).unwrap();
+        let ids = [1, 2, 3].map(EventId::from_u128);
+        let batch: Vec<Order> = (0..3).map(Order::numbered).collect();
+        let with = Append::new().event_ids(&ids).context(&context);
+        orders.append_batch_with(StreamId(1), &batch, with).unwrap();
+        // A plain block after the block with metadata.
+        orders.append(StreamId(1), &Order::numbered(3)).unwrap();
+    }
+    // Event 1's user-bytes length, one past the end of its prefix: the
+    // slot's checksum is valid, the prefix is not.
+    rewrite_block(dir.path(), 0, |block| {
+        let (flags, meta_len) = (
+            block[1],
+            u32::from_le_bytes(block[36..40].try_into().unwrap()),
+        );
+        assert_ne!(flags & 0x08, 0, "the block carries user bytes");
+        let ids = (flags & 0x07).count_ones() as usize * 16;
+        let slot = payload_at(0, block, 1).start - (meta_len as usize).next_multiple_of(16);
+        let user_len = (meta_len as usize - ids - 4) as u32 + 1;
+        block[slot + ids..slot + ids + 4].copy_from_slice(&user_len.to_le_bytes());
+    });
+    let varve = Varve::new(dir.path()).unwrap();
+    let refused = |what: &str, read: Result<(), Error>| {
+        assert!(
+            matches!(read, Err(Error::Corruption { .. })),
+            "{what}: {read:?}"
+        );
+    };
+    let mut reader = varve.stream::<Order, 128>("orders").unwrap().reader();
+    let first = reader
+        .get_archived(StreamId(1), StreamSequence(0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.metadata().user_bytes(), Some(&b"tenant=7"[..]));
+    refused(
+        "get_archived",
+        reader
+            .get_archived(StreamId(1), StreamSequence(1))
+            .map(drop),
+    );
+    let items: Vec<_> = reader.iter_stream(StreamId(1), None).unwrap().collect();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(
+        matches!(items[1], Err(Error::Corruption { .. })),
+        "iter_stream: {:?}",
+        items[1].as_ref().err()
+    );
+    refused(
+        "try_fold_with_metadata",
+        reader
+            .iter_stream(StreamId(1), None)
+            .unwrap()
+            .try_fold_with_metadata((), |(), _, _, _| ()),
+    );
+    // Past the damage: the rest of the block with metadata, then the plain one.
+    let rest = reader
+        .iter_stream(StreamId(1), Some(StreamSequence(2)))
+        .unwrap()
+        .try_fold_with_metadata(Vec::new(), |mut seen, seq, _, meta| {
+            seen.push((
+                seq.0,
+                meta.event_id(),
+                meta.user_bytes().map(<[u8]>::to_vec),
+            ));
+            seen
+        })
+        .unwrap();
+    let tenant = Some(b"tenant=7".to_vec());
+    assert_eq!(
+        rest,
+        [
+            (2, Some(EventId::from_u128(3)), tenant.clone()),
+            (3, None, None)
+        ]
+    );
+
+    let snap = reader.snapshot().unwrap();
+    refused(
+        "snapshot get",
+        snap.get(StreamId(1), StreamSequence(1)).map(drop),
+    );
+    let entry = snap.get(StreamId(1), StreamSequence(2)).unwrap().unwrap();
+    assert_eq!(entry.metadata().event_id(), Some(EventId::from_u128(3)));
+    let mut entries = snap.iter_stream(StreamId(1), None).unwrap();
+    let first = entries.next().unwrap().unwrap();
+    assert_eq!(first.metadata().event_id(), Some(EventId::from_u128(1)));
+    refused("snapshot iter_stream", entries.next().unwrap().map(drop));
+    assert!(entries.next().is_none(), "the loop stops at its error");
+    let rest: Vec<_> = snap
+        .iter_stream(StreamId(1), Some(StreamSequence(2)))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata();
+            (
+                e.stream_sequence().0,
+                meta.event_id(),
+                meta.user_bytes().map(<[u8]>::to_vec),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rest,
+        [(2, Some(EventId::from_u128(3)), tenant), (3, None, None)]
+    );
+
+    let mut log = varve.global_reader();
+    refused("global get", log.get(GlobalSequence(1)).map(drop));
+    refused(
+        "global get_by_id",
+        log.get_by_id(EventId::from_u128(2)).map(drop),
+    );
+    refused(
+        "global try_fold_entries",
+        log.iter_from(GlobalSequence(0))
+            .unwrap()
+            .try_fold_entries((), |(), e| {
+                e.metadata();
+                Ok(())
+            }),
+    );
+    let log_snap = log.snapshot().unwrap();
+    refused(
+        "snapshot global get",
+        log_snap.get(GlobalSequence(1)).map(drop),
+    );
+    let mut entries = log_snap.iter_from(GlobalSequence(0)).unwrap();
+    assert_eq!(
+        entries.next().unwrap().unwrap().metadata().event_id(),
+        Some(EventId::from_u128(1))
+    );
+    refused("snapshot global iter", entries.next().unwrap().map(drop));
+    assert!(entries.next().is_none());
+    assert!(!varve.verify().unwrap().is_ok());
 }

@@ -539,7 +539,8 @@ pub type StreamIterator<'a, T> = StreamIter<T>;
 
 /// A lazy iterator over one stream id's events, in one snapshot. Yields
 /// validated, zero-copy [`EventRef`]s.
-/// After the first error it yields `None`: it never skips past a damaged event.
+/// After the first error it yields `None`: it never skips past a damaged event,
+/// and neither does a fold or copy of what is left of it.
 pub struct StreamIter<T> {
     cursor: StreamCursor,
     info: StreamInfo,
@@ -795,7 +796,13 @@ impl<T: Archivable> Iterator for StreamIter<T> {
             .cursor
             .next_event()?
             .and_then(|event| validate(&self.info, event));
-        self.failed = item.is_err();
+        if item.is_err() {
+            // The cursor is past the refused event: a fold or copy of the
+            // rest (`try_fold_archived`, `collect_bytes`, ..) must not
+            // resume behind it.
+            self.failed = true;
+            self.cursor.stop();
+        }
         Some(item)
     }
 }

@@ -929,6 +929,13 @@ impl<V: Borrow<View>> StreamCursor<V> {
         self.id
     }
 
+    /// Ends the walk: every later read finds nothing. For a caller that
+    /// refused the event the cursor last moved past (it failed validation),
+    /// so that nothing resumes behind it.
+    pub(crate) fn stop(&mut self) {
+        self.done = true;
+    }
+
     /// The run holding the next sequence, or `None` (the cursor then done)
     /// past the stream's end.
     #[inline]
