@@ -706,7 +706,10 @@ fn copy_io(e: &std::io::Error) -> std::io::Error {
 
 /// A failure reported by the storage engine under a store: VarveDB's own
 /// type, so no engine type is part of the public API. The engine's error is
-/// kept as the [`source`](std::error::Error::source) of this one.
+/// kept inside it: this error displays the engine's message, and its
+/// [`source`](std::error::Error::source) is that error's own cause, if any
+/// (so an error chain does not print the message twice). The OS error of an
+/// I/O failure is [`io_error`](Self::io_error).
 ///
 /// ```
 /// use varvedb::{Error, StorageErrorKind};

@@ -163,7 +163,7 @@ pub(crate) fn storage_error(
 }
 
 /// heed's error as VarveDB's [`StorageError`]: classified, with the engine's
-/// error (or the I/O error inside it) kept as its source.
+/// error (or the I/O error inside it) kept inside it.
 pub(crate) fn engine_error(e: heed::Error) -> StorageError {
     match e {
         heed::Error::Io(io) => StorageError::new(StorageErrorKind::Io, io),

@@ -785,6 +785,56 @@ mod tests {
         }
     }
 
+    /// The LMDB errors the writer acts on keep their meaning through
+    /// VarveDB's own `StorageError`, and through `Error::duplicate` (what a
+    /// group commit hands each of its callers).
+    #[test]
+    fn engine_errors_keep_their_classification_through_storage_error() {
+        use crate::error::StorageErrorKind;
+        let err = |e: heed::Error| super::super::storage_error("testing", 7)(e);
+        let full = err(heed::Error::Mdb(MdbError::MapFull));
+        assert!(is_map_full(&full) && !is_map_resized(&full), "{full:?}");
+        assert!(is_map_full(&full.duplicate()));
+        let resized = err(heed::Error::Mdb(MdbError::MapResized));
+        assert!(is_map_resized(&resized) && !is_map_full(&resized));
+        assert!(is_map_resized(&resized.duplicate()));
+        assert!(matches!(
+            err(heed::Error::Mdb(MdbError::ReadersFull)),
+            Error::ReadersFull { max: 7 }
+        ));
+        for damaged in [
+            MdbError::Corrupted,
+            MdbError::PageNotFound,
+            MdbError::Invalid,
+        ] {
+            assert!(matches!(
+                err(heed::Error::Mdb(damaged)),
+                Error::Corruption { .. }
+            ));
+        }
+        // ENOSPC.
+        let Error::Storage { source, .. } =
+            err(heed::Error::Io(std::io::Error::from_raw_os_error(28)))
+        else {
+            panic!("an I/O error is a storage error");
+        };
+        assert_eq!(source.kind(), StorageErrorKind::Io);
+        assert_eq!(
+            source.io_error().and_then(std::io::Error::raw_os_error),
+            Some(28)
+        );
+        let Error::Storage { source, .. } = err(heed::Error::Mdb(MdbError::KeyExist)) else {
+            panic!("another engine error is a storage error");
+        };
+        let code = MdbError::KeyExist.to_err_code();
+        assert_eq!(source.kind(), StorageErrorKind::Engine { code });
+        let Error::Storage { source, .. } = err(heed::Error::Mdb(MdbError::KeyExist)).duplicate()
+        else {
+            panic!("a duplicate keeps the variant");
+        };
+        assert_eq!(source.kind(), StorageErrorKind::Engine { code });
+    }
+
     #[test]
     fn a_commit_wakes_its_waiters_after_releasing_the_writer_lock() {
         let dir = tempfile::tempdir().unwrap();
