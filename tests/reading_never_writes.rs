@@ -2,13 +2,16 @@
 //! from it or subscribing to it creates nothing (no catalog entry, no commit),
 //! so a misspelt name cannot make a stream. A stream is created by its first
 //! append, inside that append's transaction, bound to the appender's type.
+//! The one exception is asked for by name: an aggregate whose snapshot
+//! policy says `on_load` stores a due snapshot after a load.
 
 use std::path::Path;
 
 use heed::types::Bytes;
 use rkyv::{Archive, Serialize};
 use varvedb::{
-    Aggregate, Error, Event, ExpectedVersion, GlobalSequence, StreamId, StreamSequence, Varve,
+    Aggregate, Error, Event, ExpectedVersion, GlobalSequence, Snapshots, StreamId, StreamSequence,
+    Varve,
 };
 use varvedb_suite::{ArchivedOrder, Order};
 
@@ -324,4 +327,45 @@ fn writers_of_two_types_racing_to_create_a_stream_bind_it_to_exactly_one() {
     let report = varve.verify().unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.streams, 1);
+}
+
+/// [`Tally`] with a snapshot due at every load, but not asked to store it.
+#[derive(Default, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapTally(u64);
+
+impl Aggregate for SnapTally {
+    type Event = Order;
+    type Command = ();
+    type Error = std::convert::Infallible;
+    const STREAM: &'static str = "tallies";
+    fn apply(&mut self, _: &ArchivedOrder) {
+        self.0 += 1;
+    }
+    fn handle(&self, _: &()) -> Result<Vec<Order>, Self::Error> {
+        Ok(vec![Order::numbered(self.0)])
+    }
+    fn snapshots() -> Snapshots<Self> {
+        Snapshots::every(1)
+    }
+}
+
+#[test]
+fn loads_with_snapshots_due_write_nothing_unless_the_policy_says_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = Varve::new(dir.path()).unwrap();
+    let id = StreamId(2);
+    let orders: Vec<Order> = (0..5).map(Order::numbered).collect();
+    varve
+        .events_in::<Order>("tallies")
+        .unwrap()
+        .append_batch(id, &orders)
+        .unwrap();
+    let before = varve.last_commit_id();
+    let mut reader = varve.events_in::<Order>("tallies").unwrap().reader();
+    for _ in 0..3 {
+        let loaded = varve.load::<SnapTally>(id).unwrap();
+        assert_eq!((loaded.state.0, loaded.snapshot), (5, None));
+        assert_eq!(reader.load::<SnapTally>(id).unwrap().snapshot, None);
+    }
+    assert_eq!(varve.last_commit_id(), before, "a load committed something");
 }

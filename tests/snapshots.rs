@@ -1,6 +1,8 @@
 //! A stored snapshot only ever shortens a load: it is written with its
-//! events, used to fold just the tail, and ignored (the stream replayed in
-//! full) when it was made by another state layout or is damaged.
+//! events (or, with `Snapshots::on_load`, by a load that folded an
+//! interval's worth of them), used to fold just the tail, and ignored (the
+//! stream replayed in full) when it was made by another state layout or is
+//! damaged. Storing one never changes a loaded state or fails a load.
 
 use std::cell::Cell;
 
@@ -274,4 +276,198 @@ fn loads_without_snapshots_ignore_stored_ones() {
     add::<v1::Counter>(&varve, id, 20, 5);
     let loaded = varve.load::<Plain>(id).unwrap();
     assert_eq!((loaded.state, loaded.snapshot), (Plain(20), None));
+}
+
+mod on_load {
+    use super::*;
+
+    /// v1's counter, whose loads store snapshots too.
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+    pub struct Counter {
+        pub total: u64,
+        pub events: u64,
+    }
+
+    impl Counter {
+        fn fold(&mut self, event: &ArchivedCounted) {
+            self.events += 1;
+            match event {
+                ArchivedCounted::Added(n) => self.total += n.to_native(),
+                ArchivedCounted::Cleared => self.total = 0,
+            }
+        }
+    }
+
+    impl Aggregate for Counter {
+        type Event = Counted;
+        type Command = Vec<Counted>;
+        type Error = std::convert::Infallible;
+        const STREAM: &'static str = "counters";
+
+        fn apply(&mut self, event: &ArchivedCounted) {
+            APPLIED.with(|a| a.set(a.get() + 1));
+            self.fold(event);
+        }
+
+        fn handle(&self, events: &Vec<Counted>) -> Result<Vec<Counted>, Self::Error> {
+            Ok(events.clone())
+        }
+
+        fn snapshots() -> Snapshots<Self> {
+            Snapshots::every(10).on_load()
+        }
+    }
+
+    /// A state of 100 kB per event: a snapshot of a few events does not fit
+    /// in a 256 KiB map.
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+    pub struct Bulky {
+        pub bytes: Vec<u8>,
+    }
+
+    impl Aggregate for Bulky {
+        type Event = Counted;
+        type Command = ();
+        type Error = std::convert::Infallible;
+        const STREAM: &'static str = "counters";
+
+        fn apply(&mut self, _: &ArchivedCounted) {
+            let next = self.bytes.len() as u8;
+            self.bytes.extend(std::iter::repeat_n(next, 100_000));
+        }
+
+        fn handle(&self, _: &()) -> Result<Vec<Counted>, Self::Error> {
+            Ok(Vec::new())
+        }
+
+        fn snapshots() -> Snapshots<Self> {
+            Snapshots::every(2).on_load()
+        }
+    }
+}
+
+fn append_added(varve: &Varve, id: StreamId, n: usize) {
+    varve
+        .events_in::<Counted>("counters")
+        .unwrap()
+        .append_batch(id, &vec![Counted::Added(1); n])
+        .unwrap();
+}
+
+#[test]
+fn a_stream_filled_by_appends_gets_a_snapshot_from_a_load_when_the_policy_asks() {
+    let (_dir, varve) = varvedb_suite::temp_store();
+    let id = StreamId(6);
+    append_added(&varve, id, 25);
+
+    // Snapshots on, but not on load: a load writes nothing.
+    let before = varve.last_commit_id();
+    let plain = varve.load::<v1::Counter>(id).unwrap();
+    assert_eq!((plain.state.total, plain.snapshot), (25, None));
+    assert_eq!(
+        varve.last_commit_id(),
+        before,
+        "a load without on_load wrote"
+    );
+
+    // On load: the first load folds everything, then stores its state...
+    let (first, folded) = applied_during(|| varve.load::<on_load::Counter>(id).unwrap());
+    assert_eq!((first.snapshot, folded), (None, 25));
+    assert_eq!(
+        varve.last_commit_id(),
+        before + 1,
+        "one commit: the snapshot"
+    );
+    // ...from which the next one loads the identical state, folding nothing.
+    let (second, folded) = applied_during(|| varve.load::<on_load::Counter>(id).unwrap());
+    assert_eq!((second.snapshot, folded), (Some(StreamSequence(24)), 0));
+    assert_eq!(second.state, first.state);
+    assert_eq!(second.version, first.version);
+    assert_eq!(
+        varve.last_commit_id(),
+        before + 1,
+        "not due: nothing written"
+    );
+
+    // Nine more events are short of the interval; the tenth makes it due.
+    append_added(&varve, id, 9);
+    let commit = varve.last_commit_id();
+    let (loaded, folded) = applied_during(|| varve.load::<on_load::Counter>(id).unwrap());
+    assert_eq!((loaded.snapshot, folded), (Some(StreamSequence(24)), 9));
+    assert_eq!(varve.last_commit_id(), commit);
+    append_added(&varve, id, 1);
+    let mut reader = varve.events_in::<Counted>("counters").unwrap().reader();
+    let through_reader = reader.load::<on_load::Counter>(id).unwrap();
+    let (loaded, folded) = applied_during(|| varve.load::<on_load::Counter>(id).unwrap());
+    assert_eq!((loaded.snapshot, folded), (Some(StreamSequence(34)), 0));
+    assert_eq!(loaded.state, through_reader.state);
+    assert_eq!(
+        loaded.state,
+        on_load::Counter {
+            total: 35,
+            events: 35
+        }
+    );
+    let replayed = varve.load::<v1::Counter>(id).unwrap();
+    assert_eq!((replayed.state.total, replayed.snapshot), (35, None));
+
+    // Entity keys too.
+    let mut counters = varve.events_in::<Counted>("counters").unwrap();
+    for _ in 0..12 {
+        counters.append_keyed("k-1", &Counted::Added(2)).unwrap();
+    }
+    let first = varve.load_keyed::<on_load::Counter>("k-1").unwrap();
+    let second = varve.load_keyed::<on_load::Counter>("k-1").unwrap();
+    assert_eq!(
+        (first.snapshot, second.snapshot),
+        (None, Some(StreamSequence(11)))
+    );
+    assert_eq!((second.state.total, &second.state), (24, &first.state));
+}
+
+#[test]
+fn a_read_only_store_loads_without_storing_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = StreamId(7);
+    {
+        let varve = Varve::new(dir.path()).unwrap();
+        append_added(&varve, id, 25);
+    }
+    let varve = Varve::open_read_only(dir.path()).unwrap();
+    let before = varve.last_commit_id();
+    for _ in 0..2 {
+        let loaded = varve.load::<on_load::Counter>(id).unwrap();
+        assert_eq!((loaded.state.total, loaded.snapshot), (25, None));
+    }
+    assert_eq!(varve.last_commit_id(), before);
+}
+
+#[test]
+fn a_load_whose_snapshot_cannot_be_stored_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = varvedb::VarveConfig {
+        map_size: 256 * 1024,
+        resize_wait: std::time::Duration::from_millis(100),
+        ..varvedb::VarveConfig::default()
+    };
+    let varve = Varve::with_config(dir.path(), config).unwrap();
+    let id = StreamId(8);
+    append_added(&varve, id, 3);
+    let before = varve.last_commit_id();
+    // A held snapshot keeps the map from growing, and the 300 kB state
+    // needs it to: storing the snapshot fails, the load does not.
+    let held = varve.snapshot().unwrap();
+    let loaded = varve.load::<on_load::Bulky>(id).unwrap();
+    assert_eq!(loaded.state.bytes.len(), 300_000);
+    assert_eq!(loaded.snapshot, None);
+    assert_eq!(varve.last_commit_id(), before, "nothing was stored");
+    drop(held);
+    // Still due: the next load stores it, growing the map.
+    let again = varve.load::<on_load::Bulky>(id).unwrap();
+    assert_eq!((again.snapshot, &again.state), (None, &loaded.state));
+    let last = varve.load::<on_load::Bulky>(id).unwrap();
+    assert_eq!(
+        (last.snapshot, &last.state),
+        (Some(StreamSequence(2)), &loaded.state)
+    );
 }

@@ -1,18 +1,22 @@
 //! Folding a stream id into an aggregate (in a read snapshot or a write
-//! transaction), and executing a command in one write transaction.
+//! transaction), and executing a command: decided on a read snapshot,
+//! appended in a write transaction that folds only what was committed since.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
 
-use super::snapshot::{self, Snapshots};
+use super::snapshot::{self, Codec, Snapshots};
 use super::{Aggregate, Executed, Loaded};
 use crate::error::{Error, Location, Result};
-use crate::id::EventId;
+use crate::id::{CommandId, EventId};
 use crate::metadata::{Context, Execute, Metadata};
-use crate::position::{GlobalSequence, StreamId, StreamSequence};
+use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{form_of, read_form, Form};
-use crate::storage::{BlockBuilder, Entity, RawMeta, Store, StreamInfo, View, WriteTxn};
+use crate::storage::{
+    BlockBuilder, Entity, RawMeta, Store, StoredEvent, StreamInfo, View, WriteTxn,
+};
 use crate::stream::serialize_with_meta;
 
 /// What a fold reads from: a read snapshot or a write transaction.
@@ -23,6 +27,12 @@ pub(crate) trait Source {
     fn version(&mut self, tag: u32, id: u64) -> Result<Option<u64>>;
     /// A value of the `state` database.
     fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>>;
+    /// The stream id entity `key` of `info`'s stream maps to.
+    fn entity_id(&mut self, info: &StreamInfo, key: &[u8]) -> Result<Option<u64>>;
+    /// Where the event stored with `event_id` is.
+    fn stored_event(&mut self, event_id: &[u8; 16]) -> Result<Option<StoredEvent>>;
+    /// The name of the stream with `tag`.
+    fn stream_name(&mut self, tag: u32) -> Result<String>;
     /// Calls `f(stream sequence, global sequence, block fingerprint,
     /// payload, metadata)` from `from` on.
     fn walk(
@@ -47,6 +57,26 @@ impl Source for View {
         self.state_get(key)
     }
 
+    fn entity_id(&mut self, info: &StreamInfo, key: &[u8]) -> Result<Option<u64>> {
+        match self.stream_tag(info)? {
+            Some(tag) => View::entity_id(self, tag, key),
+            None => Ok(None),
+        }
+    }
+
+    fn stored_event(&mut self, event_id: &[u8; 16]) -> Result<Option<StoredEvent>> {
+        Ok(self.event_by_id(event_id)?.map(|e| StoredEvent {
+            tag: e.position.stream_tag,
+            id: e.position.stream_id.0,
+            seq: e.position.stream_sequence.0,
+            global: e.position.global.0,
+        }))
+    }
+
+    fn stream_name(&mut self, tag: u32) -> Result<String> {
+        Ok(self.stream_by_tag(tag)?.name.to_string())
+    }
+
     fn walk(
         &mut self,
         tag: u32,
@@ -69,6 +99,18 @@ impl Source for WriteTxn<'_> {
 
     fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
         self.state_get(key)
+    }
+
+    fn entity_id(&mut self, info: &StreamInfo, key: &[u8]) -> Result<Option<u64>> {
+        WriteTxn::entity_id(self, info, key)
+    }
+
+    fn stored_event(&mut self, event_id: &[u8; 16]) -> Result<Option<StoredEvent>> {
+        self.event_by_id(event_id)
+    }
+
+    fn stream_name(&mut self, tag: u32) -> Result<String> {
+        WriteTxn::stream_name(self, tag)
     }
 
     fn walk(
@@ -194,6 +236,11 @@ fn load_until<A: Aggregate>(
     })
 }
 
+/// `A`'s snapshot policy, bound to the versions of its event.
+pub(crate) fn policy<A: Aggregate>() -> Snapshots<A> {
+    A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage())
+}
+
 /// Loads `A` of `id` in the read snapshot `view` (for `Varve::load` and
 /// `StreamReader::load`).
 pub(crate) fn load_in<A: Aggregate>(
@@ -202,90 +249,388 @@ pub(crate) fn load_in<A: Aggregate>(
     id: StreamId,
 ) -> Result<Loaded<A>> {
     let mut scratch = AlignedVec::new();
-    load_with(
-        view,
-        info,
-        id,
-        &A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage()),
-        &mut scratch,
-    )
+    load_with(view, info, id, &policy::<A>(), &mut scratch)
 }
 
-/// Loads, decides and appends in one write transaction. The outer error is
-/// the store's, the inner one the aggregate's rejection.
+/// After a load (whose read snapshot is closed): stores `loaded` as `id`'s
+/// snapshot, in a commit of its own, if `A`'s policy asks for snapshots on
+/// load ([`Snapshots::on_load`]) and one is due. Returns whether it stored
+/// one.
 ///
-/// `Store::write` may run the closure twice (after growing the map, the first
-/// attempt having been aborted): each run loads afresh and decides again,
-/// which is why `handle` borrows the command and must be pure.
+/// It never fails the load: a read-only store, or a policy without
+/// `on_load`, writes nothing, and a failed write (a full disk, a map that
+/// cannot grow) leaves the snapshot unwritten for the next due load or
+/// command to store. A snapshot stored meanwhile that covers as much or
+/// more is kept.
+pub(crate) fn store_loaded<A: Aggregate>(
+    store: &Store,
+    info: &StreamInfo,
+    id: StreamId,
+    loaded: &Loaded<A>,
+) -> bool {
+    let policy = policy::<A>();
+    let Some(codec) = policy.codec().filter(|c| c.on_load()) else {
+        return false;
+    };
+    let Some(version) = loaded.version.map(|v| v.0) else {
+        return false;
+    };
+    if !codec.due(loaded.snapshot.map(|s| s.0), version)
+        || store.check_writable("storing a snapshot").is_err()
+    {
+        return false;
+    }
+    // Encoded before the write lock is taken.
+    let Ok(value) = codec.encode(&loaded.state, version) else {
+        return false;
+    };
+    store
+        .write(|txn| {
+            let Some(tag) = txn.stream_tag(info)? else {
+                return Ok(false);
+            };
+            // Events are never removed, so this holds unless the store was
+            // replaced under the handle: then the snapshot is not its own.
+            if txn.version(tag, id.0)?.is_none_or(|v| v < version) {
+                return Ok(false);
+            }
+            let key = snapshot::key(tag, id.0);
+            if let Some(stored) = txn.state_get(&key)? {
+                if codec.covers(stored).is_some_and(|c| c >= version) {
+                    return Ok(false);
+                }
+            }
+            txn.state_put(&key, &value)?;
+            Ok(true)
+        })
+        .unwrap_or(false)
+}
+
+/// The stream id `entity` names in `src`, `None` for an entity key not
+/// allocated yet (whose stream id holds no events).
+fn stream_id(src: &mut impl Source, info: &StreamInfo, entity: &Entity) -> Result<Option<u64>> {
+    match entity {
+        Entity::Id(id) => Ok(Some(*id)),
+        Entity::Key(key) => src.entity_id(info, key),
+    }
+}
+
+/// The empty state of a stream id without events.
+fn empty<A: Aggregate>() -> Loaded<A> {
+    Loaded {
+        state: A::default(),
+        version: None,
+        snapshot: None,
+    }
+}
+
+/// Folds `(tag, id)`'s events after `loaded.version` up to `to` (included)
+/// into `loaded`.
+fn advance<A: Aggregate>(
+    src: &mut impl Source,
+    info: &StreamInfo,
+    tag: u32,
+    id: StreamId,
+    loaded: &mut Loaded<A>,
+    to: u64,
+    scratch: &mut AlignedVec<16>,
+) -> Result<()> {
+    let from = loaded.version.map_or(0, |v| v.0 + 1);
+    let last = fold_from(
+        src,
+        info,
+        tag,
+        id,
+        from,
+        Some(to),
+        &mut loaded.state,
+        scratch,
+    )?;
+    if last != Some(to) {
+        return Err(Error::Corruption {
+            location: Location::Record(format!(
+                "the stream index of stream {:?} id {}",
+                info.name, id.0
+            )),
+            detail: format!(
+                "the index says sequence {to} is stored, but the events end at {last:?}"
+            ),
+        });
+    }
+    loaded.version = Some(StreamSequence(to));
+    Ok(())
+}
+
+/// Brings `loaded`, the state of stream id `id` in an earlier read
+/// snapshot, up to `src`: folds the events committed since. Returns whether
+/// there were any (the state moved on).
+fn catch_up<A: Aggregate>(
+    src: &mut impl Source,
+    info: &StreamInfo,
+    id: Option<u64>,
+    loaded: &mut Loaded<A>,
+    policy: &Snapshots<A>,
+    scratch: &mut AlignedVec<16>,
+) -> Result<bool> {
+    let Some(id) = id else {
+        // An entity key still unallocated: no events, as in the read.
+        return Ok(false);
+    };
+    let Some(tag) = src.tag(info)? else {
+        return Ok(false);
+    };
+    let now = src.version(tag, id)?;
+    let before = loaded.version.map(|v| v.0);
+    if now == before {
+        return Ok(false);
+    }
+    match now {
+        Some(now) if before.is_none_or(|b| b < now) => {
+            advance(src, info, tag, StreamId(id), loaded, now, scratch)?;
+        }
+        // Fewer events than the read saw: the store was replaced under the
+        // handle (a restore). Start over from what is there.
+        _ => *loaded = load_with(src, info, StreamId(id), policy, scratch)?,
+    }
+    Ok(true)
+}
+
+/// What a command decided.
+enum Decision<E> {
+    /// Events were serialized into the block: this many.
+    Append(u64),
+    /// The command produced no event.
+    Nothing,
+    /// The aggregate rejected it.
+    Rejected(E),
+}
+
+/// Checks `expected` against `loaded` (of stream id `id`), decides
+/// `command` on it and serializes the events into `block`.
+#[allow(clippy::too_many_arguments)]
+fn decide<A: Aggregate>(
+    info: &StreamInfo,
+    id: Option<u64>,
+    loaded: &Loaded<A>,
+    command: &A::Command,
+    expected: ExpectedVersion,
+    command_id: Option<CommandId>,
+    context: Option<&Context>,
+    block: &mut BlockBuilder,
+) -> Result<Decision<A::Error>> {
+    if !expected.matches(loaded.version) {
+        return Err(Error::VersionConflict {
+            stream: info.name.to_string(),
+            id: StreamId(id.unwrap_or(crate::storage::FIRST_KEYED_ID)),
+            expected,
+            actual: loaded.version,
+        });
+    }
+    let events = match loaded.state.handle(command) {
+        Ok(events) => events,
+        Err(rejection) => return Ok(Decision::Rejected(rejection)),
+    };
+    if events.is_empty() {
+        return Ok(Decision::Nothing);
+    }
+    if events.len() > u32::MAX as usize {
+        return Err(Error::EventTooLarge {
+            stream: info.name.to_string(),
+            size: events.len(),
+            max: u32::MAX as usize,
+        });
+    }
+    let ids: Option<Vec<EventId>> =
+        command_id.map(|c| (0..events.len() as u32).map(|i| c.event_id(i)).collect());
+    serialize_with_meta(block, &info.name, &events, ids.as_deref(), context)?;
+    Ok(Decision::Append(events.len() as u64))
+}
+
+/// The outcome of a command that appended nothing.
+fn unchanged<A>(loaded: Loaded<A>) -> Executed<A> {
+    Executed {
+        state: loaded.state,
+        version: loaded.version,
+        positions: Vec::new(),
+        idempotent: false,
+    }
+}
+
+/// Executes a command: loads and decides it on a read snapshot, outside
+/// the store's write lock, then appends in one write transaction that
+/// folds only the events committed to the stream id since the read, and
+/// decides again if there were any. The outer error is the store's, the
+/// inner one the aggregate's rejection.
+///
+/// A command takes effect at one instant, as if it alone had run then:
+/// - an outcome that writes nothing (a rejection, no events, a version
+///   conflict, or the replay of a command id found stored) takes effect at
+///   the read snapshot and is answered from it, without a write
+///   transaction;
+/// - events are appended only as decided on the stream id's newest state:
+///   the write transaction looks up the stream id's version (one index
+///   lookup) and, if events were committed since the read, folds them into
+///   the state, checks the expected version again and decides again there.
+///   So one winner per version, and no update lost, exactly as when the
+///   whole command ran in the transaction.
+///
+/// `Store::write` may run its closure again (after growing the map, the
+/// first attempt having been aborted): a later attempt decides again, on a
+/// state caught up in its own transaction, which is why `handle` borrows
+/// the command and must be pure.
 ///
 /// With a command id, the events' ids derive from it
 /// ([`CommandId::event_id`](crate::CommandId::event_id)); if the first is
 /// stored, the command was executed before: its original outcome is
 /// rebuilt from the store and `handle` is not called.
 pub(crate) fn execute<A: Aggregate>(
-    store: &Store,
+    store: &Arc<Store>,
     info: &StreamInfo,
     entity: &Entity,
     command: &A::Command,
     options: &Execute<'_>,
 ) -> Result<Result<Executed<A>, A::Error>> {
-    let policy = A::snapshots().for_events(&crate::event::Schema::of::<A::Event>().lineage());
+    // A read-only store refuses every command, as it did when the whole
+    // command ran in a write transaction.
+    store.check_writable("writing")?;
+    let policy = policy::<A>();
     let expected = options.expected;
-    let mut block = BlockBuilder::with_capacity(A::BUFFER_SIZE);
     let mut scratch = AlignedVec::new();
     let default_context = options
         .command_id
         .map(|c| Context::new().correlation(c).causation(EventId::from(c)));
     let context = options.context.or(default_context.as_ref());
-    store.write(|txn| {
-        if let Some(done) = replay_command(txn, info, entity, options, &policy, &mut scratch)? {
-            return Ok(Ok(done));
+
+    // Outside the write lock: the state in a read snapshot.
+    let (read_id, loaded) = {
+        let mut view = store.snapshot()?;
+        // An append through this handle would be refused (an older
+        // program): so is the command, whatever it decides.
+        view.check_appendable(info)?;
+        if let Some(found) = stored_command(&mut view, info, entity, options)? {
+            let loaded = load_until(
+                &mut view,
+                info,
+                StreamId(found.id),
+                Some(found.last),
+                &policy,
+                &mut scratch,
+            )?;
+            return Ok(Ok(found.executed(loaded.state)));
         }
-        let id = match entity {
-            Entity::Id(id) => Some(*id),
-            Entity::Key(key) => txn.entity_id(info, key)?,
-        };
+        let id = stream_id(&mut view, info, entity)?;
         let loaded = match id {
-            Some(id) => load_with(txn, info, StreamId(id), &policy, &mut scratch)?,
-            None => Loaded {
-                state: A::default(),
-                version: None,
-                snapshot: None,
-            },
+            Some(id) => load_with(&mut view, info, StreamId(id), &policy, &mut scratch)?,
+            None => empty(),
         };
-        if !expected.matches(loaded.version) {
-            return Err(Error::VersionConflict {
-                stream: info.name.to_string(),
-                id: StreamId(id.unwrap_or(crate::storage::FIRST_KEYED_ID)),
-                expected,
-                actual: loaded.version,
-            });
+        (id, loaded)
+        // The snapshot ends here: `handle` below may take long, and an open
+        // snapshot would hold up the map's growth meanwhile.
+    };
+    let mut block = BlockBuilder::with_capacity(A::BUFFER_SIZE);
+    let decided = decide(
+        info,
+        read_id,
+        &loaded,
+        command,
+        expected,
+        options.command_id,
+        context,
+        &mut block,
+    )?;
+    let mut count = match decided {
+        Decision::Append(count) => count,
+        Decision::Nothing => return Ok(Ok(unchanged(loaded))),
+        Decision::Rejected(rejection) => return Ok(Err(rejection)),
+    };
+
+    // The read's state, until an attempt consumes it.
+    let mut read = Some((read_id, loaded));
+    let mut attempt = 0u32;
+    store.write(|txn| {
+        attempt += 1;
+        let base = read.take();
+        if let Some(found) = stored_command(txn, info, entity, options)? {
+            // Executed meanwhile (a concurrent retry): its events follow the
+            // read, so the read's state needs only them.
+            let loaded = match base {
+                Some((id, mut loaded))
+                    if id.is_none_or(|id| id == found.id)
+                        && loaded.version.is_none_or(|v| v.0 < found.first_seq) =>
+                {
+                    let (tag, to) = (found.tag, found.last);
+                    let id = StreamId(found.id);
+                    advance(txn, info, tag, id, &mut loaded, to, &mut scratch)?;
+                    loaded
+                }
+                _ => load_until(
+                    txn,
+                    info,
+                    StreamId(found.id),
+                    Some(found.last),
+                    &policy,
+                    &mut scratch,
+                )?,
+            };
+            return Ok(Ok(found.executed(loaded.state)));
         }
-        let events = match loaded.state.handle(command) {
-            Ok(events) => events,
-            Err(rejection) => return Ok(Err(rejection)),
+        let id = stream_id(txn, info, entity)?;
+        let (loaded, moved) = match base {
+            // The key was unallocated at the read (its state empty) or maps
+            // to the same stream id: catch up.
+            Some((read_id, mut loaded)) if read_id.is_none() || read_id == id => {
+                let moved = catch_up(txn, info, id, &mut loaded, &policy, &mut scratch)?;
+                (loaded, moved)
+            }
+            // A later attempt, its read state consumed: load afresh.
+            _ => {
+                let loaded = match id {
+                    Some(id) => load_with(txn, info, StreamId(id), &policy, &mut scratch)?,
+                    None => empty(),
+                };
+                (loaded, true)
+            }
+        };
+        if moved || attempt > 1 {
+            let decided = decide(
+                info,
+                id,
+                &loaded,
+                command,
+                expected,
+                options.command_id,
+                context,
+                &mut block,
+            )?;
+            count = match decided {
+                Decision::Append(count) => count,
+                Decision::Nothing => return Ok(Ok(unchanged(loaded))),
+                Decision::Rejected(rejection) => return Ok(Err(rejection)),
+            };
+        }
+        // The snapshot the state would load from now, for the interval.
+        let base_snapshot = match (policy.codec(), txn.tag(info)?, id) {
+            (Some(codec), Some(tag), Some(id)) => stored_base(
+                txn,
+                codec,
+                tag,
+                id,
+                loaded.version.map(|v| v.0),
+                loaded.snapshot.map(|s| s.0),
+                &mut scratch,
+            )?,
+            _ => None,
+        };
+        let placed = match txn.append_to(info, entity, expected, &mut block) {
+            Ok(placed) => placed,
+            Err(e) => {
+                // Nothing of this command was folded into the state: a
+                // retry after growing the map starts from it.
+                read = Some((id, loaded));
+                return Err(e);
+            }
         };
         let mut state = loaded.state;
-        if events.is_empty() {
-            return Ok(Ok(Executed {
-                state,
-                version: loaded.version,
-                positions: Vec::new(),
-                idempotent: false,
-            }));
-        }
-        if events.len() > u32::MAX as usize {
-            return Err(Error::EventTooLarge {
-                stream: info.name.to_string(),
-                size: events.len(),
-                max: u32::MAX as usize,
-            });
-        }
-        let ids: Option<Vec<EventId>> = options
-            .command_id
-            .map(|c| (0..events.len() as u32).map(|i| c.event_id(i)).collect());
-        serialize_with_meta(&mut block, &info.name, &events, ids.as_deref(), context)?;
-        let placed = txn.append_to(info, entity, expected, &mut block)?;
         let id = match (id, entity) {
             (Some(id), _) => StreamId(id),
             (None, Entity::Key(key)) => {
@@ -316,7 +661,6 @@ pub(crate) fn execute<A: Aggregate>(
             &mut state,
             &mut scratch,
         )?;
-        let count = events.len() as u64;
         if last != Some(first_seq + count - 1) {
             return Err(Error::Corruption {
                 location: Location::Global(GlobalSequence(first_global)),
@@ -325,7 +669,7 @@ pub(crate) fn execute<A: Aggregate>(
         }
         let version = first_seq + count - 1;
         if let Some(codec) = policy.codec() {
-            if codec.due(loaded.snapshot.map(|s| s.0), version) {
+            if codec.due(base_snapshot, version) {
                 let value = codec
                     .encode(&state, version)
                     .map_err(|source| Error::Serialize {
@@ -351,31 +695,77 @@ pub(crate) fn execute<A: Aggregate>(
     })
 }
 
-/// The original outcome of a command whose id's first event is stored:
-/// its events' positions and the state right after them. `None` if the
-/// command's first event id is not stored.
-fn replay_command<A: Aggregate>(
-    txn: &mut WriteTxn<'_>,
+/// The last stream sequence covered by the snapshot of `(tag, id)` a load
+/// of a stream id at `version` would start from in `src`, if any: the one
+/// `known` (which the read decoded) without decoding it again.
+fn stored_base<A>(
+    src: &mut impl Source,
+    codec: &Codec<A>,
+    tag: u32,
+    id: u64,
+    version: Option<u64>,
+    known: Option<u64>,
+    scratch: &mut AlignedVec<16>,
+) -> Result<Option<u64>> {
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    let Some(value) = src.state(&snapshot::key(tag, id))? else {
+        return Ok(None);
+    };
+    Ok(match codec.covers(value) {
+        Some(covers) if covers > version => None,
+        Some(covers) if Some(covers) == known => Some(covers),
+        // Stored since the read (or unusable to it): usable only if it
+        // decodes, as a load would find.
+        Some(_) => codec.decode(value, scratch).map(|(_, covers)| covers),
+        None => None,
+    })
+}
+
+/// A command found executed: where its events are.
+struct Found {
+    /// The stream tag and stream id they are in.
+    tag: u32,
+    id: u64,
+    first_seq: u64,
+    /// The stream sequence of its last event.
+    last: u64,
+    positions: Vec<(StreamSequence, GlobalSequence)>,
+}
+
+impl Found {
+    /// The command's original outcome, with the state right after it.
+    fn executed<A>(self, state: A) -> Executed<A> {
+        Executed {
+            state,
+            version: Some(StreamSequence(self.last)),
+            positions: self.positions,
+            idempotent: true,
+        }
+    }
+}
+
+/// Where the events of the command with `options`' command id are, if its
+/// first event id is stored in `src`. An [`Error::EventIdConflict`] if it
+/// is stored in another stream or stream id.
+fn stored_command(
+    src: &mut impl Source,
     info: &StreamInfo,
     entity: &Entity,
     options: &Execute<'_>,
-    policy: &Snapshots<A>,
-    scratch: &mut AlignedVec<16>,
-) -> Result<Option<Executed<A>>> {
+) -> Result<Option<Found>> {
     let Some(command) = options.command_id else {
         return Ok(None);
     };
-    let Some(first) = txn.event_by_id(&command.event_id(0).0)? else {
+    let Some(first) = src.stored_event(&command.event_id(0).0)? else {
         return Ok(None);
     };
-    let tag = txn.stream_tag(info)?;
-    let id = match entity {
-        Entity::Id(id) => Some(*id),
-        Entity::Key(key) => txn.entity_id(info, key)?,
-    };
+    let tag = src.tag(info)?;
+    let id = stream_id(src, info, entity)?;
     let stored_elsewhere = Some(first.tag) != tag || Some(first.id) != id;
     if stored_elsewhere {
-        let name = txn.stream_name(first.tag)?;
+        let name = src.stream_name(first.tag)?;
         return Err(Error::EventIdConflict {
             stream: info.name.to_string(),
             id: StreamId(id.unwrap_or(crate::storage::FIRST_KEYED_ID)),
@@ -393,7 +783,7 @@ fn replay_command<A: Aggregate>(
     // The command's events are one block: consecutive from the first.
     let mut positions = vec![(StreamSequence(first.seq), GlobalSequence(first.global))];
     for i in 1u32.. {
-        match txn.event_by_id(&command.event_id(i).0)? {
+        match src.stored_event(&command.event_id(i).0)? {
             Some(e)
                 if e.tag == first.tag && e.id == first.id && e.seq == first.seq + u64::from(i) =>
             {
@@ -402,13 +792,12 @@ fn replay_command<A: Aggregate>(
             _ => break,
         }
     }
-    let last = first.seq + positions.len() as u64 - 1;
-    let loaded = load_until(txn, info, StreamId(first.id), Some(last), policy, scratch)?;
-    Ok(Some(Executed {
-        state: loaded.state,
-        version: Some(StreamSequence(last)),
+    Ok(Some(Found {
+        tag: first.tag,
+        id: first.id,
+        first_seq: first.seq,
+        last: first.seq + positions.len() as u64 - 1,
         positions,
-        idempotent: true,
     }))
 }
 
@@ -467,6 +856,18 @@ mod tests {
 
         fn state(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
             Ok(self.state.get(key).map(Vec::as_slice))
+        }
+
+        fn entity_id(&mut self, _: &StreamInfo, _: &[u8]) -> Result<Option<u64>> {
+            Ok(None)
+        }
+
+        fn stored_event(&mut self, _: &[u8; 16]) -> Result<Option<StoredEvent>> {
+            Ok(None)
+        }
+
+        fn stream_name(&mut self, _: u32) -> Result<String> {
+            Ok(Sum::STREAM.into())
         }
 
         fn walk(

@@ -1,11 +1,14 @@
 //! Aggregates: state folded from one stream id's events, commands decided
-//! against it, and the resulting events appended in the same transaction.
+//! against it, and the resulting events appended only if decided on the
+//! stream id's newest state.
 //!
 //! - [`Aggregate`]: the user's state type, its events, commands and rejections.
 //! - [`Varve::load`], [`StreamReader::load`](crate::StreamReader::load):
 //!   fold a stream id into a [`Loaded`] state, zero-copy.
-//! - [`Varve::execute`], [`Varve::execute_expected`]: load, decide and append
-//!   in one write transaction, returning an [`Executed`] or an [`ExecuteError`].
+//! - [`Varve::execute`], [`Varve::execute_expected`]: load and decide on a
+//!   read snapshot, append in a write transaction that folds only the events
+//!   committed since (deciding again if there were any), returning an
+//!   [`Executed`] or an [`ExecuteError`].
 //! - [`Snapshots`]: opt-in stored states, so loads fold only the tail.
 //! - [`AggregateTest`]: given / when / then tests of an aggregate's logic.
 
@@ -24,7 +27,7 @@ use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence}
 use crate::storage::{Entity, StreamInfo};
 use crate::store::Varve;
 
-pub(crate) use fold::load_in;
+pub(crate) use fold::{load_in, store_loaded};
 pub use snapshot::Snapshots;
 pub use testing::{AggregateTest, TestOutcome};
 
@@ -157,12 +160,24 @@ pub trait Aggregate: Default {
     /// Decides a command against the current state: the events to append
     /// (possibly none), or a rejection.
     ///
-    /// It must be a pure function of the state and the command. The command
-    /// is borrowed because [`Varve::execute`] may decide it twice: when the
-    /// store's map has to grow, the first attempt is rolled back (having
-    /// written nothing) and the command is decided again against a freshly
-    /// loaded state. `handle` runs inside the store's write transaction, so
-    /// it must not write to the store itself (that would wait forever).
+    /// It must be a pure function of the state and the command (as in
+    /// cqrs-es and most event-sourcing libraries): no I/O, no side effect
+    /// that must happen once. The command is borrowed because
+    /// [`Varve::execute`] may decide it more than once:
+    ///
+    /// - first on the state in a read snapshot, outside the store's write
+    ///   lock, so a long fold or decision holds up no other writer;
+    /// - again, inside the write transaction, if events were committed to
+    ///   the same stream id between that read and the transaction (another
+    ///   command or append won the race): the state is brought up to date
+    ///   with them and the command decided on it, and the first decision is
+    ///   discarded;
+    /// - again when the store's map has to grow: the attempt is rolled back
+    ///   (having written nothing) and the command decided again.
+    ///
+    /// Only the last decision's events are appended. Since the second and
+    /// third cases run inside the write transaction, `handle` must not write
+    /// to the store itself (that would wait forever).
     fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
 
     /// Whether and how often the state is stored: [`Snapshots::never`]
@@ -292,7 +307,10 @@ impl Varve {
     ///
     /// Opens the stream `A::STREAM` as [`Varve::stream`] does, writing
     /// nothing: a stream id without events, or a stream that does not exist
-    /// yet, loads as the default state with version `None`.
+    /// yet, loads as the default state with version `None`. The one write a
+    /// load may make is opt-in: with [`Snapshots::on_load`], a load that
+    /// folded a snapshot interval's worth of events stores the state, after
+    /// its read (a failure to store it is ignored).
     ///
     /// # Errors
     /// [`Error::TypeMismatch`] if `A::STREAM` holds another event type, and
@@ -323,18 +341,37 @@ impl Varve {
     /// ```
     pub fn load<A: Aggregate>(&self, id: StreamId) -> Result<Loaded<A>> {
         let info = self.aggregate_stream::<A>()?;
-        let mut view = self.store().snapshot()?;
-        load_in(&mut view, &info, id)
+        let loaded = load_in(&mut self.store().snapshot()?, &info, id)?;
+        // The read snapshot is closed: storing the state cannot wait on it.
+        store_loaded(self.store(), &info, id, &loaded);
+        Ok(loaded)
     }
 
     /// Loads aggregate `A` of `id`, decides `command` against it and appends
-    /// the resulting events, all in one write transaction: no other writer
-    /// can append to `id` in between, so in-process callers never see a
-    /// conflict. Returns the new state and where the events were written.
+    /// the resulting events, as one atomic step: no other writer can append
+    /// to `id` between the state the command was decided on and its events,
+    /// so in-process callers never see a conflict and no update is lost.
+    /// Returns the new state and where the events were written.
+    ///
+    /// **How it runs.** The state is loaded (from its [snapshot](Snapshots)
+    /// if any, plus the later events) and the command decided in a read
+    /// snapshot, *outside* the store's write lock: folding a long stream id
+    /// and deciding hold up no other writer. Only then does it enter a write
+    /// transaction, which looks up `id`'s version: if nothing was committed
+    /// to `id` since the read (the usual case), the events decided are
+    /// appended as they are. If something was, the transaction folds just
+    /// those new events into the state and calls
+    /// [`handle`](Aggregate::handle) again on it, and appends what that
+    /// decides (or returns its rejection). So `handle` may be called twice
+    /// for one command and must be pure: see [`Aggregate::handle`]. An
+    /// outcome that writes nothing (a rejection, a command producing no
+    /// event) is answered from the read snapshot, without a write
+    /// transaction: it is the outcome the command had on the store as the
+    /// read saw it.
     ///
     /// If the aggregate has [snapshots](Snapshots) and the events folded on
     /// top of the last usable snapshot reach its interval, the new state is
-    /// stored in the same transaction.
+    /// stored in the same transaction as the events.
     ///
     /// # Errors
     /// [`ExecuteError::Rejected`] with the aggregate's error if
@@ -357,7 +394,10 @@ impl Varve {
     /// command is decided only if `id` is still at `expected` (usually
     /// [`Loaded::expected`]). Otherwise nothing is decided or written and the
     /// error is [`Error::VersionConflict`], naming the stream, the id and
-    /// both versions.
+    /// both versions. The version is checked on the read snapshot the
+    /// command is decided on and again in the write transaction, where an
+    /// append that raced the decision is found: exactly one command wins
+    /// each version.
     ///
     /// # Errors
     /// As [`Varve::execute`], plus the conflict above.
@@ -498,14 +538,17 @@ impl Varve {
             Some(tag) => view.entity_id(tag, key)?,
             None => None,
         };
-        match id {
-            Some(id) => load_in(&mut view, &info, StreamId(id)),
-            None => Ok(Loaded {
+        let Some(id) = id.map(StreamId) else {
+            return Ok(Loaded {
                 state: A::default(),
                 version: None,
                 snapshot: None,
-            }),
-        }
+            });
+        };
+        let loaded = load_in(&mut view, &info, id)?;
+        drop(view);
+        store_loaded(self.store(), &info, id, &loaded);
+        Ok(loaded)
     }
 
     fn execute_entity<A: Aggregate>(
@@ -568,8 +611,14 @@ impl<T: crate::event::Archivable> crate::reader::StreamReader<T> {
     /// ```
     pub fn load<A: Aggregate<Event = T>>(&mut self, id: StreamId) -> Result<Loaded<A>> {
         let (store, info, view) = self.parts();
-        let mut slot = view.lock();
-        let view = crate::reader::current_view(store, &mut slot)?;
-        load_in(view, info, id)
+        let loaded = {
+            let mut slot = view.lock();
+            let view = crate::reader::current_view(store, &mut slot)?;
+            load_in(view, info, id)?
+        };
+        // With the slot released, so that a map growth the write needs can
+        // close the cached snapshot.
+        store_loaded(store, info, id, &loaded);
+        Ok(loaded)
     }
 }

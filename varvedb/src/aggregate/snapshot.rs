@@ -49,8 +49,10 @@ pub(crate) fn key(tag: u32, id: u64) -> [u8; 17] {
 /// (rkyv-archived, in the same transaction as the events) whenever the events
 /// folded on top of the last usable snapshot reach `n`; [`Varve::load`](crate::Varve::load)
 /// then deserializes the snapshot and folds only the events after it. Loads
-/// never write; a stream id only appended to through streams gets snapshots
-/// once commands are executed on it.
+/// write nothing unless the policy says [`on_load`](Snapshots::on_load):
+/// without it, a stream id only appended to through streams gets snapshots
+/// once commands are executed on it; with it, a load that folded `n` events
+/// or more stores the state it loaded.
 ///
 /// A snapshot records a *fingerprint* of the state type: a hash of its
 /// [`type_name`](std::any::type_name), its archived size and alignment, and
@@ -132,6 +134,8 @@ pub(crate) struct Codec<A> {
     /// A hash of the aggregate's event versions, set where the aggregate's
     /// event type is known (loads and executes).
     events: u64,
+    /// Whether loads store a due snapshot too ([`Snapshots::on_load`]).
+    on_load: bool,
     encode: fn(&A) -> Result<AlignedVec<16>, rancor::Error>,
     decode: fn(&[u8]) -> Result<A, rancor::Error>,
 }
@@ -160,6 +164,7 @@ impl<A> fmt::Debug for Snapshots<A> {
                 .debug_struct("Snapshots")
                 .field("every", &c.every)
                 .field("version", &c.version)
+                .field("on_load", &c.on_load)
                 .finish(),
         }
     }
@@ -203,6 +208,7 @@ impl<A> Snapshots<A> {
                 layout: layout_fingerprint::<A>(),
                 schema: 0,
                 events: 0,
+                on_load: false,
                 encode: encode_state::<A>,
                 decode: decode_state::<A>,
             }),
@@ -239,6 +245,79 @@ impl<A> Snapshots<A> {
             codec.schema = fingerprint;
         }
         self
+    }
+
+    /// Lets loads store snapshots too: a [`Varve::load`](crate::Varve::load)
+    /// (or [`load_keyed`](crate::Varve::load_keyed),
+    /// [`StreamReader::load`](crate::StreamReader::load)) that folded `n` or
+    /// more events on top of the last usable snapshot stores the state it
+    /// loaded, in a commit of its own, after its read. Without it, only
+    /// [`Varve::execute`](crate::Varve::execute) stores snapshots, and a
+    /// stream id filled by plain appends never gets one.
+    ///
+    /// It is opt-in because it makes a read write: a load that stores a
+    /// snapshot waits for that commit (a durable one, under the store's
+    /// write lock, like any commit). It never makes a load fail: a
+    /// read-only store writes nothing, and a failed write (a full disk, a
+    /// map that cannot grow) is ignored, leaving the snapshot for the next
+    /// due load or command. The loaded state is the same either way.
+    ///
+    /// ```
+    /// use rkyv::{Archive, Deserialize, Serialize};
+    /// use varvedb::{Aggregate, Snapshots, StreamId, StreamSequence, Varve};
+    ///
+    /// #[derive(Archive, Serialize, varvedb::Event)]
+    /// struct Viewed;
+    ///
+    /// #[derive(Archive, Serialize, Deserialize, Default)]
+    /// struct Views(u64);
+    ///
+    /// impl Aggregate for Views {
+    ///     type Event = Viewed;
+    ///     type Command = ();
+    ///     type Error = std::convert::Infallible;
+    ///     const STREAM: &'static str = "views";
+    ///     fn apply(&mut self, _: &ArchivedViewed) {
+    ///         self.0 += 1;
+    ///     }
+    ///     fn handle(&self, _: &()) -> Result<Vec<Viewed>, Self::Error> {
+    ///         Ok(vec![Viewed])
+    ///     }
+    ///     fn snapshots() -> Snapshots<Self> {
+    ///         Snapshots::every(100).on_load()
+    ///     }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// // Filled by appends: no command ever ran on it.
+    /// let page = StreamId(1);
+    /// varve.events_in::<Viewed>("views")?.append_batch(page, &[(); 250].map(|_| Viewed))?;
+    /// let first = varve.load::<Views>(page)?;
+    /// assert_eq!((first.state.0, first.snapshot), (250, None));
+    /// // That load stored its state: the next one starts from it.
+    /// let next = varve.load::<Views>(page)?;
+    /// assert_eq!((next.state.0, next.snapshot), (250, Some(StreamSequence(249))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const fn on_load(mut self) -> Self {
+        if let Some(codec) = &mut self.codec {
+            codec.on_load = true;
+        }
+        self
+    }
+
+    /// Whether loads store snapshots too ([`Snapshots::on_load`]).
+    ///
+    /// ```
+    /// # #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)] struct S;
+    /// use varvedb::Snapshots;
+    /// assert!(!Snapshots::<S>::every(50).stores_on_load());
+    /// assert!(Snapshots::<S>::every(50).on_load().stores_on_load());
+    /// assert!(!Snapshots::<S>::never().on_load().stores_on_load());
+    /// ```
+    pub fn stores_on_load(&self) -> bool {
+        self.codec.as_ref().is_some_and(|c| c.on_load)
     }
 
     /// The policy for an aggregate whose event has the versions `lineage`:
@@ -303,6 +382,21 @@ impl<A> Codec<A> {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
         h
+    }
+
+    /// Whether loads store due snapshots too.
+    pub(crate) fn on_load(&self) -> bool {
+        self.on_load
+    }
+
+    /// The last stream sequence `value` covers, if it is a snapshot of this
+    /// fingerprint with a valid header and checksum (its payload is not
+    /// validated: see [`Codec::decode`]).
+    pub(crate) fn covers(&self, value: &[u8]) -> Option<u64> {
+        parse_value(value)
+            .ok()
+            .filter(|p| p.fingerprint == self.fingerprint())
+            .map(|p| p.covers)
     }
 
     /// Whether a state at `version` should be stored, given the snapshot

@@ -51,7 +51,7 @@ pub(crate) use snapshot::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventAt, EventPosition, Frozen,
     GlobalCursor, MappedEvent, StreamBlock, StreamCursor, View,
 };
-pub(crate) use writer::{Entity, Placed, WriteTxn, FIRST_KEYED_ID};
+pub(crate) use writer::{Entity, Placed, StoredEvent, WriteTxn, FIRST_KEYED_ID};
 
 /// A reader's cached snapshot; see [`Store::view_slot`].
 pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;

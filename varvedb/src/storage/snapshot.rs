@@ -830,6 +830,14 @@ impl View {
         self.store.stream_entry(&self.pin.txn, name)
     }
 
+    /// Whether `info`'s handle may append to its stream as this snapshot
+    /// sees it: the catalog checks of an append (`TypeMismatch`,
+    /// `OutdatedEventVersion`), for a command decided on this snapshot
+    /// before its write transaction.
+    pub(crate) fn check_appendable(&mut self, info: &super::StreamInfo) -> Result<()> {
+        self.store.append_target(&self.pin.txn, info).map(drop)
+    }
+
     /// The tag of `info`'s stream in this snapshot, `None` if it does not
     /// exist in it (see [`Store::stream_tag`]).
     pub(crate) fn stream_tag(&mut self, info: &super::StreamInfo) -> Result<Option<u32>> {
