@@ -340,6 +340,8 @@ fn main() {
         .configure_from_args();
     let mut report = Report::default();
     run::<VarveDb>(&mut criterion, &scale, &mut report);
+    // W2x: W2c beside a fifth thread executing commands (issue 13).
+    aggregate::w2x(&mut criterion, &scale, &mut report);
     run::<RawHeed>(&mut criterion, &scale, &mut report);
     // W7: one aggregate of 1,000,000 events (and one ten times shorter, to show
     // that a snapshot load does not depend on the stream's length).

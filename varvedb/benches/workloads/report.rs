@@ -14,6 +14,10 @@ pub struct Report {
     rss: BTreeMap<&'static str, u64>,
     /// W7: stream length -> (baseline name, baseline fold, replay, snapshot load).
     aggregates: BTreeMap<u64, (&'static str, Duration, Duration, Duration)>,
+    /// W2x: commands the fifth thread executed, and for how long it ran.
+    commands: (u64, Duration),
+    /// W2x: the commits each sample's writers saw, by variant.
+    commits: BTreeMap<&'static str, Vec<f64>>,
 }
 
 const WORKLOADS: [(&str, &str); 9] = [
@@ -89,6 +93,15 @@ impl Report {
         snap: Duration,
     ) {
         self.aggregates.insert(len, (base, baseline, replay, snap));
+    }
+
+    pub fn commands(&mut self, n: u64, took: Duration) {
+        self.commands.0 += n;
+        self.commands.1 += took;
+    }
+
+    pub fn commits(&mut self, w: &'static str, n: u64) {
+        self.commits.entry(w).or_default().push(n as f64);
     }
 
     pub fn rss(&mut self, c: &'static str, kib: u64) {
@@ -175,6 +188,51 @@ impl Report {
                     micros(*replay),
                     micros(*snap)
                 );
+            }
+            let _ = writeln!(out);
+        }
+        let rate = |w| self.rates.get(&(w, ours)).map(|v| median(v));
+        if let (Some(alone), Some(with)) = (rate("W2x0"), rate("W2x")) {
+            let (n, took) = self.commands;
+            let _ = writeln!(
+                out,
+                "| W2x ({ours}): 4 writers' single durable appends | median | vs alone | samples (min – max) | commits per sample (median) |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+            let spread = |w| {
+                let v = self.rates.get(&(w, ours)).cloned().unwrap_or_default();
+                let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = v.iter().copied().fold(0.0, f64::max);
+                format!("{} ({} – {})", v.len(), human(min), human(max))
+            };
+            let row = |out: &mut String, w: &'static str, what: &str, r: f64| {
+                let commits = self.commits.get(w).map_or(0.0, |v| median(v));
+                let _ = writeln!(
+                    out,
+                    "| {what} | {} | **{:.2}×** | {} | {commits:.0} |",
+                    human(r),
+                    r / alone,
+                    spread(w)
+                );
+            };
+            row(&mut out, "W2x0", "alone (W2x0)", alone);
+            row(
+                &mut out,
+                "W2x",
+                &format!(
+                    "a fifth thread executing commands on a 100,000-event aggregate, no snapshot (W2x; {} commands, {:.2} ms each)",
+                    human(n as f64 / took.as_secs_f64()),
+                    took.as_secs_f64() * 1e3 / n.max(1) as f64
+                ),
+                with,
+            );
+            for (w, what) in [
+                ("W2xl", "a fifth thread only loading that aggregate (W2xl)"),
+                ("W2xs", "a fifth thread only spinning on the CPU (W2xs)"),
+            ] {
+                if let Some(r) = rate(w) {
+                    row(&mut out, w, what, r);
+                }
             }
             let _ = writeln!(out);
         }

@@ -31,6 +31,13 @@ impl VarveDb {
     }
 }
 
+impl VarveDb {
+    /// The store, for workloads beyond the [`Contender`] trait (commands).
+    pub fn varve(&self) -> &Varve {
+        &self.varve
+    }
+}
+
 impl Contender for VarveDb {
     const NAME: &'static str = "varvedb";
 

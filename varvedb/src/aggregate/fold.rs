@@ -544,6 +544,21 @@ pub(crate) fn execute<A: Aggregate>(
         Decision::Rejected(rejection) => return Ok(Err(rejection)),
     };
 
+    // Usually nothing was committed to the stream id since the read: the
+    // events join the group commit, on condition that it is still so.
+    let loaded = match policy.codec() {
+        Some(codec) if codec.due(loaded.snapshot.map(|s| s.0), last_after(&loaded, count)) => {
+            loaded
+        }
+        _ => match append_grouped(store, info, entity, options, loaded, &mut block, count)? {
+            Ok(done) => return Ok(Ok(done)),
+            Err(loaded) => loaded,
+        },
+    };
+
+    // Events were committed since the read (or a snapshot is due, which is
+    // stored with the events): a write transaction of its own, which folds
+    // them onto the read's state and decides again.
     // The read's state, until an attempt consumes it.
     let mut read = Some((read_id, loaded));
     let mut attempt = 0u32;
@@ -551,28 +566,7 @@ pub(crate) fn execute<A: Aggregate>(
         attempt += 1;
         let base = read.take();
         if let Some(found) = stored_command(txn, info, entity, options)? {
-            // Executed meanwhile (a concurrent retry): its events follow the
-            // read, so the read's state needs only them.
-            let loaded = match base {
-                Some((id, mut loaded))
-                    if id.is_none_or(|id| id == found.id)
-                        && loaded.version.is_none_or(|v| v.0 < found.first_seq) =>
-                {
-                    let (tag, to) = (found.tag, found.last);
-                    let id = StreamId(found.id);
-                    advance(txn, info, tag, id, &mut loaded, to, &mut scratch)?;
-                    loaded
-                }
-                _ => load_until(
-                    txn,
-                    info,
-                    StreamId(found.id),
-                    Some(found.last),
-                    &policy,
-                    &mut scratch,
-                )?,
-            };
-            return Ok(Ok(found.executed(loaded.state)));
+            return Ok(Ok(rebuild(txn, info, found, base, &policy, &mut scratch)?));
         }
         let id = stream_id(txn, info, entity)?;
         let (loaded, moved) = match base {
@@ -693,6 +687,114 @@ pub(crate) fn execute<A: Aggregate>(
             idempotent: false,
         }))
     })
+}
+
+/// The stream sequence of the last of `count` events appended right after
+/// `loaded`.
+fn last_after<A>(loaded: &Loaded<A>, count: u64) -> u64 {
+    loaded.version.map_or(0, |v| v.0 + 1) + count - 1
+}
+
+/// Appends a command's `count` events, decided on `loaded`, through the
+/// group commit (sharing a durable commit with concurrent appends) if the
+/// stream id is still at `loaded`'s version; `Err(loaded)` if it is not
+/// (nothing was written).
+fn append_grouped<A: Aggregate>(
+    store: &Arc<Store>,
+    info: &StreamInfo,
+    entity: &Entity,
+    options: &Execute<'_>,
+    mut loaded: Loaded<A>,
+    block: &mut BlockBuilder,
+    count: u64,
+) -> Result<Result<Executed<A>, Loaded<A>>> {
+    let unchanged = match loaded.version {
+        Some(v) => ExpectedVersion::Exact(v),
+        None => ExpectedVersion::NoStream,
+    };
+    let placed = match store.append(info, entity.clone(), unchanged, block) {
+        Ok(placed) => placed,
+        Err(Error::VersionConflict { .. }) => return Ok(Err(loaded)),
+        Err(e) => return Err(e),
+    };
+    // Committed: fold the new events as they were stored, as a later load
+    // will, from a snapshot that holds them.
+    let mut view = store.snapshot()?;
+    let mut scratch = AlignedVec::new();
+    if placed.idempotent {
+        // The command's event ids were stored since the read: a retry of
+        // it committed first. Answer with that one's outcome.
+        let found =
+            stored_command(&mut view, info, entity, options)?.ok_or_else(|| Error::Corruption {
+                location: Location::Global(GlobalSequence(placed.first_global)),
+                detail: "a command's event ids are stored but its first one is not found".into(),
+            })?;
+        let base = Some((Some(placed.id), loaded));
+        return Ok(Ok(rebuild(
+            &mut view,
+            info,
+            found,
+            base,
+            &policy::<A>(),
+            &mut scratch,
+        )?));
+    }
+    let last = last_after(&loaded, count);
+    let tag = view.tag(info)?;
+    let (Some(tag), true) = (tag, placed.first_seq + count - 1 == last) else {
+        return Err(Error::Corruption {
+            location: Location::Global(GlobalSequence(placed.first_global)),
+            detail: "the events just appended do not read back where they were placed".into(),
+        });
+    };
+    let id = StreamId(placed.id);
+    advance(&mut view, info, tag, id, &mut loaded, last, &mut scratch)?;
+    Ok(Ok(Executed {
+        state: loaded.state,
+        version: loaded.version,
+        positions: (0..count)
+            .map(|i| {
+                (
+                    StreamSequence(placed.first_seq + i),
+                    GlobalSequence(placed.first_global + i),
+                )
+            })
+            .collect(),
+        idempotent: false,
+    }))
+}
+
+/// The original outcome of the command `found` (executed meanwhile, by a
+/// concurrent retry): the state right after its events, from `base` (a
+/// read's state of the stream id, before them) if usable, else loaded.
+fn rebuild<A: Aggregate>(
+    src: &mut impl Source,
+    info: &StreamInfo,
+    found: Found,
+    base: Option<(Option<u64>, Loaded<A>)>,
+    policy: &Snapshots<A>,
+    scratch: &mut AlignedVec<16>,
+) -> Result<Executed<A>> {
+    let loaded = match base {
+        // Its events follow the read, so the read's state needs only them.
+        Some((id, mut loaded))
+            if id.is_none_or(|id| id == found.id)
+                && loaded.version.is_none_or(|v| v.0 < found.first_seq) =>
+        {
+            let id = StreamId(found.id);
+            advance(src, info, found.tag, id, &mut loaded, found.last, scratch)?;
+            loaded
+        }
+        _ => load_until(
+            src,
+            info,
+            StreamId(found.id),
+            Some(found.last),
+            policy,
+            scratch,
+        )?,
+    };
+    Ok(found.executed(loaded.state))
 }
 
 /// The last stream sequence covered by the snapshot of `(tag, id)` a load

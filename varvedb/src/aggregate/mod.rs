@@ -167,13 +167,12 @@ pub trait Aggregate: Default {
     ///
     /// - first on the state in a read snapshot, outside the store's write
     ///   lock, so a long fold or decision holds up no other writer;
-    /// - again, inside the write transaction, if events were committed to
-    ///   the same stream id between that read and the transaction (another
-    ///   command or append won the race): the state is brought up to date
-    ///   with them and the command decided on it, and the first decision is
-    ///   discarded;
-    /// - again when the store's map has to grow: the attempt is rolled back
-    ///   (having written nothing) and the command decided again.
+    /// - again, inside a write transaction, if events were committed to the
+    ///   same stream id between that read and the append (another command
+    ///   or append won the race): the state is brought up to date with them
+    ///   and the command decided on it, and the first decision is discarded;
+    /// - again if that write transaction (one that also stores a
+    ///   [snapshot](Snapshots)) is rolled back to grow the store's map.
     ///
     /// Only the last decision's events are appended. Since the second and
     /// third cases run inside the write transaction, `handle` must not write
@@ -356,11 +355,12 @@ impl Varve {
     /// **How it runs.** The state is loaded (from its [snapshot](Snapshots)
     /// if any, plus the later events) and the command decided in a read
     /// snapshot, *outside* the store's write lock: folding a long stream id
-    /// and deciding hold up no other writer. Only then does it enter a write
-    /// transaction, which looks up `id`'s version: if nothing was committed
-    /// to `id` since the read (the usual case), the events decided are
-    /// appended as they are. If something was, the transaction folds just
-    /// those new events into the state and calls
+    /// and deciding hold up no other writer. Only the append takes the lock,
+    /// on condition that nothing was committed to `id` since the read (the
+    /// usual case): then the events decided are appended as they are,
+    /// sharing a durable commit with concurrent appends (group commit). If
+    /// something was committed, a write transaction of the command's own
+    /// folds just those new events into the state, calls
     /// [`handle`](Aggregate::handle) again on it, and appends what that
     /// decides (or returns its rejection). So `handle` may be called twice
     /// for one command and must be pure: see [`Aggregate::handle`]. An
@@ -371,7 +371,8 @@ impl Varve {
     ///
     /// If the aggregate has [snapshots](Snapshots) and the events folded on
     /// top of the last usable snapshot reach its interval, the new state is
-    /// stored in the same transaction as the events.
+    /// stored in the same transaction as the events (a command whose
+    /// snapshot is due takes the write transaction of its own).
     ///
     /// # Errors
     /// [`ExecuteError::Rejected`] with the aggregate's error if
