@@ -172,6 +172,9 @@ impl Drop for StopOnDrop<'_> {
 enum Fifth {
     /// Executes commands on the aggregate (the workload).
     Executes,
+    /// Loads the aggregate, then appends one event to it with a plain
+    /// append: a command's work written by hand, without `execute`.
+    LoadsThenAppends,
     /// Loads the aggregate, writing nothing: the fold's share of the cost.
     Loads,
     /// Spins on the CPU, touching no store: the CPU's share.
@@ -197,6 +200,10 @@ fn writers_beside(
     let (stop, rounds) = (AtomicBool::new(false), AtomicU64::new(0));
     std::thread::scope(|s| {
         let other = s.spawn(|| {
+            let mut plain = db
+                .varve()
+                .events_in::<Sample>(Commanded::STREAM)
+                .expect("stream");
             let start = Instant::now();
             let mut x = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -205,6 +212,10 @@ fn writers_beside(
                         db.varve()
                             .execute::<Commanded>(W2X_ID, &Sample::new(0))
                             .expect("execute");
+                    }
+                    Fifth::LoadsThenAppends => {
+                        black_box(db.varve().load::<Commanded>(W2X_ID).expect("load"));
+                        plain.append(W2X_ID, &Sample::new(0)).expect("append");
                     }
                     Fifth::Loads => {
                         black_box(db.varve().load::<Commanded>(W2X_ID).expect("load"));
@@ -236,9 +247,10 @@ fn writers_beside(
 /// W2x: W2c's writers alone (`W2x0`), then with a fifth thread executing
 /// commands on one aggregate of [`W2X_AGGREGATE_LEN`] events without a
 /// snapshot (`W2x`), back to back in each sample, on one store; and, to
-/// tell the costs apart, with the fifth thread only loading the aggregate
-/// (`W2xl`) or only spinning on the CPU (`W2xs`). Criterion reports `W2x`;
-/// the report has them all.
+/// tell the costs apart, with the fifth thread loading the aggregate then
+/// appending to it by hand (`W2xp`), only loading it (`W2xl`), or only
+/// spinning on the CPU (`W2xs`). Criterion reports `W2x`; the report has
+/// them all, with the commits each run made.
 pub fn w2x(c: &mut Criterion, scale: &Scale, report: &mut Report) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = VarveDb::open(dir.path());
@@ -255,7 +267,13 @@ pub fn w2x(c: &mut Criterion, scale: &Scale, report: &mut Report) {
     // The variants of one sample run back to back, in an order that turns
     // from sample to sample: a disk or CPU shared with other work slows
     // them alike, not always the same one.
-    let variants = [None, Some(Fifth::Executes), Some(Fifth::Loads), Some(Fifth::Spins)];
+    let variants = [
+        None,
+        Some(Fifth::Executes),
+        Some(Fifth::LoadsThenAppends),
+        Some(Fifth::Loads),
+        Some(Fifth::Spins),
+    ];
     let mut turn = 0;
     let mut once = || {
         let mut with = Duration::ZERO;
@@ -274,6 +292,7 @@ pub fn w2x(c: &mut Criterion, scale: &Scale, report: &mut Report) {
                             with = took;
                             ("W2x", took, commits)
                         }
+                        Fifth::LoadsThenAppends => ("W2xp", took, commits),
                         Fifth::Loads => ("W2xl", took, commits),
                         Fifth::Spins => ("W2xs", took, commits),
                     }

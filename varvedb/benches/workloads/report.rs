@@ -227,6 +227,10 @@ impl Report {
                 with,
             );
             for (w, what) in [
+                (
+                    "W2xp",
+                    "a fifth thread loading that aggregate, then appending to it by hand (W2xp)",
+                ),
                 ("W2xl", "a fifth thread only loading that aggregate (W2xl)"),
                 ("W2xs", "a fifth thread only spinning on the CPU (W2xs)"),
             ] {
