@@ -558,8 +558,8 @@ pub(crate) fn execute<A: Aggregate>(
 
     // Events were committed since the read (or a snapshot is due, which is
     // stored with the events): a write transaction of its own, which folds
-    // them onto the read's state and decides again.
-    // The read's state, until an attempt consumes it.
+    // them onto the read's state and decides again. `read` holds that state
+    // until an attempt consumes it.
     let mut read = Some((read_id, loaded));
     let mut attempt = 0u32;
     store.write(|txn| {
