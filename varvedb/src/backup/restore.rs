@@ -77,7 +77,7 @@ impl Sink {
         self.bytes = 0;
         self.varve.store().write(|txn| {
             for (key, bytes) in &chunk {
-                txn.import_block(*key, bytes)?;
+                txn.import_block(*key, bytes, None)?;
             }
             Ok(())
         })
