@@ -86,7 +86,11 @@ fn write_fixture(dest: &Path) -> (HeadDigest, HeadDigest) {
     let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(scratch.path()) }.unwrap();
     env.copy_to_path(&data, heed::CompactionOption::Enabled)
         .unwrap();
-    std::fs::write(dest.join("heads.txt"), format!("{}\n{}\n", heads.0, heads.1)).unwrap();
+    std::fs::write(
+        dest.join("heads.txt"),
+        format!("{}\n{}\n", heads.0, heads.1),
+    )
+    .unwrap();
     heads
 }
 
