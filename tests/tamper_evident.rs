@@ -263,7 +263,7 @@ struct Outcome {
     extension: Extension,
 }
 
-fn attack(chain: Chain, forger: Forger, tamper: fn(&Raw<'_>) -> u64) -> (u64, Outcome) {
+fn attack(chain: Chain, forger: Forger, tamper: Attack) -> (u64, Outcome) {
     let dir = tempfile::tempdir().unwrap();
     let held = fill(dir.path(), chain);
     let store_id = *Varve::open_read_only(dir.path())
@@ -324,7 +324,11 @@ fn assert_only_the_held_head_sees_it(outcome: &Outcome, what: &str) {
     );
 }
 
-const ATTACKS: [(&str, fn(&Raw<'_>) -> u64); 4] = [
+/// A forgery: changes the store through raw access, returns the first
+/// global sequence it changed.
+type Attack = fn(&Raw<'_>) -> u64;
+
+const ATTACKS: [(&str, Attack); 4] = [
     ("a changed payload byte", change_a_payload_byte),
     (
         "a deleted and renumbered block",

@@ -60,7 +60,10 @@ fn main() {
         ("plain chain", Some(Chain::Plain)),
         ("keyed chain", Some(Chain::Keyed([7; 32]))),
     ];
-    let durabilities = [("durable", Durability::Full), ("unsynced", Durability::NoSync)];
+    let durabilities = [
+        ("durable", Durability::Full),
+        ("unsynced", Durability::NoSync),
+    ];
     // [durability][chain]
     let mut w1 = [[Duration::MAX; 3]; 2];
     let mut w2 = [[Duration::MAX; 3]; 2];
@@ -74,7 +77,9 @@ fn main() {
                 let mut stream = varve.stream::<Sample, 128>("samples").unwrap();
                 let start = Instant::now();
                 for (i, batch) in batches.iter().enumerate() {
-                    stream.append_batch(StreamId(i as u64 % 100), batch).unwrap();
+                    stream
+                        .append_batch(StreamId(i as u64 % 100), batch)
+                        .unwrap();
                 }
                 w1[d][k] = w1[d][k].min(start.elapsed());
                 if d == 1 {
@@ -134,8 +139,13 @@ fn main() {
             cost(2, &w2, n)
         );
     }
-    let cells: Vec<String> = (0..3).map(|k| rate(per_second(events, verify[k]))).collect();
-    println!("| verify of the W1 store (events/s) | {} |", cells.join(" | "));
+    let cells: Vec<String> = (0..3)
+        .map(|k| rate(per_second(events, verify[k])))
+        .collect();
+    println!(
+        "| verify of the W1 store (events/s) | {} |",
+        cells.join(" | ")
+    );
     println!(
         "| enable_chain(Plain) over the W1 store (events/s) | - | {} | - |",
         rate(per_second(events, enable))

@@ -161,7 +161,7 @@ impl Varve {
             key,
             data_digest,
             bytes,
-            |p| progress(p),
+            &mut progress,
         )?;
         write_durably(&staging.dir, MANIFEST_FILE, manifest.encode().as_bytes())?;
         staging.publish(false)?;
