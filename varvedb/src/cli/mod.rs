@@ -323,7 +323,6 @@ impl Cli {
                     }
                     crate::ChainCheck::Checked { head: None } => "checked, empty log".into(),
                     crate::ChainCheck::KeyMissing => "keyed, not checked (no key)".into(),
-                    _ => "unknown".into(),
                 };
                 if json {
                     let problems: Vec<String> =
