@@ -355,18 +355,21 @@ fn a_format_1_store_is_upgraded_by_its_first_read_write_open_and_not_before() {
         1,
         "a read-only open writes nothing"
     );
-    drop(Varve::new(copy.path()).expect("format 1 opens read-write"));
-    assert_eq!(stored_format(copy.path()), 2, "upgraded in place");
+    let upgraded = Varve::new(copy.path()).expect("format 1 opens read-write");
+    // Format 3's chain stays off for an upgraded store until it is enabled.
+    assert_eq!(upgraded.chain_status().unwrap(), varvedb::ChainStatus::Off);
+    drop(upgraded);
+    assert_eq!(stored_format(copy.path()), 3, "upgraded in place");
 
     // A format newer than this build's is refused, never misread.
-    set_format(copy.path(), 3);
+    set_format(copy.path(), 4);
     match Varve::new(copy.path()) {
         Err(varvedb::Error::UnsupportedFormat {
             found, supported, ..
-        }) => assert_eq!((found, supported), (3, 2)),
+        }) => assert_eq!((found, supported), (4, 3)),
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
-    assert_eq!(stored_format(copy.path()), 3, "nothing written");
+    assert_eq!(stored_format(copy.path()), 4, "nothing written");
 }
 
 #[test]

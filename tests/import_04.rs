@@ -351,3 +351,26 @@ fn a_stream_id_that_skips_or_repeats_a_sequence_is_refused_unless_renumbering() 
         }
     }
 }
+
+#[test]
+fn an_import_into_a_chained_store_seals_the_imported_history_from_its_first_block() {
+    let (dir, old) = old_store();
+    let new = dir.path().join("new");
+    let key = [9u8; 32];
+    let options = options().tamper_evident(varvedb::Chain::Keyed(key));
+    let report = Varve::import_v04(&old, &new, &options).unwrap();
+    let varve = Varve::with_config(
+        &new,
+        varvedb::VarveConfig::tamper_evident(varvedb::Chain::Keyed(key)),
+    )
+    .unwrap();
+    let head = varve.head_digest().unwrap().expect("a chained import");
+    assert_eq!(head.sequence.0 + 1, report.events);
+    let verified = varve.verify().unwrap();
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(
+        verified.chain,
+        varvedb::ChainCheck::Checked { head: Some(head) }
+    );
+    assert!(varve.verify_extends(&head).unwrap().extends());
+}

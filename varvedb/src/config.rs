@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::chain::Chain;
+
 /// How hard a commit works to survive a crash.
 ///
 /// ```
@@ -71,6 +73,34 @@ pub struct VarveConfig {
     /// waiting subscription sleeps through it until then, or until its
     /// timeout. Default: `Some(50 ms)`.
     pub cross_process_poll: Option<Duration>,
+    /// The tamper-evident chain a store created by this open keeps (`None`,
+    /// the default: none; see [`VarveConfig::tamper_evident`]). For an
+    /// existing store it must be the store's chain (or `None`): a
+    /// [`Chain::Keyed`] key is checked against the store's at open, and is
+    /// what appends extend the chain with.
+    pub tamper_evident: Option<Chain>,
+}
+
+impl VarveConfig {
+    /// The default configuration with a tamper-evident chain: a store created
+    /// with it chains every block from its first (see [`Chain`]); an existing
+    /// store must already keep this chain (an unchained one is enabled with
+    /// [`Varve::enable_chain`](crate::Varve::enable_chain)).
+    ///
+    /// ```
+    /// use varvedb::{Chain, Varve, VarveConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let key = [7u8; 32]; // keep it outside the store
+    /// let varve = Varve::with_config(dir.path(), VarveConfig::tamper_evident(Chain::Keyed(key)))?;
+    /// assert!(varve.chain_status()?.is_on());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn tamper_evident(chain: Chain) -> VarveConfig {
+        VarveConfig {
+            tamper_evident: Some(chain),
+            ..VarveConfig::default()
+        }
+    }
 }
 
 /// 64 GiB on 64-bit targets: a virtual reservation, not memory or disk.
@@ -87,6 +117,7 @@ impl Default for VarveConfig {
             durability: Durability::Full,
             resize_wait: Duration::from_secs(10),
             cross_process_poll: Some(CROSS_PROCESS_POLL),
+            tamper_evident: None,
         }
     }
 }

@@ -609,6 +609,63 @@ pub enum Error {
         /// The streams without a type, with their event counts.
         streams: Vec<String>,
     },
+
+    /// The tamper-evident chain asked for (in [`VarveConfig::tamper_evident`](
+    /// crate::VarveConfig::tamper_evident) or [`Varve::enable_chain`](
+    /// crate::Varve::enable_chain)) is not the store's: a keyed chain for a
+    /// plain one or the other way round, or a chain for a store that has none
+    /// (enable it with `Varve::enable_chain`).
+    #[error(
+        "the store at {path} has {found}, not the {requested} asked for{}",
+        if found.starts_with("no ") { " (enable it with Varve::enable_chain)" } else { "" }
+    )]
+    ChainModeMismatch {
+        /// The store directory.
+        path: PathBuf,
+        /// What the store has (`no tamper-evident chain`, `a plain chain`, `a keyed chain`).
+        found: &'static str,
+        /// What was asked for (`plain chain`, `keyed chain`).
+        requested: &'static str,
+    },
+
+    /// The key given for a keyed chain is not the store's: its check value
+    /// differs from the one recorded when the chain was enabled.
+    #[error(
+        "the chain key given for the store at {path} is not its key (the key check value differs)"
+    )]
+    ChainKeyMismatch {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// The store's chain is keyed and this handle was opened without the
+    /// key: appending, re-sealing and checking the chain need it.
+    #[error(
+        "the store at {path} has a keyed tamper-evident chain: {operation} needs its key          (VarveConfig::tamper_evident(Chain::Keyed(key)))"
+    )]
+    ChainKeyRequired {
+        /// The store directory.
+        path: PathBuf,
+        /// What was refused.
+        operation: &'static str,
+    },
+
+    /// The store has no tamper-evident chain (or its chain is still being
+    /// enabled), so there is nothing to check a held head against.
+    #[error("the store at {path} has no complete tamper-evident chain: {detail}")]
+    ChainNotEnabled {
+        /// The store directory.
+        path: PathBuf,
+        /// Off, or enabled up to which sequence.
+        detail: String,
+    },
+
+    /// Text that is not a [`HeadDigest`](crate::HeadDigest) (`SEQUENCE:RESEALS:64 hex digits`).
+    #[error("{text:?} is not a head digest (expected SEQUENCE:RESEALS:64 hex digits)")]
+    MalformedHeadDigest {
+        /// The text given.
+        text: String,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -1100,6 +1157,27 @@ impl Error {
                 path: path.clone(),
                 streams: streams.clone(),
             },
+            Error::ChainModeMismatch {
+                path,
+                found,
+                requested,
+            } => Error::ChainModeMismatch {
+                path: path.clone(),
+                found,
+                requested,
+            },
+            Error::ChainKeyMismatch { path } => Error::ChainKeyMismatch { path: path.clone() },
+            Error::ChainKeyRequired { path, operation } => Error::ChainKeyRequired {
+                path: path.clone(),
+                operation,
+            },
+            Error::ChainNotEnabled { path, detail } => Error::ChainNotEnabled {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::MalformedHeadDigest { text } => {
+                Error::MalformedHeadDigest { text: text.clone() }
+            }
         }
     }
 }
@@ -1231,6 +1309,23 @@ mod tests {
                 path: "/s".into(),
                 expected_from: GlobalSequence(5),
                 found_from: GlobalSequence(1),
+            },
+            Error::ChainModeMismatch {
+                path: "/x".into(),
+                found: "no tamper-evident chain",
+                requested: "plain chain",
+            },
+            Error::ChainKeyMismatch { path: "/x".into() },
+            Error::ChainKeyRequired {
+                path: "/x".into(),
+                operation: "appending",
+            },
+            Error::ChainNotEnabled {
+                path: "/x".into(),
+                detail: "off".into(),
+            },
+            Error::MalformedHeadDigest {
+                text: "7:0:zz".into(),
             },
         ];
         for e in &errors {

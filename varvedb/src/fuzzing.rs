@@ -81,6 +81,21 @@ pub fn claimed_key(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(40..48)?.try_into().ok()?))
 }
 
+/// The `index` value of a run of `count` events from global `first_global`,
+/// stored under the 20-byte index key `key` (tag, stream id, first sequence,
+/// big endian), with its checksum: for tests that rewrite a store's index as
+/// a forger would. `None` for a key of another length.
+pub fn encode_run(key: &[u8], first_global: u64, count: u64) -> Option<Vec<u8>> {
+    let key: &[u8; 20] = key.try_into().ok()?;
+    let (_, _, first_seq) = crate::storage::keys::parse_index_key(key)?;
+    let run = crate::storage::keys::Run {
+        first_seq,
+        first_global,
+        count,
+    };
+    Some(run.encode(key).to_vec())
+}
+
 /// Recomputes the header checksum and the checksum of every event whose
 /// slot lies inside the block, so that mutated bytes reach the checks behind
 /// them.

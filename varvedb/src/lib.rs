@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod backup;
+mod chain;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod config;
@@ -37,6 +38,10 @@ pub use backup::{
     BackupManifest, BackupPhase, BackupProgress, BackupReport, ExportFollower, ExportReport,
     ImportOptions, ImportPhase, ImportProgress, ImportReport, LogDigest, RestoreReport,
     SegmentInfo,
+};
+pub use chain::{
+    Chain, ChainCheck, ChainMode, ChainOptions, ChainReport, ChainStatus, Extension, HeadDigest,
+    Reseal,
 };
 pub use config::{Durability, VarveConfig};
 pub use entity::MAX_ENTITY_KEY;
@@ -79,7 +84,7 @@ pub use typed::Events;
 /// assert_eq!((OrderPlaced::STREAM, OrderPlaced::BUFFER_SIZE, OrderPlaced::VERSION), ("orders", 4096, 2));
 /// ```
 pub use varvedb_derive::Event;
-pub use verify::{Problem, VerifyReport};
+pub use verify::{Problem, ProblemKind, VerifyReport};
 
 /// What `#[derive(Event)]` expands to refers to, so that the generated code
 /// needs nothing in the user's crate but `varvedb`. Not a public API.

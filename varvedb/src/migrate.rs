@@ -79,6 +79,11 @@ pub struct MigrationReport {
     pub retired: Vec<u32>,
     /// Write transactions committed.
     pub batches: u64,
+    /// Re-seal records written: blocks the store's tamper-evident chain
+    /// covers that this run rewrote (0 for an unchained store). The chain
+    /// keeps covering each block as it was written; its record says what
+    /// the block became (see [`Varve::verify_extends`]).
+    pub resealed: u64,
     /// How long the whole migration took, verification included.
     pub duration: Duration,
     /// [`Varve::verify`] of the store after the migration, with one problem
@@ -185,6 +190,7 @@ impl Varve {
             }
             report.batches += 1;
             report.blocks += batch.blocks;
+            report.resealed += batch.resealed;
             for (version, events) in batch.events {
                 *versions.entry(version).or_insert(0) += events;
                 report.events += events;

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::chain::{Chain, ChainOptions, ChainReport, ChainStatus, Extension, HeadDigest};
 use crate::config::VarveConfig;
 use crate::error::Result;
 use crate::event::{layout_fingerprint, Archivable, Event};
@@ -408,6 +409,121 @@ impl Varve {
     pub fn verify(&self) -> Result<VerifyReport> {
         let view = self.store.snapshot()?;
         view.verify()
+    }
+
+    /// Whether the store keeps a tamper-evident chain, and how far.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = varvedb::Varve::new(dir.path())?;
+    /// assert_eq!(varve.chain_status()?, varvedb::ChainStatus::Off);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn chain_status(&self) -> Result<ChainStatus> {
+        let view = self.store.snapshot()?;
+        view.chain_status()
+    }
+
+    /// The head of the tamper-evident chain: the last event's global
+    /// sequence and a digest committing to every block up to it (and to
+    /// every re-seal record). Give it to an auditor, who later checks with
+    /// [`Varve::verify_extends`] that the log still extends it. Read from
+    /// the stored digests: no key needed, nothing recomputed.
+    ///
+    /// `None` for a store without a chain (or whose chain is still being
+    /// enabled) and for an empty log.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{Chain, StreamId, Varve, VarveConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = Varve::with_config(dir.path(), VarveConfig::tamper_evident(Chain::Plain))?;
+    /// varve.stream::<Tick, 16>("ticks")?.append(StreamId(1), &Tick { n: 1 })?;
+    /// let held = varve.head_digest()?.expect("a chained, non-empty log");
+    /// varve.stream::<Tick, 16>("ticks")?.append(StreamId(1), &Tick { n: 2 })?;
+    /// assert!(varve.verify_extends(&held)?.extends());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn head_digest(&self) -> Result<Option<HeadDigest>> {
+        let view = self.store.snapshot()?;
+        view.head_digest()
+    }
+
+    /// Checks that today's log extends `held`, a head taken earlier with
+    /// [`Varve::head_digest`]: recomputes the chain from its genesis up to
+    /// the held sequence (and the re-seal records it covers) and compares.
+    /// Rewriting, removing, reordering or inserting any event up to it, or
+    /// cutting the log short, gives [`Extension::Diverges`], even when the
+    /// stored chain was rewritten to match (the held head cannot be).
+    /// Blocks a migration re-sealed since are listed in
+    /// [`Extension::Extends`].
+    ///
+    /// # Errors
+    /// [`Error::ChainNotEnabled`](crate::Error::ChainNotEnabled) without a
+    /// complete chain; [`Error::ChainKeyRequired`](crate::Error::ChainKeyRequired)
+    /// for a keyed chain opened without its key.
+    pub fn verify_extends(&self, held: &HeadDigest) -> Result<Extension> {
+        let view = self.store.snapshot()?;
+        view.verify_extends(held)
+    }
+
+    /// Turns the tamper-evident chain on for an existing store: chains its
+    /// log from the first block, in batches (see [`ChainOptions`]), one
+    /// write transaction each, so other writers go on meanwhile; the batch
+    /// that reaches the end turns the chain on, and from then on every
+    /// append extends it. A crash (even `kill -9`) loses at most a batch
+    /// that never committed: call it again to resume. Appends made while it
+    /// runs hash nothing; the enable chains them when it gets there.
+    ///
+    /// On a store already chained this way it does nothing. A damaged block
+    /// is never chained (`Corruption`, the blocks before it stay chained).
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Tick { n: u32 }
+    /// use varvedb::{Chain, StreamId, Varve};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = Varve::new(dir.path())?;
+    /// varve.stream::<Tick, 16>("ticks")?.append(StreamId(1), &Tick { n: 1 })?;
+    /// let report = varve.enable_chain(Chain::Plain)?;
+    /// assert_eq!(report.blocks, 1);
+    /// assert!(varve.chain_status()?.is_on());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ChainModeMismatch`](crate::Error::ChainModeMismatch) if the
+    /// store keeps another kind of chain; [`Error::ChainKeyMismatch`](
+    /// crate::Error::ChainKeyMismatch) for a key that is not its key;
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only handle.
+    pub fn enable_chain(&self, chain: Chain) -> Result<ChainReport> {
+        self.enable_chain_with(chain, ChainOptions::default())
+    }
+
+    /// [`Varve::enable_chain`] with `options`.
+    pub fn enable_chain_with(&self, chain: Chain, options: ChainOptions) -> Result<ChainReport> {
+        self.store.check_writable("enabling the chain")?;
+        let limit = options.batch_blocks_limit();
+        let mut report = ChainReport {
+            blocks: 0,
+            batches: 0,
+            head: None,
+        };
+        loop {
+            let (blocks, on) = self
+                .store
+                .write(|txn| txn.enable_chain_batch(&chain, limit))?;
+            report.blocks += blocks;
+            report.batches += 1;
+            if on {
+                break;
+            }
+        }
+        // Only once the store accepted the key (its check value matched).
+        self.store.set_chain_key(chain.key());
+        report.head = self.head_digest()?;
+        Ok(report)
     }
 
     /// An identifier of the newest commit, by this process or another: it

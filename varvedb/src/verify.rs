@@ -1,5 +1,6 @@
 //! [`Varve::verify`](crate::Varve::verify): a full consistency check of a store.
 
+use crate::chain::ChainCheck;
 use crate::error::Location;
 
 /// What [`Varve::verify`](crate::Varve::verify) found.
@@ -25,12 +26,20 @@ pub struct VerifyReport {
     pub streams: u64,
     /// Every problem found, in the order found.
     pub problems: Vec<Problem>,
+    /// What became of the tamper-evident chain (breaks are `problems` of
+    /// kind [`ProblemKind::Chain`]).
+    pub chain: ChainCheck,
 }
 
 impl VerifyReport {
     /// Whether the store is free of problems.
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// The first block that breaks the tamper-evident chain, if any.
+    pub fn chain_break(&self) -> Option<&Problem> {
+        self.problems.iter().find(|p| p.kind == ProblemKind::Chain)
     }
 }
 
@@ -42,6 +51,39 @@ pub struct Problem {
     pub location: Location,
     /// What is wrong.
     pub detail: String,
+    /// Damage (a checksum, an index) or a break in the tamper-evident chain.
+    pub kind: ProblemKind,
+}
+
+/// What kind of [`Problem`] [`Varve::verify`](crate::Varve::verify) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A record fails its checksum or disagrees with another record: what
+    /// accidents (a bad disk, a bug) leave.
+    Damage,
+    /// A block (or a re-seal record) does not match the tamper-evident chain:
+    /// bytes were changed, blocks removed, inserted or moved, even with every
+    /// checksum recomputed.
+    Chain,
+}
+
+impl Problem {
+    pub(crate) fn damage(location: Location, detail: String) -> Problem {
+        Problem {
+            location,
+            detail,
+            kind: ProblemKind::Damage,
+        }
+    }
+
+    pub(crate) fn chain(location: Location, detail: String) -> Problem {
+        Problem {
+            location,
+            detail,
+            kind: ProblemKind::Chain,
+        }
+    }
 }
 
 impl std::fmt::Display for Problem {

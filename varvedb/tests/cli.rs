@@ -118,6 +118,7 @@ fn inspection_commands_print_tables_and_json_beside_a_writer() {
         (verify["ok"].clone(), verify["events"].clone()),
         (true.into(), 12.into())
     );
+    assert_eq!(verify["chain"], "off", "an unchained store says so");
     let readers = json(varvedb(dir.path()).arg("readers"));
     assert!(readers["max"].as_u64().unwrap() > 0);
     // The writer went on meanwhile, and still does.

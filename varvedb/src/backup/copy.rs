@@ -153,9 +153,16 @@ impl Varve {
         let data_digest = file_digest(&data_path, |done| {
             progress(report(BackupPhase::HashingFile, done, bytes))
         })?;
-        let manifest = check_copy(&staging.dir, self.store_id(), data_digest, bytes, |p| {
-            progress(p)
-        })?;
+        // A keyed chain is checked with this handle's key, if it has one.
+        let key = self.store().chain_key();
+        let manifest = check_copy(
+            &staging.dir,
+            self.store_id(),
+            key,
+            data_digest,
+            bytes,
+            &mut progress,
+        )?;
         write_durably(&staging.dir, MANIFEST_FILE, manifest.encode().as_bytes())?;
         staging.publish(false)?;
         Ok(BackupReport {
@@ -172,6 +179,7 @@ impl Varve {
 fn check_copy(
     dir: &Path,
     store_id: StoreId,
+    key: Option<[u8; 32]>,
     data_digest: LogDigest,
     bytes: u64,
     mut progress: impl FnMut(BackupProgress),
@@ -180,7 +188,11 @@ fn check_copy(
         path: dir.to_path_buf(),
         detail,
     };
-    let copy = Varve::open_read_only(dir)?;
+    let config = crate::VarveConfig {
+        tamper_evident: key.map(crate::Chain::Keyed),
+        ..crate::VarveConfig::default()
+    };
+    let copy = Varve::open_read_only_with_config(dir, config)?;
     if copy.store_id() != store_id {
         return Err(damaged(format!(
             "the copy names store {}, not {store_id}",
@@ -215,6 +227,7 @@ fn check_copy(
             verified.events
         )));
     }
+    let chain_head = copy.head_digest()?;
     drop(copy);
     // The read-only open made LMDB's lock file; it is no part of a backup.
     let _ = std::fs::remove_file(dir.join("lock.mdb"));
@@ -228,5 +241,6 @@ fn check_copy(
         data_bytes: bytes,
         log_digest,
         data_digest,
+        chain_head,
     })
 }

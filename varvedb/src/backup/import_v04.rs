@@ -10,6 +10,8 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::Staging;
+use crate::chain::Chain;
+use crate::config::VarveConfig;
 use crate::error::{Error, Location, Result};
 use crate::event::{layout_fingerprint, Archivable};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamSequence};
@@ -56,6 +58,7 @@ fn check_as<T: Archivable>(bytes: &[u8]) -> std::result::Result<(), String> {
 pub struct ImportOptions {
     bindings: HashMap<String, Binding>,
     renumber: bool,
+    chain: Option<Chain>,
 }
 
 impl std::fmt::Debug for ImportOptions {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for ImportOptions {
         f.debug_struct("ImportOptions")
             .field("streams", &bound)
             .field("renumber", &self.renumber)
+            .field("tamper_evident", &self.chain)
             .finish()
     }
 }
@@ -99,6 +103,19 @@ impl ImportOptions {
     /// refused with [`Error::LegacyGap`].
     pub fn renumber(mut self, renumber: bool) -> ImportOptions {
         self.renumber = renumber;
+        self
+    }
+
+    /// Creates the new store with a tamper-evident chain (see
+    /// [`VarveConfig::tamper_evident`]): every imported block is chained as
+    /// it is appended, so the imported history is sealed from the start.
+    ///
+    /// ```
+    /// let options = varvedb::ImportOptions::new().tamper_evident(varvedb::Chain::Plain);
+    /// assert!(format!("{options:?}").contains("Plain"));
+    /// ```
+    pub fn tamper_evident(mut self, chain: Chain) -> ImportOptions {
+        self.chain = Some(chain);
         self
     }
 
@@ -466,7 +483,11 @@ impl Varve {
         let old = LegacyStore::open(old_path)?;
         let plan = plan(&old, old_path, options, &mut progress)?;
         let staging = Staging::new(dest, true)?;
-        let varve = Varve::new(&staging.dir)?;
+        let config = VarveConfig {
+            tamper_evident: options.chain,
+            ..VarveConfig::default()
+        };
+        let varve = Varve::with_config(&staging.dir, config)?;
         write(&varve, &old, options, &plan, &mut progress)?;
         compare(&varve, &old, &plan, dest, &mut progress)?;
         drop(varve);

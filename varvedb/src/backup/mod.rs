@@ -144,6 +144,11 @@ pub struct BackupManifest {
     pub log_digest: LogDigest,
     /// XXH3-128 of the whole `data.mdb` file, for damage anywhere in it.
     pub data_digest: LogDigest,
+    /// The head of the store's tamper-evident chain at `end`, for a chained
+    /// store (see [`Varve::head_digest`](crate::Varve::head_digest)): keep it
+    /// elsewhere and [`Varve::verify_extends`](crate::Varve::verify_extends)
+    /// checks any later state of the store, or this backup, against it.
+    pub chain_head: Option<crate::HeadDigest>,
 }
 
 impl BackupManifest {
@@ -205,6 +210,14 @@ impl BackupManifest {
             data_bytes: number("data-bytes")?,
             log_digest: digest("log-digest")?,
             data_digest: digest("data-digest")?,
+            // Optional: absent from manifests of unchained stores and of
+            // builds from before the chain.
+            chain_head: match fields.get("chain-head") {
+                None => None,
+                Some(text) => Some(text.parse().map_err(|_| {
+                    damaged("the manifest's `chain-head` is not a head digest".into())
+                })?),
+            },
         })
     }
 
@@ -222,6 +235,10 @@ impl BackupManifest {
             self.log_digest,
             self.data_digest,
         );
+        let body = match &self.chain_head {
+            Some(head) => format!("{body}chain-head: {head}\n"),
+            None => body,
+        };
         let sum = xxhash_rust::xxh3::xxh3_64(body.as_bytes());
         format!("{body}checksum: {sum:016x}\n")
     }

@@ -42,6 +42,11 @@ pub struct RestoreReport {
     pub rebuilt: bool,
     /// The log digest of the restored store, recomputed from it.
     pub log_digest: LogDigest,
+    /// The head of the restored store's tamper-evident chain, for a chained
+    /// store: the same blocks of the same store, with the same re-seals, give
+    /// the same digests as the source's (verified from its genesis before the
+    /// restore is published).
+    pub chain_head: Option<crate::HeadDigest>,
     /// How long the restore took.
     pub duration: Duration,
 }
@@ -49,7 +54,8 @@ pub struct RestoreReport {
 /// Where blocks go while restoring: a store, written a chunk at a time.
 struct Sink {
     varve: Varve,
-    chunk: Vec<(u64, Vec<u8>)>,
+    /// Blocks, each with the source's chain value when it was re-sealed.
+    chunk: Vec<(u64, Vec<u8>, Option<Vec<u8>>)>,
     bytes: usize,
     digest: LogDigest,
     blocks: u64,
@@ -57,12 +63,12 @@ struct Sink {
 }
 
 impl Sink {
-    fn block(&mut self, key: u64, end: u64, bytes: &[u8]) -> Result<()> {
+    fn block(&mut self, key: u64, end: u64, bytes: &[u8], chain: Option<Vec<u8>>) -> Result<()> {
         self.digest = self.digest.chain(key, bytes);
         self.blocks += 1;
         self.end = end;
         self.bytes += bytes.len();
-        self.chunk.push((key, bytes.to_vec()));
+        self.chunk.push((key, bytes.to_vec(), chain));
         if self.bytes >= CHUNK_BYTES {
             self.flush()?;
         }
@@ -76,8 +82,22 @@ impl Sink {
         let chunk = std::mem::take(&mut self.chunk);
         self.bytes = 0;
         self.varve.store().write(|txn| {
-            for (key, bytes) in &chunk {
-                txn.import_block(*key, bytes)?;
+            for (key, bytes, chain) in &chunk {
+                txn.import_block(*key, bytes, chain.as_deref())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Copies the source's re-seal records (after the blocks they name).
+    fn reseals(&mut self, records: &[(u64, Vec<u8>)]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.flush()?;
+        self.varve.store().write(|txn| {
+            for (n, record) in records {
+                txn.import_reseal(*n, record)?;
             }
             Ok(())
         })
@@ -148,6 +168,33 @@ impl Varve {
         dest: impl AsRef<Path>,
         until: Option<GlobalSequence>,
     ) -> Result<RestoreReport> {
+        Varve::restore_with_config(backup, segments, dest, until, VarveConfig::default())
+    }
+
+    /// [`Varve::restore`], opening the restored store with `config`: a
+    /// store with a keyed tamper-evident chain needs its key there
+    /// (`VarveConfig::tamper_evident(Chain::Keyed(key))`) to chain the
+    /// blocks it appends. The restored store keeps the source's id, blocks
+    /// and re-seal records, so its chain digests are the source's, and every
+    /// head the source handed out up to the restored end still verifies
+    /// against it; the whole chain is recomputed from its genesis before the
+    /// restore is published.
+    ///
+    /// # Errors
+    /// As [`Varve::restore`];
+    /// [`Error::ChainKeyRequired`](crate::Error::ChainKeyRequired) for a
+    /// keyed chain without its key; [`Error::ChainKeyMismatch`](
+    /// crate::Error::ChainKeyMismatch) for a wrong one;
+    /// [`Error::BackupDamaged`] for a segment whose re-seal records do not
+    /// continue the backup's (a migration after the backup re-sealed
+    /// blocks the backup holds: take a new full backup after a migration).
+    pub fn restore_with_config<P: AsRef<Path>>(
+        backup: impl AsRef<Path>,
+        segments: impl IntoIterator<Item = P>,
+        dest: impl AsRef<Path>,
+        until: Option<GlobalSequence>,
+        config: VarveConfig,
+    ) -> Result<RestoreReport> {
         let started = Instant::now();
         let backup = backup.as_ref();
         let dest = dest.as_ref();
@@ -206,7 +253,7 @@ impl Varve {
             .ok_or_else(|| damaged(backup, "it has no identity record (varvedb.id)".into()))?;
         let rebuilt = limit < manifest.end.0;
         let mut sink = if rebuilt {
-            rebuild_from_backup(backup, &staging.dir, identity, limit)?
+            rebuild_from_backup(backup, &staging.dir, identity, limit, &config)?
         } else {
             let copy = staging.dir.join(DATA_FILE);
             std::fs::copy(&data, &copy).map_err(io_error(&copy))?;
@@ -214,7 +261,7 @@ impl Varve {
                 .and_then(|f| f.sync_all())
                 .map_err(io_error(&copy))?;
             storage::write_identity(&staging.dir, &identity)?;
-            let varve = Varve::new(&staging.dir)?;
+            let varve = Varve::with_config(&staging.dir, config.clone())?;
             Sink {
                 varve,
                 chunk: Vec::new(),
@@ -231,10 +278,14 @@ impl Varve {
                 break;
             }
             let mut catalog = Vec::new();
+            let mut reseals = Vec::new();
+            let mut chain = None;
             let mut cut = false;
             let mut blocks = 0u64;
             info.for_each_record(|record| {
                 match record {
+                    Record::Chain(value) => chain = Some(value.to_vec()),
+                    Record::Reseal(n, bytes) => reseals.push((n, bytes.to_vec())),
                     Record::Block(key, bytes) => {
                         let header = storage::block::BlockView::parse(key, bytes)
                             .map_err(|e| damaged(&info.path, format!("block at {key}: {}", e.0)))?;
@@ -244,7 +295,7 @@ impl Varve {
                             return Ok(true); // the catalog records follow
                         }
                         if !cut {
-                            sink.block(key, end, bytes)?;
+                            sink.block(key, end, bytes, chain.take())?;
                             blocks += 1;
                         }
                     }
@@ -253,6 +304,16 @@ impl Varve {
                 Ok(true)
             })?;
             sink.catalog(&catalog)?;
+            sink.reseals(&reseals).map_err(|e| {
+                damaged(
+                    &info.path,
+                    format!(
+                        "its re-seal records do not continue the store's ({e}): a migration \
+                         after the backup re-sealed blocks it holds; restore from a full \
+                         backup taken after the migration"
+                    ),
+                )
+            })?;
             applied += 1;
             if !cut
                 && (blocks != info.blocks
@@ -288,6 +349,13 @@ impl Varve {
             ));
         }
         let (log_digest, _) = digest_log(varve.store(), end, |_| {})?;
+        let chain_head = varve.head_digest()?;
+        if !rebuilt && sink.blocks == 0 && chain_head != manifest.chain_head {
+            return Err(damaged(
+                dest,
+                "the restored chain's head differs from the backup's manifest".into(),
+            ));
+        }
         if log_digest != sink.digest || end != sink.end {
             return Err(damaged(
                 dest,
@@ -306,6 +374,7 @@ impl Varve {
             segments_applied: applied,
             rebuilt,
             log_digest,
+            chain_head,
             duration: started.elapsed(),
         })
     }
@@ -318,10 +387,42 @@ fn rebuild_from_backup(
     dir: &Path,
     identity: storage::Identity,
     limit: u64,
+    config: &VarveConfig,
 ) -> Result<Sink> {
+    let source = Varve::open_read_only_with_config(backup, config.clone())?;
+    // The new store keeps the backup's chain, if it has one: the same id and
+    // blocks give the same digests.
+    let view = source.store().snapshot()?;
+    let tamper_evident = match view.chain_mode()? {
+        None => None,
+        Some(crate::ChainMode::Plain) => Some(crate::Chain::Plain),
+        Some(crate::ChainMode::Keyed) => match source.store().chain_key() {
+            Some(key) => Some(crate::Chain::Keyed(key)),
+            None => {
+                return Err(Error::ChainKeyRequired {
+                    path: backup.to_path_buf(),
+                    operation: "restoring a keyed chain",
+                })
+            }
+        },
+    };
+    let mut amended = std::collections::HashMap::new();
+    let mut reseals = Vec::new();
+    view.for_each_reseal(0, |n, record| {
+        let block = u64::from_le_bytes(record[..8].try_into().unwrap_or_default());
+        reseals.push((n, record.to_vec()));
+        if let Some(value) = view.chain_value(block)? {
+            amended.insert(block, value);
+        }
+        Ok(())
+    })?;
+    drop(view);
     let store = Store::open_as(
         dir,
-        VarveConfig::default(),
+        VarveConfig {
+            tamper_evident,
+            ..config.clone()
+        },
         Access::ReadWrite,
         Some(identity),
     )?;
@@ -333,15 +434,18 @@ fn rebuild_from_backup(
         blocks: 0,
         end: 0,
     };
-    let source = Varve::open_read_only(backup)?;
     let end = source.global_reader().end()?.0;
     walk_blocks(source.store(), 0, end, |key, block_end, bytes| {
         if block_end > limit {
             return Ok(ControlFlow::Break(()));
         }
-        sink.block(key, block_end, bytes)?;
+        sink.block(key, block_end, bytes, amended.remove(&key))?;
         Ok(ControlFlow::Continue(()))
     })?;
+    // Every re-seal record, those of blocks past `limit` included: the
+    // chain of re-seals stays the source's, so heads it handed out still
+    // verify (`verify` passes over records of blocks past the end).
+    sink.reseals(&reseals)?;
     let mut records = Vec::new();
     source.store().snapshot()?.for_each_catalog_record(|k, v| {
         records.push((k.to_vec(), v.to_vec()));

@@ -1,12 +1,16 @@
 //! Segments: the log from a position on, for incremental backups.
 //!
-//! A segment file (version 1, little endian unless said otherwise):
+//! A segment file (version 1, or 2 when it carries chain records; little
+//! endian unless said otherwise):
 //!
 //! ```text
 //! header  (64 bytes): magic "VARVESEG" | version u32 | 0 u32 | store id [16] |
 //!                     from u64 | start digest [16] | XXH3-64 of the 56 bytes before
 //! records           : 0x01 | first global u64 | length u32 | block bytes
 //!                     0x02 | key length u32 | value length u32 | key | value   (catalog)
+//!                     0x03 | length u32 | chain value        (v2: of the next block,
+//!                                                             when a migration re-sealed it)
+//!                     0x04 | number u64 | length u32 | re-seal record   (v2)
 //!                     0xff                                                      (end)
 //! trailer (64 bytes): magic "VARVEEND" | to u64 | blocks u64 | catalog records u64 |
 //!                     end digest [16] | XXH3-128 of every byte of the file before it
@@ -31,10 +35,15 @@ use crate::store::Varve;
 const MAGIC: &[u8; 8] = b"VARVESEG";
 const END_MAGIC: &[u8; 8] = b"VARVEEND";
 const VERSION: u32 = 1;
+/// The version of a segment with chain records (0x03, 0x04), which a
+/// version-1 reader must refuse rather than skip.
+const VERSION_CHAIN: u32 = 2;
 const HEADER_LEN: usize = 64;
 const TRAILER_LEN: usize = 64;
 const BLOCK: u8 = 0x01;
 const CATALOG: u8 = 0x02;
+const CHAIN: u8 = 0x03;
+const RESEAL: u8 = 0x04;
 const END: u8 = 0xff;
 
 /// What a segment file's header and trailer say, once its checksums passed
@@ -124,10 +133,13 @@ impl SegmentInfo {
             return Err(damaged(path, "the segment header fails its checksum"));
         }
         let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_CHAIN {
             return Err(damaged(
                 path,
-                format!("segment version {version}; this build reads version {VERSION}"),
+                format!(
+                    "segment version {version}; this build reads versions {VERSION} and \
+                     {VERSION_CHAIN}"
+                ),
             ));
         }
         // The whole file's checksum, streamed.
@@ -218,6 +230,22 @@ impl SegmentInfo {
                     r.read_exact(&mut buf).map_err(cut)?;
                     f(Record::Catalog(&key, &buf))?
                 }
+                CHAIN => {
+                    let mut head = [0u8; 4];
+                    r.read_exact(&mut head).map_err(cut)?;
+                    buf.resize(u32::from_le_bytes(head) as usize, 0);
+                    r.read_exact(&mut buf).map_err(cut)?;
+                    f(Record::Chain(&buf))?
+                }
+                RESEAL => {
+                    let mut head = [0u8; 12];
+                    r.read_exact(&mut head).map_err(cut)?;
+                    let n = u64_at(&head, 0);
+                    let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+                    buf.resize(len, 0);
+                    r.read_exact(&mut buf).map_err(cut)?;
+                    f(Record::Reseal(n, &buf))?
+                }
                 END => return Ok(()),
                 other => return Err(damaged(path, format!("unknown record kind {other:#04x}"))),
             };
@@ -234,6 +262,10 @@ pub(crate) enum Record<'a> {
     Block(u64, &'a [u8]),
     /// A catalog record: key and value.
     Catalog(&'a [u8], &'a [u8]),
+    /// The source's chain value of the next block (a re-sealed block).
+    Chain(&'a [u8]),
+    /// A re-seal record of the source: its number and bytes.
+    Reseal(u64, &'a [u8]),
 }
 
 /// Writes records, hashing every byte written.
@@ -345,6 +377,29 @@ impl Varve {
         dest: &Path,
         started: Instant,
     ) -> Result<ExportReport> {
+        // The chain records of this range: the values of re-sealed blocks
+        // (whose digests cover the blocks as first written) and the re-seal
+        // records themselves, read before the blocks.
+        let mut amended = std::collections::BTreeMap::new();
+        let mut reseals = Vec::new();
+        {
+            let view = self.store().snapshot()?;
+            view.for_each_reseal(from, |n, record| {
+                let block = u64::from_le_bytes(record[..8].try_into().unwrap_or_default());
+                if block < to {
+                    reseals.push((n, record.to_vec()));
+                    if let Some(value) = view.chain_value(block)? {
+                        amended.insert(block, value);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let version = if reseals.is_empty() {
+            VERSION
+        } else {
+            VERSION_CHAIN
+        };
         let staging = Staging::new(dest, false)?;
         let path = staging.dir.join("segment");
         let file = File::create(&path).map_err(io_error(&path))?;
@@ -356,7 +411,7 @@ impl Varve {
         };
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(MAGIC);
-        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[8..12].copy_from_slice(&version.to_le_bytes());
         header[16..32].copy_from_slice(self.store_id().as_bytes());
         header[32..40].copy_from_slice(&from.to_le_bytes());
         header[40..56].copy_from_slice(&start_digest.0);
@@ -368,6 +423,11 @@ impl Varve {
         walk_blocks(self.store(), from, to, |key, _, bytes| {
             let len =
                 u32::try_from(bytes.len()).map_err(|_| damaged(&path, "a block over 4 GiB"))?;
+            if let Some(value) = amended.get(&key) {
+                w.put(&[CHAIN])?;
+                w.put(&(value.len() as u32).to_le_bytes())?;
+                w.put(value)?;
+            }
             w.put(&[BLOCK])?;
             w.put(&key.to_le_bytes())?;
             w.put(&len.to_le_bytes())?;
@@ -376,6 +436,12 @@ impl Varve {
             blocks += 1;
             Ok(std::ops::ControlFlow::Continue(()))
         })?;
+        for (n, record) in &reseals {
+            w.put(&[RESEAL])?;
+            w.put(&n.to_le_bytes())?;
+            w.put(&(record.len() as u32).to_le_bytes())?;
+            w.put(record)?;
+        }
         // The catalog after the blocks: every stream a block names was in
         // the catalog by the commit of that block, so this later snapshot
         // holds them all.

@@ -313,6 +313,17 @@ impl Cli {
                 let bar = spinner("verifying");
                 let report = varve.verify()?;
                 bar.finish_and_clear();
+                let chain = match &report.chain {
+                    crate::ChainCheck::Off => "off".to_string(),
+                    crate::ChainCheck::Enabling { covered } => {
+                        format!("being enabled, chained below {}", covered.0)
+                    }
+                    crate::ChainCheck::Checked { head: Some(head) } => {
+                        format!("checked, head {head}")
+                    }
+                    crate::ChainCheck::Checked { head: None } => "checked, empty log".into(),
+                    crate::ChainCheck::KeyMissing => "keyed, not checked (no key)".into(),
+                };
                 if json {
                     let problems: Vec<String> =
                         report.problems.iter().map(ToString::to_string).collect();
@@ -321,6 +332,7 @@ impl Cli {
                         &json!({
                             "ok": report.is_ok(), "events": report.events, "blocks": report.blocks,
                             "runs": report.runs, "streams": report.streams, "problems": problems,
+                            "chain": chain,
                         }),
                     )?;
                 } else {
@@ -337,6 +349,7 @@ impl Cli {
                             format!("{} problems", report.problems.len())
                         }
                     )?;
+                    writeln!(out, "tamper-evident chain: {chain}")?;
                     for p in &report.problems {
                         writeln!(out, "  {p}")?;
                     }

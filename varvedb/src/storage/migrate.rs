@@ -21,6 +21,7 @@ use heed::RoTxn;
 use rkyv::util::AlignedVec;
 
 use super::block::{reseal, BlockView};
+use super::chain;
 use super::keys::{event_key, parse_event_key};
 use super::{Store, StreamInfo, WriteTxn};
 use crate::error::{Error, Location, Result};
@@ -47,6 +48,8 @@ pub(crate) struct Batch {
     pub(crate) done: bool,
     /// Whether the stream exists.
     pub(crate) exists: bool,
+    /// Re-seal records written (blocks the chain covers that were rewritten).
+    pub(crate) resealed: u64,
 }
 
 /// The limits of one batch.
@@ -89,7 +92,8 @@ impl WriteTxn<'_> {
         };
 
         // Read first (the iterator borrows the transaction), write after.
-        let mut rewrites: Vec<(u64, Vec<u8>)> = Vec::new();
+        // (key, the block's chain leaf before, its new bytes)
+        let mut rewrites: Vec<(u64, chain::Leaf, Vec<u8>)> = Vec::new();
         let mut next = from;
         let mut rewritten = 0usize;
         let mut reached_end = true;
@@ -133,7 +137,7 @@ impl WriteTxn<'_> {
                         .map_err(|e| corrupt(e.0))?;
                     let bytes =
                         reseal(&view, schema.fingerprint, &payloads).map_err(|e| corrupt(e.0))?;
-                    rewrites.push((global, bytes));
+                    rewrites.push((global, chain::leaf(v), bytes));
                     batch.blocks += 1;
                 }
                 continue;
@@ -167,15 +171,20 @@ impl WriteTxn<'_> {
                 .map(|b| b.as_slice())
                 .collect();
             let bytes = reseal(&view, schema.fingerprint, &payloads).map_err(|e| corrupt(e.0))?;
-            rewrites.push((global, bytes));
+            rewrites.push((global, chain::leaf(v), bytes));
             batch.blocks += 1;
             *batch.events.entry(version).or_default() += u64::from(header.count);
             rewritten += header.count as usize;
         }
 
-        for (global, bytes) in &rewrites {
+        for (global, old, bytes) in &rewrites {
             let put = store.events.put(&mut self.txn, &event_key(*global), bytes);
             self.lmdb("rewriting a block", put)?;
+            // The chain keeps covering the block as written; a re-seal
+            // record says what it became.
+            if self.chain_reseal(*global, old, bytes)? {
+                batch.resealed += 1;
+            }
         }
         if reached_end {
             let (retired, bound) =
@@ -218,22 +227,22 @@ impl Store {
             }
             let at = Location::Global(GlobalSequence(global));
             if header.fingerprint != current {
-                problems.push(Problem {
-                    location: at,
-                    detail: format!(
+                problems.push(Problem::damage(
+                    at,
+                    format!(
                         "block still carries fingerprint {:#018x}, not the current version's {current:#018x}",
                         header.fingerprint
                     ),
-                });
+                ));
                 continue;
             }
             for i in 0..header.count {
                 let result = view.event(i).map_err(|e| e.0).and_then(&mut check);
                 if let Err(detail) = result {
-                    problems.push(Problem {
-                        location: Location::Global(GlobalSequence(global + u64::from(i))),
+                    problems.push(Problem::damage(
+                        Location::Global(GlobalSequence(global + u64::from(i))),
                         detail,
-                    });
+                    ));
                 }
             }
         }

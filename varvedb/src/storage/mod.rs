@@ -11,11 +11,14 @@
 //! | `state`   | namespaced by its owner               | snapshots, checkpoints, read models    |
 //! | `ids`     | event id (16 bytes)                   | global sequence, checksum              |
 //! | `keys`    | entity keys ([`keys::entity_key`])    | stream id / user key / next id         |
+//! | `chain`   | first global sequence (BE)            | the block's chained digest ([`chain`]) |
+//! | `seals`   | re-seal number (BE)                   | a migration's re-seal record           |
 //!
 //! See `docs/design.md` for the invariants each one protects.
 
 pub(crate) mod block;
 mod catalog;
+pub(crate) mod chain;
 mod gate;
 mod group;
 mod identity;
@@ -62,6 +65,12 @@ const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The on-disk format version this build reads and writes.
 ///
+/// Format 3 adds the tamper-evident chain: the `chain` and `seals`
+/// databases and the `chain` record in `meta` (see [`chain`]). A format-1
+/// or format-2 store is upgraded by its first read-write open like format 1
+/// to 2 (its `format` record rewritten, the two databases created empty: its
+/// chain stays off until enabled); a format-2 build refuses it from then on.
+///
 /// Format 2 adds, beside every format-1 record (which it reads unchanged):
 /// event-family records in the catalog (`f` + tag), block fingerprints that
 /// name an event version, per-event metadata in blocks (header flags and a
@@ -70,7 +79,7 @@ const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// rewritten; no other byte changes), after which builds that read only
 /// format 1 refuse it with `UnsupportedFormat` instead of misreading a record
 /// they do not know.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format this build reads (and upgrades when it opens a store
 /// read-write).
@@ -93,6 +102,14 @@ pub(crate) struct Store {
     ids: Option<Db>,
     /// Entity keys to stream ids and back. `None` as `ids`.
     keys: Option<Db>,
+    /// The store's metadata (format, probe, id, the chain's record).
+    meta: Db,
+    /// The tamper-evident chain's digests and re-seal records. `None` as `ids`.
+    chain: Option<Db>,
+    seals: Option<Db>,
+    /// The chain's key, when the chain is keyed and it was given (at open or
+    /// to `enable_chain`).
+    chain_key: parking_lot::RwLock<Option<[u8; 32]>>,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -308,6 +325,7 @@ impl Store {
             durability,
             resize_wait,
             cross_process_poll,
+            tamper_evident,
         } = requested;
         let conflict = |field, open: String, requested: String| {
             Err(Error::ConfigConflict {
@@ -338,6 +356,15 @@ impl Store {
                 "cross_process_poll",
                 format!("{:?}", self.config.cross_process_poll),
                 format!("{cross_process_poll:?}"),
+            );
+        }
+        if *tamper_evident != self.config.tamper_evident {
+            // One key per store per process: appends of both handles extend
+            // one chain. (`Chain`'s `Debug` never shows a key.)
+            return conflict(
+                "tamper_evident",
+                format!("{:?}", self.config.tamper_evident),
+                format!("{tamper_evident:?}"),
             );
         }
         if *resize_wait != self.config.resize_wait {
@@ -382,7 +409,7 @@ impl Store {
         options
             .map_size(map_size)
             .max_readers(config.max_readers)
-            .max_dbs(8);
+            .max_dbs(16);
         let flags = match config.durability {
             Durability::Full => EnvFlags::empty(),
             Durability::NoMetaSync => EnvFlags::NO_META_SYNC,
@@ -442,14 +469,27 @@ impl Store {
                     db("state")?,
                     db("ids")?,
                     db("keys")?,
+                    db("chain")?,
+                    db("seals")?,
                 );
-                checked = Some(
+                let c =
                     probe::initialize_or_check(wtxn, &dbs.0, path, recorded.map(|r| r.id), seed)
-                        .map_err(OpenError::Varve)?,
-                );
+                        .map_err(OpenError::Varve)?;
+                // The chain asked for: recorded in a new store, checked
+                // against an existing one's (before anything is committed).
+                let found =
+                    chain::read_meta(wtxn, &dbs.0, config.max_readers).map_err(OpenError::Varve)?;
+                let requested = config.tamper_evident.as_ref();
+                let new = chain::settle_at_open(path, c.id, found, requested, c.created)
+                    .map_err(OpenError::Varve)?;
+                if let Some(record) = new {
+                    chain::write_meta(wtxn, &dbs.0, &record, config.max_readers)
+                        .map_err(OpenError::Varve)?;
+                }
+                checked = Some(c);
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
-        let (_meta, catalog, index, events, state, ids, keys) = match created {
+        let (meta, catalog, index, events, state, ids, keys, chain, seals) = match created {
             Ok(committed) => committed.unwrap_commit(),
             Err(OpenError::Heed(e)) => return Err(err(e)),
             Err(OpenError::Varve(e)) => return Err(e),
@@ -482,7 +522,17 @@ impl Store {
             path,
             config,
             env,
-            (catalog, index, events, Some(state), Some(ids), Some(keys)),
+            Dbs {
+                meta,
+                catalog,
+                index,
+                events,
+                state: Some(state),
+                ids: Some(ids),
+                keys: Some(keys),
+                chain: Some(chain),
+                seals: Some(seals),
+            },
             checked.id,
             Access::ReadWrite,
         )
@@ -534,7 +584,7 @@ impl Store {
             options
                 .map_size(map_size)
                 .max_readers(config.max_readers)
-                .max_dbs(8);
+                .max_dbs(16);
             // SAFETY: READ_ONLY only removes abilities. NO_LOCK (passed only
             // when the lock file cannot be written) drops LMDB's reader
             // table for this process: its snapshots are then not protected
@@ -577,10 +627,13 @@ impl Store {
                     ),
                 }));
             };
-            checked = Some(
-                probe::check(rtxn, &meta, path, recorded.map(|r| r.id))
-                    .map_err(OpenError::Varve)?,
-            );
+            let c = probe::check(rtxn, &meta, path, recorded.map(|r| r.id))
+                .map_err(OpenError::Varve)?;
+            let found =
+                chain::read_meta(rtxn, &meta, config.max_readers).map_err(OpenError::Varve)?;
+            chain::settle_at_open(path, c.id, found, config.tamper_evident.as_ref(), false)
+                .map_err(OpenError::Varve)?;
+            checked = Some(c);
             fn required<D>(name: &'static str, db: Option<D>) -> Result<D, OpenError> {
                 db.ok_or_else(|| {
                     OpenError::Varve(Error::Corruption {
@@ -590,6 +643,7 @@ impl Store {
                 })
             }
             let dbs = (
+                meta,
                 required("catalog", db("catalog")?)?,
                 required("index", db("index")?)?,
                 required("events", db("events")?)?,
@@ -599,16 +653,30 @@ impl Store {
                 // ids, no entity keys. Both read as empty.
                 db("ids")?,
                 db("keys")?,
+                // Stores from before the chain (format 3): unchained.
+                db("chain")?,
+                db("seals")?,
             );
             Ok(CommitOrAbort::<_, ()>::Commit(dbs))
         });
-        let dbs = match opened {
+        let (meta, catalog, index, events, state, ids, keys, chain, seals) = match opened {
             Ok(committed) => committed.unwrap_commit(),
             Err(OpenError::Heed(e)) => return Err(err(e)),
             Err(OpenError::Varve(e)) => return Err(e),
         };
         let Some(checked) = checked else {
             return Err(err(heed::Error::Mdb(MdbError::Panic)));
+        };
+        let dbs = Dbs {
+            meta,
+            catalog,
+            index,
+            events,
+            state,
+            ids,
+            keys,
+            chain,
+            seals,
         };
         Store::assemble(path, config, env, dbs, checked.id, Access::ReadOnly)
     }
@@ -618,14 +686,7 @@ impl Store {
         path: &Path,
         config: VarveConfig,
         env: Env<WithoutTls>,
-        (catalog, index, events, state, ids, keys): (
-            Db,
-            Db,
-            Db,
-            Option<Db>,
-            Option<Db>,
-            Option<Db>,
-        ),
+        dbs: Dbs,
         store_id: StoreId,
         access: Access,
     ) -> Result<Arc<Store>> {
@@ -635,6 +696,18 @@ impl Store {
         // No other handle on `env` exists yet, so nothing can remap it while
         // `mdb_env_info` reads the meta pages.
         let map_size = env.info().map_size;
+        let Dbs {
+            meta,
+            catalog,
+            index,
+            events,
+            state,
+            ids,
+            keys,
+            chain,
+            seals,
+        } = dbs;
+        let chain_key = config.tamper_evident.and_then(|c| c.key());
         let store = Arc::new(Store {
             path: path.to_path_buf(),
             env,
@@ -644,6 +717,10 @@ impl Store {
             state,
             ids,
             keys,
+            meta,
+            chain,
+            seals,
+            chain_key: parking_lot::RwLock::new(chain_key),
             commits: notify::CommitSignal::default(),
             group: group::GroupCommit::default(),
             gate: Arc::new(gate::MapGate::default()),
@@ -888,6 +965,19 @@ fn legacy_store(
 ) -> Result<bool, heed::Error> {
     let Some(main) = main else { return Ok(false) };
     Ok(main.get(txn, b"global_events")?.is_some() && main.get(txn, b"meta")?.is_none())
+}
+
+/// The databases an open hands to [`Store::assemble`].
+struct Dbs {
+    meta: Db,
+    catalog: Db,
+    index: Db,
+    events: Db,
+    state: Option<Db>,
+    ids: Option<Db>,
+    keys: Option<Db>,
+    chain: Option<Db>,
+    seals: Option<Db>,
 }
 
 enum OpenError {

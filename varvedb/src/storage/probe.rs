@@ -30,6 +30,8 @@ pub(super) struct Checked {
     pub(super) id: StoreId,
     /// When the store was created (µs since the epoch, 0 if unknown).
     pub(super) created_micros: u64,
+    /// Whether this open created the store.
+    pub(super) created: bool,
 }
 
 #[derive(Archive, Serialize)]
@@ -92,6 +94,7 @@ pub(super) fn initialize_or_check(
                 .map_err(&err)?;
         }
     }
+    let created = format.is_none();
     let created_micros = match format {
         None => {
             let created = seed.map(|s| s.created_micros).unwrap_or_else(|| {
@@ -144,7 +147,11 @@ pub(super) fn initialize_or_check(
             id
         }
     };
-    Ok(Checked { id, created_micros })
+    Ok(Checked {
+        id,
+        created_micros,
+        created,
+    })
 }
 
 /// [`initialize_or_check`] for a read-only open: the same checks, writing
@@ -187,7 +194,11 @@ pub(super) fn check(
         }
         (None, None) => StoreId::from_bytes([0; 16]),
     };
-    Ok(Checked { id, created_micros })
+    Ok(Checked {
+        id,
+        created_micros,
+        created: false,
+    })
 }
 
 /// Checks the recorded format version and rkyv probe; returns the creation

@@ -123,7 +123,16 @@ impl WriteTxn<'_> {
     /// (if it carries them) are recorded in the `ids` index. Entity keys are
     /// not in blocks, so they cannot be restored from one (see
     /// `docs/operations.md`).
-    pub(crate) fn import_block(&mut self, key: u64, bytes: &[u8]) -> Result<()> {
+    ///
+    /// `chain` is the source's `chain` value of the block when a migration
+    /// re-sealed it (its digest covers the block as first written); the
+    /// block is chained like an append otherwise.
+    pub(crate) fn import_block(
+        &mut self,
+        key: u64,
+        bytes: &[u8],
+        chain: Option<&[u8]>,
+    ) -> Result<()> {
         let view = BlockView::parse(key, bytes).map_err(corrupt_at(key))?;
         let header = *view.header();
         let store = self.store;
@@ -155,6 +164,7 @@ impl WriteTxn<'_> {
                 .events
                 .put_with_flags(&mut self.txn, PutFlags::APPEND, &event_key(key), bytes);
         self.lmdb("restoring the event log", put)?;
+        self.chain_append(key, bytes, chain)?;
         let count = u64::from(header.count);
         let run = match head {
             Some(r) if r.end_global() == key => Run {

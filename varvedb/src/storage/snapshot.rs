@@ -800,6 +800,43 @@ impl View {
         self.store.verify(&self.pin.txn)
     }
 
+    /// See [`Store::chain_status`].
+    pub(crate) fn chain_status(&self) -> Result<crate::chain::ChainStatus> {
+        self.store.chain_status(&self.pin.txn)
+    }
+
+    /// See [`Store::head_digest`].
+    pub(crate) fn head_digest(&self) -> Result<Option<crate::chain::HeadDigest>> {
+        self.store.head_digest(&self.pin.txn)
+    }
+
+    /// See [`Store::verify_extends`].
+    pub(crate) fn verify_extends(
+        &self,
+        held: &crate::chain::HeadDigest,
+    ) -> Result<crate::chain::Extension> {
+        self.store.verify_extends(&self.pin.txn, held)
+    }
+
+    /// See [`Store::chain_value`].
+    pub(crate) fn chain_value(&self, key: u64) -> Result<Option<Vec<u8>>> {
+        self.store.chain_value(&self.pin.txn, key)
+    }
+
+    /// See [`Store::for_each_reseal`].
+    pub(crate) fn for_each_reseal(
+        &self,
+        from: u64,
+        f: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.store.for_each_reseal(&self.pin.txn, from, f)
+    }
+
+    /// See [`Store::chain_mode`].
+    pub(crate) fn chain_mode(&self) -> Result<Option<crate::chain::ChainMode>> {
+        self.store.chain_mode(&self.pin.txn)
+    }
+
     /// See [`Store::check_migrated`].
     pub(crate) fn check_migrated(
         &self,

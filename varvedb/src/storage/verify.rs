@@ -39,7 +39,7 @@ impl Store {
     pub(crate) fn verify(&self, txn: &RoTxn) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let mut problem = |location: Location, detail: String| {
-            report.problems.push(Problem { location, detail });
+            report.problems.push(Problem::damage(location, detail));
         };
         let err = self.err("verifying the store");
 
@@ -273,6 +273,7 @@ impl Store {
         report.events = events;
         report.blocks = block_count;
         report.streams = streams;
+        self.verify_chain(txn, &mut report)?;
         Ok(report)
     }
 }

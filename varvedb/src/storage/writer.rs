@@ -92,6 +92,8 @@ pub(crate) struct WriteTxn<'s> {
     /// caller that handed the error to code which wrapped or dropped it
     /// (a projection's handler) still learns it was the store's.
     failure: Cell<Option<(&'static str, MdbError)>>,
+    /// The tamper-evident chain's state, read by the first append.
+    pub(super) chain: super::chain::TxnChain,
 }
 
 fn is_map_full(e: &Error) -> bool {
@@ -173,6 +175,7 @@ impl Store {
             bound: Vec::new(),
             environmental: Cell::new(None),
             failure: Cell::new(None),
+            chain: Default::default(),
         };
         let value = match f(&mut wtxn) {
             Ok(value) => value,
@@ -316,6 +319,7 @@ impl<'s> WriteTxn<'s> {
             bytes,
         );
         self.lmdb("appending to the event log", put)?;
+        self.chain_append(first_global, bytes, None)?;
 
         // Extend the stream id's last run when this block directly follows it
         // in the log; otherwise start a new run.
