@@ -250,6 +250,13 @@ fn concurrent_appends_share_commits_and_each_is_acknowledged_after_its_own() {
         commits < appends,
         "{appends} concurrent appends took {commits} commits: nothing was grouped"
     );
+    // The counters agree with LMDB's own count of commits.
+    let stats = varve.commit_stats();
+    assert_eq!(
+        (stats.commits, stats.appends, stats.events),
+        (commits, appends, appends)
+    );
+    assert!(stats.appends_per_commit() > 1.0, "{stats:?}");
     let mut globals: Vec<u64> = acks.iter().map(|(_, g)| g.0).collect();
     globals.sort_unstable();
     assert_eq!(globals, (0..appends).collect::<Vec<_>>());

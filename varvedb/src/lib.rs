@@ -61,7 +61,7 @@ pub use projection::{
 };
 pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
 pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};
-pub use storage::StoreId;
+pub use storage::{CommitStats, StoreId};
 pub use store::Varve;
 pub use stream::{HighSerializer, LowSerializer, Stream, WithContext};
 #[cfg(feature = "async")]

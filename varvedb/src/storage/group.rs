@@ -13,6 +13,7 @@
 //! passes the lead on.
 
 use std::mem;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,9 +204,94 @@ type Answer = (Result<Placed>, BlockBuilder);
 /// lone writer never waits (its previous group was itself).
 const GATHER_WAIT: Duration = Duration::from_micros(50);
 
+/// How much group commit shared: counters of the commits that made appends
+/// durable, kept by a store handle since it was opened (in this process; other
+/// processes' commits are not counted). See
+/// [`Varve::commit_stats`](crate::Varve::commit_stats).
+///
+/// `appends / commits` is how many appends shared each commit and its syncs:
+/// 1 for a lone writer, up to the number of concurrent writers under load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommitStats {
+    /// Durable commits that wrote appends (one write transaction, one
+    /// sync of the data and one of LMDB's meta page each).
+    pub commits: u64,
+    /// Appends those commits wrote: calls of a [`Stream`](crate::Stream)'s
+    /// `append`, `append_batch` and their variants, and commands (`execute`)
+    /// whose stream id did not move since they read it (they join the group
+    /// commit). Rejected appends (a version conflict) and idempotent retries
+    /// write nothing and are not counted; a command that must decide again,
+    /// projections and migrations commit on their own, outside group commit,
+    /// and are not counted either.
+    pub appends: u64,
+    /// Events those appends wrote.
+    pub events: u64,
+}
+
+impl CommitStats {
+    /// Appends per commit: how many appends shared each commit's syncs on
+    /// average (0 before the first commit).
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Pinged;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let varve = varvedb::Varve::new(dir.path())?;
+    /// varve.stream::<Pinged, 8>("pings")?.append(varvedb::StreamId(1), &Pinged)?;
+    /// let stats = varve.commit_stats();
+    /// assert_eq!((stats.commits, stats.appends, stats.events), (1, 1, 1));
+    /// assert_eq!(stats.appends_per_commit(), 1.0);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn appends_per_commit(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.appends as f64 / self.commits as f64
+        }
+    }
+}
+
+/// The counters behind [`CommitStats`]: relaxed atomics, bumped once per
+/// commit (never per append), read without synchronizing with commits.
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one durable commit of `placed` (the appends' outcomes).
+    fn count<'a>(&self, placed: impl IntoIterator<Item = &'a Result<Placed>>) {
+        let (mut appends, mut events) = (0, 0);
+        for p in placed.into_iter().flatten() {
+            if !p.idempotent {
+                appends += 1;
+                events += p.count;
+            }
+        }
+        if appends > 0 {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.appends.fetch_add(appends, Ordering::Relaxed);
+            self.events.fetch_add(events, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The queue of appends waiting for the next group commit.
 pub(crate) struct GroupCommit {
     queue: GroupQueue<Append, Answer>,
+    stats: Counters,
     /// Fault injection: the next group's leader panics inside its write
     /// transaction.
     #[cfg(test)]
@@ -216,6 +302,7 @@ impl Default for GroupCommit {
     fn default() -> Self {
         GroupCommit {
             queue: GroupQueue::new(GATHER_WAIT),
+            stats: Counters::default(),
             #[cfg(test)]
             panic_next: std::sync::atomic::AtomicBool::new(false),
         }
@@ -229,6 +316,11 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl Store {
+    /// What this handle's group commits have carried so far.
+    pub(crate) fn commit_stats(&self) -> CommitStats {
+        self.group.stats.read()
+    }
+
     /// Appends `block` to `(info, id)` durably, sharing the commit with any
     /// concurrent appends. Returns the first stream and global sequences.
     pub(crate) fn append(
@@ -298,16 +390,20 @@ impl Store {
             Ok(results)
         });
         match grouped {
-            Ok(results) => batch
-                .into_iter()
-                .zip(results)
-                .map(|(r, result)| (result, r.block))
-                .collect(),
+            Ok(results) => {
+                self.group.stats.count(&results);
+                batch
+                    .into_iter()
+                    .zip(results)
+                    .map(|(r, result)| (result, r.block))
+                    .collect()
+            }
             Err(Error::Corruption { .. }) if batch.len() > 1 => batch
                 .into_iter()
                 .map(|mut r| {
                     let result =
                         self.write(|txn| txn.append_to(&r.info, &r.id, r.expected, &mut r.block));
+                    self.group.stats.count([&result]);
                     (result, r.block)
                 })
                 .collect(),
@@ -464,6 +560,40 @@ mod tests {
         // Only the original was written.
         let mut log = varve.global_reader();
         assert_eq!(log.end().unwrap(), crate::GlobalSequence(2));
+    }
+
+    #[test]
+    fn commit_stats_count_a_group_once_with_only_the_appends_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let varve = Varve::new(dir.path()).unwrap();
+        let info = varve.stream::<Vec<u8>, 16>("blobs").unwrap().info().clone();
+        let store = varve.store();
+        let id = |n| crate::EventId::from_u128(n);
+        let mut conflicting = request(&info, 9, &[id(9)]);
+        conflicting.expected = ExpectedVersion::Exact(StreamSequence(5));
+        // One group: two writing appends (one of two events), a retry of the
+        // first (writes nothing) and a version conflict (writes nothing).
+        let answers = store.commit_group(vec![
+            request(&info, 1, &[id(1), id(2)]),
+            request(&info, 2, &[id(3)]),
+            request(&info, 1, &[id(1), id(2)]),
+            conflicting,
+        ]);
+        assert_eq!(answers.iter().filter(|(r, _)| r.is_ok()).count(), 3);
+        let stats = varve.commit_stats();
+        assert_eq!((stats.commits, stats.appends, stats.events), (1, 2, 3));
+        assert_eq!(stats.appends_per_commit(), 2.0);
+        // A group that writes nothing counts nothing.
+        let answers = store.commit_group(vec![request(&info, 2, &[id(3)])]);
+        assert!(answers[0].0.as_ref().unwrap().idempotent);
+        assert_eq!(varve.commit_stats(), stats);
+        // Each append is counted once, whichever handle made it.
+        let mut blobs = varve.stream::<Vec<u8>, 16>("blobs").unwrap();
+        blobs
+            .append_batch(StreamId(3), &[vec![1], vec![2]])
+            .unwrap();
+        let after = varve.clone().commit_stats();
+        assert_eq!((after.commits, after.appends, after.events), (2, 3, 5));
     }
 
     #[test]

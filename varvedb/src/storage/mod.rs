@@ -47,6 +47,7 @@ use crate::error::{Error, Location, Result, StorageError, StorageErrorKind};
 
 pub(crate) use block::{may_need_alignment, BlockBuilder, MetaPrefix, RawMeta};
 pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
+pub use group::CommitStats;
 pub use identity::StoreId;
 pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
 pub(crate) use notify::CROSS_PROCESS_POLL;
