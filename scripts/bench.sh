@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite (VarveDB against the raw-heed baseline, same data,
-# same run) and regenerates docs/performance.md from its output.
+# same run; durable single appends also against SQLite) and regenerates
+# docs/performance.md from its output.
 #
 #   scripts/bench.sh            # full size (about 10 minutes on 2 cores)
 #   VARVEDB_BENCH_SCALE=0.05 scripts/bench.sh   # a quick, smaller run

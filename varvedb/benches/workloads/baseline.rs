@@ -28,7 +28,7 @@ fn index_key(id: u64, seq: u64) -> [u8; 16] {
 }
 
 /// Validates `bytes` as a `Sample` and applies `f` to it.
-fn with_sample<R>(bytes: &[u8], f: impl FnOnce(&ArchivedSample) -> R) -> R {
+pub fn with_sample<R>(bytes: &[u8], f: impl FnOnce(&ArchivedSample) -> R) -> R {
     match rkyv::access::<ArchivedSample, rancor::Error>(bytes) {
         Ok(s) => f(s),
         Err(_) => {

@@ -60,4 +60,12 @@ pub trait Contender: Send + Sync + Sized + 'static {
     }
     /// Bytes used on disk.
     fn disk_bytes(&self) -> u64;
+    /// Gets ready, untimed, for `writers` threads appending at once (SQLite:
+    /// opens a connection for each).
+    fn prepare_writers(&self, _writers: usize) {}
+    /// Durable commits and the appends they carried so far, for engines that
+    /// share commits between writers (VarveDB's group commit).
+    fn commit_stats(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

@@ -1,4 +1,5 @@
-//! VarveDB against a raw-LMDB baseline, same data, same run.
+//! VarveDB against a raw-LMDB baseline, same data, same run; the durable
+//! single appends (W2, W2c) also against SQLite.
 //!
 //! `scripts/bench.sh` runs this and writes `docs/performance.md`. Sizes default to
 //! the figures in `docs/performance.md` and shrink with `VARVEDB_BENCH_SCALE`
@@ -11,6 +12,7 @@ mod baseline;
 mod contender;
 mod evolution;
 mod report;
+mod sqlite;
 mod varve;
 
 use std::hint::black_box;
@@ -22,6 +24,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use baseline::RawHeed;
 use contender::{Contender, Sample};
 use report::Report;
+use sqlite::Sqlite;
 use varve::VarveDb;
 
 /// Workload sizes, scaled by `VARVEDB_BENCH_SCALE`.
@@ -147,11 +150,112 @@ fn timed(f: impl FnOnce()) -> Duration {
     start.elapsed()
 }
 
+/// The W2c workloads: their ids and writer counts (W2c itself: `threads`).
+fn writer_counts(scale: &Scale) -> [(&'static str, u64); 4] {
+    [
+        ("W2c2", 2),
+        ("W2c", scale.threads),
+        ("W2c8", 8),
+        ("W2c16", 16),
+    ]
+}
+
+/// W2: single durable appends, one thread; W2c: the same from several threads
+/// at once, each appending to a stream id of its own. Adds `C`'s rows, and
+/// the appends per commit of an engine that shares commits, to `report`.
+fn writes<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
+    let name = C::NAME;
+    let singles: Vec<Sample> = (0..scale.singles).map(Sample::new).collect();
+    let fresh = |writers: u64| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = C::open(dir.path());
+        db.prepare_writers(writers as usize);
+        (dir, db)
+    };
+
+    let mut latencies = Vec::new();
+    workload(
+        c,
+        report,
+        ("W2", "single append"),
+        name,
+        scale.singles,
+        || {
+            let (_dir, db) = fresh(1);
+            timed(|| {
+                for (i, event) in (0u64..).zip(&singles) {
+                    let t = Instant::now();
+                    db.append_one(i % 16, event);
+                    latencies.push(t.elapsed());
+                }
+            })
+        },
+    );
+    latencies.sort_unstable();
+    report.latency(
+        "W2",
+        name,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    );
+
+    for (id, writers) in writer_counts(scale) {
+        let per_thread = scale.singles / writers;
+        let mut shared = (0, 0);
+        workload(
+            c,
+            report,
+            (id, &format!("concurrent single append, {writers} writers")),
+            name,
+            per_thread * writers,
+            || {
+                let (_dir, db) = fresh(writers);
+                let before = db.commit_stats();
+                let took = timed(|| {
+                    std::thread::scope(|s| {
+                        for t in 0..writers {
+                            let (db, singles) = (&db, &singles);
+                            s.spawn(move || {
+                                singles[..per_thread as usize]
+                                    .iter()
+                                    .for_each(|e| db.append_one(t, e))
+                            });
+                        }
+                    })
+                });
+                if let (Some(before), Some(after)) = (before, db.commit_stats()) {
+                    shared.0 += after.0 - before.0;
+                    shared.1 += after.1 - before.1;
+                }
+                took
+            },
+        );
+        if shared.0 > 0 {
+            report.appends_per_commit(id, name, shared.1 as f64 / shared.0 as f64);
+        }
+    }
+}
+
+/// The disk's physical sync rate under the bench's temp dir: an 8-byte
+/// write and `fdatasync` of one file, repeated (for 1 s or 5,000 syncs).
+fn fsync_rate() -> f64 {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = std::fs::File::create(dir.path().join("sync")).expect("create");
+    let start = Instant::now();
+    let mut syncs = 0u64;
+    while syncs < 5_000 && start.elapsed() < Duration::from_secs(1) {
+        file.write_all_at(&syncs.to_le_bytes(), 0).expect("write");
+        file.sync_data().expect("fdatasync");
+        syncs += 1;
+    }
+    syncs as f64 / start.elapsed().as_secs_f64()
+}
+
 /// Runs every workload for contender `C`, adding its rows to `report`.
 fn run<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
     let name = C::NAME;
     let batches = w1_batches(scale);
-    let singles: Vec<Sample> = (0..scale.singles).map(Sample::new).collect();
     let fresh = || {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = C::open(dir.path());
@@ -171,56 +275,7 @@ fn run<C: Contender>(c: &mut Criterion, scale: &Scale, report: &mut Report) {
         },
     );
 
-    // W2: single durable appends, one thread; W2c: the same from several threads.
-    let mut latencies = Vec::new();
-    workload(
-        c,
-        report,
-        ("W2", "single append"),
-        name,
-        scale.singles,
-        || {
-            let (_dir, db) = fresh();
-            timed(|| {
-                for (i, event) in (0u64..).zip(&singles) {
-                    let t = Instant::now();
-                    db.append_one(i % 16, event);
-                    latencies.push(t.elapsed());
-                }
-            })
-        },
-    );
-    latencies.sort_unstable();
-    report.latency(
-        "W2",
-        name,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-    );
-
-    let per_thread = scale.singles / scale.threads;
-    workload(
-        c,
-        report,
-        ("W2c", "concurrent single append"),
-        name,
-        per_thread * scale.threads,
-        || {
-            let (_dir, db) = fresh();
-            timed(|| {
-                std::thread::scope(|s| {
-                    for t in 0..scale.threads {
-                        let (db, singles) = (&db, &singles);
-                        s.spawn(move || {
-                            singles[..per_thread as usize]
-                                .iter()
-                                .for_each(|e| db.append_one(t, e))
-                        });
-                    }
-                })
-            })
-        },
-    );
+    writes::<C>(c, scale, report);
 
     // Read workloads share one W1 data set per contender.
     let w1 = fixture::<C>(|db| fill(db, scale, &batches));
@@ -343,6 +398,10 @@ fn main() {
     // W2x: W2c beside a fifth thread executing commands (issue 13).
     aggregate::w2x(&mut criterion, &scale, &mut report);
     run::<RawHeed>(&mut criterion, &scale, &mut report);
+    // SQLite only in the durable single-append workloads, where issue 13
+    // measures writer scaling against it.
+    writes::<Sqlite>(&mut criterion, &scale, &mut report);
+    report.fsync_rate(fsync_rate());
     // W7: one aggregate of 1,000,000 events (and one ten times shorter, to show
     // that a snapshot load does not depend on the stream's length).
     for len in [scale.stream_len, scale.stream_len * 10] {
@@ -354,6 +413,13 @@ fn main() {
     criterion.final_summary();
 
     let mut table = report.render(VarveDb::NAME, RawHeed::NAME, &format!("{scale:?}"));
+    table.push('\n');
+    table.push_str(&report.render_writers(
+        VarveDb::NAME,
+        Sqlite::NAME,
+        RawHeed::NAME,
+        &writer_counts(&scale),
+    ));
     table.push('\n');
     table.push_str(&evolution);
     println!("\n{table}");

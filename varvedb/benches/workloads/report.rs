@@ -14,6 +14,10 @@ pub struct Report {
     rss: BTreeMap<&'static str, u64>,
     /// W7: stream length -> (baseline name, baseline fold, replay, snapshot load).
     aggregates: BTreeMap<u64, (&'static str, Duration, Duration, Duration)>,
+    /// (W2c workload, contender) -> appends per durable commit.
+    per_commit: BTreeMap<(&'static str, &'static str), f64>,
+    /// The disk's physical sync rate (write + fdatasync per second).
+    fsync: Option<f64>,
     /// W2x: commands the fifth thread executed, and for how long it ran.
     commands: (u64, Duration),
     /// W2x: the commits each sample's writers saw, by variant.
@@ -106,6 +110,73 @@ impl Report {
 
     pub fn rss(&mut self, c: &'static str, kib: u64) {
         self.rss.insert(c, kib);
+    }
+
+    pub fn appends_per_commit(&mut self, w: &'static str, c: &'static str, per_commit: f64) {
+        self.per_commit.insert((w, c), per_commit);
+    }
+
+    pub fn fsync_rate(&mut self, rate: f64) {
+        self.fsync = Some(rate);
+    }
+
+    /// The writer-scaling table: W2 and the W2c family, `ours` against
+    /// `sqlite` (and `base`), with our appends per commit and the disk's
+    /// physical sync rate.
+    pub fn render_writers(
+        &self,
+        ours: &'static str,
+        sqlite: &'static str,
+        base: &'static str,
+        w2c: &[(&'static str, u64)],
+    ) -> String {
+        let mut out = String::new();
+        let rate = |w, c| self.rates.get(&(w, c)).map(|v| median(v));
+        let shown = |r: Option<f64>| r.map_or("–".to_string(), human);
+        let _ = writeln!(
+            out,
+            "| durable single appends, writers | {ours} | appends per commit | {sqlite} | {ours} / {sqlite} | {base} |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+        let rows = std::iter::once(("W2", 1)).chain(w2c.iter().copied());
+        let mut any = false;
+        for (w, writers) in rows {
+            let (a, q, b) = (rate(w, ours), rate(w, sqlite), rate(w, base));
+            if a.is_none() && q.is_none() {
+                continue;
+            }
+            any = true;
+            let per_commit = match (w, self.per_commit.get(&(w, ours))) {
+                ("W2", _) => "1".to_string(),
+                (_, Some(x)) => format!("{x:.2}"),
+                (_, None) => "–".to_string(),
+            };
+            let ratio = match (a, q) {
+                (Some(a), Some(q)) => format!("**{:.2}×**", a / q),
+                _ => "–".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "| {writers} ({w}) | {} | {per_commit} | {} | {ratio} | {} |",
+                shown(a),
+                shown(q),
+                shown(b)
+            );
+        }
+        if let Some(fsync) = self.fsync {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "Physical sync rate of the temp dir's disk (8-byte write + `fdatasync`, one thread): {} ({:.0} µs per sync).",
+                human(fsync),
+                1e6 / fsync
+            );
+        }
+        if any {
+            out
+        } else {
+            String::new()
+        }
     }
 
     /// The markdown table: medians, ratio to the baseline, latencies, allocations.

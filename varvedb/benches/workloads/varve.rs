@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use varvedb::{GlobalSequence, Stream, StreamId, StreamReader, StreamSequence, Varve};
+use varvedb::{GlobalSequence, Stream, StreamId, StreamReader, StreamSequence, Varve, VarveConfig};
 
 use crate::contender::{Contender, Sample};
 
@@ -19,6 +19,21 @@ pub struct VarveDb {
 }
 
 impl VarveDb {
+    /// Opens (creating) a store in `dir` with `config`.
+    pub fn open_with(dir: &Path, config: VarveConfig) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let varve = Varve::with_config(dir, config).expect("open varvedb");
+        let stream = varve.stream::<Sample, 128>("samples").expect("open stream");
+        let reader = stream.reader();
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        VarveDb {
+            varve,
+            stream: Mutex::new(stream),
+            reader,
+            id,
+        }
+    }
+
     /// A per-thread reader, so concurrent workloads don't share one.
     fn with_reader<R>(&self, f: impl FnOnce(&mut StreamReader<Sample>) -> R) -> R {
         READER.with(|cell| {
@@ -42,17 +57,7 @@ impl Contender for VarveDb {
     const NAME: &'static str = "varvedb";
 
     fn open(dir: &Path) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let varve = Varve::new(dir).expect("open varvedb");
-        let stream = varve.stream::<Sample, 128>("samples").expect("open stream");
-        let reader = stream.reader();
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        VarveDb {
-            varve,
-            stream: Mutex::new(stream),
-            reader,
-            id,
-        }
+        VarveDb::open_with(dir, VarveConfig::default())
     }
 
     fn append_batch(&self, id: u64, events: &[Sample]) {
@@ -141,5 +146,10 @@ impl Contender for VarveDb {
         std::fs::metadata(self.varve.path().join("data.mdb"))
             .map(|m| m.len())
             .unwrap_or(0)
+    }
+
+    fn commit_stats(&self) -> Option<(u64, u64)> {
+        let stats = self.varve.commit_stats();
+        Some((stats.commits, stats.appends))
     }
 }
