@@ -1,12 +1,15 @@
 //! A fixed scan workload for counting instructions with callgrind, which
 //! (unlike wall-clock timings on a shared machine) gives the same figure on
 //! every run. 100,000 events of the workloads' sample type in one stream id
-//! (100 blocks of 1,000), then `PASSES` scans of the chosen kind:
+//! (100 blocks of 1,000), and 100,000 more over 1,000 ids of another stream
+//! (W6's shape), then `PASSES` scans of the chosen kind (`fold`, `loop`: the
+//! one id; `gfold`, `gloop`: the whole log; `many`: a fold of each of the
+//! 1,000 ids):
 //!
 //! ```sh
 //! cargo bench -p varvedb --bench scan_instructions --no-run
 //! B=$(ls -t target/release/deps/scan_instructions-* | grep -v '\.d$' | head -1)
-//! for mode in setup fold loop gfold gloop; do
+//! for mode in setup fold loop gfold gloop many; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null $B $mode 2>&1 | grep Collected
 //! done
 //! ```
@@ -42,6 +45,21 @@ fn scan(varve: &Varve, mode: &str) -> u64 {
                 .expect("iterate")
                 .try_fold_archived(0u64, |sum, _, e| sum.wrapping_add(e.b.to_native()))
                 .expect("fold"),
+            "many" => {
+                let reader = varve
+                    .stream::<Sample, 128>("many")
+                    .expect("stream")
+                    .reader();
+                (0..1000u64).fold(0u64, |total, id| {
+                    total.wrapping_add(
+                        reader
+                            .iter_stream(StreamId(id), None)
+                            .expect("iterate")
+                            .try_fold_archived(0u64, |sum, _, e| sum.wrapping_add(e.c.to_native()))
+                            .expect("fold"),
+                    )
+                })
+            }
             "loop" => {
                 let snap = reader.snapshot().expect("snapshot");
                 let mut sum = 0u64;
@@ -94,6 +112,12 @@ fn main() {
         .collect();
     for _ in 0..100 {
         stream.append_batch(StreamId(1), &batch).expect("append");
+    }
+    // W6's shape: 1,000 ids of 100 events, appended a batch at a time.
+    let mut many = varve.stream::<Sample, 128>("many").expect("stream");
+    for id in 0..1000u64 {
+        many.append_batch(StreamId(id), &batch[..100])
+            .expect("append");
     }
     // `cargo bench` passes `--bench`: run every mode.
     let modes: Vec<String> = match std::env::args().nth(1) {
