@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
+use crate::projection::{ProjectionReset, ProjectionStatus};
 use crate::storage::{StoreId, DATA_FILE, FORMAT_VERSION};
 use crate::store::Varve;
 
@@ -288,6 +289,86 @@ impl Varve {
     /// read-only handle). [`ReaderTable::read`] lists them first.
     pub fn clear_dead_readers(&self) -> Result<usize> {
         self.store().clear_dead_readers()
+    }
+}
+
+impl Varve {
+    /// Every projection the store records (in-store and external), in name
+    /// order, with its checkpoint, generation, lag behind the end of the
+    /// log and the failures it recorded, from one snapshot. Works on a
+    /// read-only store beside the application (`varvedb projections`).
+    ///
+    /// The walk seeks from one projection's keys to the next, so a large
+    /// read model is not read; each projection's skip records are counted.
+    ///
+    /// ```
+    /// # use rkyv::{Archive, Serialize};
+    /// # #[derive(Archive, Serialize)] struct Sold { units: u32 }
+    /// use varvedb::{GlobalEvent, HandlerError, Projection, ProjectionKind, ReadModel, StreamId};
+    ///
+    /// struct Count;
+    /// impl Projection for Count {
+    ///     fn apply(&mut self, _: &GlobalEvent, model: &mut ReadModel<'_, '_>) -> Result<(), HandlerError> {
+    ///         let n = model.get_u64(b"n")?.unwrap_or(0);
+    ///         Ok(model.put_u64(b"n", n + 1)?)
+    ///     }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let varve = varvedb::Varve::new(dir.path())?;
+    /// let mut sales = varve.stream::<Sold, 16>("sales")?;
+    /// sales.append(StreamId(1), &Sold { units: 1 })?;
+    /// varve.projector("count", Count)?.catch_up()?;
+    /// sales.append(StreamId(1), &Sold { units: 2 })?;
+    ///
+    /// let listed = varve.projections()?;
+    /// assert_eq!(listed[0].name, "count");
+    /// assert_eq!(listed[0].kind, Some(ProjectionKind::InStore));
+    /// assert_eq!((listed[0].checkpoint.0, listed[0].lag), (1, 1));
+    ///
+    /// // Back to the start, its model cleared, in one transaction.
+    /// let reset = varve.reset_projection("count")?;
+    /// assert_eq!((reset.checkpoint.0, reset.model_entries), (1, 1));
+    /// assert_eq!(varve.projections()?[0].lag, 2);
+    /// assert!(varve.reset_projection("nothing").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn projections(&self) -> Result<Vec<ProjectionStatus>> {
+        crate::projection::status::list(self.store())
+    }
+
+    /// The projection `name` as [`Varve::projections`] lists it, or `None`
+    /// if the store records nothing of it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName); storage errors.
+    pub fn projection_status(&self, name: &str) -> Result<Option<ProjectionStatus>> {
+        crate::projection::status::status_of(self.store(), name)
+    }
+
+    /// Resets the projection `name` without its projector (an operator's
+    /// `varvedb projections reset NAME --write`): deletes its checkpoint,
+    /// kind and skip records and, for an in-store projection, its read
+    /// model, and raises its generation, all in one write transaction. Its
+    /// projector starts over from the first event at its next run.
+    ///
+    /// A projector of the name running meanwhile (in any process) is not
+    /// misled: an in-store one reads its checkpoint in each batch's
+    /// transaction, so its next batch starts from 0; an external one fails
+    /// its next checkpoint write with
+    /// [`Error::CheckpointMoved`](crate::Error::CheckpointMoved) (the
+    /// generation moved). An external projection's sink, outside the store,
+    /// is not emptied: its events are delivered again from the first, which
+    /// at-least-once delivery allows; empty it with
+    /// [`ExternalProjector::reset`](crate::ExternalProjector::reset) instead
+    /// where the sink cannot take that.
+    ///
+    /// # Errors
+    /// [`Error::UnknownProjection`](crate::Error::UnknownProjection) if the store records nothing of `name`
+    /// (nothing is written); [`Error::InvalidProjectionName`](crate::Error::InvalidProjectionName);
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only handle; storage errors.
+    pub fn reset_projection(&self, name: &str) -> Result<ProjectionReset> {
+        crate::projection::status::reset(self.store(), name)
     }
 }
 

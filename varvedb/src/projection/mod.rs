@@ -24,7 +24,7 @@ mod external;
 mod model;
 mod namespace;
 mod projector;
-mod status;
+pub(crate) mod status;
 mod thread;
 
 use std::sync::Arc;

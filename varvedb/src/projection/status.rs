@@ -3,12 +3,12 @@
 //! a reset by name.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use super::namespace::{Kind, Namespace, Skipped};
 use crate::error::{Error, Result};
 use crate::position::GlobalSequence;
-use crate::storage::View;
-use crate::store::Varve;
+use crate::storage::{Store, View};
 
 /// The prefix of every projection's keys in the `state` database.
 const ROOT: &[u8] = b"proj/";
@@ -55,7 +55,8 @@ impl From<ProjectionKind> for Kind {
     }
 }
 
-/// One projection as the store records it, listed by [`Varve::projections`].
+/// One projection as the store records it, listed by
+/// [`Varve::projections`](crate::Varve::projections).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProjectionStatus {
@@ -80,7 +81,7 @@ pub struct ProjectionStatus {
     pub last_failure: Option<Skipped>,
 }
 
-/// What [`Varve::reset_projection`] cleared.
+/// What [`Varve::reset_projection`](crate::Varve::reset_projection) cleared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProjectionReset {
@@ -99,141 +100,78 @@ pub struct ProjectionReset {
     pub generation: u64,
 }
 
-impl Varve {
-    /// Every projection the store records (in-store and external), in name
-    /// order, with its checkpoint, generation, lag behind the end of the
-    /// log and the failures it recorded, from one snapshot. Works on a
-    /// read-only store beside the application (`varvedb projections`).
-    ///
-    /// The walk seeks from one projection's keys to the next, so a large
-    /// read model is not read; each projection's skip records are counted.
-    ///
-    /// ```
-    /// # use rkyv::{Archive, Serialize};
-    /// # #[derive(Archive, Serialize)] struct Sold { units: u32 }
-    /// use varvedb::{GlobalEvent, HandlerError, Projection, ProjectionKind, ReadModel, StreamId};
-    ///
-    /// struct Count;
-    /// impl Projection for Count {
-    ///     fn apply(&mut self, _: &GlobalEvent, model: &mut ReadModel<'_, '_>) -> Result<(), HandlerError> {
-    ///         let n = model.get_u64(b"n")?.unwrap_or(0);
-    ///         Ok(model.put_u64(b"n", n + 1)?)
-    ///     }
-    /// }
-    ///
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let varve = varvedb::Varve::new(dir.path())?;
-    /// let mut sales = varve.stream::<Sold, 16>("sales")?;
-    /// sales.append(StreamId(1), &Sold { units: 1 })?;
-    /// varve.projector("count", Count)?.catch_up()?;
-    /// sales.append(StreamId(1), &Sold { units: 2 })?;
-    ///
-    /// let listed = varve.projections()?;
-    /// assert_eq!(listed[0].name, "count");
-    /// assert_eq!(listed[0].kind, Some(ProjectionKind::InStore));
-    /// assert_eq!((listed[0].checkpoint.0, listed[0].lag), (1, 1));
-    ///
-    /// // Back to the start, its model cleared, in one transaction.
-    /// let reset = varve.reset_projection("count")?;
-    /// assert_eq!((reset.checkpoint.0, reset.model_entries), (1, 1));
-    /// assert_eq!(varve.projections()?[0].lag, 2);
-    /// assert!(varve.reset_projection("nothing").is_err());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn projections(&self) -> Result<Vec<ProjectionStatus>> {
-        let mut view = self.store().snapshot()?;
-        let head = view.end_global()?;
-        let mut out = Vec::new();
-        let mut from = ROOT.to_vec();
-        while let Some(key) = view.state_seek(&from)? {
-            let Some(rest) = key.strip_prefix(ROOT) else {
-                break;
-            };
-            let name = match rest.iter().position(|&b| b == b'/') {
-                Some(end) => &rest[..end],
-                None => rest,
-            };
-            // The next name: past every key of this one (`/` + 1 is `0`).
-            from = [ROOT, name, b"0"].concat();
-            // Names are ASCII (see `Namespace::new`): any other key under
-            // `proj/` is not a projection's.
-            let Some(ns) = std::str::from_utf8(name)
-                .ok()
-                .and_then(|name| Namespace::new(name, Kind::InStore).ok())
-            else {
-                continue;
-            };
-            out.push(status(&mut view, &ns, head)?);
-        }
-        Ok(out)
+/// Every projection `store` records, in name order (see
+/// [`Varve::projections`](crate::Varve::projections)).
+pub(crate) fn list(store: &Arc<Store>) -> Result<Vec<ProjectionStatus>> {
+    let mut view = store.snapshot()?;
+    let head = view.end_global()?;
+    let mut out = Vec::new();
+    let mut from = ROOT.to_vec();
+    while let Some(key) = view.state_seek(&from)? {
+        let Some(rest) = key.strip_prefix(ROOT) else {
+            break;
+        };
+        let name = match rest.iter().position(|&b| b == b'/') {
+            Some(end) => &rest[..end],
+            None => rest,
+        };
+        // The next name: past every key of this one (`/` + 1 is `0`).
+        from = [ROOT, name, b"0"].concat();
+        // Names are ASCII (see `Namespace::new`): any other key under
+        // `proj/` is not a projection's.
+        let Some(ns) = std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| Namespace::new(name, Kind::InStore).ok())
+        else {
+            continue;
+        };
+        out.push(status(&mut view, &ns, head)?);
     }
+    Ok(out)
+}
 
-    /// The projection `name` as [`Varve::projections`] lists it, or `None`
-    /// if the store records nothing of it.
-    ///
-    /// # Errors
-    /// [`Error::InvalidProjectionName`]; storage errors.
-    pub fn projection_status(&self, name: &str) -> Result<Option<ProjectionStatus>> {
-        let ns = Namespace::new(name, Kind::InStore)?;
-        let mut view = self.store().snapshot()?;
-        let head = view.end_global()?;
-        if !recorded(&mut view, &ns)? {
-            return Ok(None);
-        }
-        status(&mut view, &ns, head).map(Some)
+/// The projection `name` as [`list`] shows it, or `None` if `store`
+/// records nothing of it.
+pub(crate) fn status_of(store: &Arc<Store>, name: &str) -> Result<Option<ProjectionStatus>> {
+    let ns = Namespace::new(name, Kind::InStore)?;
+    let mut view = store.snapshot()?;
+    let head = view.end_global()?;
+    if !recorded(&mut view, &ns)? {
+        return Ok(None);
     }
+    status(&mut view, &ns, head).map(Some)
+}
 
-    /// Resets the projection `name` without its projector (an operator's
-    /// `varvedb projections reset NAME --write`): deletes its checkpoint,
-    /// kind and skip records and, for an in-store projection, its read
-    /// model, and raises its generation, all in one write transaction. Its
-    /// projector starts over from the first event at its next run.
-    ///
-    /// A projector of the name running meanwhile (in any process) is not
-    /// misled: an in-store one reads its checkpoint in each batch's
-    /// transaction, so its next batch starts from 0; an external one fails
-    /// its next checkpoint write with
-    /// [`Error::CheckpointMoved`](crate::Error::CheckpointMoved) (the
-    /// generation moved). An external projection's sink, outside the store,
-    /// is not emptied: its events are delivered again from the first, which
-    /// at-least-once delivery allows; empty it with
-    /// [`ExternalProjector::reset`](crate::ExternalProjector::reset) instead
-    /// where the sink cannot take that.
-    ///
-    /// # Errors
-    /// [`Error::UnknownProjection`] if the store records nothing of `name`
-    /// (nothing is written); [`Error::InvalidProjectionName`];
-    /// [`Error::ReadOnly`] on a read-only handle; storage errors.
-    pub fn reset_projection(&self, name: &str) -> Result<ProjectionReset> {
-        let ns = Namespace::new(name, Kind::InStore)?;
-        let store = self.store();
-        store.write(|w| {
-            let kind_raw = w.state_get(&ns.kind_key)?.map(<[u8]>::to_vec);
-            let checkpoint_raw = w.state_get(&ns.checkpoint)?.map(<[u8]>::to_vec);
-            let generation_raw = w.state_get(&ns.generation)?.map(<[u8]>::to_vec);
-            if kind_raw.is_none() && checkpoint_raw.is_none() && generation_raw.is_none() {
-                return Err(Error::UnknownProjection {
-                    path: store.path().to_path_buf(),
-                    name: name.to_owned(),
-                });
-            }
-            let kind = kind_raw.as_deref().map(|k| ns.decode_kind(k)).transpose()?;
-            let checkpoint = ns.decode_checkpoint(checkpoint_raw.as_deref())?;
-            let generation = ns.decode_generation(generation_raw.as_deref())?;
-            let owner = ns.with_kind(kind.unwrap_or(Kind::InStore));
-            let model_entries = w.state_delete_prefix(owner.model())? as u64;
-            let skipped = w.state_delete_prefix(&owner.skipped)? as u64;
-            owner.clear(w)?;
-            Ok(ProjectionReset {
+/// Resets the projection `name` in one write transaction (see
+/// [`Varve::reset_projection`](crate::Varve::reset_projection)).
+pub(crate) fn reset(store: &Arc<Store>, name: &str) -> Result<ProjectionReset> {
+    let ns = Namespace::new(name, Kind::InStore)?;
+    store.write(|w| {
+        let kind_raw = w.state_get(&ns.kind_key)?.map(<[u8]>::to_vec);
+        let checkpoint_raw = w.state_get(&ns.checkpoint)?.map(<[u8]>::to_vec);
+        let generation_raw = w.state_get(&ns.generation)?.map(<[u8]>::to_vec);
+        if kind_raw.is_none() && checkpoint_raw.is_none() && generation_raw.is_none() {
+            return Err(Error::UnknownProjection {
+                path: store.path().to_path_buf(),
                 name: name.to_owned(),
-                kind: kind.map(ProjectionKind::from),
-                checkpoint: GlobalSequence(checkpoint),
-                model_entries,
-                skipped,
-                generation: generation.wrapping_add(1),
-            })
+            });
+        }
+        let kind = kind_raw.as_deref().map(|k| ns.decode_kind(k)).transpose()?;
+        let checkpoint = ns.decode_checkpoint(checkpoint_raw.as_deref())?;
+        let generation = ns.decode_generation(generation_raw.as_deref())?;
+        let owner = ns.with_kind(kind.unwrap_or(Kind::InStore));
+        let model_entries = w.state_delete_prefix(owner.model())? as u64;
+        let skipped = w.state_delete_prefix(&owner.skipped)? as u64;
+        owner.clear(w)?;
+        Ok(ProjectionReset {
+            name: name.to_owned(),
+            kind: kind.map(ProjectionKind::from),
+            checkpoint: GlobalSequence(checkpoint),
+            model_entries,
+            skipped,
+            generation: generation.wrapping_add(1),
         })
-    }
+    })
 }
 
 /// Whether `view` holds any of the keys a projection always has (its
