@@ -666,6 +666,31 @@ pub enum Error {
         /// The text given.
         text: String,
     },
+
+    /// No projection of this name is recorded in the store: no checkpoint,
+    /// kind or generation under `proj/<name>/` (see `docs/design.md`).
+    #[error(
+        "no projection named {name:?} is recorded in the store at {path} \
+         (`varvedb projections` lists those that are)"
+    )]
+    UnknownProjection {
+        /// The store directory.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+    },
+
+    /// LMDB's reader table (in `lock.mdb`) could not be listed: its layout
+    /// is not one this build reads, or this process has the store open
+    /// (reading the lock file through a second descriptor would drop the
+    /// process's LMDB locks when closed).
+    #[error("cannot list the reader slots of the store at {path}: {detail}")]
+    ReaderTable {
+        /// The store directory.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -1178,6 +1203,14 @@ impl Error {
             Error::MalformedHeadDigest { text } => {
                 Error::MalformedHeadDigest { text: text.clone() }
             }
+            Error::UnknownProjection { path, name } => Error::UnknownProjection {
+                path: path.clone(),
+                name: name.clone(),
+            },
+            Error::ReaderTable { path, detail } => Error::ReaderTable {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
         }
     }
 }
@@ -1290,6 +1323,14 @@ mod tests {
             Error::ImportUnbound {
                 path: "/old".into(),
                 streams: vec!["orders (3 events)".into()],
+            },
+            Error::UnknownProjection {
+                path: "/s".into(),
+                name: "totals".into(),
+            },
+            Error::ReaderTable {
+                path: "/s".into(),
+                detail: "layout".into(),
             },
             Error::BackupDamaged {
                 path: "/b".into(),

@@ -23,6 +23,7 @@ mod storage;
 mod store;
 mod stream;
 mod subscription;
+mod trace;
 mod typed;
 mod verify;
 
@@ -51,13 +52,14 @@ pub use global::{
     GlobalEntry, GlobalEvent, GlobalIter, GlobalIterator, GlobalReader, OwnedGlobalEvent,
 };
 pub use id::{CommandId, CorrelationId, EventId};
-pub use inspect::{IdSummary, StoreInfo, StreamSummary};
+pub use inspect::{IdSummary, ReaderSlot, ReaderTable, StoreInfo, StreamSummary};
 pub use metadata::{Append, Appended, Context, Execute, Metadata};
-pub use migrate::{MigrateOptions, MigrationReport};
+pub use migrate::{MigrateOptions, MigrateProgress, MigrationPlan, MigrationReport};
 pub use position::{ExpectedVersion, GlobalSequence, StreamId, StreamKey, StreamSequence};
 pub use projection::{
     ExternalProjection, ExternalProjector, HandlerError, ModelReader, OnError, Projection,
-    ProjectionThread, Projector, ReadModel, Skipped,
+    ProjectionKind, ProjectionReset, ProjectionStatus, ProjectionThread, Projector, ReadModel,
+    Skipped,
 };
 pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
 pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};

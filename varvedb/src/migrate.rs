@@ -9,6 +9,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::Result;
 use crate::event::Event;
+use crate::position::GlobalSequence;
 use crate::storage::migrate::Budget;
 use crate::store::Varve;
 use crate::typed;
@@ -92,7 +93,119 @@ pub struct MigrationReport {
     pub verify: VerifyReport,
 }
 
+/// How far a migration has come, for [`Varve::migrate_with_progress`]
+/// (called after each batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrateProgress {
+    /// The next global sequence to examine: every block of the stream
+    /// before it is of the current version.
+    pub position: GlobalSequence,
+    /// The log's end as this process last saw it (appends may move it on).
+    pub end: GlobalSequence,
+    /// Events rewritten so far.
+    pub events: u64,
+    /// Blocks rewritten so far.
+    pub blocks: u64,
+}
+
+/// What a migration of a stream would rewrite, counted without writing by
+/// [`Varve::migration_plan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrationPlan {
+    /// The stream.
+    pub stream: String,
+    /// Whether the stream exists.
+    pub exists: bool,
+    /// The version a migration writes (the program's current one).
+    pub version: u32,
+    /// `(version, events)` of each older version the stream holds, oldest
+    /// first.
+    pub versions: Vec<(u32, u64)>,
+    /// Events of older versions (the sum of [`MigrationPlan::versions`]):
+    /// what a migration would rewrite.
+    pub events: u64,
+    /// Events already of the current version.
+    pub current: u64,
+    /// Blocks a migration would rewrite: those of older versions, and
+    /// blocks of the current version written before the stream recorded
+    /// its event family (only their fingerprint changes).
+    pub blocks: u64,
+}
+
+impl MigrationPlan {
+    /// Whether a migration has anything to rewrite.
+    pub fn is_needed(&self) -> bool {
+        self.blocks > 0
+    }
+}
+
 impl Varve {
+    /// Counts what [`Varve::migrate`] would rewrite in `E`'s stream,
+    /// without writing: events per older version, events already current,
+    /// blocks to rewrite. One walk of the log's block headers in one read
+    /// snapshot (no payload is read), so it works on a read-only store
+    /// beside the application (the `varvedb migrate --dry-run` count).
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use varvedb::{Event, StreamId, Upcast, Varve};
+    ///
+    /// mod v1 {
+    ///     #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    ///     #[event(name = "Deposited", stream = "accounts")]
+    ///     pub struct Deposited { pub cents: u32 }
+    /// }
+    ///
+    /// #[derive(Archive, Serialize, Event)]
+    /// #[event(name = "Deposited", stream = "accounts", version = 2, upcast_from = v1::Deposited)]
+    /// struct Deposited { cents: u64 }
+    ///
+    /// impl Upcast<v1::Deposited> for Deposited {
+    ///     fn upcast(old: &v1::ArchivedDeposited) -> Self {
+    ///         Deposited { cents: u64::from(old.cents.to_native()) }
+    ///     }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let varve = Varve::new(dir.path())?;
+    /// let old = [v1::Deposited { cents: 5 }, v1::Deposited { cents: 7 }];
+    /// varve.events::<v1::Deposited>()?.append_batch(StreamId(1), &old)?;
+    ///
+    /// let plan = varve.migration_plan::<Deposited>()?;
+    /// assert_eq!((plan.versions.as_slice(), plan.blocks), (&[(1, 2)][..], 1));
+    /// varve.migrate::<Deposited>()?;
+    /// assert!(!varve.migration_plan::<Deposited>()?.is_needed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Varve::migrate_with`]'s checks, before anything is written.
+    pub fn migration_plan<E: Event>(&self) -> Result<MigrationPlan> {
+        self.migration_plan_with::<E>(&MigrateOptions::default())
+    }
+
+    /// [`Varve::migration_plan`] of the stream `options` names.
+    pub fn migration_plan_with<E: Event>(&self, options: &MigrateOptions) -> Result<MigrationPlan> {
+        let store = self.store();
+        let name = options.stream.as_deref().unwrap_or(E::STREAM);
+        let info = store.open_stream(name, &typed::identity::<E>())?;
+        let mut plan = MigrationPlan {
+            stream: name.to_string(),
+            version: E::VERSION,
+            ..MigrationPlan::default()
+        };
+        if let Some(counted) = store.snapshot()?.migration_plan(&info)? {
+            plan.exists = true;
+            plan.versions = counted.events.into_iter().collect();
+            plan.events = plan.versions.iter().map(|(_, n)| n).sum();
+            plan.current = counted.current;
+            plan.blocks = counted.blocks;
+        }
+        Ok(plan)
+    }
+
     /// Rewrites every event of `E`'s stream written with an older version of
     /// `E` into the current version, in place: the same global and stream
     /// sequences, commit times, blocks and metadata, with new payloads
@@ -170,6 +283,20 @@ impl Varve {
     /// [`Error::Storage`](crate::Error::Storage). The batches committed
     /// before an error stay; running the migration again resumes.
     pub fn migrate_with<E: Event>(&self, options: MigrateOptions) -> Result<MigrationReport> {
+        self.migrate_with_progress::<E>(options, |_| {})
+    }
+
+    /// [`Varve::migrate_with`], calling `progress` after each batch
+    /// committed (for a progress bar: [`MigrateProgress::position`] out of
+    /// [`MigrateProgress::end`]).
+    ///
+    /// # Errors
+    /// As [`Varve::migrate_with`].
+    pub fn migrate_with_progress<E: Event>(
+        &self,
+        options: MigrateOptions,
+        mut progress: impl FnMut(MigrateProgress),
+    ) -> Result<MigrationReport> {
         let started = Instant::now();
         let store = self.store();
         let name = options.stream.as_deref().unwrap_or(E::STREAM);
@@ -182,6 +309,7 @@ impl Varve {
             stream: name.to_string(),
             ..MigrationReport::default()
         };
+        let _span = crate::trace::span!(INFO, "varvedb.migrate", stream = name);
         let mut versions = BTreeMap::new();
         loop {
             let batch = store.write(|txn| txn.migrate_batch(&info, budget))?;
@@ -196,6 +324,12 @@ impl Varve {
                 report.events += events;
             }
             report.retired.extend(batch.retired);
+            progress(MigrateProgress {
+                position: GlobalSequence(batch.position),
+                end: GlobalSequence(store.log_end().max(batch.position)),
+                events: report.events,
+                blocks: report.blocks,
+            });
             if batch.done {
                 break;
             }
@@ -216,6 +350,17 @@ impl Varve {
             report.verify.problems.extend(problems);
         }
         report.duration = started.elapsed();
+        crate::trace::event!(
+            INFO,
+            "varvedb.migrate",
+            "stream migrated",
+            stream = name,
+            events = report.events,
+            blocks = report.blocks,
+            batches = report.batches,
+            problems = report.verify.problems.len() as u64,
+            duration_us = report.duration.as_micros() as u64,
+        );
         Ok(report)
     }
 }

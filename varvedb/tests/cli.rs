@@ -427,3 +427,379 @@ fn a_tool_with_the_types_imports_a_042_store_and_reads_it_typed() {
     let code = tool().run_from(["varvedb", "import", old_arg, new_arg], &mut out);
     assert_ne!(code, std::process::ExitCode::SUCCESS);
 }
+
+/// Counts events into its read model.
+struct Count;
+
+impl varvedb::Projection for Count {
+    fn apply(
+        &mut self,
+        _: &varvedb::GlobalEvent,
+        model: &mut varvedb::ReadModel<'_, '_>,
+    ) -> Result<(), varvedb::HandlerError> {
+        let n = model.get_u64(b"n")?.unwrap_or(0);
+        Ok(model.put_u64(b"n", n + 1)?)
+    }
+}
+
+/// A sink that refuses the event at global sequence 3.
+struct Picky;
+
+impl varvedb::ExternalProjection for Picky {
+    fn deliver(&mut self, event: &varvedb::GlobalEvent) -> Result<(), varvedb::HandlerError> {
+        if event.global_sequence().0 == 3 {
+            return Err("order 3 is not deliverable".into());
+        }
+        Ok(())
+    }
+}
+
+fn append_one(varve: &Varve, order: u64) {
+    let note = String::new();
+    varve
+        .events::<Placed>()
+        .unwrap()
+        .append(StreamId(7), &Placed { order, note })
+        .unwrap();
+}
+
+#[test]
+fn projections_lists_checkpoints_lag_and_failures_beside_a_running_application() {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = store(dir.path());
+    let mut count = varve.projector("count", Count).unwrap();
+    count.catch_up().unwrap();
+    let mut feed = varve
+        .external_projector("feed", Picky)
+        .unwrap()
+        .on_error(varvedb::OnError::Skip);
+    feed.catch_up().unwrap();
+    append_one(&varve, 12);
+    append_one(&varve, 13);
+
+    let listed = json(varvedb(dir.path()).arg("projections"));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let (count_row, feed_row) = (&listed[0], &listed[1]);
+    assert_eq!(count_row["name"], "count");
+    assert_eq!(count_row["kind"], "in-store");
+    assert_eq!(
+        (count_row["checkpoint"].clone(), count_row["lag"].clone()),
+        (12.into(), 2.into())
+    );
+    assert!(count_row["last_failure"].is_null());
+    assert_eq!(feed_row["kind"], "external");
+    assert_eq!(feed_row["skipped"], 1);
+    assert_eq!(feed_row["last_failure"]["at"], 3);
+    assert_eq!(
+        feed_row["last_failure"]["error"],
+        "order 3 is not deliverable"
+    );
+    let table = varvedb(dir.path())
+        .arg("projections")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let table = String::from_utf8(table).unwrap();
+    assert!(
+        table.contains("last failure") && table.contains("at 3: order 3"),
+        "{table}"
+    );
+}
+
+#[test]
+fn projections_reset_needs_write_and_a_recorded_name_then_resets_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = store(dir.path());
+    let mut count = varve.projector("count", Count).unwrap();
+    count.catch_up().unwrap();
+    let mut feed = varve.external_projector("feed", Picky).unwrap();
+    // Stops at event 3 (the default policy): checkpoint 3.
+    assert!(feed.catch_up().is_err());
+
+    // Without --write: refused, nothing written.
+    let refused = varvedb(dir.path())
+        .args(["projections", "reset", "count"])
+        .assert()
+        .code(1);
+    assert!(stderr_has(refused.get_output(), "--write"));
+    assert_eq!(count.checkpoint().unwrap().0, 12);
+    // A name the store does not record, with or without --write.
+    for args in [
+        &["projections", "reset", "counts", "--write"][..],
+        &["projections", "reset", "counts"][..],
+    ] {
+        let refused = varvedb(dir.path()).args(args).assert().code(1);
+        assert!(stderr_has(
+            refused.get_output(),
+            "no projection named \"counts\""
+        ));
+    }
+    let refused = varvedb(dir.path())
+        .args(["projections", "reset", "a/b", "--write"])
+        .assert()
+        .code(1);
+    assert!(stderr_has(refused.get_output(), "projection name"));
+    assert_eq!(count.checkpoint().unwrap().0, 12);
+
+    // With --write, from another process, while this one holds the store.
+    let reset = json(varvedb(dir.path()).args(["projections", "reset", "count", "--write"]));
+    assert_eq!(
+        (reset["checkpoint"].clone(), reset["model_entries"].clone()),
+        (12.into(), 1.into())
+    );
+    assert_eq!(count.checkpoint().unwrap().0, 0);
+    assert_eq!(count.model().get_u64(b"n").unwrap(), None);
+    let listed = json(varvedb(dir.path()).arg("projections"));
+    assert_eq!(listed[0]["name"], "count");
+    assert!(listed[0]["kind"].is_null());
+    assert_eq!(listed[0]["lag"], 12);
+    // The in-store projector starts over, and sees each event once.
+    count.catch_up().unwrap();
+    assert_eq!(count.model().get_u64(b"n").unwrap(), Some(12));
+
+    // An external one: its checkpoint goes back to the start (its sink is
+    // not the store's to empty: its events are delivered again).
+    let reset = json(varvedb(dir.path()).args(["projections", "reset", "feed", "--write"]));
+    assert_eq!(
+        (reset["kind"].clone(), reset["checkpoint"].clone()),
+        ("external".into(), 3.into())
+    );
+    assert_eq!(feed.checkpoint().unwrap().0, 0);
+}
+
+#[test]
+fn the_generic_binary_refuses_to_migrate_a_stream_it_has_no_type_for() {
+    let dir = tempfile::tempdir().unwrap();
+    store(dir.path());
+    for args in [
+        &["migrate", "orders"][..],
+        &["migrate", "orders", "--write"][..],
+    ] {
+        let refused = varvedb(dir.path()).args(args).assert().code(1);
+        let stderr = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+        assert!(stderr.contains("generic varvedb binary"), "{stderr}");
+        assert!(
+            stderr.contains("Cli::new().event::<YourEvent>()"),
+            "{stderr}"
+        );
+    }
+    let json_error = varvedb(dir.path())
+        .args(["--json", "migrate", "orders"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let json_error: Value = serde_json::from_slice(&json_error).unwrap();
+    assert!(json_error["error"]
+        .as_str()
+        .unwrap()
+        .contains("needs the event type"));
+}
+
+mod v1 {
+    #[derive(
+        rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, varvedb::Event,
+    )]
+    #[event(name = "Deposited", stream = "accounts")]
+    pub struct Deposited {
+        pub cents: u32,
+    }
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, Event)]
+#[event(name = "Deposited", stream = "accounts", version = 2, upcast_from = v1::Deposited)]
+struct Deposited {
+    cents: u64,
+    currency: String,
+}
+
+impl varvedb::Upcast<v1::Deposited> for Deposited {
+    fn upcast(old: &v1::ArchivedDeposited) -> Self {
+        Deposited {
+            cents: u64::from(old.cents.to_native()),
+            currency: "EUR".into(),
+        }
+    }
+}
+
+fn accounts_tool() -> varvedb::cli::Cli {
+    varvedb::cli::Cli::new().event::<Deposited>()
+}
+
+/// Runs the application tool in this process; the exit code and stdout.
+fn run_tool(args: &[&str]) -> (std::process::ExitCode, String) {
+    let mut out = Vec::new();
+    let args = std::iter::once("varvedb").chain(args.iter().copied());
+    let code = accounts_tool().run_from(args, &mut out);
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn an_application_tool_counts_old_versions_then_migrates_with_write() {
+    use std::process::ExitCode;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let varve = Varve::new(&path).unwrap();
+        let mut old = varve.events::<v1::Deposited>().unwrap();
+        old.append_batch(
+            StreamId(1),
+            &[v1::Deposited { cents: 5 }, v1::Deposited { cents: 6 }],
+        )
+        .unwrap();
+        old.append(StreamId(2), &v1::Deposited { cents: 7 })
+            .unwrap();
+    }
+    let store = path.to_str().unwrap();
+
+    // A dry run (the default) counts without writing.
+    let (code, out) = run_tool(&["--json", "--store", store, "migrate", "accounts"]);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(
+        (plan["events"].clone(), plan["blocks"].clone()),
+        (3.into(), 2.into())
+    );
+    assert_eq!(plan["versions"][0]["version"], 1);
+    assert_eq!(plan["version"], 2);
+    let (code, out) = run_tool(&["--store", store, "migrate", "accounts", "--dry-run"]);
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(out.contains("3 events at older versions (v1: 3)"), "{out}");
+    assert!(out.contains("--write"), "{out}");
+    // Still version 1 on disk: a dry run wrote nothing.
+    let (_, out) = run_tool(&["--json", "--store", store, "migrate", "accounts"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["events"], 3);
+    // --dry-run and --write contradict each other.
+    let (code, _) = run_tool(&[
+        "--store",
+        store,
+        "migrate",
+        "accounts",
+        "--dry-run",
+        "--write",
+    ]);
+    assert_ne!(code, ExitCode::SUCCESS);
+    // A stream with no registered type, even in an application tool.
+    let (code, _) = run_tool(&["--store", store, "migrate", "orders", "--write"]);
+    assert_eq!(code, ExitCode::from(1));
+
+    let (code, out) = run_tool(&["--json", "--store", store, "migrate", "accounts", "--write"]);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            report["events"].clone(),
+            report["blocks"].clone(),
+            report["ok"].clone()
+        ),
+        (3.into(), 2.into(), true.into())
+    );
+    assert_eq!(report["retired"], serde_json::json!([1]));
+    // Nothing left at an old version; the events read as version 2.
+    let (_, out) = run_tool(&["--json", "--store", store, "migrate", "accounts"]);
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (plan["events"].clone(), plan["current"].clone()),
+        (0.into(), 3.into())
+    );
+    let (_, out) = run_tool(&["--json", "--store", store, "dump"]);
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event"]["cents"], 5);
+    assert_eq!(first["event"]["currency"], "EUR");
+    // The table form of a migration with nothing left to do.
+    let (code, out) = run_tool(&["--store", store, "migrate", "accounts", "--write"]);
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(out.contains("0 events rewritten"), "{out}");
+}
+
+/// Waits (up to ten seconds) until `check` holds of `readers --json`.
+fn readers_until(dir: &Path, mut check: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let table = json(varvedb(dir).arg("readers"));
+        if check(&table) || std::time::Instant::now() > deadline {
+            return table;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn slot_of(table: &Value, pid: u32) -> Option<Value> {
+    table["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pid"] == pid)
+        .cloned()
+}
+
+#[test]
+fn readers_lists_live_and_stale_slots_and_clears_stale_ones_only_with_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = store(dir.path());
+    let mut orders = varve.events::<Placed>().unwrap();
+    for n in 12..1500u64 {
+        let note = "a note long enough to fill a pipe".to_owned();
+        orders
+            .append(StreamId(n % 5), &Placed { order: n, note })
+            .unwrap();
+    }
+
+    // This process holds a snapshot: a live slot, one commit behind after
+    // one more append.
+    let snapshot = varve.snapshot().unwrap();
+    append_one(&varve, 1500);
+    let me = std::process::id();
+    let table = json(varvedb(dir.path()).arg("readers"));
+    let mine = slot_of(&table, me).expect("this process's slot is listed");
+    assert_eq!(mine["stale"], false);
+    assert_eq!(mine["behind"], 1);
+    assert!(mine["txn"].as_u64().is_some());
+    drop(snapshot);
+
+    // A process killed while it reads leaves a stale slot: `dump` into a
+    // pipe nobody reads blocks with its snapshot open.
+    let mut dump = std::process::Command::new(assert_cmd::cargo::cargo_bin("varvedb"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .arg("dump")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = dump.id();
+    let table = readers_until(dir.path(), |t| slot_of(t, pid).is_some());
+    assert_eq!(slot_of(&table, pid).unwrap()["stale"], false, "{table}");
+    dump.kill().unwrap();
+    dump.wait().unwrap();
+    let table = json(varvedb(dir.path()).arg("readers"));
+    let dead = slot_of(&table, pid).expect("the dead process's slot stays taken");
+    assert_eq!(dead["stale"], true, "{table}");
+    assert!(table["stale"].as_u64().unwrap() >= 1);
+    let text = varvedb(dir.path())
+        .arg("readers")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(String::from_utf8(text)
+        .unwrap()
+        .contains("stale (process gone)"));
+
+    // Clearing writes the lock file: refused without --write.
+    let refused = varvedb(dir.path())
+        .args(["readers", "--clear-stale"])
+        .assert()
+        .code(1);
+    assert!(stderr_has(refused.get_output(), "--write"));
+    assert!(slot_of(&json(varvedb(dir.path()).arg("readers")), pid).is_some());
+    let cleared = json(varvedb(dir.path()).args(["readers", "--clear-stale", "--write"]));
+    assert!(cleared["cleared"].as_u64().unwrap() >= 1, "{cleared}");
+    assert!(slot_of(&cleared, pid).is_none(), "{cleared}");
+    assert_eq!(cleared["stale"], 0);
+}

@@ -128,6 +128,11 @@ impl Varve {
     ) -> Result<BackupReport> {
         let started = Instant::now();
         let dest = dest.as_ref();
+        let _span = crate::trace::span!(
+            INFO,
+            "varvedb.backup",
+            dest = crate::trace::display(dest.display())
+        );
         let staging = Staging::new(dest, false)?;
         let report = |phase, done, total| BackupProgress { phase, done, total };
         progress(report(BackupPhase::Copying, 0, 0));
@@ -165,13 +170,25 @@ impl Varve {
         )?;
         write_durably(&staging.dir, MANIFEST_FILE, manifest.encode().as_bytes())?;
         staging.publish(false)?;
-        Ok(BackupReport {
+        let report = BackupReport {
             path: dest.to_path_buf(),
             manifest,
             bytes,
             duration: started.elapsed(),
             copy_duration,
-        })
+        };
+        crate::trace::event!(
+            INFO,
+            "varvedb.backup",
+            "backup written and verified",
+            path = crate::trace::display(dest.display()),
+            events = report.events(),
+            end = report.end().0,
+            bytes = report.bytes,
+            copy_us = report.copy_duration.as_micros() as u64,
+            duration_us = report.duration.as_micros() as u64,
+        );
+        Ok(report)
     }
 }
 

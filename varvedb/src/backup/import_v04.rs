@@ -479,6 +479,12 @@ impl Varve {
     ) -> Result<ImportReport> {
         let started = Instant::now();
         let (old_path, dest) = (old.as_ref(), new.as_ref());
+        let _span = crate::trace::span!(
+            INFO,
+            "varvedb.import",
+            old = crate::trace::display(old_path.display()),
+            dest = crate::trace::display(dest.display()),
+        );
         super::check_free(dest, true)?;
         let old = LegacyStore::open(old_path)?;
         let plan = plan(&old, old_path, options, &mut progress)?;
@@ -492,12 +498,22 @@ impl Varve {
         compare(&varve, &old, &plan, dest, &mut progress)?;
         drop(varve);
         staging.publish(true)?;
-        Ok(ImportReport {
+        let report = ImportReport {
             path: dest.to_path_buf(),
             events: plan.targets.len() as u64,
             streams: plan.streams,
             renumbered: plan.renumbered,
             duration: started.elapsed(),
-        })
+        };
+        crate::trace::event!(
+            INFO,
+            "varvedb.import",
+            "varvedb 0.4 store imported and compared",
+            path = crate::trace::display(dest.display()),
+            events = report.events,
+            streams = report.streams.len() as u64,
+            duration_us = report.duration.as_micros() as u64,
+        );
+        Ok(report)
     }
 }

@@ -198,6 +198,12 @@ impl Varve {
         let started = Instant::now();
         let backup = backup.as_ref();
         let dest = dest.as_ref();
+        let _span = crate::trace::span!(
+            INFO,
+            "varvedb.restore",
+            backup = crate::trace::display(backup.display()),
+            dest = crate::trace::display(dest.display()),
+        );
         let manifest = BackupManifest::read(backup)?;
         if !(storage::OLDEST_FORMAT..=FORMAT_VERSION).contains(&manifest.format) {
             return Err(Error::UnsupportedFormat {
@@ -365,7 +371,7 @@ impl Varve {
         let store_id = varve.store_id();
         drop(varve);
         staging.publish(true)?;
-        Ok(RestoreReport {
+        let report = RestoreReport {
             path: dest.to_path_buf(),
             store_id,
             end: GlobalSequence(end),
@@ -376,7 +382,19 @@ impl Varve {
             log_digest,
             chain_head,
             duration: started.elapsed(),
-        })
+        };
+        crate::trace::event!(
+            INFO,
+            "varvedb.restore",
+            "store restored and verified",
+            path = crate::trace::display(dest.display()),
+            events = report.events,
+            blocks = report.blocks_applied,
+            segments = report.segments_applied as u64,
+            rebuilt = report.rebuilt,
+            duration_us = report.duration.as_micros() as u64,
+        );
+        Ok(report)
     }
 }
 

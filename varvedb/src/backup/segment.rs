@@ -400,6 +400,13 @@ impl Varve {
         } else {
             VERSION_CHAIN
         };
+        let _span = crate::trace::span!(
+            INFO,
+            "varvedb.export",
+            dest = crate::trace::display(dest.display()),
+            from = from,
+            to = to,
+        );
         let staging = Staging::new(dest, false)?;
         let path = staging.dir.join("segment");
         let file = File::create(&path).map_err(io_error(&path))?;
@@ -492,7 +499,7 @@ impl Varve {
         };
         crate::storage::sync_dir(parent).map_err(io_error(parent))?;
         drop(staging);
-        Ok(ExportReport {
+        let report = ExportReport {
             segment: SegmentInfo {
                 path: dest.to_path_buf(),
                 store_id: self.store_id(),
@@ -505,7 +512,20 @@ impl Varve {
             },
             bytes,
             duration: started.elapsed(),
-        })
+        };
+        crate::trace::event!(
+            INFO,
+            "varvedb.export",
+            "segment exported",
+            path = crate::trace::display(dest.display()),
+            from = from,
+            to = to,
+            events = report.events(),
+            blocks = blocks,
+            bytes = report.bytes,
+            duration_us = report.duration.as_micros() as u64,
+        );
+        Ok(report)
     }
 }
 

@@ -18,8 +18,11 @@
 //! ```
 //!
 //! Every command takes `--json`. Inspection opens the store read-only, so it
-//! runs beside the application; only `readers --clear-stale` writes (LMDB's
-//! lock file), and `restore` and `import` write only their new destination.
+//! runs beside the application. Commands that write the store need
+//! `--write`: `projections reset NAME --write`, `migrate STREAM --write`
+//! (an application tool only: see [`Cli::event`]) and `readers --clear-stale
+//! --write` (LMDB's lock file); `restore` and `import` write only their new
+//! destination.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,24 +36,46 @@ use rkyv::rancor;
 use serde_json::{json, Value};
 
 use crate::{
-    BackupPhase, Error, Event, GlobalEvent, GlobalSequence, ImportOptions, ImportPhase, StreamId,
+    BackupPhase, Error, Event, GlobalEvent, GlobalSequence, ImportOptions, ImportPhase,
+    MigrateOptions, MigrateProgress, MigrationPlan, MigrationReport, ReaderTable, StreamId,
     StreamSequence, Varve,
 };
 
 /// A printer of one stream's events as JSON.
 type Typed = Box<dyn Fn(&GlobalEvent) -> Result<Value, String>>;
 
+/// Counts what a migration of one stream would rewrite.
+type Plan = Box<dyn Fn(&Varve) -> crate::Result<MigrationPlan>>;
+
+/// Migrates one stream, in batches of about this many events.
+type Migrate =
+    Box<dyn Fn(&Varve, usize, &mut dyn FnMut(MigrateProgress)) -> crate::Result<MigrationReport>>;
+
+/// `migrate` of one stream, with the event type registered for it.
+struct Migrator {
+    /// The event's type name, for reports.
+    event: &'static str,
+    plan: Plan,
+    run: Migrate,
+}
+
 /// The `varvedb` tool, with the application's event types registered.
 pub struct Cli {
     typed: HashMap<String, Typed>,
     /// The types `import` binds 0.4 streams to (from [`Cli::stream`]).
     import: ImportOptions,
+    /// `migrate` per stream (from [`Cli::event`] and [`Cli::event_in`]).
+    migrators: HashMap<String, Migrator>,
 }
 
 impl std::fmt::Debug for Cli {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cli")
             .field("typed_streams", &self.typed.keys().collect::<Vec<_>>())
+            .field(
+                "migrated_streams",
+                &self.migrators.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -67,13 +92,35 @@ impl Cli {
         Cli {
             typed: HashMap::new(),
             import: ImportOptions::new(),
+            migrators: HashMap::new(),
         }
     }
 
-    /// Prints the events of `E::STREAM` as `E`, serialized with serde.
-    /// Events of another type in that stream (none, if the store is sound)
-    /// print as base64.
-    pub fn event<E>(mut self) -> Cli
+    /// Registers `E` for its stream `E::STREAM`: its events print as `E`,
+    /// serialized with serde (older versions upcast), and `migrate
+    /// E::STREAM` rewrites the stream's older versions of `E` into the
+    /// current one ([`Varve::migrate`]). Events of another type in that
+    /// stream (none, if the store is sound) print as base64.
+    ///
+    /// ```no_run
+    /// # #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, varvedb::Event)]
+    /// # #[event(stream = "orders")]
+    /// # struct OrderPlaced { order: u64 }
+    /// // `my-tool migrate orders` counts the old versions (a dry run);
+    /// // `my-tool migrate orders --write` rewrites them.
+    /// varvedb::cli::Cli::new().event::<OrderPlaced>().run();
+    /// ```
+    pub fn event<E>(self) -> Cli
+    where
+        E: Event + serde::Serialize + 'static,
+        E::Archived: rkyv::Deserialize<E, rkyv::rancor::Strategy<rkyv::de::Pool, rancor::Error>>,
+    {
+        self.event_in::<E>(E::STREAM)
+    }
+
+    /// [`Cli::event`] for the stream `name` (a stream opened with
+    /// [`Varve::events_in`]).
+    pub fn event_in<E>(mut self, name: &str) -> Cli
     where
         E: Event + serde::Serialize + 'static,
         E::Archived: rkyv::Deserialize<E, rkyv::rancor::Strategy<rkyv::de::Pool, rancor::Error>>,
@@ -85,7 +132,21 @@ impl Cli {
                 rkyv::deserialize::<E, rancor::Error>(archived).map_err(|e| e.to_string())?;
             serde_json::to_value(&value).map_err(|e| e.to_string())
         });
-        self.typed.insert(E::STREAM.to_owned(), print);
+        self.typed.insert(name.to_owned(), print);
+        let (plan_stream, run_stream) = (name.to_owned(), name.to_owned());
+        let migrator = Migrator {
+            event: std::any::type_name::<E>(),
+            plan: Box::new(move |varve: &Varve| {
+                varve.migration_plan_with::<E>(&MigrateOptions::default().stream(&plan_stream))
+            }),
+            run: Box::new(move |varve: &Varve, batch, progress| {
+                let options = MigrateOptions::default()
+                    .stream(&run_stream)
+                    .batch_events(batch);
+                varve.migrate_with_progress::<E>(options, progress)
+            }),
+        };
+        self.migrators.insert(name.to_owned(), migrator);
         self
     }
 
@@ -110,8 +171,10 @@ impl Cli {
     }
 
     /// Parses the process's arguments, runs the command, prints errors to
-    /// stderr; exit code 0 on success, 1 on an error, 2 when `verify` finds
-    /// problems.
+    /// stderr; exit code 0 on success, 1 on an error (a refusal included:
+    /// a writing command without `--write`, an unknown projection, `migrate`
+    /// of a stream with no type registered), 2 when `verify` (or the check
+    /// after `migrate`) finds problems.
     pub fn run(self) -> ExitCode {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -568,32 +631,116 @@ impl Cli {
                     )?;
                 }
             }
-            Command::Readers { clear_stale } => {
-                let varve = open()?;
-                let cleared = if clear_stale {
-                    Some(varve.clear_dead_readers()?)
+            Command::Readers { clear_stale, write } => {
+                readers(out, &store()?, clear_stale, write, json)?;
+            }
+            Command::Projections { action: None } => {
+                let listed = open()?.projections()?;
+                if json {
+                    let list: Vec<Value> = listed
+                        .iter()
+                        .map(|p| {
+                            json!({
+                                "name": p.name, "kind": p.kind.map(|k| k.as_str()),
+                                "checkpoint": p.checkpoint.0, "generation": p.generation,
+                                "lag": p.lag, "skipped": p.skipped,
+                                "last_failure": p.last_failure.as_ref().map(|f| json!({
+                                    "at": f.at.0, "error": f.error,
+                                })),
+                            })
+                        })
+                        .collect();
+                    put(out, &Value::Array(list))?;
                 } else {
-                    None
-                };
-                let info = varve.info()?;
+                    let rows: Vec<Vec<String>> = listed
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.name.clone(),
+                                p.kind.map_or("-", |k| k.as_str()).to_owned(),
+                                p.checkpoint.0.to_string(),
+                                p.lag.to_string(),
+                                p.generation.to_string(),
+                                p.skipped.to_string(),
+                                p.last_failure.as_ref().map_or(String::new(), |f| {
+                                    format!("at {}: {}", f.at.0, f.error)
+                                }),
+                            ]
+                        })
+                        .collect();
+                    let header = [
+                        "projection",
+                        "kind",
+                        "checkpoint",
+                        "lag",
+                        "generation",
+                        "skipped",
+                        "last failure",
+                    ];
+                    table(out, &header, &rows)?;
+                }
+            }
+            Command::Projections {
+                action: Some(ProjectionAction::Reset { name, write }),
+            } => {
+                if !write {
+                    // Say what would be reset, or that nothing is there.
+                    let found = open()?.projection_status(&name)?;
+                    let Some(found) = found else {
+                        return Err(Error::UnknownProjection {
+                            path: store()?,
+                            name,
+                        }
+                        .into());
+                    };
+                    return Err(CliError::NeedsWrite(format!(
+                        "projections reset writes the store: add --write to reset {:?} \
+                         (checkpoint {}, generation {})",
+                        found.name, found.checkpoint.0, found.generation
+                    )));
+                }
+                let reset = open_write(&store()?)?.reset_projection(&name)?;
                 if json {
                     put(
                         out,
                         &json!({
-                            "used": info.readers_used, "max": info.max_readers, "cleared": cleared,
+                            "name": reset.name, "kind": reset.kind.map(|k| k.as_str()),
+                            "checkpoint": reset.checkpoint.0, "model_entries": reset.model_entries,
+                            "skipped": reset.skipped, "generation": reset.generation,
                         }),
                     )?;
                 } else {
                     writeln!(
                         out,
-                        "{} of {} reader slots in use{}",
-                        info.readers_used,
-                        info.max_readers,
-                        cleared
-                            .map(|n| format!("; cleared {n} left by dead processes"))
-                            .unwrap_or_default()
+                        "reset projection {:?}: checkpoint {} -> 0, {} read-model entries and {} \
+                         skip records deleted, generation {}",
+                        reset.name,
+                        reset.checkpoint.0,
+                        reset.model_entries,
+                        reset.skipped,
+                        reset.generation
                     )?;
+                    if reset.kind == Some(crate::ProjectionKind::External) {
+                        writeln!(
+                            out,
+                            "its sink is outside the store: the projector delivers every event \
+                             again from the first"
+                        )?;
+                    }
                 }
+            }
+            Command::Migrate {
+                stream,
+                write,
+                dry_run: _,
+                batch,
+            } => {
+                let Some(migrator) = self.migrators.get(&stream) else {
+                    let mut known: Vec<String> = self.migrators.keys().cloned().collect();
+                    known.sort();
+                    return Err(CliError::NoEventType { stream, known });
+                };
+                return migrate(out, migrator, &stream, &store()?, write, batch, json);
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -776,11 +923,52 @@ enum Command {
         #[arg(long)]
         renumber: bool,
     },
-    /// LMDB reader slots; --clear-stale frees those of dead processes.
+    /// LMDB reader slots: process, thread, snapshot, commits behind, and
+    /// whether the process is dead (a stale slot pins old pages).
     Readers {
-        /// Free the slots of dead processes (writes LMDB's lock file).
+        /// Free the slots of dead processes (needs --write: it writes
+        /// LMDB's lock file).
         #[arg(long)]
         clear_stale: bool,
+        /// Allow --clear-stale to write.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Projections (in-store and external): checkpoint, generation, lag
+    /// behind the end of the log, skipped events; `reset NAME --write`.
+    Projections {
+        #[command(subcommand)]
+        action: Option<ProjectionAction>,
+    },
+    /// Rewrite a stream's old event versions into the current one. Needs
+    /// the event type: a tool built with `Cli::new().event::<E>()`. Without
+    /// --write, a dry run counts the events at old versions.
+    Migrate {
+        /// The stream.
+        stream: String,
+        /// Rewrite the stream (otherwise only count).
+        #[arg(long)]
+        write: bool,
+        /// Only count the events at old versions (the default without
+        /// --write).
+        #[arg(long, conflicts_with = "write")]
+        dry_run: bool,
+        /// Events rewritten per write transaction.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionAction {
+    /// Reset a projection: its checkpoint back to the start and, for an
+    /// in-store projection, its read model cleared, in one transaction.
+    Reset {
+        /// The projection's name.
+        name: String,
+        /// Allow the reset to write the store.
+        #[arg(long)]
+        write: bool,
     },
 }
 
@@ -792,6 +980,240 @@ enum CliError {
     Usage(&'static str),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// A command that writes, run without `--write`.
+    #[error("{0}")]
+    NeedsWrite(String),
+    /// `migrate` of a stream with no event type registered.
+    #[error(
+        "migrate needs the event type of stream {stream:?}, and this tool has none registered \
+         for it ({}): build an application tool with \
+         varvedb::cli::Cli::new().event::<YourEvent>() (see docs/operations.md)",
+        if known.is_empty() { "the generic varvedb binary knows no types".to_owned() }
+        else { format!("it knows {}", known.join(", ")) }
+    )]
+    NoEventType { stream: String, known: Vec<String> },
+}
+
+/// Opens the existing store at `path` read-write (never creating one), for
+/// the commands run with `--write`.
+fn open_write(path: &std::path::Path) -> Result<Varve, CliError> {
+    let data = path.join(crate::storage::DATA_FILE);
+    if !data.is_file() {
+        return Err(Error::Open {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no store here (no data.mdb); a command never creates one",
+            ),
+        }
+        .into());
+    }
+    Ok(Varve::new(path)?)
+}
+
+/// `readers`: the reader table, read from the lock file while this process
+/// does not have the store open; with `--clear-stale --write`, the store is
+/// opened to clear the stale slots, closed, and the table read again.
+fn readers(
+    out: &mut dyn Write,
+    path: &std::path::Path,
+    clear_stale: bool,
+    write: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    if clear_stale && !write {
+        let stale = ReaderTable::read(path)?.stale();
+        return Err(CliError::NeedsWrite(format!(
+            "readers --clear-stale writes LMDB's lock file: add --write to free the {stale} \
+             stale slots"
+        )));
+    }
+    let mut readers = ReaderTable::read(path)?;
+    let mut cleared = None;
+    if clear_stale {
+        let varve = Varve::open_read_only(path)?;
+        cleared = Some(varve.clear_dead_readers()?);
+        drop(varve);
+        readers = ReaderTable::read(path)?;
+    }
+    if json {
+        let slots: Vec<Value> = readers
+            .slots
+            .iter()
+            .map(|s| {
+                json!({
+                    "pid": s.pid, "thread": s.thread, "txn": s.txn, "behind": s.behind,
+                    "stale": s.stale,
+                })
+            })
+            .collect();
+        put(
+            out,
+            &json!({
+                "taken": readers.slots.len(), "stale": readers.stale(), "used": readers.used,
+                "max": readers.capacity, "last_txn": readers.last_txn, "slots": slots,
+                "cleared": cleared,
+            }),
+        )?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = readers
+        .slots
+        .iter()
+        .map(|s| {
+            vec![
+                s.pid.to_string(),
+                format!("{:x}", s.thread),
+                s.txn.map_or("-".into(), |t| t.to_string()),
+                s.behind.map_or("-".into(), |b| b.to_string()),
+                if s.stale {
+                    "stale (process gone)"
+                } else {
+                    "live"
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    table(out, &["pid", "thread", "txn", "behind", "state"], &rows)?;
+    writeln!(
+        out,
+        "{} slots taken, {} stale; {} of {} ever used; last commit {}{}",
+        readers.slots.len(),
+        readers.stale(),
+        readers.used,
+        readers.capacity,
+        readers.last_txn,
+        match cleared {
+            Some(n) => format!("; cleared {n} left by dead processes"),
+            None if readers.stale() > 0 => "; `readers --clear-stale --write` frees them".into(),
+            None => String::new(),
+        }
+    )?;
+    Ok(())
+}
+
+/// `migrate STREAM`: a dry run (counts) without `write`, the migration with
+/// a progress bar with it. Exit code 2 if the migrated store fails its
+/// checks.
+fn migrate(
+    out: &mut dyn Write,
+    migrator: &Migrator,
+    stream: &str,
+    path: &std::path::Path,
+    write: bool,
+    batch: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    if !write {
+        let plan = (migrator.plan)(&Varve::open_read_only(path)?)?;
+        let versions: Vec<String> = plan
+            .versions
+            .iter()
+            .map(|(v, n)| format!("v{v}: {n}"))
+            .collect();
+        if json {
+            let versions: Vec<Value> = plan
+                .versions
+                .iter()
+                .map(|(v, n)| json!({ "version": v, "events": n }))
+                .collect();
+            put(
+                out,
+                &json!({
+                    "stream": plan.stream, "event": migrator.event, "dry_run": true,
+                    "exists": plan.exists, "version": plan.version, "versions": versions,
+                    "events": plan.events, "current": plan.current, "blocks": plan.blocks,
+                }),
+            )?;
+        } else if !plan.exists {
+            writeln!(out, "stream {stream:?} does not exist: nothing to migrate")?;
+        } else {
+            writeln!(
+                out,
+                "stream {:?} ({}): {} events at older versions{} and {} at v{}; a migration \
+                 rewrites {} blocks{}",
+                plan.stream,
+                migrator.event,
+                plan.events,
+                if versions.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", versions.join(", "))
+                },
+                plan.current,
+                plan.version,
+                plan.blocks,
+                if plan.is_needed() {
+                    "; run again with --write to migrate"
+                } else {
+                    ": nothing to do"
+                }
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let varve = open_write(path)?;
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} log positions ({elapsed})")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(format!("migrating {stream}"));
+    let report = (migrator.run)(&varve, batch, &mut |p: MigrateProgress| {
+        bar.set_length(p.end.0);
+        bar.set_position(p.position.0);
+    })?;
+    bar.finish_and_clear();
+    let ok = report.verify.is_ok();
+    if json {
+        let versions: Vec<Value> = report
+            .versions
+            .iter()
+            .map(|(v, n)| json!({ "version": v, "events": n }))
+            .collect();
+        let problems: Vec<String> = report
+            .verify
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        put(
+            out,
+            &json!({
+                "stream": report.stream, "event": migrator.event, "dry_run": false,
+                "events": report.events, "blocks": report.blocks, "batches": report.batches,
+                "versions": versions, "retired": report.retired, "ok": ok,
+                "problems": problems, "duration_ms": report.duration.as_millis() as u64,
+            }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "migrated stream {:?}: {} events rewritten in {} blocks ({} batches) in {:.2?}; \
+             retired versions {:?}; verified: {}",
+            report.stream,
+            report.events,
+            report.blocks,
+            report.batches,
+            report.duration,
+            report.retired,
+            if ok {
+                "ok".to_owned()
+            } else {
+                format!("{} problems", report.verify.problems.len())
+            }
+        )?;
+        for p in &report.verify.problems {
+            writeln!(out, "  {p}")?;
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn put(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {

@@ -286,6 +286,7 @@ impl<S: ExternalProjection> ExternalProjector<S> {
             ns.write_checkpoint(w, next)?;
             Ok(generation.wrapping_add(1))
         })?;
+        super::trace_progress(&self.store, &self.ns, "external", progress.saved, next);
         progress.saved = next;
         progress.generation = written;
         progress.skipped.clear();

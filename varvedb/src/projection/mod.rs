@@ -24,6 +24,7 @@ mod external;
 mod model;
 mod namespace;
 mod projector;
+pub(crate) mod status;
 mod thread;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use model::{ModelReader, ReadModel};
 pub use namespace::Skipped;
 pub(crate) use namespace::{Kind, Namespace};
 pub use projector::Projector;
+pub use status::{ProjectionKind, ProjectionReset, ProjectionStatus};
 pub use thread::ProjectionThread;
 
 /// What a projection handler returns on failure: any error.
@@ -210,6 +212,25 @@ pub(crate) fn failed_at(name: &str, at: u64, source: HandlerError) -> Error {
         at: GlobalSequence(at),
         source,
     }
+}
+
+/// Reports a committed checkpoint (feature `tracing`): the projection
+/// moved from `from` to `next`; its lag is the distance to the log's end as
+/// this process last saw it.
+pub(crate) fn trace_progress(store: &Store, ns: &Namespace, kind: &str, from: u64, next: u64) {
+    if next <= from {
+        return;
+    }
+    crate::trace::event!(
+        DEBUG,
+        "varvedb.projection",
+        "projection checkpoint written",
+        name = ns.name(),
+        kind = kind,
+        checkpoint = next,
+        batch = next.saturating_sub(from),
+        lag = store.log_end().saturating_sub(next),
+    );
 }
 
 /// Waits `pause` (for a retry's backoff), or less if `stop` is set.

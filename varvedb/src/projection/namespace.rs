@@ -44,7 +44,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn tag(self) -> &'static str {
+    pub(super) fn tag(self) -> &'static str {
         match self {
             Kind::InStore => "in-store",
             Kind::External => "external",
@@ -57,15 +57,15 @@ impl Kind {
 pub(crate) struct Namespace {
     name: Arc<str>,
     kind: Kind,
-    checkpoint: Vec<u8>,
+    pub(super) checkpoint: Vec<u8>,
     /// Raised by every checkpoint write and every reset, so a compare-and-set
     /// of the checkpoint also sees a reset that brought it back to the value
     /// a projector read (ABA).
-    generation: Vec<u8>,
-    kind_key: Vec<u8>,
+    pub(super) generation: Vec<u8>,
+    pub(super) kind_key: Vec<u8>,
     root: Vec<u8>,
     model: Vec<u8>,
-    skipped: Vec<u8>,
+    pub(super) skipped: Vec<u8>,
 }
 
 /// Checks a projection name: 1 to 64 bytes of ASCII letters, digits, `_`, `-`, `.`.
@@ -122,7 +122,41 @@ impl Namespace {
         buf
     }
 
-    fn decode_checkpoint(&self, raw: Option<&[u8]>) -> Result<u64> {
+    /// The kind recorded as `recorded` (the value of `proj/<name>/k`).
+    pub(super) fn decode_kind(&self, recorded: &[u8]) -> Result<Kind> {
+        [Kind::InStore, Kind::External]
+            .into_iter()
+            .find(|k| k.tag().as_bytes() == recorded)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("the kind of projection {:?}", self.name)),
+                detail: format!("unknown kind {:?}", String::from_utf8_lossy(recorded)),
+            })
+    }
+
+    /// This namespace's name with another kind (what a reset of a name of
+    /// that kind clears).
+    pub(super) fn with_kind(&self, kind: Kind) -> Namespace {
+        Namespace {
+            kind,
+            ..self.clone()
+        }
+    }
+
+    /// The skip record key's global sequence (`key` starts with the prefix).
+    pub(super) fn skip_position(&self, key: &[u8]) -> Result<u64> {
+        key[self.skipped.len().min(key.len())..]
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::Corruption {
+                location: Location::Record(format!(
+                    "the skip records of projection {:?}",
+                    self.name
+                )),
+                detail: format!("a key of {} bytes", key.len()),
+            })
+    }
+
+    pub(super) fn decode_checkpoint(&self, raw: Option<&[u8]>) -> Result<u64> {
         match raw {
             None => Ok(0),
             Some(bytes) => {
@@ -149,13 +183,7 @@ impl Namespace {
         if recorded == self.kind.tag().as_bytes() {
             return Ok(true);
         }
-        let stored = [Kind::InStore, Kind::External]
-            .into_iter()
-            .find(|k| k.tag().as_bytes() == recorded)
-            .ok_or_else(|| Error::Corruption {
-                location: Location::Record(format!("the kind of projection {:?}", self.name)),
-                detail: format!("unknown kind {:?}", String::from_utf8_lossy(recorded)),
-            })?;
+        let stored = self.decode_kind(recorded)?;
         Err(Error::ProjectionKindMismatch {
             projection: self.name.to_string(),
             stored: stored.tag(),
@@ -186,7 +214,7 @@ impl Namespace {
         Ok((checkpoint, generation))
     }
 
-    fn decode_generation(&self, raw: Option<&[u8]>) -> Result<u64> {
+    pub(super) fn decode_generation(&self, raw: Option<&[u8]>) -> Result<u64> {
         match raw {
             None => Ok(0),
             Some(raw) => raw

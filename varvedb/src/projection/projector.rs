@@ -301,9 +301,11 @@ impl<P: Projection> Projector<P> {
             ..
         } = self;
         let mut failure = None;
+        let mut started = 0;
         let written = store.write(|w| {
             failure = None;
             let from = ns.checkpoint_in(w)?;
+            started = from;
             let end = limit.min(from.saturating_add(*batch as u64));
             if from >= end {
                 return Ok(from);
@@ -340,7 +342,10 @@ impl<P: Projection> Projector<P> {
             Ok(next)
         });
         match (written, failure) {
-            (Ok(next), _) => Ok(next),
+            (Ok(next), _) => {
+                super::trace_progress(store, ns, "in-store", started, next);
+                Ok(next)
+            }
             (Err(_), Some((at, source))) => Err(Failure::Handler(at, source)),
             (Err(e), None) => Err(Failure::Store(e)),
         }

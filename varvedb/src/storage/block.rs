@@ -409,6 +409,11 @@ impl BlockBuilder {
         self.capacity
     }
 
+    /// The current block's size in bytes, so far (all of it once finished).
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     fn base(&self) -> usize {
         table_end(self.capacity)
     }

@@ -391,6 +391,10 @@ pub(crate) struct TypeIdentity<S = &'static str> {
 /// the [`Bound`] to publish if the family record was written.
 pub(super) type MigrationTarget = (u32, Arc<Family>, Option<Bound>);
 
+/// What [`Store::migration_source`] finds: the stream's tag, its family (if
+/// recorded) and what its legacy blocks hold.
+pub(super) type MigrationSource = (u32, Option<Arc<Family>>, Option<Legacy>);
+
 /// A stream entry created or completed by a write transaction, to be taught
 /// to its handle and the cache once (and only if) the transaction commits.
 #[derive(Debug)]
@@ -928,6 +932,37 @@ impl Store {
             .clone()
             .ok_or_else(|| corrupt(format!("stream {:?}", info.name), "no event family"))?;
         Ok(Some((tag, family, Some(bound))))
+    }
+
+    /// The stream `info` names (a `#[derive(Event)]` handle), as a
+    /// migration would find it, read without writing: its tag, its family
+    /// (if recorded) and what its legacy blocks hold, after the same checks
+    /// as [`Store::migration_target`]. `None` if the stream does not exist.
+    pub(super) fn migration_source(
+        &self,
+        txn: &RoTxn,
+        info: &StreamInfo,
+    ) -> Result<Option<MigrationSource>> {
+        let Some((tag, record)) = self.lookup(txn, &info.name)? else {
+            return Ok(None);
+        };
+        let Some(schema) = &info.schema else {
+            return Err(mismatch(&record, &info.identity(), ADVICE_PLAIN));
+        };
+        let legacy = check_family(&record, schema)?;
+        if let Some(family) = &record.family {
+            if let Some(newest) = family.versions.iter().map(|v| v.version).max() {
+                if newest > schema.version {
+                    return Err(Error::OutdatedEventVersion {
+                        stream: info.name.to_string(),
+                        event: family.name.clone(),
+                        newest,
+                        program: schema.version,
+                    });
+                }
+            }
+        }
+        Ok(Some((tag, record.family.clone(), legacy)))
     }
 
     /// Marks every version of `family` but the one with fingerprint

@@ -363,6 +363,7 @@ impl Store {
     /// belong to one stream's index) is retried append by append, so that
     /// each gets its own outcome.
     fn commit_group(&self, mut batch: Vec<Append>) -> Vec<Answer> {
+        let timer = crate::trace::timer!(DEBUG);
         let grouped = self.write(|txn| {
             #[cfg(test)]
             if self
@@ -389,6 +390,16 @@ impl Store {
             }
             Ok(results)
         });
+        crate::trace::event!(
+            DEBUG,
+            "varvedb.commit",
+            "group committed",
+            appends = batch.len() as u64,
+            events = batch.iter().map(|r| r.block.count() as u64).sum::<u64>(),
+            bytes = batch.iter().map(|r| r.block.len() as u64).sum::<u64>(),
+            duration_us = timer.micros(),
+            ok = grouped.is_ok(),
+        );
         match grouped {
             Ok(results) => {
                 self.group.stats.count(&results);

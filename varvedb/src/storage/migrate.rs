@@ -50,6 +50,21 @@ pub(crate) struct Batch {
     pub(crate) exists: bool,
     /// Re-seal records written (blocks the chain covers that were rewritten).
     pub(crate) resealed: u64,
+    /// The next global sequence a later batch examines (the end of the
+    /// log, once done).
+    pub(crate) position: u64,
+}
+
+/// What a migration of a stream would rewrite, counted without writing.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Events of older versions, per version.
+    pub(crate) events: BTreeMap<u32, u64>,
+    /// Events already of the current version.
+    pub(crate) current: u64,
+    /// Blocks a migration would rewrite: those of older versions, and
+    /// legacy blocks of the current version (only their fingerprint changes).
+    pub(crate) blocks: u64,
 }
 
 /// The limits of one batch.
@@ -186,6 +201,7 @@ impl WriteTxn<'_> {
                 batch.resealed += 1;
             }
         }
+        batch.position = next;
         if reached_end {
             let (retired, bound) =
                 store.retire_versions(&mut self.txn, info, tag, &family, schema.fingerprint)?;
@@ -201,6 +217,67 @@ impl WriteTxn<'_> {
 }
 
 impl Store {
+    /// Counts, in the snapshot `txn`, what [`WriteTxn::migrate_batch`]
+    /// would rewrite in `info`'s stream (a `#[derive(Event)]` handle): one
+    /// walk of the log's block headers, no payload read. `None` if the
+    /// stream does not exist.
+    ///
+    /// # Errors
+    /// As a migration's checks: `SchemaMismatch`, `OutdatedEventVersion`,
+    /// `UnknownEventVersion` for a block of a version the handle's chain
+    /// does not know, `Corruption` for a damaged block header.
+    pub(crate) fn migration_plan(&self, txn: &RoTxn, info: &StreamInfo) -> Result<Option<Plan>> {
+        let Some((tag, family, legacy)) = self.migration_source(txn, info)? else {
+            return Ok(None);
+        };
+        let schema = info.schema.as_ref().ok_or_else(|| Error::Corruption {
+            location: Location::Record(format!("stream {:?}", info.name)),
+            detail: "a migration needs a #[derive(Event)] type".into(),
+        })?;
+        let err = self.err("reading the event log");
+        let mut plan = Plan::default();
+        for item in self.events.iter(txn).map_err(&err)? {
+            let (k, v) = item.map_err(&err)?;
+            let global = parse_event_key(k).ok_or_else(|| Error::Corruption {
+                location: Location::Record("the event log".into()),
+                detail: format!("malformed key of {} bytes", k.len()),
+            })?;
+            let view = BlockView::parse(global, v).map_err(|e| Error::Corruption {
+                location: Location::Global(GlobalSequence(global)),
+                detail: e.0,
+            })?;
+            let header = view.header();
+            if header.stream_tag != tag {
+                continue;
+            }
+            let fp = legacy
+                .filter(|l| l.block == header.fingerprint)
+                .map_or(header.fingerprint, |l| l.schema);
+            let count = u64::from(header.count);
+            if fp == schema.fingerprint {
+                plan.current += count;
+                if header.fingerprint != fp {
+                    plan.blocks += 1;
+                }
+                continue;
+            }
+            let version = schema
+                .version_of(fp)
+                .ok_or_else(|| Error::UnknownEventVersion {
+                    location: Location::Global(GlobalSequence(global)),
+                    event: schema.name.to_string(),
+                    version: family
+                        .as_ref()
+                        .and_then(|f| f.version_of(header.fingerprint)),
+                    fingerprint: fp,
+                    known: schema.lineage().into(),
+                })?;
+            *plan.events.entry(version).or_default() += count;
+            plan.blocks += 1;
+        }
+        Ok(Some(plan))
+    }
+
     /// After a migration: every block of the stream with `tag` carries the
     /// current version's fingerprint `current` and each of its events passes
     /// `check` (validation as the current version). Returns what does not.

@@ -28,6 +28,7 @@ pub(crate) mod migrate;
 mod notify;
 mod probe;
 mod raw;
+pub(crate) mod readers;
 mod registry;
 mod snapshot;
 mod sync;
@@ -519,7 +520,7 @@ impl Store {
                 },
             )?;
         }
-        Store::assemble(
+        let store = Store::assemble(
             path,
             config,
             env,
@@ -536,7 +537,9 @@ impl Store {
             },
             checked.id,
             Access::ReadWrite,
-        )
+        )?;
+        store.trace_open(&checked);
+        Ok(store)
     }
 
     /// A read-only open: the same checks as [`Store::open_new`] (the data
@@ -679,7 +682,28 @@ impl Store {
             chain,
             seals,
         };
-        Store::assemble(path, config, env, dbs, checked.id, Access::ReadOnly)
+        let store = Store::assemble(path, config, env, dbs, checked.id, Access::ReadOnly)?;
+        store.trace_open(&checked);
+        Ok(store)
+    }
+
+    /// Reports an open (feature `tracing`): what was opened, how, and
+    /// whether the open created or upgraded the store.
+    fn trace_open(&self, checked: &probe::Checked) {
+        crate::trace::event!(
+            INFO,
+            "varvedb.open",
+            "store opened",
+            path = crate::trace::display(self.path.display()),
+            store_id = crate::trace::display(checked.id),
+            read_only = self.access == Access::ReadOnly,
+            format = FORMAT_VERSION,
+            found_format = checked.found,
+            created = checked.found.is_none(),
+            upgraded = checked.found.is_some_and(|f| f < FORMAT_VERSION)
+                && self.access == Access::ReadWrite,
+            map_size = self.map_size.load(Ordering::Acquire) as u64,
+        );
     }
 
     /// The rest of an open, once the environment and its databases are open.
@@ -837,6 +861,8 @@ impl Store {
             identity::check_open_file(&self.data_file, &self.path.join(identity::DATA_FILE))?;
         }
         let release_idle = || self.close_idle_views();
+        let old_size = self.map_size.load(Ordering::Acquire);
+        let timer = crate::trace::timer!(INFO);
         let result = self
             .gate
             .exclusive(self.config.resize_wait, release_idle, || {
@@ -859,11 +885,35 @@ impl Store {
                 Ok(())
             });
         match result {
-            Ok(r) => r.map_err(self.err("growing the memory map")),
-            Err(held) => Err(Error::MapResizeBlocked {
-                wanted,
-                held,
-                waited_ms: self.config.resize_wait.as_millis() as u64,
+            Ok(r) => {
+                crate::trace::event!(
+                    INFO,
+                    "varvedb.map_resize",
+                    "memory map resized",
+                    adopted = matches!(how, Remap::Adopt),
+                    old_size = old_size as u64,
+                    new_size = self.map_size.load(Ordering::Acquire) as u64,
+                    duration_us = timer.micros(),
+                    ok = r.is_ok(),
+                );
+                r.map_err(self.err("growing the memory map"))
+            }
+            Err(held) => Err({
+                crate::trace::event!(
+                    WARN,
+                    "varvedb.map_resize",
+                    "memory map growth blocked by open snapshots",
+                    adopted = matches!(how, Remap::Adopt),
+                    old_size = old_size as u64,
+                    held = held as u64,
+                    duration_us = timer.micros(),
+                    ok = false,
+                );
+                Error::MapResizeBlocked {
+                    wanted,
+                    held,
+                    waited_ms: self.config.resize_wait.as_millis() as u64,
+                }
             }),
         }
     }

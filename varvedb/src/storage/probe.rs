@@ -32,6 +32,9 @@ pub(super) struct Checked {
     pub(super) created_micros: u64,
     /// Whether this open created the store.
     pub(super) created: bool,
+    /// The format the store had before this open: `None` for a store this
+    /// open created, an older one for a store it upgraded.
+    pub(super) found: Option<u32>,
 }
 
 #[derive(Archive, Serialize)]
@@ -95,6 +98,7 @@ pub(super) fn initialize_or_check(
         }
     }
     let created = format.is_none();
+    let mut found = None;
     let created_micros = match format {
         None => {
             let created = seed.map(|s| s.created_micros).unwrap_or_else(|| {
@@ -111,6 +115,7 @@ pub(super) fn initialize_or_check(
         }
         Some(raw) => {
             let (created, format) = check_format(wtxn, meta, path, &raw)?;
+            found = Some(format);
             if format < FORMAT_VERSION {
                 // Every record of the older format reads unchanged in this
                 // one; from now on this build may write records it does not
@@ -151,6 +156,7 @@ pub(super) fn initialize_or_check(
         id,
         created_micros,
         created,
+        found,
     })
 }
 
@@ -175,7 +181,7 @@ pub(super) fn check(
         });
     };
     let raw = raw.to_vec();
-    let (created_micros, _) = check_format(txn, meta, path, &raw)?;
+    let (created_micros, format) = check_format(txn, meta, path, &raw)?;
     let id = match (stored_id(txn, meta)?, recorded) {
         (Some(stored), Some(recorded)) if stored != recorded => {
             return Err(Error::StoreMismatch {
@@ -198,6 +204,7 @@ pub(super) fn check(
         id,
         created_micros,
         created: false,
+        found: Some(format),
     })
 }
 

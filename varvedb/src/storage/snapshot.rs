@@ -795,6 +795,38 @@ impl View {
         Ok(())
     }
 
+    /// The first `state` key at or after `from`, if any (a seek: what lies
+    /// between is not read).
+    pub(crate) fn state_seek(&mut self, from: &[u8]) -> Result<Option<Vec<u8>>> {
+        let err = self.store.err("reading state");
+        let Some(state) = &self.store.state else {
+            return Ok(None);
+        };
+        let bounds: (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>) =
+            (std::ops::Bound::Included(from), std::ops::Bound::Unbounded);
+        let mut iter = state.range(&self.pin.txn, &bounds).map_err(&err)?;
+        match iter.next() {
+            Some(entry) => Ok(Some(entry.map_err(&err)?.0.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// The last `state` entry whose key starts with `prefix`, if any.
+    pub(crate) fn state_last(&mut self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let err = self.store.err("reading state");
+        let Some(state) = &self.store.state else {
+            return Ok(None);
+        };
+        let mut iter = state.rev_prefix_iter(&self.pin.txn, prefix).map_err(&err)?;
+        match iter.next() {
+            Some(entry) => {
+                let (k, v) = entry.map_err(&err)?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// See [`Store::verify`].
     pub(crate) fn verify(&self) -> Result<crate::verify::VerifyReport> {
         self.store.verify(&self.pin.txn)
@@ -835,6 +867,14 @@ impl View {
     /// See [`Store::chain_mode`].
     pub(crate) fn chain_mode(&self) -> Result<Option<crate::chain::ChainMode>> {
         self.store.chain_mode(&self.pin.txn)
+    }
+
+    /// See [`Store::migration_plan`].
+    pub(crate) fn migration_plan(
+        &self,
+        info: &super::StreamInfo,
+    ) -> Result<Option<super::migrate::Plan>> {
+        self.store.migration_plan(&self.pin.txn, info)
     }
 
     /// See [`Store::check_migrated`].

@@ -204,9 +204,18 @@ impl Store {
         // A write transaction's id is the id its commit gets.
         let txn_id = wtxn.txn.id();
         let WriteTxn { txn, bound, .. } = wtxn;
+        let sync = crate::trace::timer!(TRACE);
         txn.commit()
             .map_err(self.err("committing"))
             .map_err(Attempt::Failed)?;
+        crate::trace::event!(
+            TRACE,
+            "varvedb.sync",
+            "transaction committed",
+            txn_id = txn_id as u64,
+            appended = end.is_some(),
+            sync_us = sync.micros()
+        );
         self.publish_bound(bound);
         Ok(Committed { value, end, txn_id })
     }

@@ -35,6 +35,12 @@ pub(crate) trait Pager {
     /// Moves the position past `item`; returns whether the item is wanted
     /// (it passes the filter).
     fn accept(&mut self, item: &Self::Item) -> bool;
+
+    /// The position as a global sequence, for a pager of the global log
+    /// (its lag behind the log's end is reported with feature `tracing`).
+    fn log_position(&self) -> Option<u64> {
+        None
+    }
 }
 
 struct Page<I> {
@@ -156,6 +162,14 @@ impl<P: Pager> Follower<P> {
                         Ok(end) => end,
                         Err(e) => return Step::Failed(e),
                     };
+                    crate::trace::event!(
+                        TRACE,
+                        "varvedb.subscription",
+                        "subscription reads a page",
+                        cursor = self.pager.log_position(),
+                        head = end,
+                        lag = self.pager.log_position().map(|at| end.saturating_sub(at)),
+                    );
                     self.page.insert(Page {
                         items: self.pager.open(view),
                         end,

@@ -74,6 +74,10 @@ impl Pager for GlobalPager {
         self.next = event.global_sequence().0 + 1;
         self.filter.matches(event)
     }
+
+    fn log_position(&self) -> Option<u64> {
+        Some(self.next)
+    }
 }
 
 /// Reads one stream id from a stream sequence.
