@@ -21,29 +21,7 @@ const WRITE: &str = "VARVEDB_WRITE_FIXTURES";
 /// The fixture's key: public, it is a test.
 const KEY: [u8; 32] = *b"varvedb format-3 fixture key 32b";
 
-mod v1 {
-    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
-    #[event(name = "Deposited", stream = "accounts")]
-    pub struct Deposited {
-        pub cents: u32,
-    }
-}
-
-mod v2 {
-    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
-    #[event(name = "Deposited", stream = "accounts", version = 2, upcast_from = super::v1::Deposited)]
-    pub struct Deposited {
-        pub cents: u64,
-    }
-
-    impl varvedb::Upcast<super::v1::Deposited> for Deposited {
-        fn upcast(old: &super::v1::ArchivedDeposited) -> Self {
-            Deposited {
-                cents: u64::from(old.cents.to_native()),
-            }
-        }
-    }
-}
+use varvedb_suite::deposited::{v1, v2};
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-3")

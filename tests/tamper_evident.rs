@@ -708,29 +708,7 @@ fn keyed_link(prev: &[u8; 32], block: &[u8]) -> [u8; 32] {
 // Migrations re-seal.
 // ---------------------------------------------------------------------------
 
-mod v1 {
-    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
-    #[event(name = "Deposited", stream = "accounts")]
-    pub struct Deposited {
-        pub cents: u32,
-    }
-}
-
-mod v2 {
-    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
-    #[event(name = "Deposited", stream = "accounts", version = 2, upcast_from = super::v1::Deposited)]
-    pub struct Deposited {
-        pub cents: u64,
-    }
-
-    impl varvedb::Upcast<super::v1::Deposited> for Deposited {
-        fn upcast(old: &super::v1::ArchivedDeposited) -> Self {
-            Deposited {
-                cents: u64::from(old.cents.to_native()),
-            }
-        }
-    }
-}
+use varvedb_suite::deposited::{v1, v2};
 
 #[test]
 fn a_migration_re_seals_its_rewrites_and_old_heads_still_verify() {

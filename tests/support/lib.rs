@@ -1,5 +1,8 @@
 //! Shared fixtures for the workspace's examples and behaviour tests.
 
+/// A versioned event shared by the migration, fixture and chain tests.
+pub mod deposited;
+
 use std::path::Path;
 
 use rkyv::{Archive, Deserialize, Serialize};
