@@ -922,6 +922,12 @@ impl Store {
         }
     }
 
+    /// [`Error::Unsupported`] for `operation` unless the store is a local
+    /// (LMDB) one: what only a directory can do (file backups).
+    pub(crate) fn require_local(&self, operation: &'static str) -> Result<()> {
+        self.env(operation).map(drop)
+    }
+
     /// The LMDB data file, if this store has one.
     pub(crate) fn data_file(&self) -> Option<&std::fs::File> {
         match &self.engine {

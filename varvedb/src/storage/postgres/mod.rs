@@ -141,7 +141,8 @@ impl std::error::Error for ServerFailure {
 }
 
 impl ServerFailure {
-    fn new(
+    /// The failure as the error type that crosses the seam.
+    fn carried(
         message: impl Into<String>,
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     ) -> heed::Error {
@@ -157,18 +158,18 @@ fn server(e: tokio_postgres::Error) -> heed::Error {
         Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
         None => format!("PostgreSQL: {e}"),
     };
-    ServerFailure::new(message, Some(Box::new(e)))
+    ServerFailure::carried(message, Some(Box::new(e)))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> heed::Error {
-    ServerFailure::new(
+    ServerFailure::carried(
         format!("PostgreSQL: no connection from the pool: {e}"),
         Some(Box::new(e)),
     )
 }
 
 fn malformed(detail: String) -> heed::Error {
-    ServerFailure::new(format!("PostgreSQL: malformed rows: {detail}"), None)
+    ServerFailure::carried(format!("PostgreSQL: malformed rows: {detail}"), None)
 }
 
 /// The tables of the store. `Events` is special ([`events`]); the others
