@@ -657,3 +657,32 @@ fn a_stopped_server_is_a_typed_error_and_the_store_recovers_when_it_returns() {
     }
     assert_eq!(seen, vec![10, 11]);
 }
+
+#[test]
+fn a_reader_idle_between_calls_keeps_no_transaction_open() {
+    let url = db!("idle");
+    let varve = Varve::connect(&url).unwrap();
+    let mut ledger = varve.events::<Entry>().unwrap();
+    ledger.append(StreamId(1), &Entry { cents: 1 }).unwrap();
+    let mut reader = ledger.reader();
+    assert!(reader
+        .get_archived(StreamId(1), StreamSequence(0))
+        .unwrap()
+        .is_some());
+    let mut global = varve.global_reader();
+    assert!(global.get(GlobalSequence(0)).unwrap().is_some());
+    // Both readers keep their snapshot for their next call; on a server
+    // that is an open transaction, closed once idle.
+    std::thread::sleep(Duration::from_millis(2500));
+    let no_idle_transaction = "DO $$ BEGIN
+        IF (SELECT count(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND state = 'idle in transaction') > 0
+        THEN RAISE EXCEPTION 'a transaction stays open'; END IF; END $$";
+    varvedb::__pg::execute(&url, no_idle_transaction).unwrap();
+    // The readers still work: they open a new snapshot.
+    assert!(reader
+        .get_archived(StreamId(1), StreamSequence(0))
+        .unwrap()
+        .is_some());
+    assert!(global.get(GlobalSequence(0)).unwrap().is_some());
+}

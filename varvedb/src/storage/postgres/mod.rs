@@ -64,6 +64,9 @@ const CHANNEL: &str = "varvedb";
 /// How long a caller waits for a pooled connection before a typed error.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a reader's cached snapshot may stay open unused.
+const IDLE_VIEW: Duration = Duration::from_secs(1);
+
 /// The name of the backend in [`Error::Unsupported`].
 pub(crate) const BACKEND: &str = "PostgreSQL";
 
@@ -517,6 +520,25 @@ impl Pg {
             while !closed.load(Ordering::Acquire) {
                 let _ = listen(&config, &*raise, &closed).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+}
+
+impl Pg {
+    /// Starts the task that closes the snapshots readers keep between calls
+    /// once they have been idle for up to `IDLE_VIEW`: on a server an open
+    /// snapshot is an open transaction, which holds a pooled connection and
+    /// holds back vacuum, so none may stay open for long unused.
+    fn start_sweeper(&self, store: Weak<super::Store>) {
+        let closed = Arc::clone(&self.closed);
+        self.handle.spawn(async move {
+            while !closed.load(Ordering::Acquire) {
+                tokio::time::sleep(IDLE_VIEW).await;
+                match store.upgrade() {
+                    Some(store) => store.close_idle_views(),
+                    None => break,
+                }
             }
         });
     }
@@ -1264,6 +1286,7 @@ impl super::Store {
             super::Access::ReadWrite,
         )?;
         pg.start_listener(raiser(Arc::downgrade(&store)));
+        pg.start_sweeper(Arc::downgrade(&store));
         store.trace_open(&checked);
         Ok(store)
     }
