@@ -686,3 +686,89 @@ fn a_reader_idle_between_calls_keeps_no_transaction_open() {
         .is_some());
     assert!(global.get(GlobalSequence(0)).unwrap().is_some());
 }
+
+#[test]
+fn verification_and_the_tamper_evident_chain_run_over_the_server() {
+    let url = db!("chain");
+    let config = varvedb::VarveConfig::tamper_evident(varvedb::Chain::Plain);
+    let varve = Varve::connect_with(&url, config).unwrap();
+    let mut ledger = varve.events::<Entry>().unwrap();
+    for i in 0..20 {
+        ledger.append(StreamId(i % 3), &Entry { cents: i }).unwrap();
+    }
+    let report = varve.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 20);
+    let head = varve.head_digest().unwrap().unwrap();
+    assert!(matches!(
+        varve.verify_extends(&head),
+        Ok(varvedb::Extension::Extends { .. })
+    ));
+    // A payload changed on the server is found, not served.
+    varvedb::__pg::execute(
+        &url,
+        "UPDATE varvedb_events SET payload = set_byte(payload, 0, get_byte(payload, 0) # 1)
+         WHERE global = 7",
+    )
+    .unwrap();
+    let report = varve.verify().unwrap();
+    assert!(!report.is_ok());
+    assert!(matches!(
+        varve.global_reader().get(GlobalSequence(7)),
+        Err(Error::Corruption { .. })
+    ));
+}
+
+mod v1 {
+    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    #[event(name = "Paid", stream = "payments")]
+    pub struct Paid {
+        pub cents: u32,
+    }
+}
+
+mod v2 {
+    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    #[event(name = "Paid", stream = "payments", version = 2, upcast_from = super::v1::Paid)]
+    pub struct Paid {
+        pub cents: u64,
+    }
+
+    impl varvedb::Upcast<super::v1::Paid> for Paid {
+        fn upcast(old: &super::v1::ArchivedPaid) -> Self {
+            Paid {
+                cents: u64::from(old.cents.to_native()) * 10,
+            }
+        }
+    }
+}
+
+#[test]
+fn a_migration_rewrites_blocks_in_place_on_the_server() {
+    let url = db!("migrate");
+    {
+        let varve = Varve::connect(&url).unwrap();
+        let mut paid = varve.events::<v1::Paid>().unwrap();
+        paid.append_batch(StreamId(1), &[v1::Paid { cents: 1 }, v1::Paid { cents: 2 }])
+            .unwrap();
+        paid.append(StreamId(2), &v1::Paid { cents: 3 }).unwrap();
+    }
+    let varve = Varve::connect(&url).unwrap();
+    let report = varve.migrate::<v2::Paid>().unwrap();
+    assert_eq!(report.events, 3);
+    let mut reader = varve.events::<v2::Paid>().unwrap().reader();
+    let e = reader
+        .get_archived(StreamId(1), StreamSequence(1))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.cents.to_native(), 20);
+    assert_eq!(log_of(&varve), vec![0, 1, 2]);
+    assert!(varve.verify().unwrap().is_ok());
+    // The head did not move: the next append continues the log.
+    let (_, g) = varve
+        .events::<v2::Paid>()
+        .unwrap()
+        .append(StreamId(2), &v2::Paid { cents: 5 })
+        .unwrap();
+    assert_eq!(g, GlobalSequence(3));
+}
