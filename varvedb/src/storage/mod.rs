@@ -15,6 +15,10 @@
 //! | `seals`   | re-seal number (BE)                   | a migration's re-seal record           |
 //!
 //! See `docs/design.md` for the invariants each one protects.
+//!
+//! Every access to these databases goes through [`kv`] (one `match` whose
+//! first arm is the heed call), so the same engine also runs on PostgreSQL
+//! (feature `postgres`, [`postgres`]), where each database is a table.
 
 pub(crate) mod block;
 mod catalog;

@@ -662,7 +662,7 @@ impl Varve {
     }
 
     /// [`Varve::connect`] with a configuration. `max_readers` bounds the
-    /// connection pool (at most 32 connections; every open snapshot and
+    /// connection pool (4 to 16 connections; every open snapshot and
     /// write transaction holds one); `map_size`, `durability` and
     /// `resize_wait` do not apply (the server's `synchronous_commit`
     /// decides durability).

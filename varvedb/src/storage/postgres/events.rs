@@ -178,14 +178,15 @@ mod tests {
             buf.extend_from_slice(&vec![i + 7; 5 + usize::from(i) * 9]);
             b.finish_event(buf).unwrap();
         }
+        let (meta_flags, meta_len) = b.meta();
         let header = BlockHeader {
             stream_tag: 4,
             stream_id: 9,
             first_stream_seq: 2,
             fingerprint: 77,
             count: 3,
-            meta_flags: 0,
-            meta_len: 0,
+            meta_flags,
+            meta_len,
             first_global: 40,
             committed_at_micros: 5,
         };

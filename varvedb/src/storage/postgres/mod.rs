@@ -64,6 +64,10 @@ const CHANNEL: &str = "varvedb";
 /// How long a caller waits for a pooled connection before a typed error.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 
+/// The most connections one store's pool opens (`max_readers` sets it,
+/// from 4): every open snapshot and write transaction holds one.
+const MAX_POOL: usize = 16;
+
 /// How long a reader's cached snapshot may stay open unused.
 const IDLE_VIEW: Duration = Duration::from_secs(1);
 
@@ -310,7 +314,7 @@ impl Pg {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(4))
+            .max_size(pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(Duration::from_secs(10)))
@@ -1248,7 +1252,7 @@ impl super::Store {
         config: crate::config::VarveConfig,
     ) -> Result<Arc<super::Store>> {
         use super::kv::{Table, Txn};
-        let pg = Pg::connect(url, (config.max_readers as usize).min(32))?;
+        let pg = Pg::connect(url, (config.max_readers as usize).clamp(4, MAX_POOL))?;
         let label = std::path::PathBuf::from(pg.label());
         let t = |p| Table::Pg(p);
         let tables = super::Tables {
@@ -1289,5 +1293,35 @@ impl super::Store {
         pg.start_sweeper(Arc::downgrade(&store));
         store.trace_open(&checked);
         Ok(store)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_at_the_next_prefix_or_nowhere() {
+        assert_eq!(prefix_end(b"proj/a"), Some(b"proj/b".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn a_store_is_named_by_its_url_without_the_password() {
+        let config: tokio_postgres::Config = "postgresql://app:s3cret@db.internal:6543/ledger"
+            .parse()
+            .unwrap();
+        let label = label_of(&config);
+        assert_eq!(label, "postgresql://app@db.internal:6543/ledger");
+        assert!(!label.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_server_failure_is_classified_as_such() {
+        let e = super::super::engine_error(ServerFailure::carried("PostgreSQL: gone", None));
+        assert_eq!(e.kind(), crate::StorageErrorKind::Server);
+        assert_eq!(e.to_string(), "PostgreSQL: gone");
     }
 }
