@@ -31,8 +31,21 @@ fn server() -> Option<String> {
     url
 }
 
-/// A fresh database on the server; its URL.
-fn fresh_db(admin: &str, test: &str) -> String {
+/// Drops its test database when the test ends (pass or fail).
+struct DropDb {
+    admin: String,
+    name: String,
+}
+
+impl Drop for DropDb {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = varvedb::__pg::execute(&self.admin, &sql);
+    }
+}
+
+/// A fresh database on the server: its URL, and what drops it.
+fn fresh_db(admin: &str, test: &str) -> (String, DropDb) {
     static N: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "varvedb_engine_{test}_{}_{}",
@@ -41,7 +54,12 @@ fn fresh_db(admin: &str, test: &str) -> String {
     );
     varvedb::__pg::execute(admin, &format!("DROP DATABASE IF EXISTS {name}")).unwrap();
     varvedb::__pg::execute(admin, &format!("CREATE DATABASE {name}")).unwrap();
-    with_db(admin, &name)
+    let url = with_db(admin, &name);
+    let drop = DropDb {
+        admin: admin.to_owned(),
+        name,
+    };
+    (url, drop)
 }
 
 /// `admin` with its database replaced by `name`.
@@ -69,7 +87,7 @@ macro_rules! db {
 
 #[test]
 fn appends_read_back_with_dense_sequences() {
-    let url = db!("basic");
+    let (url, _db) = db!("basic");
     let varve = Varve::connect(&url).unwrap();
     let mut ledger = varve.events::<Entry>().unwrap();
     assert_eq!(
@@ -110,7 +128,7 @@ fn log_of(varve: &Varve) -> Vec<u64> {
 
 #[test]
 fn concurrent_appenders_on_threads_and_handles_leave_a_dense_commit_ordered_log() {
-    let url = db!("dense");
+    let (url, _db) = db!("dense");
     // Two handles: two pools, two group commits, as two processes would.
     let handles = [Varve::connect(&url).unwrap(), Varve::connect(&url).unwrap()];
     let threads = 8;
@@ -165,7 +183,7 @@ fn concurrent_appenders_on_threads_and_handles_leave_a_dense_commit_ordered_log(
 
 #[test]
 fn a_reader_never_sees_a_hole_while_appends_are_in_flight() {
-    let url = db!("holes");
+    let (url, _db) = db!("holes");
     let varve = Varve::connect(&url).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4u64)
@@ -205,7 +223,7 @@ fn a_reader_never_sees_a_hole_while_appends_are_in_flight() {
 
 #[test]
 fn expected_version_outcomes_and_no_gap_after_a_refused_append() {
-    let url = db!("expected");
+    let (url, _db) = db!("expected");
     let varve = Varve::connect(&url).unwrap();
     let mut ledger = varve.events::<Entry>().unwrap();
     let id = StreamId(9);
@@ -243,7 +261,7 @@ fn expected_version_outcomes_and_no_gap_after_a_refused_append() {
 
 #[test]
 fn a_retried_append_with_the_same_event_id_is_answered_without_writing() {
-    let url = db!("idem");
+    let (url, _db) = db!("idem");
     let varve = Varve::connect(&url).unwrap();
     let mut ledger = varve.events::<Entry>().unwrap();
     let id = EventId::from_u128(42);
@@ -302,7 +320,7 @@ impl Aggregate for Counter {
 
 #[test]
 fn execute_under_contention_loses_no_update_and_a_rejection_leaves_no_gap() {
-    let url = db!("execute");
+    let (url, _db) = db!("execute");
     let varve = Varve::connect(&url).unwrap();
     let id = StreamId(7);
     let workers: Vec<_> = (0..4)
@@ -335,7 +353,7 @@ fn execute_under_contention_loses_no_update_and_a_rejection_leaves_no_gap() {
 
 #[test]
 fn a_subscription_receives_every_event_once_in_order_while_appends_run() {
-    let url = db!("subscribe");
+    let (url, _db) = db!("subscribe");
     let varve = Varve::connect(&url).unwrap();
     let total = 120u64;
     let mut subscription = varve.subscribe(GlobalSequence(0));
@@ -389,7 +407,7 @@ impl Projection for Sum {
 
 #[test]
 fn a_projection_applies_each_event_exactly_once_across_restarts() {
-    let url = db!("project");
+    let (url, _db) = db!("project");
     let varve = Varve::connect(&url).unwrap();
     let mut ledger = varve.events::<Entry>().unwrap();
     for i in 1..=50 {
@@ -414,7 +432,7 @@ fn a_projection_applies_each_event_exactly_once_across_restarts() {
 
 #[test]
 fn what_a_server_cannot_do_is_a_typed_error() {
-    let url = db!("unsupported");
+    let (url, _db) = db!("unsupported");
     let varve = Varve::connect(&url).unwrap();
     assert!(matches!(
         varve.info(),
@@ -436,7 +454,7 @@ fn what_a_server_cannot_do_is_a_typed_error() {
 
 #[test]
 fn a_newer_schema_is_refused() {
-    let url = db!("schema");
+    let (url, _db) = db!("schema");
     drop(Varve::connect(&url).unwrap());
     varvedb::__pg::execute(&url, "UPDATE varvedb_schema SET version = version + 1").unwrap();
     assert!(matches!(
@@ -447,7 +465,7 @@ fn a_newer_schema_is_refused() {
 
 #[test]
 fn async_code_connects_appends_and_loads() {
-    let url = db!("async");
+    let (url, _db) = db!("async");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -660,7 +678,7 @@ fn a_stopped_server_is_a_typed_error_and_the_store_recovers_when_it_returns() {
 
 #[test]
 fn a_reader_idle_between_calls_keeps_no_transaction_open() {
-    let url = db!("idle");
+    let (url, _db) = db!("idle");
     let varve = Varve::connect(&url).unwrap();
     let mut ledger = varve.events::<Entry>().unwrap();
     ledger.append(StreamId(1), &Entry { cents: 1 }).unwrap();
@@ -689,7 +707,7 @@ fn a_reader_idle_between_calls_keeps_no_transaction_open() {
 
 #[test]
 fn verification_and_the_tamper_evident_chain_run_over_the_server() {
-    let url = db!("chain");
+    let (url, _db) = db!("chain");
     let config = varvedb::VarveConfig::tamper_evident(varvedb::Chain::Plain);
     let varve = Varve::connect_with(&url, config).unwrap();
     let mut ledger = varve.events::<Entry>().unwrap();
@@ -745,7 +763,7 @@ mod v2 {
 
 #[test]
 fn a_migration_rewrites_blocks_in_place_on_the_server() {
-    let url = db!("migrate");
+    let (url, _db) = db!("migrate");
     {
         let varve = Varve::connect(&url).unwrap();
         let mut paid = varve.events::<v1::Paid>().unwrap();
