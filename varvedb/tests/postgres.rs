@@ -790,3 +790,24 @@ fn a_migration_rewrites_blocks_in_place_on_the_server() {
         .unwrap();
     assert_eq!(g, GlobalSequence(3));
 }
+
+#[test]
+fn a_transaction_that_fails_to_begin_leaves_no_broken_connection_in_the_pool() {
+    let (url, _db) = db!("poison");
+    let varve = Varve::connect(&url).unwrap();
+    let mut ledger = varve.events::<Entry>().unwrap();
+    ledger.append(StreamId(1), &Entry { cents: 1 }).unwrap();
+    // `BEGIN` runs, then reading the head fails: those connections hold an
+    // aborted transaction and must not be handed out again.
+    varvedb::__pg::execute(&url, "ALTER TABLE varvedb_head RENAME TO varvedb_head_away").unwrap();
+    for _ in 0..6 {
+        let failed = ledger.append(StreamId(1), &Entry { cents: 2 }).unwrap_err();
+        assert!(is_server_error(&failed), "{failed:?}");
+    }
+    varvedb::__pg::execute(&url, "ALTER TABLE varvedb_head_away RENAME TO varvedb_head").unwrap();
+    for i in 0..20 {
+        let (seq, global) = ledger.append(StreamId(1), &Entry { cents: i }).unwrap();
+        assert_eq!((seq.0, global.0), (i + 1, i + 1));
+    }
+    assert_eq!(log_of(&varve), (0..21).collect::<Vec<_>>());
+}

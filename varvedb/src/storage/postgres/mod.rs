@@ -486,7 +486,14 @@ impl Pg {
         };
         let (client, txn, last) = self.block(async move {
             let client = pool.get().await.map_err(pool_error)?;
-            let msgs = client.simple_query(sql).await.map_err(server)?;
+            let msgs = match client.simple_query(sql).await {
+                Ok(msgs) => msgs,
+                Err(e) => {
+                    // `BEGIN` may have run: this connection is not reused.
+                    drop(Object::take(client));
+                    return Err(server(e));
+                }
+            };
             let row = msgs.iter().find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
                 _ => None,
@@ -643,13 +650,19 @@ impl Drop for PgTxn {
                     if client.batch_execute("ROLLBACK").await.is_err() {
                         // A connection in an unknown state never returns
                         // to the pool.
-                        if let Ok(object) = Arc::try_unwrap(client) {
-                            drop(Object::take(object));
-                        }
+                        discard(client);
                     }
                 });
             }
         }
+    }
+}
+
+/// Keeps a connection from returning to the pool (it is closed instead):
+/// for one whose transaction state is unknown.
+fn discard(client: Arc<Object>) {
+    if let Ok(object) = Arc::try_unwrap(client) {
+        drop(Object::take(object));
     }
 }
 
@@ -917,7 +930,15 @@ impl PgTxn {
             "UPDATE varvedb_head SET txn = txn + 1 WHERE id = 1; COMMIT".to_owned()
         };
         self.pg
-            .block(async move { client.batch_execute(&sql).await })
+            .block(async move {
+                let done = client.batch_execute(&sql).await;
+                if done.is_err() {
+                    // Its transaction may still be open (aborted): the
+                    // connection never returns to the pool.
+                    discard(client);
+                }
+                done
+            })
             .map_err(server)
     }
 
