@@ -811,3 +811,54 @@ fn a_transaction_that_fails_to_begin_leaves_no_broken_connection_in_the_pool() {
     }
     assert_eq!(log_of(&varve), (0..21).collect::<Vec<_>>());
 }
+
+#[test]
+fn batches_longer_than_one_fetch_read_back_whole() {
+    let (url, _db) = db!("long");
+    let varve = Varve::connect(&url).unwrap();
+    let mut ledger = varve.events::<Entry>().unwrap();
+    // More events per block than one round trip fetches (256).
+    let batch: Vec<Entry> = (0..700).map(|cents| Entry { cents }).collect();
+    ledger.append_batch(StreamId(1), &batch).unwrap();
+    // The log's end is read from its last block, here a long one.
+    assert_eq!(varve.next_global_seq(), GlobalSequence(700));
+    let (_, g) = ledger.append(StreamId(2), &Entry { cents: 700 }).unwrap();
+    assert_eq!(g, GlobalSequence(700));
+    ledger.append_batch(StreamId(1), &batch[..300]).unwrap();
+    assert_eq!(
+        Varve::connect(&url).unwrap().next_global_seq(),
+        GlobalSequence(1001)
+    );
+    let mut cents = Vec::new();
+    for e in varve.global_reader().iter_from(GlobalSequence(0)).unwrap() {
+        cents.push(e.unwrap().archived::<Entry>().unwrap().cents.to_native());
+    }
+    let expected: Vec<u64> = (0..701).chain(0..300).collect();
+    assert_eq!(cents, expected);
+    // From the middle of a long block, and past the end.
+    let from: Vec<u64> = varve
+        .global_reader()
+        .iter_from(GlobalSequence(650))
+        .unwrap()
+        .map(|e| e.unwrap().global_sequence().0)
+        .collect();
+    assert_eq!(from, (650..1001).collect::<Vec<_>>());
+    assert_eq!(
+        varve
+            .global_reader()
+            .iter_from(GlobalSequence(5000))
+            .unwrap()
+            .count(),
+        0
+    );
+    let mut reader = ledger.reader();
+    let e = reader
+        .get_archived(StreamId(1), StreamSequence(999))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.cents.to_native(), 299);
+    assert!(reader
+        .get_archived(StreamId(1), StreamSequence(1000))
+        .unwrap()
+        .is_none());
+}

@@ -1065,7 +1065,14 @@ impl PgTxn {
                     match recompose(&whole) {
                         events::Recomposed::Block(first, bytes, _) => {
                             found.push((first, bytes));
-                            hi = first + count;
+                            let end = first.saturating_add(count);
+                            // The last block (asked for as such, or found
+                            // ending before the sequence asked for: the
+                            // log is gapless, so nothing lies past it).
+                            hi = match global {
+                                Some(g) if g < end => end,
+                                _ => u64::MAX,
+                            };
                         }
                         events::Recomposed::Incomplete { .. } => {
                             return Err(malformed(format!("the block at {first} lacks events")))
