@@ -20,7 +20,7 @@
 //! `VARVEDB_CRASH_CYCLES` sets the number of kill cycles (4 by default).
 #![cfg(unix)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Stdio};
@@ -35,6 +35,7 @@ use varvedb::{
     GlobalSequence, HandlerError, Projection, ReadModel, Snapshots, Stream, StreamId,
     StreamSequence, Varve,
 };
+use varvedb_suite::checks::{batch, dense_log, order_notes, read_log, whole_batches};
 use varvedb_suite::deposited::{v1, v2};
 use varvedb_suite::{Backend, Order, Place, Sales};
 
@@ -85,130 +86,8 @@ conformance! {
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Batch `b` of writer `w`: `n` orders whose notes say where they belong.
-fn batch(w: u64, b: u64, n: u64) -> Vec<Order> {
-    (0..n)
-        .map(|i| Order {
-            id: w * 1_000_000 + b * 100 + i,
-            quantity: (n as u32) * 10 + i as u32,
-            note: format!("w{w} b{b} {i}/{n}"),
-        })
-        .collect()
-}
-
-/// `(writer, batch, index, size)` from a note [`batch`] wrote.
-fn parse_note(note: &str) -> (u64, u64, u64, u64) {
-    let mut parts = note.split(' ');
-    let w = parts.next().and_then(|p| p.strip_prefix('w')?.parse().ok());
-    let b = parts.next().and_then(|p| p.strip_prefix('b')?.parse().ok());
-    let (i, n) = parts
-        .next()
-        .and_then(|p| p.split_once('/'))
-        .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)))
-        .unwrap_or_else(|| panic!("not a note of `batch`: {note:?}"));
-    (
-        w.unwrap_or_else(|| panic!("{note:?}")),
-        b.unwrap_or_else(|| panic!("{note:?}")),
-        i,
-        n,
-    )
-}
-
 fn batch_size(k: u64) -> u64 {
     [1, 3, 2, 5, 1, 4][(k % 6) as usize]
-}
-
-/// One event of the global log, as the checks need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    global: u64,
-    stream: String,
-    id: u64,
-    seq: u64,
-    /// The note of an `"orders"` event.
-    note: Option<String>,
-}
-
-/// The global log from `from` on, as one read (one snapshot) sees it.
-fn read_log(varve: &Varve, from: u64) -> Vec<Seen> {
-    varve
-        .global_reader()
-        .iter_from(GlobalSequence(from))
-        .expect("iterate")
-        .map(|e| {
-            let e = e.expect("read the log");
-            let note = (e.stream_name() == "orders").then(|| {
-                e.archived_plain::<Order>()
-                    .expect("an order")
-                    .note
-                    .to_string()
-            });
-            Seen {
-                global: e.global_sequence().0,
-                stream: e.stream_name().to_string(),
-                id: e.stream_id().0,
-                seq: e.stream_sequence().0,
-                note,
-            }
-        })
-        .collect()
-}
-
-/// The whole global log, checked: global sequences 0.. without a gap, each
-/// `(stream, id)`'s stream sequences 0.. without a gap, in global order.
-fn dense_log(varve: &Varve) -> Vec<Seen> {
-    let end = varve.global_reader().end().expect("end").0;
-    let events = read_log(varve, 0);
-    assert!(
-        events.len() as u64 >= end,
-        "the log holds at least `end` events"
-    );
-    let mut next: HashMap<(String, u64), u64> = HashMap::new();
-    for (g, e) in events.iter().enumerate() {
-        assert_eq!(e.global, g as u64, "a gap in the global log");
-        let key = (e.stream.clone(), e.id);
-        let want = next.entry(key.clone()).or_insert(0);
-        assert_eq!(e.seq, *want, "a gap in stream {key:?} at global {g}");
-        *want += 1;
-    }
-    events
-}
-
-/// The notes of the `"orders"` events of `events`, by global sequence.
-fn order_notes(events: &[Seen]) -> BTreeMap<u64, String> {
-    events
-        .iter()
-        .filter_map(|e| Some((e.global, e.note.clone()?)))
-        .collect()
-}
-
-/// Every batch in `notes` whole and contiguous: its events at consecutive
-/// global sequences, indexes 0..n. Returns the batches `(writer, batch) ->
-/// first global`.
-fn whole_batches(notes: &BTreeMap<u64, String>) -> BTreeMap<(u64, u64), u64> {
-    let mut batches = BTreeMap::new();
-    let mut open: Option<(u64, u64, u64, u64)> = None; // w, b, next index, size
-    for (&g, note) in notes {
-        let (w, b, i, n) = parse_note(note);
-        match open {
-            Some((ow, ob, oi, on)) if oi < on => {
-                assert_eq!(
-                    (w, b, i, n),
-                    (ow, ob, oi, on),
-                    "batch w{ow} b{ob} interrupted at {g}"
-                );
-            }
-            _ => {
-                assert_eq!(i, 0, "batch w{w} b{b} starts at its event {i} (global {g})");
-                assert!(batches.insert((w, b), g).is_none(), "batch w{w} b{b} twice");
-            }
-        }
-        open = Some((w, b, i + 1, n));
-    }
-    if let Some((w, b, i, n)) = open {
-        assert_eq!(i, n, "batch w{w} b{b} is partial: {i} of {n} events");
-    }
-    batches
 }
 
 /// A child process that reports lines starting with `@@ `; killed and

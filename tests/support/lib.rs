@@ -3,6 +3,9 @@
 /// A versioned event shared by the migration, fixture and chain tests.
 pub mod deposited;
 
+/// Checks of a global log: dense sequences, whole batches.
+pub mod checks;
+
 /// The backends the conformance suite runs against.
 pub mod backend;
 
