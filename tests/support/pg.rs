@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The reliability tests that stop the server abruptly get a cluster of their
-//! own ([`private_cluster`]): stopping a shared one would break the other
+//! own ([`private_cluster`](crate::pg::private_cluster)): stopping a shared one would break the other
 //! tests of the binary, which run in parallel.
 //!
 //! This file uses only `std`, `postgres`, `tempfile` and `libc`: the
