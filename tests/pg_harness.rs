@@ -1,7 +1,8 @@
 //! The PostgreSQL test harness itself (`varvedb_suite::pg`): which server it
 //! picks, the database names it derives, that a fresh database is empty,
 //! distinct and dropped, that a private cluster survives an abrupt stop and
-//! restarts, and that a missing server is a skip, or a failure when required.
+//! restarts, that a temporary cluster stops when its process exits or is
+//! killed, and that a missing server is a skip, or a failure when required.
 //!
 //! The tests that need a server run against the real one the harness finds
 //! (skipped without one, like the conformance suite's PostgreSQL tests).
@@ -228,5 +229,94 @@ fn without_a_server_a_required_run_fails_and_another_skips() {
     assert!(
         output.contains("PostgreSQL is required (VARVEDB_REQUIRE_POSTGRES=1)"),
         "{output}"
+    );
+}
+
+const CLUSTER_CHILD: &str = "VARVEDB_PG_HARNESS_CLUSTER_CHILD";
+
+#[test]
+#[ignore = "a child process: its parent test runs it with --ignored --exact"]
+fn a_child_with_a_temporary_cluster() {
+    let Ok(how) = std::env::var(CLUSTER_CHILD) else {
+        panic!(
+            "not a test on its own: run by the temporary cluster tests, which set {CLUSTER_CHILD}"
+        );
+    };
+    let db = pg::fresh_database("cluster_child").expect("a temporary cluster");
+    println!("@@ {}", db.admin_url());
+    if how == "wait" {
+        // Until the parent kills this process.
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
+/// Runs the child above, which starts the binary's shared temporary cluster,
+/// and returns the cluster's URL once the child has exited or been killed.
+fn cluster_of_a_child(how: &str) -> Option<String> {
+    if pg::find_tools().is_none() {
+        pg::skip_or_fail(
+            "temporary_cluster_at_exit",
+            "initdb and pg_ctl are not installed",
+        );
+        return None;
+    }
+    let mut child = varvedb_suite::child_test("a_child_with_a_temporary_cluster")
+        .env(CLUSTER_CHILD, how)
+        .env_remove(pg::URL_VAR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut url = None;
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0 {
+        if let Some(at) = line.find("@@ ") {
+            url = Some(line[at + 3..].trim().to_string());
+            break;
+        }
+        line.clear();
+    }
+    let url = url.expect("the child reported its cluster");
+    assert!(
+        pg::admin(&url, "SELECT 1").is_ok(),
+        "the cluster runs while the child does"
+    );
+    if how == "wait" {
+        child.kill().unwrap();
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.success(), how == "exit", "{status}");
+    Some(url)
+}
+
+fn stopped_within(url: &str, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if pg::admin(url, "SELECT 1").is_err() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_temporary_cluster_stops_when_its_process_exits_or_is_killed() {
+    let Some(url) = cluster_of_a_child("exit") else {
+        return;
+    };
+    // Stopped at exit: gone by the time the exit status is known.
+    assert!(
+        stopped_within(&url, std::time::Duration::from_millis(1)),
+        "still running after exit"
+    );
+    let url = cluster_of_a_child("wait").unwrap();
+    // Killed with SIGKILL: the watchdog stops it within a few seconds.
+    assert!(
+        stopped_within(&url, std::time::Duration::from_secs(30)),
+        "the cluster outlived its killed process"
     );
 }
