@@ -31,9 +31,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{
-    Aggregate, Append, Error, EventId, ExecuteError, ExpectedVersion, Filter, GlobalEvent,
-    GlobalSequence, HandlerError, Projection, ReadModel, Snapshots, Stream, StreamId,
-    StreamSequence, Varve,
+    Aggregate, Append, Context, CorrelationId, Error, EventId, ExecuteError, ExpectedVersion,
+    Filter, GlobalEvent, GlobalSequence, HandlerError, Projection, ReadModel, Snapshots, Stream,
+    StreamId, StreamSequence, Varve,
 };
 use varvedb_suite::checks::{batch, dense_log, order_notes, read_log, whole_batches};
 use varvedb_suite::deposited::{v1, v2};
@@ -79,6 +79,9 @@ conformance! {
     a_projection_is_exactly_once_across_kills,
     an_application_killed_mid_append_loses_no_acknowledged_event,
     schema_identity_is_checked_and_old_versions_upcast,
+    metadata_travels_with_each_event_and_ids_find_events,
+    entity_keys_name_stream_ids,
+    a_stream_subscription_follows_one_id_in_order_while_others_append,
 }
 
 // ---------------------------------------------------------------------------
@@ -1342,4 +1345,150 @@ fn schema_identity_is_checked_and_old_versions_upcast(backend: Backend) {
     assert_eq!(log.len(), 4);
     assert!(log.iter().skip(1).all(|e| e.stream == "accounts"));
     assert_eq!(varve.load::<Total>(StreamId(1)).unwrap().state.0, 12 + big);
+}
+
+// ---------------------------------------------------------------------------
+// Metadata, entity keys, stream subscriptions
+
+fn metadata_travels_with_each_event_and_ids_find_events(backend: Backend) {
+    let Some(mut store) = backend.fresh("metadata") else {
+        return;
+    };
+    let context = Context::new()
+        .correlation(CorrelationId::from_u128(5))
+        .causation(eid(6))
+        .user_bytes(b"tenant=acme".to_vec())
+        .unwrap();
+    {
+        let mut s = orders(store.varve());
+        s.append_with(
+            StreamId(1),
+            &Order::numbered(1),
+            Append::new().event_id(eid(100)).context(&context),
+        )
+        .unwrap();
+        s.append(StreamId(1), &Order::numbered(2)).unwrap();
+        s.with_context(context.clone())
+            .append_batch(StreamId(2), &batch(0, 0, 2))
+            .unwrap();
+    }
+    store.close();
+    let varve = store.reopen();
+    let mut log = varve.global_reader();
+    let check_full = |m: varvedb::Metadata<'_>, id: Option<EventId>| {
+        assert_eq!(m.correlation_id(), Some(CorrelationId::from_u128(5)));
+        assert_eq!(m.causation_id(), Some(eid(6)));
+        assert_eq!(m.user_bytes(), Some(&b"tenant=acme"[..]));
+        if id.is_some() {
+            assert_eq!(m.event_id(), id);
+        }
+    };
+    check_full(
+        log.get(GlobalSequence(0)).unwrap().unwrap().metadata(),
+        Some(eid(100)),
+    );
+    let plain = log.get(GlobalSequence(1)).unwrap().unwrap();
+    assert_eq!(plain.metadata().correlation_id(), None);
+    assert_eq!(plain.metadata().user_bytes(), None);
+    for g in 2..4 {
+        check_full(
+            log.get(GlobalSequence(g)).unwrap().unwrap().metadata(),
+            None,
+        );
+    }
+    assert!(log.get(GlobalSequence(4)).unwrap().is_none());
+    // The same through a stream reader.
+    let reader = orders(&varve).reader();
+    let first = reader
+        .iter_stream(StreamId(1), None)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    check_full(first.metadata(), Some(eid(100)));
+    // An event id finds its event.
+    let found = log.get_by_id(eid(100)).unwrap().expect("found by id");
+    assert_eq!(found.global_sequence(), GlobalSequence(0));
+    assert_eq!(found.archived_plain::<Order>().unwrap().id, 1);
+    assert!(log.get_by_id(eid(999)).unwrap().is_none());
+}
+
+fn entity_keys_name_stream_ids(backend: Backend) {
+    let Some(store) = backend.fresh("entity_keys") else {
+        return;
+    };
+    let varve = store.varve();
+    let mut s = orders(varve);
+    let a = s.append_keyed("order-a", &Order::numbered(1)).unwrap();
+    let b = s.append_keyed("order-b", &Order::numbered(2)).unwrap();
+    let a2 = s.append_keyed("order-a", &Order::numbered(3)).unwrap();
+    assert_eq!(a.stream_id(), a2.stream_id(), "one key, one stream id");
+    assert_ne!(a.stream_id(), b.stream_id());
+    assert_eq!(a2.first().unwrap().0, StreamSequence(1));
+    let e = s.append_keyed("", &Order::numbered(4)).unwrap_err();
+    assert!(matches!(e, Error::InvalidEntityKey { .. }), "{e}");
+    let e = s
+        .append_keyed(vec![b'k'; 100_000], &Order::numbered(4))
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidEntityKey { .. }), "{e}");
+    // Another handle resolves the key to the same id.
+    let again = store.reopen();
+    let mut reader = orders(&again).reader();
+    assert_eq!(reader.entity_id("order-a").unwrap(), a.stream_id());
+    assert_eq!(reader.entity_id("order-z").unwrap(), None);
+    // Keyed aggregates.
+    varve
+        .execute_keyed::<Account>("acct-1", &Command::Deposit(5), varvedb::Execute::new())
+        .unwrap();
+    varve
+        .execute_keyed::<Account>("acct-1", &Command::Deposit(7), varvedb::Execute::new())
+        .unwrap();
+    assert_eq!(
+        again.load_keyed::<Account>("acct-1").unwrap().state.balance,
+        12
+    );
+    assert_eq!(again.load_keyed::<Account>("acct-2").unwrap().version, None);
+    assert_eq!(dense_log(&again).len(), 5);
+}
+
+fn a_stream_subscription_follows_one_id_in_order_while_others_append(backend: Backend) {
+    let Some(store) = backend.fresh("stream_subscription") else {
+        return;
+    };
+    let varve = store.varve();
+    let followed = StreamId(1);
+    let mut sub = orders(varve)
+        .reader()
+        .subscribe(followed, StreamSequence(0));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let varve = varve.clone();
+            thread::spawn(move || append_batches(&varve, w))
+        })
+        .collect();
+    // Writer 1 appends to id 1 (`w % 3`), the others elsewhere.
+    let want = BATCHES_TOTAL_PER_WRITER;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while (got.len() as u64) < want {
+        assert!(Instant::now() < deadline, "the stream subscription stalled");
+        if let Some(e) = sub.next_timeout(Duration::from_secs(1)).unwrap() {
+            assert_eq!(e.stream_id(), followed);
+            got.push((e.stream_sequence().0, e.note.to_string()));
+        }
+    }
+    for w in writers {
+        w.join().expect("writer");
+    }
+    assert!(sub
+        .next_timeout(Duration::from_millis(100))
+        .unwrap()
+        .is_none());
+    let seqs: Vec<u64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(
+        seqs,
+        (0..want).collect::<Vec<_>>(),
+        "every event of the id once, in order"
+    );
+    assert!(got.iter().all(|g| g.1.starts_with("w1 ")));
 }
