@@ -2,9 +2,11 @@
 //!
 //! Runs when `VARVEDB_TEST_POSTGRES_URL` names a server whose user may
 //! create databases (`postgresql://postgres@127.0.0.1:5432/postgres`); each
-//! test works in a fresh database it creates. Without the variable every
-//! test prints that it was skipped and passes: the conformance suite of the
-//! workspace (`tests/`) is what CI makes mandatory.
+//! test works in a fresh database it creates and drops. Without the variable
+//! every test prints that it was skipped and passes, unless
+//! `VARVEDB_REQUIRE_POSTGRES` is set (as `.ci/run` does): then it fails. The
+//! test that stops the server starts a cluster of its own (`initdb` and
+//! `pg_ctl` on the PATH).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
@@ -26,6 +28,11 @@ struct Entry {
 fn server() -> Option<String> {
     let url = std::env::var("VARVEDB_TEST_POSTGRES_URL").ok();
     if url.is_none() {
+        // CI sets both: there a missing server fails the run.
+        assert!(
+            std::env::var_os("VARVEDB_REQUIRE_POSTGRES").is_none(),
+            "VARVEDB_REQUIRE_POSTGRES is set but VARVEDB_TEST_POSTGRES_URL is not"
+        );
         eprintln!("skipped: VARVEDB_TEST_POSTGRES_URL is not set");
     }
     url
@@ -505,24 +512,45 @@ fn async_code_connects_appends_and_loads() {
 }
 
 /// A throwaway cluster this test starts and stops itself (it needs
-/// `initdb` and `pg_ctl` on the PATH; as root they run as `postgres`).
+/// `initdb` and `pg_ctl`, on the PATH or in Debian's
+/// `/usr/lib/postgresql/*/bin`; as root they run as `postgres`).
 struct Cluster {
     dir: std::path::PathBuf,
     port: u16,
     as_postgres: bool,
+    bin: std::path::PathBuf,
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+/// The directory holding `initdb` and `pg_ctl`.
+fn server_tools() -> Option<std::path::PathBuf> {
+    let has_both = |d: &std::path::Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).find(|d| has_both(d)));
+    on_path.or_else(|| {
+        let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let v = e.file_name().to_str()?.parse().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .filter(|(_, d)| has_both(d))
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, d)| d)
+    })
 }
 
 impl Cluster {
     fn start() -> Option<Cluster> {
-        if !(on_path("initdb") && on_path("pg_ctl")) {
-            eprintln!("skipped: initdb and pg_ctl are not on the PATH");
+        let Some(bin) = server_tools() else {
+            assert!(
+                std::env::var_os("VARVEDB_REQUIRE_POSTGRES").is_none(),
+                "VARVEDB_REQUIRE_POSTGRES is set but initdb and pg_ctl are not found"
+            );
+            eprintln!("skipped: initdb and pg_ctl are not found");
             return None;
-        }
+        };
         let uid = std::process::Command::new("id").arg("-u").output().ok()?;
         let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
         let dir = std::env::temp_dir().join(format!(
@@ -550,6 +578,7 @@ impl Cluster {
             dir,
             port,
             as_postgres,
+            bin,
         };
         let data = cluster.dir.join("data");
         assert!(cluster.run(&[
@@ -566,13 +595,14 @@ impl Cluster {
     }
 
     fn run(&self, args: &[&str]) -> bool {
+        let program = self.bin.join(args[0]);
         let mut command = if self.as_postgres {
             let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]);
-            c.args(args);
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c.args(&args[1..]);
             c
         } else {
-            let mut c = std::process::Command::new(args[0]);
+            let mut c = std::process::Command::new(&program);
             c.args(&args[1..]);
             c
         };
