@@ -691,6 +691,17 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+
+    /// The operation has no meaning on this store's backend: a file backup,
+    /// the memory map or the reader table of a store on a database server
+    /// (feature `postgres`; see `docs/design.md`, "Layers and the backend seam").
+    #[error("{operation} is not supported by a store on {backend}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// The store's backend (`"PostgreSQL"`).
+        backend: &'static str,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -832,6 +843,10 @@ pub enum StorageErrorKind {
     Encoding,
     /// The environment was already open in this process with other options.
     AlreadyOpen,
+    /// The database server (PostgreSQL, feature `postgres`) could not be
+    /// reached, lost the connection, or refused a statement; the server's
+    /// error is the source.
+    Server,
 }
 
 impl StorageError {
@@ -1211,6 +1226,7 @@ impl Error {
                 path: path.clone(),
                 detail: detail.clone(),
             },
+            Error::Unsupported { operation, backend } => Error::Unsupported { operation, backend },
         }
     }
 }
@@ -1367,6 +1383,10 @@ mod tests {
             },
             Error::MalformedHeadDigest {
                 text: "7:0:zz".into(),
+            },
+            Error::Unsupported {
+                operation: "a file backup",
+                backend: "PostgreSQL",
             },
         ];
         for e in &errors {
