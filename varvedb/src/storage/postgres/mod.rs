@@ -628,6 +628,13 @@ struct Span {
     len: usize,
 }
 
+/// What a transaction's `get`s read: by table (as `u8`) and key, the value's
+/// span in the arena, or `None` for a missing key.
+type Remembered = BTreeMap<(u8, Vec<u8>), Option<Span>>;
+
+/// An overwriting put waiting to be sent: table, key, value.
+type Overwrite = (PgTable, Vec<u8>, Vec<u8>);
+
 /// Blocks already fetched in this transaction: every block whose first
 /// global sequence lies in `[lo, hi)` is in `blocks`, and no block starts
 /// between two consecutive ones (the log is gapless). `hi == u64::MAX`: the
@@ -665,7 +672,7 @@ pub(crate) struct PgTxn {
     /// guess: a read snapshot sees no other commit, and a write transaction
     /// holds the head row, which every writer of every process locks before
     /// touching any table, so no other commit lands while it runs.
-    gets: Mutex<BTreeMap<(u8, Vec<u8>), Option<Span>>>,
+    gets: Mutex<Remembered>,
     /// `cache` holds the log's last block as read right after the head row
     /// was locked (pipelined with `BEGIN`): `last` needs no round trip.
     /// Cleared when the transaction writes the log or the cache is replaced.
@@ -674,7 +681,7 @@ pub(crate) struct PgTxn {
     /// for a reason of their own (`ON CONFLICT … DO UPDATE`), so they wait
     /// for the next statement of the transaction, or ride with `COMMIT` in
     /// its round trip. Every statement sends them first.
-    pending: Mutex<Vec<(PgTable, Vec<u8>, Vec<u8>)>>,
+    pending: Mutex<Vec<Overwrite>>,
 }
 
 impl Drop for PgTxn {
@@ -731,7 +738,7 @@ fn upsert_sql(table: PgTable) -> String {
 /// is first polled, in order: the server runs them in that order.
 async fn upserts_then<F: Future>(
     client: &Object,
-    pending: &[(PgTable, Vec<u8>, Vec<u8>)],
+    pending: &[Overwrite],
     then: F,
 ) -> std::result::Result<F::Output, tokio_postgres::Error> {
     let mut statements = Vec::with_capacity(pending.len());
