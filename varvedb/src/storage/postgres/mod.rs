@@ -484,16 +484,30 @@ impl Pg {
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
              SELECT txn, last FROM varvedb_head WHERE id = 1"
         };
-        let (client, txn, last) = self.block(async move {
+        let (client, txn, last, tail) = self.block(async move {
             let client = pool.get().await.map_err(pool_error)?;
-            let msgs = match client.simple_query(sql).await {
-                Ok(msgs) => msgs,
-                Err(e) => {
-                    // `BEGIN` may have run: this connection is not reused.
-                    drop(Object::take(client));
-                    return Err(server(e));
+            // A write transaction reads the log's last block (the writer
+            // numbers the next event from it): that read is pipelined
+            // behind the head-row lock, in the same round trip. It runs
+            // after the lock is held (the connection runs requests in
+            // order), so it sees every earlier commit and no concurrent one.
+            let tail = async {
+                if write {
+                    let st = client.prepare_cached(FETCH_LAST).await?;
+                    client.query(&st, &[]).await.map(Some)
+                } else {
+                    Ok(None)
                 }
             };
+            let (msgs, tail) =
+                match futures_util::future::join(client.simple_query(sql), tail).await {
+                    (Ok(msgs), Ok(tail)) => (msgs, tail),
+                    (Err(e), _) | (_, Err(e)) => {
+                        // `BEGIN` may have run: this connection is not reused.
+                        drop(Object::take(client));
+                        return Err(server(e));
+                    }
+                };
             let row = msgs.iter().find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
                 _ => None,
@@ -503,11 +517,11 @@ impl Pg {
                     .and_then(|v: &str| v.parse::<u64>().ok())
             };
             match (parse(0), parse(1)) {
-                (Some(txn), Some(last)) => Ok((client, txn, last)),
+                (Some(txn), Some(last)) => Ok((client, txn, last, tail)),
                 _ => Err(malformed("no head row".into())),
             }
         })?;
-        Ok(PgTxn {
+        let txn = PgTxn {
             pg: Arc::clone(self),
             client: Some(Arc::new(client)),
             write,
@@ -516,7 +530,15 @@ impl Pg {
             appended: false,
             arena: Mutex::new(Vec::new()),
             cache: Mutex::new(BlockCache::default()),
-        })
+            gets: Mutex::new(BTreeMap::new()),
+            tail_known: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+        };
+        if let Some(rows) = tail {
+            txn.absorb(None, &rows)?;
+            txn.tail_known.store(true, Ordering::Release);
+        }
+        Ok(txn)
     }
 
     /// Starts the task that listens for commits of other processes
@@ -606,6 +628,13 @@ struct Span {
     len: usize,
 }
 
+/// What a transaction's `get`s read: by table (as `u8`) and key, the value's
+/// span in the arena, or `None` for a missing key.
+type Remembered = BTreeMap<(u8, Vec<u8>), Option<Span>>;
+
+/// An overwriting put waiting to be sent: table, key, value.
+type Overwrite = (PgTable, Vec<u8>, Vec<u8>);
+
 /// Blocks already fetched in this transaction: every block whose first
 /// global sequence lies in `[lo, hi)` is in `blocks`, and no block starts
 /// between two consecutive ones (the log is gapless). `hi == u64::MAX`: the
@@ -638,6 +667,21 @@ pub(crate) struct PgTxn {
     /// transaction is dropped.
     arena: Mutex<Vec<AlignedVec<16>>>,
     cache: Mutex<BlockCache>,
+    /// What `get` read in this transaction, by table and key (`None`: no
+    /// such key); a write to a table forgets its entries. Exact, not a
+    /// guess: a read snapshot sees no other commit, and a write transaction
+    /// holds the head row, which every writer of every process locks before
+    /// touching any table, so no other commit lands while it runs.
+    gets: Mutex<Remembered>,
+    /// `cache` holds the log's last block as read right after the head row
+    /// was locked (pipelined with `BEGIN`): `last` needs no round trip.
+    /// Cleared when the transaction writes the log or the cache is replaced.
+    tail_known: AtomicBool,
+    /// Overwriting puts not yet sent (table, key, value): they cannot fail
+    /// for a reason of their own (`ON CONFLICT … DO UPDATE`), so they wait
+    /// for the next statement of the transaction, or ride with `COMMIT` in
+    /// its round trip. Every statement sends them first.
+    pending: Mutex<Vec<Overwrite>>,
 }
 
 impl Drop for PgTxn {
@@ -669,6 +713,7 @@ fn discard(client: Arc<Object>) {
 /// A `query` on `client` with owned parameters, run on the runtime.
 macro_rules! query {
     ($txn:expr, $sql:expr, [$($p:expr),*]) => {{
+        $txn.flush()?;
         let client = $txn.client()?;
         let sql: String = $sql;
         $txn.pg.block(async move {
@@ -676,6 +721,43 @@ macro_rules! query {
             client.query(&st, &[$(&$p as &(dyn ToSql + Sync)),*]).await
         }).map_err(server)?
     }};
+}
+
+/// The statement of an overwriting put into `table`.
+fn upsert_sql(table: PgTable) -> String {
+    format!(
+        "INSERT INTO {} (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING 1",
+        table.name()
+    )
+}
+
+/// Runs the overwriting puts `pending` in order, then `then`, pipelined in
+/// one round trip. The statements are prepared first (cached: no round trip
+/// once a connection has seen them), so each request is sent when its future
+/// is first polled, in order: the server runs them in that order.
+async fn upserts_then<F: Future>(
+    client: &Object,
+    pending: &[Overwrite],
+    then: F,
+) -> std::result::Result<F::Output, tokio_postgres::Error> {
+    let mut statements = Vec::with_capacity(pending.len());
+    for (table, _, _) in pending {
+        statements.push(client.prepare_cached(&upsert_sql(*table)).await?);
+    }
+    let params: Vec<[&(dyn ToSql + Sync); 2]> = pending
+        .iter()
+        .map(|(_, k, v)| [k as &(dyn ToSql + Sync), v as &(dyn ToSql + Sync)])
+        .collect();
+    let writes = futures_util::future::try_join_all(
+        statements
+            .iter()
+            .zip(&params)
+            .map(|(st, p)| client.execute(st, &p[..])),
+    );
+    let (written, out) = futures_util::future::join(writes, then).await;
+    written?;
+    Ok(out)
 }
 
 /// The smallest key greater than every key starting with `prefix`, if any.
@@ -745,16 +827,36 @@ impl PgTxn {
                 .filter(|(k, _)| *k == key)
                 .map(|(_, v)| v));
         }
-        let key = key.to_vec();
+        let slot = (table as u8, key.to_vec());
+        if let Some(hit) = self.gets.lock().get(&slot) {
+            return Ok(hit.map(|span| self.slice(span)));
+        }
+        let key = slot.1.clone();
         let rows = query!(
             self,
             format!("SELECT value FROM {} WHERE key = $1", table.name()),
             [key]
         );
-        Ok(rows.first().map(|r| {
-            let span = self.keep(r.get::<_, &[u8]>(0));
-            self.slice(span)
-        }))
+        let span = rows.first().map(|r| self.keep(r.get::<_, &[u8]>(0)));
+        self.gets.lock().insert(slot, span);
+        Ok(span.map(|span| self.slice(span)))
+    }
+
+    /// Sends the overwriting puts waiting in `pending` (one round trip).
+    fn flush(&self) -> heed::Result<()> {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let client = self.client()?;
+        self.pg
+            .block(async move { upserts_then(&client, &pending, async {}).await })
+            .map_err(server)
+    }
+
+    /// Forgets what `get` read from `table`, before writing it.
+    fn forget(&self, table: PgTable) {
+        self.gets.lock().retain(|(t, _), _| *t != table as u8);
     }
 
     pub(crate) fn seek(
@@ -860,17 +962,19 @@ impl PgTxn {
         if table == PgTable::Events {
             return self.put_block(key, value, append);
         }
+        self.forget(table);
         let (key, value) = (key.to_vec(), value.to_vec());
-        let conflict = if append {
-            // LMDB's `APPEND` and `NO_OVERWRITE` refuse a key that exists.
-            " ON CONFLICT (key) DO NOTHING RETURNING 1"
-        } else {
-            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING 1"
-        };
+        if !append {
+            // An overwrite cannot be refused: it waits for the next
+            // statement (see `pending`).
+            self.pending.lock().push((table, key, value));
+            return Ok(());
+        }
+        // LMDB's `APPEND` and `NO_OVERWRITE` refuse a key that exists.
         let rows = query!(
             self,
             format!(
-                "INSERT INTO {} (key, value) VALUES ($1, $2){conflict}",
+                "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING 1",
                 table.name()
             ),
             [key, value]
@@ -885,6 +989,7 @@ impl PgTxn {
         if !self.write || table == PgTable::Events {
             return Err(heed::Error::Mdb(heed::MdbError::BadTxn));
         }
+        self.forget(table);
         let key = key.to_vec();
         let rows = query!(
             self,
@@ -898,6 +1003,7 @@ impl PgTxn {
         if !self.write || table == PgTable::Events {
             return Err(heed::Error::Mdb(heed::MdbError::BadTxn));
         }
+        self.forget(table);
         let lo = prefix.to_vec();
         let hi = prefix_end(prefix);
         let rows = query!(
@@ -929,9 +1035,14 @@ impl PgTxn {
         } else {
             "UPDATE varvedb_head SET txn = txn + 1 WHERE id = 1; COMMIT".to_owned()
         };
+        // Overwrites still waiting ride in the same round trip, before the
+        // commit (a failed one aborts the transaction: nothing commits).
+        let pending = std::mem::take(&mut *self.pending.lock());
         self.pg
             .block(async move {
-                let done = client.batch_execute(&sql).await;
+                let done = upserts_then(&client, &pending, client.batch_execute(&sql))
+                    .await
+                    .and_then(|done| done);
                 if done.is_err() {
                     // Its transaction may still be open (aborted): the
                     // connection never returns to the pool.
@@ -958,6 +1069,8 @@ impl PgTxn {
         }
         // Whatever was cached no longer describes the log.
         *self.cache.lock() = BlockCache::default();
+        self.tail_known.store(false, Ordering::Release);
+        self.flush()?;
         let client = self.client()?;
         let end = if append { Some(first + n as u64) } else { None };
         let moved = self
@@ -1045,6 +1158,11 @@ impl PgTxn {
             ),
             None => query!(self, FETCH_LAST.to_owned(), []),
         };
+        self.absorb(global, &rows)
+    }
+
+    /// Caches the blocks of `rows`, fetched by [`PgTxn::fetch`] for `global`.
+    fn absorb(&self, global: Option<u64>, rows: &[tokio_postgres::Row]) -> heed::Result<()> {
         let limited = global.is_some() && rows.len() as i64 == PREFETCH;
         let rows_fetched: Vec<events::Fetched<'_>> = rows.iter().map(row_parts).collect();
         let fetched = rows_fetched;
@@ -1104,6 +1222,7 @@ impl PgTxn {
         };
         if !(cache.covers(lo) || cache.hi == lo) {
             *cache = BlockCache::default();
+            self.tail_known.store(false, Ordering::Release);
             cache.lo = lo;
         }
         cache.hi = hi;
@@ -1157,7 +1276,13 @@ impl PgTxn {
     }
 
     fn last_block(&self) -> heed::Result<Option<Pair<'_>>> {
-        self.fetch(None)?;
+        let primed = self.tail_known.load(Ordering::Acquire) && {
+            let cache = self.cache.lock();
+            cache.hi == u64::MAX && !cache.blocks.is_empty()
+        };
+        if !primed {
+            self.fetch(None)?;
+        }
         let cache = self.cache.lock();
         Ok(cache
             .blocks
@@ -1327,6 +1452,62 @@ impl super::Store {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// Overwrites wait for the transaction's next statement (or its commit)
+    /// and `get` remembers what it read: a transaction still reads its own
+    /// writes, in order, and commits every one. Runs against
+    /// `VARVEDB_TEST_POSTGRES_URL` (a user that may create databases).
+    #[test]
+    fn deferred_overwrites_and_remembered_reads_keep_read_your_writes() {
+        let Ok(admin) = std::env::var("VARVEDB_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: VARVEDB_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let name = format!("varvedb_lib_deferred_{}", std::process::id());
+        admin_execute(&admin, &format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        admin_execute(&admin, &format!("CREATE DATABASE {name}")).unwrap();
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) if admin.contains("://") => format!("{base}/{name}"),
+            _ => format!("{admin} dbname={name}"),
+        };
+        {
+            let pg = Pg::connect(&url, 2).unwrap();
+            let mut t = pg.begin_write().unwrap();
+            assert_eq!(t.get(PgTable::State, b"k").unwrap(), None);
+            t.put(PgTable::State, b"k", b"1", false).unwrap();
+            // The remembered `None` is forgotten; the overwrite is sent first.
+            assert_eq!(t.get(PgTable::State, b"k").unwrap(), Some(&b"1"[..]));
+            t.put(PgTable::State, b"k", b"2", false).unwrap();
+            t.put(PgTable::State, b"gone", b"x", false).unwrap();
+            assert!(t.delete(PgTable::State, b"gone").unwrap());
+            t.put(PgTable::State, b"k", b"3", false).unwrap();
+            t.put(PgTable::Meta, b"m", b"4", false).unwrap();
+            // A no-overwrite put sees the overwrite waiting before it.
+            assert!(matches!(
+                t.put(PgTable::State, b"k", b"5", true),
+                Err(heed::Error::Mdb(heed::MdbError::KeyExist))
+            ));
+            t.put(PgTable::State, b"last", b"6", false).unwrap();
+            // The last overwrites ride with the commit.
+            t.commit().unwrap();
+            let r = pg.begin_read().unwrap();
+            assert_eq!(r.get(PgTable::State, b"k").unwrap(), Some(&b"3"[..]));
+            assert_eq!(r.get(PgTable::State, b"gone").unwrap(), None);
+            assert_eq!(r.get(PgTable::Meta, b"m").unwrap(), Some(&b"4"[..]));
+            assert_eq!(r.get(PgTable::State, b"last").unwrap(), Some(&b"6"[..]));
+            // A rolled-back transaction's waiting overwrites never land.
+            let mut t = pg.begin_write().unwrap();
+            t.put(PgTable::State, b"k", b"7", false).unwrap();
+            drop(t);
+            let r = pg.begin_read().unwrap();
+            assert_eq!(r.get(PgTable::State, b"k").unwrap(), Some(&b"3"[..]));
+        }
+        admin_execute(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .unwrap();
+    }
 
     #[test]
     fn a_prefix_range_ends_at_the_next_prefix_or_nowhere() {
