@@ -19,6 +19,7 @@
 pub(crate) mod block;
 mod catalog;
 pub(crate) mod chain;
+pub(crate) mod crypt;
 mod gate;
 mod group;
 mod identity;
@@ -67,6 +68,12 @@ const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The on-disk format version this build reads and writes.
 ///
+/// Format 4 adds encryption at rest ([`crypt`]): the `crypt` record and the
+/// wrapped keys in `meta`, and, in a store created encrypted, sealed blocks,
+/// stream names and `state` values. A format-1, 2 or 3 store is upgraded by
+/// its first read-write open like 2 to 3 (its `format` record rewritten; it
+/// stays a plaintext store); a format-3 build refuses it from then on.
+///
 /// Format 3 adds the tamper-evident chain: the `chain` and `seals`
 /// databases and the `chain` record in `meta` (see [`chain`]). A format-1
 /// or format-2 store is upgraded by its first read-write open like format 1
@@ -81,7 +88,7 @@ const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// rewritten; no other byte changes), after which builds that read only
 /// format 1 refuse it with `UnsupportedFormat` instead of misreading a record
 /// they do not know.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+pub(crate) const FORMAT_VERSION: u32 = 4;
 
 /// The oldest format this build reads (and upgrades when it opens a store
 /// read-write).
@@ -112,6 +119,8 @@ pub(crate) struct Store {
     /// The chain's key, when the chain is keyed and it was given (at open or
     /// to `enable_chain`).
     chain_key: parking_lot::RwLock<Option<[u8; 32]>>,
+    /// The unwrapped keys of an encrypted store; `None`: a plaintext store.
+    crypt: Option<crypt::Keyring>,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -328,6 +337,7 @@ impl Store {
             resize_wait,
             cross_process_poll,
             tamper_evident,
+            encryption,
         } = requested;
         let conflict = |field, open: String, requested: String| {
             Err(Error::ConfigConflict {
@@ -367,6 +377,15 @@ impl Store {
                 "tamper_evident",
                 format!("{:?}", self.config.tamper_evident),
                 format!("{tamper_evident:?}"),
+            );
+        }
+        if *encryption != self.config.encryption {
+            // The store is open with its key already: another key (or none)
+            // asked for would be refused by an open of its own.
+            return conflict(
+                "encryption",
+                format!("{:?}", self.config.encryption),
+                format!("{encryption:?}"),
             );
         }
         if *resize_wait != self.config.resize_wait {
@@ -441,6 +460,7 @@ impl Store {
         let err = storage_error("creating the store's databases", config.max_readers);
         let wtxn = env.write_txn().map_err(&err)?;
         let mut checked = None;
+        let mut keyring = None;
         let created =
             env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
                 // A store of varvedb 0.4 (its log in a `global_events`
@@ -488,6 +508,14 @@ impl Store {
                     chain::write_meta(wtxn, &dbs.0, &record, config.max_readers)
                         .map_err(OpenError::Varve)?;
                 }
+                keyring = match (&config.encryption, c.created) {
+                    (Some(key), true) => Some(
+                        crypt::create_keyring(wtxn, &dbs.0, path, c.id, key)
+                            .map_err(OpenError::Varve)?,
+                    ),
+                    (key, _) => crypt::open_keyring(wtxn, &dbs.0, path, c.id, key.as_ref())
+                        .map_err(OpenError::Varve)?,
+                };
                 checked = Some(c);
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
@@ -537,6 +565,7 @@ impl Store {
             },
             checked.id,
             Access::ReadWrite,
+            keyring,
         )?;
         store.trace_open(&checked);
         Ok(store)
@@ -614,6 +643,7 @@ impl Store {
         let err = storage_error("opening the store's databases", config.max_readers);
         let rtxn = env.read_txn().map_err(&err)?;
         let mut checked = None;
+        let mut keyring = None;
         let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenError> {
             let db = |name| {
                 opener
@@ -636,6 +666,8 @@ impl Store {
             let found =
                 chain::read_meta(rtxn, &meta, config.max_readers).map_err(OpenError::Varve)?;
             chain::settle_at_open(path, c.id, found, config.tamper_evident.as_ref(), false)
+                .map_err(OpenError::Varve)?;
+            keyring = crypt::open_keyring(rtxn, &meta, path, c.id, config.encryption.as_ref())
                 .map_err(OpenError::Varve)?;
             checked = Some(c);
             fn required<D>(name: &'static str, db: Option<D>) -> Result<D, OpenError> {
@@ -682,7 +714,15 @@ impl Store {
             chain,
             seals,
         };
-        let store = Store::assemble(path, config, env, dbs, checked.id, Access::ReadOnly)?;
+        let store = Store::assemble(
+            path,
+            config,
+            env,
+            dbs,
+            checked.id,
+            Access::ReadOnly,
+            keyring,
+        )?;
         store.trace_open(&checked);
         Ok(store)
     }
@@ -714,6 +754,7 @@ impl Store {
         dbs: Dbs,
         store_id: StoreId,
         access: Access,
+        crypt: Option<crypt::Keyring>,
     ) -> Result<Arc<Store>> {
         let data_path = path.join(identity::DATA_FILE);
         let data_file = std::fs::File::open(&data_path).map_err(open_error(&data_path))?;
@@ -746,6 +787,7 @@ impl Store {
             chain,
             seals,
             chain_key: parking_lot::RwLock::new(chain_key),
+            crypt,
             commits: notify::CommitSignal::default(),
             group: group::GroupCommit::default(),
             gate: Arc::new(gate::MapGate::default()),
@@ -809,6 +851,11 @@ impl Store {
                 operation,
             }),
         }
+    }
+
+    /// The keyring of an encrypted store (`None`: plaintext).
+    pub(crate) fn keyring(&self) -> Option<&crypt::Keyring> {
+        self.crypt.as_ref()
     }
 
     pub(crate) fn config(&self) -> &VarveConfig {

@@ -639,6 +639,12 @@ impl Varve {
         self.store.path()
     }
 
+    /// Whether the store is encrypted at rest (created with
+    /// [`VarveConfig::encryption`](crate::VarveConfig::encryption)).
+    pub fn is_encrypted(&self) -> bool {
+        self.store.keyring().is_some()
+    }
+
     /// The store's id: random bytes chosen when it was created, kept in the
     /// data file and in the identity record `varvedb.id` beside it. It stays
     /// the same for the life of the store (and of its copies).
