@@ -479,6 +479,10 @@ impl Keyring {
         }
         let seal = &raw[HEADER_LEN..HEADER_LEN + SEAL_LEN];
         let key_id = u32::from_le_bytes([seal[0], seal[1], seal[2], seal[3]]);
+        if seal[4..8] != [0; 4] {
+            // Reserved: this version writes zero and accepts nothing else.
+            return Err(bad("the seal's reserved word is not zero".into()));
+        }
         let data_key = self.data_key(key_id).ok_or_else(|| {
             bad(format!(
                 "sealed with data key {key_id}, unknown to this store"
