@@ -284,6 +284,50 @@ fn unwrap(path: &Path, master: &[u8; 32], store_id: StoreId, id: u32, raw: &[u8]
     Ok(key)
 }
 
+/// The environment variable of the test switch (feature `test-encryption`).
+pub(crate) const TEST_KEY_VAR: &str = "VARVEDB_TEST_ENCRYPTION_KEY";
+
+/// Under the test-only feature `test-encryption`, the key a store opened
+/// without one uses when `VARVEDB_TEST_ENCRYPTION_KEY` is set (non-empty):
+/// its BLAKE3 hash as a raw key. A new store is then created encrypted, and
+/// an encrypted one opens with it; a plaintext store stays plaintext. Lets
+/// the whole behaviour suite run a second time against encrypted stores.
+#[cfg(feature = "test-encryption")]
+pub(crate) fn test_key() -> Option<EncryptionKey> {
+    let v = std::env::var(TEST_KEY_VAR).ok().filter(|v| !v.is_empty())?;
+    Some(EncryptionKey::from_bytes(
+        *blake3::hash(v.as_bytes()).as_bytes(),
+    ))
+}
+
+/// Without the feature `test-encryption`: never a key.
+#[cfg(not(feature = "test-encryption"))]
+pub(crate) fn test_key() -> Option<EncryptionKey> {
+    let _ = TEST_KEY_VAR;
+    None
+}
+
+/// The keyring a read-write open settles on: a new store (`create`) is
+/// encrypted with `key` if one is given (or the test switch's), an existing
+/// one is opened as [`open_keyring`] does.
+pub(crate) fn settle_at_open(
+    txn: &mut RwTxn,
+    meta: &Database<Bytes, Bytes>,
+    path: &Path,
+    store_id: StoreId,
+    key: Option<&EncryptionKey>,
+    create: bool,
+) -> Result<Option<Keyring>> {
+    if create {
+        let test = test_key();
+        return match key.or(test.as_ref()) {
+            Some(key) => create_keyring(txn, meta, path, store_id, key).map(Some),
+            None => Ok(None),
+        };
+    }
+    open_keyring(txn, meta, path, store_id, key)
+}
+
 /// Reads the keyring of an existing store with `key`: `None` for a
 /// plaintext store opened without a key. A key for a plaintext store, no key
 /// for an encrypted one, or a wrong key are typed errors.
@@ -303,18 +347,23 @@ pub(crate) fn open_keyring(
                 path: path.to_path_buf(),
             })
         }
-        (Some(_), None) => {
-            return Err(Error::EncryptionKeyRequired {
-                path: path.to_path_buf(),
-            })
-        }
-        (Some(raw), Some(key)) => (
-            Record::decode(raw).ok_or_else(|| Error::Corruption {
+        (Some(raw), key) => {
+            let record = Record::decode(raw).ok_or_else(|| Error::Corruption {
                 location: Location::Record("the store's encryption record".into()),
                 detail: format!("malformed record of {} bytes", raw.len()),
-            })?,
-            key,
-        ),
+            })?;
+            (record, key)
+        }
+    };
+    let test;
+    let key = match key {
+        Some(key) => key,
+        None => {
+            test = test_key().ok_or_else(|| Error::EncryptionKeyRequired {
+                path: path.to_path_buf(),
+            })?;
+            &test
+        }
     };
     let master = master(path, key, record.kdf)?;
     let mut names = None;
@@ -350,6 +399,38 @@ pub(crate) fn open_keyring(
         names,
         data,
     }))
+}
+
+/// The `meta` records that make a store encrypted (its `crypt` record and
+/// wrapped keys), as `(key, value)`: empty for a plaintext store.
+pub(crate) fn key_records(
+    txn: &RoTxn,
+    meta: &Database<Bytes, Bytes>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let err = super::storage_error("reading the encryption record", 0);
+    let mut out = Vec::new();
+    // `crypt` and `crypt-key…` share the prefix.
+    for item in meta.prefix_iter(txn, RECORD_KEY).map_err(&err)? {
+        let (k, v) = item.map_err(&err)?;
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Writes `records` ([`key_records`] of a store of the same id) into a new
+/// store's `meta`: it then opens with the same master key and data keys.
+pub(crate) fn adopt_records(
+    txn: &mut RwTxn,
+    meta: &Database<Bytes, Bytes>,
+    records: &[(Vec<u8>, Vec<u8>)],
+) -> Result<()> {
+    let err = super::storage_error("recording the encryption keys", 0);
+    for (k, v) in records {
+        if k.starts_with(RECORD_KEY) {
+            meta.put(txn, k, v).map_err(&err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes a new store encrypted with `key`: draws its keys and records them.
@@ -736,6 +817,13 @@ fn header_then_open<'a>(
     parse_header(key, raw).map_err(corrupt_at(key))?;
     let plain = open(ring)?;
     BlockView::parse(key, plain).map_err(corrupt_at(key))
+}
+
+impl super::View {
+    /// This store's encryption records (see [`key_records`]).
+    pub(crate) fn key_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        key_records(&self.pin.txn, &self.store.meta)
+    }
 }
 
 impl Store {

@@ -270,7 +270,7 @@ impl Store {
         path: &Path,
         config: VarveConfig,
         access: Access,
-        seed: Option<Identity>,
+        seed: Option<Seed>,
     ) -> Result<Arc<Store>> {
         // One look: a directory deleted between two looks is not a file.
         if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
@@ -398,7 +398,11 @@ impl Store {
         Ok(())
     }
 
-    fn open_new(path: &Path, config: VarveConfig, seed: Option<Identity>) -> Result<Arc<Store>> {
+    fn open_new(path: &Path, config: VarveConfig, seed: Option<Seed>) -> Result<Arc<Store>> {
+        let (seed, seed_keys) = match seed {
+            Some(Seed { identity, keys }) => (Some(identity), keys),
+            None => (None, Vec::new()),
+        };
         let recorded = identity::read_identity(path)?;
         match identity::check_data_file(path)? {
             identity::DataFile::Missing | identity::DataFile::Empty => {
@@ -508,14 +512,15 @@ impl Store {
                     chain::write_meta(wtxn, &dbs.0, &record, config.max_readers)
                         .map_err(OpenError::Varve)?;
                 }
-                keyring = match (&config.encryption, c.created) {
-                    (Some(key), true) => Some(
-                        crypt::create_keyring(wtxn, &dbs.0, path, c.id, key)
-                            .map_err(OpenError::Varve)?,
-                    ),
-                    (key, _) => crypt::open_keyring(wtxn, &dbs.0, path, c.id, key.as_ref())
-                        .map_err(OpenError::Varve)?,
-                };
+                if c.created && !seed_keys.is_empty() {
+                    // A restore rebuilding an encrypted store: the source's
+                    // id and wrapped keys, so its blocks open here.
+                    crypt::adopt_records(wtxn, &dbs.0, &seed_keys).map_err(OpenError::Varve)?;
+                }
+                let create = c.created && seed_keys.is_empty();
+                let key = config.encryption.as_ref();
+                keyring = crypt::settle_at_open(wtxn, &dbs.0, path, c.id, key, create)
+                    .map_err(OpenError::Varve)?;
                 checked = Some(c);
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
@@ -1034,6 +1039,14 @@ impl Store {
             .clear_stale_readers()
             .map_err(self.err("clearing the reader slots of dead processes"))
     }
+}
+
+/// What a store created by a restore starts from (see [`Store::open_as`]).
+pub(crate) struct Seed {
+    /// The source's id and creation time.
+    pub(crate) identity: Identity,
+    /// The source's encryption records (empty for a plaintext source).
+    pub(crate) keys: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What [`Store::remap`] sets the map size to.
