@@ -433,14 +433,15 @@ pub(crate) fn adopt_records(
     Ok(())
 }
 
-/// Makes a new store encrypted with `key`: draws its keys and records them.
-pub(crate) fn create_keyring(
+/// The `crypt` record and wrapped keys of `ring` under the master key `key`
+/// (a passphrase gets a fresh salt), written over the store's.
+fn write_wrapped(
     txn: &mut RwTxn,
     meta: &Database<Bytes, Bytes>,
     path: &Path,
-    store_id: StoreId,
+    ring: &Keyring,
     key: &EncryptionKey,
-) -> Result<Keyring> {
+) -> Result<()> {
     let err = super::storage_error("recording the encryption keys", 0);
     let kdf = match key.secret {
         Secret::Raw(_) => Kdf::Raw,
@@ -452,25 +453,51 @@ pub(crate) fn create_keyring(
         },
     };
     let master = master(path, key, kdf)?;
-    let names = Zeroizing::new(random::<32>(path, "key")?);
-    let first = Zeroizing::new(random::<32>(path, "key")?);
-    for (id, k) in [(NAMES_KEY_ID, &names), (FIRST_DATA_KEY, &first)] {
-        let wrapped = wrap(&master, store_id, id, k)?;
-        meta.put(txn, &wrapped_key(id), &wrapped).map_err(&err)?;
+    let wrapped = wrap(&master, ring.store_id, NAMES_KEY_ID, &ring.names)?;
+    meta.put(txn, &wrapped_key(NAMES_KEY_ID), &wrapped)
+        .map_err(&err)?;
+    for (id, k) in &ring.data {
+        let wrapped = wrap(&master, ring.store_id, *id, k)?;
+        meta.put(txn, &wrapped_key(*id), &wrapped).map_err(&err)?;
     }
     let record = Record {
         kdf,
-        active: FIRST_DATA_KEY,
+        active: ring.active,
     };
     meta.put(txn, RECORD_KEY, &record.encode()).map_err(&err)?;
+    Ok(())
+}
+
+impl super::WriteTxn<'_> {
+    /// Wraps the store's keys under a new master key, in this transaction:
+    /// the data keys (so every sealed byte) stay as they are.
+    pub(crate) fn change_master_key(&mut self, key: &EncryptionKey) -> Result<()> {
+        let store = self.store;
+        let ring = store.keyring().ok_or_else(|| Error::NotEncrypted {
+            path: store.path().to_path_buf(),
+        })?;
+        write_wrapped(&mut self.txn, &store.meta, store.path(), ring, key)
+    }
+}
+
+/// Makes a new store encrypted with `key`: draws its keys and records them.
+pub(crate) fn create_keyring(
+    txn: &mut RwTxn,
+    meta: &Database<Bytes, Bytes>,
+    path: &Path,
+    store_id: StoreId,
+    key: &EncryptionKey,
+) -> Result<Keyring> {
     let mut data = HashMap::new();
-    data.insert(FIRST_DATA_KEY, first);
-    Ok(Keyring {
+    data.insert(FIRST_DATA_KEY, Zeroizing::new(random::<32>(path, "key")?));
+    let ring = Keyring {
         store_id,
         active: FIRST_DATA_KEY,
-        names,
+        names: Zeroizing::new(random::<32>(path, "key")?),
         data,
-    })
+    };
+    write_wrapped(txn, meta, path, &ring, key)?;
+    Ok(ring)
 }
 
 fn block_ad(store_id: StoreId, key: u64, header: &[u8], key_id: u32) -> [u8; 16 + 16 + 8 + 64 + 4] {
