@@ -359,3 +359,66 @@ fn a_migration_reports_what_it_rewrote() {
     );
     assert_eq!(migrated[0].text("stream"), "accounts");
 }
+
+#[test]
+fn a_snapshot_a_load_could_not_store_is_reported_and_the_load_still_succeeds() {
+    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    #[event(name = "Grown", stream = "bulky")]
+    struct Grown;
+
+    /// 100 kB of state per event: a snapshot of three events needs the
+    /// 256 KiB map to grow.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Default)]
+    struct Bulky {
+        bytes: Vec<u8>,
+    }
+    impl varvedb::Aggregate for Bulky {
+        type Event = Grown;
+        type Command = ();
+        type Error = std::convert::Infallible;
+        const STREAM: &'static str = "bulky";
+        fn apply(&mut self, _: &ArchivedGrown) {
+            self.bytes.extend(std::iter::repeat_n(7, 100_000));
+        }
+        fn handle(&self, _: &()) -> Result<Vec<Grown>, Self::Error> {
+            Ok(Vec::new())
+        }
+        fn snapshots() -> varvedb::Snapshots<Self> {
+            varvedb::Snapshots::every(2).on_load()
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = VarveConfig {
+        map_size: 256 << 10,
+        resize_wait: std::time::Duration::from_millis(50),
+        ..VarveConfig::default()
+    };
+    let varve = Varve::with_config(dir.path(), config).unwrap();
+    varve
+        .events::<Grown>()
+        .unwrap()
+        .append_batch(StreamId(4), &[Grown, Grown, Grown])
+        .unwrap();
+    // A held snapshot keeps the map from growing: the snapshot write fails.
+    let held = varve.global_reader().snapshot().unwrap();
+    let (loaded, seen) = capture(|| varve.load::<Bulky>(StreamId(4)).unwrap());
+    assert_eq!((loaded.state.bytes.len(), loaded.snapshot), (300_000, None));
+    let skipped = events(&seen, "varvedb.snapshot_skipped");
+    assert_eq!(skipped.len(), 1, "{seen:?}");
+    assert_eq!(skipped[0].text("stream"), "bulky");
+    assert_eq!((skipped[0].u64("id"), skipped[0].u64("version")), (4, 2));
+    assert!(
+        skipped[0].text("error").contains("map"),
+        "{:?}",
+        skipped[0].fields
+    );
+    drop(held);
+    // With the map free to grow, the next load stores it and reports nothing.
+    let (_, seen) = capture(|| varve.load::<Bulky>(StreamId(4)).unwrap());
+    assert!(events(&seen, "varvedb.snapshot_skipped").is_empty());
+    assert_eq!(
+        varve.load::<Bulky>(StreamId(4)).unwrap().snapshot,
+        Some(varvedb::StreamSequence(2))
+    );
+}

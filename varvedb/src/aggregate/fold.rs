@@ -260,7 +260,7 @@ pub(crate) fn load_in<A: Aggregate>(
 /// It never fails the load: a read-only store, or a policy without
 /// `on_load`, writes nothing, and a failed write (a full disk, a map that
 /// cannot grow) leaves the snapshot unwritten for the next due load or
-/// command to store. A snapshot stored meanwhile that covers as much or
+/// command to store, and is reported (`varvedb.snapshot_skipped`). A snapshot stored meanwhile that covers as much or
 /// more is kept.
 pub(crate) fn store_loaded<A: Aggregate>(
     store: &Store,
@@ -281,29 +281,44 @@ pub(crate) fn store_loaded<A: Aggregate>(
         return false;
     }
     // Encoded before the write lock is taken.
-    let Ok(value) = codec.encode(&loaded.state, version) else {
-        return false;
+    let value = match codec.encode(&loaded.state, version) {
+        Ok(value) => value,
+        Err(e) => return skipped(info, id, version, &e),
     };
-    store
-        .write(|txn| {
-            let Some(tag) = txn.stream_tag(info)? else {
-                return Ok(false);
-            };
-            // Events are never removed, so this holds unless the store was
-            // replaced under the handle: then the snapshot is not its own.
-            if txn.version(tag, id.0)?.is_none_or(|v| v < version) {
+    let stored = store.write(|txn| {
+        let Some(tag) = txn.stream_tag(info)? else {
+            return Ok(false);
+        };
+        // Events are never removed, so this holds unless the store was
+        // replaced under the handle: then the snapshot is not its own.
+        if txn.version(tag, id.0)?.is_none_or(|v| v < version) {
+            return Ok(false);
+        }
+        let key = snapshot::key(tag, id.0);
+        if let Some(stored) = usable(txn.state_get(&key))? {
+            if codec.covers(stored).is_some_and(|c| c >= version) {
                 return Ok(false);
             }
-            let key = snapshot::key(tag, id.0);
-            if let Some(stored) = usable(txn.state_get(&key))? {
-                if codec.covers(stored).is_some_and(|c| c >= version) {
-                    return Ok(false);
-                }
-            }
-            txn.state_put(&key, &value)?;
-            Ok(true)
-        })
-        .unwrap_or(false)
+        }
+        txn.state_put(&key, &value)?;
+        Ok(true)
+    });
+    stored.unwrap_or_else(|e| skipped(info, id, version, &e))
+}
+
+/// Reports (feature `tracing`, WARN `varvedb.snapshot_skipped`) a snapshot
+/// a load could not store; the load itself succeeded. Returns `false`.
+fn skipped(info: &StreamInfo, id: StreamId, version: u64, error: &dyn std::fmt::Display) -> bool {
+    crate::trace::event!(
+        WARN,
+        "varvedb.snapshot_skipped",
+        "a snapshot due on load could not be stored",
+        stream = &*info.name,
+        id = id.0,
+        version = version,
+        error = crate::trace::display(error),
+    );
+    false
 }
 
 /// The stream id `entity` names in `src`, `None` for an entity key not
