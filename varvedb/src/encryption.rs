@@ -32,7 +32,7 @@ pub(crate) const ARGON2_P: u32 = 1;
 /// drop(varve);
 /// // Opening it again needs the same key; without one it is a typed error.
 /// assert!(matches!(
-///     Varve::open(dir.path()),
+///     Varve::new(dir.path()),
 ///     Err(varvedb::Error::EncryptionKeyRequired { .. })
 /// ));
 /// let varve = Varve::with_config(dir.path(), VarveConfig::encryption(key))?;
