@@ -3,6 +3,17 @@
 /// A versioned event shared by the migration, fixture and chain tests.
 pub mod deposited;
 
+/// Checks of a global log: dense sequences, whole batches.
+pub mod checks;
+
+/// The backends the conformance suite runs against.
+pub mod backend;
+
+/// PostgreSQL servers and databases for the tests.
+pub mod pg;
+
+pub use backend::{Backend, Place, TestStore};
+
 use std::path::Path;
 
 use rkyv::{Archive, Deserialize, Serialize};
