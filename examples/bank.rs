@@ -5,7 +5,8 @@
 //! refuses a client holding a stale version, and finally reopens the store to
 //! show every balance rebuilt from the events alone.
 //!
-//! Run it with `cargo run --example bank`.
+//! Run it with `cargo run --example bank`. The same bank runs on PostgreSQL
+//! in `bank_postgres.rs`, which changes only how the store is opened.
 
 use std::fmt;
 
@@ -111,8 +112,14 @@ const BOB: StreamId = StreamId(2);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
+    run(|| Varve::new(dir.path()))
+}
+
+/// The bank, on the store `open` opens (an empty one, opened again to show
+/// the balances rebuilt from the events).
+pub fn run(open: impl Fn() -> Result<Varve, Error>) -> Result<(), Box<dyn std::error::Error>> {
     let balances_before = {
-        let varve = Varve::new(dir.path())?;
+        let varve = open()?;
 
         // Open two accounts and move some money.
         for (id, owner) in [(ALICE, "alice"), (BOB, "bob")] {
@@ -196,8 +203,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     };
 
-    // Reopen the store: the balances come back from the events on disk.
-    let varve = Varve::new(dir.path())?;
+    // Reopen the store: the balances come back from the events stored.
+    let varve = open()?;
     for (id, before) in [ALICE, BOB].into_iter().zip(balances_before) {
         let before = before?;
         let loaded = varve.load::<Account>(id)?;

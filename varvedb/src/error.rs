@@ -692,6 +692,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// The operation has no meaning on this store's backend: a file backup,
+    /// the memory map or the reader table of a store on a database server
+    /// (feature `postgres`; see `docs/design.md`, "Layers and the backend seam").
+    #[error("{operation} is not supported by a store on {backend}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// The store's backend (`"PostgreSQL"`).
+        backend: &'static str,
+    },
+
     /// The store is encrypted and was opened without its key
     /// ([`VarveConfig::encryption`](crate::VarveConfig::encryption)).
     #[error(
@@ -712,11 +723,10 @@ pub enum Error {
     },
 
     /// An encryption key was given for a store that is not encrypted
-    /// (encryption is chosen when a store is created; a restore can convert
-    /// one).
+    /// (encryption is chosen when a store is created).
     #[error(
         "the store at {path} is not encrypted, but an encryption key was given \
-         (encryption is chosen at creation; restore a backup into an encrypted store to convert it)"
+         (encryption is chosen when a store is created)"
     )]
     NotEncrypted {
         /// The store directory.
@@ -875,6 +885,10 @@ pub enum StorageErrorKind {
     Encoding,
     /// The environment was already open in this process with other options.
     AlreadyOpen,
+    /// The database server (PostgreSQL, feature `postgres`) could not be
+    /// reached, lost the connection, or refused a statement; the server's
+    /// error is the source.
+    Server,
 }
 
 impl StorageError {
@@ -1265,6 +1279,7 @@ impl Error {
                 path: path.clone(),
                 detail: detail.clone(),
             },
+            Error::Unsupported { operation, backend } => Error::Unsupported { operation, backend },
         }
     }
 }
@@ -1421,6 +1436,10 @@ mod tests {
             },
             Error::MalformedHeadDigest {
                 text: "7:0:zz".into(),
+            },
+            Error::Unsupported {
+                operation: "a file backup",
+                backend: "PostgreSQL",
             },
         ];
         for e in &errors {

@@ -189,7 +189,7 @@ impl Varve {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn info(&self) -> Result<StoreInfo> {
-        let stats = self.store().env_stats();
+        let stats = self.store().env_stats()?;
         let mut view = self.store().snapshot()?;
         let end = view.end_global()?;
         let mut streams = 0;

@@ -33,6 +33,17 @@ mod verify;
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
 
+/// For tests of the PostgreSQL backend: runs SQL (`CREATE DATABASE`, …)
+/// outside any store. Not a public API.
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+pub mod __pg {
+    /// Runs `sql` (one or more statements) on a fresh connection to `url`.
+    pub fn execute(url: &str, sql: &str) -> crate::Result<()> {
+        crate::storage::admin_execute(url, sql)
+    }
+}
+
 pub use aggregate::{
     Aggregate, AggregateTest, ExecuteError, Executed, Loaded, Snapshots, TestOutcome,
 };

@@ -96,6 +96,48 @@ impl<E: Event> Events<E> {
         self.stream.append(id, event)
     }
 
+    /// [`Events::append`] for async code: the append waits for its commit
+    /// without stalling the runtime (see [`Varve::run`](crate::Varve::run);
+    /// feature `postgres`).
+    ///
+    /// # Errors
+    /// As [`Stream::append`].
+    #[cfg(feature = "postgres")]
+    pub async fn append_async(
+        &mut self,
+        id: StreamId,
+        event: &E,
+    ) -> Result<(StreamSequence, GlobalSequence)> {
+        crate::storage::offload(|| self.append(id, event))
+    }
+
+    /// [`Events::append_batch`] for async code (see [`Events::append_async`]).
+    ///
+    /// # Errors
+    /// As [`Stream::append_batch`].
+    #[cfg(feature = "postgres")]
+    pub async fn append_batch_async(
+        &mut self,
+        id: StreamId,
+        events: &[E],
+    ) -> Result<Vec<(StreamSequence, GlobalSequence)>> {
+        crate::storage::offload(|| self.append_batch(id, events))
+    }
+
+    /// [`Events::append_expected`] for async code (see [`Events::append_async`]).
+    ///
+    /// # Errors
+    /// As [`Stream::append_expected`].
+    #[cfg(feature = "postgres")]
+    pub async fn append_expected_async(
+        &mut self,
+        id: StreamId,
+        event: &E,
+        expected: ExpectedVersion,
+    ) -> Result<(StreamSequence, GlobalSequence)> {
+        crate::storage::offload(|| self.append_expected(id, event, expected))
+    }
+
     /// Appends one event if `id`'s version matches `expected`; otherwise
     /// writes nothing and returns [`Error::VersionConflict`](crate::Error::VersionConflict).
     ///

@@ -128,6 +128,7 @@ impl Varve {
     ) -> Result<BackupReport> {
         let started = Instant::now();
         let dest = dest.as_ref();
+        self.store().require_local("a file backup")?;
         let _span = crate::trace::span!(
             INFO,
             "varvedb.backup",

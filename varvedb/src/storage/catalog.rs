@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use heed::{RoTxn, RwTxn};
+use super::kv::Txn;
 use parking_lot::RwLock;
 
 use super::crypt::{PlainBuf, ValueKind};
@@ -628,7 +628,7 @@ impl Store {
         }
     }
 
-    fn lookup(&self, txn: &RoTxn, name: &str) -> Result<Option<(u32, StreamInfo)>> {
+    fn lookup(&self, txn: &Txn<'_>, name: &str) -> Result<Option<(u32, StreamInfo)>> {
         let raw = self
             .catalog
             .get(txn, &self.name_key(name))
@@ -641,7 +641,7 @@ impl Store {
     }
 
     /// The event family record of the stream `name` with `tag`, if any.
-    fn family(&self, txn: &RoTxn, tag: u32, name: &str) -> Result<Option<Family>> {
+    fn family(&self, txn: &Txn<'_>, tag: u32, name: &str) -> Result<Option<Family>> {
         let raw = self
             .catalog
             .get(txn, &family_key(tag))
@@ -723,7 +723,7 @@ impl Store {
     /// The catalog entry of `name` as `txn` sees it (for [`View`](super::View)).
     pub(super) fn stream_entry(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         name: &str,
     ) -> Result<Option<(u32, StreamInfo)>> {
         self.lookup(txn, name)
@@ -733,7 +733,7 @@ impl Store {
     /// does not exist. A stream created since the handle was opened (by any
     /// handle or process) is checked against the handle's type, and the
     /// handle learns its tag.
-    pub(crate) fn stream_tag(&self, txn: &RoTxn, info: &StreamInfo) -> Result<Option<u32>> {
+    pub(crate) fn stream_tag(&self, txn: &Txn<'_>, info: &StreamInfo) -> Result<Option<u32>> {
         if let Some(tag) = info.tag() {
             return Ok(Some(tag));
         }
@@ -757,7 +757,7 @@ impl Store {
     /// of a version (or to a stream bound by type name) records it.
     pub(super) fn append_target(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         info: &StreamInfo,
     ) -> Result<std::result::Result<u32, Option<(u32, StreamInfo)>>> {
         if let Some(tag) = info.settled_tag() {
@@ -802,7 +802,7 @@ impl Store {
     /// handle and the cache once `txn` commits.
     pub(super) fn settle_stream(
         &self,
-        txn: &mut RwTxn,
+        txn: &mut Txn<'_>,
         info: &StreamInfo,
         existing: Option<(u32, StreamInfo)>,
     ) -> Result<(u32, Bound)> {
@@ -911,7 +911,7 @@ impl Store {
     /// publish if the family record was written.
     pub(super) fn migration_target(
         &self,
-        txn: &mut RwTxn,
+        txn: &mut Txn<'_>,
         info: &StreamInfo,
     ) -> Result<Option<MigrationTarget>> {
         let Some((tag, record)) = self.lookup(txn, &info.name)? else {
@@ -955,7 +955,7 @@ impl Store {
     /// as [`Store::migration_target`]. `None` if the stream does not exist.
     pub(super) fn migration_source(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         info: &StreamInfo,
     ) -> Result<Option<MigrationSource>> {
         let Some((tag, record)) = self.lookup(txn, &info.name)? else {
@@ -985,7 +985,7 @@ impl Store {
     /// Returns the versions retired now and the [`Bound`] to publish.
     pub(super) fn retire_versions(
         &self,
-        txn: &mut RwTxn,
+        txn: &mut Txn<'_>,
         info: &StreamInfo,
         tag: u32,
         family: &Family,
@@ -1023,7 +1023,7 @@ impl Store {
     }
 
     /// Writes the event family record of the stream with `tag`.
-    pub(super) fn put_family(&self, txn: &mut RwTxn, tag: u32, family: &Family) -> Result<()> {
+    pub(super) fn put_family(&self, txn: &mut Txn<'_>, tag: u32, family: &Family) -> Result<()> {
         self.catalog
             .put(txn, &family_key(tag), &family.encode())
             .map_err(self.err("recording an event family"))
@@ -1040,7 +1040,7 @@ impl Store {
 
     /// The stream with `tag`, read through `txn` on a cache miss (the stream
     /// may have been created by another process).
-    pub(crate) fn stream_by_tag(&self, txn: &RoTxn, tag: u32) -> Result<Arc<StreamInfo>> {
+    pub(crate) fn stream_by_tag(&self, txn: &Txn<'_>, tag: u32) -> Result<Arc<StreamInfo>> {
         if let Some(info) = self.streams.by_tag.read().get(&tag) {
             return Ok(Arc::clone(info));
         }

@@ -27,7 +27,7 @@
 
 use std::ops::Bound;
 
-use heed::{PutFlags, RoTxn};
+use super::kv::Txn;
 
 use super::block::HEADER_LEN;
 use super::keys::{event_key, parse_event_key};
@@ -198,12 +198,8 @@ fn corrupt(detail: impl Into<String>) -> Error {
 }
 
 /// Reads the chain's `meta` record.
-pub(super) fn read_meta(
-    txn: &RoTxn,
-    meta: &heed::Database<'_, heed::types::Bytes, heed::types::Bytes>,
-    max_readers: u32,
-) -> Result<Option<Meta>> {
-    let raw = meta.get(txn, META_KEY).map_err(super::storage_error(
+pub(super) fn read_meta(kv: &impl super::kv::MetaKv, max_readers: u32) -> Result<Option<Meta>> {
+    let raw = kv.meta_get(META_KEY).map_err(super::storage_error(
         "reading the chain's metadata",
         max_readers,
     ))?;
@@ -264,12 +260,11 @@ fn check_requested(path: &std::path::Path, id: StoreId, m: &Meta, chain: &Chain)
 
 /// Writes the chain's `meta` record (a new store's, at open).
 pub(super) fn write_meta(
-    txn: &mut heed::RwTxn<'_>,
-    meta: &heed::Database<'_, heed::types::Bytes, heed::types::Bytes>,
+    kv: &mut impl super::kv::MetaKv,
     record: &Meta,
     max_readers: u32,
 ) -> Result<()> {
-    meta.put(txn, META_KEY, &record.encode())
+    kv.meta_put(META_KEY, &record.encode())
         .map_err(super::storage_error(
             "writing the chain's metadata",
             max_readers,
@@ -346,8 +341,8 @@ impl Store {
         }
     }
 
-    fn chain_meta(&self, txn: &RoTxn) -> Result<Option<Meta>> {
-        read_meta(txn, &self.meta, self.config.max_readers)
+    fn chain_meta(&self, txn: &Txn<'_>) -> Result<Option<Meta>> {
+        read_meta(&(txn, self.meta), self.config.max_readers)
     }
 
     fn key_for(&self, m: &Meta, operation: &'static str) -> Result<Option<[u8; 32]>> {
@@ -363,7 +358,7 @@ impl Store {
     }
 
     /// Whether and how far the store is chained, as `txn` sees it.
-    pub(crate) fn chain_status(&self, txn: &RoTxn) -> Result<ChainStatus> {
+    pub(crate) fn chain_status(&self, txn: &Txn<'_>) -> Result<ChainStatus> {
         Ok(match self.chain_meta(txn)? {
             None => ChainStatus::Off,
             Some(m) if m.on => ChainStatus::On { mode: m.mode() },
@@ -376,7 +371,7 @@ impl Store {
 
     /// The head, from the stored digests (no key needed); `None` without a
     /// complete chain or for an empty log.
-    pub(crate) fn head_digest(&self, txn: &RoTxn) -> Result<Option<HeadDigest>> {
+    pub(crate) fn head_digest(&self, txn: &Txn<'_>) -> Result<Option<HeadDigest>> {
         let err = self.err("reading the chain");
         let (Some(m), Some(chain)) = (self.chain_meta(txn)?, self.chain.as_ref()) else {
             return Ok(None);
@@ -406,7 +401,7 @@ impl Store {
         }))
     }
 
-    fn last_reseal(&self, txn: &RoTxn) -> Result<(u64, Digest)> {
+    fn last_reseal(&self, txn: &Txn<'_>) -> Result<(u64, Digest)> {
         let Some(seals) = self.seals.as_ref() else {
             return Ok((0, [0; 32]));
         };
@@ -422,7 +417,7 @@ impl Store {
         }
     }
 
-    fn reseal_record(&self, txn: &RoTxn, n: u64) -> Result<Option<Record>> {
+    fn reseal_record(&self, txn: &Txn<'_>, n: u64) -> Result<Option<Record>> {
         let Some(seals) = self.seals.as_ref() else {
             return Ok(None);
         };
@@ -438,7 +433,7 @@ impl Store {
     /// last block (below `upto`) are problems too.
     fn walk_chain(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         key: Option<&[u8; 32]>,
         upto: u64,
         leftovers: bool,
@@ -557,7 +552,7 @@ impl Store {
     /// `each(n, record)` sees every record.
     fn walk_reseals(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         key: Option<&[u8; 32]>,
         log_end: u64,
         each: &mut dyn FnMut(u64, &Record, &Digest),
@@ -620,7 +615,7 @@ impl Store {
     }
 
     /// The chain part of [`Store::verify`].
-    pub(crate) fn verify_chain(&self, txn: &RoTxn, report: &mut VerifyReport) -> Result<()> {
+    pub(crate) fn verify_chain(&self, txn: &Txn<'_>, report: &mut VerifyReport) -> Result<()> {
         let Some(m) = self.chain_meta(txn)? else {
             report.chain = ChainCheck::Off;
             return Ok(());
@@ -661,7 +656,7 @@ impl Store {
     }
 
     /// Whether the log extends `held`: see [`crate::Varve::verify_extends`].
-    pub(crate) fn verify_extends(&self, txn: &RoTxn, held: &HeadDigest) -> Result<Extension> {
+    pub(crate) fn verify_extends(&self, txn: &Txn<'_>, held: &HeadDigest) -> Result<Extension> {
         let m = match self.chain_meta(txn)? {
             None => {
                 return Err(Error::ChainNotEnabled {
@@ -765,7 +760,7 @@ impl Store {
     }
 
     /// The `chain` value of the block at `key` (for exports).
-    pub(crate) fn chain_value(&self, txn: &RoTxn, key: u64) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn chain_value(&self, txn: &Txn<'_>, key: u64) -> Result<Option<Vec<u8>>> {
         let Some(chain) = self.chain.as_ref() else {
             return Ok(None);
         };
@@ -779,7 +774,7 @@ impl Store {
     /// after `from`, in order (for exports).
     pub(crate) fn for_each_reseal(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         from: u64,
         mut f: impl FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
@@ -800,20 +795,20 @@ impl Store {
     }
 
     /// The store's chain mode (for restores rebuilding a store like it).
-    pub(crate) fn chain_mode(&self, txn: &RoTxn) -> Result<Option<ChainMode>> {
+    pub(crate) fn chain_mode(&self, txn: &Txn<'_>) -> Result<Option<ChainMode>> {
         Ok(self.chain_meta(txn)?.map(|m| m.mode()))
     }
 }
 
 impl WriteTxn<'_> {
-    fn chain_db(&self) -> Result<super::Db> {
+    fn chain_db(&self) -> Result<super::kv::Table> {
         self.store.chain.ok_or_else(|| Error::ReadOnly {
             path: self.store.path.clone(),
             operation: "writing the chain",
         })
     }
 
-    fn seals_db(&self) -> Result<super::Db> {
+    fn seals_db(&self) -> Result<super::kv::Table> {
         self.store.seals.ok_or_else(|| Error::ReadOnly {
             path: self.store.path.clone(),
             operation: "writing the chain",
@@ -884,12 +879,9 @@ impl WriteTxn<'_> {
             }
             None => DIGEST_LEN,
         };
-        let put = self.chain_db()?.put_with_flags(
-            &mut self.txn,
-            PutFlags::APPEND,
-            &event_key(global),
-            &value[..len],
-        );
+        let put = self
+            .chain_db()?
+            .append(&mut self.txn, &event_key(global), &value[..len]);
         self.lmdb("extending the chain", put)?;
         if let TxnChain::Tail { digest, .. } = &mut self.chain {
             *digest = d;
@@ -960,12 +952,9 @@ impl WriteTxn<'_> {
         let sealed = reseal_link(key.as_ref(), &last_link, &record[..BODY_LEN]);
         record[BODY_LEN..].copy_from_slice(&sealed);
         let n = count + 1;
-        let put = self.seals_db()?.put_with_flags(
-            &mut self.txn,
-            PutFlags::APPEND,
-            &n.to_be_bytes(),
-            &record,
-        );
+        let put = self
+            .seals_db()?
+            .append(&mut self.txn, &n.to_be_bytes(), &record);
         self.lmdb("recording a re-seal", put)?;
         let mut amended = [0u8; AMENDED_LEN];
         amended[..DIGEST_LEN].copy_from_slice(&value[..DIGEST_LEN]);
@@ -993,12 +982,9 @@ impl WriteTxn<'_> {
                 "re-seal record {n} does not continue this store's {count} re-seals"
             )));
         }
-        let put = self.seals_db()?.put_with_flags(
-            &mut self.txn,
-            PutFlags::APPEND,
-            &n.to_be_bytes(),
-            record,
-        );
+        let put = self
+            .seals_db()?
+            .append(&mut self.txn, &n.to_be_bytes(), record);
         self.lmdb("restoring a re-seal", put)
     }
 
@@ -1068,12 +1054,9 @@ impl WriteTxn<'_> {
             m.cursor = view.header().end_global();
         }
         for (global, digest) in &digests {
-            let put = self.chain_db()?.put_with_flags(
-                &mut self.txn,
-                PutFlags::APPEND,
-                &event_key(*global),
-                digest,
-            );
+            let put = self
+                .chain_db()?
+                .append(&mut self.txn, &event_key(*global), digest);
             self.lmdb("enabling the chain", put)?;
         }
         m.on = reached_end;

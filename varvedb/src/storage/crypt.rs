@@ -401,23 +401,7 @@ pub(crate) fn open_keyring(
     }))
 }
 
-/// The `meta` records that make a store encrypted (its `crypt` record and
-/// wrapped keys), as `(key, value)`: empty for a plaintext store.
-pub(crate) fn key_records(
-    txn: &RoTxn,
-    meta: &Database<Bytes, Bytes>,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let err = super::storage_error("reading the encryption record", 0);
-    let mut out = Vec::new();
-    // `crypt` and `crypt-key…` share the prefix.
-    for item in meta.prefix_iter(txn, RECORD_KEY).map_err(&err)? {
-        let (k, v) = item.map_err(&err)?;
-        out.push((k.to_vec(), v.to_vec()));
-    }
-    Ok(out)
-}
-
-/// Writes `records` ([`key_records`] of a store of the same id) into a new
+/// Writes `records` ([`View::key_records`](super::View::key_records) of a store of the same id) into a new
 /// store's `meta`: it then opens with the same master key and data keys.
 pub(crate) fn adopt_records(
     txn: &mut RwTxn,
@@ -436,8 +420,7 @@ pub(crate) fn adopt_records(
 /// The `crypt` record and wrapped keys of `ring` under the master key `key`
 /// (a passphrase gets a fresh salt), written over the store's.
 fn write_wrapped(
-    txn: &mut RwTxn,
-    meta: &Database<Bytes, Bytes>,
+    mut put: impl FnMut(&[u8], &[u8]) -> heed::Result<()>,
     path: &Path,
     ring: &Keyring,
     key: &EncryptionKey,
@@ -454,17 +437,16 @@ fn write_wrapped(
     };
     let master = master(path, key, kdf)?;
     let wrapped = wrap(&master, ring.store_id, NAMES_KEY_ID, &ring.names)?;
-    meta.put(txn, &wrapped_key(NAMES_KEY_ID), &wrapped)
-        .map_err(&err)?;
+    put(&wrapped_key(NAMES_KEY_ID), &wrapped).map_err(&err)?;
     for (id, k) in &ring.data {
         let wrapped = wrap(&master, ring.store_id, *id, k)?;
-        meta.put(txn, &wrapped_key(*id), &wrapped).map_err(&err)?;
+        put(&wrapped_key(*id), &wrapped).map_err(&err)?;
     }
     let record = Record {
         kdf,
         active: ring.active,
     };
-    meta.put(txn, RECORD_KEY, &record.encode()).map_err(&err)?;
+    put(RECORD_KEY, &record.encode()).map_err(&err)?;
     Ok(())
 }
 
@@ -476,7 +458,9 @@ impl super::WriteTxn<'_> {
         let ring = store.keyring().ok_or_else(|| Error::NotEncrypted {
             path: store.path().to_path_buf(),
         })?;
-        write_wrapped(&mut self.txn, &store.meta, store.path(), ring, key)
+        let txn = &mut self.txn;
+        let put = |k: &[u8], v: &[u8]| store.meta.put(txn, k, v);
+        write_wrapped(put, store.path(), ring, key)
     }
 }
 
@@ -496,7 +480,7 @@ pub(crate) fn create_keyring(
         names: Zeroizing::new(random::<32>(path, "key")?),
         data,
     };
-    write_wrapped(txn, meta, path, &ring, key)?;
+    write_wrapped(|k, v| meta.put(txn, k, v), path, &ring, key)?;
     Ok(ring)
 }
 
@@ -847,9 +831,22 @@ fn header_then_open<'a>(
 }
 
 impl super::View {
-    /// This store's encryption records (see [`key_records`]).
+    /// This store's encryption records: its `crypt` record and wrapped
+    /// keys, as `(key, value)` (empty for a plaintext store).
     pub(crate) fn key_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        key_records(&self.pin.txn, &self.store.meta)
+        let err = super::storage_error("reading the encryption record", 0);
+        let mut out = Vec::new();
+        // `crypt` and `crypt-key…` share the prefix.
+        let iter = self
+            .store
+            .meta
+            .prefix_iter(&self.pin.txn, RECORD_KEY)
+            .map_err(&err)?;
+        for item in iter {
+            let (k, v) = item.map_err(&err)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 }
 

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use heed::RoTxn;
+use super::kv::Txn;
 use rkyv::util::AlignedVec;
 
 use super::block::reseal;
@@ -238,7 +238,7 @@ impl Store {
     /// As a migration's checks: `SchemaMismatch`, `OutdatedEventVersion`,
     /// `UnknownEventVersion` for a block of a version the handle's chain
     /// does not know, `Corruption` for a damaged block header.
-    pub(crate) fn migration_plan(&self, txn: &RoTxn, info: &StreamInfo) -> Result<Option<Plan>> {
+    pub(crate) fn migration_plan(&self, txn: &Txn<'_>, info: &StreamInfo) -> Result<Option<Plan>> {
         let Some((tag, family, legacy)) = self.migration_source(txn, info)? else {
             return Ok(None);
         };
@@ -291,7 +291,7 @@ impl Store {
     /// `check` (validation as the current version). Returns what does not.
     pub(crate) fn check_migrated(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         tag: u32,
         current: u64,
         mut check: impl FnMut(&[u8]) -> std::result::Result<(), String>,

@@ -15,6 +15,10 @@
 //! | `seals`   | re-seal number (BE)                   | a migration's re-seal record           |
 //!
 //! See `docs/design.md` for the invariants each one protects.
+//!
+//! Every access to these databases goes through [`kv`] (one `match` whose
+//! first arm is the heed call), so the same engine also runs on PostgreSQL
+//! (feature `postgres`, [`postgres`]), where each database is a table.
 
 pub(crate) mod block;
 mod catalog;
@@ -24,9 +28,12 @@ mod gate;
 mod group;
 mod identity;
 pub(crate) mod keys;
+pub(crate) mod kv;
 pub(crate) mod legacy04;
 pub(crate) mod migrate;
 mod notify;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 mod probe;
 mod raw;
 pub(crate) mod readers;
@@ -58,6 +65,9 @@ pub(crate) use snapshot::{
     GlobalCursor, MappedEvent, StreamBlock, StreamCursor, View,
 };
 pub(crate) use writer::{Entity, Placed, StoredEvent, WriteTxn, FIRST_KEYED_ID};
+
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::{admin_execute, offload};
 
 /// A reader's cached snapshot; see [`Store::view_slot`].
 pub(crate) type ViewSlot = Arc<Mutex<Option<View>>>;
@@ -94,28 +104,29 @@ pub(crate) const FORMAT_VERSION: u32 = 4;
 /// read-write).
 pub(crate) const OLDEST_FORMAT: u32 = 1;
 
-type Db = Database<'static, Bytes, Bytes>;
+use kv::{Db, Table, Txn};
 
 /// One open store, shared by every handle (`Varve`, streams, readers) in the process.
 pub(crate) struct Store {
     path: PathBuf,
-    env: Env<WithoutTls>,
-    catalog: Db,
-    index: Db,
-    events: Db,
+    /// The engine under the logical databases; see [`Engine`].
+    engine: Engine,
+    catalog: Table,
+    index: Table,
+    events: Table,
     /// `None` only in a read-only open of a store from before the `state`
     /// database existed: it reads as empty.
-    state: Option<Db>,
+    state: Option<Table>,
     /// Event id to global sequence: the idempotency index. `None` only in a
     /// read-only open of a store from before it existed: it reads as empty.
-    ids: Option<Db>,
+    ids: Option<Table>,
     /// Entity keys to stream ids and back. `None` as `ids`.
-    keys: Option<Db>,
+    keys: Option<Table>,
     /// The store's metadata (format, probe, id, the chain's record).
-    meta: Db,
+    meta: Table,
     /// The tamper-evident chain's digests and re-seal records. `None` as `ids`.
-    chain: Option<Db>,
-    seals: Option<Db>,
+    chain: Option<Table>,
+    seals: Option<Table>,
     /// The chain's key, when the chain is keyed and it was given (at open or
     /// to `enable_chain`).
     chain_key: parking_lot::RwLock<Option<[u8; 32]>>,
@@ -137,13 +148,24 @@ pub(crate) struct Store {
     map_size: AtomicUsize,
     config: VarveConfig,
     store_id: StoreId,
-    /// The data file this store mapped (device and inode), for the registry
-    /// to tell whether a path still names it.
-    file_key: identity::FileKey,
-    /// The data file, open, to check its length with plain reads.
-    data_file: std::fs::File,
     /// How the store was opened; see [`Access`].
     access: Access,
+}
+
+/// The engine a store runs on.
+pub(crate) enum Engine {
+    /// An LMDB environment in a directory (the embedded default).
+    Lmdb {
+        env: Env<WithoutTls>,
+        /// The data file this store mapped (device and inode), for the
+        /// registry to tell whether a path still names it.
+        file_key: identity::FileKey,
+        /// The data file, open, to check its length with plain reads.
+        data_file: std::fs::File,
+    },
+    /// A PostgreSQL database (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    Pg(Arc<postgres::Pg>),
 }
 
 /// Whether a store may be written through this process's handle.
@@ -194,6 +216,16 @@ pub(crate) fn storage_error(
 /// error (or the I/O error inside it) kept inside it.
 pub(crate) fn engine_error(e: heed::Error) -> StorageError {
     match e {
+        // A PostgreSQL failure crosses the seam as an I/O error around
+        // `ServerFailure` (see `kv`).
+        #[cfg(feature = "postgres")]
+        heed::Error::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|e| e.is::<postgres::ServerFailure>()) =>
+        {
+            StorageError::new(StorageErrorKind::Server, io)
+        }
         heed::Error::Io(io) => StorageError::new(StorageErrorKind::Io, io),
         heed::Error::Mdb(MdbError::MapFull) => StorageError::new(StorageErrorKind::MapFull, e),
         heed::Error::Mdb(MdbError::MapResized) => {
@@ -498,18 +530,17 @@ impl Store {
                     db("chain")?,
                     db("seals")?,
                 );
-                let c =
-                    probe::initialize_or_check(wtxn, &dbs.0, path, recorded.map(|r| r.id), seed)
-                        .map_err(OpenError::Varve)?;
+                let mut kv = (&mut *wtxn, &dbs.0);
+                let c = probe::initialize_or_check(&mut kv, path, recorded.map(|r| r.id), seed)
+                    .map_err(OpenError::Varve)?;
                 // The chain asked for: recorded in a new store, checked
                 // against an existing one's (before anything is committed).
-                let found =
-                    chain::read_meta(wtxn, &dbs.0, config.max_readers).map_err(OpenError::Varve)?;
+                let found = chain::read_meta(&kv, config.max_readers).map_err(OpenError::Varve)?;
                 let requested = config.tamper_evident.as_ref();
                 let new = chain::settle_at_open(path, c.id, found, requested, c.created)
                     .map_err(OpenError::Varve)?;
                 if let Some(record) = new {
-                    chain::write_meta(wtxn, &dbs.0, &record, config.max_readers)
+                    chain::write_meta(&mut kv, &record, config.max_readers)
                         .map_err(OpenError::Varve)?;
                 }
                 if c.created && !seed_keys.is_empty() {
@@ -666,10 +697,9 @@ impl Store {
                     ),
                 }));
             };
-            let c = probe::check(rtxn, &meta, path, recorded.map(|r| r.id))
-                .map_err(OpenError::Varve)?;
-            let found =
-                chain::read_meta(rtxn, &meta, config.max_readers).map_err(OpenError::Varve)?;
+            let kv = (rtxn, &meta);
+            let c = probe::check(&kv, path, recorded.map(|r| r.id)).map_err(OpenError::Varve)?;
+            let found = chain::read_meta(&kv, config.max_readers).map_err(OpenError::Varve)?;
             chain::settle_at_open(path, c.id, found, config.tamper_evident.as_ref(), false)
                 .map_err(OpenError::Varve)?;
             keyring = crypt::open_keyring(rtxn, &meta, path, c.id, config.encryption.as_ref())
@@ -778,10 +808,54 @@ impl Store {
             chain,
             seals,
         } = dbs;
+        let engine = Engine::Lmdb {
+            env,
+            file_key,
+            data_file,
+        };
+        let t = Table::Lmdb;
+        let tables = Tables {
+            meta: t(meta),
+            catalog: t(catalog),
+            index: t(index),
+            events: t(events),
+            state: state.map(t),
+            ids: ids.map(t),
+            keys: keys.map(t),
+            chain: chain.map(t),
+            seals: seals.map(t),
+        };
+        Store::assemble_with(
+            path, config, engine, tables, map_size, store_id, access, crypt,
+        )
+    }
+
+    /// The rest of an open of either engine.
+    pub(crate) fn assemble_with(
+        path: &Path,
+        config: VarveConfig,
+        engine: Engine,
+        tables: Tables,
+        map_size: usize,
+        store_id: StoreId,
+        access: Access,
+        crypt: Option<crypt::Keyring>,
+    ) -> Result<Arc<Store>> {
+        let Tables {
+            meta,
+            catalog,
+            index,
+            events,
+            state,
+            ids,
+            keys,
+            chain,
+            seals,
+        } = tables;
         let chain_key = config.tamper_evident.and_then(|c| c.key());
         let store = Arc::new(Store {
             path: path.to_path_buf(),
-            env,
+            engine,
             catalog,
             index,
             events,
@@ -802,8 +876,6 @@ impl Store {
             map_size: AtomicUsize::new(map_size),
             config,
             store_id,
-            file_key,
-            data_file,
             access,
         });
         // Publish the log's end, the mark subscriptions wait past. A damaged
@@ -822,7 +894,7 @@ impl Store {
     }
 
     /// The `state` database, for writers (a read-only store refuses them).
-    pub(crate) fn state_db(&self) -> Result<&Db> {
+    pub(crate) fn state_db(&self) -> Result<&Table> {
         self.state.as_ref().ok_or_else(|| Error::ReadOnly {
             path: self.path.clone(),
             operation: "writing state",
@@ -831,7 +903,7 @@ impl Store {
 
     /// The `ids` database (event ids), for writers (a read-only store
     /// refuses them).
-    pub(crate) fn ids_db(&self) -> Result<&Db> {
+    pub(crate) fn ids_db(&self) -> Result<&Table> {
         self.ids.as_ref().ok_or_else(|| Error::ReadOnly {
             path: self.path.clone(),
             operation: "writing event ids",
@@ -840,7 +912,7 @@ impl Store {
 
     /// The `keys` database (entity keys), for writers (a read-only store
     /// refuses them).
-    pub(crate) fn keys_db(&self) -> Result<&Db> {
+    pub(crate) fn keys_db(&self) -> Result<&Table> {
         self.keys.as_ref().ok_or_else(|| Error::ReadOnly {
             path: self.path.clone(),
             operation: "writing entity keys",
@@ -887,7 +959,50 @@ impl Store {
     /// [`Store::last_txn_id`] for a caller holding a gate guard: `_inside` is
     /// the proof that no remap can run meanwhile.
     pub(crate) fn last_txn_id_in(&self, _inside: &gate::GateGuard) -> usize {
-        self.env.info().last_txn_id
+        match &self.engine {
+            Engine::Lmdb { env, .. } => env.info().last_txn_id,
+            #[cfg(feature = "postgres")]
+            Engine::Pg(pg) => pg.last_txn_id(),
+        }
+    }
+
+    /// The LMDB environment, or [`Error::Unsupported`] for `operation` on
+    /// another engine.
+    pub(crate) fn env(&self, operation: &'static str) -> Result<&Env<WithoutTls>> {
+        #[cfg(not(feature = "postgres"))]
+        let _ = operation;
+        match &self.engine {
+            Engine::Lmdb { env, .. } => Ok(env),
+            #[cfg(feature = "postgres")]
+            Engine::Pg(_) => Err(Error::Unsupported {
+                operation,
+                backend: postgres::BACKEND,
+            }),
+        }
+    }
+
+    /// [`Error::Unsupported`] for `operation` unless the store is a local
+    /// (LMDB) one: what only a directory can do (file backups).
+    pub(crate) fn require_local(&self, operation: &'static str) -> Result<()> {
+        self.env(operation).map(drop)
+    }
+
+    /// The LMDB data file, if this store has one.
+    pub(crate) fn data_file(&self) -> Option<&std::fs::File> {
+        match &self.engine {
+            Engine::Lmdb { data_file, .. } => Some(data_file),
+            #[cfg(feature = "postgres")]
+            Engine::Pg(_) => None,
+        }
+    }
+
+    /// The data file's identity (device and inode), if this store has one.
+    pub(crate) fn file_key(&self) -> Option<&identity::FileKey> {
+        match &self.engine {
+            Engine::Lmdb { file_key, .. } => Some(file_key),
+            #[cfg(feature = "postgres")]
+            Engine::Pg(_) => None,
+        }
     }
 
     /// Whether a writer is waiting for snapshots to close so it can grow the map.
@@ -910,11 +1025,14 @@ impl Store {
         if matches!(how, Remap::Adopt) {
             // Another process grew the map: before mapping more of the file,
             // check it still holds every page the newest commit uses.
-            identity::check_open_file(&self.data_file, &self.path.join(identity::DATA_FILE))?;
+            if let Some(file) = self.data_file() {
+                identity::check_open_file(file, &self.path.join(identity::DATA_FILE))?;
+            }
         }
         let release_idle = || self.close_idle_views();
         let old_size = self.map_size.load(Ordering::Acquire);
         let timer = crate::trace::timer!(INFO);
+        let env = self.env("growing the memory map")?;
         let result = self
             .gate
             .exclusive(self.config.resize_wait, release_idle, || {
@@ -929,11 +1047,10 @@ impl Store {
                 // write transaction holds a gate guard for its whole life, and
                 // new ones wait at the gate. That is LMDB's requirement for
                 // `mdb_env_set_mapsize`.
-                unsafe { self.env.resize(new_size) }?;
+                unsafe { env.resize(new_size) }?;
                 // Still inside the gate, after the remap: the meta pages that
                 // `mdb_env_info` reads are mapped.
-                self.map_size
-                    .store(self.env.info().map_size, Ordering::Release);
+                self.map_size.store(env.info().map_size, Ordering::Release);
                 Ok(())
             });
         match result {
@@ -999,11 +1116,22 @@ impl Store {
 
     /// Opens a read snapshot of the newest commit.
     pub(crate) fn snapshot(self: &Arc<Self>) -> Result<View> {
+        let env = match &self.engine {
+            Engine::Lmdb { env, .. } => env,
+            #[cfg(feature = "postgres")]
+            Engine::Pg(pg) => {
+                let txn = pg
+                    .begin_read()
+                    .map_err(self.err("opening a read snapshot"))?;
+                let guard = self.gate.enter();
+                return Ok(View::new(Txn::Pg(txn), guard, Arc::clone(self)));
+            }
+        };
         let mut freed = Freed::Nothing;
         loop {
             let guard = self.gate.enter();
-            match self.env.clone().static_read_txn() {
-                Ok(txn) => return Ok(View::new(txn, guard, Arc::clone(self))),
+            match env.clone().static_read_txn() {
+                Ok(txn) => return Ok(View::new(Txn::Ro(txn), guard, Arc::clone(self))),
                 Err(heed::Error::Mdb(MdbError::MapResized)) => {
                     drop(guard);
                     self.remap(Remap::Adopt)?;
@@ -1035,7 +1163,7 @@ impl Store {
     /// `mdb_reader_check` touches only the reader table in `lock.mdb` (a
     /// mapping of its own that never moves), not the data map: no gate needed.
     fn clear_stale_readers(&self) -> Result<usize> {
-        self.env
+        self.env("clearing stale reader slots")?
             .clear_stale_readers()
             .map_err(self.err("clearing the reader slots of dead processes"))
     }
@@ -1076,6 +1204,19 @@ fn legacy_store(
 ) -> Result<bool, heed::Error> {
     let Some(main) = main else { return Ok(false) };
     Ok(main.get(txn, b"global_events")?.is_some() && main.get(txn, b"meta")?.is_none())
+}
+
+/// The logical databases of an open store, of either engine.
+pub(crate) struct Tables {
+    pub(crate) meta: Table,
+    pub(crate) catalog: Table,
+    pub(crate) index: Table,
+    pub(crate) events: Table,
+    pub(crate) state: Option<Table>,
+    pub(crate) ids: Option<Table>,
+    pub(crate) keys: Option<Table>,
+    pub(crate) chain: Option<Table>,
+    pub(crate) seals: Option<Table>,
 }
 
 /// The databases an open hands to [`Store::assemble`].

@@ -11,8 +11,7 @@
 
 use std::path::Path;
 
-use heed::types::Bytes;
-use heed::{Database, RoTxn, RwTxn};
+use super::kv::MetaKv;
 use rkyv::{rancor, Archive, Serialize};
 
 use super::identity::StoreId;
@@ -80,20 +79,16 @@ fn probe_bytes() -> Vec<u8> {
 /// `seed` (a restore) is the id and creation time a *new* store takes; for
 /// an existing store it is ignored.
 pub(super) fn initialize_or_check(
-    wtxn: &mut RwTxn<'_>,
-    meta: &Database<'_, Bytes, Bytes>,
+    kv: &mut impl MetaKv,
     path: &Path,
     recorded: Option<StoreId>,
     seed: Option<super::Identity>,
 ) -> Result<Checked> {
     let err = super::storage_error("reading the store's metadata", 0);
-    let format = meta
-        .get(wtxn, FORMAT_KEY)
-        .map_err(&err)?
-        .map(<[u8]>::to_vec);
+    let format = kv.meta_get(FORMAT_KEY).map_err(&err)?.map(<[u8]>::to_vec);
     if format.is_none() {
         if let Some(seed) = seed {
-            meta.put(wtxn, STORE_ID_KEY, seed.id.as_bytes())
+            kv.meta_put(STORE_ID_KEY, seed.id.as_bytes())
                 .map_err(&err)?;
         }
     }
@@ -106,27 +101,27 @@ pub(super) fn initialize_or_check(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_micros() as u64)
             });
-            meta.put(wtxn, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
+            kv.meta_put(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
                 .map_err(&err)?;
-            meta.put(wtxn, PROBE_KEY, &probe_bytes()).map_err(&err)?;
-            meta.put(wtxn, CREATED_KEY, &created.to_le_bytes())
+            kv.meta_put(PROBE_KEY, &probe_bytes()).map_err(&err)?;
+            kv.meta_put(CREATED_KEY, &created.to_le_bytes())
                 .map_err(&err)?;
             created
         }
         Some(raw) => {
-            let (created, format) = check_format(wtxn, meta, path, &raw)?;
+            let (created, format) = check_format(&*kv, path, &raw)?;
             found = Some(format);
             if format < FORMAT_VERSION {
                 // Every record of the older format reads unchanged in this
                 // one; from now on this build may write records it does not
                 // know, so the store says it is of this format.
-                meta.put(wtxn, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
+                kv.meta_put(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())
                     .map_err(&err)?;
             }
             created
         }
     };
-    let stored = stored_id(wtxn, meta)?;
+    let stored = stored_id(&*kv)?;
     let id = match (stored, recorded) {
         (Some(stored), Some(recorded)) if stored != recorded => {
             return Err(Error::StoreMismatch {
@@ -148,7 +143,7 @@ pub(super) fn initialize_or_check(
         // A new store, or one from before ids existed: give it one.
         (None, None) => {
             let id = StoreId::random(path)?;
-            meta.put(wtxn, STORE_ID_KEY, id.as_bytes()).map_err(&err)?;
+            kv.meta_put(STORE_ID_KEY, id.as_bytes()).map_err(&err)?;
             id
         }
     };
@@ -164,14 +159,9 @@ pub(super) fn initialize_or_check(
 /// nothing. A store from before ids existed, without an identity record,
 /// has no id to report until it is opened once read-write: it gets the
 /// all-zero id.
-pub(super) fn check(
-    txn: &RoTxn<'_>,
-    meta: &Database<'_, Bytes, Bytes>,
-    path: &Path,
-    recorded: Option<StoreId>,
-) -> Result<Checked> {
+pub(super) fn check(kv: &impl MetaKv, path: &Path, recorded: Option<StoreId>) -> Result<Checked> {
     let err = super::storage_error("reading the store's metadata", 0);
-    let Some(raw) = meta.get(txn, FORMAT_KEY).map_err(&err)? else {
+    let Some(raw) = kv.meta_get(FORMAT_KEY).map_err(&err)? else {
         return Err(Error::Open {
             path: path.to_path_buf(),
             source: std::io::Error::new(
@@ -181,8 +171,8 @@ pub(super) fn check(
         });
     };
     let raw = raw.to_vec();
-    let (created_micros, format) = check_format(txn, meta, path, &raw)?;
-    let id = match (stored_id(txn, meta)?, recorded) {
+    let (created_micros, format) = check_format(kv, path, &raw)?;
+    let id = match (stored_id(kv)?, recorded) {
         (Some(stored), Some(recorded)) if stored != recorded => {
             return Err(Error::StoreMismatch {
                 path: path.to_path_buf(),
@@ -210,12 +200,7 @@ pub(super) fn check(
 
 /// Checks the recorded format version and rkyv probe; returns the creation
 /// time and the store's format.
-fn check_format(
-    txn: &RoTxn<'_>,
-    meta: &Database<'_, Bytes, Bytes>,
-    path: &Path,
-    raw: &[u8],
-) -> Result<(u64, u32)> {
+fn check_format(kv: &impl MetaKv, path: &Path, raw: &[u8]) -> Result<(u64, u32)> {
     let err = super::storage_error("reading the store's metadata", 0);
     let found = <[u8; 4]>::try_from(raw)
         .map(u32::from_le_bytes)
@@ -230,14 +215,14 @@ fn check_format(
             supported: FORMAT_VERSION,
         });
     }
-    let stored = meta.get(txn, PROBE_KEY).map_err(&err)?;
+    let stored = kv.meta_get(PROBE_KEY).map_err(&err)?;
     if stored != Some(probe_bytes().as_slice()) {
         return Err(Error::IncompatibleEncoding {
             path: path.to_path_buf(),
         });
     }
-    let created = meta
-        .get(txn, CREATED_KEY)
+    let created = kv
+        .meta_get(CREATED_KEY)
         .map_err(&err)?
         .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
         .map_or(0, u64::from_le_bytes);
@@ -245,9 +230,9 @@ fn check_format(
 }
 
 /// The id recorded in `meta`, if any.
-fn stored_id(txn: &RoTxn<'_>, meta: &Database<'_, Bytes, Bytes>) -> Result<Option<StoreId>> {
+fn stored_id(kv: &impl MetaKv) -> Result<Option<StoreId>> {
     let err = super::storage_error("reading the store's metadata", 0);
-    match meta.get(txn, STORE_ID_KEY).map_err(&err)? {
+    match kv.meta_get(STORE_ID_KEY).map_err(&err)? {
         None => Ok(None),
         Some(raw) => <[u8; 16]>::try_from(raw)
             .map(|b| Some(StoreId::from_bytes(b)))

@@ -29,9 +29,10 @@ impl Store {
     /// of this process that must grow the map waits for the copy (up to
     /// `resize_wait`, then `MapResizeBlocked`).
     pub(crate) fn copy_compacted(&self, file: &mut File) -> Result<()> {
+        let env = self.env("a file backup")?;
         loop {
             let guard = self.gate.enter();
-            let copied = self.env.copy_to_file(file, CompactionOption::Enabled);
+            let copied = env.copy_to_file(file, CompactionOption::Enabled);
             drop(guard);
             match copied {
                 // Another process grew the map: adopt its size, start again.
@@ -158,10 +159,7 @@ impl WriteTxn<'_> {
                 ),
             });
         }
-        let put =
-            store
-                .events
-                .put_with_flags(&mut self.txn, PutFlags::APPEND, &event_key(key), bytes);
+        let put = store.events.append(&mut self.txn, &event_key(key), bytes);
         self.lmdb("restoring the event log", put)?;
         self.chain_append(key, bytes, chain)?;
         let count = u64::from(header.count);
@@ -225,15 +223,16 @@ pub(crate) struct EnvStats {
 impl Store {
     /// The map size, last commit and reader slots in use (`mdb_env_info`,
     /// which reads the meta pages through the map: inside the gate).
-    pub(crate) fn env_stats(&self) -> EnvStats {
+    pub(crate) fn env_stats(&self) -> Result<EnvStats> {
+        let env = self.env("reading the memory map's statistics")?;
         let _inside = self.gate.enter();
-        let info = self.env.info();
-        EnvStats {
+        let info = env.info();
+        Ok(EnvStats {
             map_size: info.map_size,
             last_txn: info.last_txn_id,
             readers_used: info.number_of_readers,
             max_readers: info.maximum_number_of_readers,
-        }
+        })
     }
 
     /// Frees the reader slots of dead processes (writes `lock.mdb` only);

@@ -53,7 +53,8 @@ impl Registry {
     }
 
     pub(super) fn insert(&mut self, store: &Arc<Store>) {
-        self.map()
-            .insert(store.file_key.clone(), Arc::downgrade(store));
+        if let Some(key) = store.file_key() {
+            self.map().insert(key.clone(), Arc::downgrade(store));
+        }
     }
 }

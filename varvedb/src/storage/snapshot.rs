@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use heed::{RoTxn, WithoutTls};
+use super::kv::Txn;
 use rkyv::util::AlignedVec;
 
 use super::block::{
@@ -31,7 +31,7 @@ use crate::position::{GlobalSequence, StreamId, StreamSequence};
 /// The part of a snapshot that references into the map keep alive.
 pub(crate) struct Pinned {
     // Field order matters: the transaction ends before the gate guard is released.
-    pub(super) txn: RoTxn<'static, WithoutTls>,
+    pub(super) txn: Txn<'static>,
     guard: GateGuard,
     /// What this snapshot opened of an encrypted store (empty otherwise):
     /// references into it live as long as references into the map.
@@ -315,14 +315,14 @@ pub(super) fn corrupt_at(global: u64) -> impl Fn(BlockError) -> Error {
 
 impl Store {
     /// The last run of `(tag, id)`, read through any transaction.
-    pub(crate) fn last_run(&self, txn: &RoTxn, tag: u32, id: u64) -> Result<Option<Run>> {
+    pub(crate) fn last_run(&self, txn: &Txn<'_>, tag: u32, id: u64) -> Result<Option<Run>> {
         self.run_at_or_before(txn, tag, id, u64::MAX)
     }
 
     /// The run of `(tag, id)` with the greatest first sequence `<= seq`.
     pub(crate) fn run_at_or_before(
         &self,
-        txn: &RoTxn,
+        txn: &Txn<'_>,
         tag: u32,
         id: u64,
         seq: u64,
@@ -351,7 +351,7 @@ impl Store {
 
     /// Called when no run covers `seq` of `(tag, id)`: that is the end of the
     /// id if `seq` is past its last run, and a hole in the index otherwise.
-    pub(crate) fn no_run_for(&self, txn: &RoTxn, tag: u32, id: u64, seq: u64) -> Result<()> {
+    pub(crate) fn no_run_for(&self, txn: &Txn<'_>, tag: u32, id: u64, seq: u64) -> Result<()> {
         match self.last_run(txn, tag, id)? {
             Some(last) if seq < last.end_seq() => Err(Error::Corruption {
                 location: Location::Record(format!("stream index of tag {tag} id {id}")),
@@ -370,7 +370,7 @@ impl Store {
     /// arena); a plaintext store's is read in place.
     pub(crate) fn block_containing<'t>(
         &self,
-        txn: &'t RoTxn,
+        txn: &'t Txn<'_>,
         plain: &'t Plaintexts,
         global: u64,
     ) -> Result<Option<(u64, BlockView<'t>)>> {
@@ -399,7 +399,7 @@ impl Store {
     /// `Ok(None)` if no block holds `global` because the log ends before it;
     /// `Corruption` if the log goes on after it: a damaged key must not make
     /// events silently vanish from global reads.
-    fn past_the_end<T>(&self, txn: &RoTxn, global: u64) -> Result<Option<T>> {
+    fn past_the_end<T>(&self, txn: &Txn<'_>, global: u64) -> Result<Option<T>> {
         let later = self
             .events
             .get_greater_than(txn, &event_key(global))
@@ -418,7 +418,7 @@ impl Store {
     }
 
     /// The global sequence the idempotency index holds for `event_id`.
-    pub(crate) fn id_global(&self, txn: &RoTxn, event_id: &[u8; 16]) -> Result<Option<u64>> {
+    pub(crate) fn id_global(&self, txn: &Txn<'_>, event_id: &[u8; 16]) -> Result<Option<u64>> {
         // A read-only open of a store from before event ids: none stored.
         let Some(ids) = &self.ids else {
             return Ok(None);
@@ -439,7 +439,7 @@ impl Store {
     }
 
     /// The stream id entity `key` maps to in the stream with `tag`.
-    pub(crate) fn entity_id(&self, txn: &RoTxn, tag: u32, key: &[u8]) -> Result<Option<u64>> {
+    pub(crate) fn entity_id(&self, txn: &Txn<'_>, tag: u32, key: &[u8]) -> Result<Option<u64>> {
         let k = super::keys::entity_key(tag, key);
         // A read-only open of a store from before entity keys: none stored.
         let Some(keys) = &self.keys else {
@@ -457,7 +457,12 @@ impl Store {
     }
 
     /// The entity key stream id `id` of the stream with `tag` was allocated to.
-    pub(crate) fn entity_key_of(&self, txn: &RoTxn, tag: u32, id: u64) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn entity_key_of(
+        &self,
+        txn: &Txn<'_>,
+        tag: u32,
+        id: u64,
+    ) -> Result<Option<Vec<u8>>> {
         let k = super::keys::entity_reverse_key(tag, id);
         // A read-only open of a store from before entity keys: none stored.
         let Some(keys) = &self.keys else {
@@ -474,7 +479,7 @@ impl Store {
     }
 
     /// One past the newest global sequence (0 for an empty store).
-    pub(crate) fn end_global(&self, txn: &RoTxn) -> Result<u64> {
+    pub(crate) fn end_global(&self, txn: &Txn<'_>) -> Result<u64> {
         let last = self
             .events
             .last(txn)
@@ -496,7 +501,7 @@ impl Store {
 /// `Error::Corruption`.
 pub(crate) fn walk_stream_versions(
     store: &Store,
-    txn: &RoTxn,
+    txn: &Txn<'_>,
     tag: u32,
     id: u64,
     from: u64,
@@ -631,7 +636,7 @@ impl<'a> StreamBlock<'a> {
 /// it).
 pub(crate) fn walk_stream_blocks(
     store: &Store,
-    txn: &RoTxn,
+    txn: &Txn<'_>,
     tag: u32,
     id: u64,
     from: u64,
@@ -667,11 +672,7 @@ pub(crate) fn walk_stream_blocks(
 }
 
 impl View {
-    pub(crate) fn new(
-        txn: RoTxn<'static, WithoutTls>,
-        guard: GateGuard,
-        store: Arc<Store>,
-    ) -> View {
+    pub(crate) fn new(txn: Txn<'static>, guard: GateGuard, store: Arc<Store>) -> View {
         View {
             pin: Arc::new(Pinned {
                 txn,

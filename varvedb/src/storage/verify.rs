@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 
-use heed::RoTxn;
+use super::kv::Txn;
 
 use super::block::BlockHeader;
 use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
@@ -36,7 +36,7 @@ use crate::position::GlobalSequence;
 use crate::verify::{Problem, VerifyReport};
 
 impl Store {
-    pub(crate) fn verify(&self, txn: &RoTxn) -> Result<VerifyReport> {
+    pub(crate) fn verify(&self, txn: &Txn<'_>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let mut problem = |location: Location, detail: String| {
             report.problems.push(Problem::damage(location, detail));
@@ -284,7 +284,7 @@ impl Store {
 impl Store {
     /// Whether every event of the block with header `h` is in an index run
     /// of its stream id, at the global sequence it occupies.
-    fn block_in_index(&self, txn: &RoTxn, h: &BlockHeader) -> Result<bool> {
+    fn block_in_index(&self, txn: &Txn<'_>, h: &BlockHeader) -> Result<bool> {
         let err = self.err("verifying the store");
         let end = h.first_stream_seq + u64::from(h.count);
         let mut seq = h.first_stream_seq;
@@ -317,7 +317,7 @@ impl Store {
 
     /// Whether every event of `run` sits in a block of the same stream id, at
     /// the global sequence the run says.
-    fn run_in_log(&self, txn: &RoTxn, tag: u32, id: u64, run: &Run) -> Result<bool> {
+    fn run_in_log(&self, txn: &Txn<'_>, tag: u32, id: u64, run: &Run) -> Result<bool> {
         let err = self.err("verifying the store");
         let mut seq = run.first_seq;
         while seq < run.end_seq() {

@@ -11,7 +11,9 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use heed::{MdbError, PutFlags, RwTxn};
+use heed::{MdbError, PutFlags};
+
+use super::kv::Txn;
 
 use super::block::{BlockBuilder, BlockHeader, BlockView};
 use super::catalog::Bound;
@@ -77,7 +79,7 @@ pub(crate) const FIRST_KEYED_ID: u64 = 1 << 63;
 /// (durably) or not at all.
 pub(crate) struct WriteTxn<'s> {
     pub(super) store: &'s Store,
-    pub(super) txn: RwTxn<'s>,
+    pub(super) txn: Txn<'s>,
     /// One past the newest global sequence, once known in this transaction.
     pub(super) end_global: Option<u64>,
     /// Catalog entries this transaction created or completed, taught to their
@@ -165,11 +167,7 @@ impl Store {
         &self,
         f: &mut impl FnMut(&mut WriteTxn<'_>) -> Result<R>,
     ) -> std::result::Result<Committed<R>, Attempt> {
-        let txn = self
-            .env
-            .write_txn()
-            .map_err(self.err("starting a write transaction"))
-            .map_err(Attempt::Failed)?;
+        let txn = self.begin_write().map_err(Attempt::Failed)?;
         let mut wtxn = WriteTxn {
             store: self,
             txn,
@@ -193,7 +191,7 @@ impl Store {
             // The closure swallowed a failed write: committing would lose it.
             return Err(Attempt::Env(env));
         }
-        if super::identity::is_unlinked(&self.data_file) {
+        if self.data_file().is_some_and(super::identity::is_unlinked) {
             // The store was deleted under us: a commit would be acknowledged
             // and gone with the file.
             return Err(Attempt::Failed(Error::StoreDeleted {
@@ -221,6 +219,18 @@ impl Store {
         );
         self.publish_bound(bound);
         Ok(Committed { value, end, txn_id })
+    }
+}
+
+impl Store {
+    /// Starts a write transaction of this store's engine.
+    fn begin_write(&self) -> Result<Txn<'_>> {
+        match &self.engine {
+            super::Engine::Lmdb { env, .. } => env.write_txn().map(Txn::Rw),
+            #[cfg(feature = "postgres")]
+            super::Engine::Pg(pg) => pg.begin_write().map(Txn::Pg),
+        }
+        .map_err(self.err("starting a write transaction"))
     }
 }
 
@@ -332,12 +342,9 @@ impl<'s> WriteTxn<'s> {
                 &sealed[..]
             }
         };
-        let put = store.events.put_with_flags(
-            &mut self.txn,
-            PutFlags::APPEND,
-            &event_key(first_global),
-            bytes,
-        );
+        let put = store
+            .events
+            .append(&mut self.txn, &event_key(first_global), bytes);
         self.lmdb("appending to the event log", put)?;
         self.chain_append(first_global, bytes, None)?;
 
@@ -691,11 +698,14 @@ impl<'s> WriteTxn<'s> {
             "a snapshot of another store"
         );
         let guard = store.gate.enter_nested();
-        let txn = store
-            .env
-            .clone()
-            .static_read_txn()
-            .map_err(store.err("opening a read snapshot"))?;
+        let txn = match &store.engine {
+            super::Engine::Lmdb { env, .. } => env.clone().static_read_txn().map(Txn::Ro),
+            // The head row this transaction locked keeps every other writer
+            // out: a new snapshot sees the commit this one started from.
+            #[cfg(feature = "postgres")]
+            super::Engine::Pg(pg) => pg.begin_read().map(Txn::Pg),
+        }
+        .map_err(store.err("opening a read snapshot"))?;
         Ok(View::new(txn, guard, Arc::clone(store)))
     }
 
@@ -755,20 +765,8 @@ impl<'s> WriteTxn<'s> {
 
     /// Deletes every `state` key starting with `prefix`; returns how many.
     pub(crate) fn state_delete_prefix(&mut self, prefix: &[u8]) -> Result<usize> {
-        let deleted = Self::delete_prefix(self.store.state_db()?, &mut self.txn, prefix);
+        let deleted = self.store.state_db()?.delete_prefix(&mut self.txn, prefix);
         self.lmdb("deleting state", deleted)
-    }
-
-    fn delete_prefix(state: &super::Db, txn: &mut RwTxn<'_>, prefix: &[u8]) -> heed::Result<usize> {
-        let mut iter = state.prefix_iter_mut(txn, prefix)?;
-        let mut n = 0;
-        while iter.next().transpose()?.is_some() {
-            // SAFETY: heed requires that no reference into the database from this
-            // iterator is alive while deleting; the entry just read is discarded.
-            unsafe { iter.del_current() }?;
-            n += 1;
-        }
-        Ok(n)
     }
 }
 

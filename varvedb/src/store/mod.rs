@@ -629,6 +629,104 @@ impl Varve {
         Varve { store }
     }
 
+    /// Opens the store kept in the PostgreSQL database that `url` names (a
+    /// `postgresql://user:password@host:port/database` URL or a
+    /// `host=… dbname=…` string), creating its tables if the database has
+    /// none, with the default [`VarveConfig`] (feature `postgres`).
+    ///
+    /// The handle is the same [`Varve`]: streams, readers, the global log,
+    /// aggregates, snapshots, subscriptions and projections work as on
+    /// LMDB. What only a directory has (file backups, the memory map, the
+    /// reader table, [`Varve::info`]) returns
+    /// [`Error::Unsupported`](crate::Error::Unsupported); [`Varve::path`]
+    /// is the URL without its password.
+    ///
+    /// ```no_run
+    /// # #[derive(rkyv::Archive, rkyv::Serialize)] struct Deposited { cents: u64 }
+    /// let varve = varvedb::Varve::connect("postgresql://app@localhost/ledger")?;
+    /// let mut accounts = varve.stream::<Deposited, 64>("accounts")?;
+    /// accounts.append(varvedb::StreamId(1), &Deposited { cents: 500 })?;
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Open`](crate::Error::Open) for a string that is not a
+    /// connection string, [`Error::Storage`](crate::Error::Storage) with
+    /// [`StorageErrorKind::Server`](crate::StorageErrorKind::Server) if the
+    /// server cannot be reached or refuses, and
+    /// [`Error::UnsupportedFormat`](crate::Error::UnsupportedFormat) for a
+    /// database whose schema a newer VarveDB created.
+    #[cfg(feature = "postgres")]
+    pub fn connect(url: &str) -> Result<Varve> {
+        Varve::connect_with(url, VarveConfig::default())
+    }
+
+    /// [`Varve::connect`] with a configuration. `max_readers` bounds the
+    /// connection pool (4 to 16 connections; every open snapshot and
+    /// write transaction holds one); `map_size`, `durability` and
+    /// `resize_wait` do not apply (the server's `synchronous_commit`
+    /// decides durability).
+    ///
+    /// # Errors
+    /// As [`Varve::connect`].
+    #[cfg(feature = "postgres")]
+    pub fn connect_with(url: &str, config: VarveConfig) -> Result<Varve> {
+        Ok(Varve {
+            store: Store::connect(url, config)?,
+        })
+    }
+
+    /// [`Varve::connect`] for async code: the connection is made without
+    /// blocking the calling task's thread.
+    ///
+    /// # Errors
+    /// As [`Varve::connect`].
+    #[cfg(feature = "postgres")]
+    pub async fn connect_async(url: &str) -> Result<Varve> {
+        Varve::connect_with_async(url, VarveConfig::default()).await
+    }
+
+    /// [`Varve::connect_with`] for async code.
+    ///
+    /// # Errors
+    /// As [`Varve::connect`].
+    #[cfg(feature = "postgres")]
+    pub async fn connect_with_async(url: &str, config: VarveConfig) -> Result<Varve> {
+        crate::storage::offload(|| Varve::connect_with(url, config))
+    }
+
+    /// Runs `f` (any synchronous call of this API) from async code without
+    /// stalling the runtime: on a multi-threaded tokio runtime the worker
+    /// hands its other tasks to the rest of the pool while `f` waits for
+    /// the store (`tokio::task::block_in_place`); elsewhere `f` runs in
+    /// place (feature `postgres`).
+    ///
+    /// ```no_run
+    /// # #[derive(rkyv::Archive, rkyv::Serialize)] struct Deposited { cents: u64 }
+    /// # async fn run(varve: varvedb::Varve) -> varvedb::Result<()> {
+    /// let end = varve.run(|v| Ok(v.next_global_seq())).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Whatever `f` returns.
+    #[cfg(feature = "postgres")]
+    pub async fn run<R>(&self, f: impl FnOnce(&Varve) -> Result<R>) -> Result<R> {
+        crate::storage::offload(|| f(self))
+    }
+
+    /// [`Varve::load`] for async code (see [`Varve::run`]).
+    ///
+    /// # Errors
+    /// As [`Varve::load`].
+    #[cfg(feature = "postgres")]
+    pub async fn load_async<A: crate::Aggregate>(
+        &self,
+        id: crate::StreamId,
+    ) -> Result<crate::Loaded<A>> {
+        crate::storage::offload(|| self.load::<A>(id))
+    }
+
     /// The engine behind this handle (for other modules).
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
