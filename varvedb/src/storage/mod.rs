@@ -831,6 +831,9 @@ impl Store {
     }
 
     /// The rest of an open of either engine.
+    // Each argument is one part of an opened store; grouping them would only
+    // move the list into a struct built once.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble_with(
         path: &Path,
         config: VarveConfig,
