@@ -457,6 +457,9 @@ fn stream_for_each_and_collect_bytes_pair_each_payload_with_its_sequence() {
 
 #[test]
 fn the_0_4_scans_report_damage_instead_of_skipping_it() {
+    if varvedb_suite::skip_when_encrypted("damages plaintext blocks at known bytes") {
+        return;
+    }
     let dir = tempdir().unwrap();
     let mut varve = Varve::new(dir.path()).unwrap();
     let mut users = varve.stream::<UserEvent, 4096>("users").unwrap();

@@ -359,17 +359,17 @@ fn a_format_1_store_is_upgraded_by_its_first_read_write_open_and_not_before() {
     // Format 3's chain stays off for an upgraded store until it is enabled.
     assert_eq!(upgraded.chain_status().unwrap(), varvedb::ChainStatus::Off);
     drop(upgraded);
-    assert_eq!(stored_format(copy.path()), 3, "upgraded in place");
+    assert_eq!(stored_format(copy.path()), 4, "upgraded in place");
 
     // A format newer than this build's is refused, never misread.
-    set_format(copy.path(), 4);
+    set_format(copy.path(), 5);
     match Varve::new(copy.path()) {
         Err(varvedb::Error::UnsupportedFormat {
             found, supported, ..
-        }) => assert_eq!((found, supported), (4, 3)),
+        }) => assert_eq!((found, supported), (5, 4)),
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
-    assert_eq!(stored_format(copy.path()), 4, "nothing written");
+    assert_eq!(stored_format(copy.path()), 5, "nothing written");
 }
 
 #[test]

@@ -12,7 +12,15 @@ use std::path::{Path, PathBuf};
 /// Layers, bottom first. A module may use its own layer and those below.
 const LAYERS: &[&[&str]] = &[
     &[
-        "error", "position", "id", "config", "event", "verify", "chain", "trace",
+        "error",
+        "position",
+        "id",
+        "config",
+        "event",
+        "verify",
+        "chain",
+        "trace",
+        "encryption",
     ],
     &["storage"],
     &[

@@ -164,7 +164,7 @@ fn a_store_of_an_unknown_format_version_is_refused() {
     match Varve::new(dir.path()) {
         Err(Error::UnsupportedFormat {
             found: 99,
-            supported: 3,
+            supported: 4,
             ..
         }) => {}
         other => panic!("expected UnsupportedFormat, got {other:?}"),

@@ -63,7 +63,7 @@ fn catalog_names(path: &Path) -> Vec<String> {
         .unwrap()
         .map(|entry| entry.unwrap().0.to_vec())
         .filter(|key| key.first() == Some(&b'n'))
-        .map(|key| String::from_utf8(key[1..].to_vec()).unwrap())
+        .map(|key| String::from_utf8(key[1..].to_vec()).unwrap_or_else(|_| "(hashed)".into()))
         .collect()
 }
 
@@ -129,7 +129,13 @@ fn opening_reading_loading_and_subscribing_to_unknown_streams_writes_nothing() {
         "one commit: entry and event"
     );
     drop((orders, varve));
-    assert_eq!(catalog_names(dir.path()), ["orders"]);
+    // (An encrypted store keeps a keyed hash of the name, not the name.)
+    let names = catalog_names(dir.path());
+    if varvedb_suite::encrypted_run() {
+        assert_eq!(names, ["(hashed)"]);
+    } else {
+        assert_eq!(names, ["orders"]);
+    }
 }
 
 #[test]

@@ -209,6 +209,36 @@ fn a_snapshot_of_another_layout_is_ignored_and_the_stream_replayed() {
     assert_eq!((old.snapshot, folded, old.state.total), (None, 27, 6));
 }
 
+/// Flips a bit at `offset` of every stored snapshot value (`snap/` keys of
+/// the `state` database), through LMDB directly.
+fn flip_sealed_snapshots(dir: &std::path::Path, offset: usize) {
+    use heed::types::Bytes;
+    // SAFETY: the test owns the directory and no varvedb handle is open on it.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.unwrap();
+    let rtxn = env.read_txn().unwrap();
+    let state = env
+        .open_databases_and_commit(rtxn, |opener, rtxn| -> heed::Result<_> {
+            let db = opener.open_database::<Bytes, Bytes>(rtxn, Some("state"))?;
+            Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })
+        .unwrap()
+        .unwrap_commit()
+        .expect("the state database exists");
+    let mut wtxn = env.write_txn().unwrap();
+    let found: Vec<(Vec<u8>, Vec<u8>)> = state
+        .prefix_iter(&wtxn, b"snap/")
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+    assert!(!found.is_empty(), "a snapshot is stored");
+    for (k, mut v) in found {
+        v[offset] ^= 0x20;
+        state.put(&mut wtxn, &k, &v).unwrap();
+    }
+    wtxn.commit().unwrap();
+}
+
 fn damaged_snapshot_is_ignored(needle: &[u8], offset: usize) {
     let dir = tempfile::tempdir().unwrap();
     let id = StreamId(4);
@@ -220,7 +250,13 @@ fn damaged_snapshot_is_ignored(needle: &[u8], offset: usize) {
             Some(StreamSequence(29))
         );
     }
-    flip_in_data_file(dir.path(), needle, offset);
+    if varvedb_suite::encrypted_run() {
+        // The snapshot is sealed: damage its sealed bytes instead (past the
+        // key id and nonce), which must be ignored the same way.
+        flip_sealed_snapshots(dir.path(), 28 + offset);
+    } else {
+        flip_in_data_file(dir.path(), needle, offset);
+    }
 
     let varve = Varve::new(dir.path()).unwrap();
     let (loaded, folded) = applied_during(|| varve.load::<v1::Counter>(id).unwrap());

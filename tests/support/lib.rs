@@ -126,3 +126,21 @@ pub fn child_test(test: &str) -> std::process::Command {
     ]);
     command
 }
+
+/// Whether this run is the suite's encrypted run: `VARVEDB_TEST_ENCRYPTION_KEY`
+/// set, so every store a test creates without a key is encrypted (varvedb's
+/// test-only feature `test-encryption`, see docs/reliability.md).
+pub fn encrypted_run() -> bool {
+    std::env::var_os("VARVEDB_TEST_ENCRYPTION_KEY").is_some_and(|v| !v.is_empty())
+}
+
+/// For a test about the plaintext physical layout (raw bytes of the data
+/// file, byte offsets in blocks): `true` (after printing why) in the
+/// encrypted run, where it does not apply; the test then returns.
+pub fn skip_when_encrypted(reason: &str) -> bool {
+    let skip = encrypted_run();
+    if skip {
+        println!("skipped in the encrypted run: {reason}");
+    }
+    skip
+}

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::chain::Chain;
+use crate::encryption::EncryptionKey;
 
 /// How hard a commit works to survive a crash.
 ///
@@ -79,6 +80,14 @@ pub struct VarveConfig {
     /// [`Chain::Keyed`] key is checked against the store's at open, and is
     /// what appends extend the chain with.
     pub tamper_evident: Option<Chain>,
+    /// The master key of an encrypted store (`None`, the default: a
+    /// plaintext store; see [`VarveConfig::encryption`]). A store created
+    /// with a key is encrypted for good; opening it needs the same key
+    /// ([`Error::EncryptionKeyRequired`](crate::Error::EncryptionKeyRequired),
+    /// [`Error::EncryptionKeyMismatch`](crate::Error::EncryptionKeyMismatch)),
+    /// and a key given for a plaintext store is
+    /// [`Error::NotEncrypted`](crate::Error::NotEncrypted).
+    pub encryption: Option<EncryptionKey>,
 }
 
 impl VarveConfig {
@@ -101,6 +110,27 @@ impl VarveConfig {
             ..VarveConfig::default()
         }
     }
+
+    /// The default configuration with encryption at rest: a store created
+    /// with it seals every block of events, every stream name and every
+    /// `state` value with XChaCha20-Poly1305 under data keys that `key`
+    /// wraps (see [`EncryptionKey`] and `docs/security.md`). An existing
+    /// store must have been created with the same key.
+    ///
+    /// ```
+    /// use varvedb::{EncryptionKey, Varve, VarveConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let config = VarveConfig::encryption(EncryptionKey::from_bytes([42; 32]));
+    /// let varve = Varve::with_config(dir.path(), config)?;
+    /// assert!(varve.is_encrypted());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn encryption(key: EncryptionKey) -> VarveConfig {
+        VarveConfig {
+            encryption: Some(key),
+            ..VarveConfig::default()
+        }
+    }
 }
 
 /// 64 GiB on 64-bit targets: a virtual reservation, not memory or disk.
@@ -118,6 +148,7 @@ impl Default for VarveConfig {
             resize_wait: Duration::from_secs(10),
             cross_process_poll: Some(CROSS_PROCESS_POLL),
             tamper_evident: None,
+            encryption: None,
         }
     }
 }

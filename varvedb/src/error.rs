@@ -702,6 +702,48 @@ pub enum Error {
         /// The store's backend (`"PostgreSQL"`).
         backend: &'static str,
     },
+
+    /// The store is encrypted and was opened without its key
+    /// ([`VarveConfig::encryption`](crate::VarveConfig::encryption)).
+    #[error(
+        "the store at {path} is encrypted: open it with its key \
+         (VarveConfig::encryption)"
+    )]
+    EncryptionKeyRequired {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// The key given does not open the store's data keys: it is not the key
+    /// the store was created (or last re-keyed) with.
+    #[error("the encryption key given is not the key of the store at {path}")]
+    EncryptionKeyMismatch {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// An encryption key was given for a store that is not encrypted
+    /// (encryption is chosen when a store is created).
+    #[error(
+        "the store at {path} is not encrypted, but an encryption key was given \
+         (encryption is chosen when a store is created)"
+    )]
+    NotEncrypted {
+        /// The store directory.
+        path: PathBuf,
+    },
+
+    /// Sealed bytes of an encrypted store failed authentication: they were
+    /// altered, moved to another key, swapped, or copied from another store.
+    /// Distinct from [`Error::Corruption`]: an accident is as likely to cause
+    /// it as an adversary, but it is the cipher, not a checksum, that refused.
+    #[error("authentication failed at {location}: {detail}")]
+    Unauthentic {
+        /// Where the sealed bytes were found.
+        location: Location,
+        /// What did not authenticate.
+        detail: String,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -1210,6 +1252,17 @@ impl Error {
             Error::ChainKeyRequired { path, operation } => Error::ChainKeyRequired {
                 path: path.clone(),
                 operation,
+            },
+            Error::EncryptionKeyRequired { path } => {
+                Error::EncryptionKeyRequired { path: path.clone() }
+            }
+            Error::EncryptionKeyMismatch { path } => {
+                Error::EncryptionKeyMismatch { path: path.clone() }
+            }
+            Error::NotEncrypted { path } => Error::NotEncrypted { path: path.clone() },
+            Error::Unauthentic { location, detail } => Error::Unauthentic {
+                location: location.clone(),
+                detail: detail.clone(),
             },
             Error::ChainNotEnabled { path, detail } => Error::ChainNotEnabled {
                 path: path.clone(),

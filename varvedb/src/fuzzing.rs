@@ -103,6 +103,40 @@ pub fn fix_checksums(bytes: &mut [u8]) {
     block::restamp_checksums(bytes);
 }
 
+/// The checksum a block header carries in bytes 60..64, over its first 60.
+pub fn header_checksum(header: &[u8]) -> u32 {
+    block::header_checksum(header)
+}
+
+/// The fixed keyring the encrypted-block entry points use.
+fn fixed_ring() -> crate::storage::crypt::Keyring {
+    crate::storage::crypt::Keyring::fixed([7; 16], [9; 32])
+}
+
+/// Seals the plaintext block `bytes` stored under `key` as an encrypted
+/// store does (a fixed store id and data key; a random nonce).
+pub fn seal_block(key: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Only a failing random source fails; the fuzzer then has nothing to do.
+    let _ = fixed_ring().seal_block(key, bytes, &mut out);
+    out
+}
+
+/// Opens `bytes`, an encrypted block stored under `key` (sealed by
+/// [`seal_block`]), and decodes it as every read path does: the opened
+/// plaintext, or why it was refused.
+pub fn open_block(key: u64, bytes: &[u8]) -> Result<AlignedVec<16>, String> {
+    block::parse_header(key, bytes).map_err(|e| e.0)?;
+    let mut plain = crate::storage::crypt::PlainBuf::default();
+    fixed_ring()
+        .open_block(key, bytes, &mut plain)
+        .map_err(|e| e.to_string())?;
+    let mut out = AlignedVec::<16>::new();
+    out.extend_from_slice(plain.as_slice());
+    BlockView::parse(key, &out).map_err(|e| e.0)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

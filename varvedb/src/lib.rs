@@ -7,6 +7,7 @@ mod chain;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod config;
+mod encryption;
 mod entity;
 mod error;
 mod event;
@@ -56,6 +57,7 @@ pub use chain::{
     Reseal,
 };
 pub use config::{Durability, VarveConfig};
+pub use encryption::EncryptionKey;
 pub use entity::MAX_ENTITY_KEY;
 pub use error::{Error, Location, Result, StorageError, StorageErrorKind, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};

@@ -204,7 +204,7 @@ fn load_until<A: Aggregate>(
     };
     let mut start = None;
     if let (Some(codec), Some(version)) = (policy.codec(), version) {
-        if let Some(value) = src.state(&snapshot::key(tag, id.0))? {
+        if let Some(value) = usable(src.state(&snapshot::key(tag, id.0)))? {
             // Anything unusable (damaged, another layout, past the stream's
             // end) is ignored: the fold then starts from the first event.
             start = codec
@@ -295,7 +295,7 @@ pub(crate) fn store_loaded<A: Aggregate>(
             return Ok(false);
         }
         let key = snapshot::key(tag, id.0);
-        if let Some(stored) = txn.state_get(&key)? {
+        if let Some(stored) = usable(txn.state_get(&key))? {
             if codec.covers(stored).is_some_and(|c| c >= version) {
                 return Ok(false);
             }
@@ -827,7 +827,7 @@ fn stored_base<A>(
     let Some(version) = version else {
         return Ok(None);
     };
-    let Some(value) = src.state(&snapshot::key(tag, id))? else {
+    let Some(value) = usable(src.state(&snapshot::key(tag, id)))? else {
         return Ok(None);
     };
     Ok(match codec.covers(value) {
@@ -916,6 +916,16 @@ fn stored_command(
         last: first.seq + positions.len() as u64 - 1,
         positions,
     }))
+}
+
+/// A stored snapshot as a fold may use it: one that does not authenticate (an
+/// encrypted store's sealed value, altered) is ignored like one that does not
+/// decode: snapshots are a cache of the events.
+fn usable(read: Result<Option<&[u8]>>) -> Result<Option<&[u8]>> {
+    match read {
+        Err(crate::Error::Unauthentic { .. }) => Ok(None),
+        other => other,
+    }
 }
 
 #[cfg(test)]

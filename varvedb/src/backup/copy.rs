@@ -165,6 +165,7 @@ impl Varve {
             &staging.dir,
             self.store_id(),
             key,
+            self.store().config().encryption.clone(),
             data_digest,
             bytes,
             &mut progress,
@@ -198,6 +199,7 @@ fn check_copy(
     dir: &Path,
     store_id: StoreId,
     key: Option<[u8; 32]>,
+    encryption: Option<crate::EncryptionKey>,
     data_digest: LogDigest,
     bytes: u64,
     mut progress: impl FnMut(BackupProgress),
@@ -208,6 +210,8 @@ fn check_copy(
     };
     let config = crate::VarveConfig {
         tamper_evident: key.map(crate::Chain::Keyed),
+        // An encrypted store's copy opens with the same key.
+        encryption,
         ..crate::VarveConfig::default()
     };
     let copy = Varve::open_read_only_with_config(dir, config)?;

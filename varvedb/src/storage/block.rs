@@ -235,6 +235,12 @@ fn header_crc(header: &[u8]) -> u32 {
     xxhash_rust::xxh3::xxh3_64(header) as u32
 }
 
+/// The header checksum of a header's first 60 bytes (for tests and the
+/// fuzz targets, which forge headers).
+pub(crate) fn header_checksum(header: &[u8]) -> u32 {
+    header_crc(header)
+}
+
 /// Seeding with the entry's index binds each payload to its place in the block.
 #[inline]
 fn entry_crc(index: u32, slot: &[u8]) -> u32 {
@@ -521,6 +527,51 @@ impl BlockBuilder {
     }
 }
 
+/// The checks of [`BlockView::parse`] that read only the fixed header:
+/// its checksum, version, length and key binding, and its metadata fields.
+/// An encrypted store's block (whose body is sealed, `storage::crypt`) is
+/// checked this far before it is opened.
+#[inline(always)]
+pub(crate) fn parse_header(key_global: u64, bytes: &[u8]) -> Result<BlockHeader, BlockError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(BlockError::new(format!(
+            "block is {} bytes, shorter than its {HEADER_LEN}-byte header",
+            bytes.len()
+        )));
+    }
+    let stored_crc = u32_at(bytes, 60);
+    if header_crc(&bytes[..60]) != stored_crc {
+        return Err(BlockError::new("block header checksum mismatch"));
+    }
+    if bytes[0] != BLOCK_VERSION {
+        return Err(BlockError::new(format!(
+            "block format version {} is not supported (expected {BLOCK_VERSION})",
+            bytes[0]
+        )));
+    }
+    let header_len = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
+    if header_len != HEADER_LEN {
+        return Err(BlockError::new(format!(
+            "block header length {header_len} is invalid"
+        )));
+    }
+    let Some(fixed) = bytes.first_chunk::<HEADER_LEN>() else {
+        return Err(BlockError::new("block is shorter than its header"));
+    };
+    let header = BlockHeader::decode(fixed);
+    if header.first_global != key_global {
+        return Err(BlockError::new(format!(
+            "block stored under global sequence {key_global} claims to start at {}",
+            header.first_global
+        )));
+    }
+    if header.count == 0 {
+        return Err(BlockError::new("block holds no events"));
+    }
+    check_meta(header.meta_flags, header.meta_len)?;
+    Ok(header)
+}
+
 /// A validated view of a block's header over untrusted bytes. Individual
 /// events are validated when they are read ([`BlockView::event`]), so a point
 /// read never pays for the checksums of its neighbours.
@@ -534,42 +585,7 @@ pub(crate) struct BlockView<'a> {
 impl<'a> BlockView<'a> {
     /// Validates the fixed header of `bytes`, stored under key `key_global`.
     pub(crate) fn parse(key_global: u64, bytes: &'a [u8]) -> Result<Self, BlockError> {
-        if bytes.len() < HEADER_LEN {
-            return Err(BlockError::new(format!(
-                "block is {} bytes, shorter than its {HEADER_LEN}-byte header",
-                bytes.len()
-            )));
-        }
-        let stored_crc = u32_at(bytes, 60);
-        if header_crc(&bytes[..60]) != stored_crc {
-            return Err(BlockError::new("block header checksum mismatch"));
-        }
-        if bytes[0] != BLOCK_VERSION {
-            return Err(BlockError::new(format!(
-                "block format version {} is not supported (expected {BLOCK_VERSION})",
-                bytes[0]
-            )));
-        }
-        let header_len = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
-        if header_len != HEADER_LEN {
-            return Err(BlockError::new(format!(
-                "block header length {header_len} is invalid"
-            )));
-        }
-        let Some(fixed) = bytes.first_chunk::<HEADER_LEN>() else {
-            return Err(BlockError::new("block is shorter than its header"));
-        };
-        let header = BlockHeader::decode(fixed);
-        if header.first_global != key_global {
-            return Err(BlockError::new(format!(
-                "block stored under global sequence {key_global} claims to start at {}",
-                header.first_global
-            )));
-        }
-        if header.count == 0 {
-            return Err(BlockError::new("block holds no events"));
-        }
-        check_meta(header.meta_flags, header.meta_len)?;
+        let header = parse_header(key_global, bytes)?;
         let base = table_end(header.count as usize);
         if base > bytes.len() {
             return Err(BlockError::new(format!(

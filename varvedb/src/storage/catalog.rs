@@ -32,6 +32,7 @@ use std::sync::{Arc, OnceLock};
 use super::kv::Txn;
 use parking_lot::RwLock;
 
+use super::crypt::{PlainBuf, ValueKind};
 use super::Store;
 use crate::error::{Error, Location, Result};
 use crate::event::Schema;
@@ -613,10 +614,24 @@ fn check_type(record: &StreamInfo, ty: &TypeIdentity<&str>) -> Result<Option<Leg
 }
 
 impl Store {
+    /// The catalog key of the stream `name`: `n` + the name, or in an
+    /// encrypted store `n` + its keyed hash (the name is not on disk).
+    fn name_key(&self, name: &str) -> Vec<u8> {
+        match self.keyring() {
+            None => name_key(name),
+            Some(ring) => {
+                let mut k = Vec::with_capacity(33);
+                k.push(b'n');
+                k.extend_from_slice(&ring.name_digest(name));
+                k
+            }
+        }
+    }
+
     fn lookup(&self, txn: &Txn<'_>, name: &str) -> Result<Option<(u32, StreamInfo)>> {
         let raw = self
             .catalog
-            .get(txn, &name_key(name))
+            .get(txn, &self.name_key(name))
             .map_err(self.err("reading the catalog"))?;
         let Some((tag, mut info)) = raw.map(|v| decode(name, v)).transpose()? else {
             return Ok(None);
@@ -798,7 +813,7 @@ impl Store {
                 if !settles(&record, &info.identity()) && record.schema_fingerprint == 0 {
                     record.schema_fingerprint = info.schema_fingerprint;
                     self.catalog
-                        .put(txn, &name_key(&info.name), &encode(tag, &record))
+                        .put(txn, &self.name_key(&info.name), &encode(tag, &record))
                         .map_err(&err)?;
                 }
                 (tag, record)
@@ -821,11 +836,11 @@ impl Store {
                     None,
                 );
                 self.catalog
-                    .put(txn, &name_key(&info.name), &encode(tag, &record))
+                    .put(txn, &self.name_key(&info.name), &encode(tag, &record))
                     .map_err(&err)?;
-                self.catalog
-                    .put(txn, &tag_key(tag), info.name.as_bytes())
-                    .map_err(&err)?;
+                let name =
+                    self.seal_value(ValueKind::StreamName, &tag_key(tag), info.name.as_bytes())?;
+                self.catalog.put(txn, &tag_key(tag), &name).map_err(&err)?;
                 (tag, record)
             }
         };
@@ -1040,6 +1055,14 @@ impl Store {
                     "an event names a stream that is not in the catalog",
                 )
             })?;
+        let mut plain = PlainBuf::default();
+        let raw = match self.keyring() {
+            None => raw,
+            Some(ring) => {
+                ring.open_value(ValueKind::StreamName, &tag_key(tag), raw, &mut plain)?;
+                plain.as_slice()
+            }
+        };
         let name = std::str::from_utf8(raw)
             .map_err(|_| corrupt(format!("stream tag {tag}"), "stream name is not UTF-8"))?;
         let info = self

@@ -29,7 +29,7 @@ use std::ops::Bound;
 
 use super::kv::Txn;
 
-use super::block::{BlockView, HEADER_LEN};
+use super::block::HEADER_LEN;
 use super::keys::{event_key, parse_event_key};
 use super::{Store, StoreId, WriteTxn};
 use crate::chain::{Chain, ChainCheck, ChainMode, ChainStatus, Extension, HeadDigest, Reseal};
@@ -392,10 +392,7 @@ impl Store {
             .get(txn, &event_key(key))
             .map_err(&err)?
             .ok_or_else(|| corrupt(format!("a chain digest for no block, at {key}")))?;
-        let end = BlockView::parse(key, block)
-            .map_err(super::snapshot::corrupt_at(key))?
-            .header()
-            .end_global();
+        let end = self.stored_header(key, block)?.end_global();
         let (reseals, seal) = self.last_reseal(txn)?;
         Ok(Some(HeadDigest {
             sequence: GlobalSequence(end - 1),
@@ -457,8 +454,9 @@ impl Store {
             if global >= upto {
                 break;
             }
-            let end = BlockView::parse(global, v)
-                .map(|b| b.header().end_global())
+            let end = self
+                .stored_header(global, v)
+                .map(|h| h.end_global())
                 .unwrap_or(global + 1);
             // Digests of no block before this one.
             let stored = loop {
@@ -838,8 +836,8 @@ impl WriteTxn<'_> {
                 let at = parse_event_key(k).ok_or_else(|| corrupt("a malformed chain key"))?;
                 let block = store.events.get(&self.txn, &event_key(at));
                 let block = self.lmdb("reading the event log", block)?;
-                let end = block.and_then(|b| BlockView::parse(at, b).ok());
-                if end.map(|b| b.header().end_global()) != Some(global) || v.len() < DIGEST_LEN {
+                let end = block.and_then(|b| store.stored_header(at, b).ok());
+                if end.map(|h| h.end_global()) != Some(global) || v.len() < DIGEST_LEN {
                     return Err(corrupt(format!(
                         "the chain's last digest (at {at}) is not of the block before {global}"
                     )));
@@ -1031,6 +1029,7 @@ impl WriteTxn<'_> {
         let start = event_key(m.cursor);
         let bounds = (Bound::Included(&start[..]), Bound::Unbounded);
         let range = store.events.range(&self.txn, &bounds);
+        let mut plain = super::crypt::PlainBuf::default();
         for item in self.lmdb("reading the event log", range)? {
             if digests.len() >= blocks {
                 reached_end = false;
@@ -1039,7 +1038,7 @@ impl WriteTxn<'_> {
             let (k, v) = self.lmdb("reading the event log", item)?;
             let global = parse_event_key(k).ok_or_else(|| corrupt("a malformed event-log key"))?;
             // A damaged block is never chained: its bytes are not what was written.
-            let view = BlockView::parse(global, v).map_err(super::snapshot::corrupt_at(global))?;
+            let view = store.open_stored(global, v, &mut plain)?;
             for i in 0..view.header().count {
                 view.slot(i)
                     .map_err(super::snapshot::corrupt_at(global + u64::from(i)))?;

@@ -20,7 +20,7 @@ use std::ops::Bound;
 use super::kv::Txn;
 use rkyv::util::AlignedVec;
 
-use super::block::{reseal, BlockView};
+use super::block::reseal;
 use super::chain;
 use super::keys::{event_key, parse_event_key};
 use super::{Store, StreamInfo, WriteTxn};
@@ -113,6 +113,7 @@ impl WriteTxn<'_> {
         let mut rewritten = 0usize;
         let mut reached_end = true;
         let mut scratch: Vec<AlignedVec<16>> = Vec::new();
+        let mut plain = super::crypt::PlainBuf::default();
         let start = event_key(from);
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(&start[..]), Bound::Unbounded);
         let range = store.events.range(&self.txn, &bounds);
@@ -131,7 +132,7 @@ impl WriteTxn<'_> {
                 location: Location::Global(GlobalSequence(global)),
                 detail,
             };
-            let view = BlockView::parse(global, v).map_err(|e| corrupt(e.0))?;
+            let view = store.open_stored(global, v, &mut plain)?;
             let header = *view.header();
             next = header.end_global();
             if header.stream_tag != tag {
@@ -193,6 +194,17 @@ impl WriteTxn<'_> {
         }
 
         for (global, old, bytes) in &rewrites {
+            // An encrypted store's block is sealed anew (a new nonce, its new
+            // header in the associated data).
+            let sealed;
+            let bytes = match store.keyring() {
+                None => bytes,
+                Some(ring) => {
+                    sealed = super::crypt::sealed_block(ring, *global, bytes)?;
+                    self.plain.forget_block(*global);
+                    &sealed
+                }
+            };
             let put = store.events.put(&mut self.txn, &event_key(*global), bytes);
             self.lmdb("rewriting a block", put)?;
             // The chain keeps covering the block as written; a re-seal
@@ -242,11 +254,7 @@ impl Store {
                 location: Location::Record("the event log".into()),
                 detail: format!("malformed key of {} bytes", k.len()),
             })?;
-            let view = BlockView::parse(global, v).map_err(|e| Error::Corruption {
-                location: Location::Global(GlobalSequence(global)),
-                detail: e.0,
-            })?;
-            let header = view.header();
+            let header = &self.stored_header(global, v)?;
             if header.stream_tag != tag {
                 continue;
             }
@@ -290,12 +298,13 @@ impl Store {
     ) -> Result<Vec<Problem>> {
         let err = self.err("checking a migrated stream");
         let mut problems = Vec::new();
+        let mut plain = super::crypt::PlainBuf::default();
         for item in self.events.iter(txn).map_err(&err)? {
             let (k, v) = item.map_err(&err)?;
             let Some(global) = parse_event_key(k) else {
                 continue; // verify() reports it
             };
-            let Ok(view) = BlockView::parse(global, v) else {
+            let Ok(view) = self.open_stored(global, v, &mut plain) else {
                 continue; // verify() reports it
             };
             let header = view.header();

@@ -23,6 +23,7 @@
 pub(crate) mod block;
 mod catalog;
 pub(crate) mod chain;
+pub(crate) mod crypt;
 mod gate;
 mod group;
 mod identity;
@@ -77,6 +78,12 @@ const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The on-disk format version this build reads and writes.
 ///
+/// Format 4 adds encryption at rest ([`crypt`]): the `crypt` record and the
+/// wrapped keys in `meta`, and, in a store created encrypted, sealed blocks,
+/// stream names and `state` values. A format-1, 2 or 3 store is upgraded by
+/// its first read-write open like 2 to 3 (its `format` record rewritten; it
+/// stays a plaintext store); a format-3 build refuses it from then on.
+///
 /// Format 3 adds the tamper-evident chain: the `chain` and `seals`
 /// databases and the `chain` record in `meta` (see [`chain`]). A format-1
 /// or format-2 store is upgraded by its first read-write open like format 1
@@ -91,7 +98,7 @@ const ENV_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// rewritten; no other byte changes), after which builds that read only
 /// format 1 refuse it with `UnsupportedFormat` instead of misreading a record
 /// they do not know.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+pub(crate) const FORMAT_VERSION: u32 = 4;
 
 /// The oldest format this build reads (and upgrades when it opens a store
 /// read-write).
@@ -123,6 +130,8 @@ pub(crate) struct Store {
     /// The chain's key, when the chain is keyed and it was given (at open or
     /// to `enable_chain`).
     chain_key: parking_lot::RwLock<Option<[u8; 32]>>,
+    /// The unwrapped keys of an encrypted store; `None`: a plaintext store.
+    crypt: Option<crypt::Keyring>,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -293,7 +302,7 @@ impl Store {
         path: &Path,
         config: VarveConfig,
         access: Access,
-        seed: Option<Identity>,
+        seed: Option<Seed>,
     ) -> Result<Arc<Store>> {
         // One look: a directory deleted between two looks is not a file.
         if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
@@ -360,6 +369,7 @@ impl Store {
             resize_wait,
             cross_process_poll,
             tamper_evident,
+            encryption,
         } = requested;
         let conflict = |field, open: String, requested: String| {
             Err(Error::ConfigConflict {
@@ -401,6 +411,15 @@ impl Store {
                 format!("{tamper_evident:?}"),
             );
         }
+        if *encryption != self.config.encryption {
+            // The store is open with its key already: another key (or none)
+            // asked for would be refused by an open of its own.
+            return conflict(
+                "encryption",
+                format!("{:?}", self.config.encryption),
+                format!("{encryption:?}"),
+            );
+        }
         if *resize_wait != self.config.resize_wait {
             return conflict(
                 "resize_wait",
@@ -411,7 +430,11 @@ impl Store {
         Ok(())
     }
 
-    fn open_new(path: &Path, config: VarveConfig, seed: Option<Identity>) -> Result<Arc<Store>> {
+    fn open_new(path: &Path, config: VarveConfig, seed: Option<Seed>) -> Result<Arc<Store>> {
+        let (seed, seed_keys) = match seed {
+            Some(Seed { identity, keys }) => (Some(identity), keys),
+            None => (None, Vec::new()),
+        };
         let recorded = identity::read_identity(path)?;
         match identity::check_data_file(path)? {
             identity::DataFile::Missing | identity::DataFile::Empty => {
@@ -473,6 +496,7 @@ impl Store {
         let err = storage_error("creating the store's databases", config.max_readers);
         let wtxn = env.write_txn().map_err(&err)?;
         let mut checked = None;
+        let mut keyring = None;
         let created =
             env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
                 // A store of varvedb 0.4 (its log in a `global_events`
@@ -519,6 +543,15 @@ impl Store {
                     chain::write_meta(&mut kv, &record, config.max_readers)
                         .map_err(OpenError::Varve)?;
                 }
+                if c.created && !seed_keys.is_empty() {
+                    // A restore rebuilding an encrypted store: the source's
+                    // id and wrapped keys, so its blocks open here.
+                    crypt::adopt_records(wtxn, &dbs.0, &seed_keys).map_err(OpenError::Varve)?;
+                }
+                let create = c.created && seed_keys.is_empty();
+                let key = config.encryption.as_ref();
+                keyring = crypt::settle_at_open(wtxn, &dbs.0, path, c.id, key, create)
+                    .map_err(OpenError::Varve)?;
                 checked = Some(c);
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
@@ -568,6 +601,7 @@ impl Store {
             },
             checked.id,
             Access::ReadWrite,
+            keyring,
         )?;
         store.trace_open(&checked);
         Ok(store)
@@ -645,6 +679,7 @@ impl Store {
         let err = storage_error("opening the store's databases", config.max_readers);
         let rtxn = env.read_txn().map_err(&err)?;
         let mut checked = None;
+        let mut keyring = None;
         let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenError> {
             let db = |name| {
                 opener
@@ -666,6 +701,8 @@ impl Store {
             let c = probe::check(&kv, path, recorded.map(|r| r.id)).map_err(OpenError::Varve)?;
             let found = chain::read_meta(&kv, config.max_readers).map_err(OpenError::Varve)?;
             chain::settle_at_open(path, c.id, found, config.tamper_evident.as_ref(), false)
+                .map_err(OpenError::Varve)?;
+            keyring = crypt::open_keyring(rtxn, &meta, path, c.id, config.encryption.as_ref())
                 .map_err(OpenError::Varve)?;
             checked = Some(c);
             fn required<D>(name: &'static str, db: Option<D>) -> Result<D, OpenError> {
@@ -712,7 +749,15 @@ impl Store {
             chain,
             seals,
         };
-        let store = Store::assemble(path, config, env, dbs, checked.id, Access::ReadOnly)?;
+        let store = Store::assemble(
+            path,
+            config,
+            env,
+            dbs,
+            checked.id,
+            Access::ReadOnly,
+            keyring,
+        )?;
         store.trace_open(&checked);
         Ok(store)
     }
@@ -744,6 +789,7 @@ impl Store {
         dbs: Dbs,
         store_id: StoreId,
         access: Access,
+        crypt: Option<crypt::Keyring>,
     ) -> Result<Arc<Store>> {
         let data_path = path.join(identity::DATA_FILE);
         let data_file = std::fs::File::open(&data_path).map_err(open_error(&data_path))?;
@@ -779,10 +825,15 @@ impl Store {
             chain: chain.map(t),
             seals: seals.map(t),
         };
-        Store::assemble_with(path, config, engine, tables, map_size, store_id, access)
+        Store::assemble_with(
+            path, config, engine, tables, map_size, store_id, access, crypt,
+        )
     }
 
     /// The rest of an open of either engine.
+    // Each argument is one part of an opened store; grouping them would only
+    // move the list into a struct built once.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble_with(
         path: &Path,
         config: VarveConfig,
@@ -791,6 +842,7 @@ impl Store {
         map_size: usize,
         store_id: StoreId,
         access: Access,
+        crypt: Option<crypt::Keyring>,
     ) -> Result<Arc<Store>> {
         let Tables {
             meta,
@@ -817,6 +869,7 @@ impl Store {
             chain,
             seals,
             chain_key: parking_lot::RwLock::new(chain_key),
+            crypt,
             commits: notify::CommitSignal::default(),
             group: group::GroupCommit::default(),
             gate: Arc::new(gate::MapGate::default()),
@@ -878,6 +931,11 @@ impl Store {
                 operation,
             }),
         }
+    }
+
+    /// The keyring of an encrypted store (`None`: plaintext).
+    pub(crate) fn keyring(&self) -> Option<&crypt::Keyring> {
+        self.crypt.as_ref()
     }
 
     pub(crate) fn config(&self) -> &VarveConfig {
@@ -1112,6 +1170,14 @@ impl Store {
             .clear_stale_readers()
             .map_err(self.err("clearing the reader slots of dead processes"))
     }
+}
+
+/// What a store created by a restore starts from (see [`Store::open_as`]).
+pub(crate) struct Seed {
+    /// The source's id and creation time.
+    pub(crate) identity: Identity,
+    /// The source's encryption records (empty for a plaintext source).
+    pub(crate) keys: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What [`Store::remap`] sets the map size to.

@@ -13,7 +13,6 @@ use std::ops::{Bound, ControlFlow};
 
 use heed::{CompactionOption, MdbError, PutFlags};
 
-use super::block::BlockView;
 use super::keys::{event_key, index_key, parse_event_key, Run};
 use super::snapshot::corrupt_at;
 use super::{Remap, Store, View, WriteTxn};
@@ -58,7 +57,7 @@ impl View {
     pub(crate) fn block_start(&self, global: u64) -> Result<Option<u64>> {
         Ok(self
             .store
-            .block_containing(&self.pin.txn, global)?
+            .block_containing(&self.pin.txn, &self.pin.plain, global)?
             .map(|(key, _)| key))
     }
 
@@ -84,10 +83,7 @@ impl View {
                 location: Location::Record("an event-log key".into()),
                 detail: format!("malformed key of {} bytes", k.len()),
             })?;
-            let end = BlockView::parse(key, v)
-                .map_err(corrupt_at(key))?
-                .header()
-                .end_global();
+            let end = self.store.stored_header(key, v)?.end_global();
             if f(key, end, v)?.is_break() {
                 break;
             }
@@ -134,9 +130,12 @@ impl WriteTxn<'_> {
         bytes: &[u8],
         chain: Option<&[u8]>,
     ) -> Result<()> {
-        let view = BlockView::parse(key, bytes).map_err(corrupt_at(key))?;
-        let header = *view.header();
         let store = self.store;
+        // An encrypted store's block must open under this store's keys (a
+        // restore keeps the source's id and keys).
+        let mut plain = super::crypt::PlainBuf::default();
+        let view = store.open_stored(key, bytes, &mut plain)?;
+        let header = *view.header();
         let end = match self.end_global {
             Some(g) => g,
             None => store.end_global(&self.txn)?,

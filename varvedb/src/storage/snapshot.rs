@@ -21,6 +21,7 @@ use rkyv::util::AlignedVec;
 use super::block::{
     parse_meta, BlockError, BlockHeader, BlockView, MetaPrefix, RawMeta, HEADER_LEN,
 };
+use super::crypt::{PlainBuf, Plaintexts, ValueKind};
 use super::gate::GateGuard;
 use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
 use super::Store;
@@ -32,6 +33,9 @@ pub(crate) struct Pinned {
     // Field order matters: the transaction ends before the gate guard is released.
     pub(super) txn: Txn<'static>,
     guard: GateGuard,
+    /// What this snapshot opened of an encrypted store (empty otherwise):
+    /// references into it live as long as references into the map.
+    pub(super) plain: Plaintexts,
 }
 
 // SAFETY: `RoTxn<WithoutTls>` is `Send` (LMDB's NOTLS mode lets a read
@@ -361,9 +365,13 @@ impl Store {
     }
 
     /// The block holding global sequence `global`, as `(key, bytes)`.
+    ///
+    /// In an encrypted store the block is opened into `plain` (once per
+    /// arena); a plaintext store's is read in place.
     pub(crate) fn block_containing<'t>(
         &self,
         txn: &'t Txn<'_>,
+        plain: &'t Plaintexts,
         global: u64,
     ) -> Result<Option<(u64, BlockView<'t>)>> {
         let found = self
@@ -377,7 +385,11 @@ impl Store {
             location: Location::Global(GlobalSequence(global)),
             detail: format!("malformed event-log key of {} bytes", k.len()),
         })?;
-        let view = BlockView::parse(key, v).map_err(corrupt_at(key))?;
+        // An encrypted block is opened only if it holds `global`.
+        if self.crypt.is_some() && global >= self.stored_header(key, v)?.end_global() {
+            return self.past_the_end(txn, global);
+        }
+        let view = self.open_pinned(key, v, plain)?;
         if global >= view.header().end_global() {
             return self.past_the_end(txn, global);
         }
@@ -477,10 +489,7 @@ impl Store {
             location: Location::Record("the last event-log key".into()),
             detail: format!("malformed key of {} bytes", k.len()),
         })?;
-        Ok(BlockView::parse(key, v)
-            .map_err(corrupt_at(key))?
-            .header()
-            .end_global())
+        Ok(self.stored_header(key, v)?.end_global())
     }
 }
 
@@ -634,6 +643,9 @@ pub(crate) fn walk_stream_blocks(
     mut f: impl FnMut(StreamBlock<'_>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seq = from;
+    // An encrypted store's blocks are opened here one at a time: nothing
+    // `f` borrows outlives its call.
+    let mut plain = Plaintexts::default();
     loop {
         let run = store.run_at_or_before(txn, tag, id, seq)?;
         let Some(run) = run.filter(|r| seq < r.end_seq()) else {
@@ -641,8 +653,11 @@ pub(crate) fn walk_stream_blocks(
         };
         while seq < run.end_seq() {
             let global = run.first_global + (seq - run.first_seq);
+            if store.crypt.is_some() {
+                plain.clear();
+            }
             let (_, block) = store
-                .block_containing(txn, global)?
+                .block_containing(txn, &plain, global)?
                 .ok_or_else(|| missing(global))?;
             let h = *block.header();
             check_belongs(&position_in(&h, global), tag, id, seq)?;
@@ -659,7 +674,11 @@ pub(crate) fn walk_stream_blocks(
 impl View {
     pub(crate) fn new(txn: Txn<'static>, guard: GateGuard, store: Arc<Store>) -> View {
         View {
-            pin: Arc::new(Pinned { txn, guard }),
+            pin: Arc::new(Pinned {
+                txn,
+                guard,
+                plain: Plaintexts::default(),
+            }),
             store,
         }
     }
@@ -678,7 +697,9 @@ impl View {
     }
 
     fn block_ref(&self, global: u64) -> Result<Option<BlockRef>> {
-        let found = self.store.block_containing(&self.pin.txn, global)?;
+        let found = self
+            .store
+            .block_containing(&self.pin.txn, &self.pin.plain, global)?;
         Ok(found.map(|(_, view)| BlockRef {
             ptr: NonNull::from(view.bytes()).cast(),
             len: view.bytes().len(),
@@ -770,9 +791,14 @@ impl View {
         let Some(state) = &self.store.state else {
             return Ok(None);
         };
-        state
+        let raw = state
             .get(&self.pin.txn, key)
-            .map_err(self.store.err("reading state"))
+            .map_err(self.store.err("reading state"))?;
+        raw.map(|v| {
+            self.store
+                .open_value(ValueKind::State, key, v, &self.pin.plain)
+        })
+        .transpose()
     }
 
     /// Calls `f(key, value)` for each `state` entry whose key starts with
@@ -787,8 +813,16 @@ impl View {
             return Ok(());
         };
         let iter = state.prefix_iter(&self.pin.txn, prefix).map_err(&err)?;
+        let mut buf = PlainBuf::default();
         for entry in iter {
             let (k, v) = entry.map_err(&err)?;
+            let v = match self.store.keyring() {
+                None => v,
+                Some(ring) => {
+                    ring.open_value(ValueKind::State, k, v, &mut buf)?;
+                    buf.as_slice()
+                }
+            };
             if f(k, v).is_break() {
                 break;
             }
@@ -822,6 +856,14 @@ impl View {
         match iter.next() {
             Some(entry) => {
                 let (k, v) = entry.map_err(&err)?;
+                let mut buf = PlainBuf::default();
+                let v = match self.store.keyring() {
+                    None => v,
+                    Some(ring) => {
+                        ring.open_value(ValueKind::State, k, v, &mut buf)?;
+                        buf.as_slice()
+                    }
+                };
                 Ok(Some((k.to_vec(), v.to_vec())))
             }
             None => Ok(None),

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use super::kv::Txn;
 
-use super::block::{BlockHeader, BlockView};
+use super::block::BlockHeader;
 use super::keys::{event_key, index_key, parse_event_key, parse_index_key, Run};
 use super::Store;
 use crate::error::{Location, Result};
@@ -67,6 +67,7 @@ impl Store {
         let mut next_global = 0u64;
         let mut events = 0u64;
         let mut block_count = 0u64;
+        let mut plain = super::crypt::PlainBuf::default();
         for item in self.events.iter(txn).map_err(&err)? {
             let (k, v) = item.map_err(&err)?;
             block_count += 1;
@@ -84,10 +85,10 @@ impl Store {
                     format!("the log jumps from global sequence {next_global} to {key}"),
                 );
             }
-            let view = match BlockView::parse(key, v) {
+            let view = match self.open_stored(key, v, &mut plain) {
                 Ok(view) => view,
                 Err(e) => {
-                    problem(at, e.0);
+                    problem(at, verify_detail(e));
                     next_global = key.saturating_add(1);
                     continue;
                 }
@@ -190,7 +191,9 @@ impl Store {
             Some(ids) => Some(ids.iter(txn).map_err(&err)?),
             None => None,
         };
+        let mut arena = super::crypt::Plaintexts::default();
         for item in ids.into_iter().flatten() {
+            arena.clear();
             let (k, v) = item.map_err(&err)?;
             let at = Location::Record(format!("event id index entry {k:02x?}"));
             let Some((event_id, global)) = <[u8; 16]>::try_from(k)
@@ -201,7 +204,7 @@ impl Store {
                 continue;
             };
             let found = self
-                .block_containing(txn, global)
+                .block_containing(txn, &arena, global)
                 .ok()
                 .flatten()
                 .and_then(|(_, view)| {
@@ -329,10 +332,9 @@ impl Store {
             let Some(block_global) = parse_event_key(k) else {
                 return Ok(false);
             };
-            let Ok(view) = BlockView::parse(block_global, v) else {
+            let Ok(h) = self.stored_header(block_global, v) else {
                 return Ok(false);
             };
-            let h = view.header();
             if (h.stream_tag, h.stream_id) != (tag, id)
                 || global >= h.end_global()
                 || h.first_stream_seq + (global - h.first_global) != seq
@@ -342,5 +344,15 @@ impl Store {
             seq = (seq + (h.end_global() - global)).min(run.end_seq());
         }
         Ok(true)
+    }
+}
+
+/// What `verify` says of a block that does not open: the detail of damage
+/// (as before encryption), the whole message of anything else (a block of an
+/// encrypted store that does not authenticate).
+fn verify_detail(e: crate::Error) -> String {
+    match e {
+        crate::Error::Corruption { detail, .. } => detail,
+        other => other.to_string(),
     }
 }

@@ -96,6 +96,8 @@ pub(crate) struct WriteTxn<'s> {
     failure: Cell<Option<(&'static str, MdbError)>>,
     /// The tamper-evident chain's state, read by the first append.
     pub(super) chain: super::chain::TxnChain,
+    /// What this transaction opened of an encrypted store (empty otherwise).
+    pub(super) plain: super::crypt::Plaintexts,
 }
 
 fn is_map_full(e: &Error) -> bool {
@@ -174,6 +176,7 @@ impl Store {
             environmental: Cell::new(None),
             failure: Cell::new(None),
             chain: Default::default(),
+            plain: Default::default(),
         };
         let value = match f(&mut wtxn) {
             Ok(value) => value,
@@ -331,6 +334,14 @@ impl<'s> WriteTxn<'s> {
             committed_at_micros,
         };
         let bytes = block.seal(&header);
+        let sealed;
+        let bytes = match store.keyring() {
+            None => bytes,
+            Some(ring) => {
+                sealed = super::crypt::sealed_block(ring, first_global, bytes)?;
+                &sealed[..]
+            }
+        };
         let put = store
             .events
             .append(&mut self.txn, &event_key(first_global), bytes);
@@ -466,7 +477,7 @@ impl<'s> WriteTxn<'s> {
         };
         let (_, block): (u64, BlockView<'_>) = self
             .store
-            .block_containing(&self.txn, global)?
+            .block_containing(&self.txn, &self.plain, global)?
             .ok_or_else(|| broken("the event id index points past the log".into()))?;
         let h = *block.header();
         let (meta, _) = block
@@ -727,17 +738,27 @@ impl<'s> WriteTxn<'s> {
     /// Reads a value of the `state` database (snapshots, checkpoints, read models).
     pub(crate) fn state_get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
         let got = self.store.state_db()?.get(&self.txn, key);
-        self.lmdb("reading state", got)
+        let got = self.lmdb("reading state", got)?;
+        got.map(|v| {
+            self.store
+                .open_value(super::crypt::ValueKind::State, key, v, &self.plain)
+        })
+        .transpose()
     }
 
     /// Writes a value of the `state` database.
     pub(crate) fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let put = self.store.state_db()?.put(&mut self.txn, key, value);
+        self.plain.forget_value(super::crypt::ValueKind::State, key);
+        let value = self
+            .store
+            .seal_value(super::crypt::ValueKind::State, key, value)?;
+        let put = self.store.state_db()?.put(&mut self.txn, key, &value);
         self.lmdb("writing state", put)
     }
 
     /// Deletes a value of the `state` database; returns whether it existed.
     pub(crate) fn state_delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.plain.forget_value(super::crypt::ValueKind::State, key);
         let deleted = self.store.state_db()?.delete(&mut self.txn, key);
         self.lmdb("deleting state", deleted)
     }

@@ -737,6 +737,46 @@ impl Varve {
         self.store.path()
     }
 
+    /// Whether the store is encrypted at rest (created with
+    /// [`VarveConfig::encryption`](crate::VarveConfig::encryption)).
+    pub fn is_encrypted(&self) -> bool {
+        self.store.keyring().is_some()
+    }
+
+    /// Changes an encrypted store's master key to `key`: its data keys are
+    /// wrapped anew under it in one transaction (nothing else is rewritten,
+    /// so it takes a moment whatever the store's size). From the commit on,
+    /// opening the store needs `key`; handles already open (in this and
+    /// other processes) go on working. A handle opened later in this process
+    /// while this one is still open shares it, so it must give the key this
+    /// one was opened with (the key is checked per open store, not per
+    /// handle).
+    ///
+    /// ```
+    /// use varvedb::{EncryptionKey, Error, Varve, VarveConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let old = EncryptionKey::from_bytes([1; 32]);
+    /// let varve = Varve::with_config(dir.path(), VarveConfig::encryption(old.clone()))?;
+    /// varve.change_encryption_key(EncryptionKey::from_passphrase("new passphrase"))?;
+    /// drop(varve);
+    /// assert!(matches!(
+    ///     Varve::with_config(dir.path(), VarveConfig::encryption(old)),
+    ///     Err(Error::EncryptionKeyMismatch { .. })
+    /// ));
+    /// let new = VarveConfig::encryption(EncryptionKey::from_passphrase("new passphrase"));
+    /// assert!(Varve::with_config(dir.path(), new)?.is_encrypted());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotEncrypted`](crate::Error::NotEncrypted) for a plaintext
+    /// store; [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only
+    /// handle.
+    pub fn change_encryption_key(&self, key: crate::EncryptionKey) -> Result<()> {
+        self.store.check_writable("changing the encryption key")?;
+        self.store.write(|txn| txn.change_master_key(&key))
+    }
+
     /// The store's id: random bytes chosen when it was created, kept in the
     /// data file and in the identity record `varvedb.id` beside it. It stays
     /// the same for the life of the store (and of its copies).

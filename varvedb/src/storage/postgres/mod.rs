@@ -1432,6 +1432,14 @@ impl super::Store {
         if let Some(record) = new {
             super::chain::write_meta(&mut kv, &record, config.max_readers)?;
         }
+        if config.encryption.is_some() {
+            // Encryption at rest seals LMDB blocks (storage/crypt.rs); a
+            // store on PostgreSQL is not encrypted by varvedb.
+            return Err(crate::Error::Unsupported {
+                operation: "encryption at rest",
+                backend: "PostgreSQL",
+            });
+        }
         txn.commit().map_err(&err)?;
         let store = super::Store::assemble_with(
             &label,
@@ -1441,6 +1449,7 @@ impl super::Store {
             0,
             checked.id,
             super::Access::ReadWrite,
+            None,
         )?;
         pg.start_listener(raiser(Arc::downgrade(&store)));
         pg.start_sweeper(Arc::downgrade(&store));

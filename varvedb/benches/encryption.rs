@@ -1,0 +1,173 @@
+//! Encryption at rest against plaintext, on the workloads' shapes
+//! (`docs/performance.md`): W1 (durable batches of 1,000 over 100 stream
+//! ids), W3 (random point reads of one field), W4 (scan one stream id), W5
+//! (scan the log in global order) and W6 (load an aggregate, the sum of a
+//! field, for each of the 100 stream ids).
+//!
+//! Runs in interleaved rounds in one process (the machine is shared: a slow
+//! moment hits one round of both variants), best of the rounds; prints the
+//! ratio encrypted / plaintext.
+//!
+//! `cargo bench -p varvedb --bench encryption` prints a table for
+//! `docs/performance.md`; `VARVEDB_BENCH_SCALE=0.1` shrinks it.
+
+#[path = "workloads/contender.rs"]
+#[allow(dead_code)]
+mod contender;
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use varvedb::{
+    Aggregate, Durability, EncryptionKey, GlobalSequence, StreamId, StreamSequence, Varve,
+    VarveConfig,
+};
+
+use contender::{ArchivedSample, Sample};
+
+const ROUNDS: usize = 5;
+const IDS: u64 = 100;
+
+/// The sum of `c` over a stream (W6).
+#[derive(Default)]
+struct Sum(u64);
+
+impl Aggregate for Sum {
+    type Event = Sample;
+    type Command = Sample;
+    type Error = Infallible;
+    const STREAM: &'static str = "samples";
+
+    fn apply(&mut self, event: &ArchivedSample) {
+        self.0 = self.0.wrapping_add(event.c.to_native());
+    }
+
+    fn handle(&self, command: &Sample) -> Result<Vec<Sample>, Infallible> {
+        Ok(vec![command.clone()])
+    }
+}
+
+fn config(encrypted: bool) -> VarveConfig {
+    VarveConfig {
+        durability: Durability::Full,
+        encryption: encrypted.then(|| EncryptionKey::from_bytes([7; 32])),
+        ..VarveConfig::default()
+    }
+}
+
+fn per_second(n: u64, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+fn rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2} M/s", r / 1e6)
+    } else {
+        format!("{:.1} k/s", r / 1e3)
+    }
+}
+
+/// A small deterministic generator for the point reads.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+fn main() {
+    let f: f64 = std::env::var("VARVEDB_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let events = ((200_000.0 * f) as u64).max(2_000) / 1_000 * 1_000;
+    let reads = ((200_000.0 * f) as u64).max(2_000);
+    let batches: Vec<Vec<Sample>> = (0..events / 1_000)
+        .map(|b| (b * 1_000..(b + 1) * 1_000).map(Sample::new).collect())
+        .collect();
+    let per_id = events / IDS;
+
+    // [plaintext, encrypted]
+    let mut w1 = [Duration::MAX; 2];
+    let mut w3 = [Duration::MAX; 2];
+    let mut w4 = [Duration::MAX; 2];
+    let mut w5 = [Duration::MAX; 2];
+    let mut w6 = [Duration::MAX; 2];
+    let w4_events = per_id;
+    for _ in 0..ROUNDS {
+        for (v, encrypted) in [false, true].into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let varve = Varve::with_config(dir.path(), config(encrypted)).unwrap();
+            let mut stream = varve.stream::<Sample, 128>("samples").unwrap();
+            let start = Instant::now();
+            for (i, batch) in batches.iter().enumerate() {
+                stream
+                    .append_batch(StreamId(i as u64 % IDS), batch)
+                    .unwrap();
+            }
+            w1[v] = w1[v].min(start.elapsed());
+
+            // W3: random point reads of one field, validated.
+            let mut reader = stream.reader();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let start = Instant::now();
+            let mut sum = 0u64;
+            for _ in 0..reads {
+                let id = next(&mut x) % IDS;
+                let seq = next(&mut x) % per_id;
+                let e = reader
+                    .get_archived(StreamId(id), StreamSequence(seq))
+                    .unwrap()
+                    .unwrap();
+                sum = sum.wrapping_add(e.a.to_native());
+            }
+            black_box(sum);
+            w3[v] = w3[v].min(start.elapsed());
+
+            // W4: every event of one stream id.
+            let start = Instant::now();
+            let mut n = 0u64;
+            for e in reader.iter_stream(StreamId(7), None).unwrap() {
+                n += e.unwrap().a.to_native() & 1;
+            }
+            black_box(n);
+            w4[v] = w4[v].min(start.elapsed());
+
+            // W5: the whole log in global order.
+            let start = Instant::now();
+            let mut n = 0u64;
+            for e in varve.global_reader().iter_from(GlobalSequence(0)).unwrap() {
+                let e = e.unwrap();
+                n = n.wrapping_add(e.archived_plain::<Sample>().unwrap().b.to_native());
+            }
+            black_box(n);
+            w5[v] = w5[v].min(start.elapsed());
+
+            // W6: load each stream id's aggregate.
+            let start = Instant::now();
+            let mut total = 0u64;
+            for id in 0..IDS {
+                total = total.wrapping_add(varve.load::<Sum>(StreamId(id)).unwrap().state.0);
+            }
+            black_box(total);
+            w6[v] = w6[v].min(start.elapsed());
+        }
+    }
+
+    println!("\n| workload ({events} events, {IDS} stream ids) | plaintext | encrypted | encrypted / plaintext |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, n: u64, t: &[Duration; 2]| {
+        let (p, e) = (per_second(n, t[0]), per_second(n, t[1]));
+        println!("| {name} | {} | {} | {:.2} |", rate(p), rate(e), e / p);
+    };
+    row("W1 batch append, durable (events/s)", events, &w1);
+    row(&format!("W3 point reads ({reads}, reads/s)"), reads, &w3);
+    row(
+        &format!("W4 scan one stream id ({w4_events} events/s)"),
+        w4_events,
+        &w4,
+    );
+    row("W5 scan the log (events/s)", events, &w5);
+    row(&format!("W6 load {IDS} aggregates (events/s)"), events, &w6);
+}
