@@ -668,3 +668,59 @@ fn a_new_master_key_rewraps_the_data_keys_and_the_old_one_no_longer_opens() {
         ));
     }
 }
+
+#[test]
+fn a_stream_name_pointed_at_another_streams_events_is_unauthentic() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let varve = Varve::with_config(dir.path(), config(key())).unwrap();
+        for (name, first) in [("accounts-eu", 0), ("accounts-us", 100)] {
+            let mut s = varve.stream::<Order, 128>(name).unwrap();
+            s.append(StreamId(1), &order(first)).unwrap();
+        }
+    }
+    // Without the key: swap the values of the two name → tag records (the
+    // name's hash is the key, the tag the value), so each name leads to the
+    // other stream's tag, whose events all open cleanly.
+    {
+        // SAFETY: the test owns the directory and no varvedb handle is open on it.
+        let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) }.unwrap();
+        let catalog: Db<'_> = env
+            .open_databases_and_commit(env.read_txn().unwrap(), |opener, rtxn| {
+                let db = opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .name("catalog")
+                    .open(rtxn)?
+                    .unwrap();
+                Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(db))
+            })
+            .unwrap()
+            .unwrap_commit();
+        let mut wtxn = env.write_txn().unwrap();
+        let names: Vec<(Vec<u8>, Vec<u8>)> = catalog
+            .iter(&wtxn)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|(k, _)| k.len() == 33 && k[0] == b'n')
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(names.len(), 2, "two streams, two name records");
+        catalog.put(&mut wtxn, &names[0].0, &names[1].1).unwrap();
+        catalog.put(&mut wtxn, &names[1].0, &names[0].1).unwrap();
+        wtxn.commit().unwrap();
+    }
+    let varve = Varve::with_config(dir.path(), config(key())).unwrap();
+    for name in ["accounts-eu", "accounts-us"] {
+        let read = varve.stream::<Order, 128>(name).and_then(|s| {
+            let mut reader = s.reader();
+            reader
+                .get_archived(StreamId(1), varvedb::StreamSequence(0))
+                .map(|e| e.map(|e| e.id.to_native()))
+        });
+        assert!(
+            matches!(read, Err(Error::Unauthentic { .. })),
+            "{name}: {read:?}"
+        );
+    }
+}

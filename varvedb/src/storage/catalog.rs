@@ -636,8 +636,39 @@ impl Store {
         let Some((tag, mut info)) = raw.map(|v| decode(name, v)).transpose()? else {
             return Ok(None);
         };
+        if self.keyring().is_some() {
+            self.check_sealed_name(txn, tag, name)?;
+        }
         info.family = self.family(txn, tag, name)?.map(Arc::new);
         Ok(Some((tag, info)))
+    }
+
+    /// In an encrypted store the name → tag record (`n` + keyed hash) is
+    /// not sealed; the tag → name record is. A stream found by name is its
+    /// own only if its tag's sealed name is that name: otherwise someone
+    /// who could write the file (without the key) pointed the name at
+    /// another stream's events, and that is refused as
+    /// [`Error::Unauthentic`].
+    #[cold]
+    fn check_sealed_name(&self, txn: &Txn<'_>, tag: u32, name: &str) -> Result<()> {
+        let bad = |detail: &str| Error::Unauthentic {
+            location: Location::Record(format!("the catalog record of stream {name:?}")),
+            detail: detail.into(),
+        };
+        let raw = self
+            .catalog
+            .get(txn, &tag_key(tag))
+            .map_err(self.err("reading the catalog"))?
+            .ok_or_else(|| bad("its tag has no sealed name"))?;
+        let Some(ring) = self.keyring() else {
+            return Ok(());
+        };
+        let mut plain = PlainBuf::default();
+        ring.open_value(ValueKind::StreamName, &tag_key(tag), raw, &mut plain)?;
+        if plain.as_slice() != name.as_bytes() {
+            return Err(bad("its tag's sealed name is another stream's"));
+        }
+        Ok(())
     }
 
     /// The event family record of the stream `name` with `tag`, if any.

@@ -518,7 +518,12 @@ impl Pg {
             };
             match (parse(0), parse(1)) {
                 (Some(txn), Some(last)) => Ok((client, txn, last, tail)),
-                _ => Err(malformed("no head row".into())),
+                _ => {
+                    // `BEGIN` ran: a connection inside a transaction never
+                    // goes back to the pool.
+                    drop(Object::take(client));
+                    Err(malformed("no head row".into()))
+                }
             }
         })?;
         let txn = PgTxn {
