@@ -36,9 +36,9 @@ use rkyv::rancor;
 use serde_json::{json, Value};
 
 use crate::{
-    BackupPhase, Error, Event, GlobalEvent, GlobalSequence, ImportOptions, ImportPhase,
-    MigrateOptions, MigrateProgress, MigrationPlan, MigrationReport, ReaderTable, StreamId,
-    StreamSequence, Varve,
+    BackupPhase, EncryptionKey, Error, Event, GlobalEvent, GlobalSequence, ImportOptions,
+    ImportPhase, MigrateOptions, MigrateProgress, MigrationPlan, MigrationReport, ReaderTable,
+    StreamId, StreamSequence, Varve, VarveConfig,
 };
 
 /// A printer of one stream's events as JSON.
@@ -227,7 +227,10 @@ impl Cli {
                 "this command needs the store: --store PATH (or VARVEDB_STORE)",
             ))
         };
-        let open = || -> Result<Varve, CliError> { Ok(Varve::open_read_only(store()?)?) };
+        let config = open_config(&args)?;
+        let open = || -> Result<Varve, CliError> {
+            Ok(Varve::open_read_only_with_config(store()?, config.clone())?)
+        };
         match args.command {
             Command::Info => {
                 let info = open()?.info()?;
@@ -632,7 +635,7 @@ impl Cli {
                 }
             }
             Command::Readers { clear_stale, write } => {
-                readers(out, &store()?, clear_stale, write, json)?;
+                readers(out, &store()?, &config, clear_stale, write, json)?;
             }
             Command::Projections { action: None } => {
                 let listed = open()?.projections()?;
@@ -699,7 +702,7 @@ impl Cli {
                         found.name, found.checkpoint.0, found.generation
                     )));
                 }
-                let reset = open_write(&store()?)?.reset_projection(&name)?;
+                let reset = open_write(&store()?, &config)?.reset_projection(&name)?;
                 if json {
                     put(
                         out,
@@ -740,7 +743,12 @@ impl Cli {
                     known.sort();
                     return Err(CliError::NoEventType { stream, known });
                 };
-                return migrate(out, migrator, &stream, &store()?, write, batch, json);
+                let path = store()?;
+                let at = StoreAt {
+                    path: &path,
+                    config: &config,
+                };
+                return migrate(out, migrator, &stream, at, write, batch, json);
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -819,6 +827,19 @@ struct Args {
     /// Print JSON (one document, or JSON Lines for events) instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The master key of an encrypted store: a file holding the 32-byte key
+    /// (raw, or as 64 hex digits).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        conflicts_with = "passphrase_file"
+    )]
+    key_file: Option<PathBuf>,
+    /// The passphrase of an encrypted store, from a file (one trailing
+    /// newline is not part of it).
+    #[arg(long, global = true, value_name = "PATH")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -978,6 +999,9 @@ enum CliError {
     Varve(#[from] Error),
     #[error("{0}")]
     Usage(&'static str),
+    /// `--key-file` or `--passphrase-file` unreadable or malformed.
+    #[error("{0}")]
+    Key(String),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
     /// A command that writes, run without `--write`.
@@ -994,9 +1018,80 @@ enum CliError {
     NoEventType { stream: String, known: Vec<String> },
 }
 
+/// The options every open takes: the encryption key of `--key-file` or
+/// `--passphrase-file`, if given.
+fn open_config(args: &Args) -> Result<VarveConfig, CliError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| CliError::Key(format!("cannot read the key file {}: {e}", path.display())))
+    };
+    let key = if let Some(path) = &args.key_file {
+        let bytes = read(path)?;
+        let raw = key_bytes(&bytes).ok_or_else(|| {
+            CliError::Key(format!(
+                "the key file {} holds neither 32 bytes nor 64 hex digits",
+                path.display()
+            ))
+        })?;
+        Some(EncryptionKey::from_bytes(*raw))
+    } else if let Some(path) = &args.passphrase_file {
+        let bytes = read(path)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            CliError::Key(format!(
+                "the passphrase file {} is not UTF-8",
+                path.display()
+            ))
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        Some(EncryptionKey::from_passphrase(text))
+    } else {
+        None
+    };
+    Ok(VarveConfig {
+        encryption: key,
+        ..VarveConfig::default()
+    })
+}
+
+/// A key file's 32 bytes: raw, or 64 hex digits (surrounding whitespace
+/// ignored).
+fn key_bytes(file: &[u8]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    if file.len() == 32 {
+        key.copy_from_slice(file);
+        return Some(key);
+    }
+    let hex = file.trim_ascii();
+    if hex.len() != 64 {
+        return None;
+    }
+    for (byte, pair) in key.iter_mut().zip(hex.chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(key)
+}
+
+/// A store's directory and the options to open it with.
+struct StoreAt<'a> {
+    path: &'a std::path::Path,
+    config: &'a VarveConfig,
+}
+
+impl StoreAt<'_> {
+    fn read_only(&self) -> Result<Varve, CliError> {
+        Ok(Varve::open_read_only_with_config(
+            self.path,
+            self.config.clone(),
+        )?)
+    }
+}
+
 /// Opens the existing store at `path` read-write (never creating one), for
 /// the commands run with `--write`.
-fn open_write(path: &std::path::Path) -> Result<Varve, CliError> {
+fn open_write(path: &std::path::Path, config: &VarveConfig) -> Result<Varve, CliError> {
     let data = path.join(crate::storage::DATA_FILE);
     if !data.is_file() {
         return Err(Error::Open {
@@ -1008,7 +1103,7 @@ fn open_write(path: &std::path::Path) -> Result<Varve, CliError> {
         }
         .into());
     }
-    Ok(Varve::new(path)?)
+    Ok(Varve::with_config(path, config.clone())?)
 }
 
 /// `readers`: the reader table, read from the lock file while this process
@@ -1017,6 +1112,7 @@ fn open_write(path: &std::path::Path) -> Result<Varve, CliError> {
 fn readers(
     out: &mut dyn Write,
     path: &std::path::Path,
+    config: &VarveConfig,
     clear_stale: bool,
     write: bool,
     json: bool,
@@ -1031,7 +1127,7 @@ fn readers(
     let mut readers = ReaderTable::read(path)?;
     let mut cleared = None;
     if clear_stale {
-        let varve = Varve::open_read_only(path)?;
+        let varve = Varve::open_read_only_with_config(path, config.clone())?;
         cleared = Some(varve.clear_dead_readers()?);
         drop(varve);
         readers = ReaderTable::read(path)?;
@@ -1100,13 +1196,13 @@ fn migrate(
     out: &mut dyn Write,
     migrator: &Migrator,
     stream: &str,
-    path: &std::path::Path,
+    at: StoreAt<'_>,
     write: bool,
     batch: usize,
     json: bool,
 ) -> Result<ExitCode, CliError> {
     if !write {
-        let plan = (migrator.plan)(&Varve::open_read_only(path)?)?;
+        let plan = (migrator.plan)(&at.read_only()?)?;
         let versions: Vec<String> = plan
             .versions
             .iter()
@@ -1153,7 +1249,7 @@ fn migrate(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let varve = open_write(path)?;
+    let varve = open_write(at.path, at.config)?;
     let bar = ProgressBar::new(0);
     if let Ok(style) =
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} log positions ({elapsed})")
