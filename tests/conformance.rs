@@ -137,7 +137,14 @@ impl Process {
     fn finish(mut self) -> Vec<String> {
         let status = self.child.wait().expect("reap");
         assert!(status.success(), "the child failed: {status}");
-        self.lines.try_iter().collect()
+        // The reader thread may still be draining the pipe after the child
+        // exited: read to its end (the thread drops its sender at EOF), not
+        // only what has arrived so far.
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(TIMEOUT) {
+            lines.push(line);
+        }
+        lines
     }
 
     /// SIGKILLs the child and returns everything it reported.
