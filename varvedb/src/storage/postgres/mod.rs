@@ -247,12 +247,54 @@ pub(crate) struct Pg {
     /// the next write transaction only if the head row still shows that
     /// counter (see [`Known`]).
     carry: Mutex<Option<Known>>,
-    /// Hops to the server and back (each call of [`Pg::block`]): the round
-    /// trips the tests and the bench count.
+    /// The round trips of write transactions ([`Pg::round_trips`]).
     round_trips: AtomicU64,
     /// `SET LOCAL synchronous_commit = off` in every write transaction
     /// (a relaxed [`Durability`](crate::Durability)).
     relaxed: bool,
+    /// How long a transaction waits for a pooled connection in all.
+    pool_wait: Duration,
+    /// Closes the snapshots this store's idle readers keep between calls
+    /// (each holds a pooled connection): called while a transaction waits
+    /// for a connection, like LMDB's full reader table.
+    reclaim: Mutex<Option<Reclaim>>,
+}
+
+/// What [`Pg::reclaim`] calls.
+type Reclaim = Arc<dyn Fn() + Send + Sync>;
+
+/// How often a transaction waiting for a pooled connection closes idle
+/// readers' snapshots again.
+const RECLAIM_EVERY: Duration = Duration::from_millis(20);
+
+/// A connection from `pool`, waiting up to `wait` in all. When none is free
+/// at once, and every `RECLAIM_EVERY` while waiting, `reclaim` closes the
+/// snapshots idle readers keep (the connections they hold return to the
+/// pool): idle readers never starve a writer or a nested snapshot.
+async fn pooled(
+    pool: &Pool,
+    reclaim: Option<&Reclaim>,
+    wait: Duration,
+) -> std::result::Result<Object, deadpool_postgres::PoolError> {
+    use deadpool_postgres::{PoolError, TimeoutType, Timeouts};
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut step = Duration::ZERO;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let timeouts = Timeouts {
+            wait: Some(step.min(left)),
+            ..pool.timeouts()
+        };
+        match pool.timeout_get(&timeouts).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) if !left.is_zero() => {
+                if let Some(reclaim) = reclaim {
+                    reclaim();
+                }
+                step = RECLAIM_EVERY;
+            }
+            got => return got,
+        }
+    }
 }
 
 impl std::fmt::Debug for Pg {
@@ -348,14 +390,17 @@ impl Pg {
             carry: Mutex::new(None),
             round_trips: AtomicU64::new(0),
             relaxed: durability != crate::config::Durability::Full,
+            pool_wait,
+            reclaim: Mutex::new(None),
         });
         pg.migrate()?;
         Ok(pg)
     }
 
-    /// How many times a call of this store went to the server and waited
-    /// for its answer since it was opened (one round trip each, whatever was
-    /// pipelined in it).
+    /// How many times a write transaction of this store went to the server
+    /// and waited for its answer since the store was opened (one round trip
+    /// each, whatever was pipelined in it; statements are prepared once per
+    /// connection, inside the first such trip).
     pub(crate) fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }
@@ -373,7 +418,6 @@ impl Pg {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
         if tokio::runtime::Handle::try_current().is_err() {
             return self.handle.block_on(fut);
         }
@@ -524,8 +568,14 @@ impl Pg {
                  SELECT txn, last FROM varvedb_head WHERE id = 1"
             }
         };
+        if write {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        let (reclaim, wait) = (self.reclaim.lock().clone(), self.pool_wait);
         let (client, txn, last, tail) = self.block(async move {
-            let client = pool.get().await.map_err(pool_error)?;
+            let client = pooled(&pool, reclaim.as_ref(), wait)
+                .await
+                .map_err(pool_error)?;
             // A write transaction reads the log's last block (the writer
             // numbers the next event from it): that read is pipelined
             // behind the head-row lock, in the same round trip. It runs
@@ -619,6 +669,12 @@ impl Pg {
     /// snapshot is an open transaction, which holds a pooled connection and
     /// holds back vacuum, so none may stay open for long unused.
     fn start_sweeper(&self, store: Weak<super::Store>) {
+        let weak = store.clone();
+        *self.reclaim.lock() = Some(Arc::new(move || {
+            if let Some(store) = weak.upgrade() {
+                store.close_idle_views();
+            }
+        }));
         let closed = Arc::clone(&self.closed);
         self.handle.spawn(async move {
             while !closed.load(Ordering::Acquire) {
@@ -898,7 +954,7 @@ macro_rules! query {
         let pending = $txn.take_pending();
         let client = $txn.client()?;
         let sql: String = $sql;
-        $txn.pg.block(async move {
+        $txn.block(async move {
             let then = async {
                 let st = client.prepare_cached(&sql).await?;
                 client.query(&st, &[$(&$p as &(dyn ToSql + Sync)),*]).await
@@ -1054,6 +1110,18 @@ pub(crate) enum Put {
 }
 
 impl PgTxn {
+    /// [`Pg::block`], counting a write transaction's round trip.
+    fn block<F>(&self, fut: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if self.write {
+            self.pg.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pg.block(fut)
+    }
+
     pub(crate) fn id(&self) -> usize {
         self.id
     }
@@ -1152,8 +1220,7 @@ impl PgTxn {
             return Ok(());
         }
         let client = self.client()?;
-        self.pg
-            .block(async move { send_then(&client, &pending, async {}).await })
+        self.block(async move { send_then(&client, &pending, async {}).await })
             .map_err(server)
     }
 
@@ -1388,8 +1455,7 @@ impl PgTxn {
         // Writes still waiting ride in the same round trip, before the
         // commit (a failed one aborts the transaction: nothing commits).
         let pending = self.take_pending();
-        self.pg
-            .block(async move {
+        self.block(async move {
                 let done = send_then(&client, &pending, client.batch_execute(&sql))
                     .await
                     .and_then(|done| done);
@@ -1478,8 +1544,7 @@ impl PgTxn {
         self.flush()?;
         versions.events = cols;
         let client = self.client()?;
-        self.pg
-            .block(async move {
+        self.block(async move {
                 client
                     .execute(
                         "DELETE FROM varvedb_events WHERE global >= $1 AND global < $2",
@@ -1832,23 +1897,52 @@ impl super::Store {
 mod tests {
     use super::*;
 
+    /// A fresh database on `VARVEDB_TEST_POSTGRES_URL`'s server (a user
+    /// that may create databases), dropped with the value; `None` (the test
+    /// is skipped) without one.
+    struct TestDb {
+        admin: String,
+        name: String,
+        url: String,
+    }
+
+    impl TestDb {
+        fn create(test: &str) -> Option<TestDb> {
+            let Ok(admin) = std::env::var("VARVEDB_TEST_POSTGRES_URL") else {
+                eprintln!("skipped: VARVEDB_TEST_POSTGRES_URL is not set");
+                return None;
+            };
+            let name = format!("varvedb_lib_{test}_{}", std::process::id());
+            admin_execute(&admin, &format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+            admin_execute(&admin, &format!("CREATE DATABASE {name}")).unwrap();
+            let url = match admin.rsplit_once('/') {
+                Some((base, _)) if admin.contains("://") => format!("{base}/{name}"),
+                _ => format!("{admin} dbname={name}"),
+            };
+            Some(TestDb { admin, name, url })
+        }
+
+        fn connect(&self, durability: crate::config::Durability) -> Arc<Pg> {
+            Pg::connect(&self.url, 4, Duration::from_secs(10), durability).unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = admin_execute(&self.admin, &sql);
+        }
+    }
+
     /// Overwrites wait for the transaction's next statement (or its commit)
     /// and `get` remembers what it read: a transaction still reads its own
-    /// writes, in order, and commits every one. Runs against
-    /// `VARVEDB_TEST_POSTGRES_URL` (a user that may create databases).
+    /// writes, in order, and commits every one.
     #[test]
     fn deferred_overwrites_and_remembered_reads_keep_read_your_writes() {
-        let Ok(admin) = std::env::var("VARVEDB_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: VARVEDB_TEST_POSTGRES_URL is not set");
+        let Some(db) = TestDb::create("deferred") else {
             return;
         };
-        let name = format!("varvedb_lib_deferred_{}", std::process::id());
-        admin_execute(&admin, &format!("DROP DATABASE IF EXISTS {name}")).unwrap();
-        admin_execute(&admin, &format!("CREATE DATABASE {name}")).unwrap();
-        let url = match admin.rsplit_once('/') {
-            Some((base, _)) if admin.contains("://") => format!("{base}/{name}"),
-            _ => format!("{admin} dbname={name}"),
-        };
+        let url = db.url.clone();
         {
             let pg = Pg::connect(&url, 2, Duration::from_secs(10), Default::default()).unwrap();
             let mut t = pg.begin_write().unwrap();
@@ -1881,11 +1975,173 @@ mod tests {
             let r = pg.begin_read().unwrap();
             assert_eq!(r.get(PgTable::State, b"k").unwrap(), Some(&b"3"[..]));
         }
-        admin_execute(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .unwrap();
+    }
+
+    /// What a write transaction knows is carried to the next one of this
+    /// store and answers it without a round trip, exactly as the server
+    /// would; a commit by another store (another process) in between makes
+    /// the next transaction ask the server again.
+    #[test]
+    fn what_a_writer_knows_is_carried_until_another_store_commits() {
+        let Some(db) = TestDb::create("carried") else {
+            return;
+        };
+        let (pg, other) = (db.connect(Default::default()), db.connect(Default::default()));
+        let probe = b"b\xff";
+        let mut t = pg.begin_write().unwrap();
+        assert_eq!(t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(), None);
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), None);
+        t.put(PgTable::Index, b"b1", b"x", Put::Overwrite).unwrap();
+        t.put(PgTable::Catalog, b"n", b"1", Put::Overwrite).unwrap();
+        let trips = pg.round_trips();
+        // Answered from what the transaction wrote: no round trip.
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b1"[..], &b"x"[..]))
+        );
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"1"[..]));
+        assert_eq!(pg.round_trips(), trips);
+        t.commit().unwrap();
+
+        // The next transaction of the same store knows it, and keeps it
+        // exact through its own writes.
+        let mut t = pg.begin_write().unwrap();
+        let trips = pg.round_trips();
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b1"[..], &b"x"[..]))
+        );
+        t.put(PgTable::Index, b"b2", b"y", Put::Overwrite).unwrap();
+        t.put(PgTable::Index, b"c", b"z", Put::Overwrite).unwrap();
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b2"[..], &b"y"[..]))
+        );
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"1"[..]));
+        assert_eq!(pg.round_trips(), trips);
+        t.commit().unwrap();
+
+        // Another store commits: this one's knowledge is stale and unused.
+        let mut t = other.begin_write().unwrap();
+        t.put(PgTable::Index, b"b3", b"w", Put::Overwrite).unwrap();
+        t.put(PgTable::Catalog, b"n", b"2", Put::Overwrite).unwrap();
+        t.commit().unwrap();
+        let t = pg.begin_write().unwrap();
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b3"[..], &b"w"[..]))
+        );
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"2"[..]));
+        // A transaction rolled back leaves nothing to carry.
+        drop(t);
+        let t = pg.begin_write().unwrap();
+        let trips = pg.round_trips();
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"2"[..]));
+        assert_eq!(pg.round_trips(), trips + 1);
+    }
+
+    /// The answers [`Known`] keeps follow puts and deletes as the server's
+    /// would.
+    #[test]
+    fn known_answers_follow_puts_and_deletes() {
+        let mut k = Known::default();
+        let t = PgTable::Index;
+        let ab = Seek::AtOrBefore as u8;
+        let (before, after) = (Seek::Before as u8, Seek::After as u8);
+        k.learn_seek(t, ab, b"m", Some((b"c", b"1")));
+        k.learn_seek(t, before, b"m", Some((b"c", b"1")));
+        k.learn_seek(t, after, b"c", Some((b"m", b"2")));
+        k.learn_seek(t, LAST, b"", Some((b"m", b"2")));
+        k.learn_seek(PgTable::Ids, LAST, b"", None);
+        // Below the found key: nothing changes.
+        k.put(t, b"a", b"0");
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"c"[..], &b"1"[..]))));
+        // Between: the nearer key is found.
+        k.put(t, b"e", b"3");
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"e"[..], &b"3"[..]))));
+        assert_eq!(k.seek(t, before, b"m"), Some(Some((&b"e"[..], &b"3"[..]))));
+        assert_eq!(k.seek(t, after, b"c"), Some(Some((&b"e"[..], &b"3"[..]))));
+        // The probe itself: found at-or-before, not before.
+        k.put(t, b"m", b"4");
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"m"[..], &b"4"[..]))));
+        assert_eq!(k.seek(t, before, b"m"), Some(Some((&b"e"[..], &b"3"[..]))));
+        assert_eq!(k.seek(t, LAST, b""), Some(Some((&b"m"[..], &b"4"[..]))));
+        k.put(t, b"z", b"5");
+        assert_eq!(k.seek(t, LAST, b""), Some(Some((&b"z"[..], &b"5"[..]))));
+        // Another table is untouched.
+        assert_eq!(k.seek(PgTable::Ids, LAST, b""), Some(None));
+        // A deleted found key is forgotten; other answers stand.
+        k.delete(t, |key| key == b"e");
+        assert_eq!(k.seek(t, before, b"m"), None);
+        assert_eq!(k.seek(t, after, b"c"), None);
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"m"[..], &b"4"[..]))));
+        assert_eq!(k.value(t, b"e"), Some(None));
+        k.delete(t, |key| key.starts_with(b"m"));
+        assert_eq!(k.seek(t, ab, b"m"), None);
+        assert_eq!(k.seek(t, LAST, b""), Some(Some((&b"z"[..], &b"5"[..]))));
+    }
+
+    /// `append` refuses a key not greater than every key of the table, as
+    /// LMDB's `MDB_APPEND` does, on every table it is used for.
+    #[test]
+    fn append_refuses_a_key_not_above_the_last() {
+        use super::super::kv::{Table, Txn};
+        let Some(db) = TestDb::create("append") else {
+            return;
+        };
+        let pg = db.connect(Default::default());
+        for table in [PgTable::Chain, PgTable::Seals, PgTable::Ids] {
+            let mut txn = Txn::Pg(pg.begin_write().unwrap());
+            let t = Table::Pg(table);
+            let key = |n: u64| n.to_be_bytes();
+            t.append(&mut txn, &key(5), b"five").unwrap();
+            for below in [3, 5] {
+                assert!(
+                    matches!(
+                        t.append(&mut txn, &key(below), b"x"),
+                        Err(heed::Error::Mdb(heed::MdbError::KeyExist))
+                    ),
+                    "{table:?}: {below} appended after 5"
+                );
+            }
+            assert!(matches!(
+                t.put_with_flags(&mut txn, heed::PutFlags::APPEND, &key(4), b"x"),
+                Err(heed::Error::Mdb(heed::MdbError::KeyExist))
+            ));
+            // Not appending: below the last is fine.
+            t.put_with_flags(&mut txn, heed::PutFlags::NO_OVERWRITE, &key(4), b"four")
+                .unwrap();
+            t.append(&mut txn, &key(7), b"seven").unwrap();
+            txn.commit().unwrap();
+            let txn = Txn::Pg(pg.begin_read().unwrap());
+            let all: Vec<_> = t.iter(&txn).unwrap().map(|p| p.unwrap().1.to_vec()).collect();
+            assert_eq!(all, [&b"four"[..], b"five", b"seven"], "{table:?}");
+        }
+    }
+
+    /// A relaxed durability commits writes with `synchronous_commit = off`;
+    /// `Full` keeps the server's setting.
+    #[test]
+    fn a_relaxed_durability_turns_synchronous_commit_off_for_writes() {
+        use crate::config::Durability;
+        let Some(db) = TestDb::create("durability") else {
+            return;
+        };
+        let setting = |pg: &Arc<Pg>, write: bool| {
+            let t = if write { pg.begin_write() } else { pg.begin_read() }.unwrap();
+            let rows = (|| -> heed::Result<Vec<tokio_postgres::Row>> {
+                Ok(query!(t, "SHOW synchronous_commit".to_owned(), []))
+            })()
+            .unwrap();
+            column::<String>(&rows[0], 0, "SHOW").unwrap()
+        };
+        let full = db.connect(Durability::Full);
+        assert_eq!(setting(&full, true), "on");
+        for relaxed in [Durability::NoMetaSync, Durability::NoSync] {
+            let pg = db.connect(relaxed);
+            assert_eq!(setting(&pg, true), "off", "{relaxed:?}");
+            assert_eq!(setting(&pg, false), "on", "{relaxed:?}");
+        }
     }
 
     #[test]
