@@ -948,7 +948,9 @@ fn appends_cost_two_round_trips_per_group_commit() {
             std::thread::spawn(move || {
                 let mut ledger = varve.events::<Entry>().unwrap();
                 for _ in 0..2 {
-                    ledger.append(StreamId(100 + w), &Entry { cents: w }).unwrap();
+                    ledger
+                        .append(StreamId(100 + w), &Entry { cents: w })
+                        .unwrap();
                 }
                 start.wait();
                 start.wait();
@@ -1024,10 +1026,7 @@ fn writers_and_a_projector_never_starve_the_pool() {
         w.join().unwrap();
     }
     done.store(true, Ordering::Release);
-    assert_eq!(
-        projector.join().unwrap(),
-        GlobalSequence(WRITERS * EACH)
-    );
+    assert_eq!(projector.join().unwrap(), GlobalSequence(WRITERS * EACH));
 }
 
 /// A schema altered by hand (a column made nullable and set to NULL, a

@@ -246,7 +246,7 @@ pub(crate) struct Pg {
     /// when it committed, and the commit counter its commit left: valid for
     /// the next write transaction only if the head row still shows that
     /// counter (see [`Known`]).
-    carry: Mutex<Option<Known>>,
+    carry: Mutex<Option<Box<Known>>>,
     /// The round trips of write transactions ([`Pg::round_trips`]).
     round_trips: AtomicU64,
     /// `SET LOCAL synchronous_commit = off` in every write transaction
@@ -623,7 +623,7 @@ impl Pg {
             let carried = self.carry.lock().take();
             carried.filter(|k| k.txn == txn).unwrap_or_default()
         } else {
-            Known::default()
+            Box::default()
         };
         let txn = PgTxn {
             pg: Arc::clone(self),
@@ -637,7 +637,7 @@ impl Pg {
             gets: Mutex::new(BTreeMap::new()),
             known: Mutex::new(known),
             tail_known: AtomicBool::new(false),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Box::default()),
         };
         if let Some(rows) = tail {
             txn.absorb(None, &rows)?;
@@ -784,8 +784,14 @@ struct Known {
     values: HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
     /// By table (as `u8`), how ([`Seek`] as `u8`, [`LAST`]: the greatest key)
     /// and key: the pair found, or `None`.
-    seeks: HashMap<(u8, u8, Vec<u8>), Option<(Vec<u8>, Vec<u8>)>>,
+    seeks: HashMap<(u8, u8, Vec<u8>), Option<OwnedPair>>,
 }
+
+/// A key-value pair owned.
+type OwnedPair = (Vec<u8>, Vec<u8>);
+
+/// The keys and values of one table's overwrites, as statement parameters.
+type TableWrites<'a> = (PgTable, Vec<&'a [u8]>, Vec<&'a [u8]>);
 
 /// The [`Known::seeks`] kind of `last` (the greatest key of a table).
 const LAST: u8 = 3;
@@ -911,13 +917,13 @@ pub(crate) struct PgTxn {
     gets: Mutex<Remembered>,
     /// What a write transaction knows of the tables, carried across
     /// transactions ([`Known`]); unused by a read snapshot.
-    known: Mutex<Known>,
+    known: Mutex<Box<Known>>,
     /// `cache` holds the log's last block as read right after the head row
     /// was locked (pipelined with `BEGIN`): `last` needs no round trip.
     /// Cleared when the transaction writes the log or the cache is replaced.
     tail_known: AtomicBool,
     /// Overwriting puts and appended blocks not yet sent ([`Pending`]).
-    pending: Mutex<Pending>,
+    pending: Mutex<Box<Pending>>,
 }
 
 impl Drop for PgTxn {
@@ -1002,7 +1008,7 @@ async fn send_then<F: Future>(
     then: F,
 ) -> std::result::Result<F::Output, tokio_postgres::Error> {
     // The overwrites, grouped by table (the map is ordered by table first).
-    let mut tables: Vec<(PgTable, Vec<&[u8]>, Vec<&[u8]>)> = Vec::new();
+    let mut tables: Vec<TableWrites<'_>> = Vec::new();
     for ((_, key), (table, value)) in &pending.overwrites {
         match tables.last_mut() {
             Some((t, keys, values)) if *t == *table => {
@@ -1047,8 +1053,9 @@ async fn send_then<F: Future>(
         .iter()
         .map(|(_, keys, values)| [keys as &(dyn ToSql + Sync), values as &(dyn ToSql + Sync)])
         .collect();
-    let head_params: Option<[&(dyn ToSql + Sync); 2]> =
-        moved.as_ref().map(|(_, from, to)| [from as &(dyn ToSql + Sync), to as &(dyn ToSql + Sync)]);
+    let head_params: Option<[&(dyn ToSql + Sync); 2]> = moved
+        .as_ref()
+        .map(|(_, from, to)| [from as &(dyn ToSql + Sync), to as &(dyn ToSql + Sync)]);
     let version_params: [&(dyn ToSql + Sync); 3] = [&tags, &ids, &seqs];
     let mut sent: Vec<Sent<'_>> = Vec::new();
     for (st, p) in upserts.iter().zip(&table_params) {
@@ -1063,7 +1070,8 @@ async fn send_then<F: Future>(
     if let Some(st) = &versions {
         sent.push(Box::pin(client.execute(st, &version_params)));
     }
-    let (written, out) = futures_util::future::join(futures_util::future::try_join_all(sent), then).await;
+    let (written, out) =
+        futures_util::future::join(futures_util::future::try_join_all(sent), then).await;
     written?;
     Ok(out)
 }
@@ -1169,7 +1177,7 @@ impl PgTxn {
     }
 
     /// The writes waiting to be sent, taken to send them.
-    fn take_pending(&self) -> Pending {
+    fn take_pending(&self) -> Box<Pending> {
         std::mem::take(&mut *self.pending.lock())
     }
 
@@ -1374,7 +1382,10 @@ impl PgTxn {
             // LMDB's `NO_OVERWRITE` refuses a key that exists; `APPEND`,
             // also one not greater than every key.
             let guard = match how {
-                Put::Append => format!(" WHERE NOT EXISTS (SELECT 1 FROM {} WHERE key >= $1)", table.name()),
+                Put::Append => format!(
+                    " WHERE NOT EXISTS (SELECT 1 FROM {} WHERE key >= $1)",
+                    table.name()
+                ),
                 _ => String::new(),
             };
             let (k, v) = (key.to_vec(), value.to_vec());
@@ -1456,17 +1467,17 @@ impl PgTxn {
         // commit (a failed one aborts the transaction: nothing commits).
         let pending = self.take_pending();
         self.block(async move {
-                let done = send_then(&client, &pending, client.batch_execute(&sql))
-                    .await
-                    .and_then(|done| done);
-                if done.is_err() {
-                    // Its transaction may still be open (aborted): the
-                    // connection never returns to the pool.
-                    discard(client);
-                }
-                done
-            })
-            .map_err(server)?;
+            let done = send_then(&client, &pending, client.batch_execute(&sql))
+                .await
+                .and_then(|done| done);
+            if done.is_err() {
+                // Its transaction may still be open (aborted): the
+                // connection never returns to the pool.
+                discard(client);
+            }
+            done
+        })
+        .map_err(server)?;
         if self.write {
             // The commit counter now reads this transaction's id.
             let mut known = std::mem::take(&mut *self.known.lock());
@@ -1545,15 +1556,15 @@ impl PgTxn {
         versions.events = cols;
         let client = self.client()?;
         self.block(async move {
-                client
-                    .execute(
-                        "DELETE FROM varvedb_events WHERE global >= $1 AND global < $2",
-                        &[&(first as i64), &(first as i64 + n)],
-                    )
-                    .await?;
-                send_then(&client, &versions, async {}).await
-            })
-            .map_err(server)
+            client
+                .execute(
+                    "DELETE FROM varvedb_events WHERE global >= $1 AND global < $2",
+                    &[&(first as i64), &(first as i64 + n)],
+                )
+                .await?;
+            send_then(&client, &versions, async {}).await
+        })
+        .map_err(server)
     }
 
     /// Fetches the rows of the block holding `global` (or the last block
@@ -1951,7 +1962,8 @@ mod tests {
             // The remembered `None` is forgotten; the overwrite is sent first.
             assert_eq!(t.get(PgTable::State, b"k").unwrap(), Some(&b"1"[..]));
             t.put(PgTable::State, b"k", b"2", Put::Overwrite).unwrap();
-            t.put(PgTable::State, b"gone", b"x", Put::Overwrite).unwrap();
+            t.put(PgTable::State, b"gone", b"x", Put::Overwrite)
+                .unwrap();
             assert!(t.delete(PgTable::State, b"gone").unwrap());
             t.put(PgTable::State, b"k", b"3", Put::Overwrite).unwrap();
             t.put(PgTable::Meta, b"m", b"4", Put::Overwrite).unwrap();
@@ -1960,7 +1972,8 @@ mod tests {
                 t.put(PgTable::State, b"k", b"5", Put::NoOverwrite),
                 Err(heed::Error::Mdb(heed::MdbError::KeyExist))
             ));
-            t.put(PgTable::State, b"last", b"6", Put::Overwrite).unwrap();
+            t.put(PgTable::State, b"last", b"6", Put::Overwrite)
+                .unwrap();
             // The last overwrites ride with the commit.
             t.commit().unwrap();
             let r = pg.begin_read().unwrap();
@@ -1986,10 +1999,16 @@ mod tests {
         let Some(db) = TestDb::create("carried") else {
             return;
         };
-        let (pg, other) = (db.connect(Default::default()), db.connect(Default::default()));
+        let (pg, other) = (
+            db.connect(Default::default()),
+            db.connect(Default::default()),
+        );
         let probe = b"b\xff";
         let mut t = pg.begin_write().unwrap();
-        assert_eq!(t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(), None);
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            None
+        );
         assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), None);
         t.put(PgTable::Index, b"b1", b"x", Put::Overwrite).unwrap();
         t.put(PgTable::Catalog, b"n", b"1", Put::Overwrite).unwrap();
@@ -2114,7 +2133,11 @@ mod tests {
             t.append(&mut txn, &key(7), b"seven").unwrap();
             txn.commit().unwrap();
             let txn = Txn::Pg(pg.begin_read().unwrap());
-            let all: Vec<_> = t.iter(&txn).unwrap().map(|p| p.unwrap().1.to_vec()).collect();
+            let all: Vec<_> = t
+                .iter(&txn)
+                .unwrap()
+                .map(|p| p.unwrap().1.to_vec())
+                .collect();
             assert_eq!(all, [&b"four"[..], b"five", b"seven"], "{table:?}");
         }
     }
@@ -2128,7 +2151,12 @@ mod tests {
             return;
         };
         let setting = |pg: &Arc<Pg>, write: bool| {
-            let t = if write { pg.begin_write() } else { pg.begin_read() }.unwrap();
+            let t = if write {
+                pg.begin_write()
+            } else {
+                pg.begin_read()
+            }
+            .unwrap();
             let rows = (|| -> heed::Result<Vec<tokio_postgres::Row>> {
                 Ok(query!(t, "SHOW synchronous_commit".to_owned(), []))
             })()
