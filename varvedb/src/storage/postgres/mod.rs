@@ -767,6 +767,14 @@ impl BlockCache {
 /// id written).
 const KNOWN_MAX: usize = 4096;
 
+/// The most bytes of keys and values [`Known`] keeps before it forgets
+/// everything (large read-model values are not worth keeping).
+const KNOWN_BYTES: usize = 8 << 20;
+
+/// The largest entry [`Known`] keeps: a larger one is not learned (and a put
+/// of one forgets what it changes).
+const KNOWN_ENTRY: usize = KNOWN_BYTES / 16;
+
 /// What a write transaction knows of the key-value tables without asking the
 /// server: values of keys (`None`: no such key) and answers of neighbour
 /// lookups ([`Seek`], and `last`), learned from what it read and kept exact
@@ -785,6 +793,9 @@ struct Known {
     /// By table (as `u8`), how ([`Seek`] as `u8`, [`LAST`]: the greatest key)
     /// and key: the pair found, or `None`.
     seeks: HashMap<(u8, u8, Vec<u8>), Option<OwnedPair>>,
+    /// Bytes learned since the maps were last cleared (an upper bound on
+    /// what they hold).
+    bytes: usize,
 }
 
 /// A key-value pair owned.
@@ -803,7 +814,24 @@ impl Known {
             .map(|v| v.as_deref())
     }
 
+    /// Counts `n` bytes about to be kept; forgets everything first if that
+    /// would pass the budget.
+    fn budget(&mut self, n: usize) {
+        self.bytes += n;
+        if self.bytes > KNOWN_BYTES {
+            self.values.clear();
+            self.seeks.clear();
+            self.bytes = n;
+        }
+    }
+
     fn learn_value(&mut self, table: PgTable, key: &[u8], value: Option<&[u8]>) {
+        let n = key.len() + value.map_or(0, <[u8]>::len);
+        if n > KNOWN_ENTRY {
+            self.values.remove(&(table as u8, key.to_vec()));
+            return;
+        }
+        self.budget(n);
         if self.values.len() >= KNOWN_MAX {
             self.values.clear();
         }
@@ -818,6 +846,11 @@ impl Known {
     }
 
     fn learn_seek(&mut self, table: PgTable, how: u8, key: &[u8], found: Option<Pair<'_>>) {
+        let n = key.len() + found.map_or(0, |(k, v)| k.len() + v.len());
+        if n > KNOWN_ENTRY {
+            return;
+        }
+        self.budget(n);
         if self.seeks.len() >= KNOWN_MAX {
             self.seeks.clear();
         }
@@ -829,7 +862,14 @@ impl Known {
 
     /// `key` now holds `value` in `table`: every answer it changes changes.
     fn put(&mut self, table: PgTable, key: &[u8], value: &[u8]) {
+        if key.len() + value.len() > KNOWN_ENTRY {
+            // Too large to keep: what it changes is forgotten instead.
+            self.values.remove(&(table as u8, key.to_vec()));
+            self.seeks.retain(|(t, _, _), _| *t != table as u8);
+            return;
+        }
         self.learn_value(table, key, Some(value));
+        let mut replaced = 0;
         for ((t, how, probe), found) in self.seeks.iter_mut() {
             if *t != table as u8 {
                 continue;
@@ -854,8 +894,10 @@ impl Known {
             };
             if better {
                 *found = Some((key.to_vec(), value.to_vec()));
+                replaced += 1;
             }
         }
+        self.budget(replaced * (key.len() + value.len()));
     }
 
     /// The keys of `table` for which `gone` holds were deleted: their values
@@ -2098,6 +2140,38 @@ mod tests {
         k.delete(t, |key| key.starts_with(b"m"));
         assert_eq!(k.seek(t, ab, b"m"), None);
         assert_eq!(k.seek(t, LAST, b""), Some(Some((&b"z"[..], &b"5"[..]))));
+    }
+
+    /// [`Known`] keeps no entry larger than `KNOWN_ENTRY` (a put of one
+    /// forgets what it changes) and forgets everything past `KNOWN_BYTES`.
+    #[test]
+    fn known_stays_within_its_memory_budget() {
+        let mut k = Known::default();
+        let t = PgTable::State;
+        let big = vec![7u8; KNOWN_ENTRY + 1];
+        k.learn_value(t, b"small", Some(b"v"));
+        k.learn_seek(t, LAST, b"", Some((b"small", b"v")));
+        k.learn_value(PgTable::Index, b"i", Some(b"w"));
+        k.put(t, b"big", &big);
+        assert_eq!(k.value(t, b"big"), None);
+        assert_eq!(
+            k.seek(t, LAST, b""),
+            None,
+            "the last key may be the big one"
+        );
+        assert_eq!(k.value(t, b"small"), Some(Some(&b"v"[..])));
+        k.learn_value(t, b"big", Some(&big));
+        assert_eq!(k.value(t, b"big"), None);
+        k.learn_seek(t, LAST, b"", Some((b"big", &big)));
+        assert_eq!(k.seek(t, LAST, b""), None);
+        // Many entries under the size limit pass the byte budget: all go.
+        let mid = vec![1u8; KNOWN_ENTRY - 1];
+        for i in 0..20u8 {
+            k.put(t, &[i], &mid);
+        }
+        assert!(k.bytes <= KNOWN_BYTES);
+        assert_eq!(k.value(PgTable::Index, b"i"), None);
+        assert_eq!(k.value(t, &[19]), Some(Some(&mid[..])));
     }
 
     /// `append` refuses a key not greater than every key of the table, as
