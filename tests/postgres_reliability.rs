@@ -273,3 +273,99 @@ fn a_subscription_delivers_every_event_once_across_a_server_restart() {
     );
     dense_log(&varve);
 }
+
+/// The tables of a store, for [`a_writer_never_trusts_what_it_knew_before_commits_were_lost`].
+const TABLES: [&str; 11] = [
+    "varvedb_head",
+    "varvedb_events",
+    "varvedb_streams",
+    "varvedb_meta",
+    "varvedb_catalog",
+    "varvedb_index",
+    "varvedb_state",
+    "varvedb_ids",
+    "varvedb_keys",
+    "varvedb_chain",
+    "varvedb_seals",
+];
+
+/// The server loses its last commit (a crash with a relaxed `Durability`,
+/// i.e. `synchronous_commit = off`, or a failover to an asynchronous
+/// standby): the database is back at an earlier commit and the server
+/// restarts. The commit counter then runs again through numbers a live
+/// writer has seen, so what that writer knew of the tables (carried from
+/// its last commit, tagged with the counter) must not be trusted: here it
+/// would take stream id 1 to have 2 events when it has 1, accept an
+/// expected version that is wrong, and extend the stream's index run over
+/// another stream id's event.
+#[test]
+fn a_writer_never_trusts_what_it_knew_before_commits_were_lost() {
+    use varvedb::{ExpectedVersion, StreamSequence};
+    let Some(cluster) = pg::private_cluster("lost_commits") else {
+        return;
+    };
+    let db = cluster.fresh_database("lost_commits").expect("a database");
+    let a = Varve::connect(db.url()).expect("connect a");
+    // The other process opens before the commit that is lost (opening
+    // commits too).
+    let b = Varve::connect(db.url()).expect("connect b");
+    let mut orders = a.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(0))
+        .unwrap();
+    // What the server will keep: the state after that commit.
+    for t in TABLES {
+        pg::admin(db.url(), &format!("CREATE TABLE saved_{t} AS TABLE {t}")).unwrap();
+    }
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(1))
+        .unwrap();
+    // The server loses that last commit and restarts.
+    let mut restore = String::from("BEGIN;");
+    for t in TABLES {
+        restore.push_str(&format!("TRUNCATE {t}; INSERT INTO {t} SELECT * FROM saved_{t};"));
+    }
+    restore.push_str("COMMIT;");
+    pg::admin(db.url(), &restore).unwrap();
+    cluster.stop_immediate().expect("stop the server");
+    cluster.start_again().expect("restart the server");
+    // Another process commits once: the counter is back where `a` left it.
+    let mut others = b.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match others.append(StreamId(2), &varvedb_suite::Order::numbered(2)) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_outage_error(&e);
+                assert!(Instant::now() < deadline, "b did not recover: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    // Stream id 1 has one event (version 0): expecting version 1 conflicts.
+    let outcome = loop {
+        match orders.append_expected(
+            StreamId(1),
+            &varvedb_suite::Order::numbered(3),
+            ExpectedVersion::Exact(StreamSequence(1)),
+        ) {
+            Err(e @ Error::Storage { .. }) => {
+                assert!(Instant::now() < deadline, "a did not recover: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(outcome, Err(Error::VersionConflict { .. })),
+        "an append expecting a version the stream never reached: {outcome:?}"
+    );
+    let fresh = Varve::connect(db.url()).unwrap();
+    let mut reader = fresh
+        .stream::<varvedb_suite::Order, 256>("orders")
+        .unwrap()
+        .reader();
+    assert_eq!(reader.version(StreamId(1)).unwrap(), Some(StreamSequence(0)));
+    assert_eq!(reader.version(StreamId(2)).unwrap(), Some(StreamSequence(0)));
+    dense_log(&fresh);
+}
