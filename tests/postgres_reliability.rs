@@ -289,6 +289,28 @@ const TABLES: [&str; 11] = [
     "varvedb_seals",
 ];
 
+/// Keeps a copy of every table of the store in `url` (what a server that
+/// loses the commits after this one comes back with).
+fn save_tables(url: &str) {
+    for t in TABLES {
+        pg::admin(url, &format!("CREATE TABLE saved_{t} AS TABLE {t}")).unwrap();
+    }
+}
+
+/// Puts back the tables [`save_tables`] kept: the commits since are lost.
+/// Row by row (`DELETE`, not `TRUNCATE`, which would wait for every open
+/// snapshot).
+fn restore_tables(url: &str) {
+    let mut restore = String::from("BEGIN;");
+    for t in TABLES {
+        restore.push_str(&format!(
+            "DELETE FROM {t}; INSERT INTO {t} SELECT * FROM saved_{t};"
+        ));
+    }
+    restore.push_str("COMMIT;");
+    pg::admin(url, &restore).unwrap();
+}
+
 /// The server loses its last commit (a crash with a relaxed `Durability`,
 /// i.e. `synchronous_commit = off`, or a failover to an asynchronous
 /// standby): the database is back at an earlier commit and the server
@@ -314,21 +336,12 @@ fn a_writer_never_trusts_what_it_knew_before_commits_were_lost() {
         .append(StreamId(1), &varvedb_suite::Order::numbered(0))
         .unwrap();
     // What the server will keep: the state after that commit.
-    for t in TABLES {
-        pg::admin(db.url(), &format!("CREATE TABLE saved_{t} AS TABLE {t}")).unwrap();
-    }
+    save_tables(db.url());
     orders
         .append(StreamId(1), &varvedb_suite::Order::numbered(1))
         .unwrap();
     // The server loses that last commit and restarts.
-    let mut restore = String::from("BEGIN;");
-    for t in TABLES {
-        restore.push_str(&format!(
-            "TRUNCATE {t}; INSERT INTO {t} SELECT * FROM saved_{t};"
-        ));
-    }
-    restore.push_str("COMMIT;");
-    pg::admin(db.url(), &restore).unwrap();
+    restore_tables(db.url());
     cluster.stop_immediate().expect("stop the server");
     cluster.start_again().expect("restart the server");
     // Another process commits once: the counter is back where `a` left it.
@@ -391,21 +404,12 @@ fn a_stream_created_in_a_lost_commit_is_not_confused_with_the_next_one() {
     let db = cluster.fresh_database("lost_stream").expect("a database");
     let a = Varve::connect(db.url()).expect("connect a");
     let b = Varve::connect(db.url()).expect("connect b");
-    for t in TABLES {
-        pg::admin(db.url(), &format!("CREATE TABLE saved_{t} AS TABLE {t}")).unwrap();
-    }
+    save_tables(db.url());
     let mut orders = a.stream::<varvedb_suite::Order, 256>("orders").unwrap();
     orders
         .append(StreamId(1), &varvedb_suite::Order::numbered(0))
         .unwrap();
-    let mut restore = String::from("BEGIN;");
-    for t in TABLES {
-        restore.push_str(&format!(
-            "TRUNCATE {t}; INSERT INTO {t} SELECT * FROM saved_{t};"
-        ));
-    }
-    restore.push_str("COMMIT;");
-    pg::admin(db.url(), &restore).unwrap();
+    restore_tables(db.url());
     cluster.stop_immediate().expect("stop the server");
     cluster.start_again().expect("restart the server");
     let deadline = Instant::now() + DEADLINE;
@@ -436,4 +440,60 @@ fn a_stream_created_in_a_lost_commit_is_not_confused_with_the_next_one() {
         "payments got orders' event"
     );
     assert_eq!(version("orders"), Some(StreamSequence(0)));
+}
+
+/// A live subscription, after the server lost its last commit (see
+/// [`a_writer_never_trusts_what_it_knew_before_commits_were_lost`]): the
+/// event it delivered is gone, and the next one committed (durably) takes
+/// its global sequence. The subscription must deliver that event (or fail),
+/// never skip it.
+#[test]
+#[ignore = "open: a live subscription skips the events that reuse the sequences of lost commits"]
+fn a_subscription_does_not_skip_events_that_reuse_lost_sequences() {
+    let Some(cluster) = pg::private_cluster("lost_subscribed") else {
+        return;
+    };
+    let db = cluster
+        .fresh_database("lost_subscribed")
+        .expect("a database");
+    let a = Varve::connect(db.url()).expect("connect a");
+    let b = Varve::connect(db.url()).expect("connect b");
+    let mut orders = a.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(0))
+        .unwrap();
+    save_tables(db.url());
+    let mut sub = a.subscribe(GlobalSequence(0));
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(1))
+        .unwrap();
+    for g in 0..2 {
+        let e = sub.next_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(e.global_sequence().0, g);
+    }
+    restore_tables(db.url());
+    cluster.stop_immediate().expect("stop the server");
+    cluster.start_again().expect("restart the server");
+    let deadline = Instant::now() + DEADLINE;
+    let mut others = b.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    while let Err(e) = others.append(StreamId(2), &varvedb_suite::Order::numbered(2)) {
+        assert_outage_error(&e);
+        assert!(Instant::now() < deadline, "b did not recover: {e}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The durable event at global 1 (stream id 2) reaches the subscriber.
+    let got = loop {
+        match sub.next_timeout(Duration::from_secs(5)) {
+            Err(e) if Instant::now() < deadline => {
+                assert_outage_error(&e);
+                thread::sleep(Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    match got {
+        Ok(Some(e)) => assert_eq!(e.stream_id(), StreamId(2), "the new event at 1"),
+        Ok(None) => panic!("the subscription skipped the durable event at global 1"),
+        Err(_) => {} // told it cannot go on: acceptable
+    }
 }
