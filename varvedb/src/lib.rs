@@ -58,6 +58,7 @@ pub use chain::{
 };
 pub use config::{Durability, VarveConfig};
 pub use encryption::EncryptionKey;
+pub use storage::vault::Erasure;
 pub use entity::MAX_ENTITY_KEY;
 pub use error::{Error, Location, Result, StorageError, StorageErrorKind, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
