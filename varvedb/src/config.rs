@@ -159,7 +159,7 @@ impl VarveConfig {
     /// let mut users = varve.stream::<Joined, 16>("users")?;
     /// users.append(StreamId(7), &Joined { n: 1 })?;
     /// assert_eq!(users.erase(StreamId(7))?, Erasure::Erased);
-    /// let read = users.reader().get(StreamId(7), varvedb::StreamSequence(0));
+    /// let read = users.reader().get_bytes(StreamId(7), varvedb::StreamSequence(0));
     /// assert!(matches!(read, Err(Error::Erased { .. })));
     /// # Ok::<(), varvedb::Error>(())
     /// ```
