@@ -86,7 +86,19 @@ fn an_erased_entity_reads_as_erased_on_every_path_and_the_others_stay_intact() {
     let total = 3 * 4 + 2;
     let head = varve.head_digest().unwrap().expect("a chained store");
     let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    // A reader that read the entity before (its snapshot opened the block).
+    let mut before = users.reader();
+    assert!(before
+        .get_bytes(StreamId(2), StreamSequence(0))
+        .unwrap()
+        .is_some());
     assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
+    // The erasure's store commit moved it to a new snapshot.
+    assert!(matches!(
+        before.get_bytes(StreamId(2), StreamSequence(0)),
+        Err(Error::Erased { .. })
+    ));
+    drop(before);
 
     // Typed stream reader, by position and by iteration.
     let mut reader = users.reader();

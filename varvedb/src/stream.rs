@@ -681,10 +681,24 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
             });
         };
         let mut view = self.store.snapshot()?;
-        match view.stream_tag(&self.info)? {
-            Some(tag) => vault.erase(tag, id.0),
-            None => Ok(Erasure::NoKey),
+        let Some(tag) = view.stream_tag(&self.info)? else {
+            return Ok(Erasure::NoKey);
+        };
+        drop(view);
+        let outcome = vault.erase(tag, id.0)?;
+        if outcome != Erasure::NoKey {
+            // The store's side, after the vault's commit (and again for an
+            // erasure a crash interrupted here): the entity's aggregate
+            // snapshot goes (sealed under the store's keys, it would outlive
+            // the erasure), and the commit makes every reader of this store
+            // take a new snapshot instead of a cached one.
+            let snapshot = crate::aggregate::snapshot_key(tag, id.0);
+            self.store.write(|txn| {
+                txn.state_delete(&snapshot)?;
+                txn.note_erasure()
+            })?;
         }
+        Ok(outcome)
     }
 
     /// [`Stream::erase`] of the stream id entity `key` maps to

@@ -14,6 +14,8 @@
 
 mod fold;
 mod snapshot;
+
+pub(crate) use snapshot::key as snapshot_key;
 mod testing;
 
 use std::fmt;

@@ -64,6 +64,9 @@ pub(crate) const ENTITY_KEY_ID: u32 = u32::MAX;
 /// the source's encryption records adopts it too).
 pub(crate) const VAULT_RECORD: &[u8] = b"crypt-vault";
 const VAULT_RECORD_VERSION: u8 = 1;
+/// The store's `meta` record counting erasures (see
+/// [`super::WriteTxn::note_erasure`]).
+const ERASURES_RECORD: &[u8] = b"vault-erasures";
 const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
 /// The vault's map: a reservation of address space, not disk (an entry is
 /// about 120 bytes, so millions of entities fit).
@@ -663,6 +666,24 @@ impl super::WriteTxn<'_> {
     /// [`Store::entity_erased`](super::Store::entity_erased).
     pub(crate) fn entity_erased(&self, tag: u32, id: u64) -> Result<bool> {
         self.store.entity_erased(tag, id)
+    }
+
+    /// Counts an erasure in the store's `meta` (`vault-erasures`, u64 LE):
+    /// a commit of the store after the vault's, so every open reader of
+    /// the store moves to a new snapshot.
+    pub(crate) fn note_erasure(&mut self) -> Result<()> {
+        let store = self.store;
+        let err = super::storage_error("recording an erasure", store.config().max_readers);
+        let count = store
+            .meta
+            .get(&self.txn, ERASURES_RECORD)
+            .map_err(&err)?
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_le_bytes);
+        store
+            .meta
+            .put(&mut self.txn, ERASURES_RECORD, &(count + 1).to_le_bytes())
+            .map_err(&err)
     }
 }
 
