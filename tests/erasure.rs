@@ -102,16 +102,23 @@ fn an_erased_entity_reads_as_erased_on_every_path_and_the_others_stay_intact() {
 
     // Typed stream reader, by position and by iteration.
     let mut reader = users.reader();
-    let e = reader.get_bytes(StreamId(2), StreamSequence(0)).unwrap_err();
+    let e = reader
+        .get_bytes(StreamId(2), StreamSequence(0))
+        .unwrap_err();
     assert!(is_erased(&e, 2, two[0]), "{e:?}");
     assert!(
         matches!(&e, Error::Erased { stream: Some(s), .. } if s == USERS),
         "{e}"
     );
-    let e = reader.get_bytes(StreamId(2), StreamSequence(4)).unwrap_err();
+    let e = reader
+        .get_bytes(StreamId(2), StreamSequence(4))
+        .unwrap_err();
     assert!(is_erased(&e, 2, two[3]), "{e:?}");
     let first = reader.iter_stream(StreamId(2), None).unwrap().next();
-    assert!(matches!(first, Some(Err(Error::Erased { .. }))), "{first:?}");
+    assert!(
+        matches!(first, Some(Err(Error::Erased { .. }))),
+        "{first:?}"
+    );
     // The others are intact, and the version (from the index) is known.
     for id in [1u64, 3] {
         for i in 0..3 {
@@ -141,7 +148,10 @@ fn an_erased_entity_reads_as_erased_on_every_path_and_the_others_stay_intact() {
                 assert_eq!(event.global_sequence().0, g as u64);
                 assert!(!two.contains(&(g as u64)));
             }
-            Err(e) => assert!(is_erased(e, 2, g as u64) && two.contains(&(g as u64)), "{e:?}"),
+            Err(e) => assert!(
+                is_erased(e, 2, g as u64) && two.contains(&(g as u64)),
+                "{e:?}"
+            ),
         }
     }
     // Starting inside the two-event erased block.
@@ -149,7 +159,11 @@ fn an_erased_entity_reads_as_erased_on_every_path_and_the_others_stay_intact() {
     assert_eq!(tail.len(), 1);
     assert!(is_erased(tail[0].as_ref().unwrap_err(), 2, two[4]));
     // The folding scans pass over erased events.
-    let copied = log.iter_from(GlobalSequence(0)).unwrap().collect_all().unwrap();
+    let copied = log
+        .iter_from(GlobalSequence(0))
+        .unwrap()
+        .collect_all()
+        .unwrap();
     assert_eq!(copied.len(), total - two.len());
     assert!(copied.iter().all(|e| !two.contains(&e.global_seq.0)));
 
@@ -202,9 +216,14 @@ fn an_entity_keyed_by_an_application_key_is_erased_by_it() {
     let s = setup();
     let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
     let mut users = varve.stream::<Order, 64>(USERS).unwrap();
-    let a = users.append_keyed("alice@example.com", &event(1, 0)).unwrap();
+    let a = users
+        .append_keyed("alice@example.com", &event(1, 0))
+        .unwrap();
     users.append_keyed("bob@example.com", &event(2, 0)).unwrap();
-    assert_eq!(users.erase_keyed("alice@example.com").unwrap(), Erasure::Erased);
+    assert_eq!(
+        users.erase_keyed("alice@example.com").unwrap(),
+        Erasure::Erased
+    );
     let mut log = varve.global_reader();
     assert!(matches!(
         log.get(a.positions()[0].1),
@@ -394,10 +413,7 @@ fn a_plaintext_store_cannot_take_a_vault() {
         return;
     }
     let s = setup();
-    let opened = Varve::with_config(
-        &s.store,
-        VarveConfig::default().key_vault(&s.vault),
-    );
+    let opened = Varve::with_config(&s.store, VarveConfig::default().key_vault(&s.vault));
     assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
     // And a store without a vault has no entity keys to erase.
     let varve = Varve::new(s.store.with_file_name("plain")).unwrap();

@@ -58,7 +58,6 @@ pub use chain::{
 };
 pub use config::{Durability, VarveConfig};
 pub use encryption::EncryptionKey;
-pub use storage::vault::Erasure;
 pub use entity::MAX_ENTITY_KEY;
 pub use error::{Error, Location, Result, StorageError, StorageErrorKind, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};
@@ -77,6 +76,7 @@ pub use projection::{
 };
 pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
 pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};
+pub use storage::vault::Erasure;
 pub use storage::{CommitStats, StoreId};
 pub use store::Varve;
 pub use stream::{HighSerializer, LowSerializer, Stream, WithContext};

@@ -796,17 +796,18 @@ impl Plaintexts {
         }
     }
 
-    /// The opened block `raw` stored under `key`, opened at most once per
-    /// arena.
-    pub(crate) fn block<'a>(
-        &'a self,
+    /// The opened block stored under `key`: `open` fills a fresh buffer
+    /// the first time, so a block is opened at most once per arena.
+    pub(crate) fn block(
+        &self,
         key: u64,
         open: impl FnOnce(&mut PlainBuf) -> Result<()>,
-    ) -> Result<&'a [u8]> {
+    ) -> Result<&[u8]> {
         let mut blocks = self.blocks.lock();
         if let Some(buf) = blocks.get(&key) {
-            // SAFETY: `buf` is in this arena, borrowed for 'a; entries are
-            // only removed by `clear` (through `&mut self`) or drop.
+            // SAFETY: `buf` is in this arena, borrowed for as long as the
+            // result; entries are only removed by `clear` (through
+            // `&mut self`) or drop.
             return Ok(unsafe { pinned(buf) });
         }
         let mut buf = PlainBuf::default();

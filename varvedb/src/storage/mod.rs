@@ -566,10 +566,7 @@ impl Store {
                 let key = config.encryption.as_ref();
                 keyring = crypt::settle_at_open(wtxn, &dbs.0, path, c.id, key, create)
                     .map_err(OpenError::Varve)?;
-                let recorded = dbs
-                    .0
-                    .get(wtxn, vault::VAULT_RECORD)?
-                    .map(<[u8]>::to_vec);
+                let recorded = dbs.0.get(wtxn, vault::VAULT_RECORD)?.map(<[u8]>::to_vec);
                 let (opened, record) = vault::settle_at_open(
                     path,
                     recorded.as_deref(),

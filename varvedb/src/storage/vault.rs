@@ -165,7 +165,9 @@ fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
     // vault, used only through LMDB (whose lock file coordinates processes),
     // and the registry above (whose lock we hold) opens it once per process.
     let env = unsafe { options.open(&canonical) }.map_err(lmdb(path, "opening the key vault"))?;
-    let wtxn = env.write_txn().map_err(lmdb(path, "opening the key vault"))?;
+    let wtxn = env
+        .write_txn()
+        .map_err(lmdb(path, "opening the key vault"))?;
     let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
         let mut db = |name| {
             opener
@@ -280,12 +282,7 @@ impl Vault {
     /// Opens the vault at `path` for the store `store_id` with its master
     /// key: checks (or, with `register`, records) the store's check key.
     /// Returns the vault and whether the store was known to it.
-    fn open(
-        path: &Path,
-        store_id: StoreId,
-        master: Key32,
-        create: bool,
-    ) -> Result<(Vault, bool)> {
+    fn open(path: &Path, store_id: StoreId, master: Key32, create: bool) -> Result<(Vault, bool)> {
         let env = open_env(path, create)?;
         let vault = Vault {
             env,
@@ -621,7 +618,13 @@ impl super::Store {
     /// of the block `raw` stored under `key` (its header, in the clear,
     /// names the stream).
     #[cold]
-    pub(crate) fn name_erased(&self, txn: &super::kv::Txn<'_>, key: u64, raw: &[u8], e: Error) -> Error {
+    pub(crate) fn name_erased(
+        &self,
+        txn: &super::kv::Txn<'_>,
+        key: u64,
+        raw: &[u8],
+        e: Error,
+    ) -> Error {
         match e {
             Error::Erased {
                 stream: None,
@@ -731,7 +734,10 @@ mod tests {
         assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
         assert!(matches!(
             v.open_block(3, &sealed, &mut out),
-            Err(Error::Erased { at: GlobalSequence(3), .. })
+            Err(Error::Erased {
+                at: GlobalSequence(3),
+                ..
+            })
         ));
         assert!(matches!(
             v.erase(tag, id).unwrap(),

@@ -227,13 +227,10 @@ impl Store {
                 // Its event cannot be read: nothing to hold the entry against.
                 continue;
             }
-            let found = found
-                .ok()
-                .flatten()
-                .and_then(|(_, view)| {
-                    let index = (global - view.header().first_global) as u32;
-                    view.entry(index).ok().map(|(meta, _)| meta.event_id)
-                });
+            let found = found.ok().flatten().and_then(|(_, view)| {
+                let index = (global - view.header().first_global) as u32;
+                view.entry(index).ok().map(|(meta, _)| meta.event_id)
+            });
             if found != Some(Some(event_id)) {
                 problem(
                     at,
