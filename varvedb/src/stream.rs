@@ -692,7 +692,7 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
             // snapshot goes (sealed under the store's keys, it would outlive
             // the erasure), and the commit makes every reader of this store
             // take a new snapshot instead of a cached one.
-            let snapshot = crate::aggregate::snapshot_key(tag, id.0);
+            let snapshot = crate::storage::keys::snapshot_key(tag, id.0);
             self.store.write(|txn| {
                 txn.state_delete(&snapshot)?;
                 txn.note_erasure()

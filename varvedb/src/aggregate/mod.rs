@@ -14,8 +14,6 @@
 
 mod fold;
 mod snapshot;
-
-pub(crate) use snapshot::key as snapshot_key;
 mod testing;
 
 use std::fmt;

@@ -235,3 +235,14 @@ mod tests {
         }
     }
 }
+
+/// The `state` key of the aggregate snapshot of `(tag, id)`: `snap/`, the
+/// tag (BE u32), the stream id (BE u64). The aggregate layer stores under
+/// it; erasing the entity deletes it.
+pub(crate) fn snapshot_key(tag: u32, id: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..5].copy_from_slice(b"snap/");
+    k[5..9].copy_from_slice(&tag.to_be_bytes());
+    k[9..].copy_from_slice(&id.to_be_bytes());
+    k
+}
