@@ -56,11 +56,14 @@ pub struct VarveConfig {
     /// How many read snapshots (readers mid-call, live iterators and event
     /// guards) may be open at once across all processes using the store.
     pub max_readers: u32,
-    /// Commit durability. See [`Durability`].
+    /// Commit durability. See [`Durability`]. On PostgreSQL, `Full` keeps
+    /// the server's `synchronous_commit` and the relaxed modes turn it off
+    /// for this store's writes.
     pub durability: Durability,
     /// How long a writer that must grow the map waits for this process's open
     /// read snapshots to close before failing with
-    /// [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked).
+    /// [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked). On
+    /// PostgreSQL: how long a call waits for a pooled connection.
     pub resize_wait: Duration,
     /// How often a waiting subscription or projector looks for commits made
     /// by *other processes*, which cannot signal it (commits of this process

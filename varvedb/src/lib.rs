@@ -42,6 +42,12 @@ pub mod __pg {
     pub fn execute(url: &str, sql: &str) -> crate::Result<()> {
         crate::storage::admin_execute(url, sql)
     }
+
+    /// How many round trips to the server `varve`'s calls have made since
+    /// it was opened (`None` for a store on LMDB).
+    pub fn round_trips(varve: &crate::Varve) -> Option<u64> {
+        varve.store().round_trips()
+    }
 }
 
 pub use aggregate::{

@@ -1014,6 +1014,16 @@ impl Store {
         self.last_txn_id_in(&guard)
     }
 
+    /// How many round trips to the server this store's calls made (`None`
+    /// on LMDB): for the tests and the bench.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn round_trips(&self) -> Option<u64> {
+        match &self.engine {
+            Engine::Lmdb { .. } => None,
+            Engine::Pg(pg) => Some(pg.round_trips()),
+        }
+    }
+
     /// [`Store::last_txn_id`] for a caller holding a gate guard: `_inside` is
     /// the proof that no remap can run meanwhile.
     pub(crate) fn last_txn_id_in(&self, _inside: &gate::GateGuard) -> usize {

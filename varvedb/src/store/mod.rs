@@ -663,9 +663,13 @@ impl Varve {
 
     /// [`Varve::connect`] with a configuration. `max_readers` bounds the
     /// connection pool (4 to 16 connections; every open snapshot and
-    /// write transaction holds one); `map_size`, `durability` and
-    /// `resize_wait` do not apply (the server's `synchronous_commit`
-    /// decides durability).
+    /// write transaction holds one); `resize_wait` is how long a call waits
+    /// for a pooled connection (idle readers' snapshots are closed
+    /// meanwhile) before a [`Storage`](crate::Error::Storage) error;
+    /// [`Durability::Full`](crate::Durability::Full) keeps the server's
+    /// `synchronous_commit`, a relaxed durability commits writes with
+    /// `synchronous_commit = off` (a server crash may lose the last commits,
+    /// never leaves a partial one); `map_size` does not apply.
     ///
     /// # Errors
     /// As [`Varve::connect`].
