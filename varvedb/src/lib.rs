@@ -82,6 +82,7 @@ pub use projection::{
 };
 pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
 pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};
+pub use storage::vault::Erasure;
 pub use storage::{CommitStats, StoreId};
 pub use store::Varve;
 pub use stream::{HighSerializer, LowSerializer, Stream, WithContext};

@@ -452,6 +452,15 @@ fn what_a_server_cannot_do_is_a_typed_error() {
     assert!(matches!(varve.backup(&dir), Err(Error::Unsupported { .. })));
     assert!(varve.path().to_string_lossy().starts_with("postgresql://"));
     assert!(!varve.path().to_string_lossy().contains("password"));
+    // No key vault of entity keys either (encryption is not varvedb's there).
+    let vault = std::env::temp_dir().join(format!("varvedb-pg-vault-{}", std::process::id()));
+    assert!(matches!(
+        Varve::connect_with(&url, varvedb::VarveConfig::default().key_vault(&vault)),
+        Err(Error::Unsupported {
+            operation: "a key vault of entity keys",
+            ..
+        })
+    ));
     // Not a connection string.
     assert!(matches!(
         Varve::connect("this is not = a url = at all"),

@@ -40,6 +40,7 @@ pub(crate) mod readers;
 mod registry;
 mod snapshot;
 mod sync;
+pub(crate) mod vault;
 mod verify;
 mod writer;
 
@@ -132,6 +133,9 @@ pub(crate) struct Store {
     chain_key: parking_lot::RwLock<Option<[u8; 32]>>,
     /// The unwrapped keys of an encrypted store; `None`: a plaintext store.
     crypt: Option<crypt::Keyring>,
+    /// The key vault of entity keys (set once at open, before the store is
+    /// shared); unset: none. See [`vault`].
+    vault: std::sync::OnceLock<vault::Vault>,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -370,6 +374,7 @@ impl Store {
             cross_process_poll,
             tamper_evident,
             encryption,
+            key_vault,
         } = requested;
         let conflict = |field, open: String, requested: String| {
             Err(Error::ConfigConflict {
@@ -418,6 +423,14 @@ impl Store {
                 "encryption",
                 format!("{:?}", self.config.encryption),
                 format!("{encryption:?}"),
+            );
+        }
+        if *key_vault != self.config.key_vault {
+            // Appends of both handles must seal with the same entity keys.
+            return conflict(
+                "key_vault",
+                format!("{:?}", self.config.key_vault),
+                format!("{key_vault:?}"),
             );
         }
         if *resize_wait != self.config.resize_wait {
@@ -497,6 +510,7 @@ impl Store {
         let wtxn = env.write_txn().map_err(&err)?;
         let mut checked = None;
         let mut keyring = None;
+        let mut key_vault = None;
         let created =
             env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
                 // A store of varvedb 0.4 (its log in a `global_events`
@@ -552,6 +566,21 @@ impl Store {
                 let key = config.encryption.as_ref();
                 keyring = crypt::settle_at_open(wtxn, &dbs.0, path, c.id, key, create)
                     .map_err(OpenError::Varve)?;
+                let recorded = dbs.0.get(wtxn, vault::VAULT_RECORD)?.map(<[u8]>::to_vec);
+                let (opened, record) = vault::settle_at_open(
+                    path,
+                    recorded.as_deref(),
+                    config.key_vault.as_deref(),
+                    keyring.is_some(),
+                    c.id,
+                    true,
+                    || crypt::derive_master(wtxn, &dbs.0, path, key),
+                )
+                .map_err(OpenError::Varve)?;
+                if record {
+                    dbs.0.put(wtxn, vault::VAULT_RECORD, &vault::record())?;
+                }
+                key_vault = opened;
                 checked = Some(c);
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
@@ -603,6 +632,9 @@ impl Store {
             Access::ReadWrite,
             keyring,
         )?;
+        if let Some(v) = key_vault {
+            let _ = store.vault.set(v);
+        }
         store.trace_open(&checked);
         Ok(store)
     }
@@ -680,6 +712,7 @@ impl Store {
         let rtxn = env.read_txn().map_err(&err)?;
         let mut checked = None;
         let mut keyring = None;
+        let mut key_vault = None;
         let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenError> {
             let db = |name| {
                 opener
@@ -704,6 +737,18 @@ impl Store {
                 .map_err(OpenError::Varve)?;
             keyring = crypt::open_keyring(rtxn, &meta, path, c.id, config.encryption.as_ref())
                 .map_err(OpenError::Varve)?;
+            let recorded = meta.get(rtxn, vault::VAULT_RECORD)?.map(<[u8]>::to_vec);
+            key_vault = vault::settle_at_open(
+                path,
+                recorded.as_deref(),
+                config.key_vault.as_deref(),
+                keyring.is_some(),
+                c.id,
+                false,
+                || crypt::derive_master(rtxn, &meta, path, config.encryption.as_ref()),
+            )
+            .map_err(OpenError::Varve)?
+            .0;
             checked = Some(c);
             fn required<D>(name: &'static str, db: Option<D>) -> Result<D, OpenError> {
                 db.ok_or_else(|| {
@@ -758,6 +803,9 @@ impl Store {
             Access::ReadOnly,
             keyring,
         )?;
+        if let Some(v) = key_vault {
+            let _ = store.vault.set(v);
+        }
         store.trace_open(&checked);
         Ok(store)
     }
@@ -868,6 +916,7 @@ impl Store {
             meta,
             chain,
             seals,
+            vault: std::sync::OnceLock::new(),
             chain_key: parking_lot::RwLock::new(chain_key),
             crypt,
             commits: notify::CommitSignal::default(),
@@ -936,6 +985,12 @@ impl Store {
     /// The keyring of an encrypted store (`None`: plaintext).
     pub(crate) fn keyring(&self) -> Option<&crypt::Keyring> {
         self.crypt.as_ref()
+    }
+
+    /// The key vault of entity keys, if the store was opened with one.
+    #[inline]
+    pub(crate) fn vault(&self) -> Option<&vault::Vault> {
+        self.vault.get()
     }
 
     pub(crate) fn config(&self) -> &VarveConfig {

@@ -1955,6 +1955,13 @@ impl super::Store {
                 backend: "PostgreSQL",
             });
         }
+        if config.key_vault.is_some() {
+            // Entity keys seal encrypted blocks: none here either.
+            return Err(crate::Error::Unsupported {
+                operation: "a key vault of entity keys",
+                backend: "PostgreSQL",
+            });
+        }
         txn.commit().map_err(&err)?;
         let store = super::Store::assemble_with(
             &label,
