@@ -2337,6 +2337,28 @@ mod tests {
         }
     }
 
+    /// The commit counter is read on a connection taken as a transaction's
+    /// is: with every connection held by an idle reader's snapshot, the
+    /// snapshots are closed and the counter is read, not `usize::MAX`
+    /// after the pool's wait.
+    #[test]
+    fn the_commit_counter_closes_idle_snapshots_to_get_a_connection() {
+        let Some(db) = TestDb::create("counter") else {
+            return;
+        };
+        let pg = Pg::connect(&db.url, 1, Duration::from_secs(2), Default::default()).unwrap();
+        let mut t = pg.begin_write().unwrap();
+        t.put(PgTable::Meta, b"k", b"v", Put::Overwrite).unwrap();
+        t.commit().unwrap();
+        // An idle reader holds the only connection.
+        let idle = Arc::new(Mutex::new(Some(pg.begin_read().unwrap())));
+        let held = Arc::clone(&idle);
+        *pg.reclaim.lock() = Some(Arc::new(move || drop(held.lock().take())));
+        assert_eq!(pg.last_txn_id(), 1);
+        assert!(idle.lock().is_none(), "the idle snapshot was closed");
+        *pg.reclaim.lock() = None;
+    }
+
     /// A relaxed durability commits writes with `synchronous_commit = off`;
     /// `Full` keeps the server's setting.
     #[test]
