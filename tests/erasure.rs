@@ -554,3 +554,112 @@ fn a_crash_right_after_the_vault_commit_of_an_erasure_leaves_it_erased() {
         Erasure::AlreadyErased { .. }
     ));
 }
+
+// ---------------------------------------------------------------------------
+// Review (shredreview): damage must not pass for erasure, and erasure must
+// not stop the store's own maintenance.
+// ---------------------------------------------------------------------------
+
+type Db<'e> = heed::Database<'e, heed::types::Bytes, heed::types::Bytes>;
+
+/// The store's `events` database, opened raw (as an attacker with the file
+/// has it); no varvedb handle may be open on `dir`.
+fn with_events<R>(dir: &Path, f: impl FnOnce(&heed::Env, Db<'_>) -> R) -> R {
+    // SAFETY: the test owns the directory and no varvedb handle is open on it.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.unwrap();
+    let rtxn = env.read_txn().unwrap();
+    let events = env
+        .open_databases_and_commit(rtxn, |opener, rtxn| -> heed::Result<_> {
+            let db = opener
+                .database_options()
+                .types::<heed::types::Bytes, heed::types::Bytes>()
+                .name("events")
+                .open(rtxn)?
+                .unwrap();
+            Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })
+        .unwrap()
+        .unwrap_commit();
+    let out = f(&env, events);
+    env.prepare_for_closing().wait();
+    out
+}
+
+fn raw_block(dir: &Path, key: u64) -> Vec<u8> {
+    with_events(dir, |env, events| {
+        let rtxn = env.read_txn().unwrap();
+        events
+            .get(&rtxn, &key.to_be_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    })
+}
+
+fn put_raw_block(dir: &Path, key: u64, bytes: &[u8]) {
+    with_events(dir, |env, events| {
+        let mut wtxn = env.write_txn().unwrap();
+        events.put(&mut wtxn, &key.to_be_bytes(), bytes).unwrap();
+        wtxn.commit().unwrap();
+    })
+}
+
+#[test]
+fn a_live_entitys_block_re_pointed_at_an_erased_entity_is_unauthentic_not_erased() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    fill(&varve);
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    // User 1's first event (global 0), then erase user 2.
+    let (_, one) = users.append(StreamId(1), &event(1, 7)).unwrap();
+    assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
+    drop((users, varve));
+
+    // The attacker names user 2 in the header of user 1's block (the header
+    // is in the clear; its checksum is not a secret).
+    let mut block = raw_block(&s.store, one.0);
+    assert_eq!(block[8..16], 1u64.to_le_bytes());
+    block[8..16].copy_from_slice(&2u64.to_le_bytes());
+    let crc = varvedb::__fuzz::header_checksum(&block[..60]);
+    block[60..64].copy_from_slice(&crc.to_le_bytes());
+    put_raw_block(&s.store, one.0, &block);
+
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    // User 1's acknowledged event is damaged, and must read as damage: not
+    // as an erasure of someone else, which scans pass over in silence.
+    let mut log = varve.global_reader();
+    let read = log.get(one);
+    assert!(
+        matches!(read, Err(Error::Unauthentic { .. })),
+        "a tampered block read as {read:?}"
+    );
+    let mut reader = varve.stream::<Order, 64>(USERS).unwrap().reader();
+    let read = reader.get_bytes(StreamId(1), StreamSequence(3));
+    assert!(
+        matches!(read, Err(Error::Unauthentic { .. })),
+        "user 1's event read as {read:?}"
+    );
+    let report = varve.verify().unwrap();
+    assert!(!report.is_ok(), "verify passed a tampered block as erased");
+}
+
+#[test]
+fn the_chain_can_be_enabled_on_a_store_with_an_erased_entity() {
+    let s = setup();
+    let plain_chain = VarveConfig {
+        tamper_evident: None,
+        ..config(&s.vault)
+    };
+    let varve = Varve::with_config(&s.store, plain_chain).unwrap();
+    let two = fill(&varve);
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
+    // Erasure is not damage: the chain covers the blocks' stored bytes,
+    // which an erasure leaves as they are.
+    let report = varve.enable_chain(Chain::Plain).unwrap();
+    assert_eq!(report.blocks, 3 * 4 + 1);
+    assert!(varve.chain_status().unwrap().is_on());
+    let verified = varve.verify().unwrap();
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    assert_eq!(verified.erased_events, two.len() as u64);
+}

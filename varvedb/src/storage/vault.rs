@@ -614,6 +614,38 @@ impl super::Store {
         }
     }
 
+    /// `e`, unless it is an [`Error::Erased`] of the block `raw` stored
+    /// under `key` that the stream index does not hold where the block's
+    /// header (in the clear, and not authenticated until the block opens)
+    /// places it: that header was altered to name an erased entity, which
+    /// must read as damage ([`Error::Unauthentic`]), not as an erasure that
+    /// scans pass over.
+    #[cold]
+    pub(crate) fn check_erased(
+        &self,
+        txn: &super::kv::Txn<'_>,
+        key: u64,
+        raw: &[u8],
+        e: Error,
+    ) -> Error {
+        if !matches!(e, Error::Erased { .. }) {
+            return e;
+        }
+        match self
+            .stored_header(key, raw)
+            .and_then(|h| self.block_in_index(txn, &h))
+        {
+            Ok(true) => e,
+            Ok(false) => Error::Unauthentic {
+                location: Location::Global(GlobalSequence(key)),
+                detail: "the block names an erased entity whose stream index does not hold it \
+                         there: its header was altered"
+                    .into(),
+            },
+            Err(other) => other,
+        }
+    }
+
     /// `e` with the stream's name filled in when it is an [`Error::Erased`]
     /// of the block `raw` stored under `key` (its header, in the clear,
     /// names the stream).
@@ -625,7 +657,7 @@ impl super::Store {
         raw: &[u8],
         e: Error,
     ) -> Error {
-        match e {
+        match self.check_erased(txn, key, raw, e) {
             Error::Erased {
                 stream: None,
                 id,
