@@ -663,3 +663,55 @@ fn the_chain_can_be_enabled_on_a_store_with_an_erased_entity() {
     assert!(verified.is_ok(), "{:?}", verified.problems);
     assert_eq!(verified.erased_events, two.len() as u64);
 }
+
+#[test]
+#[ignore = "child process of the truncated-vault test"]
+fn child_opens_a_store_whose_vault_was_truncated() {
+    let Some(dir) = std::env::var_os(CHILD) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let opened = Varve::with_config(dir.join("store"), config(&dir.join("vault")));
+    match opened {
+        Ok(varve) => {
+            let mut reader = varve.stream::<Order, 64>(USERS).unwrap().reader();
+            let read = reader.get_bytes(StreamId(1), StreamSequence(0));
+            println!("read {read:?}");
+        }
+        Err(e) => println!("typed error {e:?}"),
+    }
+    println!("survived");
+}
+
+#[test]
+fn a_truncated_vault_is_a_typed_error_not_a_crash() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    // Enough entities that the vault's keys span pages past its meta pages.
+    for id in 0..300u64 {
+        users.append(StreamId(id), &event(id, 0)).unwrap();
+    }
+    drop((users, varve));
+    let data = s.vault.join("data.mdb");
+    let len = std::fs::metadata(&data).unwrap().len();
+    // Keep the two meta pages; lose the pages they point at.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(3 * 4096)
+        .unwrap();
+    assert!(len > 3 * 4096, "the vault is only {len} bytes");
+    let out = child_test("child_opens_a_store_whose_vault_was_truncated")
+        .env(CHILD, s.store.parent().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("survived"),
+        "the process died on a truncated vault ({:?}): {stdout}",
+        out.status
+    );
+    assert!(stdout.contains("typed error"), "{stdout}");
+}

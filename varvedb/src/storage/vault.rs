@@ -158,6 +158,10 @@ fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
     if let Some(env) = open.get(&canonical).and_then(Weak::upgrade) {
         return Ok(env);
     }
+    // LMDB reads pages through the map: a page past the end of a truncated
+    // file would be a SIGBUS, not an error. The store's own check (plain
+    // reads of the meta pages and the free list) runs before mapping.
+    super::identity::check_data_file(&canonical)?;
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(VAULT_MAP_SIZE).max_dbs(4).max_readers(126);
     // SAFETY: mapping a file is sound only while nothing truncates or
