@@ -715,3 +715,24 @@ fn a_truncated_vault_is_a_typed_error_not_a_crash() {
     );
     assert!(stdout.contains("typed error"), "{stdout}");
 }
+
+#[test]
+fn an_append_after_the_vault_was_deleted_under_the_store_is_refused_not_lost() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    users.append(StreamId(1), &event(1, 0)).unwrap();
+    std::fs::remove_dir_all(&s.vault).unwrap();
+    // A new entity's key would go into the deleted file, and its
+    // acknowledged event would be unreadable once the process ends.
+    let appended = users.append(StreamId(2), &event(2, 0));
+    assert!(
+        matches!(appended, Err(Error::KeyVault { .. })),
+        "an append acknowledged with its key in a deleted vault: {appended:?}"
+    );
+    let erased = users.erase(StreamId(1));
+    assert!(
+        matches!(erased, Err(Error::KeyVault { .. })),
+        "an erasure acknowledged in a deleted vault: {erased:?}"
+    );
+}

@@ -108,6 +108,9 @@ pub(crate) enum Found {
 struct VaultEnv {
     path: PathBuf,
     env: Env<WithoutTls>,
+    /// The vault's data file, to tell a vault deleted under us (a key
+    /// committed into it would be gone with it).
+    file: Option<std::fs::File>,
     stores: Db,
     keys: Db,
     erased: Db,
@@ -186,9 +189,11 @@ fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
     let (stores, keys, erased) = created
         .map_err(lmdb(path, "opening the key vault"))?
         .unwrap_commit();
+    let file = std::fs::File::open(canonical.join(super::identity::DATA_FILE)).ok();
     let env = Arc::new(VaultEnv {
         path: path.to_path_buf(),
         env,
+        file,
         stores,
         keys,
         erased,
@@ -321,8 +326,7 @@ impl Vault {
             .stores
             .put(&mut wtxn, self.store_id.as_bytes(), &wrapped)
             .map_err(lmdb(self.path(), "recording the store in the key vault"))?;
-        wtxn.commit()
-            .map_err(lmdb(self.path(), "recording the store in the key vault"))
+        self.commit(wtxn, "recording the store in the key vault")
     }
 
     fn read(&self) -> Result<RoTxn<'_, WithoutTls>> {
@@ -330,6 +334,24 @@ impl Vault {
             .env
             .read_txn()
             .map_err(lmdb(self.path(), "reading the key vault"))
+    }
+
+    /// Commits `wtxn`, unless the vault's file was deleted under the open
+    /// store: a key (or tombstone) committed into it would be acknowledged
+    /// and lost with the file.
+    fn commit(&self, wtxn: RwTxn<'_>, what: &str) -> Result<()> {
+        if self
+            .env
+            .file
+            .as_ref()
+            .is_some_and(super::identity::is_unlinked)
+        {
+            return Err(vault_error(
+                self.path(),
+                format!("{what}: the key vault was deleted while the store was open"),
+            ));
+        }
+        wtxn.commit().map_err(lmdb(self.path(), what))
     }
 
     fn write(&self) -> Result<RwTxn<'_>> {
@@ -396,7 +418,7 @@ impl Vault {
         let wrapped = self.wrap(&k[16..], &key)?;
         let err = lmdb(self.path(), "recording an entity key in the key vault");
         self.env.keys.put(&mut wtxn, &k, &wrapped).map_err(&err)?;
-        wtxn.commit().map_err(&err)?;
+        self.commit(wtxn, "recording an entity key in the key vault")?;
         crash_point("after-key");
         Ok(key)
     }
@@ -423,7 +445,7 @@ impl Vault {
             .erased
             .put(&mut wtxn, &k, &now_micros().to_le_bytes())
             .map_err(&err)?;
-        wtxn.commit().map_err(&err)?;
+        self.commit(wtxn, "erasing an entity key")?;
         crash_point("after-erase");
         Ok(outcome)
     }
