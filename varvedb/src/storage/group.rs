@@ -532,7 +532,7 @@ mod tests {
             stream.erase(crate::StreamId(2)).unwrap(),
             crate::Erasure::Erased
         );
-        let mut any = |id, n| {
+        let any = |id, n| {
             let mut r = request(&info, id, &[crate::EventId::from_u128(n)]);
             r.expected = ExpectedVersion::Any;
             r
