@@ -858,3 +858,17 @@ fn a_crash_inside_an_erasure_leaves_no_aggregate_snapshot_of_the_entity_in_the_s
         "the erased entity's aggregate snapshot survived the crash: {snapshots:?}"
     );
 }
+
+#[test]
+fn a_vault_inside_the_store_directory_is_refused() {
+    let s = setup();
+    // The store's own directory, and a directory inside it (both go into
+    // every copy of the store's directory, keys and all).
+    for vault in [s.store.clone(), s.store.join("vault")] {
+        let opened = Varve::with_config(&s.store, config(&vault));
+        assert!(
+            matches!(opened, Err(Error::KeyVault { .. })),
+            "a vault at {vault:?} was taken: {opened:?}"
+        );
+    }
+}

@@ -659,6 +659,21 @@ pub(crate) fn settle_at_open(
             ),
         ));
     }
+    // A vault inside the store's directory would go into every copy of that
+    // directory, keys and all: erasure would erase nothing there.
+    let resolve = |p: &Path| p.canonicalize().or_else(|_| std::path::absolute(p));
+    if let (Ok(store_dir), Ok(vault_dir)) = (resolve(path), resolve(vault_path)) {
+        if vault_dir.starts_with(&store_dir) {
+            return Err(vault_error(
+                vault_path,
+                format!(
+                    "the key vault is inside the store's directory {}: keep it outside, \
+                     or every copy of the store carries the keys erasure deletes",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let (vault, known) = Vault::open(vault_path, store_id, master()?, writable)?;
     match (known, recorded.is_some()) {
         (true, _) => Ok((Some(vault), writable && recorded.is_none())),
