@@ -819,7 +819,8 @@ impl View {
             let v = match self.store.keyring() {
                 None => v,
                 Some(ring) => {
-                    ring.open_value(ValueKind::State, k, v, &mut buf)?;
+                    self.store
+                        .open_value_into(ring, ValueKind::State, k, v, &mut buf)?;
                     buf.as_slice()
                 }
             };
@@ -860,7 +861,8 @@ impl View {
                 let v = match self.store.keyring() {
                     None => v,
                     Some(ring) => {
-                        ring.open_value(ValueKind::State, k, v, &mut buf)?;
+                        self.store
+                            .open_value_into(ring, ValueKind::State, k, v, &mut buf)?;
                         buf.as_slice()
                     }
                 };

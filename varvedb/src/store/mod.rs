@@ -774,7 +774,11 @@ impl Varve {
     /// handle.
     pub fn change_encryption_key(&self, key: crate::EncryptionKey) -> Result<()> {
         self.store.check_writable("changing the encryption key")?;
-        self.store.write(|txn| txn.change_master_key(&key))
+        let master = self.store.write(|txn| txn.change_master_key(&key))?;
+        if let Some(ring) = self.store.keyring() {
+            ring.set_master(master);
+        }
+        Ok(())
     }
 
     /// The store's id: random bytes chosen when it was created, kept in the
