@@ -616,7 +616,7 @@ fn check_type(record: &StreamInfo, ty: &TypeIdentity<&str>) -> Result<Option<Leg
 impl Store {
     /// The catalog key of the stream `name`: `n` + the name, or in an
     /// encrypted store `n` + its keyed hash (the name is not on disk).
-    fn name_key(&self, name: &str) -> Vec<u8> {
+    pub(super) fn name_key(&self, name: &str) -> Vec<u8> {
         match self.keyring() {
             None => name_key(name),
             Some(ring) => {

@@ -373,3 +373,239 @@ mod tests {
         assert_eq!(Cursor::decode(&bad), None);
     }
 }
+
+/// What [`copy_resealed`] copied.
+#[derive(Debug, Default)]
+pub(crate) struct Copied {
+    pub(crate) blocks: u64,
+    pub(crate) events: u64,
+    pub(crate) names: u64,
+    pub(crate) values: u64,
+    pub(crate) entity_keys: u64,
+}
+
+/// Bytes of blocks (or values) written per transaction by [`copy_resealed`].
+const COPY_CHUNK: usize = 4 << 20;
+
+/// Copies everything of `source` into `target`, a new, empty store of the
+/// same id with its own keys (a re-keying restore): every block, stream
+/// name and `state` value opened with the source's keys (or read as is from
+/// a plaintext source) and sealed with the target's; the catalog's name
+/// keys hashed with the target's stream-name key; the index, event ids and
+/// entity keys as in the source. A chained source's chain digests and
+/// re-seal records are kept, and each block gets one more re-seal record
+/// (from its source bytes to its new ones), so every head the source
+/// handed out still verifies against the target.
+pub(crate) fn copy_resealed(
+    source: &std::sync::Arc<super::Store>,
+    target: &std::sync::Arc<super::Store>,
+) -> Result<Copied> {
+    use zeroize::Zeroizing;
+    let mut copied = Copied::default();
+    let view = source.snapshot()?;
+    let txn = &view.pin.txn;
+    let err = source.err("reading the store to re-key");
+
+    // The source's re-seal records first: the blocks' chain values name them.
+    let mut amended = std::collections::HashMap::new();
+    let mut reseals = Vec::new();
+    view.for_each_reseal(0, |n, record| {
+        let block = u64::from_le_bytes(record[..8].try_into().unwrap_or_default());
+        reseals.push((n, record.to_vec()));
+        if let Some(value) = view.chain_value(block)? {
+            amended.insert(block, value);
+        }
+        Ok(())
+    })?;
+    if !reseals.is_empty() {
+        target.write(|t| {
+            for (n, record) in &reseals {
+                t.import_reseal(*n, record)?;
+            }
+            Ok(())
+        })?;
+    }
+
+    // Blocks, a chunk per transaction.
+    let mut chunk: Vec<(u64, Vec<u8>, Zeroizing<Vec<u8>>)> = Vec::new();
+    let mut bytes = 0;
+    let flush = |chunk: &mut Vec<(u64, Vec<u8>, Zeroizing<Vec<u8>>)>,
+                 amended: &std::collections::HashMap<u64, Vec<u8>>|
+     -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        target.write(|t| {
+            let ring = target.keyring();
+            let mut sealed = Vec::new();
+            for (key, stored, plain) in chunk.iter() {
+                let bytes: &[u8] = match ring {
+                    Some(ring) => {
+                        ring.seal_block(*key, plain, &mut sealed)?;
+                        &sealed
+                    }
+                    None => plain,
+                };
+                let chain = amended.get(key).map(Vec::as_slice);
+                t.import_block_with(*key, bytes, chain, Some(stored))?;
+            }
+            Ok(())
+        })?;
+        chunk.clear();
+        Ok(())
+    };
+    let mut plain = PlainBuf::default();
+    for item in source.events.iter(txn).map_err(&err)? {
+        let (k, v) = item.map_err(&err)?;
+        let key = parse_event_key(k).ok_or_else(|| Error::Corruption {
+            location: Location::Record("the event log".into()),
+            detail: format!("malformed key of {} bytes", k.len()),
+        })?;
+        let view = source.open_stored(key, v, &mut plain)?;
+        copied.blocks += 1;
+        copied.events += u64::from(view.header().count);
+        let opened = match source.keyring() {
+            Some(_) => Zeroizing::new(plain.as_slice().to_vec()),
+            None => Zeroizing::new(v.to_vec()),
+        };
+        bytes += v.len();
+        chunk.push((key, v.to_vec(), opened));
+        if bytes >= COPY_CHUNK {
+            flush(&mut chunk, &amended)?;
+            bytes = 0;
+        }
+    }
+    flush(&mut chunk, &amended)?;
+    plain.clear();
+
+    // The catalog: stream names sealed anew, name keys hashed anew.
+    let mut records = Vec::new();
+    for item in source.catalog.iter(txn).map_err(&err)? {
+        let (k, v) = item.map_err(&err)?;
+        records.push((k.to_vec(), v.to_vec()));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for (k, v) in &records {
+        if k.len() == 5 && k[0] == b't' {
+            let name = match source.keyring() {
+                Some(ring) => {
+                    source.open_value_into(ring, ValueKind::StreamName, k, v, &mut plain)?;
+                    plain.as_slice().to_vec()
+                }
+                None => v.clone(),
+            };
+            plain.clear();
+            let name = String::from_utf8(name).map_err(|_| Error::Corruption {
+                location: Location::Record("the catalog".into()),
+                detail: "a stream name is not UTF-8".into(),
+            })?;
+            names.push(name);
+        } else if k.first() == Some(&b'n') && source.keyring().is_none() {
+            // A plaintext store's name key is the name.
+            if let Ok(name) = std::str::from_utf8(&k[1..]) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    let by_key: std::collections::HashMap<&[u8], &[u8]> = records
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    let mut handled = std::collections::HashSet::new();
+    target.write(|t| {
+        for name in &names {
+            let from = source.name_key(name);
+            if let Some(v) = by_key.get(from.as_slice()) {
+                t.import_catalog_record(&target.name_key(name), v)?;
+                handled.insert(from);
+            }
+        }
+        for (k, v) in &records {
+            if k.len() == 5 && k[0] == b't' {
+                let name = match source.keyring() {
+                    Some(ring) => {
+                        let mut buf = PlainBuf::default();
+                        source.open_value_into(ring, ValueKind::StreamName, k, v, &mut buf)?;
+                        Zeroizing::new(buf.as_slice().to_vec())
+                    }
+                    None => Zeroizing::new(v.clone()),
+                };
+                let sealed = target.seal_value(ValueKind::StreamName, k, &name)?;
+                t.import_catalog_record(k, &sealed)?;
+            } else if k.first() != Some(&b'n') {
+                t.import_catalog_record(k, v)?;
+            }
+        }
+        Ok(())
+    })?;
+    copied.names = names.len() as u64;
+    if let Some((k, _)) = records
+        .iter()
+        .find(|(k, _)| k.first() == Some(&b'n') && !handled.contains(k))
+    {
+        return Err(Error::Corruption {
+            location: Location::Record("the catalog".into()),
+            detail: format!(
+                "a name record ({} bytes) names no stream of the catalog",
+                k.len()
+            ),
+        });
+    }
+
+    // `state` values, opened and sealed anew (`state_put` seals).
+    if let Some(state) = source.state {
+        let mut values: Vec<(Vec<u8>, Zeroizing<Vec<u8>>)> = Vec::new();
+        let mut bytes = 0;
+        let put = |values: &mut Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>| -> Result<()> {
+            target.write(|t| {
+                for (k, v) in values.iter() {
+                    t.state_put(k, v)?;
+                }
+                Ok(())
+            })?;
+            values.clear();
+            Ok(())
+        };
+        for item in state.iter(txn).map_err(&err)? {
+            let (k, v) = item.map_err(&err)?;
+            let opened = match source.keyring() {
+                Some(ring) => {
+                    source.open_value_into(ring, ValueKind::State, k, v, &mut plain)?;
+                    let o = Zeroizing::new(plain.as_slice().to_vec());
+                    plain.clear();
+                    o
+                }
+                None => Zeroizing::new(v.to_vec()),
+            };
+            bytes += v.len();
+            values.push((k.to_vec(), opened));
+            copied.values += 1;
+            if bytes >= COPY_CHUNK {
+                put(&mut values)?;
+                bytes = 0;
+            }
+        }
+        put(&mut values)?;
+    }
+
+    // Entity keys (in the clear in both).
+    if let Some(keys) = source.keys {
+        let mut entries = Vec::new();
+        for item in keys.iter(txn).map_err(&err)? {
+            let (k, v) = item.map_err(&err)?;
+            entries.push((k.to_vec(), v.to_vec()));
+        }
+        copied.entity_keys = entries.len() as u64;
+        target.write(|t| {
+            let db = *t.store.keys_db()?;
+            for (k, v) in &entries {
+                let put = db.put(&mut t.txn, k, v);
+                t.lmdb("restoring entity keys", put)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(copied)
+}
