@@ -774,11 +774,18 @@ impl Keyring {
 
     /// The catalog key standing for the stream name `name`: a keyed BLAKE3
     /// hash, so a lookup by name needs no scan and the name is not on disk.
+    ///
+    /// The hasher's copy of the key (and its state) is zeroed before it is
+    /// dropped (blake3's `zeroize` feature). What is not: copies its SIMD
+    /// compression makes in registers and stack frames, which the next calls
+    /// overwrite.
     pub(crate) fn name_digest(&self, name: &str) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.names);
         h.update(b"varvedb stream name 1\0");
         h.update(name.as_bytes());
-        *h.finalize().as_bytes()
+        let digest = *h.finalize().as_bytes();
+        zeroize::Zeroize::zeroize(&mut h);
+        digest
     }
 
     /// Seals the plaintext block `plain` (header stamped) stored under
@@ -1330,6 +1337,20 @@ mod tests {
         }
         // Another key (a moved block) fails.
         assert!(ring.open_block(8, &sealed, &mut out).is_err());
+    }
+
+    #[test]
+    fn keys_never_move_when_the_keyring_grows() {
+        let ring = ring();
+        let at = ring.keys.read().get(1).unwrap().as_ptr();
+        for id in 2..200u32 {
+            ring.keys
+                .write()
+                .data
+                .push((id, Box::new(Zeroizing::new([id as u8; 32]))));
+        }
+        assert_eq!(ring.keys.read().get(1).unwrap().as_ptr(), at);
+        assert_eq!(**ring.keys.read().get(150).unwrap(), [150u8; 32]);
     }
 
     #[test]
