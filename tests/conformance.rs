@@ -21,9 +21,6 @@
 #![cfg(unix)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -36,6 +33,7 @@ use varvedb::{
     StreamId, StreamSequence, Varve,
 };
 use varvedb_suite::checks::{batch, dense_log, order_notes, read_log, whole_batches};
+use varvedb_suite::child::{report, Reporter};
 use varvedb_suite::deposited::{v1, v2};
 use varvedb_suite::{Backend, Order, Place, Sales};
 
@@ -93,84 +91,20 @@ fn batch_size(k: u64) -> u64 {
     [1, 3, 2, 5, 1, 4][(k % 6) as usize]
 }
 
-/// A child process that reports lines starting with `@@ `; killed and
-/// reaped if the test fails while it runs.
-struct Process {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
 const CHILD: &str = "VARVEDB_CONFORMANCE_CHILD";
 const CHILD_TEST: &str = "a_child_process_plays_its_role";
 
+/// A child process of this binary in `role` on the store at `place`.
+struct Process;
+
 impl Process {
-    fn spawn(role: &str, place: &Place) -> Process {
-        let mut child = varvedb_suite::child_test(CHILD_TEST)
-            .env(CHILD, format!("{role}|{}", place.to_arg()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a child");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(at) = line.find("@@ ") {
-                    if tx.send(line[at + 3..].to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Process { child, lines }
-    }
-
-    fn next(&self) -> String {
-        self.lines
-            .recv_timeout(TIMEOUT)
-            .expect("the child reported in time")
-    }
-
-    /// Waits for the child to succeed and returns what it reported.
-    fn finish(mut self) -> Vec<String> {
-        let status = self.child.wait().expect("reap");
-        assert!(status.success(), "the child failed: {status}");
-        // The reader thread may still be draining the pipe after the child
-        // exited: read to its end (the thread drops its sender at EOF), not
-        // only what has arrived so far.
-        let mut lines = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(TIMEOUT) {
-            lines.push(line);
-        }
-        lines
-    }
-
-    /// SIGKILLs the child and returns everything it reported.
-    fn kill(mut self) -> Vec<String> {
-        self.child.kill().expect("the child is still running");
-        let status = self.child.wait().expect("reap");
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "the child ended by itself: {status}"
-        );
-        // The reader thread drains the pipe to its end.
-        let mut lines = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
-            lines.push(line);
-        }
-        lines
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn spawn(role: &str, place: &Place) -> Reporter {
+        Reporter::spawn(
+            CHILD_TEST,
+            CHILD,
+            &format!("{role}|{}", place.to_arg()),
+            TIMEOUT,
+        )
     }
 }
 
@@ -190,12 +124,6 @@ fn a_child_process_plays_its_role() {
         "projector" => child_projects_until_killed(&varve, arg == "rebuild"),
         other => panic!("unknown role {other}"),
     }
-}
-
-fn report(line: String) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "@@ {line}").expect("report");
-    out.flush().expect("flush");
 }
 
 /// A small xorshift generator: random delays and sizes without a crate.
@@ -307,7 +235,7 @@ fn sequences_are_dense_and_gapless_under_concurrent_threads(backend: Backend) {
 }
 
 fn child_appends(varve: &Varve, w: u64) {
-    report("ready".into());
+    report("ready");
     for (b, g, n) in append_batches(varve, w) {
         report(format!("ack {w} {b} {g} {n}"));
     }
@@ -326,7 +254,7 @@ fn sequences_are_dense_and_gapless_under_concurrent_processes(backend: Backend) 
     let Some(store) = backend.fresh("dense_processes") else {
         return;
     };
-    let children: Vec<Process> = (1..=3)
+    let children: Vec<Reporter> = (1..=3)
         .map(|w| Process::spawn(&format!("appender:{w}"), store.place()))
         .collect();
     for child in &children {
@@ -1156,7 +1084,7 @@ fn child_projects_until_killed(varve: &Varve, rebuild: bool) {
     if rebuild {
         projector.rebuild().expect("rebuilds");
     }
-    report("projecting".into());
+    report("projecting");
     projector.run().expect("the projection never fails");
     writer.join().expect("writer");
 }
@@ -1239,7 +1167,7 @@ fn a_projection_is_exactly_once_across_kills(backend: Backend) {
 fn child_acks_until_killed(varve: &Varve, cycle: u64) {
     let mut orders = varve.stream::<Order, 256>("orders").expect("open");
     let mut rng = Rng::seeded();
-    report("appending".into());
+    report("appending");
     let started = Instant::now();
     let mut b = 0;
     // Bounded, in case the parent dies without killing us.

@@ -7,15 +7,13 @@
 //! The children are this test binary re-executed with `VARVEDB_MP_CHILD`.
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use varvedb::{
     Error, ExpectedVersion, GlobalSequence, StreamId, StreamSequence, Varve, VarveConfig,
 };
+use varvedb_suite::child::Reporter;
 use varvedb_suite::Order;
 
 const CHILD: &str = "VARVEDB_MP_CHILD";
@@ -31,56 +29,17 @@ fn commit_size(k: u64) -> u64 {
 const RACE_ROUNDS: u64 = 40;
 const HELD_SNAPSHOTS: u64 = 6;
 
-/// A child process, killed and reaped if the test fails while it runs.
-struct Process {
-    child: Child,
-    lines: Receiver<String>,
-}
+/// A child process of this binary in `role` on the store in `dir`.
+struct Process;
 
 impl Process {
-    fn spawn(role: &str, dir: &Path) -> Process {
-        let mut child = varvedb_suite::child_test(CHILD_TEST)
-            .env(CHILD, format!("{role}:{}", dir.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout: ChildStdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may print on the same line before our report.
-                if let Some(at) = line.find("@@ ") {
-                    if tx.send(line[at + 3..].to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Process { child, lines }
-    }
-
-    /// The child's next report.
-    fn next(&self) -> String {
-        self.lines
-            .recv_timeout(TIMEOUT)
-            .expect("the child reported in time")
-    }
-
-    fn finish(mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the child failed: {status}");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn spawn(role: &str, dir: &Path) -> Reporter {
+        Reporter::spawn(
+            CHILD_TEST,
+            CHILD,
+            &format!("{role}:{}", dir.display()),
+            TIMEOUT,
+        )
     }
 }
 
@@ -220,7 +179,7 @@ fn writers_in_two_processes_win_each_expected_version_exactly_once() {
     race_here_and_check(dir.path(), other);
 }
 
-fn race_here_and_check(dir: &Path, other: Process) {
+fn race_here_and_check(dir: &Path, other: Reporter) {
     let racer = std::thread::spawn({
         let dir = dir.to_path_buf();
         move || {

@@ -12,6 +12,10 @@ pub mod backend;
 /// PostgreSQL servers and databases for the tests.
 pub mod pg;
 
+/// Child processes that report to their parent test.
+#[cfg(unix)]
+pub mod child;
+
 pub use backend::{Backend, Place, TestStore};
 
 use std::path::Path;
