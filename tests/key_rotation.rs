@@ -384,6 +384,18 @@ fn a_child_rotates_and_reencrypts_until_killed() {
         },
     )
     .expect("open");
+    if std::env::var_os("VARVEDB_ROTATION_PASS_ONLY").is_some() {
+        // Only a pass, slowly enough to be killed in the middle of it.
+        varve
+            .reencrypt_with_progress(ReencryptOptions::default().batch_blocks(1), |p| {
+                println!("batch {}", p.blocks);
+                std::thread::sleep(Duration::from_millis(20));
+            })
+            .unwrap();
+        println!("reencrypted");
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
     let mut s = varve.stream::<Order, 128>(STREAM).unwrap();
     let mut next = varve.global_reader().end().unwrap().0;
     loop {
@@ -412,6 +424,7 @@ fn kill_9_during_rotation_and_reencryption_loses_nothing() {
         varve.head_digest().unwrap().unwrap()
     };
     let mut acked = 11;
+    let mut mid_pass = 0;
     // Kill after this many lines of the child's output: mid-batch, right
     // after a rotation, between passes.
     for (round, after) in [3, 4, 6, 9, 13, 17, 24].into_iter().enumerate() {
@@ -458,10 +471,50 @@ fn kill_9_during_rotation_and_reencryption_loses_nothing() {
             varve.verify_extends(&held).unwrap(),
             Extension::Extends { .. }
         ));
+        let status = varve.encryption_status().unwrap().unwrap();
+        if status.reencrypting {
+            mid_pass += 1;
+        }
+        println!("round {round}: killed after {after} lines, {status:?}");
     }
+    // Some kill landed in the middle of a pass (the next child started it
+    // over for its new key).
+    assert!(mid_pass > 0, "no kill landed mid-pass");
+    // A pass killed after a few batches resumes at its cursor.
+    let blocks = {
+        let varve = Varve::with_config(dir.path(), config()).unwrap();
+        varve.rotate_data_key().unwrap();
+        varve.global_reader().end().unwrap().0
+    };
+    let mut child = child_test(CRASH_TEST)
+        .env(CRASH_DIR, dir.path())
+        .env("VARVEDB_ROTATION_PASS_ONLY", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut batches = 0;
+    for line in lines {
+        if line.unwrap().contains("batch ") {
+            batches += 1;
+            if batches == 3 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
     // Resumes and completes.
     let varve = Varve::with_config(dir.path(), config()).unwrap();
-    varve.reencrypt().unwrap();
+    assert!(varve.encryption_status().unwrap().unwrap().reencrypting);
+    let report = varve.reencrypt().unwrap();
+    // Every block of the log is one event here; those the killed pass
+    // re-sealed are not re-sealed again.
+    assert!(
+        report.blocks >= 1 && report.blocks <= blocks - 3,
+        "{} of {blocks}",
+        report.blocks
+    );
     let status = varve.encryption_status().unwrap().unwrap();
     assert_eq!(status.data_keys, [status.active_key]);
     assert!(!status.reencrypting);

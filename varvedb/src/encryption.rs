@@ -94,7 +94,7 @@ impl std::fmt::Debug for EncryptionKey {
     }
 }
 
-/// How [`Varve::reencrypt_with`](crate::Varve::reencrypt_with) batches its
+/// How [`Varve::reencrypt_with`](crate::Varve::reencrypt_with)(crate::Varve::reencrypt_with) batches its
 /// work.
 ///
 /// ```
@@ -241,15 +241,15 @@ impl crate::Varve {
     /// Re-seals every block, stream name and `state` value sealed with a
     /// data key other than the active one under the active one, then
     /// retires the other data keys (deletes their wrapped copies). See
-    /// [`Varve::reencrypt_with`].
+    /// [`Varve::reencrypt_with`](crate::Varve::reencrypt_with).
     ///
     /// # Errors
-    /// As [`Varve::reencrypt_with`].
+    /// As [`Varve::reencrypt_with`](crate::Varve::reencrypt_with).
     pub fn reencrypt(&self) -> crate::Result<ReencryptReport> {
         self.reencrypt_with(ReencryptOptions::default())
     }
 
-    /// [`Varve::reencrypt`] with `options`.
+    /// [`Varve::reencrypt`](crate::Varve::reencrypt) with `options`.
     ///
     /// The pass runs in batches, each in its own short write transaction
     /// that also moves a cursor kept in the store, so appends and reads go
@@ -277,10 +277,10 @@ impl crate::Varve {
         self.reencrypt_with_progress(options, |_| {})
     }
 
-    /// [`Varve::reencrypt_with`], calling `progress` after each batch.
+    /// [`Varve::reencrypt_with`](crate::Varve::reencrypt_with), calling `progress` after each batch.
     ///
     /// # Errors
-    /// As [`Varve::reencrypt_with`].
+    /// As [`Varve::reencrypt_with`](crate::Varve::reencrypt_with).
     pub fn reencrypt_with_progress(
         &self,
         options: ReencryptOptions,

@@ -426,34 +426,34 @@ pub(crate) fn copy_resealed(
         })?;
     }
 
-    // Blocks, a chunk per transaction.
-    let mut chunk: Vec<(u64, Vec<u8>, Zeroizing<Vec<u8>>)> = Vec::new();
+    // Blocks, a chunk per transaction: (key, stored bytes, plaintext).
+    type Chunk = Vec<(u64, Vec<u8>, Zeroizing<Vec<u8>>)>;
+    let mut chunk: Chunk = Vec::new();
     let mut bytes = 0;
-    let flush = |chunk: &mut Vec<(u64, Vec<u8>, Zeroizing<Vec<u8>>)>,
-                 amended: &std::collections::HashMap<u64, Vec<u8>>|
-     -> Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        target.write(|t| {
-            let ring = target.keyring();
-            let mut sealed = Vec::new();
-            for (key, stored, plain) in chunk.iter() {
-                let bytes: &[u8] = match ring {
-                    Some(ring) => {
-                        ring.seal_block(*key, plain, &mut sealed)?;
-                        &sealed
-                    }
-                    None => plain,
-                };
-                let chain = amended.get(key).map(Vec::as_slice);
-                t.import_block_with(*key, bytes, chain, Some(stored))?;
+    let flush =
+        |chunk: &mut Chunk, amended: &std::collections::HashMap<u64, Vec<u8>>| -> Result<()> {
+            if chunk.is_empty() {
+                return Ok(());
             }
+            target.write(|t| {
+                let ring = target.keyring();
+                let mut sealed = Vec::new();
+                for (key, stored, plain) in chunk.iter() {
+                    let bytes: &[u8] = match ring {
+                        Some(ring) => {
+                            ring.seal_block(*key, plain, &mut sealed)?;
+                            &sealed
+                        }
+                        None => plain,
+                    };
+                    let chain = amended.get(key).map(Vec::as_slice);
+                    t.import_block_with(*key, bytes, chain, Some(stored))?;
+                }
+                Ok(())
+            })?;
+            chunk.clear();
             Ok(())
-        })?;
-        chunk.clear();
-        Ok(())
-    };
+        };
     let mut plain = PlainBuf::default();
     for item in source.events.iter(txn).map_err(&err)? {
         let (k, v) = item.map_err(&err)?;
