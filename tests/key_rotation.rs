@@ -699,3 +699,73 @@ fn a_plaintext_backup_restores_encrypted() {
         Err(varvedb::Error::DestinationExists { .. })
     ));
 }
+
+const REKEY_DIR: &str = "VARVEDB_ROTATION_REKEY_DIR";
+const REKEY_TEST: &str = "a_child_restores_rekeyed_until_killed";
+
+#[test]
+#[ignore = "child process of a_rekeying_restore_killed_at_any_moment_leaves_no_half_store"]
+fn a_child_restores_rekeyed_until_killed() {
+    let Some(dir) = std::env::var_os(REKEY_DIR) else {
+        panic!("run by a_rekeying_restore_killed_at_any_moment_leaves_no_half_store, which sets {REKEY_DIR}");
+    };
+    let dir = Path::new(&dir);
+    for k in 0.. {
+        println!("restoring {k}");
+        Varve::restore_rekeyed(
+            dir.join("full"),
+            Vec::<std::path::PathBuf>::new(),
+            dir.join(format!("rekeyed-{k}")),
+            None,
+            config(),
+            EncryptionKey::from_bytes(NEW_KEY),
+        )
+        .unwrap();
+        println!("restored {k}");
+    }
+}
+
+#[test]
+fn a_rekeying_restore_killed_at_any_moment_leaves_no_half_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let varve = Varve::with_config(dir.path().join("store"), config()).unwrap();
+        append(&varve, 0, 300);
+        varve.backup(dir.path().join("full")).unwrap();
+    }
+    for wait_ms in [0u64, 3, 10, 30] {
+        let mut child = child_test(REKEY_TEST)
+            .env(REKEY_DIR, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(lines.any(|l| l.unwrap().contains("restoring")));
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        child.kill().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
+    }
+    // Every destination that exists is a whole, verified, re-keyed store;
+    // the rest are `.partial-` scratch directories.
+    let new_config = VarveConfig {
+        encryption: Some(EncryptionKey::from_bytes(NEW_KEY)),
+        ..config()
+    };
+    let mut partial = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        partial += usize::from(name.contains(".partial-"));
+        if name.starts_with("rekeyed-") {
+            let varve = Varve::with_config(&path, new_config.clone()).unwrap();
+            assert_eq!(read_ids(&varve), (0..300).collect::<Vec<_>>());
+            assert!(varve.verify().unwrap().is_ok());
+        } else {
+            assert!(
+                ["store", "full"].contains(&name.as_str()) || name.contains(".partial-"),
+                "{name}"
+            );
+        }
+    }
+    assert!(partial > 0, "no kill landed in the middle of a restore");
+}
