@@ -1,6 +1,7 @@
 //! [`Varve`], the entry point: opens a store and hands out typed streams and readers.
 
 mod aggregates;
+mod keys;
 
 use std::path::Path;
 use std::sync::Arc;
