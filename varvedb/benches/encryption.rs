@@ -12,7 +12,14 @@
 //! `Varve::rotate_data_key`, durable batches of the default size): MB of
 //! sealed blocks and events re-sealed per second, best of the rounds.
 //!
-//! `cargo bench -p varvedb --bench encryption` prints the tables for
+//! A second group compares per-entity keys (`VarveConfig::key_vault`,
+//! crypto-shredding) with the store's data keys, both encrypted: E1 the
+//! first append of each of many entities (durable; with a vault it also
+//! commits the entity's new key there), E2 appends to existing entities
+//! (batches of 10), E3 loading each entity's aggregate (every block opened
+//! with its entity's key, looked up in the vault).
+//!
+//! `cargo bench -p varvedb --bench encryption` prints tables for
 //! `docs/performance.md`; `VARVEDB_BENCH_SCALE=0.1` shrinks them;
 //! `VARVEDB_BENCH_ONLY=reencrypt` runs only the re-encryption rounds.
 
@@ -181,6 +188,75 @@ fn main() {
     );
     row("W5 scan the log (events/s)", events, &w5);
     row(&format!("W6 load {IDS} aggregates (events/s)"), events, &w6);
+
+    entity_keys(f);
+}
+
+/// Store keys against per-entity keys (see the module's documentation).
+fn entity_keys(f: f64) {
+    let entities = ((2_000.0 * f) as u64).max(200);
+    let per_entity = 10u64;
+    // [store keys, entity keys]
+    let mut e1 = [Duration::MAX; 2];
+    let mut e2 = [Duration::MAX; 2];
+    let mut e3 = [Duration::MAX; 2];
+    for _ in 0..ROUNDS {
+        for (v, vault) in [false, true].into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = config(true);
+            if vault {
+                config = config.key_vault(dir.path().join("vault"));
+            }
+            let varve = Varve::with_config(dir.path().join("store"), config).unwrap();
+            let mut stream = varve.stream::<Sample, 128>("samples").unwrap();
+            let start = Instant::now();
+            for id in 0..entities {
+                stream.append(StreamId(id), &Sample::new(id)).unwrap();
+            }
+            e1[v] = e1[v].min(start.elapsed());
+
+            let batch: Vec<Sample> = (0..per_entity).map(Sample::new).collect();
+            let start = Instant::now();
+            for id in 0..entities {
+                stream.append_batch(StreamId(id), &batch).unwrap();
+            }
+            e2[v] = e2[v].min(start.elapsed());
+
+            let start = Instant::now();
+            let mut total = 0u64;
+            for id in 0..entities {
+                total = total.wrapping_add(varve.load::<Sum>(StreamId(id)).unwrap().state.0);
+            }
+            black_box(total);
+            e3[v] = e3[v].min(start.elapsed());
+        }
+    }
+    println!(
+        "\n| workload ({entities} entities, encrypted) | store keys | entity keys | entity / store |"
+    );
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, n: u64, t: &[Duration; 2]| {
+        let (p, e) = (per_second(n, t[0]), per_second(n, t[1]));
+        println!("| {name} | {} | {} | {:.2} |", rate(p), rate(e), e / p);
+    };
+    row(
+        "E1 first append of an entity, durable (appends/s)",
+        entities,
+        &e1,
+    );
+    row(
+        &format!("E2 batches of {per_entity} to existing entities, durable (events/s)"),
+        entities * per_entity,
+        &e2,
+    );
+    row(
+        &format!(
+            "E3 load each entity's aggregate ({} events each, events/s)",
+            per_entity + 1
+        ),
+        entities * (per_entity + 1),
+        &e3,
+    );
 }
 
 /// The re-encryption pass over a store of `batches` (sealed with key 1,

@@ -345,12 +345,25 @@ impl Engine for VarveOnPg {
                 })
             })
             .collect();
+        // Opening the streams is done once every thread waits at the barrier.
+        std::thread::sleep(Duration::from_millis(100));
+        let trips = varvedb::__pg::round_trips(&self.0).unwrap_or(0);
+        let stats = self.0.commit_stats();
         barrier.wait();
         let started = Instant::now();
         for t in threads {
             t.join().expect("client");
         }
-        (clients * each, started.elapsed())
+        let elapsed = started.elapsed();
+        let trips = varvedb::__pg::round_trips(&self.0).unwrap_or(0) - trips;
+        let commits = self.0.commit_stats().commits - stats.commits;
+        let appends = clients * each;
+        eprintln!(
+            "  {clients} client(s): {:.2} round trips per append, {:.1} appends per commit",
+            trips as f64 / appends as f64,
+            appends as f64 / commits.max(1) as f64
+        );
+        (appends, elapsed)
     }
 
     fn seed_long_stream(&self) {

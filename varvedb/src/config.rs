@@ -1,5 +1,6 @@
 //! How a store is opened: map size, reader slots, durability, polling.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::chain::Chain;
@@ -55,11 +56,14 @@ pub struct VarveConfig {
     /// How many read snapshots (readers mid-call, live iterators and event
     /// guards) may be open at once across all processes using the store.
     pub max_readers: u32,
-    /// Commit durability. See [`Durability`].
+    /// Commit durability. See [`Durability`]. On PostgreSQL, `Full` keeps
+    /// the server's `synchronous_commit` and the relaxed modes turn it off
+    /// for this store's writes.
     pub durability: Durability,
     /// How long a writer that must grow the map waits for this process's open
     /// read snapshots to close before failing with
-    /// [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked).
+    /// [`Error::MapResizeBlocked`](crate::Error::MapResizeBlocked). On
+    /// PostgreSQL: how long a call waits for a pooled connection.
     pub resize_wait: Duration,
     /// How often a waiting subscription or projector looks for commits made
     /// by *other processes*, which cannot signal it (commits of this process
@@ -88,6 +92,14 @@ pub struct VarveConfig {
     /// and a key given for a plaintext store is
     /// [`Error::NotEncrypted`](crate::Error::NotEncrypted).
     pub encryption: Option<EncryptionKey>,
+    /// The key vault of an encrypted store's entity keys (`None`, the
+    /// default: none; see [`VarveConfig::key_vault`]): a directory outside
+    /// the store, holding one random data key per entity (stream and stream
+    /// id) that appends seal the entity's events with, so erasing an entity
+    /// ([`Stream::erase`](crate::Stream::erase)) makes its events unreadable
+    /// in the store and in every backup of it. A store that has used a vault
+    /// opens only with it ([`Error::KeyVault`](crate::Error::KeyVault)).
+    pub key_vault: Option<PathBuf>,
 }
 
 impl VarveConfig {
@@ -131,6 +143,35 @@ impl VarveConfig {
             ..VarveConfig::default()
         }
     }
+
+    /// This configuration with the key vault at `path` (see
+    /// [`VarveConfig::key_vault`](VarveConfig#structfield.key_vault) and
+    /// `docs/security.md`, "Erasure"): the store (which must be encrypted)
+    /// seals each entity's events with a key of the entity's own, kept in
+    /// the vault, so [`Stream::erase`](crate::Stream::erase) can shred them.
+    /// Keep the vault outside the store's directory and its backups.
+    ///
+    /// ```
+    /// use varvedb::{EncryptionKey, Erasure, Error, StreamId, Varve, VarveConfig};
+    /// # #[derive(rkyv::Archive, rkyv::Serialize)] struct Joined { n: u32 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let vault_dir = tempfile::tempdir().unwrap();
+    /// let config = VarveConfig::encryption(EncryptionKey::from_bytes([42; 32]))
+    ///     .key_vault(vault_dir.path());
+    /// let varve = Varve::with_config(dir.path(), config)?;
+    /// let mut users = varve.stream::<Joined, 16>("users")?;
+    /// users.append(StreamId(7), &Joined { n: 1 })?;
+    /// assert_eq!(users.erase(StreamId(7))?, Erasure::Erased);
+    /// let read = users.reader().get_bytes(StreamId(7), varvedb::StreamSequence(0));
+    /// assert!(matches!(read, Err(Error::Erased { .. })));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn key_vault(self, path: impl Into<PathBuf>) -> VarveConfig {
+        VarveConfig {
+            key_vault: Some(path.into()),
+            ..self
+        }
+    }
 }
 
 /// 64 GiB on 64-bit targets: a virtual reservation, not memory or disk.
@@ -149,6 +190,7 @@ impl Default for VarveConfig {
             cross_process_poll: Some(CROSS_PROCESS_POLL),
             tamper_evident: None,
             encryption: None,
+            key_vault: None,
         }
     }
 }

@@ -744,6 +744,39 @@ pub enum Error {
         /// What did not authenticate.
         detail: String,
     },
+
+    /// The event belongs to an entity (a stream id of a stream) that was
+    /// erased: its key was deleted from the key vault
+    /// ([`Stream::erase`](crate::Stream::erase)), so its events are
+    /// unreadable everywhere, backups included. Not damage: scans go on past
+    /// it, and `verify` counts it apart from problems. Appending to an erased
+    /// entity is refused with it too.
+    #[error(
+        "the event at global sequence {} belongs to an erased entity (stream {}, id {})",
+        at.0,
+        stream.as_deref().map_or_else(|| "unknown".to_string(), |s| format!("{s:?}")),
+        id.0
+    )]
+    Erased {
+        /// The stream's name, where the reader knows it.
+        stream: Option<String>,
+        /// The erased stream id.
+        id: StreamId,
+        /// The event's global sequence (for a whole block, its first).
+        at: GlobalSequence,
+    },
+
+    /// The key vault of entity keys ([`VarveConfig::key_vault`](crate::VarveConfig::key_vault))
+    /// cannot serve this store: the store uses one and none was given, the
+    /// vault given holds none of the store's keys, the store is not
+    /// encrypted, or the vault could not be read or written.
+    #[error("key vault at {path}: {detail}")]
+    KeyVault {
+        /// The vault's directory (or the store's, when no vault was given).
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -1280,6 +1313,15 @@ impl Error {
                 detail: detail.clone(),
             },
             Error::Unsupported { operation, backend } => Error::Unsupported { operation, backend },
+            Error::Erased { stream, id, at } => Error::Erased {
+                stream: stream.clone(),
+                id: *id,
+                at: *at,
+            },
+            Error::KeyVault { path, detail } => Error::KeyVault {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
         }
     }
 }

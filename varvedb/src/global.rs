@@ -797,7 +797,11 @@ impl fmt::Debug for GlobalEvent {
 pub type GlobalIterator<'a> = GlobalIter;
 
 /// A lazy iterator over the global log in one snapshot. After the first error
-/// it yields `None`: it never skips past a damaged event.
+/// it yields `None`: it never skips past a damaged event. An event of an
+/// erased entity ([`Stream::erase`](crate::Stream::erase)) is yielded as
+/// [`Error::Erased`] and the iteration goes on: erasure is not damage. The
+/// folding methods ([`GlobalIter::try_fold_entries`], `collect_all`,
+/// `for_each`) pass over erased events.
 pub struct GlobalIter {
     cursor: GlobalCursor,
     last: Option<Arc<StreamInfo>>,
@@ -843,7 +847,12 @@ impl GlobalIter {
             return Ok(acc);
         }
         while let Some(found) = self.cursor.next_block() {
-            let (block, first) = found?;
+            let (block, first) = match found {
+                Ok(found) => found,
+                // Erased events are passed over (the iterator yields them).
+                Err(Error::Erased { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let tag = block_tag(&block);
             if self
                 .last
@@ -946,7 +955,10 @@ impl Iterator for GlobalIter {
             return None;
         }
         let item = self.next_inner()?;
-        self.failed = item.is_err();
+        // An erased event is reported and passed: the scan goes on.
+        self.failed = item
+            .as_ref()
+            .is_err_and(|e| !matches!(e, Error::Erased { .. }));
         Some(item)
     }
 }

@@ -42,6 +42,12 @@ pub mod __pg {
     pub fn execute(url: &str, sql: &str) -> crate::Result<()> {
         crate::storage::admin_execute(url, sql)
     }
+
+    /// How many round trips to the server `varve`'s calls have made since
+    /// it was opened (`None` for a store on LMDB).
+    pub fn round_trips(varve: &crate::Varve) -> Option<u64> {
+        varve.store().round_trips()
+    }
 }
 
 pub use aggregate::{
@@ -78,6 +84,7 @@ pub use projection::{
 };
 pub use reader::{EventBytes, EventRef, StreamIter, StreamIterator, StreamReader};
 pub use snapshot::{GlobalEntries, LogSnapshot, StreamEntries, StreamEntry, StreamSnapshot};
+pub use storage::vault::Erasure;
 pub use storage::{CommitStats, StoreId};
 pub use store::Varve;
 pub use stream::{HighSerializer, LowSerializer, Stream, WithContext};

@@ -13,6 +13,7 @@ use crate::metadata::{Append, Appended, Context};
 use crate::position::{ExpectedVersion, GlobalSequence, StreamId, StreamSequence};
 use crate::reader::StreamReader;
 use crate::storage::block::MAX_SLOT_LEN;
+use crate::storage::vault::Erasure;
 use crate::storage::{BlockBuilder, Entity, RawMeta, Store, StreamInfo};
 
 /// Serializes `events` in order into `block`, borrowing rkyv's thread-local
@@ -648,6 +649,68 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
     /// A reader for this stream. Readers are cheap, `Clone` and `Send`.
     pub fn reader(&self) -> StreamReader<T> {
         StreamReader::new(Arc::clone(&self.store), self.info.clone())
+    }
+
+    /// Erases the entity `id` of this stream (crypto-shredding, for erasure
+    /// requests): deletes its key from the store's key vault, durably, and
+    /// leaves a tombstone. From then on every read of its events (by
+    /// position, in scans, folds, subscriptions, and in any backup or export
+    /// of the store, taken before or after) is [`Error::Erased`], appends to
+    /// it are refused with the same error, and `verify` counts its blocks as
+    /// erased. Sequences stay dense: the events still occupy their positions.
+    ///
+    /// Only events appended while the store had its vault are sealed with
+    /// the entity's key; snapshots and read models derived from the entity
+    /// are the application's to delete. A read snapshot opened before the
+    /// erasure keeps what it already decrypted until it is dropped.
+    ///
+    /// See [`VarveConfig::key_vault`](crate::VarveConfig::key_vault) for an
+    /// example.
+    ///
+    /// # Errors
+    /// [`Error::KeyVault`] if the store has no key vault (or it cannot be
+    /// written), [`Error::ReadOnly`] on a read-only handle.
+    pub fn erase(&mut self, id: StreamId) -> Result<Erasure> {
+        self.store.check_writable("erasing an entity")?;
+        let Some(vault) = self.store.vault() else {
+            return Err(Error::KeyVault {
+                path: self.store.path().to_path_buf(),
+                detail: "the store has no key vault (VarveConfig::key_vault), so it has no \
+                         entity keys to erase"
+                    .into(),
+            });
+        };
+        let mut view = self.store.snapshot()?;
+        let Some(tag) = view.stream_tag(&self.info)? else {
+            return Ok(Erasure::NoKey);
+        };
+        drop(view);
+        let outcome = vault.erase(tag, id.0)?;
+        if outcome != Erasure::NoKey {
+            // The store's side, after the vault's commit (and again for an
+            // erasure a crash interrupted here): the entity's aggregate
+            // snapshot goes (sealed under the store's keys, it would outlive
+            // the erasure), and the commit makes every reader of this store
+            // take a new snapshot instead of a cached one.
+            let snapshot = crate::storage::keys::snapshot_key(tag, id.0);
+            self.store.write(|txn| {
+                txn.state_delete(&snapshot)?;
+                txn.note_erasure()
+            })?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Stream::erase`] of the stream id entity `key` maps to
+    /// ([`Erasure::NoKey`] for a key no append has used).
+    ///
+    /// # Errors
+    /// As [`Stream::erase`], and [`Error::InvalidEntityKey`].
+    pub fn erase_keyed(&mut self, key: impl AsRef<[u8]>) -> Result<Erasure> {
+        match self.reader().entity_id(key)? {
+            Some(id) => self.erase(id),
+            None => Ok(Erasure::NoKey),
+        }
     }
 
     /// The last stream sequence of `id`, or `None` if it has no events.

@@ -223,10 +223,24 @@ impl<E: Event> Events<E> {
         self.stream.reader()
     }
 
-    /// The last stream sequence of `id`, or `None` if it has no events.
+    /// [`Stream::erase`]: erases entity `id` of this stream (crypto-shredding;
+    /// see [`VarveConfig::key_vault`](crate::VarveConfig::key_vault)).
     ///
     /// # Errors
-    /// [`Error::Storage`](crate::Error::Storage) if the store cannot be read.
+    /// As [`Stream::erase`].
+    pub fn erase(&mut self, id: StreamId) -> Result<crate::Erasure> {
+        self.stream.erase(id)
+    }
+
+    /// [`Stream::erase_keyed`]: erases the stream id entity `key` maps to.
+    ///
+    /// # Errors
+    /// As [`Stream::erase_keyed`].
+    pub fn erase_keyed(&mut self, key: impl AsRef<[u8]>) -> Result<crate::Erasure> {
+        self.stream.erase_keyed(key)
+    }
+
+    /// The last stream sequence of `id`, or `None` if it has no events.
     pub fn version(&self, id: StreamId) -> Result<Option<StreamSequence>> {
         self.stream.version(id)
     }

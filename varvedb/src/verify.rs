@@ -29,6 +29,12 @@ pub struct VerifyReport {
     /// What became of the tamper-evident chain (breaks are `problems` of
     /// kind [`ProblemKind::Chain`]).
     pub chain: ChainCheck,
+    /// Blocks of erased entities ([`Stream::erase`](crate::Stream::erase)):
+    /// unreadable by design, not problems. Their headers (in the clear)
+    /// are still checked against the log and the index.
+    pub erased_blocks: u64,
+    /// Events in those blocks (not counted in `events`).
+    pub erased_events: u64,
 }
 
 impl VerifyReport {

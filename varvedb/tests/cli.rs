@@ -936,3 +936,45 @@ fn restore_re_keys_a_backup_with_a_new_key_file_and_converts_a_plaintext_one() {
         .arg("streams");
     assert_eq!(json(&mut cmd)[0]["name"], "orders");
 }
+
+fn a_store_with_a_key_vault_verifies_with_it_and_counts_erased_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = [0x5au8; 32];
+    let vault = dir.path().join("vault");
+    {
+        let config = varvedb::VarveConfig::encryption(varvedb::EncryptionKey::from_bytes(key))
+            .key_vault(&vault);
+        let varve = Varve::with_config(dir.path().join("store"), config).unwrap();
+        let mut orders = varve.events::<Placed>().unwrap();
+        for id in [1, 2] {
+            let placed = Placed {
+                order: id,
+                note: "secret".into(),
+            };
+            orders.append(StreamId(id), &placed).unwrap();
+        }
+        assert_eq!(orders.erase(StreamId(2)).unwrap(), varvedb::Erasure::Erased);
+    }
+    let raw = dir.path().join("key.bin");
+    std::fs::write(&raw, key).unwrap();
+    // Without the vault: a typed refusal at open.
+    let refused = varvedb(dir.path())
+        .arg("--key-file")
+        .arg(&raw)
+        .arg("verify")
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert!(stderr.contains("key vault"), "{stderr}");
+    let verify = json(
+        varvedb(dir.path())
+            .arg("--key-file")
+            .arg(&raw)
+            .arg("--key-vault")
+            .arg(&vault)
+            .arg("verify"),
+    );
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(verify["events"], 1, "{verify}");
+    assert_eq!(verify["erased_events"], 1, "{verify}");
+}

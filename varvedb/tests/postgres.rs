@@ -452,6 +452,15 @@ fn what_a_server_cannot_do_is_a_typed_error() {
     assert!(matches!(varve.backup(&dir), Err(Error::Unsupported { .. })));
     assert!(varve.path().to_string_lossy().starts_with("postgresql://"));
     assert!(!varve.path().to_string_lossy().contains("password"));
+    // No key vault of entity keys either (encryption is not varvedb's there).
+    let vault = std::env::temp_dir().join(format!("varvedb-pg-vault-{}", std::process::id()));
+    assert!(matches!(
+        Varve::connect_with(&url, varvedb::VarveConfig::default().key_vault(&vault)),
+        Err(Error::Unsupported {
+            operation: "a key vault of entity keys",
+            ..
+        })
+    ));
     // Not a connection string.
     assert!(matches!(
         Varve::connect("this is not = a url = at all"),
@@ -891,4 +900,184 @@ fn batches_longer_than_one_fetch_read_back_whole() {
         .get_archived(StreamId(1), StreamSequence(1000))
         .unwrap()
         .is_none());
+}
+
+/// The round trips `varve` has made so far.
+fn trips(varve: &Varve) -> u64 {
+    varvedb::__pg::round_trips(varve).expect("a store on PostgreSQL")
+}
+
+/// Once the store has seen a stream id, an append is two round trips (the
+/// head-row lock with the log's last block; the event rows, the index, the
+/// head's move and the commit), however many appends share the group: what
+/// a write transaction read or wrote is known to the next one of the store
+/// while no other store commits. A commit by another store (another
+/// process) makes the next append ask again, and it still numbers right.
+#[test]
+fn appends_cost_two_round_trips_per_group_commit() {
+    let (url, _db) = db!("trips");
+    let varve = Varve::connect(&url).unwrap();
+    let mut ledger = varve.events::<Entry>().unwrap();
+    // The first appends read what the store does not know yet (the new
+    // stream's catalog records, its index).
+    for _ in 0..2 {
+        ledger.append(StreamId(1), &Entry { cents: 1 }).unwrap();
+    }
+    let before = trips(&varve);
+    for i in 0..20 {
+        let (seq, _) = ledger.append(StreamId(1), &Entry { cents: i }).unwrap();
+        assert_eq!(seq, StreamSequence(i + 2));
+    }
+    assert_eq!(trips(&varve) - before, 2 * 20, "a lone writer's appends");
+
+    // Another store appends to the same stream id in between.
+    let other = Varve::connect(&url).unwrap();
+    let (seq, _) = other
+        .events::<Entry>()
+        .unwrap()
+        .append(StreamId(1), &Entry { cents: 0 })
+        .unwrap();
+    assert_eq!(seq, StreamSequence(22));
+    let (seq, global) = ledger
+        .append_expected(
+            StreamId(1),
+            &Entry { cents: 0 },
+            ExpectedVersion::Exact(StreamSequence(22)),
+        )
+        .unwrap();
+    assert_eq!((seq, global), (StreamSequence(23), GlobalSequence(23)));
+
+    // Sixteen writers: every group commit costs the same two round trips.
+    const WRITERS: u64 = 16;
+    let start = Arc::new(Barrier::new(WRITERS as usize + 1));
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let varve = varve.clone();
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                let mut ledger = varve.events::<Entry>().unwrap();
+                for _ in 0..2 {
+                    ledger
+                        .append(StreamId(100 + w), &Entry { cents: w })
+                        .unwrap();
+                }
+                start.wait();
+                start.wait();
+                for i in 0..20 {
+                    ledger
+                        .append(StreamId(100 + w), &Entry { cents: i })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    // Every stream id is known now; one lone append makes the store's
+    // knowledge current (the warm-up commits were grouped arbitrarily).
+    ledger.append(StreamId(1), &Entry { cents: 0 }).unwrap();
+    let (before, commits) = (trips(&varve), varve.commit_stats().commits);
+    start.wait();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let commits = varve.commit_stats().commits - commits;
+    assert_eq!(trips(&varve) - before, 2 * commits);
+    assert!(commits <= WRITERS * 20);
+    assert_eq!(log_of(&varve).len() as u64, 25 + WRITERS * 22);
+}
+
+/// With a pool of four connections and a short wait for one, writers on
+/// many threads and a projector (whose write transaction opens a nested
+/// read snapshot: two connections) never wait for a connection long enough
+/// to fail: this process's writers take the store's writer lock before a
+/// connection, so at most one of them waits on the head row at a time.
+#[test]
+fn writers_and_a_projector_never_starve_the_pool() {
+    let (url, _db) = db!("pool");
+    let config = varvedb::VarveConfig {
+        max_readers: 4,
+        resize_wait: Duration::from_millis(1_500),
+        ..varvedb::VarveConfig::default()
+    };
+    let varve = Varve::connect_with(&url, config).unwrap();
+    const WRITERS: u64 = 12;
+    const EACH: u64 = 25;
+    let done = Arc::new(AtomicBool::new(false));
+    let projector = {
+        let varve = varve.clone();
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut projector = varve.projector("sum", Sum).unwrap();
+            while !done.load(Ordering::Acquire) {
+                projector.catch_up().unwrap();
+            }
+            projector.catch_up().unwrap()
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let varve = varve.clone();
+            std::thread::spawn(move || {
+                let mut ledger = varve.events::<Entry>().unwrap();
+                let mut reader = ledger.reader();
+                for i in 0..EACH {
+                    ledger.append(StreamId(w), &Entry { cents: 1 }).unwrap();
+                    // A reader between appends holds a snapshot too.
+                    assert!(reader
+                        .get_archived(StreamId(w), StreamSequence(i))
+                        .unwrap()
+                        .is_some());
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::Release);
+    assert_eq!(projector.join().unwrap(), GlobalSequence(WRITERS * EACH));
+}
+
+/// A schema altered by hand (a column made nullable and set to NULL, a
+/// column of another type) is a typed error when read, never a panic.
+#[test]
+fn a_column_altered_by_hand_is_a_typed_error_not_a_panic() {
+    let (url, _db) = db!("altered");
+    {
+        let varve = Varve::connect(&url).unwrap();
+        let mut ledger = varve.events::<Entry>().unwrap();
+        for i in 0..3 {
+            ledger.append(StreamId(1), &Entry { cents: i }).unwrap();
+        }
+    }
+    varvedb::__pg::execute(
+        &url,
+        "ALTER TABLE varvedb_events ALTER COLUMN payload DROP NOT NULL;
+         UPDATE varvedb_events SET payload = NULL WHERE global = 1",
+    )
+    .unwrap();
+    let varve = Varve::connect(&url).unwrap();
+    let read: Result<Vec<_>, Error> = varve
+        .global_reader()
+        .iter_from(GlobalSequence(0))
+        .unwrap()
+        .map(|e| e.map(|e| e.global_sequence()))
+        .collect();
+    match read {
+        Err(e) => assert!(is_server_error(&e), "{e:?}"),
+        Ok(all) => panic!("a NULL payload read back: {all:?}"),
+    }
+    drop(varve);
+    varvedb::__pg::execute(
+        &url,
+        "ALTER TABLE varvedb_index ALTER COLUMN value TYPE text USING encode(value, 'hex')",
+    )
+    .unwrap();
+    let varve = Varve::connect(&url).unwrap();
+    let mut ledger = varve.events::<Entry>().unwrap();
+    let appended = ledger.append(StreamId(1), &Entry { cents: 9 });
+    assert!(
+        matches!(&appended, Err(e) if is_server_error(e)),
+        "{appended:?}"
+    );
 }

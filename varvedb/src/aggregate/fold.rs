@@ -33,6 +33,9 @@ pub(crate) trait Source {
     fn stored_event(&mut self, event_id: &[u8; 16]) -> Result<Option<StoredEvent>>;
     /// The name of the stream with `tag`.
     fn stream_name(&mut self, tag: u32) -> Result<String>;
+    /// Whether entity `(tag, id)` was erased (its key deleted from the
+    /// store's key vault).
+    fn erased(&mut self, tag: u32, id: u64) -> Result<bool>;
     /// Calls `f(stream sequence, global sequence, block fingerprint,
     /// payload, metadata)` from `from` on.
     fn walk(
@@ -73,6 +76,10 @@ impl Source for View {
         }))
     }
 
+    fn erased(&mut self, tag: u32, id: u64) -> Result<bool> {
+        self.entity_erased(tag, id)
+    }
+
     fn stream_name(&mut self, tag: u32) -> Result<String> {
         Ok(self.stream_by_tag(tag)?.name.to_string())
     }
@@ -107,6 +114,10 @@ impl Source for WriteTxn<'_> {
 
     fn stored_event(&mut self, event_id: &[u8; 16]) -> Result<Option<StoredEvent>> {
         self.event_by_id(event_id)
+    }
+
+    fn erased(&mut self, tag: u32, id: u64) -> Result<bool> {
+        self.entity_erased(tag, id)
     }
 
     fn stream_name(&mut self, tag: u32) -> Result<String> {
@@ -204,7 +215,11 @@ fn load_until<A: Aggregate>(
     };
     let mut start = None;
     if let (Some(codec), Some(version)) = (policy.codec(), version) {
-        if let Some(value) = usable(src.state(&snapshot::key(tag, id.0)))? {
+        // An erased entity's snapshot (sealed under the store's keys) is
+        // not used: the fold then meets its first event, `Error::Erased`.
+        if src.erased(tag, id.0)? {
+            // Nothing to decode.
+        } else if let Some(value) = usable(src.state(&snapshot::key(tag, id.0)))? {
             // Anything unusable (damaged, another layout, past the stream's
             // end) is ignored: the fold then starts from the first event.
             start = codec
@@ -991,6 +1006,10 @@ mod tests {
 
         fn stored_event(&mut self, _: &[u8; 16]) -> Result<Option<StoredEvent>> {
             Ok(None)
+        }
+
+        fn erased(&mut self, _: u32, _: u64) -> Result<bool> {
+            Ok(false)
         }
 
         fn stream_name(&mut self, _: u32) -> Result<String> {

@@ -32,15 +32,11 @@ use crate::storage::block::{u32_at, u64_at};
 const MAGIC: &[u8; 4] = b"VSNP";
 const FORMAT: u32 = 1;
 const HEADER_LEN: usize = 32;
-const KEY_PREFIX: &[u8; 5] = b"snap/";
 
-/// The `state` key of the snapshot of `(tag, id)`.
+/// The `state` key of the snapshot of `(tag, id)` (kept in `storage`, whose
+/// erasure of an entity deletes it).
 pub(crate) fn key(tag: u32, id: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[..5].copy_from_slice(KEY_PREFIX);
-    k[5..9].copy_from_slice(&tag.to_be_bytes());
-    k[9..].copy_from_slice(&id.to_be_bytes());
-    k
+    crate::storage::keys::snapshot_key(tag, id)
 }
 
 /// An aggregate's snapshot policy: never (the default), or every `n` events.

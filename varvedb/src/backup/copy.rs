@@ -166,6 +166,7 @@ impl Varve {
             self.store_id(),
             key,
             self.store().config().encryption.clone(),
+            self.store().config().key_vault.clone(),
             data_digest,
             bytes,
             &mut progress,
@@ -195,11 +196,15 @@ impl Varve {
 }
 
 /// Opens the copy in `dir` read-only, verifies it and digests its log.
+// What opens the copy (its id, chain key, encryption key, key vault) and
+// what it is checked against: grouping them would only move the list.
+#[allow(clippy::too_many_arguments)]
 fn check_copy(
     dir: &Path,
     store_id: StoreId,
     key: Option<[u8; 32]>,
     encryption: Option<crate::EncryptionKey>,
+    key_vault: Option<std::path::PathBuf>,
     data_digest: LogDigest,
     bytes: u64,
     mut progress: impl FnMut(BackupProgress),
@@ -212,6 +217,8 @@ fn check_copy(
         tamper_evident: key.map(crate::Chain::Keyed),
         // An encrypted store's copy opens with the same key.
         encryption,
+        // And with its key vault, whose entity keys its blocks need.
+        key_vault,
         ..crate::VarveConfig::default()
     };
     let copy = Varve::open_read_only_with_config(dir, config)?;
@@ -243,7 +250,7 @@ fn check_copy(
             first.unwrap_or_default()
         )));
     }
-    if verified.events != end {
+    if verified.events + verified.erased_events != end {
         return Err(damaged(format!(
             "the copy holds {} events but its log ends at {end}",
             verified.events

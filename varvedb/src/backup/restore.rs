@@ -343,7 +343,7 @@ impl Varve {
         let varve = sink.varve;
         let end = varve.global_reader().end()?.0;
         let verified = varve.verify()?;
-        if !verified.is_ok() || verified.events != end {
+        if !verified.is_ok() || verified.events + verified.erased_events != end {
             return Err(damaged(
                 dest,
                 format!(

@@ -398,7 +398,8 @@ impl Cli {
                         &json!({
                             "ok": report.is_ok(), "events": report.events, "blocks": report.blocks,
                             "runs": report.runs, "streams": report.streams, "problems": problems,
-                            "chain": chain,
+                            "chain": chain, "erased_blocks": report.erased_blocks,
+                            "erased_events": report.erased_events,
                         }),
                     )?;
                 } else {
@@ -415,6 +416,13 @@ impl Cli {
                             format!("{} problems", report.problems.len())
                         }
                     )?;
+                    if report.erased_blocks > 0 {
+                        writeln!(
+                            out,
+                            "erased entities: {} events in {} blocks (not problems)",
+                            report.erased_events, report.erased_blocks
+                        )?;
+                    }
                     writeln!(out, "tamper-evident chain: {chain}")?;
                     for p in &report.problems {
                         writeln!(out, "  {p}")?;
@@ -862,6 +870,10 @@ struct Args {
     /// newline is not part of it).
     #[arg(long, global = true, value_name = "PATH")]
     passphrase_file: Option<PathBuf>,
+    /// The key vault of a store that seals entities' events with keys of
+    /// their own (`VarveConfig::key_vault`; needs the master key too).
+    #[arg(long, global = true, value_name = "PATH")]
+    key_vault: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -1051,10 +1063,11 @@ enum CliError {
 }
 
 /// The options every open takes: the encryption key of `--key-file` or
-/// `--passphrase-file`, if given.
+/// `--passphrase-file`, and the key vault of `--key-vault`, if given.
 fn open_config(args: &Args) -> Result<VarveConfig, CliError> {
     Ok(VarveConfig {
         encryption: read_key(args.key_file.as_deref(), args.passphrase_file.as_deref())?,
+        key_vault: args.key_vault.clone(),
         ..VarveConfig::default()
     })
 }

@@ -314,7 +314,15 @@ impl<P: Projection> Projector<P> {
             let mut next = from;
             while next < end {
                 let Some(event) = events.next() else { break };
-                let event = event?;
+                let event = match event {
+                    Ok(event) => event,
+                    // An erased entity's event is passed over (docs/security.md).
+                    Err(Error::Erased { at, .. }) => {
+                        next = at.0 + 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if filter.matches(&event) {
                     // Forget failures of reads before this event.
                     w.take_failure();

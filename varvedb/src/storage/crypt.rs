@@ -445,6 +445,36 @@ fn malformed_record(raw: &[u8]) -> Error {
     }
 }
 
+/// The master key of the encrypted store whose `meta` `txn` reads, derived
+/// from `key` (or the test switch's) as [`open_keyring`] derives it: for
+/// the key vault, whose entity keys it wraps.
+pub(crate) fn derive_master(
+    txn: &RoTxn,
+    meta: &Database<Bytes, Bytes>,
+    path: &Path,
+    key: Option<&EncryptionKey>,
+) -> Result<Zeroizing<[u8; 32]>> {
+    let err = super::storage_error("reading the encryption record", 0);
+    let record = meta
+        .get(txn, RECORD_KEY)
+        .map_err(&err)?
+        .and_then(Record::decode)
+        .ok_or_else(|| Error::EncryptionKeyRequired {
+            path: path.to_path_buf(),
+        })?;
+    let test;
+    let key = match key {
+        Some(key) => key,
+        None => {
+            test = test_key().ok_or_else(|| Error::EncryptionKeyRequired {
+                path: path.to_path_buf(),
+            })?;
+            &test
+        }
+    };
+    master(path, key, record.kdf)
+}
+
 /// Writes `records` ([`View::key_records`](super::View::key_records) of a store of the same id) into a new
 /// store's `meta`: it then opens with the same master key and data keys.
 pub(crate) fn adopt_records(
@@ -954,7 +984,7 @@ impl PlainBuf {
     /// Replaces the contents with `parts`, concatenated. Never leaves
     /// plaintext behind in a freed allocation: a buffer too small is zeroed
     /// and replaced, not grown.
-    fn fill(&mut self, parts: &[&[u8]]) {
+    pub(super) fn fill(&mut self, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.clear();
         if self.0.capacity() < len {
@@ -965,7 +995,7 @@ impl PlainBuf {
         }
     }
 
-    fn as_mut(&mut self) -> &mut [u8] {
+    pub(super) fn as_mut(&mut self) -> &mut [u8] {
         self.0.as_mut_slice()
     }
 
@@ -1028,17 +1058,22 @@ impl Plaintexts {
         }
     }
 
-    /// The opened block `raw` stored under `key`, opened at most once per
-    /// arena.
-    pub(crate) fn block<'a>(&'a self, ring: &Keyring, key: u64, raw: &[u8]) -> Result<&'a [u8]> {
+    /// The opened block stored under `key`: `open` fills a fresh buffer
+    /// the first time, so a block is opened at most once per arena.
+    pub(crate) fn block(
+        &self,
+        key: u64,
+        open: impl FnOnce(&mut PlainBuf) -> Result<()>,
+    ) -> Result<&[u8]> {
         let mut blocks = self.blocks.lock();
         if let Some(buf) = blocks.get(&key) {
-            // SAFETY: `buf` is in this arena, borrowed for 'a; entries are
-            // only removed by `clear` (through `&mut self`) or drop.
+            // SAFETY: `buf` is in this arena, borrowed for as long as the
+            // result; entries are only removed by `clear` (through
+            // `&mut self`) or drop.
             return Ok(unsafe { pinned(buf) });
         }
         let mut buf = PlainBuf::default();
-        ring.open_block(key, raw, &mut buf)?;
+        open(&mut buf)?;
         // SAFETY: `buf` goes into this arena right below, never to change.
         let bytes = unsafe { pinned(&buf) };
         blocks.insert(key, buf);
@@ -1068,8 +1103,12 @@ impl Plaintexts {
     }
 }
 
-/// The data key id an encrypted block `raw` names (`None` if too short).
+/// The data key id an encrypted block `raw` names (`None` if too short, or
+/// sealed with its entity's key from the key vault, not a data key).
 pub(crate) fn block_key_id(raw: &[u8]) -> Option<u32> {
+    if super::vault::entity_sealed(raw) {
+        return None;
+    }
     raw.get(HEADER_LEN..HEADER_LEN + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
@@ -1167,7 +1206,7 @@ impl Store {
             None => BlockView::parse(key, raw).map_err(corrupt_at(key)),
             Some(ring) => header_then_open(ring, key, raw, |ring| {
                 self.learn(ring, block_key_id(raw))?;
-                ring.open_block(key, raw, buf)?;
+                self.open_sealed_block(ring, key, raw, buf)?;
                 Ok(buf.as_slice())
             }),
         }
@@ -1185,10 +1224,35 @@ impl Store {
         match &self.crypt {
             None => BlockView::parse(key, raw).map_err(corrupt_at(key)),
             Some(ring) => header_then_open(ring, key, raw, |ring| {
-                self.learn(ring, block_key_id(raw))?;
-                arena.block(ring, key, raw)
+                arena.block(key, |buf| {
+                    self.learn(ring, block_key_id(raw))?;
+                    self.open_sealed_block(ring, key, raw, buf)
+                })
             }),
         }
+    }
+
+    /// Opens the encrypted block `raw` stored under `key` into `out`, with
+    /// the store's data key its seal names, or with its entity's key from
+    /// the key vault (see [`super::vault`]).
+    #[inline]
+    pub(crate) fn open_sealed_block(
+        &self,
+        ring: &Keyring,
+        key: u64,
+        raw: &[u8],
+        out: &mut PlainBuf,
+    ) -> Result<()> {
+        if super::vault::entity_sealed(raw) {
+            return match self.vault() {
+                Some(vault) => vault.open_block(key, raw, out),
+                None => Err(Error::Unauthentic {
+                    location: Location::Global(GlobalSequence(key)),
+                    detail: "sealed with an entity key, but the store has no key vault".into(),
+                }),
+            };
+        }
+        ring.open_block(key, raw, out)
     }
 
     /// The checked header of the block `raw` stored under `key`, without

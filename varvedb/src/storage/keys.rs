@@ -165,6 +165,17 @@ pub(crate) fn open_sealed<'v>(key: &[u8], v: &'v [u8]) -> Option<&'v [u8]> {
     (keyed_checksum(key, value).to_le_bytes() == sum).then_some(value)
 }
 
+/// The `state` key of the aggregate snapshot of `(tag, id)`: `snap/`, the
+/// tag (BE u32), the stream id (BE u64). The aggregate layer stores under
+/// it; erasing the entity deletes it.
+pub(crate) fn snapshot_key(tag: u32, id: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..5].copy_from_slice(b"snap/");
+    k[5..9].copy_from_slice(&tag.to_be_bytes());
+    k[9..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,7 +267,7 @@ impl Table {
             Table::Lmdb(db) => db.put(txn.lmdb_mut()?, key, value),
             #[cfg(feature = "postgres")]
             Table::Pg(p) => match txn {
-                Txn::Pg(x) => x.put(*p, key, value, false),
+                Txn::Pg(x) => x.put(*p, key, value, super::postgres::Put::Overwrite),
                 _ => Err(not_writable()),
             },
         }
@@ -281,7 +281,7 @@ impl Table {
             Table::Lmdb(db) => db.put_with_flags(txn.lmdb_mut()?, PutFlags::APPEND, key, value),
             #[cfg(feature = "postgres")]
             Table::Pg(p) => match txn {
-                Txn::Pg(x) => x.put(*p, key, value, true),
+                Txn::Pg(x) => x.put(*p, key, value, super::postgres::Put::Append),
                 _ => Err(not_writable()),
             },
         }
@@ -302,8 +302,16 @@ impl Table {
             Table::Lmdb(db) => db.put_with_flags(txn.lmdb_mut()?, flags, key, value),
             #[cfg(feature = "postgres")]
             Table::Pg(p) => match txn {
-                // Both flags refuse an existing key.
-                Txn::Pg(x) => x.put(*p, key, value, true),
+                // Both flags refuse an existing key; `APPEND` also one not
+                // greater than every key.
+                Txn::Pg(x) => {
+                    let how = if flags.contains(PutFlags::APPEND) {
+                        super::postgres::Put::Append
+                    } else {
+                        super::postgres::Put::NoOverwrite
+                    };
+                    x.put(*p, key, value, how)
+                }
                 _ => Err(not_writable()),
             },
         }

@@ -108,7 +108,8 @@ impl WriteTxn<'_> {
 
         // Read first (the iterator borrows the transaction), write after.
         // (key, the block's chain leaf before, its new bytes)
-        let mut rewrites: Vec<(u64, chain::Leaf, Vec<u8>)> = Vec::new();
+        // (key, chain leaf as written, new plaintext, sealed with an entity key)
+        let mut rewrites: Vec<(u64, chain::Leaf, Vec<u8>, bool)> = Vec::new();
         let mut next = from;
         let mut rewritten = 0usize;
         let mut reached_end = true;
@@ -132,7 +133,17 @@ impl WriteTxn<'_> {
                 location: Location::Global(GlobalSequence(global)),
                 detail,
             };
-            let view = store.open_stored(global, v, &mut plain)?;
+            let view = match store.open_stored(global, v, &mut plain) {
+                Ok(view) => view,
+                // An erased entity's block stays as it is: unreadable, so
+                // neither migrated nor needing to be.
+                Err(Error::Erased { .. }) => {
+                    next = store.stored_header(global, v)?.end_global();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let entity = store.keyring().is_some() && super::vault::entity_sealed(v);
             let header = *view.header();
             next = header.end_global();
             if header.stream_tag != tag {
@@ -153,7 +164,7 @@ impl WriteTxn<'_> {
                         .map_err(|e| corrupt(e.0))?;
                     let bytes =
                         reseal(&view, schema.fingerprint, &payloads).map_err(|e| corrupt(e.0))?;
-                    rewrites.push((global, chain::leaf(v), bytes));
+                    rewrites.push((global, chain::leaf(v), bytes, entity));
                     batch.blocks += 1;
                 }
                 continue;
@@ -187,20 +198,28 @@ impl WriteTxn<'_> {
                 .map(|b| b.as_slice())
                 .collect();
             let bytes = reseal(&view, schema.fingerprint, &payloads).map_err(|e| corrupt(e.0))?;
-            rewrites.push((global, chain::leaf(v), bytes));
+            rewrites.push((global, chain::leaf(v), bytes, entity));
             batch.blocks += 1;
             *batch.events.entry(version).or_default() += u64::from(header.count);
             rewritten += header.count as usize;
         }
 
-        for (global, old, bytes) in &rewrites {
+        for (global, old, bytes, entity) in &rewrites {
             // An encrypted store's block is sealed anew (a new nonce, its new
-            // header in the associated data).
+            // header in the associated data), with its entity's key if it
+            // was sealed with one.
             let sealed;
             let bytes = match store.keyring() {
                 None => bytes,
                 Some(ring) => {
-                    sealed = super::crypt::sealed_block(ring, *global, bytes)?;
+                    sealed = match store.vault().filter(|_| *entity) {
+                        Some(vault) => {
+                            let h = super::block::parse_header(*global, bytes)
+                                .map_err(super::snapshot::corrupt_at(*global))?;
+                            vault.seal_block(*global, h.stream_tag, h.stream_id, bytes)?
+                        }
+                        None => super::crypt::sealed_block(ring, *global, bytes)?,
+                    };
                     self.plain.forget_block(*global);
                     &sealed
                 }

@@ -41,6 +41,7 @@ mod registry;
 pub(crate) mod rekey;
 mod snapshot;
 mod sync;
+pub(crate) mod vault;
 mod verify;
 mod writer;
 
@@ -133,6 +134,9 @@ pub(crate) struct Store {
     chain_key: parking_lot::RwLock<Option<[u8; 32]>>,
     /// The unwrapped keys of an encrypted store; `None`: a plaintext store.
     crypt: Option<crypt::Keyring>,
+    /// The key vault of entity keys (set once at open, before the store is
+    /// shared); unset: none. See [`vault`].
+    vault: std::sync::OnceLock<vault::Vault>,
     commits: notify::CommitSignal,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
@@ -371,6 +375,7 @@ impl Store {
             cross_process_poll,
             tamper_evident,
             encryption,
+            key_vault,
         } = requested;
         let conflict = |field, open: String, requested: String| {
             Err(Error::ConfigConflict {
@@ -419,6 +424,14 @@ impl Store {
                 "encryption",
                 format!("{:?}", self.config.encryption),
                 format!("{encryption:?}"),
+            );
+        }
+        if *key_vault != self.config.key_vault {
+            // Appends of both handles must seal with the same entity keys.
+            return conflict(
+                "key_vault",
+                format!("{:?}", self.config.key_vault),
+                format!("{key_vault:?}"),
             );
         }
         if *resize_wait != self.config.resize_wait {
@@ -498,6 +511,7 @@ impl Store {
         let wtxn = env.write_txn().map_err(&err)?;
         let mut checked = None;
         let mut keyring = None;
+        let mut key_vault = None;
         let created =
             env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenError> {
                 // A store of varvedb 0.4 (its log in a `global_events`
@@ -553,6 +567,21 @@ impl Store {
                 let key = config.encryption.as_ref();
                 keyring = crypt::settle_at_open(wtxn, &dbs.0, path, c.id, key, create)
                     .map_err(OpenError::Varve)?;
+                let recorded = dbs.0.get(wtxn, vault::VAULT_RECORD)?.map(<[u8]>::to_vec);
+                let (opened, record) = vault::settle_at_open(
+                    path,
+                    recorded.as_deref(),
+                    config.key_vault.as_deref(),
+                    keyring.is_some(),
+                    c.id,
+                    true,
+                    || crypt::derive_master(wtxn, &dbs.0, path, key),
+                )
+                .map_err(OpenError::Varve)?;
+                if record {
+                    dbs.0.put(wtxn, vault::VAULT_RECORD, &vault::record())?;
+                }
+                key_vault = opened;
                 checked = Some(c);
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             });
@@ -604,6 +633,9 @@ impl Store {
             Access::ReadWrite,
             keyring,
         )?;
+        if let Some(v) = key_vault {
+            let _ = store.vault.set(v);
+        }
         store.trace_open(&checked);
         Ok(store)
     }
@@ -681,6 +713,7 @@ impl Store {
         let rtxn = env.read_txn().map_err(&err)?;
         let mut checked = None;
         let mut keyring = None;
+        let mut key_vault = None;
         let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenError> {
             let db = |name| {
                 opener
@@ -705,6 +738,18 @@ impl Store {
                 .map_err(OpenError::Varve)?;
             keyring = crypt::open_keyring(rtxn, &meta, path, c.id, config.encryption.as_ref())
                 .map_err(OpenError::Varve)?;
+            let recorded = meta.get(rtxn, vault::VAULT_RECORD)?.map(<[u8]>::to_vec);
+            key_vault = vault::settle_at_open(
+                path,
+                recorded.as_deref(),
+                config.key_vault.as_deref(),
+                keyring.is_some(),
+                c.id,
+                false,
+                || crypt::derive_master(rtxn, &meta, path, config.encryption.as_ref()),
+            )
+            .map_err(OpenError::Varve)?
+            .0;
             checked = Some(c);
             fn required<D>(name: &'static str, db: Option<D>) -> Result<D, OpenError> {
                 db.ok_or_else(|| {
@@ -759,6 +804,9 @@ impl Store {
             Access::ReadOnly,
             keyring,
         )?;
+        if let Some(v) = key_vault {
+            let _ = store.vault.set(v);
+        }
         store.trace_open(&checked);
         Ok(store)
     }
@@ -869,6 +917,7 @@ impl Store {
             meta,
             chain,
             seals,
+            vault: std::sync::OnceLock::new(),
             chain_key: parking_lot::RwLock::new(chain_key),
             crypt,
             commits: notify::CommitSignal::default(),
@@ -939,6 +988,12 @@ impl Store {
         self.crypt.as_ref()
     }
 
+    /// The key vault of entity keys, if the store was opened with one.
+    #[inline]
+    pub(crate) fn vault(&self) -> Option<&vault::Vault> {
+        self.vault.get()
+    }
+
     pub(crate) fn config(&self) -> &VarveConfig {
         &self.config
     }
@@ -958,6 +1013,16 @@ impl Store {
     pub(crate) fn last_txn_id(&self) -> usize {
         let guard = self.gate.enter();
         self.last_txn_id_in(&guard)
+    }
+
+    /// How many round trips to the server this store's calls made (`None`
+    /// on LMDB): for the tests and the bench.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn round_trips(&self) -> Option<u64> {
+        match &self.engine {
+            Engine::Lmdb { .. } => None,
+            Engine::Pg(pg) => Some(pg.round_trips()),
+        }
     }
 
     /// [`Store::last_txn_id`] for a caller holding a gate guard: `_inside` is

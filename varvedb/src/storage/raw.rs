@@ -148,8 +148,14 @@ impl WriteTxn<'_> {
         // An encrypted store's block must open under this store's keys (a
         // restore keeps the source's id and keys).
         let mut plain = super::crypt::PlainBuf::default();
-        let view = store.open_stored(key, bytes, &mut plain)?;
-        let header = *view.header();
+        let (header, view) = match store.open_stored(key, bytes, &mut plain) {
+            Ok(view) => (*view.header(), Some(view)),
+            // An erased entity's block is restored as it is (its header is
+            // in the clear); its event ids cannot be read, so they are not
+            // indexed.
+            Err(Error::Erased { .. }) => (store.stored_header(key, bytes)?, None),
+            Err(e) => return Err(e),
+        };
         let end = match self.end_global {
             Some(g) => g,
             None => store.end_global(&self.txn)?,
@@ -199,7 +205,7 @@ impl WriteTxn<'_> {
         self.lmdb("restoring the stream index", put)?;
         // The idempotency index: each event id the block carries, pointing
         // at its event, as the source's append recorded it.
-        if header.meta_flags & super::block::META_EVENT_ID != 0 {
+        if let Some(view) = view.filter(|_| header.meta_flags & super::block::META_EVENT_ID != 0) {
             for i in 0..header.count {
                 let global = key + u64::from(i);
                 let (meta, _) = view.entry(i).map_err(corrupt_at(global))?;

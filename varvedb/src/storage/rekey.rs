@@ -241,7 +241,9 @@ impl WriteTxn<'_> {
             })?;
             left.examined -= 1;
             last = Some(k.to_vec());
-            if block_key_id(v) == Some(cursor.target) {
+            // A block sealed with its entity's key (the key vault) is not
+            // sealed with a data key: it stays as it is.
+            if block_key_id(v).is_none_or(|id| id == cursor.target) {
                 continue;
             }
             todo.push((global, v.to_vec()));
@@ -461,6 +463,14 @@ pub(crate) fn copy_resealed(
             location: Location::Record("the event log".into()),
             detail: format!("malformed key of {} bytes", k.len()),
         })?;
+        if super::vault::entity_sealed(v) {
+            // Sealed with its entity's key (the key vault): re-sealing it
+            // under a data key would undo crypto-shredding.
+            return Err(Error::Unsupported {
+                operation: "a re-keying restore of a store with entity-sealed blocks (a key vault)",
+                backend: "a store with a key vault",
+            });
+        }
         let view = source.open_stored(key, v, &mut plain)?;
         copied.blocks += 1;
         copied.events += u64::from(view.header().count);

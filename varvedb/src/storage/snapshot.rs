@@ -389,7 +389,9 @@ impl Store {
         if self.crypt.is_some() && global >= self.stored_header(key, v)?.end_global() {
             return self.past_the_end(txn, global);
         }
-        let view = self.open_pinned(key, v, plain)?;
+        let view = self
+            .open_pinned(key, v, plain)
+            .map_err(|e| self.name_erased(txn, key, v, e))?;
         if global >= view.header().end_global() {
             return self.past_the_end(txn, global);
         }
@@ -1219,6 +1221,9 @@ pub(crate) struct GlobalCursor<V = View> {
     next: u64,
     block: Option<BlockRef>,
     done: bool,
+    /// The erased block being walked (one [`Error::Erased`] per event):
+    /// one past its end, and the error's stream and id.
+    erased: Option<(u64, Option<String>, StreamId)>,
 }
 
 // SAFETY: the only non-`Send` field is the cached `BlockRef`, a pointer into
@@ -1241,15 +1246,29 @@ impl<V: Borrow<View>> GlobalCursor<V> {
             next: from,
             block: None,
             done: false,
+            erased: None,
         }
     }
 
-    /// Moves to the next event of the log, returning its block and global sequence.
+    /// Moves to the next event of the log, returning its block and global
+    /// sequence. An event of an erased entity is [`Error::Erased`], and the
+    /// walk goes on past it (erasure is not damage); any other error ends it.
     pub(crate) fn advance(&mut self) -> Option<Result<(BlockRef, u64)>> {
         if self.done {
             return None;
         }
         let global = self.next;
+        if let Some((end, stream, id)) = &self.erased {
+            if global < *end {
+                self.next += 1;
+                return Some(Err(Error::Erased {
+                    stream: stream.clone(),
+                    id: *id,
+                    at: GlobalSequence(global),
+                }));
+            }
+            self.erased = None;
+        }
         let block = match self.block {
             Some(b) if global < b.header.end_global() => b,
             _ => match self.view.borrow().block_ref(global) {
@@ -1260,6 +1279,28 @@ impl<V: Borrow<View>> GlobalCursor<V> {
                 Ok(None) => {
                     self.done = true;
                     return None;
+                }
+                Err(Error::Erased { stream, id, at }) => {
+                    // The block's header (in the clear) says how far it goes.
+                    match self.view.borrow().block_end_at(at.0) {
+                        Ok(end) if end > global => {
+                            self.erased = Some((end, stream.clone(), id));
+                            self.next += 1;
+                            return Some(Err(Error::Erased {
+                                stream,
+                                id,
+                                at: GlobalSequence(global),
+                            }));
+                        }
+                        Ok(_) => {
+                            self.done = true;
+                            return Some(Err(Error::Erased { stream, id, at }));
+                        }
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    }
                 }
                 Err(e) => {
                     self.done = true;
@@ -1276,7 +1317,13 @@ impl<V: Borrow<View>> GlobalCursor<V> {
     pub(crate) fn next_block(&mut self) -> Option<Result<(BlockRef, u64)>> {
         let (block, first) = match self.advance()? {
             Ok(found) => found,
-            Err(e) => return Some(Err(e)),
+            Err(e) => {
+                // An erased block is passed over whole.
+                if let Some((end, _, _)) = &self.erased {
+                    self.next = *end;
+                }
+                return Some(Err(e));
+            }
         };
         self.next = block.header.end_global();
         Some(Ok((block, first)))

@@ -344,7 +344,12 @@ impl<'s> WriteTxn<'s> {
         let bytes = match store.keyring() {
             None => bytes,
             Some(ring) => {
-                sealed = super::crypt::sealed_block(ring, first_global, bytes)?;
+                sealed = match store.vault() {
+                    // The entity's key is in the vault (committed there
+                    // first) before this block can commit.
+                    Some(vault) => vault.seal_block(first_global, tag, id, bytes)?,
+                    None => super::crypt::sealed_block(ring, first_global, bytes)?,
+                };
                 &sealed[..]
             }
         };

@@ -664,9 +664,13 @@ impl Varve {
 
     /// [`Varve::connect`] with a configuration. `max_readers` bounds the
     /// connection pool (4 to 16 connections; every open snapshot and
-    /// write transaction holds one); `map_size`, `durability` and
-    /// `resize_wait` do not apply (the server's `synchronous_commit`
-    /// decides durability).
+    /// write transaction holds one); `resize_wait` is how long a call waits
+    /// for a pooled connection (idle readers' snapshots are closed
+    /// meanwhile) before a [`Storage`](crate::Error::Storage) error;
+    /// [`Durability::Full`](crate::Durability::Full) keeps the server's
+    /// `synchronous_commit`, a relaxed durability commits writes with
+    /// `synchronous_commit = off` (a server crash may lose the last commits,
+    /// never leaves a partial one); `map_size` does not apply.
     ///
     /// # Errors
     /// As [`Varve::connect`].
@@ -772,9 +776,19 @@ impl Varve {
     /// # Errors
     /// [`Error::NotEncrypted`](crate::Error::NotEncrypted) for a plaintext
     /// store; [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only
-    /// handle.
+    /// handle; [`Error::KeyVault`](crate::Error::KeyVault) for a store with
+    /// a key vault (not supported yet).
     pub fn change_encryption_key(&self, key: crate::EncryptionKey) -> Result<()> {
         self.store.check_writable("changing the encryption key")?;
+        if self.store.vault().is_some() {
+            // The vault's entity keys are wrapped under the master key too;
+            // re-wrapping them is not done yet (docs/security.md).
+            return Err(crate::Error::KeyVault {
+                path: self.store.path().to_path_buf(),
+                detail: "changing the master key of a store with a key vault is not supported yet"
+                    .into(),
+            });
+        }
         let master = self.store.write(|txn| txn.change_master_key(&key))?;
         if let Some(ring) = self.store.keyring() {
             ring.set_master(master);

@@ -185,6 +185,10 @@ impl<P: Pager> Follower<P> {
                         return Step::Item(item);
                     }
                 }
+                // An erased entity's event is passed over: erasure is not
+                // damage, and a follower must not stop at it
+                // (docs/security.md, "Erasure").
+                Some(Err(Error::Erased { .. })) => page.read += 1,
                 Some(Err(e)) => {
                     self.release();
                     return Step::Failed(e);

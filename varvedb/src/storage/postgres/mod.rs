@@ -34,10 +34,10 @@
 
 mod events;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -60,9 +60,6 @@ const PREFETCH: i64 = 256;
 
 /// The `NOTIFY` channel appends wake subscribers on.
 const CHANNEL: &str = "varvedb";
-
-/// How long a caller waits for a pooled connection before a typed error.
-const POOL_WAIT: Duration = Duration::from_secs(30);
 
 /// The most connections one store's pool opens (`max_readers` sets it,
 /// from 4): every open snapshot and write transaction holds one.
@@ -245,6 +242,59 @@ pub(crate) struct Pg {
     label: String,
     /// Set when the store is dropped: the listener stops.
     closed: Arc<AtomicBool>,
+    /// What the last write transaction of this process knew of the tables
+    /// when it committed, and the commit counter its commit left: valid for
+    /// the next write transaction only if the head row still shows that
+    /// counter (see [`Known`]).
+    carry: Mutex<Option<Box<Known>>>,
+    /// The round trips of write transactions ([`Pg::round_trips`]).
+    round_trips: AtomicU64,
+    /// `SET LOCAL synchronous_commit = off` in every write transaction
+    /// (a relaxed [`Durability`](crate::Durability)).
+    relaxed: bool,
+    /// How long a transaction waits for a pooled connection in all.
+    pool_wait: Duration,
+    /// Closes the snapshots this store's idle readers keep between calls
+    /// (each holds a pooled connection): called while a transaction waits
+    /// for a connection, like LMDB's full reader table.
+    reclaim: Mutex<Option<Reclaim>>,
+}
+
+/// What [`Pg::reclaim`] calls.
+type Reclaim = Arc<dyn Fn() + Send + Sync>;
+
+/// How often a transaction waiting for a pooled connection closes idle
+/// readers' snapshots again.
+const RECLAIM_EVERY: Duration = Duration::from_millis(20);
+
+/// A connection from `pool`, waiting up to `wait` in all. When none is free
+/// at once, and every `RECLAIM_EVERY` while waiting, `reclaim` closes the
+/// snapshots idle readers keep (the connections they hold return to the
+/// pool): idle readers never starve a writer or a nested snapshot.
+async fn pooled(
+    pool: &Pool,
+    reclaim: Option<&Reclaim>,
+    wait: Duration,
+) -> std::result::Result<Object, deadpool_postgres::PoolError> {
+    use deadpool_postgres::{PoolError, TimeoutType, Timeouts};
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut step = Duration::ZERO;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let timeouts = Timeouts {
+            wait: Some(step.min(left)),
+            ..pool.timeouts()
+        };
+        match pool.timeout_get(&timeouts).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) if !left.is_zero() => {
+                if let Some(reclaim) = reclaim {
+                    reclaim();
+                }
+                step = RECLAIM_EVERY;
+            }
+            got => return got,
+        }
+    }
 }
 
 impl std::fmt::Debug for Pg {
@@ -283,8 +333,15 @@ fn label_of(config: &tokio_postgres::Config) -> String {
 
 impl Pg {
     /// Parses `url`, starts the private runtime and the pool, and creates or
-    /// checks the schema.
-    pub(crate) fn connect(url: &str, pool_size: usize) -> Result<Arc<Pg>> {
+    /// checks the schema. A caller waits up to `pool_wait` for a pooled
+    /// connection; `durability` other than `Full` commits writes with
+    /// `synchronous_commit = off`.
+    pub(crate) fn connect(
+        url: &str,
+        pool_size: usize,
+        pool_wait: Duration,
+        durability: crate::config::Durability,
+    ) -> Result<Arc<Pg>> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| Error::Open {
             path: "postgresql".into(),
             source: std::io::Error::new(
@@ -316,7 +373,7 @@ impl Pg {
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
+            .wait_timeout(Some(pool_wait))
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::Open {
@@ -330,9 +387,22 @@ impl Pg {
             config,
             label,
             closed: Arc::new(AtomicBool::new(false)),
+            carry: Mutex::new(None),
+            round_trips: AtomicU64::new(0),
+            relaxed: durability != crate::config::Durability::Full,
+            pool_wait,
+            reclaim: Mutex::new(None),
         });
         pg.migrate()?;
         Ok(pg)
+    }
+
+    /// How many times a write transaction of this store went to the server
+    /// and waited for its answer since the store was opened (one round trip
+    /// each, whatever was pipelined in it; statements are prepared once per
+    /// connection, inside the first such trip).
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// The URL without its password.
@@ -426,7 +496,10 @@ impl Pg {
                 let row = client
                     .query_opt("SELECT version FROM varvedb_schema WHERE id = 1", &[])
                     .await?;
-                let found: Option<i32> = row.map(|r| r.get(0));
+                let found: Option<i32> = match row {
+                    Some(r) => Some(r.try_get(0)?),
+                    None => None,
+                };
                 if found.is_none() {
                     client.batch_execute(&ddl).await?;
                     client
@@ -460,7 +533,7 @@ impl Pg {
                 .query_one("SELECT txn FROM varvedb_head WHERE id = 1", &[])
                 .await
                 .ok()?;
-            Some(row.get::<_, i64>(0) as usize)
+            row.try_get::<_, i64>(0).ok().map(|t| t as usize)
         })
         .unwrap_or(usize::MAX)
     }
@@ -477,15 +550,34 @@ impl Pg {
 
     fn begin(self: &Arc<Self>, write: bool) -> heed::Result<PgTxn> {
         let pool = self.pool.clone();
-        let sql = if write {
-            "BEGIN ISOLATION LEVEL READ COMMITTED;
-             SELECT txn, last FROM varvedb_head WHERE id = 1 FOR UPDATE"
-        } else {
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-             SELECT txn, last FROM varvedb_head WHERE id = 1"
+        let sql = match (write, self.relaxed) {
+            (true, false) => {
+                "BEGIN ISOLATION LEVEL READ COMMITTED;
+                 SELECT txn, last, pg_postmaster_start_time(), tableoid
+                 FROM varvedb_head WHERE id = 1 FOR UPDATE"
+            }
+            // A relaxed durability: the commit returns before its WAL is
+            // flushed (a server crash may lose the last commits, never
+            // leaves a partial one).
+            (true, true) => {
+                "BEGIN ISOLATION LEVEL READ COMMITTED;
+                 SET LOCAL synchronous_commit = off;
+                 SELECT txn, last, pg_postmaster_start_time(), tableoid
+                 FROM varvedb_head WHERE id = 1 FOR UPDATE"
+            }
+            (false, _) => {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+                 SELECT txn, last FROM varvedb_head WHERE id = 1"
+            }
         };
-        let (client, txn, last, tail) = self.block(async move {
-            let client = pool.get().await.map_err(pool_error)?;
+        if write {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        let (reclaim, wait) = (self.reclaim.lock().clone(), self.pool_wait);
+        let (client, txn, last, tail, epoch) = self.block(async move {
+            let client = pooled(&pool, reclaim.as_ref(), wait)
+                .await
+                .map_err(pool_error)?;
             // A write transaction reads the log's last block (the writer
             // numbers the next event from it): that read is pipelined
             // behind the head-row lock, in the same round trip. It runs
@@ -513,11 +605,19 @@ impl Pg {
                 _ => None,
             });
             let parse = |i| {
-                row.and_then(|r| r.get(i))
+                row.and_then(|r| r.try_get(i).ok().flatten())
                     .and_then(|v: &str| v.parse::<u64>().ok())
             };
+            // Where the counter's numbers are unique (see `Known::epoch`).
+            let epoch = match row.and_then(|r| r.try_get(2).ok().flatten()) {
+                Some(started) => {
+                    let table = row.and_then(|r| r.try_get(3).ok().flatten());
+                    format!("{started}/{}", table.unwrap_or(""))
+                }
+                None => String::new(),
+            };
             match (parse(0), parse(1)) {
-                (Some(txn), Some(last)) => Ok((client, txn, last, tail)),
+                (Some(txn), Some(last)) => Ok((client, txn, last, tail, epoch)),
                 _ => {
                     // `BEGIN` ran: a connection inside a transaction never
                     // goes back to the pool.
@@ -526,18 +626,35 @@ impl Pg {
                 }
             }
         })?;
+        // What the last commit of this process knew still holds if no
+        // commit came after it: every commit of every process bumps `txn`
+        // under the head-row lock this transaction now holds. Unless the
+        // server lost commits since (it restarted: a crash with
+        // `synchronous_commit = off`, a failover to an asynchronous
+        // standby; or the database was restored): `txn` then runs again
+        // through numbers already seen, so the epoch must match too.
+        let known = if write {
+            let carried = self.carry.lock().take();
+            carried
+                .filter(|k| k.txn == txn && !epoch.is_empty() && k.epoch == epoch)
+                .unwrap_or_default()
+        } else {
+            Box::default()
+        };
         let txn = PgTxn {
             pg: Arc::clone(self),
             client: Some(Arc::new(client)),
             write,
             id: if write { txn + 1 } else { txn } as usize,
+            epoch,
             end: last,
             appended: false,
             arena: Mutex::new(Vec::new()),
             cache: Mutex::new(BlockCache::default()),
             gets: Mutex::new(BTreeMap::new()),
+            known: Mutex::new(known),
             tail_known: AtomicBool::new(false),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Box::default()),
         };
         if let Some(rows) = tail {
             txn.absorb(None, &rows)?;
@@ -569,6 +686,12 @@ impl Pg {
     /// snapshot is an open transaction, which holds a pooled connection and
     /// holds back vacuum, so none may stay open for long unused.
     fn start_sweeper(&self, store: Weak<super::Store>) {
+        let weak = store.clone();
+        *self.reclaim.lock() = Some(Arc::new(move || {
+            if let Some(store) = weak.upgrade() {
+                store.close_idle_views();
+            }
+        }));
         let closed = Arc::clone(&self.closed);
         self.handle.spawn(async move {
             while !closed.load(Ordering::Acquire) {
@@ -611,7 +734,9 @@ async fn listen(
         .query_one("SELECT last FROM varvedb_head WHERE id = 1", &[])
         .await
     {
-        raise(row.get::<_, i64>(0) as u64);
+        if let Ok(last) = row.try_get::<_, i64>(0) {
+            raise(last as u64);
+        }
     }
     while let Some(payload) = rx.recv().await {
         if closed.load(Ordering::Acquire) {
@@ -637,9 +762,6 @@ struct Span {
 /// span in the arena, or `None` for a missing key.
 type Remembered = BTreeMap<(u8, Vec<u8>), Option<Span>>;
 
-/// An overwriting put waiting to be sent: table, key, value.
-type Overwrite = (PgTable, Vec<u8>, Vec<u8>);
-
 /// Blocks already fetched in this transaction: every block whose first
 /// global sequence lies in `[lo, hi)` is in `blocks`, and no block starts
 /// between two consecutive ones (the log is gapless). `hi == u64::MAX`: the
@@ -657,6 +779,187 @@ impl BlockCache {
     }
 }
 
+/// The most entries [`Known`] keeps of each kind before it forgets them all
+/// (a bound on memory; the writer's working set is a few entries per stream
+/// id written).
+const KNOWN_MAX: usize = 4096;
+
+/// The most bytes of keys and values [`Known`] keeps before it forgets
+/// everything (large read-model values are not worth keeping).
+const KNOWN_BYTES: usize = 8 << 20;
+
+/// The largest entry [`Known`] keeps: a larger one is not learned (and a put
+/// of one forgets what it changes).
+const KNOWN_ENTRY: usize = KNOWN_BYTES / 16;
+
+/// What a write transaction knows of the key-value tables without asking the
+/// server: values of keys (`None`: no such key) and answers of neighbour
+/// lookups ([`Seek`], and `last`), learned from what it read and kept exact
+/// by what it writes. Carried from one write transaction of this process to
+/// the next through [`Pg::carry`], tagged with the commit counter `txn` the
+/// commit left: every write transaction of every process locks the head row
+/// first and bumps `txn` when it commits, so if the next write transaction
+/// finds `txn` unchanged under its lock, no table changed in between and
+/// every entry still holds. Otherwise it starts empty.
+#[derive(Default)]
+struct Known {
+    /// The commit counter this knowledge is true at.
+    txn: u64,
+    /// The server's start time and the head table's oid when `txn` was
+    /// read: the counter names one commit only within an epoch. A server
+    /// that lost its last commits (a crash with `synchronous_commit = off`,
+    /// a failover to an asynchronous standby) restarted, and a database
+    /// restored from a dump has new tables; in both the counter runs again
+    /// through numbers a live writer has seen, for other commits.
+    epoch: String,
+    /// By table (as `u8`) and key: the value, or `None` for no such key.
+    values: HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
+    /// By table (as `u8`), how ([`Seek`] as `u8`, [`LAST`]: the greatest key)
+    /// and key: the pair found, or `None`.
+    seeks: HashMap<(u8, u8, Vec<u8>), Option<OwnedPair>>,
+    /// Bytes learned since the maps were last cleared (an upper bound on
+    /// what they hold).
+    bytes: usize,
+}
+
+/// A key-value pair owned.
+type OwnedPair = (Vec<u8>, Vec<u8>);
+
+/// The keys and values of one table's overwrites, as statement parameters.
+type TableWrites<'a> = (PgTable, Vec<&'a [u8]>, Vec<&'a [u8]>);
+
+/// The [`Known::seeks`] kind of `last` (the greatest key of a table).
+const LAST: u8 = 3;
+
+impl Known {
+    fn value(&self, table: PgTable, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.values
+            .get(&(table as u8, key.to_vec()))
+            .map(|v| v.as_deref())
+    }
+
+    /// Counts `n` bytes about to be kept; forgets everything first if that
+    /// would pass the budget.
+    fn budget(&mut self, n: usize) {
+        self.bytes += n;
+        if self.bytes > KNOWN_BYTES {
+            self.values.clear();
+            self.seeks.clear();
+            self.bytes = n;
+        }
+    }
+
+    fn learn_value(&mut self, table: PgTable, key: &[u8], value: Option<&[u8]>) {
+        let n = key.len() + value.map_or(0, <[u8]>::len);
+        if n > KNOWN_ENTRY {
+            self.values.remove(&(table as u8, key.to_vec()));
+            return;
+        }
+        self.budget(n);
+        if self.values.len() >= KNOWN_MAX {
+            self.values.clear();
+        }
+        self.values
+            .insert((table as u8, key.to_vec()), value.map(<[u8]>::to_vec));
+    }
+
+    fn seek(&self, table: PgTable, how: u8, key: &[u8]) -> Option<Option<Pair<'_>>> {
+        self.seeks
+            .get(&(table as u8, how, key.to_vec()))
+            .map(|found| found.as_ref().map(|(k, v)| (&k[..], &v[..])))
+    }
+
+    fn learn_seek(&mut self, table: PgTable, how: u8, key: &[u8], found: Option<Pair<'_>>) {
+        let n = key.len() + found.map_or(0, |(k, v)| k.len() + v.len());
+        if n > KNOWN_ENTRY {
+            return;
+        }
+        self.budget(n);
+        if self.seeks.len() >= KNOWN_MAX {
+            self.seeks.clear();
+        }
+        self.seeks.insert(
+            (table as u8, how, key.to_vec()),
+            found.map(|(k, v)| (k.to_vec(), v.to_vec())),
+        );
+    }
+
+    /// `key` now holds `value` in `table`: every answer it changes changes.
+    fn put(&mut self, table: PgTable, key: &[u8], value: &[u8]) {
+        if key.len() + value.len() > KNOWN_ENTRY {
+            // Too large to keep: what it changes is forgotten instead.
+            self.values.remove(&(table as u8, key.to_vec()));
+            self.seeks.retain(|(t, _, _), _| *t != table as u8);
+            return;
+        }
+        self.learn_value(table, key, Some(value));
+        let mut replaced = 0;
+        for ((t, how, probe), found) in self.seeks.iter_mut() {
+            if *t != table as u8 {
+                continue;
+            }
+            // Whether `key` is a candidate for this lookup, and whether it
+            // is a better one than the pair found (the nearest to `probe`).
+            let (candidate, nearer) = match *how {
+                h if h == Seek::AtOrBefore as u8 => (key <= &probe[..], true),
+                h if h == Seek::Before as u8 => (key < &probe[..], true),
+                h if h == Seek::After as u8 => (key > &probe[..], false),
+                _ => (true, true),
+            };
+            if !candidate {
+                continue;
+            }
+            let better = match found {
+                None => true,
+                // For the lookups below a key the greater the nearer; above
+                // it, the smaller. The same key: its new value.
+                Some((k, _)) if nearer => key >= &k[..],
+                Some((k, _)) => key <= &k[..],
+            };
+            if better {
+                *found = Some((key.to_vec(), value.to_vec()));
+                replaced += 1;
+            }
+        }
+        self.budget(replaced * (key.len() + value.len()));
+    }
+
+    /// The keys of `table` for which `gone` holds were deleted: their values
+    /// are known missing, and a lookup that found one is forgotten (a key
+    /// deleted adds none, so the others stand).
+    fn delete(&mut self, table: PgTable, gone: impl Fn(&[u8]) -> bool) {
+        for ((t, k), v) in self.values.iter_mut() {
+            if *t == table as u8 && gone(k) {
+                *v = None;
+            }
+        }
+        self.seeks.retain(|(t, _, _), found| {
+            *t != table as u8 || !matches!(found, Some((k, _)) if gone(k))
+        });
+    }
+}
+
+/// Writes that cannot be refused for a reason of their own, waiting to be
+/// sent with the transaction's next statement, or with `COMMIT` in its round
+/// trip (every statement sends them first, in one pipelined burst).
+#[derive(Default)]
+struct Pending {
+    /// Overwriting puts, by table and key (the last value wins).
+    overwrites: BTreeMap<(u8, Vec<u8>), (PgTable, Vec<u8>)>,
+    /// The event rows of appended blocks, in log order.
+    events: Columns,
+    /// How far the appended blocks move the head: from `from` to `to`.
+    moved: Option<(u64, u64)>,
+    /// Each appended stream id's new version, by (tag, id).
+    versions: BTreeMap<(i32, i64), i64>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.overwrites.is_empty() && self.moved.is_none() && self.events.global.is_empty()
+    }
+}
+
 /// A PostgreSQL transaction: a read snapshot or a write transaction, on one
 /// pooled connection held for its life.
 pub(crate) struct PgTxn {
@@ -664,6 +967,8 @@ pub(crate) struct PgTxn {
     client: Option<Arc<Object>>,
     write: bool,
     id: usize,
+    /// A write transaction's [`Known::epoch`] (empty for a read snapshot).
+    epoch: String,
     /// The head's `last` when the transaction began (one past the last
     /// global sequence), moved by this transaction's appends.
     end: u64,
@@ -678,15 +983,15 @@ pub(crate) struct PgTxn {
     /// holds the head row, which every writer of every process locks before
     /// touching any table, so no other commit lands while it runs.
     gets: Mutex<Remembered>,
+    /// What a write transaction knows of the tables, carried across
+    /// transactions ([`Known`]); unused by a read snapshot.
+    known: Mutex<Box<Known>>,
     /// `cache` holds the log's last block as read right after the head row
     /// was locked (pipelined with `BEGIN`): `last` needs no round trip.
     /// Cleared when the transaction writes the log or the cache is replaced.
     tail_known: AtomicBool,
-    /// Overwriting puts not yet sent (table, key, value): they cannot fail
-    /// for a reason of their own (`ON CONFLICT … DO UPDATE`), so they wait
-    /// for the next statement of the transaction, or ride with `COMMIT` in
-    /// its round trip. Every statement sends them first.
-    pending: Mutex<Vec<Overwrite>>,
+    /// Overwriting puts and appended blocks not yet sent ([`Pending`]).
+    pending: Mutex<Box<Pending>>,
 }
 
 impl Drop for PgTxn {
@@ -715,52 +1020,126 @@ fn discard(client: Arc<Object>) {
     }
 }
 
-/// A `query` on `client` with owned parameters, run on the runtime.
+/// A `query` on the transaction's connection with owned parameters, run on
+/// the runtime after the transaction's pending writes, in the same round
+/// trip.
 macro_rules! query {
     ($txn:expr, $sql:expr, [$($p:expr),*]) => {{
-        $txn.flush()?;
+        let pending = $txn.take_pending();
         let client = $txn.client()?;
         let sql: String = $sql;
-        $txn.pg.block(async move {
-            let st = client.prepare_cached(&sql).await?;
-            client.query(&st, &[$(&$p as &(dyn ToSql + Sync)),*]).await
+        $txn.block(async move {
+            let then = async {
+                let st = client.prepare_cached(&sql).await?;
+                client.query(&st, &[$(&$p as &(dyn ToSql + Sync)),*]).await
+            };
+            send_then(&client, &pending, then).await.and_then(|rows| rows)
         }).map_err(server)?
     }};
 }
 
-/// The statement of an overwriting put into `table`.
+/// The statement of the overwriting puts into `table`: keys and values as
+/// two arrays (distinct keys: a statement may not update one row twice).
 fn upsert_sql(table: PgTable) -> String {
     format!(
-        "INSERT INTO {} (key, value) VALUES ($1, $2) \
-         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING 1",
+        "INSERT INTO {} (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
         table.name()
     )
 }
 
-/// Runs the overwriting puts `pending` in order, then `then`, pipelined in
-/// one round trip. The statements are prepared first (cached: no round trip
-/// once a connection has seen them), so each request is sent when its future
-/// is first polled, in order: the server runs them in that order.
-async fn upserts_then<F: Future>(
+/// Moves the head from `$1` to `$2`. The head row is locked by the
+/// transaction, so `last` is where it began plus what it appended; should it
+/// not be, `last` is set to NULL, which its `NOT NULL` refuses: the
+/// transaction fails rather than commit a gap or an overlap (the check runs
+/// on the server, so a `COMMIT` pipelined behind it never commits one).
+const MOVE_HEAD: &str =
+    "UPDATE varvedb_head SET last = CASE WHEN last = $1::bigint THEN $2::bigint END WHERE id = 1";
+
+/// Records stream ids' versions (one row per stream id).
+const UPSERT_VERSIONS: &str = "INSERT INTO varvedb_streams
+     SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bigint[])
+     ON CONFLICT (stream_tag, stream_id)
+     DO UPDATE SET version = GREATEST(varvedb_streams.version, EXCLUDED.version)";
+
+type Sent<'a> = std::pin::Pin<
+    Box<dyn Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send + 'a>,
+>;
+
+/// Sends the writes `pending` then `then`, pipelined in one round trip. The
+/// statements are prepared first (cached: no round trip once a connection
+/// has seen them), so each request is sent when its future is first polled,
+/// in order: the server runs them in that order.
+async fn send_then<F: Future>(
     client: &Object,
-    pending: &[Overwrite],
+    pending: &Pending,
     then: F,
 ) -> std::result::Result<F::Output, tokio_postgres::Error> {
-    let mut statements = Vec::with_capacity(pending.len());
-    for (table, _, _) in pending {
-        statements.push(client.prepare_cached(&upsert_sql(*table)).await?);
+    // The overwrites, grouped by table (the map is ordered by table first).
+    let mut tables: Vec<TableWrites<'_>> = Vec::new();
+    for ((_, key), (table, value)) in &pending.overwrites {
+        match tables.last_mut() {
+            Some((t, keys, values)) if *t == *table => {
+                keys.push(key);
+                values.push(value);
+            }
+            _ => tables.push((*table, vec![key], vec![value])),
+        }
     }
-    let params: Vec<[&(dyn ToSql + Sync); 2]> = pending
+    let mut upserts = Vec::with_capacity(tables.len());
+    for (table, _, _) in &tables {
+        upserts.push(client.prepare_cached(&upsert_sql(*table)).await?);
+    }
+    let c = &pending.events;
+    let insert = match c.global.is_empty() {
+        true => None,
+        false => Some(client.prepare_cached(INSERT_EVENTS).await?),
+    };
+    let moved = match pending.moved {
+        Some((from, to)) => Some((
+            client.prepare_cached(MOVE_HEAD).await?,
+            from as i64,
+            to as i64,
+        )),
+        None => None,
+    };
+    let versions = match pending.versions.is_empty() {
+        true => None,
+        false => Some(client.prepare_cached(UPSERT_VERSIONS).await?),
+    };
+    let (tags, ids, seqs): (Vec<i32>, Vec<i64>, Vec<i64>) = {
+        let mut cols = (Vec::new(), Vec::new(), Vec::new());
+        for (&(tag, id), &version) in &pending.versions {
+            cols.0.push(tag);
+            cols.1.push(id);
+            cols.2.push(version);
+        }
+        cols
+    };
+    let event_params = c.params();
+    let table_params: Vec<[&(dyn ToSql + Sync); 2]> = tables
         .iter()
-        .map(|(_, k, v)| [k as &(dyn ToSql + Sync), v as &(dyn ToSql + Sync)])
+        .map(|(_, keys, values)| [keys as &(dyn ToSql + Sync), values as &(dyn ToSql + Sync)])
         .collect();
-    let writes = futures_util::future::try_join_all(
-        statements
-            .iter()
-            .zip(&params)
-            .map(|(st, p)| client.execute(st, &p[..])),
-    );
-    let (written, out) = futures_util::future::join(writes, then).await;
+    let head_params: Option<[&(dyn ToSql + Sync); 2]> = moved
+        .as_ref()
+        .map(|(_, from, to)| [from as &(dyn ToSql + Sync), to as &(dyn ToSql + Sync)]);
+    let version_params: [&(dyn ToSql + Sync); 3] = [&tags, &ids, &seqs];
+    let mut sent: Vec<Sent<'_>> = Vec::new();
+    for (st, p) in upserts.iter().zip(&table_params) {
+        sent.push(Box::pin(client.execute(st, &p[..])));
+    }
+    if let Some(st) = &insert {
+        sent.push(Box::pin(client.execute(st, &event_params)));
+    }
+    if let (Some((st, _, _)), Some(p)) = (&moved, &head_params) {
+        sent.push(Box::pin(client.execute(st, &p[..])));
+    }
+    if let Some(st) = &versions {
+        sent.push(Box::pin(client.execute(st, &version_params)));
+    }
+    let (written, out) =
+        futures_util::future::join(futures_util::future::try_join_all(sent), then).await;
     written?;
     Ok(out)
 }
@@ -783,7 +1162,42 @@ fn global_of(key: &[u8]) -> heed::Result<u64> {
         .map_err(|_| malformed(format!("an event-log key of {} bytes", key.len())))
 }
 
+/// Column `i` of `row`, or a typed error for a NULL or a value of another
+/// type (a schema altered by hand): never a panic.
+fn column<'r, T: tokio_postgres::types::FromSql<'r>>(
+    row: &'r tokio_postgres::Row,
+    i: usize,
+    what: &str,
+) -> heed::Result<T> {
+    row.try_get(i)
+        .map_err(|e| malformed(format!("column {i} of {what}: {e}")))
+}
+
+/// How [`PgTxn::put`] treats a key that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// Its value is replaced.
+    Overwrite,
+    /// Refused (`KeyExist`), like LMDB's `NO_OVERWRITE`.
+    NoOverwrite,
+    /// The key must be greater than every key of the table (`KeyExist`
+    /// otherwise), like LMDB's `APPEND`.
+    Append,
+}
+
 impl PgTxn {
+    /// [`Pg::block`], counting a write transaction's round trip.
+    fn block<F>(&self, fut: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if self.write {
+            self.pg.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pg.block(fut)
+    }
+
     pub(crate) fn id(&self) -> usize {
         self.id
     }
@@ -824,6 +1238,17 @@ impl PgTxn {
         (self.slice(k), self.slice(v))
     }
 
+    /// A copy of `found` in the arena.
+    fn kept_pair(&self, (k, v): Pair<'_>) -> Pair<'_> {
+        let span = (self.keep(k), self.keep(v));
+        self.pair(span)
+    }
+
+    /// The writes waiting to be sent, taken to send them.
+    fn take_pending(&self) -> Box<Pending> {
+        std::mem::take(&mut *self.pending.lock())
+    }
+
     pub(crate) fn get(&self, table: PgTable, key: &[u8]) -> heed::Result<Option<&[u8]>> {
         if table == PgTable::Events {
             let g = global_of(key)?;
@@ -836,32 +1261,43 @@ impl PgTxn {
         if let Some(hit) = self.gets.lock().get(&slot) {
             return Ok(hit.map(|span| self.slice(span)));
         }
-        let key = slot.1.clone();
-        let rows = query!(
-            self,
-            format!("SELECT value FROM {} WHERE key = $1", table.name()),
-            [key]
-        );
-        let span = rows.first().map(|r| self.keep(r.get::<_, &[u8]>(0)));
+        let known = {
+            let known = self.known.lock();
+            known.value(table, key).map(|v| v.map(|v| self.keep(v)))
+        };
+        let span = match known {
+            Some(span) => span,
+            None => {
+                let key = slot.1.clone();
+                let rows = query!(
+                    self,
+                    format!("SELECT value FROM {} WHERE key = $1", table.name()),
+                    [key]
+                );
+                let span = match rows.first() {
+                    Some(r) => Some(self.keep(column(r, 0, table.name())?)),
+                    None => None,
+                };
+                if self.write {
+                    let value = span.map(|s| self.slice(s));
+                    self.known.lock().learn_value(table, &slot.1, value);
+                }
+                span
+            }
+        };
         self.gets.lock().insert(slot, span);
         Ok(span.map(|span| self.slice(span)))
     }
 
-    /// Sends the overwriting puts waiting in `pending` (one round trip).
+    /// Sends the writes waiting in `pending` (one round trip).
     fn flush(&self) -> heed::Result<()> {
-        let pending = std::mem::take(&mut *self.pending.lock());
+        let pending = self.take_pending();
         if pending.is_empty() {
             return Ok(());
         }
         let client = self.client()?;
-        self.pg
-            .block(async move { upserts_then(&client, &pending, async {}).await })
+        self.block(async move { send_then(&client, &pending, async {}).await })
             .map_err(server)
-    }
-
-    /// Forgets what `get` read from `table`, before writing it.
-    fn forget(&self, table: PgTable) {
-        self.gets.lock().retain(|(t, _), _| *t != table as u8);
     }
 
     pub(crate) fn seek(
@@ -884,37 +1320,66 @@ impl PgTxn {
             Seek::Before => ("<", "DESC"),
             Seek::After => (">", "ASC"),
         };
-        let key = key.to_vec();
-        let rows = query!(
-            self,
+        self.seek_sql(
+            table,
+            how as u8,
+            key,
             format!(
                 "SELECT key, value FROM {} WHERE key {op} $1 ORDER BY key {order} LIMIT 1",
                 table.name()
             ),
-            [key]
-        );
-        Ok(rows.first().map(|r| self.row_pair(r)))
+        )
     }
 
-    fn row_pair(&self, r: &tokio_postgres::Row) -> Pair<'_> {
-        let k = self.keep(r.get::<_, &[u8]>(0));
-        let v = self.keep(r.get::<_, &[u8]>(1));
-        self.pair((k, v))
+    /// A lookup of one neighbour: known to a write transaction, or asked.
+    fn seek_sql(
+        &self,
+        table: PgTable,
+        how: u8,
+        key: &[u8],
+        sql: String,
+    ) -> heed::Result<Option<Pair<'_>>> {
+        if self.write {
+            let known = self.known.lock();
+            if let Some(found) = known.seek(table, how, key) {
+                return Ok(found.map(|p| self.kept_pair(p)));
+            }
+        }
+        let rows = if how == LAST {
+            query!(self, sql, [])
+        } else {
+            let probe = key.to_vec();
+            query!(self, sql, [probe])
+        };
+        let found = match rows.first() {
+            Some(r) => Some(self.row_pair(r, table)?),
+            None => None,
+        };
+        if self.write {
+            self.known.lock().learn_seek(table, how, key, found);
+        }
+        Ok(found)
+    }
+
+    fn row_pair(&self, r: &tokio_postgres::Row, table: PgTable) -> heed::Result<Pair<'_>> {
+        let k = self.keep(column(r, 0, table.name())?);
+        let v = self.keep(column(r, 1, table.name())?);
+        Ok(self.pair((k, v)))
     }
 
     pub(crate) fn last(&self, table: PgTable) -> heed::Result<Option<Pair<'_>>> {
         if table == PgTable::Events {
             return self.last_block();
         }
-        let rows = query!(
-            self,
+        self.seek_sql(
+            table,
+            LAST,
+            b"",
             format!(
                 "SELECT key, value FROM {} ORDER BY key DESC LIMIT 1",
                 table.name()
             ),
-            []
-        );
-        Ok(rows.first().map(|r| self.row_pair(r)))
+        )
     }
 
     /// The pairs with keys between `lo` and `hi`, in key order.
@@ -941,7 +1406,7 @@ impl PgTxn {
         }
         sql.push_str(" ORDER BY key");
         let rows = query!(self, sql, [lo_key, hi_key]);
-        Ok(rows.iter().map(|r| self.row_pair(r)).collect())
+        rows.iter().map(|r| self.row_pair(r, table)).collect()
     }
 
     /// The pairs whose keys start with `prefix`, in key order.
@@ -954,39 +1419,59 @@ impl PgTxn {
         self.range(table, Bound::Included(prefix), hi)
     }
 
+    /// `key` holds `value` (or nothing) in this transaction: what `get`
+    /// remembers of it.
+    fn remember(&self, table: PgTable, key: &[u8], value: Option<&[u8]>) {
+        let span = value.map(|v| self.keep(v));
+        self.gets.lock().insert((table as u8, key.to_vec()), span);
+    }
+
     pub(crate) fn put(
         &mut self,
         table: PgTable,
         key: &[u8],
         value: &[u8],
-        append: bool,
+        how: Put,
     ) -> heed::Result<()> {
         if !self.write {
             return Err(heed::Error::Mdb(heed::MdbError::BadTxn));
         }
         if table == PgTable::Events {
-            return self.put_block(key, value, append);
+            return self.put_block(key, value, how != Put::Overwrite);
         }
-        self.forget(table);
-        let (key, value) = (key.to_vec(), value.to_vec());
-        if !append {
+        if how == Put::Overwrite {
             // An overwrite cannot be refused: it waits for the next
             // statement (see `pending`).
-            self.pending.lock().push((table, key, value));
-            return Ok(());
+            self.pending
+                .lock()
+                .overwrites
+                .insert((table as u8, key.to_vec()), (table, value.to_vec()));
+        } else {
+            // LMDB's `NO_OVERWRITE` refuses a key that exists; `APPEND`,
+            // also one not greater than every key.
+            let guard = match how {
+                Put::Append => format!(
+                    " WHERE NOT EXISTS (SELECT 1 FROM {} WHERE key >= $1)",
+                    table.name()
+                ),
+                _ => String::new(),
+            };
+            let (k, v) = (key.to_vec(), value.to_vec());
+            let rows = query!(
+                self,
+                format!(
+                    "INSERT INTO {} (key, value) SELECT $1, $2{guard} \
+                     ON CONFLICT (key) DO NOTHING RETURNING 1",
+                    table.name()
+                ),
+                [k, v]
+            );
+            if rows.is_empty() {
+                return Err(heed::Error::Mdb(heed::MdbError::KeyExist));
+            }
         }
-        // LMDB's `APPEND` and `NO_OVERWRITE` refuse a key that exists.
-        let rows = query!(
-            self,
-            format!(
-                "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING 1",
-                table.name()
-            ),
-            [key, value]
-        );
-        if rows.is_empty() {
-            return Err(heed::Error::Mdb(heed::MdbError::KeyExist));
-        }
+        self.known.lock().put(table, key, value);
+        self.remember(table, key, Some(value));
         Ok(())
     }
 
@@ -994,13 +1479,14 @@ impl PgTxn {
         if !self.write || table == PgTable::Events {
             return Err(heed::Error::Mdb(heed::MdbError::BadTxn));
         }
-        self.forget(table);
-        let key = key.to_vec();
+        let k = key.to_vec();
         let rows = query!(
             self,
             format!("DELETE FROM {} WHERE key = $1 RETURNING 1", table.name()),
-            [key]
+            [k]
         );
+        self.known.lock().delete(table, |k| k == key);
+        self.remember(table, key, None);
         Ok(!rows.is_empty())
     }
 
@@ -1008,7 +1494,6 @@ impl PgTxn {
         if !self.write || table == PgTable::Events {
             return Err(heed::Error::Mdb(heed::MdbError::BadTxn));
         }
-        self.forget(table);
         let lo = prefix.to_vec();
         let hi = prefix_end(prefix);
         let rows = query!(
@@ -1019,11 +1504,17 @@ impl PgTxn {
             ),
             [lo, hi]
         );
+        self.known.lock().delete(table, |k| k.starts_with(prefix));
+        self.gets
+            .lock()
+            .retain(|(t, k), _| *t != table as u8 || !k.starts_with(prefix));
         Ok(rows.len())
     }
 
-    /// Commits: bumps the commit counter and, if this transaction appended,
-    /// notifies listeners of the new end, inside the transaction.
+    /// Commits: sends the writes still waiting, bumps the commit counter
+    /// and, if this transaction appended, notifies listeners of the new end,
+    /// inside the transaction, in one round trip. A write transaction leaves
+    /// what it knows of the tables to the next one ([`Known`]).
     pub(crate) fn commit(mut self) -> heed::Result<()> {
         let Some(client) = self.client.take() else {
             return Err(malformed("a transaction committed twice".into()));
@@ -1040,115 +1531,109 @@ impl PgTxn {
         } else {
             "UPDATE varvedb_head SET txn = txn + 1 WHERE id = 1; COMMIT".to_owned()
         };
-        // Overwrites still waiting ride in the same round trip, before the
+        // Writes still waiting ride in the same round trip, before the
         // commit (a failed one aborts the transaction: nothing commits).
-        let pending = std::mem::take(&mut *self.pending.lock());
-        self.pg
-            .block(async move {
-                let done = upserts_then(&client, &pending, client.batch_execute(&sql))
-                    .await
-                    .and_then(|done| done);
-                if done.is_err() {
-                    // Its transaction may still be open (aborted): the
-                    // connection never returns to the pool.
-                    discard(client);
-                }
-                done
-            })
-            .map_err(server)
+        let pending = self.take_pending();
+        self.block(async move {
+            let done = send_then(&client, &pending, client.batch_execute(&sql))
+                .await
+                .and_then(|done| done);
+            if done.is_err() {
+                // Its transaction may still be open (aborted): the
+                // connection never returns to the pool.
+                discard(client);
+            }
+            done
+        })
+        .map_err(server)?;
+        if self.write {
+            // The commit counter now reads this transaction's id.
+            let mut known = std::mem::take(&mut *self.known.lock());
+            known.txn = self.id as u64;
+            known.epoch = std::mem::take(&mut self.epoch);
+            *self.pg.carry.lock() = Some(known);
+        }
+        Ok(())
     }
 
     /// Writes a block as event rows, moves the head past it and records the
-    /// stream's version, in one round trip (the statements are pipelined).
+    /// stream's version. An append is sent with the transaction's next
+    /// statement (its commit, usually: a group's appends go in one round
+    /// trip); a block rewritten in place (a migration) at once.
     fn put_block(&mut self, key: &[u8], value: &[u8], append: bool) -> heed::Result<()> {
         let first = global_of(key)?;
         let rows = decompose(first, value)
             .ok_or_else(|| malformed(format!("an unparsable block at {first}")))?;
+        let n = rows.len() as u64;
+        if !append {
+            return self.rewrite_block(first, rows);
+        }
+        // The head moves with the log: a block that does not start where
+        // the head stands would leave a gap or an overlap.
+        if first != self.end {
+            return Err(malformed(format!(
+                "a block appended at {first}, but the log ends at {}",
+                self.end
+            )));
+        }
+        let end = first + n;
+        {
+            let mut pending = self.pending.lock();
+            for r in rows {
+                let version = r.stream_seq + 1;
+                pending
+                    .versions
+                    .entry((r.stream_tag, r.stream_id))
+                    .and_modify(|v| *v = (*v).max(version))
+                    .or_insert(version);
+                pending.events.push(r);
+            }
+            pending.moved = Some((pending.moved.map_or(first, |(from, _)| from), end));
+        }
+        self.end = end;
+        self.appended = true;
+        // The block is the log's new last block: reads of it in this
+        // transaction need no round trip.
+        let block = (self.keep(key), self.keep(value));
+        let mut cache = self.cache.lock();
+        if cache.hi != u64::MAX || cache.blocks.is_empty() {
+            *cache = BlockCache::default();
+            cache.lo = first;
+        }
+        cache.hi = u64::MAX;
+        cache.blocks.insert(first, block);
+        self.tail_known.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Replaces the event rows of the block at `first` (a migration
+    /// rewriting it in place; the head does not move).
+    fn rewrite_block(&mut self, first: u64, rows: Vec<events::EventRow>) -> heed::Result<()> {
         let n = rows.len() as i64;
-        let last_row = rows
-            .last()
-            .map(|r| (r.stream_tag, r.stream_id, r.stream_seq + 1));
         let mut cols = Columns::default();
+        let mut versions = Pending::default();
         for r in rows {
+            versions
+                .versions
+                .insert((r.stream_tag, r.stream_id), r.stream_seq + 1);
             cols.push(r);
         }
         // Whatever was cached no longer describes the log.
         *self.cache.lock() = BlockCache::default();
         self.tail_known.store(false, Ordering::Release);
         self.flush()?;
+        versions.events = cols;
         let client = self.client()?;
-        let end = if append { Some(first + n as u64) } else { None };
-        let moved = self
-            .pg
-            .block(async move {
-                let insert = client.prepare_cached(INSERT_EVENTS).await?;
-                if !append {
-                    // A migration rewriting a block in place.
-                    client
-                        .execute(
-                            "DELETE FROM varvedb_events WHERE global >= $1 AND global < $2",
-                            &[&(first as i64), &(first as i64 + n)],
-                        )
-                        .await?;
-                }
-                let c = &cols;
-                let params: [&(dyn ToSql + Sync); 11] = [
-                        &c.global,
-                        &c.stream_tag,
-                        &c.stream_id,
-                        &c.stream_seq,
-                        &c.event_id,
-                        &c.fingerprint,
-                        &c.committed_at,
-                        &c.metadata,
-                        &c.payload,
-                        &c.block_first,
-                        &c.block_head,
-                ];
-                let inserted = client.execute(&insert, &params);
-                let head = async {
-                    if append {
-                        let row = client
-                            .query_one(
-                                "UPDATE varvedb_head SET last = last + $1 WHERE id = 1 RETURNING last",
-                                &[&n],
-                            )
-                            .await?;
-                        Ok(Some(row.get::<_, i64>(0)))
-                    } else {
-                        Ok(None)
-                    }
-                };
-                let version = async {
-                    match last_row {
-                        Some((tag, id, version)) => client
-                            .execute(
-                                "INSERT INTO varvedb_streams VALUES ($1, $2, $3)
-                                 ON CONFLICT (stream_tag, stream_id)
-                                 DO UPDATE SET version = GREATEST(varvedb_streams.version, EXCLUDED.version)",
-                                &[&tag, &id, &version],
-                            )
-                            .await
-                            .map(drop),
-                        None => Ok(()),
-                    }
-                };
-                let (_, moved, ()) = futures_util::future::try_join3(inserted, head, version).await?;
-                Ok(moved)
-            })
-            .map_err(server)?;
-        if let (Some(end), Some(moved)) = (end, moved) {
-            // The head moves with the log: a block that does not start where
-            // the head stood would leave a gap or an overlap.
-            if moved as u64 != end {
-                return Err(malformed(format!(
-                    "the head moved to {moved}, but the block appended ends at {end}"
-                )));
-            }
-            self.end = end;
-            self.appended = true;
-        }
-        Ok(())
+        self.block(async move {
+            client
+                .execute(
+                    "DELETE FROM varvedb_events WHERE global >= $1 AND global < $2",
+                    &[&(first as i64), &(first as i64 + n)],
+                )
+                .await?;
+            send_then(&client, &versions, async {}).await
+        })
+        .map_err(server)
     }
 
     /// Fetches the rows of the block holding `global` (or the last block
@@ -1169,7 +1654,8 @@ impl PgTxn {
     /// Caches the blocks of `rows`, fetched by [`PgTxn::fetch`] for `global`.
     fn absorb(&self, global: Option<u64>, rows: &[tokio_postgres::Row]) -> heed::Result<()> {
         let limited = global.is_some() && rows.len() as i64 == PREFETCH;
-        let rows_fetched: Vec<events::Fetched<'_>> = rows.iter().map(row_parts).collect();
+        let rows_fetched: Vec<events::Fetched<'_>> =
+            rows.iter().map(row_parts).collect::<heed::Result<_>>()?;
         let fetched = rows_fetched;
         let mut found = Vec::new();
         let mut at = 0;
@@ -1184,7 +1670,8 @@ impl PgTxn {
                     // A block longer than one fetch: fetch exactly it.
                     let (lo, end) = (first as i64, first.saturating_add(count) as i64);
                     let rows = query!(self, FETCH_RANGE.to_owned(), [lo, end]);
-                    let whole: Vec<events::Fetched<'_>> = rows.iter().map(row_parts).collect();
+                    let whole: Vec<events::Fetched<'_>> =
+                        rows.iter().map(row_parts).collect::<heed::Result<_>>()?;
                     match recompose(&whole) {
                         events::Recomposed::Block(first, bytes, _) => {
                             found.push((first, bytes));
@@ -1334,13 +1821,14 @@ fn bound_key(b: Bound<&[u8]>) -> Option<Vec<u8>> {
     }
 }
 
-fn row_parts(r: &tokio_postgres::Row) -> events::Fetched<'_> {
-    events::Fetched {
-        global: r.get::<_, i64>(0) as u64,
-        block_head: r.get(1),
-        metadata: r.get(2),
-        payload: r.get(3),
-    }
+fn row_parts(r: &tokio_postgres::Row) -> heed::Result<events::Fetched<'_>> {
+    const WHAT: &str = "varvedb_events";
+    Ok(events::Fetched {
+        global: column::<i64>(r, 0, WHAT)? as u64,
+        block_head: column(r, 1, WHAT)?,
+        metadata: column(r, 2, WHAT)?,
+        payload: column(r, 3, WHAT)?,
+    })
 }
 
 const FETCH_AT: &str = "SELECT global, block_head, metadata, payload FROM varvedb_events
@@ -1377,6 +1865,23 @@ struct Columns {
 }
 
 impl Columns {
+    /// The columns as the parameters of [`INSERT_EVENTS`].
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.global,
+            &self.stream_tag,
+            &self.stream_id,
+            &self.stream_seq,
+            &self.event_id,
+            &self.fingerprint,
+            &self.committed_at,
+            &self.metadata,
+            &self.payload,
+            &self.block_first,
+            &self.block_head,
+        ]
+    }
+
     fn push(&mut self, r: events::EventRow) {
         self.global.push(r.global);
         self.stream_tag.push(r.stream_tag);
@@ -1410,7 +1915,12 @@ impl super::Store {
         config: crate::config::VarveConfig,
     ) -> Result<Arc<super::Store>> {
         use super::kv::{Table, Txn};
-        let pg = Pg::connect(url, (config.max_readers as usize).clamp(4, MAX_POOL))?;
+        let pg = Pg::connect(
+            url,
+            (config.max_readers as usize).clamp(4, MAX_POOL),
+            config.resize_wait,
+            config.durability,
+        )?;
         let label = std::path::PathBuf::from(pg.label());
         let t = |p| Table::Pg(p);
         let tables = super::Tables {
@@ -1445,6 +1955,13 @@ impl super::Store {
                 backend: "PostgreSQL",
             });
         }
+        if config.key_vault.is_some() {
+            // Entity keys seal encrypted blocks: none here either.
+            return Err(crate::Error::Unsupported {
+                operation: "a key vault of entity keys",
+                backend: "PostgreSQL",
+            });
+        }
         txn.commit().map_err(&err)?;
         let store = super::Store::assemble_with(
             &label,
@@ -1467,41 +1984,72 @@ impl super::Store {
 mod tests {
     use super::*;
 
+    /// A fresh database on `VARVEDB_TEST_POSTGRES_URL`'s server (a user
+    /// that may create databases), dropped with the value; `None` (the test
+    /// is skipped) without one.
+    struct TestDb {
+        admin: String,
+        name: String,
+        url: String,
+    }
+
+    impl TestDb {
+        fn create(test: &str) -> Option<TestDb> {
+            let Ok(admin) = std::env::var("VARVEDB_TEST_POSTGRES_URL") else {
+                eprintln!("skipped: VARVEDB_TEST_POSTGRES_URL is not set");
+                return None;
+            };
+            let name = format!("varvedb_lib_{test}_{}", std::process::id());
+            admin_execute(&admin, &format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+            admin_execute(&admin, &format!("CREATE DATABASE {name}")).unwrap();
+            let url = match admin.rsplit_once('/') {
+                Some((base, _)) if admin.contains("://") => format!("{base}/{name}"),
+                _ => format!("{admin} dbname={name}"),
+            };
+            Some(TestDb { admin, name, url })
+        }
+
+        fn connect(&self, durability: crate::config::Durability) -> Arc<Pg> {
+            Pg::connect(&self.url, 4, Duration::from_secs(10), durability).unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = admin_execute(&self.admin, &sql);
+        }
+    }
+
     /// Overwrites wait for the transaction's next statement (or its commit)
     /// and `get` remembers what it read: a transaction still reads its own
-    /// writes, in order, and commits every one. Runs against
-    /// `VARVEDB_TEST_POSTGRES_URL` (a user that may create databases).
+    /// writes, in order, and commits every one.
     #[test]
     fn deferred_overwrites_and_remembered_reads_keep_read_your_writes() {
-        let Ok(admin) = std::env::var("VARVEDB_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: VARVEDB_TEST_POSTGRES_URL is not set");
+        let Some(db) = TestDb::create("deferred") else {
             return;
         };
-        let name = format!("varvedb_lib_deferred_{}", std::process::id());
-        admin_execute(&admin, &format!("DROP DATABASE IF EXISTS {name}")).unwrap();
-        admin_execute(&admin, &format!("CREATE DATABASE {name}")).unwrap();
-        let url = match admin.rsplit_once('/') {
-            Some((base, _)) if admin.contains("://") => format!("{base}/{name}"),
-            _ => format!("{admin} dbname={name}"),
-        };
+        let url = db.url.clone();
         {
-            let pg = Pg::connect(&url, 2).unwrap();
+            let pg = Pg::connect(&url, 2, Duration::from_secs(10), Default::default()).unwrap();
             let mut t = pg.begin_write().unwrap();
             assert_eq!(t.get(PgTable::State, b"k").unwrap(), None);
-            t.put(PgTable::State, b"k", b"1", false).unwrap();
+            t.put(PgTable::State, b"k", b"1", Put::Overwrite).unwrap();
             // The remembered `None` is forgotten; the overwrite is sent first.
             assert_eq!(t.get(PgTable::State, b"k").unwrap(), Some(&b"1"[..]));
-            t.put(PgTable::State, b"k", b"2", false).unwrap();
-            t.put(PgTable::State, b"gone", b"x", false).unwrap();
+            t.put(PgTable::State, b"k", b"2", Put::Overwrite).unwrap();
+            t.put(PgTable::State, b"gone", b"x", Put::Overwrite)
+                .unwrap();
             assert!(t.delete(PgTable::State, b"gone").unwrap());
-            t.put(PgTable::State, b"k", b"3", false).unwrap();
-            t.put(PgTable::Meta, b"m", b"4", false).unwrap();
+            t.put(PgTable::State, b"k", b"3", Put::Overwrite).unwrap();
+            t.put(PgTable::Meta, b"m", b"4", Put::Overwrite).unwrap();
             // A no-overwrite put sees the overwrite waiting before it.
             assert!(matches!(
-                t.put(PgTable::State, b"k", b"5", true),
+                t.put(PgTable::State, b"k", b"5", Put::NoOverwrite),
                 Err(heed::Error::Mdb(heed::MdbError::KeyExist))
             ));
-            t.put(PgTable::State, b"last", b"6", false).unwrap();
+            t.put(PgTable::State, b"last", b"6", Put::Overwrite)
+                .unwrap();
             // The last overwrites ride with the commit.
             t.commit().unwrap();
             let r = pg.begin_read().unwrap();
@@ -1511,16 +2059,225 @@ mod tests {
             assert_eq!(r.get(PgTable::State, b"last").unwrap(), Some(&b"6"[..]));
             // A rolled-back transaction's waiting overwrites never land.
             let mut t = pg.begin_write().unwrap();
-            t.put(PgTable::State, b"k", b"7", false).unwrap();
+            t.put(PgTable::State, b"k", b"7", Put::Overwrite).unwrap();
             drop(t);
             let r = pg.begin_read().unwrap();
             assert_eq!(r.get(PgTable::State, b"k").unwrap(), Some(&b"3"[..]));
         }
-        admin_execute(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .unwrap();
+    }
+
+    /// What a write transaction knows is carried to the next one of this
+    /// store and answers it without a round trip, exactly as the server
+    /// would; a commit by another store (another process) in between makes
+    /// the next transaction ask the server again.
+    #[test]
+    fn what_a_writer_knows_is_carried_until_another_store_commits() {
+        let Some(db) = TestDb::create("carried") else {
+            return;
+        };
+        let (pg, other) = (
+            db.connect(Default::default()),
+            db.connect(Default::default()),
+        );
+        let probe = b"b\xff";
+        let mut t = pg.begin_write().unwrap();
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            None
+        );
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), None);
+        t.put(PgTable::Index, b"b1", b"x", Put::Overwrite).unwrap();
+        t.put(PgTable::Catalog, b"n", b"1", Put::Overwrite).unwrap();
+        let trips = pg.round_trips();
+        // Answered from what the transaction wrote: no round trip.
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b1"[..], &b"x"[..]))
+        );
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"1"[..]));
+        assert_eq!(pg.round_trips(), trips);
+        t.commit().unwrap();
+
+        // The next transaction of the same store knows it, and keeps it
+        // exact through its own writes.
+        let mut t = pg.begin_write().unwrap();
+        let trips = pg.round_trips();
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b1"[..], &b"x"[..]))
+        );
+        t.put(PgTable::Index, b"b2", b"y", Put::Overwrite).unwrap();
+        t.put(PgTable::Index, b"c", b"z", Put::Overwrite).unwrap();
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b2"[..], &b"y"[..]))
+        );
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"1"[..]));
+        assert_eq!(pg.round_trips(), trips);
+        t.commit().unwrap();
+
+        // Another store commits: this one's knowledge is stale and unused.
+        let mut t = other.begin_write().unwrap();
+        t.put(PgTable::Index, b"b3", b"w", Put::Overwrite).unwrap();
+        t.put(PgTable::Catalog, b"n", b"2", Put::Overwrite).unwrap();
+        t.commit().unwrap();
+        let t = pg.begin_write().unwrap();
+        assert_eq!(
+            t.seek(PgTable::Index, probe, Seek::AtOrBefore).unwrap(),
+            Some((&b"b3"[..], &b"w"[..]))
+        );
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"2"[..]));
+        // A transaction rolled back leaves nothing to carry.
+        drop(t);
+        let t = pg.begin_write().unwrap();
+        let trips = pg.round_trips();
+        assert_eq!(t.get(PgTable::Catalog, b"n").unwrap(), Some(&b"2"[..]));
+        assert_eq!(pg.round_trips(), trips + 1);
+    }
+
+    /// The answers [`Known`] keeps follow puts and deletes as the server's
+    /// would.
+    #[test]
+    fn known_answers_follow_puts_and_deletes() {
+        let mut k = Known::default();
+        let t = PgTable::Index;
+        let ab = Seek::AtOrBefore as u8;
+        let (before, after) = (Seek::Before as u8, Seek::After as u8);
+        k.learn_seek(t, ab, b"m", Some((b"c", b"1")));
+        k.learn_seek(t, before, b"m", Some((b"c", b"1")));
+        k.learn_seek(t, after, b"c", Some((b"m", b"2")));
+        k.learn_seek(t, LAST, b"", Some((b"m", b"2")));
+        k.learn_seek(PgTable::Ids, LAST, b"", None);
+        // Below the found key: nothing changes.
+        k.put(t, b"a", b"0");
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"c"[..], &b"1"[..]))));
+        // Between: the nearer key is found.
+        k.put(t, b"e", b"3");
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"e"[..], &b"3"[..]))));
+        assert_eq!(k.seek(t, before, b"m"), Some(Some((&b"e"[..], &b"3"[..]))));
+        assert_eq!(k.seek(t, after, b"c"), Some(Some((&b"e"[..], &b"3"[..]))));
+        // The probe itself: found at-or-before, not before.
+        k.put(t, b"m", b"4");
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"m"[..], &b"4"[..]))));
+        assert_eq!(k.seek(t, before, b"m"), Some(Some((&b"e"[..], &b"3"[..]))));
+        assert_eq!(k.seek(t, LAST, b""), Some(Some((&b"m"[..], &b"4"[..]))));
+        k.put(t, b"z", b"5");
+        assert_eq!(k.seek(t, LAST, b""), Some(Some((&b"z"[..], &b"5"[..]))));
+        // Another table is untouched.
+        assert_eq!(k.seek(PgTable::Ids, LAST, b""), Some(None));
+        // A deleted found key is forgotten; other answers stand.
+        k.delete(t, |key| key == b"e");
+        assert_eq!(k.seek(t, before, b"m"), None);
+        assert_eq!(k.seek(t, after, b"c"), None);
+        assert_eq!(k.seek(t, ab, b"m"), Some(Some((&b"m"[..], &b"4"[..]))));
+        assert_eq!(k.value(t, b"e"), Some(None));
+        k.delete(t, |key| key.starts_with(b"m"));
+        assert_eq!(k.seek(t, ab, b"m"), None);
+        assert_eq!(k.seek(t, LAST, b""), Some(Some((&b"z"[..], &b"5"[..]))));
+    }
+
+    /// [`Known`] keeps no entry larger than `KNOWN_ENTRY` (a put of one
+    /// forgets what it changes) and forgets everything past `KNOWN_BYTES`.
+    #[test]
+    fn known_stays_within_its_memory_budget() {
+        let mut k = Known::default();
+        let t = PgTable::State;
+        let big = vec![7u8; KNOWN_ENTRY + 1];
+        k.learn_value(t, b"small", Some(b"v"));
+        k.learn_seek(t, LAST, b"", Some((b"small", b"v")));
+        k.learn_value(PgTable::Index, b"i", Some(b"w"));
+        k.put(t, b"big", &big);
+        assert_eq!(k.value(t, b"big"), None);
+        assert_eq!(
+            k.seek(t, LAST, b""),
+            None,
+            "the last key may be the big one"
+        );
+        assert_eq!(k.value(t, b"small"), Some(Some(&b"v"[..])));
+        k.learn_value(t, b"big", Some(&big));
+        assert_eq!(k.value(t, b"big"), None);
+        k.learn_seek(t, LAST, b"", Some((b"big", &big)));
+        assert_eq!(k.seek(t, LAST, b""), None);
+        // Many entries under the size limit pass the byte budget: all go.
+        let mid = vec![1u8; KNOWN_ENTRY - 1];
+        for i in 0..20u8 {
+            k.put(t, &[i], &mid);
+        }
+        assert!(k.bytes <= KNOWN_BYTES);
+        assert_eq!(k.value(PgTable::Index, b"i"), None);
+        assert_eq!(k.value(t, &[19]), Some(Some(&mid[..])));
+    }
+
+    /// `append` refuses a key not greater than every key of the table, as
+    /// LMDB's `MDB_APPEND` does, on every table it is used for.
+    #[test]
+    fn append_refuses_a_key_not_above_the_last() {
+        use super::super::kv::{Table, Txn};
+        let Some(db) = TestDb::create("append") else {
+            return;
+        };
+        let pg = db.connect(Default::default());
+        for table in [PgTable::Chain, PgTable::Seals, PgTable::Ids] {
+            let mut txn = Txn::Pg(pg.begin_write().unwrap());
+            let t = Table::Pg(table);
+            let key = |n: u64| n.to_be_bytes();
+            t.append(&mut txn, &key(5), b"five").unwrap();
+            for below in [3, 5] {
+                assert!(
+                    matches!(
+                        t.append(&mut txn, &key(below), b"x"),
+                        Err(heed::Error::Mdb(heed::MdbError::KeyExist))
+                    ),
+                    "{table:?}: {below} appended after 5"
+                );
+            }
+            assert!(matches!(
+                t.put_with_flags(&mut txn, heed::PutFlags::APPEND, &key(4), b"x"),
+                Err(heed::Error::Mdb(heed::MdbError::KeyExist))
+            ));
+            // Not appending: below the last is fine.
+            t.put_with_flags(&mut txn, heed::PutFlags::NO_OVERWRITE, &key(4), b"four")
+                .unwrap();
+            t.append(&mut txn, &key(7), b"seven").unwrap();
+            txn.commit().unwrap();
+            let txn = Txn::Pg(pg.begin_read().unwrap());
+            let all: Vec<_> = t
+                .iter(&txn)
+                .unwrap()
+                .map(|p| p.unwrap().1.to_vec())
+                .collect();
+            assert_eq!(all, [&b"four"[..], b"five", b"seven"], "{table:?}");
+        }
+    }
+
+    /// A relaxed durability commits writes with `synchronous_commit = off`;
+    /// `Full` keeps the server's setting.
+    #[test]
+    fn a_relaxed_durability_turns_synchronous_commit_off_for_writes() {
+        use crate::config::Durability;
+        let Some(db) = TestDb::create("durability") else {
+            return;
+        };
+        let setting = |pg: &Arc<Pg>, write: bool| {
+            let t = if write {
+                pg.begin_write()
+            } else {
+                pg.begin_read()
+            }
+            .unwrap();
+            let rows = (|| -> heed::Result<Vec<tokio_postgres::Row>> {
+                Ok(query!(t, "SHOW synchronous_commit".to_owned(), []))
+            })()
+            .unwrap();
+            column::<String>(&rows[0], 0, "SHOW").unwrap()
+        };
+        let full = db.connect(Durability::Full);
+        assert_eq!(setting(&full, true), "on");
+        for relaxed in [Durability::NoMetaSync, Durability::NoSync] {
+            let pg = db.connect(relaxed);
+            assert_eq!(setting(&pg, true), "off", "{relaxed:?}");
+            assert_eq!(setting(&pg, false), "on", "{relaxed:?}");
+        }
     }
 
     #[test]

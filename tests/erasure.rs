@@ -1,0 +1,556 @@
+//! Crypto-shredding (issue 16, "Erasure"): an encrypted store with a key
+//! vault seals each entity's events with a key of its own, kept in the vault;
+//! erasing the entity deletes that key. Its events then read as
+//! `Error::Erased` on every path (and in every backup or export taken before),
+//! scans go on past them, `verify` counts them apart from problems, the chain
+//! still verifies, sequences stay dense, and every other entity is intact.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rkyv::{Archive, Deserialize, Serialize};
+use varvedb::{
+    Aggregate, Chain, Durability, EncryptionKey, Erasure, Error, ExecuteError, Extension,
+    GlobalSequence, Snapshots, StreamId, StreamSequence, Varve, VarveConfig,
+};
+use varvedb_suite::{child_test, skip_when_encrypted, Order, Sales};
+
+const KEY: [u8; 32] = [0x5a; 32];
+const SECRET: &str = "ERASE-ME-personal-data";
+const USERS: &str = "users";
+
+fn config(vault: &Path) -> VarveConfig {
+    VarveConfig {
+        durability: Durability::NoSync,
+        tamper_evident: Some(Chain::Plain),
+        ..VarveConfig::encryption(EncryptionKey::from_bytes(KEY)).key_vault(vault)
+    }
+}
+
+fn event(id: u64, i: u64) -> Order {
+    Order {
+        id: i,
+        quantity: id as u32,
+        note: format!("{SECRET} of user {id} number {i}"),
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    vault: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    Setup {
+        store: dir.path().join("store"),
+        vault: dir.path().join("vault"),
+        _dir: dir,
+    }
+}
+
+/// Appends, interleaved, 3 events to each of users 1, 2 and 3 (one block
+/// per append) and one event of another stream between rounds. Returns the
+/// global sequences of user 2's events.
+fn fill(varve: &Varve) -> Vec<u64> {
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    let mut orders = varve.stream::<Order, 64>("orders").unwrap();
+    let mut two = Vec::new();
+    for i in 0..3 {
+        for id in 1..=3u64 {
+            let (_, g) = users.append(StreamId(id), &event(id, i)).unwrap();
+            if id == 2 {
+                two.push(g.0);
+            }
+        }
+        orders.append(StreamId(9), &Order::numbered(i)).unwrap();
+    }
+    // One block of two events too.
+    let positions = users
+        .append_batch(StreamId(2), &[event(2, 3), event(2, 4)])
+        .unwrap();
+    two.extend(positions.iter().map(|(_, g)| g.0));
+    two
+}
+
+fn is_erased(e: &Error, id: u64, at: u64) -> bool {
+    matches!(e, Error::Erased { id: StreamId(i), at: GlobalSequence(g), .. } if *i == id && *g == at)
+}
+
+#[test]
+fn an_erased_entity_reads_as_erased_on_every_path_and_the_others_stay_intact() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let two = fill(&varve);
+    let total = 3 * 4 + 2;
+    let head = varve.head_digest().unwrap().expect("a chained store");
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    // A reader that read the entity before (its snapshot opened the block).
+    let mut before = users.reader();
+    assert!(before
+        .get_bytes(StreamId(2), StreamSequence(0))
+        .unwrap()
+        .is_some());
+    assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
+    // The erasure's store commit moved it to a new snapshot.
+    assert!(matches!(
+        before.get_bytes(StreamId(2), StreamSequence(0)),
+        Err(Error::Erased { .. })
+    ));
+    drop(before);
+
+    // Typed stream reader, by position and by iteration.
+    let mut reader = users.reader();
+    let e = reader
+        .get_bytes(StreamId(2), StreamSequence(0))
+        .unwrap_err();
+    assert!(is_erased(&e, 2, two[0]), "{e:?}");
+    assert!(
+        matches!(&e, Error::Erased { stream: Some(s), .. } if s == USERS),
+        "{e}"
+    );
+    let e = reader
+        .get_bytes(StreamId(2), StreamSequence(4))
+        .unwrap_err();
+    assert!(is_erased(&e, 2, two[3]), "{e:?}");
+    let first = reader.iter_stream(StreamId(2), None).unwrap().next();
+    assert!(
+        matches!(first, Some(Err(Error::Erased { .. }))),
+        "{first:?}"
+    );
+    // The others are intact, and the version (from the index) is known.
+    for id in [1u64, 3] {
+        for i in 0..3 {
+            let bytes = reader
+                .get_bytes(StreamId(id), StreamSequence(i))
+                .unwrap()
+                .unwrap();
+            let order = rkyv::from_bytes::<Order, rkyv::rancor::Error>(&bytes).unwrap();
+            assert_eq!(order, event(id, i));
+        }
+    }
+    assert_eq!(
+        reader.version(StreamId(2)).unwrap(),
+        Some(StreamSequence(4))
+    );
+
+    // The global reader: by position, and a scan that goes on past each
+    // erased event, which keeps its place (sequences stay dense).
+    let mut log = varve.global_reader();
+    let e = log.get(GlobalSequence(two[1])).unwrap_err();
+    assert!(is_erased(&e, 2, two[1]), "{e:?}");
+    let all: Vec<_> = log.iter_from(GlobalSequence(0)).unwrap().collect();
+    assert_eq!(all.len(), total);
+    for (g, item) in all.iter().enumerate() {
+        match item {
+            Ok(event) => {
+                assert_eq!(event.global_sequence().0, g as u64);
+                assert!(!two.contains(&(g as u64)));
+            }
+            Err(e) => assert!(
+                is_erased(e, 2, g as u64) && two.contains(&(g as u64)),
+                "{e:?}"
+            ),
+        }
+    }
+    // Starting inside the two-event erased block.
+    let tail: Vec<_> = log.iter_from(GlobalSequence(two[4])).unwrap().collect();
+    assert_eq!(tail.len(), 1);
+    assert!(is_erased(tail[0].as_ref().unwrap_err(), 2, two[4]));
+    // The folding scans pass over erased events.
+    let copied = log
+        .iter_from(GlobalSequence(0))
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!(copied.len(), total - two.len());
+    assert!(copied.iter().all(|e| !two.contains(&e.global_seq.0)));
+
+    // Appending to an erased entity is refused; others go on.
+    assert!(matches!(
+        users.append(StreamId(2), &event(2, 9)),
+        Err(Error::Erased { .. })
+    ));
+    users.append(StreamId(1), &event(1, 3)).unwrap();
+
+    // verify: erased blocks counted apart, no problems, chain intact and
+    // extending the head held before the erasure.
+    let report = varve.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.erased_blocks, 4);
+    assert_eq!(report.erased_events, two.len() as u64);
+    assert_eq!(report.events, (total + 1 - two.len()) as u64);
+    assert!(matches!(
+        varve.verify_extends(&head).unwrap(),
+        Extension::Extends { .. }
+    ));
+
+    // Erasing twice, an unknown id, a stream never written: typed outcomes.
+    assert!(matches!(
+        users.erase(StreamId(2)).unwrap(),
+        Erasure::AlreadyErased { erased_at_micros } if erased_at_micros > 0
+    ));
+    assert_eq!(users.erase(StreamId(77)).unwrap(), Erasure::NoKey);
+    let mut fresh = varve.stream::<Order, 64>("never-written").unwrap();
+    assert_eq!(fresh.erase(StreamId(1)).unwrap(), Erasure::NoKey);
+    assert_eq!(users.erase_keyed("nobody").unwrap(), Erasure::NoKey);
+
+    // Across a reopen (and a read-only open) it stays erased.
+    drop((users, fresh, reader, log, all, tail, varve));
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut reader = varve.stream::<Order, 64>(USERS).unwrap().reader();
+    assert!(matches!(
+        reader.get_bytes(StreamId(2), StreamSequence(1)),
+        Err(Error::Erased { .. })
+    ));
+    assert!(reader
+        .get_bytes(StreamId(3), StreamSequence(1))
+        .unwrap()
+        .is_some());
+    assert!(varve.verify().unwrap().is_ok());
+}
+
+#[test]
+fn an_entity_keyed_by_an_application_key_is_erased_by_it() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    let a = users
+        .append_keyed("alice@example.com", &event(1, 0))
+        .unwrap();
+    users.append_keyed("bob@example.com", &event(2, 0)).unwrap();
+    assert_eq!(
+        users.erase_keyed("alice@example.com").unwrap(),
+        Erasure::Erased
+    );
+    let mut log = varve.global_reader();
+    assert!(matches!(
+        log.get(a.positions()[0].1),
+        Err(Error::Erased { .. })
+    ));
+    let alive: Vec<_> = log
+        .iter_from(GlobalSequence(0))
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(alive.len(), 1);
+}
+
+/// An account, for load and execute (snapshot after every event, so a load
+/// could answer from the snapshot alone).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, varvedb::Event)]
+enum Deposited {
+    Cents(u64),
+}
+
+#[derive(Default, Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+struct Balance {
+    cents: u64,
+}
+
+impl Aggregate for Balance {
+    type Event = Deposited;
+    type Command = u64;
+    type Error = ();
+    const STREAM: &'static str = "balances";
+
+    fn apply(&mut self, event: &ArchivedDeposited) {
+        let ArchivedDeposited::Cents(c) = event;
+        self.cents += c.to_native();
+    }
+
+    fn handle(&self, command: &u64) -> Result<Vec<Deposited>, ()> {
+        Ok(vec![Deposited::Cents(*command)])
+    }
+
+    fn snapshots() -> Snapshots<Self> {
+        Snapshots::every(1)
+    }
+}
+
+#[test]
+fn load_and_execute_of_an_erased_entity_fail_with_erased_even_with_a_snapshot() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    for id in [1u64, 2] {
+        for c in [5, 7] {
+            varve.execute::<Balance>(StreamId(id), &c).unwrap();
+        }
+        assert_eq!(varve.load::<Balance>(StreamId(id)).unwrap().state.cents, 12);
+    }
+    let mut balances = varve.events_in::<Deposited>("balances").unwrap();
+    assert_eq!(balances.erase(StreamId(2)).unwrap(), Erasure::Erased);
+    let loaded = varve.load::<Balance>(StreamId(2));
+    assert!(matches!(loaded, Err(Error::Erased { .. })), "{loaded:?}");
+    let executed = varve.execute::<Balance>(StreamId(2), &1);
+    assert!(
+        matches!(executed, Err(ExecuteError::Store(Error::Erased { .. }))),
+        "{executed:?}"
+    );
+    assert_eq!(varve.load::<Balance>(StreamId(1)).unwrap().state.cents, 12);
+    varve.execute::<Balance>(StreamId(1), &1).unwrap();
+}
+
+#[test]
+fn subscriptions_and_projections_pass_over_erased_events() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut orders = varve.stream::<Order, 64>("orders").unwrap();
+    for i in 0..12u64 {
+        orders.append(StreamId(i % 3), &Order::numbered(i)).unwrap();
+    }
+    assert_eq!(orders.erase(StreamId(1)).unwrap(), Erasure::Erased);
+    // A subscription delivers every other event, in order, and keeps going.
+    let mut sub = varve.subscribe(GlobalSequence(0));
+    let mut seen = Vec::new();
+    while let Some(e) = sub.next_timeout(Duration::from_millis(200)).unwrap() {
+        seen.push(e.global_sequence().0);
+    }
+    let expected: Vec<u64> = (0..12).filter(|g| g % 3 != 1).collect();
+    assert_eq!(seen, expected);
+    orders.append(StreamId(0), &Order::numbered(12)).unwrap();
+    let next = sub.next_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(next.global_sequence().0, 12);
+    // A projector folds the others and its checkpoint passes the end.
+    let mut sales = varve.projector("sales", Sales).unwrap();
+    assert_eq!(sales.catch_up().unwrap(), GlobalSequence(13));
+    assert_eq!(sales.model().get_u64(b"orders").unwrap(), Some(9));
+}
+
+#[test]
+fn a_backup_and_an_export_taken_before_the_erasure_restore_it_erased() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let two = fill(&varve);
+    let full = s.store.with_file_name("full");
+    varve.backup(&full).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    let (_, late) = users.append(StreamId(2), &event(2, 5)).unwrap();
+    users.append(StreamId(1), &event(1, 5)).unwrap();
+    let seg = s.store.with_file_name("1.seg");
+    varve.export_after(&full, &seg).unwrap();
+    // A copy of the vault taken before the erasure (its backup).
+    let old_vault = s.store.with_file_name("vault-copy");
+    std::fs::create_dir_all(&old_vault).unwrap();
+    std::fs::copy(s.vault.join("data.mdb"), old_vault.join("data.mdb")).unwrap();
+    assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
+    // A backup taken after the erasure verifies too (erased blocks are not
+    // damage) and holds the entity erased.
+    let after = varve.backup(s.store.with_file_name("after")).unwrap();
+    // (Events count positions: erased events keep theirs.)
+    assert_eq!(after.events(), 16);
+
+    let restored = s.store.with_file_name("restored");
+    Varve::restore_with_config(&full, [&seg], &restored, None, config(&s.vault)).unwrap();
+    let r = Varve::with_config(&restored, config(&s.vault)).unwrap();
+    let mut log = r.global_reader();
+    for g in two.iter().chain([&late.0]) {
+        assert!(
+            matches!(log.get(GlobalSequence(*g)), Err(Error::Erased { .. })),
+            "{g}"
+        );
+    }
+    let report = r.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.erased_events, two.len() as u64 + 1);
+    let mut reader = r.stream::<Order, 64>(USERS).unwrap().reader();
+    assert!(reader
+        .get_bytes(StreamId(1), StreamSequence(3))
+        .unwrap()
+        .is_some());
+    drop((log, reader, r));
+
+    // The pre-erasure copy of the vault still holds the key: whoever keeps
+    // it (with the master key) can read the entity. Its retention is the
+    // erasure's deadline (docs/operations.md).
+    let old = Varve::with_config(&restored, config(&old_vault)).unwrap();
+    let mut log = old.global_reader();
+    assert!(log.get(GlobalSequence(two[0])).unwrap().is_some());
+}
+
+#[test]
+fn a_store_with_entity_keys_refuses_to_open_without_its_vault() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    fill(&varve);
+    drop(varve);
+    let no_vault = VarveConfig::encryption(EncryptionKey::from_bytes(KEY));
+    let opened = Varve::with_config(&s.store, no_vault.clone());
+    assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
+    let opened = Varve::open_read_only_with_config(&s.store, no_vault);
+    assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
+    // Another (empty) vault knows none of the store's keys.
+    let other = s.store.with_file_name("other-vault");
+    let opened = Varve::with_config(&s.store, config(&other));
+    assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
+    // A read-only open with its vault reads.
+    let ro = Varve::open_read_only_with_config(&s.store, config(&s.vault)).unwrap();
+    assert!(ro.verify().unwrap().is_ok());
+    let mut users = ro.stream::<Order, 64>(USERS).unwrap();
+    assert!(matches!(
+        users.erase(StreamId(1)),
+        Err(Error::ReadOnly { .. })
+    ));
+    // The wrong master key: the store refuses it first.
+    let wrong = VarveConfig::encryption(EncryptionKey::from_bytes([1; 32])).key_vault(&s.vault);
+    drop((users, ro));
+    assert!(matches!(
+        Varve::with_config(&s.store, wrong),
+        Err(Error::EncryptionKeyMismatch { .. })
+    ));
+    // Re-keying a store with a vault is refused (not done yet).
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    assert!(matches!(
+        varve.change_encryption_key(EncryptionKey::from_bytes([2; 32])),
+        Err(Error::KeyVault { .. })
+    ));
+}
+
+#[test]
+fn a_plaintext_store_cannot_take_a_vault() {
+    if skip_when_encrypted("every store is encrypted in this run") {
+        return;
+    }
+    let s = setup();
+    let opened = Varve::with_config(&s.store, VarveConfig::default().key_vault(&s.vault));
+    assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
+    // And a store without a vault has no entity keys to erase.
+    let varve = Varve::new(s.store.with_file_name("plain")).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    assert!(matches!(
+        users.erase(StreamId(1)),
+        Err(Error::KeyVault { .. })
+    ));
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn no_plaintext_of_an_entity_on_disk_in_the_store_its_backup_or_the_vault() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    fill(&varve);
+    // A large event, spilling to overflow pages.
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    let big = Order {
+        id: 1,
+        quantity: 1,
+        note: SECRET.repeat(2000),
+    };
+    users.append(StreamId(4), &big).unwrap();
+    let full = s.store.with_file_name("full");
+    varve.backup(&full).unwrap();
+    drop((users, varve));
+    for file in [
+        s.store.join("data.mdb"),
+        full.join("data.mdb"),
+        s.vault.join("data.mdb"),
+    ] {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!contains(&bytes, SECRET.as_bytes()), "{}", file.display());
+        assert!(!contains(&bytes, USERS.as_bytes()), "{}", file.display());
+    }
+}
+
+const CHILD: &str = "VARVEDB_ERASURE_CHILD";
+const CRASH: &str = "VARVEDB_TEST_VAULT_CRASH";
+
+/// The child: appends one event to each of users 0..6, printing `acked
+/// id` after each, then arms the crash point the parent names and does what
+/// reaches it (a first append of user 6, or erasing user 3).
+#[test]
+#[ignore = "child process of the crash tests"]
+fn child_appends_then_crashes_at_a_vault_commit() {
+    let Some(dir) = std::env::var_os(CHILD) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let point = std::env::var("VARVEDB_ERASURE_POINT").unwrap();
+    let varve = Varve::with_config(dir.join("store"), config(&dir.join("vault"))).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    for id in 0..6u64 {
+        users.append(StreamId(id), &event(id, 0)).unwrap();
+        println!("acked {id}");
+    }
+    // SAFETY: the child is single-threaded here (its store has no threads
+    // reading the environment).
+    unsafe { std::env::set_var(CRASH, &point) };
+    match point.as_str() {
+        "after-key" => drop(users.append(StreamId(6), &event(6, 0))),
+        _ => drop(users.erase(StreamId(3))),
+    }
+    println!("survived");
+}
+
+fn crash_child(dir: &Path, point: &str) -> Vec<u64> {
+    let out = child_test("child_appends_then_crashes_at_a_vault_commit")
+        .env(CHILD, dir)
+        .env("VARVEDB_ERASURE_POINT", point)
+        .env_remove(CRASH)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "the child did not crash: {stdout}");
+    assert!(!stdout.contains("survived"), "{stdout}");
+    stdout
+        .lines()
+        .filter_map(|l| l.split("acked ").nth(1)?.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_crash_between_the_vault_commit_and_the_store_commit_of_an_append_loses_nothing() {
+    let s = setup();
+    let dir = s.store.parent().unwrap();
+    let acked = crash_child(dir, "after-key");
+    assert_eq!(acked, (0..6).collect::<Vec<_>>());
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    let mut reader = users.reader();
+    for id in acked {
+        assert!(reader
+            .get_bytes(StreamId(id), StreamSequence(0))
+            .unwrap()
+            .is_some());
+    }
+    // User 6's append never committed, but its key did (the crash point
+    // follows the vault's commit): the orphan key is harmless, and the next
+    // first append of user 6 uses it.
+    assert_eq!(users.version(StreamId(6)).unwrap(), None);
+    users.append(StreamId(6), &event(6, 0)).unwrap();
+    assert!(reader
+        .get_bytes(StreamId(6), StreamSequence(0))
+        .unwrap()
+        .is_some());
+    assert!(varve.verify().unwrap().is_ok());
+    assert_eq!(users.erase(StreamId(6)).unwrap(), Erasure::Erased);
+}
+
+#[test]
+fn a_crash_right_after_the_vault_commit_of_an_erasure_leaves_it_erased() {
+    let s = setup();
+    let dir = s.store.parent().unwrap();
+    let acked = crash_child(dir, "after-erase");
+    assert_eq!(acked.len(), 6);
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    let mut reader = users.reader();
+    for id in acked {
+        let got = reader.get_bytes(StreamId(id), StreamSequence(0));
+        if id == 3 {
+            assert!(matches!(got, Err(Error::Erased { .. })), "{got:?}");
+        } else {
+            assert!(got.unwrap().is_some());
+        }
+    }
+    let report = varve.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.erased_blocks, 1);
+    assert!(matches!(
+        users.erase(StreamId(3)).unwrap(),
+        Erasure::AlreadyErased { .. }
+    ));
+}

@@ -1,0 +1,766 @@
+//! The key vault: per-entity data keys kept outside the store, for
+//! crypto-shredding (erasure requests).
+//!
+//! An encrypted store opened with [`VarveConfig::key_vault`](crate::VarveConfig::key_vault)
+//! seals every block it appends with the key of the block's entity: the
+//! `(stream, stream id)` the block belongs to (a block is one append of one
+//! stream id, so it belongs to exactly one entity). Those keys live in the
+//! vault, a small LMDB environment of its own at a path the application
+//! chooses, never in the store's file: [`Varve::backup`](crate::Varve::backup)
+//! and exports copy the store, not the vault. Erasing an entity deletes its
+//! key from the vault (and leaves a tombstone saying when), so its events
+//! become unreadable in the store and in every backup or export of it,
+//! taken before or after.
+//!
+//! **On disk.** The vault's environment holds three databases:
+//!
+//! ```text
+//! stores: store id (16)                        -> wrapped check key (72)
+//! keys:   store id (16) | tag (u32 BE) | id (u64 BE) -> wrapped entity key (72)
+//! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros)
+//! ```
+//!
+//! A wrapped key is `nonce (24) | sealed key (32) | tag (16)` under the
+//! store's master key, with the store id and the entity (or `check`) as
+//! associated data: a vault opened with the wrong master key fails on the
+//! store's check key, a typed error at open. The store records that it uses
+//! a vault (its `meta` record `crypt-vault`), so opening it without one is a
+//! typed error at open too, not at the first read.
+//!
+//! A block sealed with an entity key has the layout of any encrypted block,
+//! with the key id [`ENTITY_KEY_ID`]; its associated data is that of a
+//! store-keyed block under another label. The entity is the one its header
+//! (in the clear) names.
+//!
+//! **Order across the two environments.** A new entity key commits to the
+//! vault (durably) before any block sealed with it commits to the store: a
+//! crash in between leaves an unused key, which is harmless (the next append
+//! of the entity uses it). Erasure commits in the vault and nothing in the
+//! store: no stored byte changes, so the tamper-evident chain still verifies.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use parking_lot::Mutex;
+use zeroize::Zeroizing;
+
+use super::block::HEADER_LEN;
+use super::crypt::{PlainBuf, BLOCK_OVERHEAD, NONCE_LEN, SEAL_LEN};
+use super::identity::StoreId;
+use crate::error::{Error, Location, Result};
+use crate::position::{GlobalSequence, StreamId};
+
+/// The key id in a block's seal that says "sealed with its entity's key".
+/// Store data keys count up from 1, so they never reach it.
+pub(crate) const ENTITY_KEY_ID: u32 = u32::MAX;
+/// The store's `meta` record saying its blocks may be sealed with entity
+/// keys kept in a vault (shares the `crypt` prefix, so a restore that adopts
+/// the source's encryption records adopts it too).
+pub(crate) const VAULT_RECORD: &[u8] = b"crypt-vault";
+const VAULT_RECORD_VERSION: u8 = 1;
+/// The store's `meta` record counting erasures (see
+/// [`super::WriteTxn::note_erasure`]).
+const ERASURES_RECORD: &[u8] = b"vault-erasures";
+const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
+/// The vault's map: a reservation of address space, not disk (an entry is
+/// about 120 bytes, so millions of entities fit).
+#[cfg(target_pointer_width = "64")]
+const VAULT_MAP_SIZE: usize = 1 << 30;
+#[cfg(not(target_pointer_width = "64"))]
+const VAULT_MAP_SIZE: usize = 64 << 20;
+
+type Key32 = Zeroizing<[u8; 32]>;
+
+/// What erasing an entity did ([`Stream::erase`](crate::Stream::erase)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Erasure {
+    /// The entity's key was deleted now: its events are unreadable
+    /// everywhere from here on.
+    Erased,
+    /// The entity was erased before, at this time (microseconds since the
+    /// Unix epoch); nothing changed.
+    AlreadyErased {
+        /// When it was erased.
+        erased_at_micros: u64,
+    },
+    /// The entity has no key in the vault: no event of it was appended
+    /// since the store had a vault (so nothing sealed with a key of its
+    /// own exists). Nothing changed, and no tombstone was written.
+    NoKey,
+}
+
+/// An entity's key as the vault holds it.
+pub(crate) enum Found {
+    Key(Key32),
+    Erased { at_micros: u64 },
+    Missing,
+}
+
+/// One open vault environment, shared by every store of this process that
+/// uses it (LMDB wants an environment opened once per process).
+struct VaultEnv {
+    path: PathBuf,
+    env: Env<WithoutTls>,
+    stores: Db,
+    keys: Db,
+    erased: Db,
+}
+
+type Db = Database<'static, Bytes, Bytes>;
+
+static OPEN: Mutex<Option<HashMap<PathBuf, Weak<VaultEnv>>>> = Mutex::new(None);
+
+/// The key vault of one open store: its environment, the store's id and
+/// master key (zeroed when dropped).
+pub(crate) struct Vault {
+    env: Arc<VaultEnv>,
+    store_id: StoreId,
+    master: Key32,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("path", &self.env.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn vault_error(path: &Path, detail: impl Into<String>) -> Error {
+    Error::KeyVault {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+fn lmdb<'p>(path: &'p Path, what: &str) -> impl Fn(heed::Error) -> Error + 'p {
+    let what = what.to_string();
+    move |e| vault_error(path, format!("{what}: {e}"))
+}
+
+fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
+    if !create && !path.join(super::identity::DATA_FILE).is_file() {
+        return Err(vault_error(path, "no key vault here"));
+    }
+    std::fs::create_dir_all(path).map_err(|e| vault_error(path, e.to_string()))?;
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| vault_error(path, e.to_string()))?;
+    let mut open = OPEN.lock();
+    let open = open.get_or_insert_with(HashMap::new);
+    if let Some(env) = open.get(&canonical).and_then(Weak::upgrade) {
+        return Ok(env);
+    }
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options.map_size(VAULT_MAP_SIZE).max_dbs(4).max_readers(126);
+    // SAFETY: mapping a file is sound only while nothing truncates or
+    // rewrites it underneath us: the directory is the application's key
+    // vault, used only through LMDB (whose lock file coordinates processes),
+    // and the registry above (whose lock we hold) opens it once per process.
+    let env = unsafe { options.open(&canonical) }.map_err(lmdb(path, "opening the key vault"))?;
+    let wtxn = env
+        .write_txn()
+        .map_err(lmdb(path, "opening the key vault"))?;
+    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
+        let mut db = |name| {
+            opener
+                .database_options()
+                .types::<Bytes, Bytes>()
+                .name(name)
+                .create(wtxn)
+        };
+        let dbs = (db("stores")?, db("keys")?, db("erased")?);
+        Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(dbs))
+    });
+    let (stores, keys, erased) = created
+        .map_err(lmdb(path, "opening the key vault"))?
+        .unwrap_commit();
+    let env = Arc::new(VaultEnv {
+        path: path.to_path_buf(),
+        env,
+        stores,
+        keys,
+        erased,
+    });
+    open.retain(|_, w| w.strong_count() > 0);
+    open.insert(canonical, Arc::downgrade(&env));
+    Ok(env)
+}
+
+fn cipher(key: &[u8; 32]) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new(key.into())
+}
+
+fn random<const N: usize>(path: &Path) -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| vault_error(path, format!("drawing a random key: {e}")))?;
+    Ok(b)
+}
+
+fn entry_key(store_id: StoreId, tag: u32, id: u64) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    k[..16].copy_from_slice(store_id.as_bytes());
+    k[16..20].copy_from_slice(&tag.to_be_bytes());
+    k[20..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn wrap_ad(store_id: StoreId, what: &[u8]) -> Vec<u8> {
+    let mut ad = b"varvedb vault key 1\0".to_vec();
+    ad.extend_from_slice(store_id.as_bytes());
+    ad.extend_from_slice(what);
+    ad
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The test-only crash points (feature `test-encryption`): with
+/// `VARVEDB_TEST_VAULT_CRASH` set to `name`, the process aborts there (no
+/// destructor, no flush: as a kill -9 would leave it).
+#[cfg(feature = "test-encryption")]
+fn crash_point(name: &str) {
+    if std::env::var("VARVEDB_TEST_VAULT_CRASH").is_ok_and(|v| v == name) {
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "test-encryption"))]
+fn crash_point(_: &str) {}
+
+impl Vault {
+    fn path(&self) -> &Path {
+        &self.env.path
+    }
+
+    fn wrap(&self, what: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
+        let nonce: [u8; NONCE_LEN] = random(self.path())?;
+        let mut body = Zeroizing::new(*key);
+        let tag = cipher(&self.master)
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                &wrap_ad(self.store_id, what),
+                &mut *body,
+            )
+            .map_err(|_| vault_error(self.path(), "sealing a key failed"))?;
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&*body);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// `Ok(None)`: the master key does not open it.
+    fn unwrap(&self, what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
+        if raw.len() != WRAPPED_LEN {
+            return Err(Error::Corruption {
+                location: Location::Record(format!("the key vault at {}", self.path().display())),
+                detail: format!("a wrapped key of {} bytes", raw.len()),
+            });
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&raw[NONCE_LEN..NONCE_LEN + 32]);
+        let opened = cipher(&self.master).decrypt_in_place_detached(
+            XNonce::from_slice(&raw[..NONCE_LEN]),
+            &wrap_ad(self.store_id, what),
+            &mut *key,
+            Tag::from_slice(&raw[NONCE_LEN + 32..]),
+        );
+        Ok(opened.ok().map(|()| key))
+    }
+
+    /// Opens the vault at `path` for the store `store_id` with its master
+    /// key: checks (or, with `register`, records) the store's check key.
+    /// Returns the vault and whether the store was known to it.
+    fn open(path: &Path, store_id: StoreId, master: Key32, create: bool) -> Result<(Vault, bool)> {
+        let env = open_env(path, create)?;
+        let vault = Vault {
+            env,
+            store_id,
+            master,
+        };
+        let rtxn = vault.read()?;
+        let check = vault
+            .env
+            .stores
+            .get(&rtxn, store_id.as_bytes())
+            .map_err(lmdb(path, "reading the key vault"))?
+            .map(<[u8]>::to_vec);
+        drop(rtxn);
+        match check {
+            Some(raw) => match vault.unwrap(b"check", &raw)? {
+                Some(_) => Ok((vault, true)),
+                None => Err(Error::EncryptionKeyMismatch {
+                    path: path.to_path_buf(),
+                }),
+            },
+            None => Ok((vault, false)),
+        }
+    }
+
+    /// Records this store in the vault (its check key), durably.
+    fn register(&self) -> Result<()> {
+        let check: [u8; 32] = random(self.path())?;
+        let wrapped = self.wrap(b"check", &check)?;
+        let mut wtxn = self.write()?;
+        self.env
+            .stores
+            .put(&mut wtxn, self.store_id.as_bytes(), &wrapped)
+            .map_err(lmdb(self.path(), "recording the store in the key vault"))?;
+        wtxn.commit()
+            .map_err(lmdb(self.path(), "recording the store in the key vault"))
+    }
+
+    fn read(&self) -> Result<RoTxn<'_, WithoutTls>> {
+        self.env
+            .env
+            .read_txn()
+            .map_err(lmdb(self.path(), "reading the key vault"))
+    }
+
+    fn write(&self) -> Result<RwTxn<'_>> {
+        self.env
+            .env
+            .write_txn()
+            .map_err(lmdb(self.path(), "writing the key vault"))
+    }
+
+    fn find(&self, txn: &RoTxn<'_, WithoutTls>, tag: u32, id: u64) -> Result<Found> {
+        let k = entry_key(self.store_id, tag, id);
+        let err = lmdb(self.path(), "reading the key vault");
+        if let Some(raw) = self.env.keys.get(txn, &k).map_err(&err)? {
+            return match self.unwrap(&k[16..], raw)? {
+                Some(key) => Ok(Found::Key(key)),
+                None => Err(Error::Unauthentic {
+                    location: Location::Record(format!(
+                        "the key vault's key of stream tag {tag} id {id}"
+                    )),
+                    detail: "the wrapped key does not authenticate".into(),
+                }),
+            };
+        }
+        if let Some(raw) = self.env.erased.get(txn, &k).map_err(&err)? {
+            let at_micros = <[u8; 8]>::try_from(raw).map_or(0, u64::from_le_bytes);
+            return Ok(Found::Erased { at_micros });
+        }
+        Ok(Found::Missing)
+    }
+
+    /// The key of entity `(tag, id)`, as the vault holds it now.
+    pub(crate) fn lookup(&self, tag: u32, id: u64) -> Result<Found> {
+        let rtxn = self.read()?;
+        self.find(&rtxn, tag, id)
+    }
+
+    /// The key to seal an append of `(tag, id)` with: the entity's, drawn
+    /// and committed (durably) to the vault on its first append.
+    /// [`Error::Erased`] for an erased entity (`at`: the append's first
+    /// global sequence).
+    pub(crate) fn key_for_append(&self, tag: u32, id: u64, at: u64) -> Result<Key32> {
+        let erased = || Error::Erased {
+            stream: None,
+            id: StreamId(id),
+            at: GlobalSequence(at),
+        };
+        match self.lookup(tag, id)? {
+            Found::Key(key) => return Ok(key),
+            Found::Erased { .. } => return Err(erased()),
+            Found::Missing => {}
+        }
+        // The store's writer lock is held (an append is in its write
+        // transaction), so no other writer of this store draws a key for
+        // the entity meanwhile; looking again inside the vault's own write
+        // transaction covers any other writer of the vault.
+        let mut wtxn = self.write()?;
+        match self.find(&wtxn, tag, id)? {
+            Found::Key(key) => return Ok(key),
+            Found::Erased { .. } => return Err(erased()),
+            Found::Missing => {}
+        }
+        let key = Zeroizing::new(random::<32>(self.path())?);
+        let k = entry_key(self.store_id, tag, id);
+        let wrapped = self.wrap(&k[16..], &key)?;
+        let err = lmdb(self.path(), "recording an entity key in the key vault");
+        self.env.keys.put(&mut wtxn, &k, &wrapped).map_err(&err)?;
+        wtxn.commit().map_err(&err)?;
+        crash_point("after-key");
+        Ok(key)
+    }
+
+    /// Erases entity `(tag, id)`: deletes its key and leaves a tombstone,
+    /// in one durable commit of the vault.
+    pub(crate) fn erase(&self, tag: u32, id: u64) -> Result<Erasure> {
+        let mut wtxn = self.write()?;
+        let outcome = match self.find(&wtxn, tag, id) {
+            // A key that no longer authenticates is erased all the same.
+            Ok(Found::Key(_)) | Err(Error::Unauthentic { .. }) => Erasure::Erased,
+            Ok(Found::Erased { at_micros }) => {
+                return Ok(Erasure::AlreadyErased {
+                    erased_at_micros: at_micros,
+                })
+            }
+            Ok(Found::Missing) => return Ok(Erasure::NoKey),
+            Err(e) => return Err(e),
+        };
+        let k = entry_key(self.store_id, tag, id);
+        let err = lmdb(self.path(), "erasing an entity key");
+        self.env.keys.delete(&mut wtxn, &k).map_err(&err)?;
+        self.env
+            .erased
+            .put(&mut wtxn, &k, &now_micros().to_le_bytes())
+            .map_err(&err)?;
+        wtxn.commit().map_err(&err)?;
+        crash_point("after-erase");
+        Ok(outcome)
+    }
+
+    /// Seals the stamped plaintext block `plain` of entity `(tag, id)`,
+    /// stored under `key`, with the entity's key.
+    pub(crate) fn seal_block(&self, key: u64, tag: u32, id: u64, plain: &[u8]) -> Result<Vec<u8>> {
+        let entity_key = self.key_for_append(tag, id, key)?;
+        let nonce: [u8; NONCE_LEN] = random(self.path())?;
+        let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD);
+        out.extend_from_slice(&plain[..HEADER_LEN]);
+        out.extend_from_slice(&ENTITY_KEY_ID.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&plain[HEADER_LEN..]);
+        let ad = block_ad(self.store_id, key, &plain[..HEADER_LEN]);
+        let tag = cipher(&entity_key)
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                &ad,
+                &mut out[HEADER_LEN + SEAL_LEN..],
+            )
+            .map_err(|_| Error::Corruption {
+                location: Location::Global(GlobalSequence(key)),
+                detail: "sealing the block failed".into(),
+            })?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Opens the entity-sealed block `raw` stored under `key` into `out`
+    /// (its header, then its body): [`Error::Erased`] if its entity was
+    /// erased.
+    pub(crate) fn open_block(&self, key: u64, raw: &[u8], out: &mut PlainBuf) -> Result<()> {
+        let bad = |detail: String| Error::Unauthentic {
+            location: Location::Global(GlobalSequence(key)),
+            detail,
+        };
+        if raw.len() < HEADER_LEN + BLOCK_OVERHEAD {
+            return Err(bad(format!(
+                "an encrypted block of {} bytes is shorter than its header and seal",
+                raw.len()
+            )));
+        }
+        let (tag, id) = block_entity(raw);
+        let entity_key = match self.lookup(tag, id)? {
+            Found::Key(k) => k,
+            Found::Erased { .. } => {
+                return Err(Error::Erased {
+                    stream: None,
+                    id: StreamId(id),
+                    at: GlobalSequence(key),
+                })
+            }
+            Found::Missing => {
+                return Err(vault_error(
+                    self.path(),
+                    format!(
+                        "it holds no key for stream tag {tag} id {id} (the block at global \
+                         sequence {key}): the vault is older than the store, or another \
+                         store's"
+                    ),
+                ))
+            }
+        };
+        let seal = &raw[HEADER_LEN..HEADER_LEN + SEAL_LEN];
+        if seal[4..8] != [0; 4] {
+            return Err(bad("the seal's reserved word is not zero".into()));
+        }
+        let (body, tag_bytes) =
+            raw[HEADER_LEN + SEAL_LEN..].split_at(raw.len() - HEADER_LEN - BLOCK_OVERHEAD);
+        out.fill(&[&raw[..HEADER_LEN], body]);
+        let ad = block_ad(self.store_id, key, &raw[..HEADER_LEN]);
+        let opened = cipher(&entity_key).decrypt_in_place_detached(
+            XNonce::from_slice(&seal[8..]),
+            &ad,
+            &mut out.as_mut()[HEADER_LEN..],
+            Tag::from_slice(tag_bytes),
+        );
+        if opened.is_err() {
+            out.clear();
+            return Err(bad(
+                "the block does not authenticate under its entity's key: it was altered, \
+                 moved, swapped, or copied from another store"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the encrypted block `raw` is sealed with its entity's key.
+#[inline]
+pub(crate) fn entity_sealed(raw: &[u8]) -> bool {
+    raw.get(HEADER_LEN..HEADER_LEN + 4) == Some(&ENTITY_KEY_ID.to_le_bytes()[..])
+}
+
+/// The entity (stream tag, stream id) a block's header names.
+fn block_entity(raw: &[u8]) -> (u32, u64) {
+    let h = super::block::BlockHeader::decode(
+        raw[..HEADER_LEN]
+            .try_into()
+            .expect("callers check the length"),
+    );
+    (h.stream_tag, h.stream_id)
+}
+
+fn block_ad(store_id: StoreId, key: u64, header: &[u8]) -> [u8; 16 + 16 + 8 + 64 + 4] {
+    let mut ad = [0u8; 16 + 16 + 8 + 64 + 4];
+    ad[..16].copy_from_slice(b"varvedb entity1\0");
+    ad[16..32].copy_from_slice(store_id.as_bytes());
+    ad[32..40].copy_from_slice(&key.to_be_bytes());
+    ad[40..104].copy_from_slice(&header[..HEADER_LEN]);
+    ad[104..108].copy_from_slice(&ENTITY_KEY_ID.to_le_bytes());
+    ad
+}
+
+/// The vault a store opens with: `None` when it neither has nor asks for
+/// one. `master` derives the store's master key (asked only when a vault is
+/// opened); `writable`: a read-write open, which records a vault the store
+/// did not have yet (returned as `true`: the caller writes the store's
+/// record in its open transaction).
+pub(crate) fn settle_at_open(
+    path: &Path,
+    recorded: Option<&[u8]>,
+    requested: Option<&Path>,
+    encrypted: bool,
+    store_id: StoreId,
+    writable: bool,
+    master: impl FnOnce() -> Result<Key32>,
+) -> Result<(Option<Vault>, bool)> {
+    if let Some(r) = recorded {
+        if r.first() != Some(&VAULT_RECORD_VERSION) {
+            return Err(Error::Corruption {
+                location: Location::Record("the store's key vault record".into()),
+                detail: format!("unknown record of {} bytes", r.len()),
+            });
+        }
+    }
+    let Some(vault_path) = requested else {
+        return match recorded {
+            None => Ok((None, false)),
+            Some(_) => Err(vault_error(
+                path,
+                "the store seals events with entity keys kept in a key vault: open it with \
+                 its vault (VarveConfig::key_vault)",
+            )),
+        };
+    };
+    if !encrypted {
+        return Err(vault_error(
+            vault_path,
+            format!(
+                "the store at {} is not encrypted: entity keys need an encrypted store \
+                 (VarveConfig::encryption)",
+                path.display()
+            ),
+        ));
+    }
+    let (vault, known) = Vault::open(vault_path, store_id, master()?, writable)?;
+    match (known, recorded.is_some()) {
+        (true, _) => Ok((Some(vault), writable && recorded.is_none())),
+        (false, true) => Err(vault_error(
+            vault_path,
+            format!(
+                "the vault holds no keys of the store at {} (store id {store_id}): it is \
+                 another store's vault, or one older than this store's",
+                path.display()
+            ),
+        )),
+        (false, false) if writable => {
+            // The vault knows the store before the store names the vault.
+            vault.register()?;
+            Ok((Some(vault), true))
+        }
+        (false, false) => Ok((Some(vault), false)),
+    }
+}
+
+/// The store's record naming a vault.
+pub(crate) fn record() -> [u8; 1] {
+    [VAULT_RECORD_VERSION]
+}
+
+impl super::Store {
+    /// Whether entity `(tag, id)` was erased (always `false` without a
+    /// vault).
+    pub(crate) fn entity_erased(&self, tag: u32, id: u64) -> Result<bool> {
+        match self.vault() {
+            Some(vault) => Ok(matches!(vault.lookup(tag, id)?, Found::Erased { .. })),
+            None => Ok(false),
+        }
+    }
+
+    /// `e` with the stream's name filled in when it is an [`Error::Erased`]
+    /// of the block `raw` stored under `key` (its header, in the clear,
+    /// names the stream).
+    #[cold]
+    pub(crate) fn name_erased(
+        &self,
+        txn: &super::kv::Txn<'_>,
+        key: u64,
+        raw: &[u8],
+        e: Error,
+    ) -> Error {
+        match e {
+            Error::Erased {
+                stream: None,
+                id,
+                at,
+            } => {
+                let stream = self
+                    .stored_header(key, raw)
+                    .ok()
+                    .and_then(|h| self.stream_by_tag(txn, h.stream_tag).ok())
+                    .map(|info| info.name.to_string());
+                Error::Erased { stream, id, at }
+            }
+            e => e,
+        }
+    }
+}
+
+impl super::View {
+    /// [`Store::entity_erased`](super::Store::entity_erased).
+    pub(crate) fn entity_erased(&self, tag: u32, id: u64) -> Result<bool> {
+        self.store.entity_erased(tag, id)
+    }
+
+    /// One past the last event of the block stored under `key`, from its
+    /// header (in the clear: an erased block's count is still known).
+    pub(crate) fn block_end_at(&self, key: u64) -> Result<u64> {
+        let raw = self
+            .store
+            .events
+            .get(&self.pin.txn, &super::keys::event_key(key))
+            .map_err(self.store.err("reading the event log"))?
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Global(GlobalSequence(key)),
+                detail: "the block vanished from the snapshot".into(),
+            })?;
+        Ok(self.store.stored_header(key, raw)?.end_global())
+    }
+}
+
+impl super::WriteTxn<'_> {
+    /// [`Store::entity_erased`](super::Store::entity_erased).
+    pub(crate) fn entity_erased(&self, tag: u32, id: u64) -> Result<bool> {
+        self.store.entity_erased(tag, id)
+    }
+
+    /// Counts an erasure in the store's `meta` (`vault-erasures`, u64 LE):
+    /// a commit of the store after the vault's, so every open reader of
+    /// the store moves to a new snapshot.
+    pub(crate) fn note_erasure(&mut self) -> Result<()> {
+        let store = self.store;
+        let err = super::storage_error("recording an erasure", store.config().max_readers);
+        let count = store
+            .meta
+            .get(&self.txn, ERASURES_RECORD)
+            .map_err(&err)?
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_le_bytes);
+        store
+            .meta
+            .put(&mut self.txn, ERASURES_RECORD, &(count + 1).to_le_bytes())
+            .map_err(&err)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn vault(dir: &Path) -> Vault {
+        let (v, known) = Vault::open(
+            dir,
+            StoreId::from_bytes([7; 16]),
+            Zeroizing::new([5; 32]),
+            true,
+        )
+        .unwrap();
+        assert!(!known);
+        v.register().unwrap();
+        v
+    }
+
+    fn plain() -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_LEN + 40];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn an_entity_block_round_trips_until_its_key_is_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let p = plain();
+        let (tag, id) = block_entity(&p);
+        let sealed = v.seal_block(3, tag, id, &p).unwrap();
+        assert!(entity_sealed(&sealed));
+        let mut out = PlainBuf::default();
+        v.open_block(3, &sealed, &mut out).unwrap();
+        assert_eq!(out.as_slice(), &p[..]);
+        // Bound to its place.
+        assert!(matches!(
+            v.open_block(4, &sealed, &mut out),
+            Err(Error::Unauthentic { .. })
+        ));
+        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
+        assert!(matches!(
+            v.open_block(3, &sealed, &mut out),
+            Err(Error::Erased {
+                at: GlobalSequence(3),
+                ..
+            })
+        ));
+        assert!(matches!(
+            v.erase(tag, id).unwrap(),
+            Erasure::AlreadyErased { .. }
+        ));
+        assert_eq!(v.erase(tag, id.wrapping_add(1)).unwrap(), Erasure::NoKey);
+        // An erased entity takes no new key.
+        assert!(matches!(
+            v.key_for_append(tag, id, 9),
+            Err(Error::Erased { .. })
+        ));
+    }
+
+    #[test]
+    fn another_master_key_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(vault(dir.path()));
+        let other = Vault::open(
+            dir.path(),
+            StoreId::from_bytes([7; 16]),
+            Zeroizing::new([6; 32]),
+            false,
+        );
+        assert!(matches!(other, Err(Error::EncryptionKeyMismatch { .. })));
+    }
+}
