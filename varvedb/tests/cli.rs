@@ -937,6 +937,7 @@ fn restore_re_keys_a_backup_with_a_new_key_file_and_converts_a_plaintext_one() {
     assert_eq!(json(&mut cmd)[0]["name"], "orders");
 }
 
+#[test]
 fn a_store_with_a_key_vault_verifies_with_it_and_counts_erased_events() {
     let dir = tempfile::tempdir().unwrap();
     let key = [0x5au8; 32];
