@@ -273,3 +273,227 @@ fn a_subscription_delivers_every_event_once_across_a_server_restart() {
     );
     dense_log(&varve);
 }
+
+/// The tables of a store, for [`a_writer_never_trusts_what_it_knew_before_commits_were_lost`].
+const TABLES: [&str; 11] = [
+    "varvedb_head",
+    "varvedb_events",
+    "varvedb_streams",
+    "varvedb_meta",
+    "varvedb_catalog",
+    "varvedb_index",
+    "varvedb_state",
+    "varvedb_ids",
+    "varvedb_keys",
+    "varvedb_chain",
+    "varvedb_seals",
+];
+
+/// Keeps a copy of every table of the store in `url` (what a server that
+/// loses the commits after this one comes back with).
+fn save_tables(url: &str) {
+    for t in TABLES {
+        pg::admin(url, &format!("CREATE TABLE saved_{t} AS TABLE {t}")).unwrap();
+    }
+}
+
+/// Puts back the tables [`save_tables`] kept: the commits since are lost.
+/// Row by row (`DELETE`, not `TRUNCATE`, which would wait for every open
+/// snapshot).
+fn restore_tables(url: &str) {
+    let mut restore = String::from("BEGIN;");
+    for t in TABLES {
+        restore.push_str(&format!(
+            "DELETE FROM {t}; INSERT INTO {t} SELECT * FROM saved_{t};"
+        ));
+    }
+    restore.push_str("COMMIT;");
+    pg::admin(url, &restore).unwrap();
+}
+
+/// The server loses its last commit (a crash with a relaxed `Durability`,
+/// i.e. `synchronous_commit = off`, or a failover to an asynchronous
+/// standby): the database is back at an earlier commit and the server
+/// restarts. The commit counter then runs again through numbers a live
+/// writer has seen, so what that writer knew of the tables (carried from
+/// its last commit, tagged with the counter) must not be trusted: here it
+/// would take stream id 1 to have 2 events when it has 1, accept an
+/// expected version that is wrong, and extend the stream's index run over
+/// another stream id's event.
+#[test]
+fn a_writer_never_trusts_what_it_knew_before_commits_were_lost() {
+    use varvedb::{ExpectedVersion, StreamSequence};
+    let Some(cluster) = pg::private_cluster("lost_commits") else {
+        return;
+    };
+    let db = cluster.fresh_database("lost_commits").expect("a database");
+    let a = Varve::connect(db.url()).expect("connect a");
+    // The other process opens before the commit that is lost (opening
+    // commits too).
+    let b = Varve::connect(db.url()).expect("connect b");
+    let mut orders = a.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(0))
+        .unwrap();
+    // What the server will keep: the state after that commit.
+    save_tables(db.url());
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(1))
+        .unwrap();
+    // The server loses that last commit and restarts.
+    restore_tables(db.url());
+    cluster.stop_immediate().expect("stop the server");
+    cluster.start_again().expect("restart the server");
+    // Another process commits once: the counter is back where `a` left it.
+    let mut others = b.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match others.append(StreamId(2), &varvedb_suite::Order::numbered(2)) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_outage_error(&e);
+                assert!(Instant::now() < deadline, "b did not recover: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    // Stream id 1 has one event (version 0): expecting version 1 conflicts.
+    let outcome = loop {
+        match orders.append_expected(
+            StreamId(1),
+            &varvedb_suite::Order::numbered(3),
+            ExpectedVersion::Exact(StreamSequence(1)),
+        ) {
+            Err(e @ Error::Storage { .. }) => {
+                assert!(Instant::now() < deadline, "a did not recover: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(outcome, Err(Error::VersionConflict { .. })),
+        "an append expecting a version the stream never reached: {outcome:?}"
+    );
+    let fresh = Varve::connect(db.url()).unwrap();
+    let mut reader = fresh
+        .stream::<varvedb_suite::Order, 256>("orders")
+        .unwrap()
+        .reader();
+    assert_eq!(
+        reader.version(StreamId(1)).unwrap(),
+        Some(StreamSequence(0))
+    );
+    assert_eq!(
+        reader.version(StreamId(2)).unwrap(),
+        Some(StreamSequence(0))
+    );
+    dense_log(&fresh);
+}
+
+/// As [`a_writer_never_trusts_what_it_knew_before_commits_were_lost`], for
+/// the stream's tag a handle learnt in the lost commit that created its
+/// stream: after the loss another process creates another stream, which
+/// gets that tag. The handle must not append its events to that stream.
+#[test]
+#[ignore = "open: a handle keeps the tag it settled in a commit the server lost (catalog binding)"]
+fn a_stream_created_in_a_lost_commit_is_not_confused_with_the_next_one() {
+    let Some(cluster) = pg::private_cluster("lost_stream") else {
+        return;
+    };
+    let db = cluster.fresh_database("lost_stream").expect("a database");
+    let a = Varve::connect(db.url()).expect("connect a");
+    let b = Varve::connect(db.url()).expect("connect b");
+    save_tables(db.url());
+    let mut orders = a.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(0))
+        .unwrap();
+    restore_tables(db.url());
+    cluster.stop_immediate().expect("stop the server");
+    cluster.start_again().expect("restart the server");
+    let deadline = Instant::now() + DEADLINE;
+    let mut payments = b.stream::<varvedb_suite::Order, 256>("payments").unwrap();
+    while let Err(e) = payments.append(StreamId(1), &varvedb_suite::Order::numbered(1)) {
+        assert_outage_error(&e);
+        assert!(Instant::now() < deadline, "b did not recover: {e}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    while let Err(e) = orders.append(StreamId(1), &varvedb_suite::Order::numbered(2)) {
+        assert_outage_error(&e);
+        assert!(Instant::now() < deadline, "a did not recover: {e}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let fresh = Varve::connect(db.url()).unwrap();
+    let version = |name: &str| {
+        fresh
+            .stream::<varvedb_suite::Order, 256>(name)
+            .unwrap()
+            .reader()
+            .version(StreamId(1))
+            .unwrap()
+    };
+    use varvedb::StreamSequence;
+    assert_eq!(
+        version("payments"),
+        Some(StreamSequence(0)),
+        "payments got orders' event"
+    );
+    assert_eq!(version("orders"), Some(StreamSequence(0)));
+}
+
+/// A live subscription, after the server lost its last commit (see
+/// [`a_writer_never_trusts_what_it_knew_before_commits_were_lost`]): the
+/// event it delivered is gone, and the next one committed (durably) takes
+/// its global sequence. The subscription must deliver that event (or fail),
+/// never skip it.
+#[test]
+#[ignore = "open: a live subscription skips the events that reuse the sequences of lost commits"]
+fn a_subscription_does_not_skip_events_that_reuse_lost_sequences() {
+    let Some(cluster) = pg::private_cluster("lost_subscribed") else {
+        return;
+    };
+    let db = cluster
+        .fresh_database("lost_subscribed")
+        .expect("a database");
+    let a = Varve::connect(db.url()).expect("connect a");
+    let b = Varve::connect(db.url()).expect("connect b");
+    let mut orders = a.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(0))
+        .unwrap();
+    save_tables(db.url());
+    let mut sub = a.subscribe(GlobalSequence(0));
+    orders
+        .append(StreamId(1), &varvedb_suite::Order::numbered(1))
+        .unwrap();
+    for g in 0..2 {
+        let e = sub.next_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(e.global_sequence().0, g);
+    }
+    restore_tables(db.url());
+    cluster.stop_immediate().expect("stop the server");
+    cluster.start_again().expect("restart the server");
+    let deadline = Instant::now() + DEADLINE;
+    let mut others = b.stream::<varvedb_suite::Order, 256>("orders").unwrap();
+    while let Err(e) = others.append(StreamId(2), &varvedb_suite::Order::numbered(2)) {
+        assert_outage_error(&e);
+        assert!(Instant::now() < deadline, "b did not recover: {e}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The durable event at global 1 (stream id 2) reaches the subscriber.
+    let got = loop {
+        match sub.next_timeout(Duration::from_secs(5)) {
+            Err(e) if Instant::now() < deadline => {
+                assert_outage_error(&e);
+                thread::sleep(Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    match got {
+        Ok(Some(e)) => assert_eq!(e.stream_id(), StreamId(2), "the new event at 1"),
+        Ok(None) => panic!("the subscription skipped the durable event at global 1"),
+        Err(_) => {} // told it cannot go on: acceptable
+    }
+}

@@ -59,12 +59,22 @@ fn hasher(key: Option<&[u8; 32]>) -> blake3::Hasher {
     }
 }
 
+/// The digest of `h`; a keyed hasher (holding the chain's key) is then
+/// zeroed.
+fn finish(mut h: blake3::Hasher, keyed: bool) -> Digest {
+    let d = *h.finalize().as_bytes();
+    if keyed {
+        zeroize::Zeroize::zeroize(&mut h);
+    }
+    d
+}
+
 /// The digest before a store's first block.
 pub(crate) fn genesis(key: Option<&[u8; 32]>, id: StoreId) -> Digest {
     let mut h = hasher(key);
     h.update(b"varvedb chain genesis 1");
     h.update(id.as_bytes());
-    *h.finalize().as_bytes()
+    finish(h, key.is_some())
 }
 
 /// A block's leaf: its header and an (unkeyed) digest of everything after it.
@@ -82,7 +92,7 @@ pub(crate) fn link(key: Option<&[u8; 32]>, prev: &Digest, leaf: &Leaf) -> Digest
     h.update(b"VARVELNK");
     h.update(prev);
     h.update(leaf);
-    *h.finalize().as_bytes()
+    finish(h, key.is_some())
 }
 
 fn check_value(key: Option<&[u8; 32]>, id: StoreId) -> Digest {
@@ -92,7 +102,7 @@ fn check_value(key: Option<&[u8; 32]>, id: StoreId) -> Digest {
             let mut h = blake3::Hasher::new_keyed(key);
             h.update(b"varvedb chain key check 1");
             h.update(id.as_bytes());
-            *h.finalize().as_bytes()
+            finish(h, true)
         }
     }
 }
@@ -102,7 +112,7 @@ fn reseal_link(key: Option<&[u8; 32]>, prev: &Digest, body: &[u8]) -> Digest {
     h.update(b"VARVESEA");
     h.update(prev);
     h.update(body);
-    *h.finalize().as_bytes()
+    finish(h, key.is_some())
 }
 
 /// The head digest (unkeyed: its parts are).

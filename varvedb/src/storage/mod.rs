@@ -38,6 +38,7 @@ mod probe;
 mod raw;
 pub(crate) mod readers;
 mod registry;
+pub(crate) mod rekey;
 mod snapshot;
 mod sync;
 pub(crate) mod vault;

@@ -553,7 +553,8 @@ impl Pg {
         let sql = match (write, self.relaxed) {
             (true, false) => {
                 "BEGIN ISOLATION LEVEL READ COMMITTED;
-                 SELECT txn, last FROM varvedb_head WHERE id = 1 FOR UPDATE"
+                 SELECT txn, last, pg_postmaster_start_time(), tableoid
+                 FROM varvedb_head WHERE id = 1 FOR UPDATE"
             }
             // A relaxed durability: the commit returns before its WAL is
             // flushed (a server crash may lose the last commits, never
@@ -561,7 +562,8 @@ impl Pg {
             (true, true) => {
                 "BEGIN ISOLATION LEVEL READ COMMITTED;
                  SET LOCAL synchronous_commit = off;
-                 SELECT txn, last FROM varvedb_head WHERE id = 1 FOR UPDATE"
+                 SELECT txn, last, pg_postmaster_start_time(), tableoid
+                 FROM varvedb_head WHERE id = 1 FOR UPDATE"
             }
             (false, _) => {
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
@@ -572,7 +574,7 @@ impl Pg {
             self.round_trips.fetch_add(1, Ordering::Relaxed);
         }
         let (reclaim, wait) = (self.reclaim.lock().clone(), self.pool_wait);
-        let (client, txn, last, tail) = self.block(async move {
+        let (client, txn, last, tail, epoch) = self.block(async move {
             let client = pooled(&pool, reclaim.as_ref(), wait)
                 .await
                 .map_err(pool_error)?;
@@ -606,8 +608,16 @@ impl Pg {
                 row.and_then(|r| r.try_get(i).ok().flatten())
                     .and_then(|v: &str| v.parse::<u64>().ok())
             };
+            // Where the counter's numbers are unique (see `Known::epoch`).
+            let epoch = match row.and_then(|r| r.try_get(2).ok().flatten()) {
+                Some(started) => {
+                    let table = row.and_then(|r| r.try_get(3).ok().flatten());
+                    format!("{started}/{}", table.unwrap_or(""))
+                }
+                None => String::new(),
+            };
             match (parse(0), parse(1)) {
-                (Some(txn), Some(last)) => Ok((client, txn, last, tail)),
+                (Some(txn), Some(last)) => Ok((client, txn, last, tail, epoch)),
                 _ => {
                     // `BEGIN` ran: a connection inside a transaction never
                     // goes back to the pool.
@@ -618,10 +628,16 @@ impl Pg {
         })?;
         // What the last commit of this process knew still holds if no
         // commit came after it: every commit of every process bumps `txn`
-        // under the head-row lock this transaction now holds.
+        // under the head-row lock this transaction now holds. Unless the
+        // server lost commits since (it restarted: a crash with
+        // `synchronous_commit = off`, a failover to an asynchronous
+        // standby; or the database was restored): `txn` then runs again
+        // through numbers already seen, so the epoch must match too.
         let known = if write {
             let carried = self.carry.lock().take();
-            carried.filter(|k| k.txn == txn).unwrap_or_default()
+            carried
+                .filter(|k| k.txn == txn && !epoch.is_empty() && k.epoch == epoch)
+                .unwrap_or_default()
         } else {
             Box::default()
         };
@@ -630,6 +646,7 @@ impl Pg {
             client: Some(Arc::new(client)),
             write,
             id: if write { txn + 1 } else { txn } as usize,
+            epoch,
             end: last,
             appended: false,
             arena: Mutex::new(Vec::new()),
@@ -788,6 +805,13 @@ const KNOWN_ENTRY: usize = KNOWN_BYTES / 16;
 struct Known {
     /// The commit counter this knowledge is true at.
     txn: u64,
+    /// The server's start time and the head table's oid when `txn` was
+    /// read: the counter names one commit only within an epoch. A server
+    /// that lost its last commits (a crash with `synchronous_commit = off`,
+    /// a failover to an asynchronous standby) restarted, and a database
+    /// restored from a dump has new tables; in both the counter runs again
+    /// through numbers a live writer has seen, for other commits.
+    epoch: String,
     /// By table (as `u8`) and key: the value, or `None` for no such key.
     values: HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
     /// By table (as `u8`), how ([`Seek`] as `u8`, [`LAST`]: the greatest key)
@@ -943,6 +967,8 @@ pub(crate) struct PgTxn {
     client: Option<Arc<Object>>,
     write: bool,
     id: usize,
+    /// A write transaction's [`Known::epoch`] (empty for a read snapshot).
+    epoch: String,
     /// The head's `last` when the transaction began (one past the last
     /// global sequence), moved by this transaction's appends.
     end: u64,
@@ -1524,6 +1550,7 @@ impl PgTxn {
             // The commit counter now reads this transaction's id.
             let mut known = std::mem::take(&mut *self.known.lock());
             known.txn = self.id as u64;
+            known.epoch = std::mem::take(&mut self.epoch);
             *self.pg.carry.lock() = Some(known);
         }
         Ok(())
