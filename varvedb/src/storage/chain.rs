@@ -1047,12 +1047,24 @@ impl WriteTxn<'_> {
             }
             let (k, v) = self.lmdb("reading the event log", item)?;
             let global = parse_event_key(k).ok_or_else(|| corrupt("a malformed event-log key"))?;
-            // A damaged block is never chained: its bytes are not what was written.
-            let view = store.open_stored(global, v, &mut plain)?;
-            for i in 0..view.header().count {
-                view.slot(i)
-                    .map_err(super::snapshot::corrupt_at(global + u64::from(i)))?;
-            }
+            // A damaged block is never chained: its bytes are not what was
+            // written. An erased entity's block is not damage: its bytes are
+            // as written (only its key is gone), and its header, in the
+            // clear, says where it ends.
+            let header = match store.open_stored(global, v, &mut plain) {
+                Ok(view) => {
+                    for i in 0..view.header().count {
+                        view.slot(i)
+                            .map_err(super::snapshot::corrupt_at(global + u64::from(i)))?;
+                    }
+                    *view.header()
+                }
+                // (Unless its header was altered to name an erased entity.)
+                Err(e) => match store.check_erased(&self.txn, global, v, e) {
+                    Error::Erased { .. } => store.stored_header(global, v)?,
+                    e => return Err(e),
+                },
+            };
             if global != m.cursor {
                 return Err(Error::Corruption {
                     location: Location::Global(GlobalSequence(m.cursor)),
@@ -1061,7 +1073,7 @@ impl WriteTxn<'_> {
             }
             prev = link(key.as_ref(), &prev, &leaf(v));
             digests.push((global, prev));
-            m.cursor = view.header().end_global();
+            m.cursor = header.end_global();
         }
         for (global, digest) in &digests {
             let put = self
