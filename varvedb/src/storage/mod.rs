@@ -571,7 +571,7 @@ impl Store {
                 let (opened, record) = vault::settle_at_open(
                     path,
                     recorded.as_deref(),
-                    config.key_vault.as_deref(),
+                    &config,
                     keyring.is_some(),
                     c.id,
                     true,
@@ -742,7 +742,7 @@ impl Store {
             key_vault = vault::settle_at_open(
                 path,
                 recorded.as_deref(),
-                config.key_vault.as_deref(),
+                &config,
                 keyring.is_some(),
                 c.id,
                 false,

@@ -153,7 +153,10 @@ fn lmdb<'p>(path: &'p Path, what: &str) -> impl Fn(heed::Error) -> Error + 'p {
     move |e| vault_error(path, format!("{what}: {e}"))
 }
 
-fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
+/// `max_readers` is the store's: every thread reading an entity's block
+/// holds one of the store's reader slots while it looks the key up, so the
+/// vault never needs more (LMDB keeps the first opener's figure).
+fn open_env(path: &Path, create: bool, max_readers: u32) -> Result<Arc<VaultEnv>> {
     if !create && !path.join(super::identity::DATA_FILE).is_file() {
         return Err(vault_error(path, "no key vault here"));
     }
@@ -171,7 +174,10 @@ fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
     // reads of the meta pages and the free list) runs before mapping.
     super::identity::check_data_file(&canonical)?;
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(VAULT_MAP_SIZE).max_dbs(4).max_readers(126);
+    options
+        .map_size(VAULT_MAP_SIZE)
+        .max_dbs(4)
+        .max_readers(max_readers.max(126));
     // SAFETY: mapping a file is sound only while nothing truncates or
     // rewrites it underneath us: the directory is the application's key
     // vault, used only through LMDB (whose lock file coordinates processes),
@@ -336,8 +342,14 @@ impl Vault {
     /// Opens the vault at `path` for the store `store_id` with its master
     /// key: checks (or, with `register`, records) the store's check key.
     /// Returns the vault and whether the store was known to it.
-    fn open(path: &Path, store_id: StoreId, master: Key32, create: bool) -> Result<(Vault, bool)> {
-        let env = open_env(path, create)?;
+    fn open(
+        path: &Path,
+        store_id: StoreId,
+        master: Key32,
+        create: bool,
+        max_readers: u32,
+    ) -> Result<(Vault, bool)> {
+        let env = open_env(path, create, max_readers)?;
         let vault = Vault {
             env,
             store_id,
@@ -625,7 +637,7 @@ fn block_ad(store_id: StoreId, key: u64, header: &[u8]) -> [u8; 16 + 16 + 8 + 64
 pub(crate) fn settle_at_open(
     path: &Path,
     recorded: Option<&[u8]>,
-    requested: Option<&Path>,
+    config: &crate::config::VarveConfig,
     encrypted: bool,
     store_id: StoreId,
     writable: bool,
@@ -639,7 +651,7 @@ pub(crate) fn settle_at_open(
             });
         }
     }
-    let Some(vault_path) = requested else {
+    let Some(vault_path) = config.key_vault.as_deref() else {
         return match recorded {
             None => Ok((None, false)),
             Some(_) => Err(vault_error(
@@ -674,7 +686,13 @@ pub(crate) fn settle_at_open(
             ));
         }
     }
-    let (vault, known) = Vault::open(vault_path, store_id, master()?, writable)?;
+    let (vault, known) = Vault::open(
+        vault_path,
+        store_id,
+        master()?,
+        writable,
+        config.max_readers,
+    )?;
     match (known, recorded.is_some()) {
         (true, _) => Ok((Some(vault), writable && recorded.is_none())),
         (false, true) => Err(vault_error(
@@ -827,6 +845,7 @@ mod tests {
             StoreId::from_bytes([7; 16]),
             Zeroizing::new([5; 32]),
             true,
+            126,
         )
         .unwrap();
         assert!(!known);
@@ -925,6 +944,23 @@ mod tests {
     }
 
     #[test]
+    fn the_vault_has_as_many_reader_slots_as_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, _) = Vault::open(
+            dir.path(),
+            StoreId::from_bytes([7; 16]),
+            Zeroizing::new([5; 32]),
+            true,
+            300,
+        )
+        .unwrap();
+        // Every thread reading an entity's block holds a vault reader while
+        // it looks the key up: as many as the store's readers at once.
+        let held: Vec<_> = (0..250).map(|_| v.env.env.read_txn()).collect();
+        assert!(held.iter().all(Result::is_ok), "250 readers of 300");
+    }
+
+    #[test]
     fn another_master_key_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
         drop(vault(dir.path()));
@@ -933,6 +969,7 @@ mod tests {
             StoreId::from_bytes([7; 16]),
             Zeroizing::new([6; 32]),
             false,
+            126,
         );
         assert!(matches!(other, Err(Error::EncryptionKeyMismatch { .. })));
     }
