@@ -8,6 +8,10 @@
 //! moment hits one round of both variants), best of the rounds; prints the
 //! ratio encrypted / plaintext.
 //!
+//! Then the re-encryption pass (`Varve::reencrypt` after
+//! `Varve::rotate_data_key`, durable batches of the default size): MB of
+//! sealed blocks and events re-sealed per second, best of the rounds.
+//!
 //! A second group compares per-entity keys (`VarveConfig::key_vault`,
 //! crypto-shredding) with the store's data keys, both encrypted: E1 the
 //! first append of each of many entities (durable; with a vault it also
@@ -16,7 +20,8 @@
 //! with its entity's key, looked up in the vault).
 //!
 //! `cargo bench -p varvedb --bench encryption` prints tables for
-//! `docs/performance.md`; `VARVEDB_BENCH_SCALE=0.1` shrinks them.
+//! `docs/performance.md`; `VARVEDB_BENCH_SCALE=0.1` shrinks them;
+//! `VARVEDB_BENCH_ONLY=reencrypt` runs only the re-encryption rounds.
 
 #[path = "workloads/contender.rs"]
 #[allow(dead_code)]
@@ -95,6 +100,8 @@ fn main() {
         .collect();
     let per_id = events / IDS;
 
+    let only_reencrypt = std::env::var("VARVEDB_BENCH_ONLY").is_ok_and(|v| v == "reencrypt");
+
     // [plaintext, encrypted]
     let mut w1 = [Duration::MAX; 2];
     let mut w3 = [Duration::MAX; 2];
@@ -102,7 +109,7 @@ fn main() {
     let mut w5 = [Duration::MAX; 2];
     let mut w6 = [Duration::MAX; 2];
     let w4_events = per_id;
-    for _ in 0..ROUNDS {
+    for _ in 0..if only_reencrypt { 0 } else { ROUNDS } {
         for (v, encrypted) in [false, true].into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let varve = Varve::with_config(dir.path(), config(encrypted)).unwrap();
@@ -162,6 +169,10 @@ fn main() {
         }
     }
 
+    reencrypt(&batches, events);
+    if only_reencrypt {
+        return;
+    }
     println!("\n| workload ({events} events, {IDS} stream ids) | plaintext | encrypted | encrypted / plaintext |");
     println!("|---|---:|---:|---:|");
     let row = |name: &str, n: u64, t: &[Duration; 2]| {
@@ -245,5 +256,40 @@ fn entity_keys(f: f64) {
         ),
         entities * (per_entity + 1),
         &e3,
+    );
+}
+
+/// The re-encryption pass over a store of `batches` (sealed with key 1,
+/// then rotated to key 2): best of the rounds.
+fn reencrypt(batches: &[Vec<Sample>], events: u64) {
+    let mut best = Duration::MAX;
+    let mut bytes = 0;
+    let mut resealed = 0;
+    for _ in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let varve = Varve::with_config(dir.path(), config(true)).unwrap();
+        let mut stream = varve.stream::<Sample, 128>("samples").unwrap();
+        for (i, batch) in batches.iter().enumerate() {
+            stream
+                .append_batch(StreamId(i as u64 % IDS), batch)
+                .unwrap();
+        }
+        varve.rotate_data_key().unwrap();
+        let start = Instant::now();
+        let report = varve.reencrypt().unwrap();
+        best = best.min(start.elapsed());
+        assert_eq!(report.events, events);
+        assert_eq!(report.retired, [1]);
+        (bytes, resealed) = (report.bytes, report.blocks);
+    }
+    println!(
+        "\n| re-encryption ({events} events, {resealed} blocks, {:.1} MB) | MB/s | events/s |",
+        bytes as f64 / 1e6
+    );
+    println!("|---|---:|---:|");
+    println!(
+        "| `reencrypt` after `rotate_data_key`, durable batches (512 blocks or 8 MiB) | {:.1} | {} |",
+        bytes as f64 / 1e6 / best.as_secs_f64(),
+        rate(per_second(events, best))
     );
 }

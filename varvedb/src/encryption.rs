@@ -93,3 +93,114 @@ impl std::fmt::Debug for EncryptionKey {
         }
     }
 }
+
+/// How [`Varve::reencrypt_with`](crate::Varve::reencrypt_with) batches its
+/// work.
+///
+/// ```
+/// let options = varvedb::ReencryptOptions::default().batch_blocks(64).batch_bytes(1 << 20);
+/// assert_eq!(options.batch_blocks_limit(), 64);
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ReencryptOptions {
+    batch_blocks: usize,
+    batch_bytes: usize,
+}
+
+impl Default for ReencryptOptions {
+    fn default() -> Self {
+        ReencryptOptions {
+            batch_blocks: 512,
+            batch_bytes: 8 << 20,
+        }
+    }
+}
+
+impl ReencryptOptions {
+    /// Re-seals at most `blocks` blocks or values per write transaction (at
+    /// least 1; default 512). Smaller batches let other writers in more
+    /// often; larger ones commit (and sync) less often.
+    pub fn batch_blocks(mut self, blocks: usize) -> Self {
+        self.batch_blocks = blocks.max(1);
+        self
+    }
+
+    /// Re-seals at most about `bytes` stored bytes per write transaction
+    /// (default 8 MiB; a larger block is re-sealed alone).
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// The limit [`ReencryptOptions::batch_blocks`] set.
+    pub fn batch_blocks_limit(&self) -> usize {
+        self.batch_blocks
+    }
+
+    /// The limit [`ReencryptOptions::batch_bytes`] set.
+    pub fn batch_bytes_limit(&self) -> usize {
+        self.batch_bytes
+    }
+}
+
+/// What [`Varve::reencrypt`](crate::Varve::reencrypt) did (this call: a
+/// pass resumed after a crash counts only what it re-sealed itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReencryptReport {
+    /// The data key everything is sealed with now (the active one).
+    pub key_id: u32,
+    /// Blocks re-sealed.
+    pub blocks: u64,
+    /// Events in those blocks.
+    pub events: u64,
+    /// Stored bytes of those blocks.
+    pub bytes: u64,
+    /// Stream names re-sealed.
+    pub names: u64,
+    /// `state` values (snapshots, read models, checkpoints) re-sealed.
+    pub values: u64,
+    /// Re-seal records written to the tamper-evident chain (one per
+    /// chained block re-sealed).
+    pub resealed: u64,
+    /// The data keys retired: their wrapped copies deleted from the store,
+    /// since nothing is sealed with them any more.
+    pub retired: Vec<u32>,
+    /// Write transactions committed.
+    pub batches: u64,
+    /// How long it took.
+    pub duration: std::time::Duration,
+}
+
+/// Where a re-encryption pass is, given to the callback of
+/// [`Varve::reencrypt_with_progress`](crate::Varve::reencrypt_with_progress)
+/// after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReencryptProgress {
+    /// The next global sequence the pass examines, while it re-seals
+    /// blocks; `None` once past the log (stream names and `state` values,
+    /// a short tail).
+    pub position: Option<crate::GlobalSequence>,
+    /// The log's end as this process last saw it.
+    pub end: crate::GlobalSequence,
+    /// Blocks re-sealed so far.
+    pub blocks: u64,
+    /// Bytes of blocks re-sealed so far.
+    pub bytes: u64,
+}
+
+/// An encrypted store's keys, as [`Varve::encryption_status`](
+/// crate::Varve::encryption_status) reads them from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EncryptionStatus {
+    /// The data key new blocks and values are sealed with.
+    pub active_key: u32,
+    /// The data keys the store holds (wrapped), the active one among them.
+    pub data_keys: Vec<u32>,
+    /// Whether a re-encryption pass was started and has not finished (run
+    /// [`Varve::reencrypt`](crate::Varve::reencrypt) to resume it).
+    pub reencrypting: bool,
+}

@@ -63,7 +63,9 @@ pub use chain::{
     Reseal,
 };
 pub use config::{Durability, VarveConfig};
-pub use encryption::EncryptionKey;
+pub use encryption::{
+    EncryptionKey, EncryptionStatus, ReencryptOptions, ReencryptProgress, ReencryptReport,
+};
 pub use entity::MAX_ENTITY_KEY;
 pub use error::{Error, Location, Result, StorageError, StorageErrorKind, StoredAt};
 pub use event::{lineage, Archivable, Event, Lineage, NoPrevious, Upcast, UpcastError};

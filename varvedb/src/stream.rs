@@ -685,19 +685,36 @@ impl<T: Archivable, const N: usize> Stream<T, N> {
             return Ok(Erasure::NoKey);
         };
         drop(view);
-        let outcome = vault.erase(tag, id.0)?;
-        if outcome != Erasure::NoKey {
-            // The store's side, after the vault's commit (and again for an
-            // erasure a crash interrupted here): the entity's aggregate
-            // snapshot goes (sealed under the store's keys, it would outlive
-            // the erasure), and the commit makes every reader of this store
-            // take a new snapshot instead of a cached one.
-            let snapshot = crate::storage::keys::snapshot_key(tag, id.0);
-            self.store.write(|txn| {
-                txn.state_delete(&snapshot)?;
-                txn.note_erasure()
-            })?;
+        // (A key that no longer authenticates is erased all the same.)
+        if let Ok(crate::storage::vault::Found::Missing) = vault.lookup(tag, id.0) {
+            return Ok(Erasure::NoKey);
         }
+        // The entity's aggregate snapshot (sealed under the store's keys, it
+        // would outlive the erasure) goes in a store commit of its own
+        // first: a crash after the vault's commit below must not leave it
+        // behind.
+        let snapshot = crate::storage::keys::snapshot_key(tag, id.0);
+        self.store
+            .write(|txn| txn.state_delete(&snapshot).map(drop))?;
+        // Then the vault's commit, under the store's writer lock (no append
+        // or execute of the entity is between its key lookup and its commit
+        // meanwhile), and the store's side again (for an erasure a crash
+        // interrupted, too): a snapshot written since goes, and the commit
+        // makes every reader of this store take a new snapshot instead of a
+        // cached one. A retried transaction keeps the first outcome.
+        let mut outcome = None;
+        self.store.write(|txn| {
+            let erased = match outcome {
+                Some(o) => o,
+                None => *outcome.insert(vault.erase(tag, id.0)?),
+            };
+            if erased != Erasure::NoKey {
+                txn.state_delete(&snapshot)?;
+                txn.note_erasure()?;
+            }
+            Ok(())
+        })?;
+        let outcome = outcome.unwrap_or(Erasure::NoKey);
         Ok(outcome)
     }
 

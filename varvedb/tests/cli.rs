@@ -877,6 +877,67 @@ fn an_encrypted_store_opens_with_a_key_file_or_a_passphrase_file_and_not_without
 }
 
 #[test]
+fn restore_re_keys_a_backup_with_a_new_key_file_and_converts_a_plaintext_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plaintext store (encrypted with the suite's key in its encrypted run).
+    drop(store(dir.path()));
+    varvedb(dir.path())
+        .arg("backup")
+        .arg(dir.path().join("full"))
+        .assert()
+        .success();
+    let key = dir.path().join("new.key");
+    std::fs::write(&key, [0x6bu8; 32]).unwrap();
+    let rekeyed = dir.path().join("rekeyed");
+    let report = json(
+        Command::cargo_bin("varvedb")
+            .unwrap()
+            .arg("restore")
+            .arg(dir.path().join("full"))
+            .arg("--to")
+            .arg(&rekeyed)
+            .arg("--new-key-file")
+            .arg(&key),
+    );
+    assert_eq!(report["events"], 12);
+    let bytes = std::fs::read(rekeyed.join("data.mdb")).unwrap();
+    assert!(!bytes.windows(7).any(|w| w == b"order 3"), "plaintext left");
+    // It opens with the new key only.
+    let open = |args: &[&str]| {
+        let mut cmd = Command::cargo_bin("varvedb").unwrap();
+        cmd.arg("--store").arg(&rekeyed).args(args);
+        cmd
+    };
+    open(&["streams"]).assert().code(1);
+    let verify = json(&mut open(&["verify", "--key-file", key.to_str().unwrap()]));
+    assert_eq!(verify["ok"], true);
+    // Re-keyed again, from a backup of the encrypted one, to a passphrase.
+    json(open(&["--key-file", key.to_str().unwrap(), "backup"]).arg(dir.path().join("full2")));
+    let phrase = dir.path().join("phrase");
+    std::fs::write(&phrase, "second key\n").unwrap();
+    let again = dir.path().join("again");
+    json(
+        Command::cargo_bin("varvedb")
+            .unwrap()
+            .arg("--key-file")
+            .arg(&key)
+            .arg("restore")
+            .arg(dir.path().join("full2"))
+            .arg("--to")
+            .arg(&again)
+            .arg("--new-passphrase-file")
+            .arg(&phrase),
+    );
+    let mut cmd = Command::cargo_bin("varvedb").unwrap();
+    cmd.arg("--store")
+        .arg(&again)
+        .arg("--passphrase-file")
+        .arg(&phrase)
+        .arg("streams");
+    assert_eq!(json(&mut cmd)[0]["name"], "orders");
+}
+
+#[test]
 fn a_store_with_a_key_vault_verifies_with_it_and_counts_erased_events() {
     let dir = tempfile::tempdir().unwrap();
     let key = [0x5au8; 32];

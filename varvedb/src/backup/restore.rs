@@ -400,6 +400,140 @@ impl Varve {
     }
 }
 
+impl Varve {
+    /// [`Varve::restore_with_config`] into a store sealed under a new master
+    /// key `key`, with fresh data keys and a fresh stream-name key: a
+    /// *re-keying* restore. `config` opens the backup (the source's key, if
+    /// it is encrypted, and a keyed chain's key); a plaintext backup comes
+    /// out encrypted (a conversion).
+    ///
+    /// The backup and segments are restored (and checked) as by
+    /// [`Varve::restore_with_config`] into a scratch directory beside `dest`,
+    /// then every block, stream name and `state` value is opened and sealed
+    /// anew into a second one, which is verified and renamed to `dest`; the
+    /// scratch directory is removed. A crash leaves no `dest` (only
+    /// `.NAME.partial-*` directories). The new store keeps the source's id,
+    /// events, positions, event ids and entity keys. Its data file never
+    /// held anything sealed with the old keys (no old pages linger in it).
+    ///
+    /// A chained store keeps its chain digests and re-seal records, and each
+    /// block gets one more re-seal record (from its old sealed bytes to its
+    /// new ones): `verify` passes and a head held from before the restore
+    /// still verifies ([`Varve::verify_extends`]); the new store's own head
+    /// counts the extra re-seals. The report's log digest is the new
+    /// store's (its stored bytes differ from the backup's, so it is not the
+    /// manifest's), and segments exported from the source can no longer be
+    /// applied to it: take a new full backup.
+    ///
+    /// ```
+    /// use varvedb::{EncryptionKey, StreamId, Varve, VarveConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let plain = Varve::with_config(dir.path().join("plain"), VarveConfig::default())?;
+    /// # if plain.is_encrypted() { return Ok(()); } // the suite's encrypted run
+    /// plain.stream::<u64, 8>("ticks")?.append(StreamId(1), &7)?;
+    /// plain.backup(dir.path().join("full"))?;
+    /// let key = EncryptionKey::from_bytes([9; 32]);
+    /// Varve::restore_rekeyed(
+    ///     dir.path().join("full"),
+    ///     Vec::<std::path::PathBuf>::new(),
+    ///     dir.path().join("encrypted"),
+    ///     None,
+    ///     VarveConfig::default(),
+    ///     key.clone(),
+    /// )?;
+    /// let varve = Varve::with_config(dir.path().join("encrypted"), VarveConfig::encryption(key))?;
+    /// assert!(varve.is_encrypted());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Varve::restore_with_config`]; [`Error::Unauthentic`] or
+    /// [`Error::Corruption`] for a block or value that does not open.
+    pub fn restore_rekeyed<P: AsRef<Path>>(
+        backup: impl AsRef<Path>,
+        segments: impl IntoIterator<Item = P>,
+        dest: impl AsRef<Path>,
+        until: Option<GlobalSequence>,
+        config: VarveConfig,
+        key: crate::EncryptionKey,
+    ) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let dest = dest.as_ref();
+        let staging = Staging::new(dest, true)?;
+        let name = dest
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let scratch = Staging::new(&dest.with_file_name(format!(".{name}.rekey-source")), false)?;
+        let source_dir = scratch.dir.join("store");
+        let mut report =
+            Varve::restore_with_config(backup, segments, &source_dir, until, config.clone())?;
+        let source = Varve::with_config(&source_dir, config.clone())?;
+        let view = source.store().snapshot()?;
+        let tamper_evident = match view.chain_mode()? {
+            None => None,
+            Some(crate::ChainMode::Plain) => Some(crate::Chain::Plain),
+            Some(crate::ChainMode::Keyed) => match source.store().chain_key() {
+                Some(key) => Some(crate::Chain::Keyed(key)),
+                None => {
+                    return Err(Error::ChainKeyRequired {
+                        path: dest.to_path_buf(),
+                        operation: "restoring a keyed chain",
+                    })
+                }
+            },
+        };
+        drop(view);
+        let identity =
+            storage::read_identity(&source_dir)?.ok_or_else(|| Error::BackupDamaged {
+                path: source_dir.clone(),
+                detail: "the restored store has no identity record (varvedb.id)".into(),
+            })?;
+        let store = Store::open_as(
+            &staging.dir,
+            VarveConfig {
+                tamper_evident,
+                encryption: Some(key),
+                ..config
+            },
+            Access::ReadWrite,
+            Some(storage::Seed {
+                identity,
+                keys: Vec::new(),
+            }),
+        )?;
+        let target = Varve::from_store(store);
+        storage::rekey::copy_resealed(source.store(), target.store())?;
+        drop(source);
+        let end = target.global_reader().end()?.0;
+        let verified = target.verify()?;
+        if !verified.is_ok() || verified.events != end || end != report.end.0 {
+            return Err(Error::BackupDamaged {
+                path: dest.to_path_buf(),
+                detail: format!(
+                    "the re-keyed store fails verification: {}",
+                    verified
+                        .problems
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| format!(
+                            "{} events, end {end}, {} restored",
+                            verified.events, report.end.0
+                        ))
+                ),
+            });
+        }
+        let (log_digest, _) = digest_log(target.store(), end, |_| {})?;
+        report.log_digest = log_digest;
+        report.chain_head = target.head_digest()?;
+        drop(target);
+        staging.publish(true)?;
+        drop(scratch);
+        report.path = dest.to_path_buf();
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+}
+
 /// A new store in `dir` with the backup's identity, holding the backup's
 /// blocks that end at or before `limit`, and its catalog.
 fn rebuild_from_backup(

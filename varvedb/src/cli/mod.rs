@@ -562,9 +562,31 @@ impl Cli {
                 segments,
                 to,
                 until,
+                new_key_file,
+                new_passphrase_file,
             } => {
                 let bar = spinner("restoring");
-                let report = Varve::restore(&backup, &segments, &to, until.map(GlobalSequence))?;
+                // `--key-file`/`--passphrase-file` open the backup; the
+                // `--new-…` ones re-key the restored store.
+                let until = until.map(GlobalSequence);
+                let report =
+                    match read_key(new_key_file.as_deref(), new_passphrase_file.as_deref())? {
+                        None => Varve::restore_with_config(
+                            &backup,
+                            &segments,
+                            &to,
+                            until,
+                            config.clone(),
+                        )?,
+                        Some(key) => Varve::restore_rekeyed(
+                            &backup,
+                            &segments,
+                            &to,
+                            until,
+                            config.clone(),
+                            key,
+                        )?,
+                    };
                 bar.finish_and_clear();
                 if json {
                     put(
@@ -944,6 +966,16 @@ enum Command {
         /// Stop before this global sequence.
         #[arg(long)]
         until: Option<u64>,
+        /// Re-key: seal the restored store under the master key in this file
+        /// (32 bytes, raw or as 64 hex digits), with fresh data keys; a
+        /// plaintext backup comes out encrypted. `--key-file` (or
+        /// `--passphrase-file`) is then the backup's key, if it has one.
+        #[arg(long, value_name = "PATH", conflicts_with = "new_passphrase_file")]
+        new_key_file: Option<PathBuf>,
+        /// Re-key under the passphrase in this file (one trailing newline is
+        /// not part of it).
+        #[arg(long, value_name = "PATH")]
+        new_passphrase_file: Option<PathBuf>,
     },
     /// Import a store written by varvedb 0.4 into a new directory. Its
     /// streams need their types: build your tool with `Cli::stream`.
@@ -1033,12 +1065,24 @@ enum CliError {
 /// The options every open takes: the encryption key of `--key-file` or
 /// `--passphrase-file`, and the key vault of `--key-vault`, if given.
 fn open_config(args: &Args) -> Result<VarveConfig, CliError> {
+    Ok(VarveConfig {
+        encryption: read_key(args.key_file.as_deref(), args.passphrase_file.as_deref())?,
+        key_vault: args.key_vault.clone(),
+        ..VarveConfig::default()
+    })
+}
+
+/// The key of a key file or a passphrase file, if either is given.
+fn read_key(
+    key_file: Option<&std::path::Path>,
+    passphrase_file: Option<&std::path::Path>,
+) -> Result<Option<EncryptionKey>, CliError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path)
             .map(zeroize::Zeroizing::new)
             .map_err(|e| CliError::Key(format!("cannot read the key file {}: {e}", path.display())))
     };
-    let key = if let Some(path) = &args.key_file {
+    let key = if let Some(path) = key_file {
         let bytes = read(path)?;
         let raw = key_bytes(&bytes).ok_or_else(|| {
             CliError::Key(format!(
@@ -1047,7 +1091,7 @@ fn open_config(args: &Args) -> Result<VarveConfig, CliError> {
             ))
         })?;
         Some(EncryptionKey::from_bytes(*raw))
-    } else if let Some(path) = &args.passphrase_file {
+    } else if let Some(path) = passphrase_file {
         let bytes = read(path)?;
         let text = std::str::from_utf8(&bytes).map_err(|_| {
             CliError::Key(format!(
@@ -1061,11 +1105,7 @@ fn open_config(args: &Args) -> Result<VarveConfig, CliError> {
     } else {
         None
     };
-    Ok(VarveConfig {
-        encryption: key,
-        key_vault: args.key_vault.clone(),
-        ..VarveConfig::default()
-    })
+    Ok(key)
 }
 
 /// A key file's 32 bytes: raw, or 64 hex digits (surrounding whitespace

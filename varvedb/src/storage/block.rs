@@ -333,6 +333,16 @@ pub(crate) struct BlockBuilder {
     event_ids: Vec<[u8; 16]>,
 }
 
+/// The plaintext of the last block built is zeroed when the builder is
+/// dropped (and when the next block starts). A buffer that grows (an event
+/// larger than the builder's capacity, or rkyv reallocating while it
+/// serializes) hands its old allocation back to the allocator unzeroed.
+impl Drop for BlockBuilder {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self.buf.as_mut_slice());
+    }
+}
+
 impl BlockBuilder {
     /// A builder whose buffer starts with room for `initial_capacity` bytes.
     pub(crate) fn with_capacity(initial_capacity: usize) -> Self {
@@ -356,6 +366,8 @@ impl BlockBuilder {
     /// prefix of `flags`, with user bytes of at most `user_max` bytes. Each
     /// event is then begun with [`Self::begin_event_with`].
     pub(crate) fn start_with_meta(&mut self, count: usize, flags: u8, user_max: usize) {
+        // The previous block's plaintext is zeroed, not just forgotten.
+        zeroize::Zeroize::zeroize(self.buf.as_mut_slice());
         self.buf.clear();
         self.buf.resize(table_end(count), 0);
         self.capacity = count;
@@ -804,6 +816,25 @@ pub(crate) fn may_need_alignment(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starting_a_block_zeroes_the_previous_ones_plaintext() {
+        let mut b = BlockBuilder::with_capacity(4096);
+        b.start(1);
+        let mut buf = b.begin_event();
+        buf.extend_from_slice(&[0xAB; 300]);
+        b.finish_event(buf).unwrap();
+        let used = b.len();
+        let at = b.buf.as_ptr();
+        b.start(1);
+        assert_eq!(b.buf.as_ptr(), at, "the allocation is kept");
+        assert!(b.buf.capacity() >= used);
+        // SAFETY: `used` bytes of this allocation (still owned by the
+        // builder, not reallocated) were written by the first block; reading
+        // them as bytes is sound.
+        let old = unsafe { std::slice::from_raw_parts(b.buf.as_ptr(), used) };
+        assert!(!old.contains(&0xAB), "plaintext left in the buffer");
+    }
 
     fn build(payloads: &[&[u8]], first_global: u64) -> Vec<u8> {
         let mut b = BlockBuilder::with_capacity(0);

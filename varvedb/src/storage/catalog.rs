@@ -636,7 +636,7 @@ fn check_type(record: &StreamInfo, ty: &TypeIdentity<&str>) -> Result<Option<Leg
 impl Store {
     /// The catalog key of the stream `name`: `n` + the name, or in an
     /// encrypted store `n` + its keyed hash (the name is not on disk).
-    fn name_key(&self, name: &str) -> Vec<u8> {
+    pub(super) fn name_key(&self, name: &str) -> Vec<u8> {
         match self.keyring() {
             None => name_key(name),
             Some(ring) => {
@@ -684,7 +684,7 @@ impl Store {
             return Ok(());
         };
         let mut plain = PlainBuf::default();
-        ring.open_value(ValueKind::StreamName, &tag_key(tag), raw, &mut plain)?;
+        self.open_value_into(ring, ValueKind::StreamName, &tag_key(tag), raw, &mut plain)?;
         if plain.as_slice() != name.as_bytes() {
             return Err(bad("its tag's sealed name is another stream's"));
         }
@@ -1158,7 +1158,7 @@ impl Store {
         let raw = match self.keyring() {
             None => raw,
             Some(ring) => {
-                ring.open_value(ValueKind::StreamName, &tag_key(tag), raw, &mut plain)?;
+                self.open_value_into(ring, ValueKind::StreamName, &tag_key(tag), raw, &mut plain)?;
                 plain.as_slice()
             }
         };

@@ -59,12 +59,22 @@ fn hasher(key: Option<&[u8; 32]>) -> blake3::Hasher {
     }
 }
 
+/// The digest of `h`; a keyed hasher (holding the chain's key) is then
+/// zeroed.
+fn finish(mut h: blake3::Hasher, keyed: bool) -> Digest {
+    let d = *h.finalize().as_bytes();
+    if keyed {
+        zeroize::Zeroize::zeroize(&mut h);
+    }
+    d
+}
+
 /// The digest before a store's first block.
 pub(crate) fn genesis(key: Option<&[u8; 32]>, id: StoreId) -> Digest {
     let mut h = hasher(key);
     h.update(b"varvedb chain genesis 1");
     h.update(id.as_bytes());
-    *h.finalize().as_bytes()
+    finish(h, key.is_some())
 }
 
 /// A block's leaf: its header and an (unkeyed) digest of everything after it.
@@ -82,7 +92,7 @@ pub(crate) fn link(key: Option<&[u8; 32]>, prev: &Digest, leaf: &Leaf) -> Digest
     h.update(b"VARVELNK");
     h.update(prev);
     h.update(leaf);
-    *h.finalize().as_bytes()
+    finish(h, key.is_some())
 }
 
 fn check_value(key: Option<&[u8; 32]>, id: StoreId) -> Digest {
@@ -92,7 +102,7 @@ fn check_value(key: Option<&[u8; 32]>, id: StoreId) -> Digest {
             let mut h = blake3::Hasher::new_keyed(key);
             h.update(b"varvedb chain key check 1");
             h.update(id.as_bytes());
-            *h.finalize().as_bytes()
+            finish(h, true)
         }
     }
 }
@@ -102,7 +112,7 @@ fn reseal_link(key: Option<&[u8; 32]>, prev: &Digest, body: &[u8]) -> Digest {
     h.update(b"VARVESEA");
     h.update(prev);
     h.update(body);
-    *h.finalize().as_bytes()
+    finish(h, key.is_some())
 }
 
 /// The head digest (unkeyed: its parts are).
@@ -1037,12 +1047,24 @@ impl WriteTxn<'_> {
             }
             let (k, v) = self.lmdb("reading the event log", item)?;
             let global = parse_event_key(k).ok_or_else(|| corrupt("a malformed event-log key"))?;
-            // A damaged block is never chained: its bytes are not what was written.
-            let view = store.open_stored(global, v, &mut plain)?;
-            for i in 0..view.header().count {
-                view.slot(i)
-                    .map_err(super::snapshot::corrupt_at(global + u64::from(i)))?;
-            }
+            // A damaged block is never chained: its bytes are not what was
+            // written. An erased entity's block is not damage: its bytes are
+            // as written (only its key is gone), and its header, in the
+            // clear, says where it ends.
+            let header = match store.open_stored(global, v, &mut plain) {
+                Ok(view) => {
+                    for i in 0..view.header().count {
+                        view.slot(i)
+                            .map_err(super::snapshot::corrupt_at(global + u64::from(i)))?;
+                    }
+                    *view.header()
+                }
+                // (Unless its header was altered to name an erased entity.)
+                Err(e) => match store.check_erased(&self.txn, global, v, e) {
+                    Error::Erased { .. } => store.stored_header(global, v)?,
+                    e => return Err(e),
+                },
+            };
             if global != m.cursor {
                 return Err(Error::Corruption {
                     location: Location::Global(GlobalSequence(m.cursor)),
@@ -1051,7 +1073,7 @@ impl WriteTxn<'_> {
             }
             prev = link(key.as_ref(), &prev, &leaf(v));
             digests.push((global, prev));
-            m.cursor = view.header().end_global();
+            m.cursor = header.end_global();
         }
         for (global, digest) in &digests {
             let put = self

@@ -39,12 +39,13 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use heed::types::Bytes;
 use heed::{Database, RoTxn, RwTxn};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rkyv::util::AlignedVec;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::block::{parse_header, BlockHeader, BlockView, HEADER_LEN};
 use super::identity::StoreId;
+use super::kv::{Table, Txn};
 use super::snapshot::corrupt_at;
 use super::Store;
 use crate::encryption::{EncryptionKey, Secret, ARGON2_M_KIB, ARGON2_P, ARGON2_T};
@@ -158,18 +159,45 @@ impl Record {
 type Key32 = Zeroizing<[u8; 32]>;
 
 /// The unwrapped keys of an open encrypted store. Zeroed when dropped.
+///
+/// The data keys change while the store is open (a rotation, by this
+/// process or another, adds one and makes it active), so they sit behind a
+/// lock; each is boxed, so growing the list moves pointers, never a key
+/// (no stale copy is left behind in a freed allocation).
 pub(crate) struct Keyring {
     store_id: StoreId,
-    active: u32,
     names: Key32,
-    data: HashMap<u32, Key32>,
+    keys: RwLock<Keys>,
+}
+
+/// The part of a [`Keyring`] a rotation changes.
+struct Keys {
+    /// The data key new blocks and values are sealed with.
+    active: u32,
+    /// The `crypt` record these keys were loaded under (a write
+    /// transaction that finds another reloads).
+    record: [u8; RECORD_LEN],
+    /// The master key, to unwrap data keys added after the open (`None`:
+    /// a fixed keyring of the fuzz targets).
+    master: Option<Box<Key32>>,
+    /// Data keys by id. A key retired from the store stays here until the
+    /// store closes: a snapshot taken before the retirement may still read
+    /// a block sealed with it.
+    data: Vec<(u32, Box<Key32>)>,
+}
+
+impl Keys {
+    fn get(&self, id: u32) -> Option<&Key32> {
+        self.data.iter().find(|(i, _)| *i == id).map(|(_, k)| &**k)
+    }
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.keys.read();
         f.debug_struct("Keyring")
-            .field("active", &self.active)
-            .field("data_keys", &self.data.len())
+            .field("active", &keys.active)
+            .field("data_keys", &keys.data.len())
             .finish_non_exhaustive()
     }
 }
@@ -348,10 +376,7 @@ pub(crate) fn open_keyring(
             })
         }
         (Some(raw), key) => {
-            let record = Record::decode(raw).ok_or_else(|| Error::Corruption {
-                location: Location::Record("the store's encryption record".into()),
-                detail: format!("malformed record of {} bytes", raw.len()),
-            })?;
+            let record = Record::decode(raw).ok_or_else(|| malformed_record(raw))?;
             (record, key)
         }
     };
@@ -366,23 +391,19 @@ pub(crate) fn open_keyring(
         }
     };
     let master = master(path, key, record.kdf)?;
-    let mut names = None;
-    let mut data = HashMap::new();
+    let mut wrapped = Vec::new();
     for item in meta.prefix_iter(txn, WRAPPED_PREFIX).map_err(&err)? {
         let (k, v) = item.map_err(&err)?;
-        let id = k
-            .get(WRAPPED_PREFIX.len()..)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_be_bytes)
-            .ok_or_else(|| Error::Corruption {
-                location: Location::Record("the store's wrapped keys".into()),
-                detail: format!("malformed key of {} bytes", k.len()),
-            })?;
-        let unwrapped = unwrap(path, &master, store_id, id, v)?;
-        if id == NAMES_KEY_ID {
+        wrapped.push((wrapped_id(k)?, v.to_vec()));
+    }
+    let mut names = None;
+    let mut data = Vec::new();
+    for (id, raw) in &wrapped {
+        let unwrapped = unwrap(path, &master, store_id, *id, raw)?;
+        if *id == NAMES_KEY_ID {
             names = Some(unwrapped);
         } else {
-            data.insert(id, unwrapped);
+            data.push((*id, Box::new(unwrapped)));
         }
     }
     let missing = |what: String| Error::Corruption {
@@ -390,15 +411,38 @@ pub(crate) fn open_keyring(
         detail: format!("{what} is missing"),
     };
     let names = names.ok_or_else(|| missing("the stream-name key".into()))?;
-    if !data.contains_key(&record.active) {
+    let keys = Keys {
+        active: record.active,
+        record: record.encode(),
+        master: Some(Box::new(master)),
+        data,
+    };
+    if keys.get(record.active).is_none() {
         return Err(missing(format!("active data key {}", record.active)));
     }
     Ok(Some(Keyring {
         store_id,
-        active: record.active,
         names,
-        data,
+        keys: RwLock::new(keys),
     }))
+}
+
+/// The key id of a wrapped key's `meta` key.
+fn wrapped_id(k: &[u8]) -> Result<u32> {
+    k.get(WRAPPED_PREFIX.len()..)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| Error::Corruption {
+            location: Location::Record("the store's wrapped keys".into()),
+            detail: format!("malformed key of {} bytes", k.len()),
+        })
+}
+
+fn malformed_record(raw: &[u8]) -> Error {
+    Error::Corruption {
+        location: Location::Record("the store's encryption record".into()),
+        detail: format!("malformed record of {} bytes", raw.len()),
+    }
 }
 
 /// The master key of the encrypted store whose `meta` `txn` reads, derived
@@ -448,13 +492,14 @@ pub(crate) fn adopt_records(
 }
 
 /// The `crypt` record and wrapped keys of `ring` under the master key `key`
-/// (a passphrase gets a fresh salt), written over the store's.
+/// (a passphrase gets a fresh salt), written over the store's. Returns the
+/// new master key.
 fn write_wrapped(
     mut put: impl FnMut(&[u8], &[u8]) -> heed::Result<()>,
     path: &Path,
     ring: &Keyring,
     key: &EncryptionKey,
-) -> Result<()> {
+) -> Result<Key32> {
     let err = super::storage_error("recording the encryption keys", 0);
     let kdf = match key.secret {
         Secret::Raw(_) => Kdf::Raw,
@@ -468,29 +513,152 @@ fn write_wrapped(
     let master = master(path, key, kdf)?;
     let wrapped = wrap(&master, ring.store_id, NAMES_KEY_ID, &ring.names)?;
     put(&wrapped_key(NAMES_KEY_ID), &wrapped).map_err(&err)?;
-    for (id, k) in &ring.data {
+    let keys = ring.keys.read();
+    for (id, k) in &keys.data {
         let wrapped = wrap(&master, ring.store_id, *id, k)?;
         put(&wrapped_key(*id), &wrapped).map_err(&err)?;
     }
     let record = Record {
         kdf,
-        active: ring.active,
+        active: keys.active,
     };
     put(RECORD_KEY, &record.encode()).map_err(&err)?;
-    Ok(())
+    Ok(master)
 }
 
 impl super::WriteTxn<'_> {
     /// Wraps the store's keys under a new master key, in this transaction:
-    /// the data keys (so every sealed byte) stay as they are.
-    pub(crate) fn change_master_key(&mut self, key: &EncryptionKey) -> Result<()> {
+    /// the data keys (so every sealed byte) stay as they are. Returns the
+    /// new master key, for [`Keyring::set_master`] once this commits.
+    ///
+    /// Only the data keys the store still holds are wrapped anew (a key
+    /// retired by a re-encryption pass stays retired).
+    pub(crate) fn change_master_key(&mut self, key: &EncryptionKey) -> Result<Key32> {
         let store = self.store;
         let ring = store.keyring().ok_or_else(|| Error::NotEncrypted {
             path: store.path().to_path_buf(),
         })?;
-        let txn = &mut self.txn;
-        let put = |k: &[u8], v: &[u8]| store.meta.put(txn, k, v);
-        write_wrapped(put, store.path(), ring, key)
+        let held = self.wrapped_ids()?;
+        let kdf = match key.secret {
+            Secret::Raw(_) => Kdf::Raw,
+            Secret::Passphrase(_) => Kdf::Argon2id {
+                m_kib: ARGON2_M_KIB,
+                t: ARGON2_T,
+                p: ARGON2_P,
+                salt: random(store.path(), "salt")?,
+            },
+        };
+        let master = master(store.path(), key, kdf)?;
+        let err = super::storage_error("recording the encryption keys", 0);
+        let keys = ring.keys.read();
+        for id in held {
+            let k = if id == NAMES_KEY_ID {
+                Some(&ring.names)
+            } else {
+                keys.get(id)
+            };
+            // The write transaction reloaded the keyring: every key the
+            // store holds is known.
+            let k = k.ok_or_else(|| Error::Corruption {
+                location: Location::Record(format!("wrapped data key {id}")),
+                detail: "not loaded by this handle".into(),
+            })?;
+            let wrapped = wrap(&master, ring.store_id, id, k)?;
+            let put = store.meta.put(&mut self.txn, &wrapped_key(id), &wrapped);
+            self.lmdb("recording the encryption keys", put)?;
+        }
+        let record = Record {
+            kdf,
+            active: keys.active,
+        };
+        store
+            .meta
+            .put(&mut self.txn, RECORD_KEY, &record.encode())
+            .map_err(&err)?;
+        Ok(master)
+    }
+
+    /// The ids of the wrapped keys the store holds (the stream-name key's 0
+    /// among them).
+    pub(crate) fn wrapped_ids(&self) -> Result<Vec<u32>> {
+        let iter = self.store.meta.prefix_iter(&self.txn, WRAPPED_PREFIX);
+        let mut ids = Vec::new();
+        for item in self.lmdb("reading the encryption keys", iter)? {
+            let (k, _) = self.lmdb("reading the encryption keys", item)?;
+            ids.push(wrapped_id(k)?);
+        }
+        Ok(ids)
+    }
+
+    /// Adds a random data key (the next key id, wrapped under the master
+    /// key) and makes it the active one, in this transaction. Returns its id.
+    pub(crate) fn rotate_data_key(&mut self) -> Result<u32> {
+        let store = self.store;
+        let path = store.path();
+        let ring = store.keyring().ok_or_else(|| Error::NotEncrypted {
+            path: path.to_path_buf(),
+        })?;
+        let ids = self.wrapped_ids()?;
+        let keys = ring.keys.read();
+        let record = Record::decode(&keys.record).ok_or_else(|| malformed_record(&keys.record))?;
+        let id = ids
+            .iter()
+            .copied()
+            .chain([keys.active])
+            .max()
+            .unwrap_or(FIRST_DATA_KEY)
+            .checked_add(1)
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record("the store's wrapped keys".into()),
+                detail: "no key id is left for a new data key".into(),
+            })?;
+        let master = keys.master.as_deref().ok_or(Error::EncryptionKeyMismatch {
+            path: path.to_path_buf(),
+        })?;
+        // The master key this handle holds must still be the store's (another
+        // process may have changed it): it must open the active key as stored.
+        let active = store.meta.get(&self.txn, &wrapped_key(keys.active));
+        let active = self
+            .lmdb("reading the encryption keys", active)?
+            .ok_or_else(|| Error::Corruption {
+                location: Location::Record("the store's wrapped keys".into()),
+                detail: format!("active data key {} is missing", keys.active),
+            })?;
+        unwrap(path, master, ring.store_id, keys.active, active)?;
+        let key = Zeroizing::new(random::<32>(path, "key")?);
+        let wrapped = wrap(master, ring.store_id, id, &key)?;
+        drop(keys);
+        let put = store.meta.put(&mut self.txn, &wrapped_key(id), &wrapped);
+        self.lmdb("recording a new data key", put)?;
+        let record = Record {
+            active: id,
+            ..record
+        };
+        let put = store.meta.put(&mut self.txn, RECORD_KEY, &record.encode());
+        self.lmdb("recording a new data key", put)?;
+        // This handle learns the key from the store, once this commits (a
+        // transaction that aborts must leave no key in memory).
+        Ok(id)
+    }
+
+    /// Deletes the wrapped data keys other than the active one, in this
+    /// transaction (the last batch of a re-encryption pass, once nothing is
+    /// sealed with them). Returns their ids.
+    pub(crate) fn retire_data_keys(&mut self) -> Result<Vec<u32>> {
+        let Some(ring) = self.store.keyring() else {
+            return Ok(Vec::new());
+        };
+        let active = ring.active();
+        let retired: Vec<u32> = self
+            .wrapped_ids()?
+            .into_iter()
+            .filter(|id| *id != NAMES_KEY_ID && *id != active)
+            .collect();
+        for id in &retired {
+            let del = self.store.meta.delete(&mut self.txn, &wrapped_key(*id));
+            self.lmdb("retiring a data key", del)?;
+        }
+        Ok(retired)
     }
 }
 
@@ -502,15 +670,27 @@ pub(crate) fn create_keyring(
     store_id: StoreId,
     key: &EncryptionKey,
 ) -> Result<Keyring> {
-    let mut data = HashMap::new();
-    data.insert(FIRST_DATA_KEY, Zeroizing::new(random::<32>(path, "key")?));
     let ring = Keyring {
         store_id,
-        active: FIRST_DATA_KEY,
         names: Zeroizing::new(random::<32>(path, "key")?),
-        data,
+        keys: RwLock::new(Keys {
+            active: FIRST_DATA_KEY,
+            record: [0; RECORD_LEN],
+            master: None,
+            data: vec![(
+                FIRST_DATA_KEY,
+                Box::new(Zeroizing::new(random::<32>(path, "key")?)),
+            )],
+        }),
     };
-    write_wrapped(|k, v| meta.put(txn, k, v), path, &ring, key)?;
+    let master = write_wrapped(|k, v| meta.put(txn, k, v), path, &ring, key)?;
+    {
+        let mut keys = ring.keys.write();
+        keys.master = Some(Box::new(master));
+        let err = super::storage_error("reading the encryption record", 0);
+        let raw = meta.get(txn, RECORD_KEY).map_err(&err)?.unwrap_or_default();
+        keys.record = <[u8; RECORD_LEN]>::try_from(raw).map_err(|_| malformed_record(raw))?;
+    }
     Ok(ring)
 }
 
@@ -539,42 +719,120 @@ fn value_ad(store_id: StoreId, kind: ValueKind, key: &[u8], key_id: u32) -> Vec<
 impl Keyring {
     /// A keyring of fixed keys for the fuzz targets (`crate::fuzzing`).
     pub(crate) fn fixed(store_id: [u8; 16], data_key: [u8; 32]) -> Keyring {
-        let mut data = HashMap::new();
-        data.insert(FIRST_DATA_KEY, Zeroizing::new(data_key));
         Keyring {
             store_id: StoreId::from_bytes(store_id),
-            active: FIRST_DATA_KEY,
             names: Zeroizing::new([0; 32]),
-            data,
+            keys: RwLock::new(Keys {
+                active: FIRST_DATA_KEY,
+                record: [0; RECORD_LEN],
+                master: None,
+                data: vec![(FIRST_DATA_KEY, Box::new(Zeroizing::new(data_key)))],
+            }),
         }
     }
 
-    fn data_key(&self, key_id: u32) -> Option<&Key32> {
-        self.data.get(&key_id)
+    /// The data key new blocks and values are sealed with.
+    pub(crate) fn active(&self) -> u32 {
+        self.keys.read().active
+    }
+
+    /// Whether this keyring holds the data key `id`.
+    pub(crate) fn knows(&self, id: u32) -> bool {
+        self.keys.read().get(id).is_some()
+    }
+
+    /// Replaces the master key (after a master-key change committed).
+    pub(crate) fn set_master(&self, master: Key32) {
+        self.keys.write().master = Some(Box::new(master));
+    }
+
+    /// Makes the keyring match the store as `txn` sees it, if its `crypt`
+    /// record changed since the keyring was loaded (another handle, in this
+    /// process or another, rotated the data key): unwraps the data keys it
+    /// does not hold yet and takes the active one from the record.
+    pub(crate) fn refresh(&self, path: &Path, meta: &Table, txn: &Txn<'_>) -> Result<()> {
+        let err = super::storage_error("reading the encryption record", 0);
+        let raw = meta.get(txn, RECORD_KEY).map_err(&err)?;
+        let raw = raw.ok_or_else(|| malformed_record(&[]))?;
+        if self.keys.read().record[..] == *raw {
+            return Ok(());
+        }
+        self.reload(path, meta, txn)
+    }
+
+    /// Loads, from `txn`, the store's active key id and every data key this
+    /// keyring does not hold yet.
+    pub(crate) fn reload(&self, path: &Path, meta: &Table, txn: &Txn<'_>) -> Result<()> {
+        let err = super::storage_error("reading the encryption keys", 0);
+        let raw = meta.get(txn, RECORD_KEY).map_err(&err)?;
+        let raw = raw.ok_or_else(|| malformed_record(&[]))?;
+        let record = Record::decode(raw).ok_or_else(|| malformed_record(raw))?;
+        let mut fresh = Vec::new();
+        {
+            let keys = self.keys.read();
+            for item in meta.prefix_iter(txn, WRAPPED_PREFIX).map_err(&err)? {
+                let (k, v) = item.map_err(&err)?;
+                let id = wrapped_id(k)?;
+                if id == NAMES_KEY_ID || keys.get(id).is_some() {
+                    continue;
+                }
+                // A master key changed by another process since this handle
+                // opened cannot unwrap a key added after: a typed error
+                // (reopen with the new key), never a key guessed.
+                let master = keys.master.as_deref().ok_or(Error::EncryptionKeyMismatch {
+                    path: path.to_path_buf(),
+                })?;
+                fresh.push((id, Box::new(unwrap(path, master, self.store_id, id, v)?)));
+            }
+        }
+        let mut keys = self.keys.write();
+        for (id, key) in fresh {
+            if keys.get(id).is_none() {
+                keys.data.push((id, key));
+            }
+        }
+        if keys.get(record.active).is_none() {
+            return Err(Error::Corruption {
+                location: Location::Record("the store's wrapped keys".into()),
+                detail: format!("active data key {} is missing", record.active),
+            });
+        }
+        keys.active = record.active;
+        keys.record.copy_from_slice(raw);
+        Ok(())
     }
 
     /// The catalog key standing for the stream name `name`: a keyed BLAKE3
     /// hash, so a lookup by name needs no scan and the name is not on disk.
+    ///
+    /// The hasher's copy of the key (and its state) is zeroed before it is
+    /// dropped (blake3's `zeroize` feature). What is not: copies its SIMD
+    /// compression makes in registers and stack frames, which the next calls
+    /// overwrite.
     pub(crate) fn name_digest(&self, name: &str) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.names);
         h.update(b"varvedb stream name 1\0");
         h.update(name.as_bytes());
-        *h.finalize().as_bytes()
+        let digest = *h.finalize().as_bytes();
+        zeroize::Zeroize::zeroize(&mut h);
+        digest
     }
 
     /// Seals the plaintext block `plain` (header stamped) stored under
     /// `key` into `out`.
     pub(crate) fn seal_block(&self, key: u64, plain: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let nonce = nonce()?;
+        let keys = self.keys.read();
+        let active = keys.active;
         out.clear();
         out.reserve(plain.len() + BLOCK_OVERHEAD);
         out.extend_from_slice(&plain[..HEADER_LEN]);
-        out.extend_from_slice(&self.active.to_le_bytes());
+        out.extend_from_slice(&active.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&plain[HEADER_LEN..]);
-        let ad = block_ad(self.store_id, key, &plain[..HEADER_LEN], self.active);
-        let key_bytes = self.data_key(self.active).ok_or_else(|| sealing(key))?;
+        let ad = block_ad(self.store_id, key, &plain[..HEADER_LEN], active);
+        let key_bytes = keys.get(active).ok_or_else(|| sealing(key))?;
         let tag = cipher(key_bytes)
             .encrypt_in_place_detached(
                 XNonce::from_slice(&nonce),
@@ -605,7 +863,8 @@ impl Keyring {
             // Reserved: this version writes zero and accepts nothing else.
             return Err(bad("the seal's reserved word is not zero".into()));
         }
-        let data_key = self.data_key(key_id).ok_or_else(|| {
+        let keys = self.keys.read();
+        let data_key = keys.get(key_id).ok_or_else(|| {
             bad(format!(
                 "sealed with data key {key_id}, unknown to this store"
             ))
@@ -634,16 +893,18 @@ impl Keyring {
     /// Seals `plain`, the value of `kind` stored under the LMDB key `key`.
     pub(crate) fn seal_value(&self, kind: ValueKind, key: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
         let nonce = nonce()?;
+        let keys = self.keys.read();
+        let active = keys.active;
         let mut out = Vec::with_capacity(plain.len() + VALUE_OVERHEAD);
-        out.extend_from_slice(&self.active.to_le_bytes());
+        out.extend_from_slice(&active.to_le_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
-        let ad = value_ad(self.store_id, kind, key, self.active);
+        let ad = value_ad(self.store_id, kind, key, active);
         let failed = || Error::Corruption {
             location: Location::Record(format!("a {} value", kind_name(kind))),
             detail: "sealing failed".into(),
         };
-        let data_key = self.data_key(self.active).ok_or_else(failed)?;
+        let data_key = keys.get(active).ok_or_else(failed)?;
         let tag = cipher(data_key)
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[4 + NONCE_LEN..])
             .map_err(|_| failed())?;
@@ -671,8 +932,9 @@ impl Keyring {
             return Err(bad("a sealed value shorter than its seal"));
         }
         let key_id = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let data_key = self
-            .data_key(key_id)
+        let keys = self.keys.read();
+        let data_key = keys
+            .get(key_id)
             .ok_or_else(|| bad("sealed with a data key unknown to this store"))?;
         let body = &raw[4 + NONCE_LEN..raw.len() - TAG_LEN];
         out.fill(&[body]);
@@ -841,6 +1103,22 @@ impl Plaintexts {
     }
 }
 
+/// The data key id an encrypted block `raw` names (`None` if too short, or
+/// sealed with its entity's key from the key vault, not a data key).
+pub(crate) fn block_key_id(raw: &[u8]) -> Option<u32> {
+    if super::vault::entity_sealed(raw) {
+        return None;
+    }
+    raw.get(HEADER_LEN..HEADER_LEN + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The data key id a sealed value `raw` names (`None` if too short).
+pub(crate) fn value_key_id(raw: &[u8]) -> Option<u32> {
+    raw.get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// `plain`, a stamped plaintext block stored under `key`, sealed.
 pub(crate) fn sealed_block(ring: &Keyring, key: u64, plain: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -866,6 +1144,34 @@ fn header_then_open<'a>(
 }
 
 impl super::View {
+    /// The store's keys as this snapshot sees them (`None`: plaintext).
+    pub(crate) fn encryption_status(&self) -> Result<Option<crate::encryption::EncryptionStatus>> {
+        let records = self.key_records()?;
+        let Some((_, raw)) = records.iter().find(|(k, _)| k == RECORD_KEY) else {
+            return Ok(None);
+        };
+        let record = Record::decode(raw).ok_or_else(|| malformed_record(raw))?;
+        let mut data_keys = Vec::new();
+        for (k, _) in &records {
+            if k.starts_with(WRAPPED_PREFIX) {
+                let id = wrapped_id(k)?;
+                if id != NAMES_KEY_ID {
+                    data_keys.push(id);
+                }
+            }
+        }
+        let cursor = self
+            .store
+            .meta
+            .get(&self.pin.txn, super::rekey::CURSOR_KEY)
+            .map_err(super::storage_error("reading the re-encryption cursor", 0))?;
+        Ok(Some(crate::encryption::EncryptionStatus {
+            active_key: record.active,
+            data_keys,
+            reencrypting: cursor.is_some(),
+        }))
+    }
+
     /// This store's encryption records: its `crypt` record and wrapped
     /// keys, as `(key, value)` (empty for a plaintext store).
     pub(crate) fn key_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -899,6 +1205,7 @@ impl Store {
         match &self.crypt {
             None => BlockView::parse(key, raw).map_err(corrupt_at(key)),
             Some(ring) => header_then_open(ring, key, raw, |ring| {
+                self.learn(ring, block_key_id(raw))?;
                 self.open_sealed_block(ring, key, raw, buf)?;
                 Ok(buf.as_slice())
             }),
@@ -917,7 +1224,10 @@ impl Store {
         match &self.crypt {
             None => BlockView::parse(key, raw).map_err(corrupt_at(key)),
             Some(ring) => header_then_open(ring, key, raw, |ring| {
-                arena.block(key, |buf| self.open_sealed_block(ring, key, raw, buf))
+                arena.block(key, |buf| {
+                    self.learn(ring, block_key_id(raw))?;
+                    self.open_sealed_block(ring, key, raw, buf)
+                })
             }),
         }
     }
@@ -985,8 +1295,53 @@ impl Store {
     ) -> Result<&'a [u8]> {
         match &self.crypt {
             None => Ok(raw),
-            Some(ring) => arena.value(ring, kind, key, raw),
+            Some(ring) => {
+                self.learn(ring, value_key_id(raw))?;
+                arena.value(ring, kind, key, raw)
+            }
         }
+    }
+
+    /// Opens the sealed value `raw` of `kind` stored under `key` into `out`
+    /// with `ring`, this store's keyring.
+    pub(crate) fn open_value_into(
+        &self,
+        ring: &Keyring,
+        kind: ValueKind,
+        key: &[u8],
+        raw: &[u8],
+        out: &mut PlainBuf,
+    ) -> Result<()> {
+        self.learn(ring, value_key_id(raw))?;
+        ring.open_value(kind, key, raw, out)
+    }
+
+    /// Makes sure `ring` holds the data key `id` (a block or value sealed
+    /// with it is about to be opened): a key added by a rotation since the
+    /// keyring was loaded (by another process, or by this one since its
+    /// last write) is read from the store. A key the store does not hold
+    /// either is left for the opening to report.
+    #[inline]
+    fn learn(&self, ring: &Keyring, id: Option<u32>) -> Result<()> {
+        match id {
+            Some(id) if !ring.knows(id) => self.reload_keyring(ring),
+            _ => Ok(()),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reload_keyring(&self, ring: &Keyring) -> Result<()> {
+        let env = self.env("reading the encryption keys")?;
+        // Every caller is inside a read snapshot or a write transaction,
+        // which holds a guard of the gate: no remap can start meanwhile.
+        let _guard = self.gate.enter_nested();
+        let txn = env
+            .read_txn()
+            .map_err(self.err("reading the encryption keys"))?;
+        // A fresh snapshot sees at least what the caller's does: the key a
+        // sealed block or value names was committed with it or before.
+        ring.reload(self.path(), &self.meta, &Txn::Ro(txn))
     }
 }
 
@@ -1011,14 +1366,7 @@ mod tests {
     use super::*;
 
     fn ring() -> Keyring {
-        let mut data = HashMap::new();
-        data.insert(1, Zeroizing::new([3u8; 32]));
-        Keyring {
-            store_id: StoreId::from_bytes([9; 16]),
-            active: 1,
-            names: Zeroizing::new([4; 32]),
-            data,
-        }
+        Keyring::fixed([9; 16], [3; 32])
     }
 
     fn plain_block() -> Vec<u8> {
@@ -1053,6 +1401,20 @@ mod tests {
         }
         // Another key (a moved block) fails.
         assert!(ring.open_block(8, &sealed, &mut out).is_err());
+    }
+
+    #[test]
+    fn keys_never_move_when_the_keyring_grows() {
+        let ring = ring();
+        let at = ring.keys.read().get(1).unwrap().as_ptr();
+        for id in 2..200u32 {
+            ring.keys
+                .write()
+                .data
+                .push((id, Box::new(Zeroizing::new([id as u8; 32]))));
+        }
+        assert_eq!(ring.keys.read().get(1).unwrap().as_ptr(), at);
+        assert_eq!(**ring.keys.read().get(150).unwrap(), [150u8; 32]);
     }
 
     #[test]

@@ -379,11 +379,15 @@ impl Store {
                     Ok(positions) => results.push(Ok(positions)),
                     // Checked before anything is written: only this append
                     // fails. An id conflict sees the ids of the appends
-                    // before it in this group (the same transaction).
+                    // before it in this group (the same transaction). An
+                    // erased entity is found when its block is sealed, before
+                    // anything of it is put (its stream exists, so nothing
+                    // was settled for it either).
                     Err(
                         e @ (Error::VersionConflict { .. }
                         | Error::TypeMismatch { .. }
-                        | Error::EventIdConflict { .. }),
+                        | Error::EventIdConflict { .. }
+                        | Error::Erased { .. }),
                     ) => results.push(Err(e)),
                     Err(e) => return Err(e),
                 }
@@ -512,6 +516,43 @@ mod tests {
         };
         assert_eq!(answer(&d).unwrap(), Ok(4));
         assert!(!group.queue.lock().leading);
+    }
+
+    #[test]
+    fn an_append_to_an_erased_entity_fails_alone_in_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::VarveConfig::encryption(crate::EncryptionKey::from_bytes([3; 32]))
+            .key_vault(dir.path().join("vault"));
+        let varve = Varve::with_config(dir.path().join("store"), config).unwrap();
+        let mut stream = varve.stream::<Vec<u8>, 16>("blobs").unwrap();
+        let info = stream.info().clone();
+        stream.append(crate::StreamId(1), &vec![1u8]).unwrap();
+        stream.append(crate::StreamId(2), &vec![2u8]).unwrap();
+        assert_eq!(
+            stream.erase(crate::StreamId(2)).unwrap(),
+            crate::Erasure::Erased
+        );
+        let any = |id, n| {
+            let mut r = request(&info, id, &[crate::EventId::from_u128(n)]);
+            r.expected = ExpectedVersion::Any;
+            r
+        };
+        // One group: an append to the erased entity between two healthy ones.
+        let answers = varve
+            .store()
+            .commit_group(vec![any(1, 10), any(2, 11), any(3, 12)]);
+        let results: Vec<_> = answers.into_iter().map(|(r, _)| r).collect();
+        assert!(
+            matches!(results[1], Err(Error::Erased { .. })),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        assert_eq!(
+            varve.global_reader().end().unwrap(),
+            crate::GlobalSequence(4)
+        );
     }
 
     /// An append of `ids` to `(info, id)` as the group commit receives it.

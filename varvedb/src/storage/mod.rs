@@ -38,6 +38,7 @@ mod probe;
 mod raw;
 pub(crate) mod readers;
 mod registry;
+pub(crate) mod rekey;
 mod snapshot;
 mod sync;
 pub(crate) mod vault;
@@ -570,7 +571,7 @@ impl Store {
                 let (opened, record) = vault::settle_at_open(
                     path,
                     recorded.as_deref(),
-                    config.key_vault.as_deref(),
+                    &config,
                     keyring.is_some(),
                     c.id,
                     true,
@@ -741,7 +742,7 @@ impl Store {
             key_vault = vault::settle_at_open(
                 path,
                 recorded.as_deref(),
-                config.key_vault.as_deref(),
+                &config,
                 keyring.is_some(),
                 c.id,
                 false,

@@ -130,6 +130,20 @@ impl WriteTxn<'_> {
         bytes: &[u8],
         chain: Option<&[u8]>,
     ) -> Result<()> {
+        self.import_block_with(key, bytes, chain, None)
+    }
+
+    /// [`WriteTxn::import_block`] of `bytes`, the block `source` (as a
+    /// store of the same id stores it) sealed anew under this store's keys
+    /// (a re-keying restore): chained as `source` was, then re-sealed with a
+    /// re-seal record, so the chain digests stay the source's.
+    pub(crate) fn import_block_with(
+        &mut self,
+        key: u64,
+        bytes: &[u8],
+        chain: Option<&[u8]>,
+        source: Option<&[u8]>,
+    ) -> Result<()> {
         let store = self.store;
         // An encrypted store's block must open under this store's keys (a
         // restore keeps the source's id and keys).
@@ -167,7 +181,13 @@ impl WriteTxn<'_> {
         }
         let put = store.events.append(&mut self.txn, &event_key(key), bytes);
         self.lmdb("restoring the event log", put)?;
-        self.chain_append(key, bytes, chain)?;
+        match source {
+            None => self.chain_append(key, bytes, chain)?,
+            Some(source) => {
+                self.chain_append(key, source, chain)?;
+                self.chain_reseal(key, &super::chain::leaf(source), bytes)?;
+            }
+        }
         let count = u64::from(header.count);
         let run = match head {
             Some(r) if r.end_global() == key => Run {

@@ -821,7 +821,8 @@ impl View {
             let v = match self.store.keyring() {
                 None => v,
                 Some(ring) => {
-                    ring.open_value(ValueKind::State, k, v, &mut buf)?;
+                    self.store
+                        .open_value_into(ring, ValueKind::State, k, v, &mut buf)?;
                     buf.as_slice()
                 }
             };
@@ -862,7 +863,8 @@ impl View {
                 let v = match self.store.keyring() {
                     None => v,
                     Some(ring) => {
-                        ring.open_value(ValueKind::State, k, v, &mut buf)?;
+                        self.store
+                            .open_value_into(ring, ValueKind::State, k, v, &mut buf)?;
                         buf.as_slice()
                     }
                 };

@@ -17,8 +17,12 @@
 //! ```text
 //! stores: store id (16)                        -> wrapped check key (72)
 //! keys:   store id (16) | tag (u32 BE) | id (u64 BE) -> wrapped entity key (72)
-//! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros)
+//! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros) | nonce (24) | tag (16)
 //! ```
+//!
+//! A tombstone is authenticated under the master key too (an empty message
+//! with the erasure time and the entity as associated data): a key deleted
+//! by anyone without the master key is missing, never "erased".
 //!
 //! A wrapped key is `nonce (24) | sealed key (32) | tag (16)` under the
 //! store's master key, with the store id and the entity (or `check`) as
@@ -68,6 +72,7 @@ const VAULT_RECORD_VERSION: u8 = 1;
 /// [`super::WriteTxn::note_erasure`]).
 const ERASURES_RECORD: &[u8] = b"vault-erasures";
 const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
+const TOMBSTONE_LEN: usize = 8 + NONCE_LEN + 16;
 /// The vault's map: a reservation of address space, not disk (an entry is
 /// about 120 bytes, so millions of entities fit).
 #[cfg(target_pointer_width = "64")]
@@ -108,6 +113,9 @@ pub(crate) enum Found {
 struct VaultEnv {
     path: PathBuf,
     env: Env<WithoutTls>,
+    /// The vault's data file, to tell a vault deleted under us (a key
+    /// committed into it would be gone with it).
+    file: Option<std::fs::File>,
     stores: Db,
     keys: Db,
     erased: Db,
@@ -145,7 +153,10 @@ fn lmdb<'p>(path: &'p Path, what: &str) -> impl Fn(heed::Error) -> Error + 'p {
     move |e| vault_error(path, format!("{what}: {e}"))
 }
 
-fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
+/// `max_readers` is the store's: every thread reading an entity's block
+/// holds one of the store's reader slots while it looks the key up, so the
+/// vault never needs more (LMDB keeps the first opener's figure).
+fn open_env(path: &Path, create: bool, max_readers: u32) -> Result<Arc<VaultEnv>> {
     if !create && !path.join(super::identity::DATA_FILE).is_file() {
         return Err(vault_error(path, "no key vault here"));
     }
@@ -158,8 +169,15 @@ fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
     if let Some(env) = open.get(&canonical).and_then(Weak::upgrade) {
         return Ok(env);
     }
+    // LMDB reads pages through the map: a page past the end of a truncated
+    // file would be a SIGBUS, not an error. The store's own check (plain
+    // reads of the meta pages and the free list) runs before mapping.
+    super::identity::check_data_file(&canonical)?;
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(VAULT_MAP_SIZE).max_dbs(4).max_readers(126);
+    options
+        .map_size(VAULT_MAP_SIZE)
+        .max_dbs(4)
+        .max_readers(max_readers.max(126));
     // SAFETY: mapping a file is sound only while nothing truncates or
     // rewrites it underneath us: the directory is the application's key
     // vault, used only through LMDB (whose lock file coordinates processes),
@@ -182,9 +200,11 @@ fn open_env(path: &Path, create: bool) -> Result<Arc<VaultEnv>> {
     let (stores, keys, erased) = created
         .map_err(lmdb(path, "opening the key vault"))?
         .unwrap_commit();
+    let file = std::fs::File::open(canonical.join(super::identity::DATA_FILE)).ok();
     let env = Arc::new(VaultEnv {
         path: path.to_path_buf(),
         env,
+        file,
         stores,
         keys,
         erased,
@@ -260,6 +280,46 @@ impl Vault {
         Ok(out)
     }
 
+    /// A tombstone of `what` (the entity) erased now: the time, then a
+    /// seal of nothing with the time and the entity as associated data.
+    fn tombstone(&self, what: &[u8]) -> Result<Vec<u8>> {
+        let at = now_micros().to_le_bytes();
+        let nonce: [u8; NONCE_LEN] = random(self.path())?;
+        let mut ad = wrap_ad(self.store_id, b"erased");
+        ad.extend_from_slice(what);
+        ad.extend_from_slice(&at);
+        let tag = cipher(&self.master)
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut [])
+            .map_err(|_| vault_error(self.path(), "sealing a tombstone failed"))?;
+        let mut out = Vec::with_capacity(TOMBSTONE_LEN);
+        out.extend_from_slice(&at);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// The erasure time of the tombstone `raw` of `what`; `None` if it does
+    /// not authenticate under the master key.
+    fn open_tombstone(&self, what: &[u8], raw: &[u8]) -> Option<u64> {
+        if raw.len() != TOMBSTONE_LEN {
+            return None;
+        }
+        let (at, rest) = raw.split_at(8);
+        let (nonce, tag) = rest.split_at(NONCE_LEN);
+        let mut ad = wrap_ad(self.store_id, b"erased");
+        ad.extend_from_slice(what);
+        ad.extend_from_slice(at);
+        cipher(&self.master)
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                &ad,
+                &mut [],
+                Tag::from_slice(tag),
+            )
+            .ok()?;
+        Some(u64::from_le_bytes(at.try_into().ok()?))
+    }
+
     /// `Ok(None)`: the master key does not open it.
     fn unwrap(&self, what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
         if raw.len() != WRAPPED_LEN {
@@ -282,8 +342,14 @@ impl Vault {
     /// Opens the vault at `path` for the store `store_id` with its master
     /// key: checks (or, with `register`, records) the store's check key.
     /// Returns the vault and whether the store was known to it.
-    fn open(path: &Path, store_id: StoreId, master: Key32, create: bool) -> Result<(Vault, bool)> {
-        let env = open_env(path, create)?;
+    fn open(
+        path: &Path,
+        store_id: StoreId,
+        master: Key32,
+        create: bool,
+        max_readers: u32,
+    ) -> Result<(Vault, bool)> {
+        let env = open_env(path, create, max_readers)?;
         let vault = Vault {
             env,
             store_id,
@@ -317,8 +383,7 @@ impl Vault {
             .stores
             .put(&mut wtxn, self.store_id.as_bytes(), &wrapped)
             .map_err(lmdb(self.path(), "recording the store in the key vault"))?;
-        wtxn.commit()
-            .map_err(lmdb(self.path(), "recording the store in the key vault"))
+        self.commit(wtxn, "recording the store in the key vault")
     }
 
     fn read(&self) -> Result<RoTxn<'_, WithoutTls>> {
@@ -326,6 +391,24 @@ impl Vault {
             .env
             .read_txn()
             .map_err(lmdb(self.path(), "reading the key vault"))
+    }
+
+    /// Commits `wtxn`, unless the vault's file was deleted under the open
+    /// store: a key (or tombstone) committed into it would be acknowledged
+    /// and lost with the file.
+    fn commit(&self, wtxn: RwTxn<'_>, what: &str) -> Result<()> {
+        if self
+            .env
+            .file
+            .as_ref()
+            .is_some_and(super::identity::is_unlinked)
+        {
+            return Err(vault_error(
+                self.path(),
+                format!("{what}: the key vault was deleted while the store was open"),
+            ));
+        }
+        wtxn.commit().map_err(lmdb(self.path(), what))
     }
 
     fn write(&self) -> Result<RwTxn<'_>> {
@@ -350,8 +433,17 @@ impl Vault {
             };
         }
         if let Some(raw) = self.env.erased.get(txn, &k).map_err(&err)? {
-            let at_micros = <[u8; 8]>::try_from(raw).map_or(0, u64::from_le_bytes);
-            return Ok(Found::Erased { at_micros });
+            return match self.open_tombstone(&k[16..], raw) {
+                Some(at_micros) => Ok(Found::Erased { at_micros }),
+                None => Err(Error::Unauthentic {
+                    location: Location::Record(format!(
+                        "the key vault's tombstone of stream tag {tag} id {id}"
+                    )),
+                    detail: "the tombstone does not authenticate: the entity's key was \
+                             deleted, not erased"
+                        .into(),
+                }),
+            };
         }
         Ok(Found::Missing)
     }
@@ -392,7 +484,7 @@ impl Vault {
         let wrapped = self.wrap(&k[16..], &key)?;
         let err = lmdb(self.path(), "recording an entity key in the key vault");
         self.env.keys.put(&mut wtxn, &k, &wrapped).map_err(&err)?;
-        wtxn.commit().map_err(&err)?;
+        self.commit(wtxn, "recording an entity key in the key vault")?;
         crash_point("after-key");
         Ok(key)
     }
@@ -417,9 +509,9 @@ impl Vault {
         self.env.keys.delete(&mut wtxn, &k).map_err(&err)?;
         self.env
             .erased
-            .put(&mut wtxn, &k, &now_micros().to_le_bytes())
+            .put(&mut wtxn, &k, &self.tombstone(&k[16..])?)
             .map_err(&err)?;
-        wtxn.commit().map_err(&err)?;
+        self.commit(wtxn, "erasing an entity key")?;
         crash_point("after-erase");
         Ok(outcome)
     }
@@ -545,7 +637,7 @@ fn block_ad(store_id: StoreId, key: u64, header: &[u8]) -> [u8; 16 + 16 + 8 + 64
 pub(crate) fn settle_at_open(
     path: &Path,
     recorded: Option<&[u8]>,
-    requested: Option<&Path>,
+    config: &crate::config::VarveConfig,
     encrypted: bool,
     store_id: StoreId,
     writable: bool,
@@ -559,7 +651,7 @@ pub(crate) fn settle_at_open(
             });
         }
     }
-    let Some(vault_path) = requested else {
+    let Some(vault_path) = config.key_vault.as_deref() else {
         return match recorded {
             None => Ok((None, false)),
             Some(_) => Err(vault_error(
@@ -579,7 +671,28 @@ pub(crate) fn settle_at_open(
             ),
         ));
     }
-    let (vault, known) = Vault::open(vault_path, store_id, master()?, writable)?;
+    // A vault inside the store's directory would go into every copy of that
+    // directory, keys and all: erasure would erase nothing there.
+    let resolve = |p: &Path| p.canonicalize().or_else(|_| std::path::absolute(p));
+    if let (Ok(store_dir), Ok(vault_dir)) = (resolve(path), resolve(vault_path)) {
+        if vault_dir.starts_with(&store_dir) {
+            return Err(vault_error(
+                vault_path,
+                format!(
+                    "the key vault is inside the store's directory {}: keep it outside, \
+                     or every copy of the store carries the keys erasure deletes",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let (vault, known) = Vault::open(
+        vault_path,
+        store_id,
+        master()?,
+        writable,
+        config.max_readers,
+    )?;
     match (known, recorded.is_some()) {
         (true, _) => Ok((Some(vault), writable && recorded.is_none())),
         (false, true) => Err(vault_error(
@@ -614,6 +727,38 @@ impl super::Store {
         }
     }
 
+    /// `e`, unless it is an [`Error::Erased`] of the block `raw` stored
+    /// under `key` that the stream index does not hold where the block's
+    /// header (in the clear, and not authenticated until the block opens)
+    /// places it: that header was altered to name an erased entity, which
+    /// must read as damage ([`Error::Unauthentic`]), not as an erasure that
+    /// scans pass over.
+    #[cold]
+    pub(crate) fn check_erased(
+        &self,
+        txn: &super::kv::Txn<'_>,
+        key: u64,
+        raw: &[u8],
+        e: Error,
+    ) -> Error {
+        if !matches!(e, Error::Erased { .. }) {
+            return e;
+        }
+        match self
+            .stored_header(key, raw)
+            .and_then(|h| self.block_in_index(txn, &h))
+        {
+            Ok(true) => e,
+            Ok(false) => Error::Unauthentic {
+                location: Location::Global(GlobalSequence(key)),
+                detail: "the block names an erased entity whose stream index does not hold it \
+                         there: its header was altered"
+                    .into(),
+            },
+            Err(other) => other,
+        }
+    }
+
     /// `e` with the stream's name filled in when it is an [`Error::Erased`]
     /// of the block `raw` stored under `key` (its header, in the clear,
     /// names the stream).
@@ -625,7 +770,7 @@ impl super::Store {
         raw: &[u8],
         e: Error,
     ) -> Error {
-        match e {
+        match self.check_erased(txn, key, raw, e) {
             Error::Erased {
                 stream: None,
                 id,
@@ -700,6 +845,7 @@ mod tests {
             StoreId::from_bytes([7; 16]),
             Zeroizing::new([5; 32]),
             true,
+            126,
         )
         .unwrap();
         assert!(!known);
@@ -752,6 +898,69 @@ mod tests {
     }
 
     #[test]
+    fn a_key_deleted_with_a_forged_tombstone_is_unauthentic_not_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let p = plain();
+        let (tag, id) = block_entity(&p);
+        let sealed = v.seal_block(3, tag, id, &p).unwrap();
+        // Someone with the vault file but not the master key deletes the
+        // key and writes a tombstone of the old layout (a bare time).
+        let k = entry_key(v.store_id, tag, id);
+        let mut wtxn = v.write().unwrap();
+        v.env.keys.delete(&mut wtxn, &k).unwrap();
+        v.env
+            .erased
+            .put(&mut wtxn, &k, &7u64.to_le_bytes())
+            .unwrap();
+        wtxn.commit().unwrap();
+        let mut out = PlainBuf::default();
+        assert!(
+            matches!(
+                v.open_block(3, &sealed, &mut out),
+                Err(Error::Unauthentic { .. })
+            ),
+            "a forged tombstone passed for an erasure"
+        );
+        // A real erasure's tombstone authenticates, bound to its entity.
+        let other = v.seal_block(9, tag, id + 1, &p);
+        assert!(other.is_ok());
+        assert_eq!(v.erase(tag, id + 1).unwrap(), Erasure::Erased);
+        let real = v
+            .env
+            .erased
+            .get(&v.read().unwrap(), &entry_key(v.store_id, tag, id + 1))
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        assert!(matches!(
+            v.lookup(tag, id + 1).unwrap(),
+            Found::Erased { .. }
+        ));
+        let mut wtxn = v.write().unwrap();
+        v.env.erased.put(&mut wtxn, &k, &real).unwrap();
+        wtxn.commit().unwrap();
+        assert!(matches!(v.lookup(tag, id), Err(Error::Unauthentic { .. })));
+    }
+
+    #[test]
+    fn the_vault_has_as_many_reader_slots_as_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, _) = Vault::open(
+            dir.path(),
+            StoreId::from_bytes([7; 16]),
+            Zeroizing::new([5; 32]),
+            true,
+            300,
+        )
+        .unwrap();
+        // Every thread reading an entity's block holds a vault reader while
+        // it looks the key up: as many as the store's readers at once.
+        let held: Vec<_> = (0..250).map(|_| v.env.env.read_txn()).collect();
+        assert!(held.iter().all(Result::is_ok), "250 readers of 300");
+    }
+
+    #[test]
     fn another_master_key_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
         drop(vault(dir.path()));
@@ -760,6 +969,7 @@ mod tests {
             StoreId::from_bytes([7; 16]),
             Zeroizing::new([6; 32]),
             false,
+            126,
         );
         assert!(matches!(other, Err(Error::EncryptionKeyMismatch { .. })));
     }

@@ -304,7 +304,7 @@ impl Store {
 impl Store {
     /// Whether every event of the block with header `h` is in an index run
     /// of its stream id, at the global sequence it occupies.
-    fn block_in_index(&self, txn: &Txn<'_>, h: &BlockHeader) -> Result<bool> {
+    pub(super) fn block_in_index(&self, txn: &Txn<'_>, h: &BlockHeader) -> Result<bool> {
         let err = self.err("verifying the store");
         let end = h.first_stream_seq + u64::from(h.count);
         let mut seq = h.first_stream_seq;

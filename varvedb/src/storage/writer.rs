@@ -168,6 +168,12 @@ impl Store {
         f: &mut impl FnMut(&mut WriteTxn<'_>) -> Result<R>,
     ) -> std::result::Result<Committed<R>, Attempt> {
         let txn = self.begin_write().map_err(Attempt::Failed)?;
+        if let Some(ring) = &self.crypt {
+            // Another handle may have rotated the data key: seal with the
+            // one this transaction's `crypt` record names.
+            ring.refresh(&self.path, &self.meta, &txn)
+                .map_err(Attempt::Failed)?;
+        }
         let mut wtxn = WriteTxn {
             store: self,
             txn,

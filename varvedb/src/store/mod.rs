@@ -1,6 +1,7 @@
 //! [`Varve`], the entry point: opens a store and hands out typed streams and readers.
 
 mod aggregates;
+mod keys;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -788,7 +789,11 @@ impl Varve {
                     .into(),
             });
         }
-        self.store.write(|txn| txn.change_master_key(&key))
+        let master = self.store.write(|txn| txn.change_master_key(&key))?;
+        if let Some(ring) = self.store.keyring() {
+            ring.set_master(master);
+        }
+        Ok(())
     }
 
     /// The store's id: random bytes chosen when it was created, kept in the
