@@ -396,7 +396,6 @@ fn a_writer_never_trusts_what_it_knew_before_commits_were_lost() {
 /// stream: after the loss another process creates another stream, which
 /// gets that tag. The handle must not append its events to that stream.
 #[test]
-#[ignore = "open: a handle keeps the tag it settled in a commit the server lost (catalog binding)"]
 fn a_stream_created_in_a_lost_commit_is_not_confused_with_the_next_one() {
     let Some(cluster) = pg::private_cluster("lost_stream") else {
         return;
@@ -445,10 +444,10 @@ fn a_stream_created_in_a_lost_commit_is_not_confused_with_the_next_one() {
 /// A live subscription, after the server lost its last commit (see
 /// [`a_writer_never_trusts_what_it_knew_before_commits_were_lost`]): the
 /// event it delivered is gone, and the next one committed (durably) takes
-/// its global sequence. The subscription must deliver that event (or fail),
-/// never skip it.
+/// its global sequence. The subscription must not skip that event: it
+/// fails with [`Error::CommitsLost`], which says where to resubscribe, and
+/// a subscription from there delivers it.
 #[test]
-#[ignore = "open: a live subscription skips the events that reuse the sequences of lost commits"]
 fn a_subscription_does_not_skip_events_that_reuse_lost_sequences() {
     let Some(cluster) = pg::private_cluster("lost_subscribed") else {
         return;
@@ -481,19 +480,47 @@ fn a_subscription_does_not_skip_events_that_reuse_lost_sequences() {
         assert!(Instant::now() < deadline, "b did not recover: {e}");
         thread::sleep(Duration::from_millis(50));
     }
-    // The durable event at global 1 (stream id 2) reaches the subscriber.
+    // The subscription is told the event it delivered at 1 is gone.
     let got = loop {
         match sub.next_timeout(Duration::from_secs(5)) {
-            Err(e) if Instant::now() < deadline => {
+            Err(e @ Error::Storage { .. }) if Instant::now() < deadline => {
                 assert_outage_error(&e);
                 thread::sleep(Duration::from_millis(50));
             }
             other => break other,
         }
     };
-    match got {
-        Ok(Some(e)) => assert_eq!(e.stream_id(), StreamId(2), "the new event at 1"),
+    let resume = match got {
+        Err(Error::CommitsLost {
+            delivered,
+            end,
+            resume,
+        }) => {
+            assert_eq!((delivered, end), (GlobalSequence(1), GlobalSequence(2)));
+            resume
+        }
+        Ok(Some(e)) => panic!("delivered {:?} without a word", e.global_sequence()),
         Ok(None) => panic!("the subscription skipped the durable event at global 1"),
-        Err(_) => {} // told it cannot go on: acceptable
-    }
+        Err(e) => panic!("{e:?}"),
+    };
+    assert_eq!(resume, GlobalSequence(1));
+    let message = sub.next_timeout(Duration::from_secs(1)).unwrap_err();
+    assert!(
+        matches!(message, Error::CommitsLost { .. })
+            && message.to_string().contains("lost commits")
+            && message
+                .to_string()
+                .contains("resubscribe from global sequence 1"),
+        "it stays failed, and says why and from where: {message}"
+    );
+    // From there, the durable event at 1 (stream id 2) is delivered.
+    let mut again = a.subscribe(resume);
+    let e = again
+        .next_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("the new event at 1");
+    assert_eq!(
+        (e.global_sequence(), e.stream_id()),
+        (GlobalSequence(1), StreamId(2))
+    );
 }

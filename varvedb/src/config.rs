@@ -23,11 +23,23 @@ pub enum Durability {
     /// Data pages are synced at commit, the metadata page is not. A power loss
     /// may roll back the last commits, but never corrupts the store; a process
     /// crash loses nothing. Trades the last transaction for one fewer sync.
+    ///
+    /// On PostgreSQL ([`Varve::connect`](crate::Varve::connect)) both relaxed
+    /// levels commit with `synchronous_commit = off`: a crash of the
+    /// *application* process still loses nothing, but a crash of the
+    /// *server* (or a failover to an asynchronous standby) may lose the last
+    /// commits it had acknowledged. A writer then never trusts what it knew
+    /// before (its appends stay correct), and a live subscription that had
+    /// delivered a lost event fails with
+    /// [`Error::CommitsLost`](crate::Error::CommitsLost) rather than skip the
+    /// events that reuse its sequences.
     NoMetaSync,
     /// Nothing is synced at commit; the OS writes pages back when it likes. A
     /// process crash loses nothing, but a power loss or kernel crash may lose
     /// any number of recent commits, and with a filesystem that reorders writes
-    /// may corrupt the store. For tests and rebuildable data only.
+    /// may corrupt the store. For tests and rebuildable data only. On
+    /// PostgreSQL as [`NoMetaSync`](Durability::NoMetaSync): a server crash
+    /// may lose the last acknowledged commits.
     NoSync,
 }
 

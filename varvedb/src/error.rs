@@ -777,6 +777,30 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+
+    /// A subscription found that the log was rewound under it: the event it
+    /// delivered at `delivered` is gone or another one. The PostgreSQL server
+    /// lost commits it had acknowledged (a crash with a relaxed
+    /// [`Durability`](crate::Durability), a failover to an asynchronous
+    /// standby, a restore), and later events may reuse the lost sequences:
+    /// rather than skip them, the subscription stops. Resubscribe from
+    /// `resume` at the latest (from the last checkpoint you kept at or
+    /// before it: the events delivered from the first lost commit on are
+    /// not in the log).
+    #[error(
+        "the server lost commits it had acknowledged: the event this subscription delivered at global sequence {} is no longer in the log (the log's end is now {}); resubscribe from global sequence {} or earlier (from your last checkpoint at or before it)",
+        delivered.0,
+        end.0,
+        resume.0
+    )]
+    CommitsLost {
+        /// The last event the subscription delivered, now gone or replaced.
+        delivered: GlobalSequence,
+        /// The log's end the subscription found.
+        end: GlobalSequence,
+        /// The latest position to resubscribe from.
+        resume: GlobalSequence,
+    },
 }
 
 /// `v1 0x…, v2 0x…` for messages (`none` for an empty list).
@@ -1321,6 +1345,15 @@ impl Error {
             Error::KeyVault { path, detail } => Error::KeyVault {
                 path: path.clone(),
                 detail: detail.clone(),
+            },
+            Error::CommitsLost {
+                delivered,
+                end,
+                resume,
+            } => Error::CommitsLost {
+                delivered: *delivered,
+                end: *end,
+                resume: *resume,
             },
         }
     }

@@ -201,6 +201,12 @@ impl GlobalEvent {
         self.event.position.stream_tag
     }
 
+    /// Where the event sits, as its block records it: what tells it from
+    /// another event at the same global sequence (subscriptions).
+    pub(crate) fn position(&self) -> crate::storage::EventPosition {
+        self.event.position
+    }
+
     /// The name of the stream the event was appended to.
     pub fn stream_name(&self) -> &str {
         &self.stream.name

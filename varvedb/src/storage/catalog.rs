@@ -26,7 +26,7 @@
 //! NFC and in NFD are two streams.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::kv::Txn;
@@ -187,8 +187,11 @@ impl<'a> Reader<'a> {
 /// clones (readers, queued appends) so one learning it teaches all.
 #[derive(Debug, Default)]
 struct Binding {
-    /// The stream's tag, once the stream exists in the catalog.
-    tag: OnceLock<u32>,
+    /// The stream's tag plus one, once the stream exists in the catalog (0
+    /// before). Set once, except on a server that lost the commit that
+    /// created the stream: the append that finds the tag no longer names it
+    /// moves the handle to the stream's new tag ([`Store::publish_bound`]).
+    tag: AtomicU64,
     /// For a handle of a `#[derive(Event)]` type: what the stream's blocks
     /// from before its family was recorded hold (set with the tag).
     legacy: OnceLock<Option<Legacy>>,
@@ -231,7 +234,7 @@ impl StreamInfo {
         family: Option<Family>,
     ) -> Self {
         let binding = Binding::default();
-        let _ = binding.tag.set(tag);
+        binding.tag.store(u64::from(tag) + 1, Ordering::Relaxed);
         let _ = binding.legacy.set(None);
         binding.settled.store(true, Ordering::Relaxed);
         StreamInfo {
@@ -256,7 +259,7 @@ impl StreamInfo {
         let binding = Binding::default();
         if let Some((tag, legacy)) = bound {
             let _ = binding.legacy.set(legacy);
-            let _ = binding.tag.set(tag);
+            binding.tag.store(u64::from(tag) + 1, Ordering::Relaxed);
         }
         binding.settled.store(settled, Ordering::Relaxed);
         StreamInfo {
@@ -291,7 +294,10 @@ impl StreamInfo {
     /// as this handle has seen).
     #[inline]
     pub(crate) fn tag(&self) -> Option<u32> {
-        self.binding.tag.get().copied()
+        match self.binding.tag.load(Ordering::Acquire) {
+            0 => None,
+            t => Some((t - 1) as u32),
+        }
     }
 
     /// The tag, when the catalog entry needs nothing more from an append.
@@ -311,10 +317,24 @@ impl StreamInfo {
     fn bind(&self, tag: u32, settled: bool, legacy: Option<Legacy>) {
         // The legacy mapping first: a reader that sees the tag finds it set.
         let _ = self.binding.legacy.set(legacy);
-        let _ = self.binding.tag.set(tag);
+        // Set once: a handle already bound keeps its tag (see `rebind`).
+        let _ = self.binding.tag.compare_exchange(
+            0,
+            u64::from(tag) + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         if settled {
             self.binding.settled.store(true, Ordering::Release);
         }
+    }
+
+    /// Moves a bound handle to `tag`: the stream's catalog entry now has
+    /// that tag, because the server lost the commit that gave it the old one.
+    #[cfg(feature = "postgres")]
+    fn rebind(&self, tag: u32) -> Option<u32> {
+        let old = self.binding.tag.swap(u64::from(tag) + 1, Ordering::AcqRel);
+        (old != 0 && old != u64::from(tag) + 1).then(|| (old - 1) as u32)
     }
 
     fn identity(&self) -> TypeIdentity<&str> {
@@ -792,8 +812,48 @@ impl Store {
         info: &StreamInfo,
     ) -> Result<std::result::Result<u32, Option<(u32, StreamInfo)>>> {
         if let Some(tag) = info.settled_tag() {
+            #[cfg(feature = "postgres")]
+            if matches!(self.engine, super::Engine::Pg(_)) && !self.still_names(txn, info, tag)? {
+                // The commit that created the stream was lost: the tag is
+                // free or another stream's. Looked up again by name below
+                // (created again if missing); the handle moves to that
+                // tag once this transaction commits.
+                return self.append_target_unsettled(txn, info);
+            }
             return Ok(Ok(tag));
         }
+        self.append_target_unsettled(txn, info)
+    }
+
+    /// Whether the catalog entry of `info`'s stream, as the write
+    /// transaction `txn` sees it, still has `tag` and the handle's type. On
+    /// PostgreSQL only: a server that lost commits it had acknowledged (a
+    /// crash with a relaxed durability, a failover to an asynchronous
+    /// standby, a restore) may have lost the one that created the stream,
+    /// and given its tag to another stream since. LMDB never loses a
+    /// committed catalog entry. Free when the writer's carried knowledge
+    /// holds the entry (every append after the first of this process in the
+    /// same epoch); one read otherwise.
+    #[cfg(feature = "postgres")]
+    #[cold]
+    fn still_names(&self, txn: &Txn<'_>, info: &StreamInfo, tag: u32) -> Result<bool> {
+        let raw = self
+            .catalog
+            .get(txn, &self.name_key(&info.name))
+            .map_err(self.err("reading the catalog"))?;
+        let Some(raw) = raw else {
+            return Ok(false);
+        };
+        let (found, record) = decode(&info.name, raw)?;
+        Ok(found == tag && check_type(&record, &info.identity()).is_ok())
+    }
+
+    /// [`Store::append_target`] for a handle whose catalog entry is read.
+    fn append_target_unsettled(
+        &self,
+        txn: &Txn<'_>,
+        info: &StreamInfo,
+    ) -> Result<std::result::Result<u32, Option<(u32, StreamInfo)>>> {
         let found = self.lookup(txn, &info.name)?;
         let Some((tag, record)) = &found else {
             return Ok(Err(found));
@@ -1065,6 +1125,14 @@ impl Store {
     pub(super) fn publish_bound(&self, bound: Vec<Bound>) {
         for b in bound {
             b.handle.bind(b.tag, true, b.legacy);
+            // A handle whose stream's tag changed (the server lost the
+            // commit that created it; never on LMDB) moves to the new tag,
+            // and the old tag's cached entry, which names a lost stream,
+            // is read again when next met.
+            #[cfg(feature = "postgres")]
+            if let Some(old) = b.handle.rebind(b.tag) {
+                self.streams.by_tag.write().remove(&old);
+            }
             self.remember(b.tag, &b.record, true);
         }
     }

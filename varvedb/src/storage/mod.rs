@@ -1025,6 +1025,18 @@ impl Store {
         }
     }
 
+    /// How many times this store saw signs that the server lost commits it
+    /// had acknowledged (always 0 on LMDB, which cannot): a subscription
+    /// that sees it move checks the last event it delivered is still there.
+    #[inline]
+    pub(crate) fn rewinds(&self) -> u64 {
+        match &self.engine {
+            Engine::Lmdb { .. } => 0,
+            #[cfg(feature = "postgres")]
+            Engine::Pg(pg) => pg.rewinds(),
+        }
+    }
+
     /// [`Store::last_txn_id`] for a caller holding a gate guard: `_inside` is
     /// the proof that no remap can run meanwhile.
     pub(crate) fn last_txn_id_in(&self, _inside: &gate::GateGuard) -> usize {

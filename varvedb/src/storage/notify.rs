@@ -204,12 +204,19 @@ impl Store {
     ) -> u64 {
         let deadline = deadline_after(timeout);
         let poll = self.cross_process_poll();
+        // A server that lost commits (PostgreSQL) may never reach `seen`
+        // again: the waiter returns to check what it read.
+        let rewinds = self.rewinds();
         loop {
             // Take the ticket before looking, so a commit in between is not missed.
             let ticket = self.commits.ticket();
             let current = self.current_end();
             let now = Instant::now();
-            if current > seen || now >= deadline || stop.load(Ordering::Acquire) {
+            if current > seen
+                || now >= deadline
+                || stop.load(Ordering::Acquire)
+                || self.rewinds() != rewinds
+            {
                 return current;
             }
             let until = poll.map_or(deadline, |p| deadline.min(now + p));

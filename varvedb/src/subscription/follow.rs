@@ -41,6 +41,13 @@ pub(crate) trait Pager {
     fn log_position(&self) -> Option<u64> {
         None
     }
+
+    /// Whether the last item accepted is still in `view`'s log, as it was
+    /// delivered; a typed error if not ([`Error::CommitsLost`]). Asked when
+    /// the server may have lost commits since ([`Store::rewinds`]).
+    fn check_delivered(&mut self, _view: &mut View, _end: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 struct Page<I> {
@@ -72,6 +79,9 @@ pub(crate) struct Follower<P: Pager> {
     page: Option<Page<P::Page>>,
     /// The log's end in the last snapshot read to its end.
     seen: Option<u64>,
+    /// [`Store::rewinds`] when the pager's position was last known good: if
+    /// it moved, the next snapshot first checks the last item delivered.
+    rewinds: u64,
     stop: Arc<AtomicBool>,
 }
 
@@ -90,6 +100,7 @@ impl<P: Pager> Follower<P> {
     /// A follower stopped by `stop` (shared with its owner).
     pub(crate) fn with_stop(store: Arc<Store>, pager: P, stop: Arc<AtomicBool>) -> Self {
         Follower {
+            rewinds: store.rewinds(),
             store,
             pager,
             page: None,
@@ -149,9 +160,15 @@ impl<P: Pager> Follower<P> {
                     // Keyed on the log's end, not on any commit: commits that
                     // only write state (checkpoints, snapshots) do not make
                     // a caught-up subscription read a page.
-                    if let Some(seen) = self.seen {
+                    let rewinds = self.store.rewinds();
+                    if let Some(seen) = self.seen.filter(|_| rewinds == self.rewinds) {
                         if self.store.current_end() <= seen {
-                            return Step::CaughtUp(seen);
+                            // Asked again after the look: a rewind noticed
+                            // meanwhile (the commit listener reconnecting)
+                            // must not be waited past.
+                            if self.store.rewinds() == self.rewinds {
+                                return Step::CaughtUp(seen);
+                            }
                         }
                     }
                     let mut view = match self.store.snapshot() {
@@ -162,6 +179,19 @@ impl<P: Pager> Follower<P> {
                         Ok(end) => end,
                         Err(e) => return Step::Failed(e),
                     };
+                    // The server lost commits since the last item was read
+                    // (PostgreSQL; never on LMDB): the item must still be
+                    // there, or later events may reuse its sequence.
+                    // Read after the snapshot opened, which notices a new
+                    // epoch itself.
+                    let rewinds = self.store.rewinds();
+                    if rewinds != self.rewinds {
+                        if let Err(e) = self.pager.check_delivered(&mut view, end) {
+                            return Step::Failed(e);
+                        }
+                        self.rewinds = rewinds;
+                        self.seen = None;
+                    }
                     crate::trace::event!(
                         TRACE,
                         "varvedb.subscription",

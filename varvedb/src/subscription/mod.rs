@@ -28,12 +28,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::Archivable;
 use crate::global::{GlobalEvent, GlobalIter};
 use crate::position::{GlobalSequence, StreamId, StreamSequence};
 use crate::reader::{EventRef, StreamIter};
-use crate::storage::{Store, StreamInfo, View, CROSS_PROCESS_POLL};
+use crate::storage::{EventPosition, Store, StreamInfo, View, CROSS_PROCESS_POLL};
 
 #[cfg(feature = "async")]
 pub use asynchronous::{AsyncStreamSubscription, AsyncSubscription};
@@ -47,6 +47,9 @@ pub use watcher::WriteWatcher;
 pub(crate) struct GlobalPager {
     next: u64,
     filter: FilterCache,
+    /// The last event read (filtered out or not): checked after the server
+    /// may have lost commits ([`Pager::check_delivered`]).
+    last: Option<EventPosition>,
 }
 
 impl GlobalPager {
@@ -54,6 +57,7 @@ impl GlobalPager {
         GlobalPager {
             next: from.0,
             filter: FilterCache::new(filter),
+            last: None,
         }
     }
 
@@ -72,11 +76,31 @@ impl Pager for GlobalPager {
 
     fn accept(&mut self, event: &GlobalEvent) -> bool {
         self.next = event.global_sequence().0 + 1;
+        self.last = Some(event.position());
         self.filter.matches(event)
     }
 
     fn log_position(&self) -> Option<u64> {
         Some(self.next)
+    }
+
+    fn check_delivered(&mut self, view: &mut View, end: u64) -> Result<()> {
+        let Some(last) = self.last else {
+            return Ok(());
+        };
+        let g = last.global.0;
+        let found = match g < end {
+            true => view.event_at_global(g)?.map(|e| e.position),
+            false => None,
+        };
+        if found == Some(last) {
+            return Ok(());
+        }
+        Err(Error::CommitsLost {
+            delivered: GlobalSequence(g),
+            end: GlobalSequence(end),
+            resume: GlobalSequence(g.min(end)),
+        })
     }
 }
 

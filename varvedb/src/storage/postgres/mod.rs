@@ -258,6 +258,52 @@ pub(crate) struct Pg {
     /// (each holds a pooled connection): called while a transaction waits
     /// for a connection, like LMDB's full reader table.
     reclaim: Mutex<Option<Reclaim>>,
+    /// The epochs ([`Known::epoch`]) and log ends this store has seen: tells
+    /// subscriptions when the server may have lost commits since.
+    watch: Arc<Watch>,
+}
+
+/// What tells a store that the server lost commits it had acknowledged: the
+/// epoch (server start time, head table oid) changed, or the log's end the
+/// commit listener reads on (re)connecting is below one it saw before.
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// The last epoch seen (empty before the first).
+    epoch: Mutex<String>,
+    /// The greatest log end the listener saw.
+    high: AtomicU64,
+    /// How many times commits may have been lost ([`Pg::rewinds`]).
+    rewinds: AtomicU64,
+}
+
+impl Watch {
+    /// Records `epoch`, read from the head row: a change counts a rewind.
+    fn observe_epoch(&self, epoch: &str) {
+        if epoch.is_empty() {
+            return;
+        }
+        let mut seen = self.epoch.lock();
+        if *seen != epoch {
+            if !seen.is_empty() {
+                self.rewinds.fetch_add(1, Ordering::AcqRel);
+            }
+            *seen = epoch.to_owned();
+        }
+    }
+
+    /// Records the log's end the listener read when it (re)connected: below
+    /// one it saw before is a rewind.
+    fn observe_end(&self, end: u64) {
+        if self.high.fetch_max(end, Ordering::AcqRel) > end {
+            self.high.store(end, Ordering::Release);
+            self.rewinds.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Records a log end notified by a commit.
+    fn notified(&self, end: u64) {
+        self.high.fetch_max(end, Ordering::AcqRel);
+    }
 }
 
 /// What [`Pg::reclaim`] calls.
@@ -392,6 +438,7 @@ impl Pg {
             relaxed: durability != crate::config::Durability::Full,
             pool_wait,
             reclaim: Mutex::new(None),
+            watch: Arc::default(),
         });
         pg.migrate()?;
         Ok(pg)
@@ -403,6 +450,14 @@ impl Pg {
     /// connection, inside the first such trip).
     pub(crate) fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// How many times this store saw signs that the server lost commits it
+    /// had acknowledged (a new epoch, or a log end below one seen before):
+    /// a subscription that sees it move checks the last event it delivered
+    /// is still in the log.
+    pub(crate) fn rewinds(&self) -> u64 {
+        self.watch.rewinds.load(Ordering::Acquire)
     }
 
     /// The URL without its password.
@@ -524,11 +579,14 @@ impl Pg {
     }
 
     /// The store's commit counter (`varvedb_head.txn`), or `usize::MAX` when
-    /// the server cannot be asked (a snapshot opened next reports why).
+    /// the server cannot be asked (a snapshot opened next reports why). Its
+    /// connection is taken as a transaction's is ([`pooled`]): idle readers'
+    /// snapshots are closed while it waits, so they never starve it.
     pub(crate) fn last_txn_id(&self) -> usize {
         let pool = self.pool.clone();
+        let (reclaim, wait) = (self.reclaim.lock().clone(), self.pool_wait);
         self.block(async move {
-            let client = pool.get().await.ok()?;
+            let client = pooled(&pool, reclaim.as_ref(), wait).await.ok()?;
             let row = client
                 .query_one("SELECT txn FROM varvedb_head WHERE id = 1", &[])
                 .await
@@ -567,7 +625,8 @@ impl Pg {
             }
             (false, _) => {
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-                 SELECT txn, last FROM varvedb_head WHERE id = 1"
+                 SELECT txn, last, pg_postmaster_start_time(), tableoid
+                 FROM varvedb_head WHERE id = 1"
             }
         };
         if write {
@@ -626,6 +685,7 @@ impl Pg {
                 }
             }
         })?;
+        self.watch.observe_epoch(&epoch);
         // What the last commit of this process knew still holds if no
         // commit came after it: every commit of every process bumps `txn`
         // under the head-row lock this transaction now holds. Unless the
@@ -671,9 +731,10 @@ impl Pg {
         let config = self.config.clone();
         let closed = Arc::clone(&self.closed);
         let raise: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(raise);
+        let watch = Arc::clone(&self.watch);
         self.handle.spawn(async move {
             while !closed.load(Ordering::Acquire) {
-                let _ = listen(&config, &*raise, &closed).await;
+                let _ = listen(&config, &*raise, &watch, &closed).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
@@ -709,6 +770,7 @@ impl Pg {
 async fn listen(
     config: &tokio_postgres::Config,
     raise: &(dyn Fn(u64) + Send + Sync),
+    watch: &Watch,
     closed: &AtomicBool,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
@@ -729,13 +791,30 @@ async fn listen(
         }
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    // What was committed while this connection was not listening.
-    if let Ok(row) = client
-        .query_one("SELECT last FROM varvedb_head WHERE id = 1", &[])
-        .await
-    {
-        if let Ok(last) = row.try_get::<_, i64>(0) {
-            raise(last as u64);
+    // What was committed while this connection was not listening, and
+    // whether commits were lost meanwhile (the server restarted: a new
+    // epoch; or the log is shorter than it was).
+    let head = client
+        .simple_query(
+            "SELECT last, pg_postmaster_start_time(), tableoid FROM varvedb_head WHERE id = 1",
+        )
+        .await?;
+    let row = head.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    });
+    if let Some(row) = row {
+        if let (Ok(Some(started)), Ok(Some(table))) = (row.try_get(1), row.try_get(2)) {
+            watch.observe_epoch(&format!("{started}/{table}"));
+        }
+        if let Some(last) = row
+            .try_get(0)
+            .ok()
+            .flatten()
+            .and_then(|v: &str| v.parse::<u64>().ok())
+        {
+            watch.observe_end(last);
+            raise(last);
         }
     }
     while let Some(payload) = rx.recv().await {
@@ -743,6 +822,7 @@ async fn listen(
             break;
         }
         if let Ok(end) = payload.parse::<u64>() {
+            watch.notified(end);
             raise(end);
         }
     }
@@ -967,7 +1047,7 @@ pub(crate) struct PgTxn {
     client: Option<Arc<Object>>,
     write: bool,
     id: usize,
-    /// A write transaction's [`Known::epoch`] (empty for a read snapshot).
+    /// The [`Known::epoch`] the transaction began in.
     epoch: String,
     /// The head's `last` when the transaction began (one past the last
     /// global sequence), moved by this transaction's appends.
@@ -1900,9 +1980,16 @@ impl Columns {
 /// Keeps the store alive-agnostic listener from holding it: the listener
 /// holds a `Weak` and stops raising once the store is gone.
 pub(crate) fn raiser(store: Weak<super::Store>) -> impl Fn(u64) + Send + Sync + 'static {
+    let rewinds = AtomicU64::new(0);
     move |end| {
         if let Some(store) = store.upgrade() {
             store.observe_end(end);
+            // The listener noticed lost commits: waiting subscriptions wake
+            // to check what they delivered.
+            let now = store.rewinds();
+            if rewinds.swap(now, Ordering::AcqRel) != now {
+                store.interrupt_waiters();
+            }
         }
     }
 }
@@ -2248,6 +2335,28 @@ mod tests {
                 .collect();
             assert_eq!(all, [&b"four"[..], b"five", b"seven"], "{table:?}");
         }
+    }
+
+    /// The commit counter is read on a connection taken as a transaction's
+    /// is: with every connection held by an idle reader's snapshot, the
+    /// snapshots are closed and the counter is read, not `usize::MAX`
+    /// after the pool's wait.
+    #[test]
+    fn the_commit_counter_closes_idle_snapshots_to_get_a_connection() {
+        let Some(db) = TestDb::create("counter") else {
+            return;
+        };
+        let pg = Pg::connect(&db.url, 1, Duration::from_secs(2), Default::default()).unwrap();
+        let mut t = pg.begin_write().unwrap();
+        t.put(PgTable::Meta, b"k", b"v", Put::Overwrite).unwrap();
+        t.commit().unwrap();
+        // An idle reader holds the only connection.
+        let idle = Arc::new(Mutex::new(Some(pg.begin_read().unwrap())));
+        let held = Arc::clone(&idle);
+        *pg.reclaim.lock() = Some(Arc::new(move || drop(held.lock().take())));
+        assert_eq!(pg.last_txn_id(), 1);
+        assert!(idle.lock().is_none(), "the idle snapshot was closed");
+        *pg.reclaim.lock() = None;
     }
 
     /// A relaxed durability commits writes with `synchronous_commit = off`;
