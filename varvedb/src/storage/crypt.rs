@@ -694,14 +694,121 @@ pub(crate) fn create_keyring(
     Ok(ring)
 }
 
-fn block_ad(store_id: StoreId, key: u64, header: &[u8], key_id: u32) -> [u8; 16 + 16 + 8 + 64 + 4] {
-    let mut ad = [0u8; 16 + 16 + 8 + 64 + 4];
-    ad[..16].copy_from_slice(b"varvedb block 1\0");
-    ad[16..32].copy_from_slice(store_id.as_bytes());
-    ad[32..40].copy_from_slice(&key.to_be_bytes());
-    ad[40..104].copy_from_slice(&header[..HEADER_LEN]);
-    ad[104..108].copy_from_slice(&key_id.to_le_bytes());
-    ad
+/// What a block's associated data says sealed it: a store data key.
+pub(crate) const STORE_BLOCK: &[u8; 16] = b"varvedb block 1\0";
+
+/// One sealing key of blocks: the store's data key `key_id`, or an entity's
+/// key (`storage::vault`), with the label its associated data carries. The
+/// one place a block is sealed and opened, whichever key it is.
+pub(crate) struct BlockKey<'k> {
+    pub(crate) label: &'static [u8; 16],
+    pub(crate) store_id: StoreId,
+    pub(crate) key_id: u32,
+    pub(crate) secret: &'k [u8; 32],
+}
+
+impl BlockKey<'_> {
+    /// Binds the block to its place: store, key (first global sequence),
+    /// header and key id.
+    fn ad(&self, key: u64, header: &[u8]) -> [u8; 16 + 16 + 8 + 64 + 4] {
+        let mut ad = [0u8; 16 + 16 + 8 + 64 + 4];
+        ad[..16].copy_from_slice(self.label);
+        ad[16..32].copy_from_slice(self.store_id.as_bytes());
+        ad[32..40].copy_from_slice(&key.to_be_bytes());
+        ad[40..104].copy_from_slice(&header[..HEADER_LEN]);
+        ad[104..108].copy_from_slice(&self.key_id.to_le_bytes());
+        ad
+    }
+
+    /// Seals the plaintext block `plain`, stored under `key`, with `nonce`
+    /// into `out` (cleared first).
+    pub(crate) fn seal(
+        &self,
+        key: u64,
+        nonce: &[u8; NONCE_LEN],
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.clear();
+        out.reserve(plain.len() + BLOCK_OVERHEAD);
+        out.extend_from_slice(&plain[..HEADER_LEN]);
+        out.extend_from_slice(&self.key_id.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(&plain[HEADER_LEN..]);
+        let ad = self.ad(key, &plain[..HEADER_LEN]);
+        let tag = cipher(self.secret)
+            .encrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                &ad,
+                &mut out[HEADER_LEN + SEAL_LEN..],
+            )
+            .map_err(|_| sealing(key))?;
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Opens the sealed block `raw` (at least [`check_sealed_len`] long),
+    /// stored under `key`, into `out`: its header, then its body. `whose`
+    /// completes the message of a block that does not authenticate.
+    pub(crate) fn open(&self, key: u64, raw: &[u8], out: &mut PlainBuf, whose: &str) -> Result<()> {
+        let seal = &raw[HEADER_LEN..HEADER_LEN + SEAL_LEN];
+        let (body, tag) =
+            raw[HEADER_LEN + SEAL_LEN..].split_at(raw.len() - HEADER_LEN - BLOCK_OVERHEAD);
+        out.fill(&[&raw[..HEADER_LEN], body]);
+        let ad = self.ad(key, &raw[..HEADER_LEN]);
+        let opened = cipher(self.secret).decrypt_in_place_detached(
+            XNonce::from_slice(&seal[8..]),
+            &ad,
+            &mut out.as_mut()[HEADER_LEN..],
+            Tag::from_slice(tag),
+        );
+        if opened.is_err() {
+            out.clear();
+            return Err(unauthentic_block(
+                key,
+                format!(
+                    "the block does not authenticate{whose}: it was altered, moved, swapped, \
+                     or copied from another store"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn unauthentic_block(key: u64, detail: String) -> Error {
+    Error::Unauthentic {
+        location: Location::Global(GlobalSequence(key)),
+        detail,
+    }
+}
+
+/// Refuses an encrypted block `raw`, stored under `key`, too short for its
+/// header and seal.
+pub(crate) fn check_sealed_len(key: u64, raw: &[u8]) -> Result<()> {
+    if raw.len() < HEADER_LEN + BLOCK_OVERHEAD {
+        return Err(unauthentic_block(
+            key,
+            format!(
+                "an encrypted block of {} bytes is shorter than its header and seal",
+                raw.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a seal whose reserved word is not zero (this version writes zero
+/// and accepts nothing else).
+pub(crate) fn check_reserved(key: u64, raw: &[u8]) -> Result<()> {
+    if raw[HEADER_LEN + 4..HEADER_LEN + 8] != [0; 4] {
+        return Err(unauthentic_block(
+            key,
+            "the seal's reserved word is not zero".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn value_ad(store_id: StoreId, kind: ValueKind, key: &[u8], key_id: u32) -> Vec<u8> {
@@ -824,70 +931,40 @@ impl Keyring {
         let nonce = nonce()?;
         let keys = self.keys.read();
         let active = keys.active;
-        out.clear();
-        out.reserve(plain.len() + BLOCK_OVERHEAD);
-        out.extend_from_slice(&plain[..HEADER_LEN]);
-        out.extend_from_slice(&active.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&plain[HEADER_LEN..]);
-        let ad = block_ad(self.store_id, key, &plain[..HEADER_LEN], active);
-        let key_bytes = keys.get(active).ok_or_else(|| sealing(key))?;
-        let tag = cipher(key_bytes)
-            .encrypt_in_place_detached(
-                XNonce::from_slice(&nonce),
-                &ad,
-                &mut out[HEADER_LEN + SEAL_LEN..],
-            )
-            .map_err(|_| sealing(key))?;
-        out.extend_from_slice(&tag);
-        Ok(())
+        BlockKey {
+            label: STORE_BLOCK,
+            store_id: self.store_id,
+            key_id: active,
+            secret: keys.get(active).ok_or_else(|| sealing(key))?,
+        }
+        .seal(key, &nonce, plain, out)
     }
 
     /// Opens the encrypted block `raw` stored under `key` into `out`: its
     /// header followed by its body, as the plaintext block was sealed.
     pub(crate) fn open_block(&self, key: u64, raw: &[u8], out: &mut PlainBuf) -> Result<()> {
-        let bad = |detail: String| Error::Unauthentic {
-            location: Location::Global(GlobalSequence(key)),
-            detail,
-        };
-        if raw.len() < HEADER_LEN + BLOCK_OVERHEAD {
-            return Err(bad(format!(
-                "an encrypted block of {} bytes is shorter than its header and seal",
-                raw.len()
-            )));
-        }
-        let seal = &raw[HEADER_LEN..HEADER_LEN + SEAL_LEN];
-        let key_id = u32::from_le_bytes([seal[0], seal[1], seal[2], seal[3]]);
-        if seal[4..8] != [0; 4] {
-            // Reserved: this version writes zero and accepts nothing else.
-            return Err(bad("the seal's reserved word is not zero".into()));
-        }
+        check_sealed_len(key, raw)?;
+        check_reserved(key, raw)?;
+        let key_id = u32::from_le_bytes([
+            raw[HEADER_LEN],
+            raw[HEADER_LEN + 1],
+            raw[HEADER_LEN + 2],
+            raw[HEADER_LEN + 3],
+        ]);
         let keys = self.keys.read();
-        let data_key = keys.get(key_id).ok_or_else(|| {
-            bad(format!(
-                "sealed with data key {key_id}, unknown to this store"
-            ))
+        let secret = keys.get(key_id).ok_or_else(|| {
+            unauthentic_block(
+                key,
+                format!("sealed with data key {key_id}, unknown to this store"),
+            )
         })?;
-        let (body, tag) =
-            raw[HEADER_LEN + SEAL_LEN..].split_at(raw.len() - HEADER_LEN - BLOCK_OVERHEAD);
-        out.fill(&[&raw[..HEADER_LEN], body]);
-        let ad = block_ad(self.store_id, key, &raw[..HEADER_LEN], key_id);
-        let opened = cipher(data_key).decrypt_in_place_detached(
-            XNonce::from_slice(&seal[8..]),
-            &ad,
-            &mut out.as_mut()[HEADER_LEN..],
-            Tag::from_slice(tag),
-        );
-        if opened.is_err() {
-            out.clear();
-            return Err(bad(
-                "the block does not authenticate: it was altered, moved, swapped, \
-                 or copied from another store"
-                    .into(),
-            ));
+        BlockKey {
+            label: STORE_BLOCK,
+            store_id: self.store_id,
+            key_id,
+            secret,
         }
-        Ok(())
+        .open(key, raw, out, "")
     }
 
     /// Seals `plain`, the value of `kind` stored under the LMDB key `key`.
@@ -1349,15 +1426,7 @@ impl Store {
 #[inline(never)]
 fn sealed_header(key: u64, raw: &[u8]) -> Result<BlockHeader> {
     let header = parse_header(key, raw).map_err(corrupt_at(key))?;
-    if raw.len() < HEADER_LEN + BLOCK_OVERHEAD {
-        return Err(Error::Unauthentic {
-            location: Location::Global(GlobalSequence(key)),
-            detail: format!(
-                "an encrypted block of {} bytes is shorter than its header and seal",
-                raw.len()
-            ),
-        });
-    }
+    check_sealed_len(key, raw)?;
     Ok(header)
 }
 

@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
 use super::block::HEADER_LEN;
-use super::crypt::{PlainBuf, BLOCK_OVERHEAD, NONCE_LEN, SEAL_LEN};
+use super::crypt::{check_reserved, check_sealed_len, BlockKey, PlainBuf, NONCE_LEN};
 use super::identity::StoreId;
 use crate::error::{Error, Location, Result};
 use crate::position::{GlobalSequence, StreamId};
@@ -521,41 +521,27 @@ impl Vault {
     pub(crate) fn seal_block(&self, key: u64, tag: u32, id: u64, plain: &[u8]) -> Result<Vec<u8>> {
         let entity_key = self.key_for_append(tag, id, key)?;
         let nonce: [u8; NONCE_LEN] = random(self.path())?;
-        let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD);
-        out.extend_from_slice(&plain[..HEADER_LEN]);
-        out.extend_from_slice(&ENTITY_KEY_ID.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&plain[HEADER_LEN..]);
-        let ad = block_ad(self.store_id, key, &plain[..HEADER_LEN]);
-        let tag = cipher(&entity_key)
-            .encrypt_in_place_detached(
-                XNonce::from_slice(&nonce),
-                &ad,
-                &mut out[HEADER_LEN + SEAL_LEN..],
-            )
-            .map_err(|_| Error::Corruption {
-                location: Location::Global(GlobalSequence(key)),
-                detail: "sealing the block failed".into(),
-            })?;
-        out.extend_from_slice(&tag);
+        let mut out = Vec::new();
+        self.block_key(&entity_key)
+            .seal(key, &nonce, plain, &mut out)?;
         Ok(out)
+    }
+
+    /// How a block of this store is sealed with the entity key `secret`.
+    fn block_key<'k>(&self, secret: &'k [u8; 32]) -> BlockKey<'k> {
+        BlockKey {
+            label: ENTITY_BLOCK,
+            store_id: self.store_id,
+            key_id: ENTITY_KEY_ID,
+            secret,
+        }
     }
 
     /// Opens the entity-sealed block `raw` stored under `key` into `out`
     /// (its header, then its body): [`Error::Erased`] if its entity was
     /// erased.
     pub(crate) fn open_block(&self, key: u64, raw: &[u8], out: &mut PlainBuf) -> Result<()> {
-        let bad = |detail: String| Error::Unauthentic {
-            location: Location::Global(GlobalSequence(key)),
-            detail,
-        };
-        if raw.len() < HEADER_LEN + BLOCK_OVERHEAD {
-            return Err(bad(format!(
-                "an encrypted block of {} bytes is shorter than its header and seal",
-                raw.len()
-            )));
-        }
+        check_sealed_len(key, raw)?;
         let (tag, id) = block_entity(raw);
         let entity_key = match self.lookup(tag, id)? {
             Found::Key(k) => k,
@@ -577,29 +563,9 @@ impl Vault {
                 ))
             }
         };
-        let seal = &raw[HEADER_LEN..HEADER_LEN + SEAL_LEN];
-        if seal[4..8] != [0; 4] {
-            return Err(bad("the seal's reserved word is not zero".into()));
-        }
-        let (body, tag_bytes) =
-            raw[HEADER_LEN + SEAL_LEN..].split_at(raw.len() - HEADER_LEN - BLOCK_OVERHEAD);
-        out.fill(&[&raw[..HEADER_LEN], body]);
-        let ad = block_ad(self.store_id, key, &raw[..HEADER_LEN]);
-        let opened = cipher(&entity_key).decrypt_in_place_detached(
-            XNonce::from_slice(&seal[8..]),
-            &ad,
-            &mut out.as_mut()[HEADER_LEN..],
-            Tag::from_slice(tag_bytes),
-        );
-        if opened.is_err() {
-            out.clear();
-            return Err(bad(
-                "the block does not authenticate under its entity's key: it was altered, \
-                 moved, swapped, or copied from another store"
-                    .into(),
-            ));
-        }
-        Ok(())
+        check_reserved(key, raw)?;
+        self.block_key(&entity_key)
+            .open(key, raw, out, " under its entity's key")
     }
 }
 
@@ -619,15 +585,8 @@ fn block_entity(raw: &[u8]) -> (u32, u64) {
     (h.stream_tag, h.stream_id)
 }
 
-fn block_ad(store_id: StoreId, key: u64, header: &[u8]) -> [u8; 16 + 16 + 8 + 64 + 4] {
-    let mut ad = [0u8; 16 + 16 + 8 + 64 + 4];
-    ad[..16].copy_from_slice(b"varvedb entity1\0");
-    ad[16..32].copy_from_slice(store_id.as_bytes());
-    ad[32..40].copy_from_slice(&key.to_be_bytes());
-    ad[40..104].copy_from_slice(&header[..HEADER_LEN]);
-    ad[104..108].copy_from_slice(&ENTITY_KEY_ID.to_le_bytes());
-    ad
-}
+/// What a block's associated data says sealed it: an entity's key.
+const ENTITY_BLOCK: &[u8; 16] = b"varvedb entity1\0";
 
 /// The vault a store opens with: `None` when it neither has nor asks for
 /// one. `master` derives the store's master key (asked only when a vault is
