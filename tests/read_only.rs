@@ -293,25 +293,7 @@ const WRITER_COMMITS: u64 = 2000;
 #[test]
 fn a_read_only_inspector_beside_a_live_writer_sees_whole_commits_only() {
     let dir = tempfile::tempdir().unwrap();
-    fill(dir.path(), 0);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "a_child_writes_batches",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    // Wait for the first commit, so the store exists.
-    let started = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("@@ started")));
-    assert!(started.is_some(), "the writer did not start");
+    let mut child = spawn_batch_writer(dir.path());
 
     // A map as small as the writer's: the writer grows the file past it
     // again and again, and this process adopts each size (MDB_MAP_RESIZED).
@@ -342,6 +324,67 @@ fn a_read_only_inspector_beside_a_live_writer_sees_whole_commits_only() {
     let status = child.wait().unwrap();
     assert!(status.success(), "writer: {status}");
     assert!(reads > 1);
+}
+
+/// Starts `a_child_writes_batches` on a new store in `dir` and returns once
+/// its first commit landed.
+fn spawn_batch_writer(dir: &Path) -> std::process::Child {
+    fill(dir, 0);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "a_child_writes_batches",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    // Wait for the first commit, so the store exists.
+    let started = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("@@ started")));
+    assert!(started.is_some(), "the writer did not start");
+    // Keep draining the writer's output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+/// Opening a store, read-only or writable, while a writer in another process
+/// grows its map: the map size LMDB reads when it opens the environment can
+/// be stale by the first transaction (`MDB_MAP_RESIZED`). Every open adopts
+/// the new size and succeeds; CI once failed here, on the read-only open.
+#[test]
+fn opening_beside_a_writer_that_grows_the_map_never_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_batch_writer(dir.path());
+    let config = VarveConfig {
+        map_size: 64 * 1024,
+        ..VarveConfig::default()
+    };
+    let total = BATCH * WRITER_COMMITS;
+    let mut opens = 0u64;
+    let mut last_end = 0;
+    while last_end < total {
+        let end = {
+            let varve = Varve::open_read_only_with_config(dir.path(), config.clone())
+                .unwrap_or_else(|e| panic!("read-only open {opens}: {e}"));
+            varve.global_reader().end().unwrap().0
+        };
+        assert!(end >= last_end && end % BATCH == 0, "{last_end} then {end}");
+        last_end = end;
+        let varve = Varve::with_config(dir.path(), config.clone())
+            .unwrap_or_else(|e| panic!("writable open {opens}: {e}"));
+        assert!(varve.global_reader().end().unwrap().0 >= end);
+        drop(varve);
+        opens += 1;
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "writer: {status}");
+    assert!(opens > 1, "the writer finished before a second open");
 }
 
 #[test]

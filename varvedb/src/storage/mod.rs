@@ -508,7 +508,7 @@ impl Store {
             config.max_readers,
         ))?;
         let err = storage_error("creating the store's databases", config.max_readers);
-        let wtxn = env.write_txn().map_err(&err)?;
+        let wtxn = begin_adopting(&env, path, &err, Env::write_txn)?;
         let mut checked = None;
         let mut keyring = None;
         let mut key_vault = None;
@@ -710,7 +710,7 @@ impl Store {
             Err(e) => return Err(open_env_error(path, config.max_readers)(e)),
         };
         let err = storage_error("opening the store's databases", config.max_readers);
-        let rtxn = env.read_txn().map_err(&err)?;
+        let rtxn = begin_adopting(&env, path, &err, Env::read_txn)?;
         let mut checked = None;
         let mut keyring = None;
         let mut key_vault = None;
@@ -1328,4 +1328,43 @@ fn page_size() -> usize {
     // LMDB uses the OS page size; 4 KiB everywhere we build except Apple
     // silicon (16 KiB). Rounding to 64 KiB satisfies every page size.
     64 * 1024
+}
+
+/// Begins the first transaction of an environment this open just made,
+/// adopting the map size another process set since LMDB read it.
+///
+/// A writer in another process can grow the map between `mdb_env_open`
+/// (which maps the size recorded then) and this first transaction, which
+/// then fails with `MDB_MAP_RESIZED`. Before mapping more of the file, the
+/// data file is checked again to hold every page its newest commit uses, as
+/// [`Store::remap`] does for a live store.
+fn begin_adopting<'e, T>(
+    env: &'e Env<WithoutTls>,
+    path: &Path,
+    err: &impl Fn(heed::Error) -> Error,
+    begin: impl Fn(&'e Env<WithoutTls>) -> heed::Result<T>,
+) -> Result<T> {
+    loop {
+        match begin(env) {
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                if let identity::DataFile::Partial { expected, actual } =
+                    identity::check_data_file(path)?
+                {
+                    return Err(Error::Truncated {
+                        path: path.join(identity::DATA_FILE),
+                        expected,
+                        actual,
+                    });
+                }
+                // SAFETY: `mdb_env_set_mapsize` needs no transaction of this
+                // environment open in this process. The environment was
+                // opened by the caller a moment ago and not yet handed to
+                // anyone (the registry's lock, held by the caller, keeps
+                // this process from opening the directory twice); the
+                // transaction that failed was never begun.
+                unsafe { env.resize(0) }.map_err(err)?;
+            }
+            other => return other.map_err(err),
+        }
+    }
 }
