@@ -737,10 +737,10 @@ fn an_append_after_the_vault_was_deleted_under_the_store_is_refused_not_lost() {
     );
 }
 
+/// The vault records, authenticated, the first global sequence each entity
+/// key seals blocks from (vault layout 2): a block below it claiming the
+/// entity's key was sealed before the entity had one.
 #[test]
-#[ignore = "review finding, not fixed: an erased entity's block from before the vault, its key id \
-            flipped to the entity key id, reads (and verifies) as erased; needs the vault to \
-            record where each entity key's blocks begin"]
 fn a_pre_vault_block_whose_key_id_was_flipped_is_unauthentic_not_erased() {
     let s = setup();
     let no_chain = |vault: Option<&Path>| {
@@ -871,4 +871,94 @@ fn a_vault_inside_the_store_directory_is_refused() {
             "a vault at {vault:?} was taken: {opened:?}"
         );
     }
+}
+
+/// The raw values of the database `name` of the LMDB environment at `dir`.
+fn raw_values(dir: &Path, name: &str) -> Vec<Vec<u8>> {
+    // SAFETY: the test owns the directory and no varvedb handle is open on it.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.unwrap();
+    let rtxn = env.read_txn().unwrap();
+    let db = env
+        .open_databases_and_commit(rtxn, |opener, rtxn| -> heed::Result<_> {
+            let db: Db<'_> = opener
+                .database_options()
+                .types::<heed::types::Bytes, heed::types::Bytes>()
+                .name(name)
+                .open(rtxn)?
+                .expect("the database exists");
+            Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })
+        .unwrap()
+        .unwrap_commit();
+    let rtxn = env.read_txn().unwrap();
+    let values = db
+        .iter(&rtxn)
+        .unwrap()
+        .map(|e| e.unwrap().1.to_vec())
+        .collect();
+    drop(rtxn);
+    env.prepare_for_closing().wait();
+    values
+}
+
+/// `tests/fixtures/vault-1`: a store and its vault written before the vault
+/// recorded each entity key's first global (vault layout 1; see
+/// tests/fixtures/README.md). Users 1 and 2 appended one event each before
+/// the store had a vault (globals 0, 1), then with it: user 1 (2), user 2
+/// (3), user 3 (4), user 2 (5); then user 2 was erased.
+#[test]
+fn a_store_and_vault_written_by_vault_layout_1_keep_opening_reading_and_erasing() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vault-1");
+    let s = setup();
+    for (from, to) in [("store", &s.store), ("vault", &s.vault)] {
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::copy(fixture.join(from).join("data.mdb"), to.join("data.mdb")).unwrap();
+    }
+    // Layout 1 as written: 72-byte keys, 48-byte tombstones.
+    let lens = |db| -> Vec<usize> {
+        let mut l: Vec<usize> = raw_values(&s.vault, db).iter().map(Vec::len).collect();
+        l.sort_unstable();
+        l
+    };
+    assert_eq!(lens("keys"), [72, 72]);
+    assert_eq!(lens("erased"), [48]);
+
+    let varve = Varve::with_config(&s.store, config(&s.vault)).expect("the fixture opens");
+    let report = varve.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.erased_blocks, report.erased_events), (2, 2));
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    let mut reader = users.reader();
+    let read = |reader: &mut varvedb::StreamReader<Order>, id: u64, seq: u64| {
+        reader
+            .get_bytes(StreamId(id), StreamSequence(seq))
+            .map(|b| b.map(|b| rkyv::from_bytes::<Order, rkyv::rancor::Error>(&b).unwrap()))
+    };
+    for (id, seq) in [(1, 0), (1, 1), (2, 0), (3, 0)] {
+        assert_eq!(read(&mut reader, id, seq).unwrap(), Some(event(id, seq)));
+    }
+    for (seq, g) in [(1, 3), (2, 5)] {
+        let e = read(&mut reader, 2, seq).unwrap_err();
+        assert!(is_erased(&e, 2, g), "{e:?}");
+    }
+    // A layout-1 key seals on (as it is); a new entity's key is layout 2.
+    users.append(StreamId(3), &event(3, 1)).unwrap();
+    users.append(StreamId(4), &event(4, 0)).unwrap();
+    for (id, seq) in [(3, 1), (4, 0)] {
+        assert_eq!(read(&mut reader, id, seq).unwrap(), Some(event(id, seq)));
+    }
+    assert!(matches!(
+        users.erase(StreamId(2)).unwrap(),
+        Erasure::AlreadyErased { .. }
+    ));
+    assert_eq!(users.erase(StreamId(3)).unwrap(), Erasure::Erased);
+    assert!(matches!(read(&mut reader, 3, 1), Err(Error::Erased { .. })));
+    assert_eq!(read(&mut reader, 1, 1).unwrap(), Some(event(1, 1)));
+    drop((reader, users, varve));
+    assert_eq!(lens("keys"), [72, 80]);
+    assert_eq!(lens("erased"), [48, 56]);
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let report = varve.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.erased_blocks, report.erased_events), (4, 4));
 }

@@ -16,13 +16,13 @@
 //!
 //! ```text
 //! stores: store id (16)                        -> wrapped check key (72)
-//! keys:   store id (16) | tag (u32 BE) | id (u64 BE) -> wrapped entity key (72)
-//! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros) | nonce (24) | tag (16)
+//! keys:   store id (16) | tag (u32 BE) | id (u64 BE) -> first (u64 LE) | wrapped entity key (72)
+//! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros) | first (u64 LE) | nonce (24) | tag (16)
 //! ```
 //!
 //! A tombstone is authenticated under the master key too (an empty message
-//! with the erasure time and the entity as associated data): a key deleted
-//! by anyone without the master key is missing, never "erased".
+//! with the erasure time, the entity and its first as associated data): a
+//! key deleted by anyone without the master key is missing, never "erased".
 //!
 //! A wrapped key is `nonce (24) | sealed key (32) | tag (16)` under the
 //! store's master key, with the store id and the entity (or `check`) as
@@ -30,6 +30,29 @@
 //! store's check key, a typed error at open. The store records that it uses
 //! a vault (its `meta` record `crypt-vault`), so opening it without one is a
 //! typed error at open too, not at the first read.
+//!
+//! **First.** An entity's entry (key, then tombstone) records, authenticated
+//! (in the associated data), the first global sequence a block sealed with
+//! its key may sit at: the global of the append that drew the key. A block
+//! of an entity stored below its first was sealed before the entity had a
+//! key, with a store data key, so one whose key id says
+//! [`ENTITY_KEY_ID`] had it altered: [`Error::Unauthentic`], never opened
+//! and never [`Error::Erased`] (an erasure leaves such blocks readable).
+//! The bound holds because a key commits to the vault before its block
+//! commits to the store, every append of a store with a vault is sealed
+//! with its entity's key, and every global the writer appends at is past
+//! every block sealed before the store had its vault. An append below the
+//! recorded first (the append that drew the key did not commit, and a later
+//! transaction reused its globals; or the store was restored from an older
+//! backup) lowers it, in the vault, before its block commits.
+//!
+//! **Layouts.** Entries of vault layout 1 (72-byte keys, 48-byte tombstones,
+//! associated data labelled `varvedb vault key 1`) carry no first: they
+//! read as first 0 (the stream index check alone, as before), and an
+//! erasure of such a key writes a tombstone of first 0. Layout 2 entries
+//! (80-byte keys, 56-byte tombstones) are labelled `varvedb vault key 2`,
+//! so neither layout's entry passes for the other's. The check key keeps
+//! layout 1.
 //!
 //! A block sealed with an entity key has the layout of any encrypted block,
 //! with the key id [`ENTITY_KEY_ID`]; its associated data is that of a
@@ -71,8 +94,14 @@ const VAULT_RECORD_VERSION: u8 = 1;
 /// The store's `meta` record counting erasures (see
 /// [`super::WriteTxn::note_erasure`]).
 const ERASURES_RECORD: &[u8] = b"vault-erasures";
+/// A wrapped key: the check key, and an entity key of vault layout 1.
 const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
-const TOMBSTONE_LEN: usize = 8 + NONCE_LEN + 16;
+/// An entity key of vault layout 2: its first, then the wrapped key.
+const KEY_ENTRY_LEN: usize = 8 + WRAPPED_LEN;
+/// A tombstone of vault layout 1: no first.
+const TOMBSTONE_V1_LEN: usize = 8 + NONCE_LEN + 16;
+/// A tombstone of vault layout 2: the erasure time, the first.
+const TOMBSTONE_LEN: usize = 8 + 8 + NONCE_LEN + 16;
 /// The vault's map: a reservation of address space, not disk (an entry is
 /// about 120 bytes, so millions of entities fit).
 #[cfg(target_pointer_width = "64")]
@@ -101,10 +130,12 @@ pub enum Erasure {
     NoKey,
 }
 
-/// An entity's key as the vault holds it.
+/// An entity's key as the vault holds it. `first`: the first global
+/// sequence a block sealed with the key may sit at (0 for an entry of vault
+/// layout 1, which recorded none).
 pub(crate) enum Found {
-    Key(Key32),
-    Erased { at_micros: u64 },
+    Key { key: Key32, first: u64 },
+    Erased { at_micros: u64, first: u64 },
     Missing,
 }
 
@@ -232,10 +263,22 @@ fn entry_key(store_id: StoreId, tag: u32, id: u64) -> [u8; 28] {
     k
 }
 
+/// The associated data of a layout-1 entry (the check key, and entries
+/// written before entities' firsts were recorded).
 fn wrap_ad(store_id: StoreId, what: &[u8]) -> Vec<u8> {
     let mut ad = b"varvedb vault key 1\0".to_vec();
     ad.extend_from_slice(store_id.as_bytes());
     ad.extend_from_slice(what);
+    ad
+}
+
+/// The associated data of a layout-2 entry: `what` (the entity, or
+/// `erased` and the entity), then its first.
+fn entry_ad(store_id: StoreId, what: &[u8], first: u64) -> Vec<u8> {
+    let mut ad = b"varvedb vault key 2\0".to_vec();
+    ad.extend_from_slice(store_id.as_bytes());
+    ad.extend_from_slice(what);
+    ad.extend_from_slice(&first.to_le_bytes());
     ad
 }
 
@@ -263,52 +306,78 @@ impl Vault {
         &self.env.path
     }
 
-    fn wrap(&self, what: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
+    /// `key` wrapped under the master key with `ad` as associated data:
+    /// `nonce | sealed key | tag`.
+    fn wrap_with(&self, ad: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
         let nonce: [u8; NONCE_LEN] = random(self.path())?;
         let mut body = Zeroizing::new(*key);
         let tag = cipher(&self.master)
-            .encrypt_in_place_detached(
-                XNonce::from_slice(&nonce),
-                &wrap_ad(self.store_id, what),
-                &mut *body,
-            )
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), ad, &mut *body)
             .map_err(|_| vault_error(self.path(), "sealing a key failed"))?;
-        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        let mut out = Vec::with_capacity(KEY_ENTRY_LEN);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&*body);
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
-    /// A tombstone of `what` (the entity) erased now: the time, then a
-    /// seal of nothing with the time and the entity as associated data.
-    fn tombstone(&self, what: &[u8]) -> Result<Vec<u8>> {
+    /// The store's check key, wrapped (layout 1).
+    fn wrap(&self, what: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
+        self.wrap_with(&wrap_ad(self.store_id, what), key)
+    }
+
+    /// The key entry of `entity` (layout 2): `first`, then `key` wrapped
+    /// with the entity and `first` as associated data.
+    fn wrap_entity(&self, entity: &[u8], key: &[u8; 32], first: u64) -> Result<Vec<u8>> {
+        let mut out = first.to_le_bytes().to_vec();
+        out.extend_from_slice(&self.wrap_with(&entry_ad(self.store_id, entity, first), key)?);
+        Ok(out)
+    }
+
+    /// A tombstone of `entity` erased now, whose key sealed blocks from
+    /// global `first` on (layout 2): the time, the first, then a seal of
+    /// nothing with the entity, the time and the first as associated data.
+    fn tombstone(&self, entity: &[u8], first: u64) -> Result<Vec<u8>> {
         let at = now_micros().to_le_bytes();
         let nonce: [u8; NONCE_LEN] = random(self.path())?;
-        let mut ad = wrap_ad(self.store_id, b"erased");
-        ad.extend_from_slice(what);
-        ad.extend_from_slice(&at);
         let tag = cipher(&self.master)
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut [])
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                &tombstone_ad(self.store_id, entity, &at, first),
+                &mut [],
+            )
             .map_err(|_| vault_error(self.path(), "sealing a tombstone failed"))?;
         let mut out = Vec::with_capacity(TOMBSTONE_LEN);
         out.extend_from_slice(&at);
+        out.extend_from_slice(&first.to_le_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
-    /// The erasure time of the tombstone `raw` of `what`; `None` if it does
-    /// not authenticate under the master key.
-    fn open_tombstone(&self, what: &[u8], raw: &[u8]) -> Option<u64> {
-        if raw.len() != TOMBSTONE_LEN {
-            return None;
-        }
-        let (at, rest) = raw.split_at(8);
-        let (nonce, tag) = rest.split_at(NONCE_LEN);
-        let mut ad = wrap_ad(self.store_id, b"erased");
-        ad.extend_from_slice(what);
-        ad.extend_from_slice(at);
+    /// The erasure time and the first of the tombstone `raw` of `entity`
+    /// (first 0 for a layout-1 tombstone); `None` if it does not
+    /// authenticate under the master key.
+    fn open_tombstone(&self, entity: &[u8], raw: &[u8]) -> Option<(u64, u64)> {
+        let (at, first, nonce, tag, ad) = match raw.len() {
+            TOMBSTONE_LEN => {
+                let (at, rest) = raw.split_at(8);
+                let (first, rest) = rest.split_at(8);
+                let first = u64::from_le_bytes(first.try_into().ok()?);
+                let (nonce, tag) = rest.split_at(NONCE_LEN);
+                let ad = tombstone_ad(self.store_id, entity, at, first);
+                (at, first, nonce, tag, ad)
+            }
+            TOMBSTONE_V1_LEN => {
+                let (at, rest) = raw.split_at(8);
+                let (nonce, tag) = rest.split_at(NONCE_LEN);
+                let mut ad = wrap_ad(self.store_id, b"erased");
+                ad.extend_from_slice(entity);
+                ad.extend_from_slice(at);
+                (at, 0, nonce, tag, ad)
+            }
+            _ => return None,
+        };
         cipher(&self.master)
             .decrypt_in_place_detached(
                 XNonce::from_slice(nonce),
@@ -317,11 +386,12 @@ impl Vault {
                 Tag::from_slice(tag),
             )
             .ok()?;
-        Some(u64::from_le_bytes(at.try_into().ok()?))
+        Some((u64::from_le_bytes(at.try_into().ok()?), first))
     }
 
-    /// `Ok(None)`: the master key does not open it.
-    fn unwrap(&self, what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
+    /// The key wrapped in `raw` (`nonce | sealed key | tag`) with `ad` as
+    /// associated data; `None`: the master key does not open it.
+    fn unwrap_with(&self, ad: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
         if raw.len() != WRAPPED_LEN {
             return Err(Error::Corruption {
                 location: Location::Record(format!("the key vault at {}", self.path().display())),
@@ -332,11 +402,30 @@ impl Vault {
         key.copy_from_slice(&raw[NONCE_LEN..NONCE_LEN + 32]);
         let opened = cipher(&self.master).decrypt_in_place_detached(
             XNonce::from_slice(&raw[..NONCE_LEN]),
-            &wrap_ad(self.store_id, what),
+            ad,
             &mut *key,
             Tag::from_slice(&raw[NONCE_LEN + 32..]),
         );
         Ok(opened.ok().map(|()| key))
+    }
+
+    /// The store's check key in `raw`; `Ok(None)`: the master key does not
+    /// open it.
+    fn unwrap(&self, what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
+        self.unwrap_with(&wrap_ad(self.store_id, what), raw)
+    }
+
+    /// The key of `entity` and its first in the entry `raw`, of either
+    /// layout (first 0 for layout 1); `Ok(None)`: the master key does not
+    /// open it.
+    fn unwrap_entity(&self, entity: &[u8], raw: &[u8]) -> Result<Option<(Key32, u64)>> {
+        if raw.len() == KEY_ENTRY_LEN {
+            let (first, wrapped) = raw.split_at(8);
+            let first = u64::from_le_bytes(first.try_into().expect("8 bytes"));
+            let ad = entry_ad(self.store_id, entity, first);
+            return Ok(self.unwrap_with(&ad, wrapped)?.map(|k| (k, first)));
+        }
+        Ok(self.unwrap(entity, raw)?.map(|k| (k, 0)))
     }
 
     /// Opens the vault at `path` for the store `store_id` with its master
@@ -422,8 +511,8 @@ impl Vault {
         let k = entry_key(self.store_id, tag, id);
         let err = lmdb(self.path(), "reading the key vault");
         if let Some(raw) = self.env.keys.get(txn, &k).map_err(&err)? {
-            return match self.unwrap(&k[16..], raw)? {
-                Some(key) => Ok(Found::Key(key)),
+            return match self.unwrap_entity(&k[16..], raw)? {
+                Some((key, first)) => Ok(Found::Key { key, first }),
                 None => Err(Error::Unauthentic {
                     location: Location::Record(format!(
                         "the key vault's key of stream tag {tag} id {id}"
@@ -434,7 +523,7 @@ impl Vault {
         }
         if let Some(raw) = self.env.erased.get(txn, &k).map_err(&err)? {
             return match self.open_tombstone(&k[16..], raw) {
-                Some(at_micros) => Ok(Found::Erased { at_micros }),
+                Some((at_micros, first)) => Ok(Found::Erased { at_micros, first }),
                 None => Err(Error::Unauthentic {
                     location: Location::Record(format!(
                         "the key vault's tombstone of stream tag {tag} id {id}"
@@ -454,10 +543,10 @@ impl Vault {
         self.find(&rtxn, tag, id)
     }
 
-    /// The key to seal an append of `(tag, id)` with: the entity's, drawn
-    /// and committed (durably) to the vault on its first append.
-    /// [`Error::Erased`] for an erased entity (`at`: the append's first
-    /// global sequence).
+    /// The key to seal an append of `(tag, id)` at global `at` with: the
+    /// entity's, drawn and committed (durably) to the vault, with `at` as
+    /// its first, on its first append. [`Error::Erased`] for an erased
+    /// entity (`at`: the append's first global sequence).
     pub(crate) fn key_for_append(&self, tag: u32, id: u64, at: u64) -> Result<Key32> {
         let erased = || Error::Erased {
             stream: None,
@@ -465,23 +554,30 @@ impl Vault {
             at: GlobalSequence(at),
         };
         match self.lookup(tag, id)? {
-            Found::Key(key) => return Ok(key),
+            Found::Key { key, first } if first <= at => return Ok(key),
+            Found::Key { .. } | Found::Missing => {}
             Found::Erased { .. } => return Err(erased()),
-            Found::Missing => {}
         }
         // The store's writer lock is held (an append is in its write
         // transaction), so no other writer of this store draws a key for
         // the entity meanwhile; looking again inside the vault's own write
         // transaction covers any other writer of the vault.
         let mut wtxn = self.write()?;
-        match self.find(&wtxn, tag, id)? {
-            Found::Key(key) => return Ok(key),
+        let key = match self.find(&wtxn, tag, id)? {
+            Found::Key { key, first } if first <= at => return Ok(key),
+            // Its first came from an append whose store transaction did not
+            // commit (a later one reused its globals), or from this store's
+            // later history before it was restored from an older backup:
+            // this append, committed to the vault before its block, is
+            // where the key's blocks begin now. Every global the writer
+            // appends at is past every block sealed before the store had
+            // its vault, so the lower first still excludes them.
+            Found::Key { key, .. } => key,
             Found::Erased { .. } => return Err(erased()),
-            Found::Missing => {}
-        }
-        let key = Zeroizing::new(random::<32>(self.path())?);
+            Found::Missing => Zeroizing::new(random::<32>(self.path())?),
+        };
         let k = entry_key(self.store_id, tag, id);
-        let wrapped = self.wrap(&k[16..], &key)?;
+        let wrapped = self.wrap_entity(&k[16..], &key, at)?;
         let err = lmdb(self.path(), "recording an entity key in the key vault");
         self.env.keys.put(&mut wtxn, &k, &wrapped).map_err(&err)?;
         self.commit(wtxn, "recording an entity key in the key vault")?;
@@ -493,10 +589,13 @@ impl Vault {
     /// in one durable commit of the vault.
     pub(crate) fn erase(&self, tag: u32, id: u64) -> Result<Erasure> {
         let mut wtxn = self.write()?;
-        let outcome = match self.find(&wtxn, tag, id) {
-            // A key that no longer authenticates is erased all the same.
-            Ok(Found::Key(_)) | Err(Error::Unauthentic { .. }) => Erasure::Erased,
-            Ok(Found::Erased { at_micros }) => {
+        // The tombstone keeps the key's first.
+        let first = match self.find(&wtxn, tag, id) {
+            Ok(Found::Key { first, .. }) => first,
+            // A key that no longer authenticates is erased all the same; its
+            // first is not known (0: the stream index check alone).
+            Err(Error::Unauthentic { .. }) => 0,
+            Ok(Found::Erased { at_micros, .. }) => {
                 return Ok(Erasure::AlreadyErased {
                     erased_at_micros: at_micros,
                 })
@@ -509,11 +608,11 @@ impl Vault {
         self.env.keys.delete(&mut wtxn, &k).map_err(&err)?;
         self.env
             .erased
-            .put(&mut wtxn, &k, &self.tombstone(&k[16..])?)
+            .put(&mut wtxn, &k, &self.tombstone(&k[16..], first)?)
             .map_err(&err)?;
         self.commit(wtxn, "erasing an entity key")?;
         crash_point("after-erase");
-        Ok(outcome)
+        Ok(Erasure::Erased)
     }
 
     /// Seals the stamped plaintext block `plain` of entity `(tag, id)`,
@@ -539,12 +638,23 @@ impl Vault {
 
     /// Opens the entity-sealed block `raw` stored under `key` into `out`
     /// (its header, then its body): [`Error::Erased`] if its entity was
-    /// erased.
+    /// erased; [`Error::Unauthentic`] if it sits below its entity key's
+    /// first (see the module's "First").
     pub(crate) fn open_block(&self, key: u64, raw: &[u8], out: &mut PlainBuf) -> Result<()> {
         check_sealed_len(key, raw)?;
         let (tag, id) = block_entity(raw);
         let entity_key = match self.lookup(tag, id)? {
-            Found::Key(k) => k,
+            Found::Key { first, .. } | Found::Erased { first, .. } if key < first => {
+                return Err(Error::Unauthentic {
+                    location: Location::Global(GlobalSequence(key)),
+                    detail: format!(
+                        "the block says it is sealed with the key of stream tag {tag} id \
+                         {id}, which seals blocks from global sequence {first} on: it was \
+                         sealed before the entity had a key, and its key id was altered"
+                    ),
+                })
+            }
+            Found::Key { key: k, .. } => k,
             Found::Erased { .. } => {
                 return Err(Error::Erased {
                     stream: None,
@@ -573,6 +683,14 @@ impl Vault {
 #[inline]
 pub(crate) fn entity_sealed(raw: &[u8]) -> bool {
     raw.get(HEADER_LEN..HEADER_LEN + 4) == Some(&ENTITY_KEY_ID.to_le_bytes()[..])
+}
+
+/// The associated data of a layout-2 tombstone of `entity`.
+fn tombstone_ad(store_id: StoreId, entity: &[u8], at: &[u8], first: u64) -> Vec<u8> {
+    let mut what = b"erased".to_vec();
+    what.extend_from_slice(entity);
+    what.extend_from_slice(at);
+    entry_ad(store_id, &what, first)
 }
 
 /// The entity (stream tag, stream id) a block's header names.
@@ -900,6 +1018,187 @@ mod tests {
         v.env.erased.put(&mut wtxn, &k, &real).unwrap();
         wtxn.commit().unwrap();
         assert!(matches!(v.lookup(tag, id), Err(Error::Unauthentic { .. })));
+    }
+
+    /// Replaces the raw entry of `k` in `db` with what `f` makes of it.
+    fn alter(v: &Vault, db: Db, k: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
+        let mut raw = db.get(&v.read().unwrap(), k).unwrap().unwrap().to_vec();
+        f(&mut raw);
+        let mut wtxn = v.write().unwrap();
+        db.put(&mut wtxn, k, &raw).unwrap();
+        wtxn.commit().unwrap();
+    }
+
+    fn is_unauthentic<T>(r: Result<T>) -> bool {
+        matches!(r, Err(Error::Unauthentic { .. }))
+    }
+
+    #[test]
+    fn a_block_below_its_entity_keys_first_is_unauthentic_never_opened_nor_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let p = plain();
+        let (tag, id) = block_entity(&p);
+        // The key is drawn by the append at global 5: its first.
+        let sealed = v.seal_block(5, tag, id, &p).unwrap();
+        let Found::Key { key, first } = v.lookup(tag, id).unwrap() else {
+            panic!("no key")
+        };
+        assert_eq!(first, 5);
+        // A block at global 3 sealed with that key (as a block sealed
+        // before the key existed, its key id flipped, would claim to be):
+        // never opened.
+        let mut below = Vec::new();
+        v.block_key(&key)
+            .seal(3, &[9; NONCE_LEN], &p, &mut below)
+            .unwrap();
+        let mut out = PlainBuf::default();
+        assert!(is_unauthentic(v.open_block(3, &below, &mut out)));
+        v.open_block(5, &sealed, &mut out).unwrap();
+        // Erased: the block below its first is still damage, not erasure.
+        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
+        assert!(matches!(
+            v.lookup(tag, id).unwrap(),
+            Found::Erased { first: 5, .. }
+        ));
+        assert!(is_unauthentic(v.open_block(3, &below, &mut out)));
+        assert!(matches!(
+            v.open_block(5, &sealed, &mut out),
+            Err(Error::Erased { .. })
+        ));
+    }
+
+    #[test]
+    fn an_append_below_the_recorded_first_lowers_it_and_keeps_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let p = plain();
+        let (tag, id) = block_entity(&p);
+        // The append at 9 drew the key but its store transaction did not
+        // commit; a later transaction appends the entity at 4.
+        let drawn = v.key_for_append(tag, id, 9).unwrap();
+        let sealed = v.seal_block(4, tag, id, &p).unwrap();
+        let Found::Key { key, first } = v.lookup(tag, id).unwrap() else {
+            panic!("no key")
+        };
+        assert_eq!((first, &*key), (4, &*drawn));
+        let mut out = PlainBuf::default();
+        v.open_block(4, &sealed, &mut out).unwrap();
+        assert_eq!(out.as_slice(), &p[..]);
+        // A later append leaves it where it is.
+        v.seal_block(12, tag, id, &p).unwrap();
+        assert!(matches!(
+            v.lookup(tag, id).unwrap(),
+            Found::Key { first: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn an_altered_first_in_a_key_or_a_tombstone_is_unauthentic() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let (tag, id) = (3, 40);
+        v.key_for_append(tag, id, 7).unwrap();
+        v.key_for_append(tag, id + 1, 8).unwrap();
+        let k = entry_key(v.store_id, tag, id);
+        // A live key whose first is lowered (to let a flipped block below
+        // it open), or stripped to pass as a layout-1 entry (first 0).
+        alter(&v, v.env.keys, &k, |raw| {
+            raw[..8].copy_from_slice(&0u64.to_le_bytes())
+        });
+        assert!(is_unauthentic(v.lookup(tag, id)));
+        let k1 = entry_key(v.store_id, tag, id + 1);
+        alter(&v, v.env.keys, &k1, |raw| drop(raw.drain(..8)));
+        assert!(is_unauthentic(v.lookup(tag, id + 1)));
+        // A tombstone likewise: its first lowered, or stripped.
+        let (tag, id) = (4, 50);
+        v.key_for_append(tag, id, 7).unwrap();
+        v.key_for_append(tag, id + 1, 7).unwrap();
+        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
+        assert_eq!(v.erase(tag, id + 1).unwrap(), Erasure::Erased);
+        let k = entry_key(v.store_id, tag, id);
+        alter(&v, v.env.erased, &k, |raw| {
+            raw[8..16].copy_from_slice(&0u64.to_le_bytes())
+        });
+        assert!(is_unauthentic(v.lookup(tag, id)));
+        let k1 = entry_key(v.store_id, tag, id + 1);
+        alter(&v, v.env.erased, &k1, |raw| drop(raw.drain(8..16)));
+        assert!(is_unauthentic(v.lookup(tag, id + 1)));
+    }
+
+    /// A tombstone as vault layout 1 wrote it (no first).
+    fn tombstone_v1(v: &Vault, entity: &[u8], at: u64) -> Vec<u8> {
+        let at = at.to_le_bytes();
+        let nonce = [3u8; NONCE_LEN];
+        let mut ad = wrap_ad(v.store_id, b"erased");
+        ad.extend_from_slice(entity);
+        ad.extend_from_slice(&at);
+        let tag = cipher(&v.master)
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut [])
+            .unwrap();
+        [&at[..], &nonce, &tag].concat()
+    }
+
+    #[test]
+    fn entries_of_vault_layout_1_still_read_with_first_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let p = plain();
+        let (tag, id) = block_entity(&p);
+        // A key as layout 1 wrapped it (the check key's wrapping, with the
+        // entity as associated data), and a layout-1 tombstone.
+        let key = Zeroizing::new([8u8; 32]);
+        let k = entry_key(v.store_id, tag, id);
+        let erased = entry_key(v.store_id, tag, id + 1);
+        let mut wtxn = v.write().unwrap();
+        let old = v.wrap(&k[16..], &key).unwrap();
+        assert_eq!(old.len(), WRAPPED_LEN);
+        v.env.keys.put(&mut wtxn, &k, &old).unwrap();
+        let stone = tombstone_v1(&v, &erased[16..], 77);
+        v.env.erased.put(&mut wtxn, &erased, &stone).unwrap();
+        wtxn.commit().unwrap();
+
+        assert!(matches!(
+            v.lookup(tag, id).unwrap(),
+            Found::Key { first: 0, .. }
+        ));
+        assert!(matches!(
+            v.lookup(tag, id + 1).unwrap(),
+            Found::Erased {
+                at_micros: 77,
+                first: 0
+            }
+        ));
+        // Blocks sealed with it (anywhere) open, and later appends use it
+        // as it is (its first is not known, so it is not guessed).
+        let mut sealed = Vec::new();
+        v.block_key(&key)
+            .seal(2, &[1; NONCE_LEN], &p, &mut sealed)
+            .unwrap();
+        let mut out = PlainBuf::default();
+        v.open_block(2, &sealed, &mut out).unwrap();
+        let later = v.seal_block(30, tag, id, &p).unwrap();
+        v.open_block(30, &later, &mut out).unwrap();
+        assert_eq!(
+            v.env.keys.get(&v.read().unwrap(), &k).unwrap(),
+            Some(&old[..])
+        );
+        // Its erasure writes a layout-2 tombstone of first 0.
+        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
+        assert!(matches!(
+            v.lookup(tag, id).unwrap(),
+            Found::Erased { first: 0, .. }
+        ));
+        assert!(matches!(
+            v.open_block(2, &sealed, &mut out),
+            Err(Error::Erased { .. })
+        ));
+        assert!(matches!(
+            v.erase(tag, id + 1).unwrap(),
+            Erasure::AlreadyErased {
+                erased_at_micros: 77
+            }
+        ));
     }
 
     #[test]
