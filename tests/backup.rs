@@ -467,11 +467,16 @@ fn a_child_backs_up_until_killed() {
     let (dir, cycle) = args.split_once('\n').unwrap();
     let dir = PathBuf::from(dir);
     let varve = Varve::with_config(dir.join("store"), config()).unwrap();
+    // A bounded, paced writer: it races the first backups of the cycle.
+    // Unbounded, it grew the store in proportion to each cycle's length,
+    // which grows with the store (backups read all of it): the test's time
+    // compounded from cycle to cycle (350 s in CI's encrypted run).
     let writer = {
         let varve = varve.clone();
         std::thread::spawn(move || {
-            for k in 0.. {
+            for k in 0..400 {
                 append(&varve, "audit", 10_000_000 + k * 3, 3, 3);
+                std::thread::sleep(std::time::Duration::from_micros(250));
             }
         })
     };
