@@ -407,9 +407,11 @@ fn a_backup_killed_at_any_moment_never_leaves_something_that_looks_complete() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let writer_done = std::cell::Cell::new(false);
         let mut lines = BufReader::new(child.stdout.take().unwrap())
             .lines()
-            .map_while(Result::ok);
+            .map_while(Result::ok)
+            .inspect(|l| writer_done.set(writer_done.get() || l.contains("@@ writer done")));
         // The first backup's duration, then the start of the second.
         let took = lines
             .find_map(|l| l.split_once("@@ done ").map(|(_, rest)| rest.to_owned()))
@@ -426,6 +428,11 @@ fn a_backup_killed_at_any_moment_never_leaves_something_that_looks_complete() {
             l.split_once("@@ done ")
                 .map(|(_, rest)| rest.split(' ').next().unwrap_or("").to_owned())
         }));
+        // review5: the backup killed must race the child's writes.
+        assert!(
+            !writer_done.get(),
+            "cycle {cycle}: the child's writer had finished before the kill: no write raced the backup killed"
+        );
     }
     let mut whole = Vec::new();
     let mut partial = 0;
@@ -467,20 +474,32 @@ fn a_child_backs_up_until_killed() {
     let (dir, cycle) = args.split_once('\n').unwrap();
     let dir = PathBuf::from(dir);
     let varve = Varve::with_config(dir.join("store"), config()).unwrap();
-    // A bounded, paced writer: it races the first backups of the cycle.
-    // Unbounded, it grew the store in proportion to each cycle's length,
-    // which grows with the store (backups read all of it): the test's time
-    // compounded from cycle to cycle (350 s in CI's encrypted run).
+    // A paced writer (about 500 events a second) racing the first backups
+    // of the cycle, stopped when the fourth starts. The parent kills the
+    // second at up to 7/8 of the first one's time; a second backup quicker
+    // than that (seen in the encrypted run) has the kill land in the third,
+    // which must race writes too. Stopped after a fixed count, the writer
+    // had finished before the kill in the encrypted run; unbounded, it grew
+    // the store with each cycle's length, which grows with the store, and
+    // the test's time compounded (350 s in CI's encrypted run).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let varve = varve.clone();
+        let stop = stop.clone();
         std::thread::spawn(move || {
-            for k in 0..400 {
-                append(&varve, "audit", 10_000_000 + k * 3, 3, 3);
-                std::thread::sleep(std::time::Duration::from_micros(250));
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                append(&varve, "audit", 10_000_000 + k, 1, 1);
+                k += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
+            println!("@@ writer done {k}");
         })
     };
     for k in 0.. {
+        if k == 3 {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         println!("@@ backing up {k}");
         let name = format!("backup-{cycle}-{k}");
         let started = std::time::Instant::now();

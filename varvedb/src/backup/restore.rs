@@ -573,10 +573,19 @@ fn rebuild_from_backup(
     // An encrypted source's keys come along: its blocks are copied sealed.
     let keys = view.key_records()?;
     drop(view);
+    // A source without a vault record (a backup taken before the store had
+    // its vault) holds no entity-sealed block: the copy is rebuilt without
+    // the vault, or its open (the store still empty) would record the vault
+    // with a since of 0, below the pre-vault blocks copied in next. Its
+    // first writable open with the vault records its own end.
+    let has_vault = keys
+        .iter()
+        .any(|(k, _)| k.as_slice() == storage::vault::VAULT_RECORD);
     let store = Store::open_as(
         dir,
         VarveConfig {
             tamper_evident,
+            key_vault: config.key_vault.clone().filter(|_| has_vault),
             ..config.clone()
         },
         Access::ReadWrite,

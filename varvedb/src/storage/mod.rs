@@ -576,10 +576,11 @@ impl Store {
                     c.id,
                     true,
                     || crypt::derive_master(wtxn, &dbs.0, path, key),
+                    || vault::log_end(wtxn, &dbs.3),
                 )
                 .map_err(OpenError::Varve)?;
-                if record {
-                    dbs.0.put(wtxn, vault::VAULT_RECORD, &vault::record())?;
+                if let Some(record) = record {
+                    dbs.0.put(wtxn, vault::VAULT_RECORD, &record)?;
                 }
                 key_vault = opened;
                 checked = Some(c);
@@ -747,6 +748,10 @@ impl Store {
                 c.id,
                 false,
                 || crypt::derive_master(rtxn, &meta, path, config.encryption.as_ref()),
+                || match db("events").map_err(storage_error("opening the event log", 0))? {
+                    Some(events) => vault::log_end(rtxn, &events),
+                    None => Ok(0),
+                },
             )
             .map_err(OpenError::Varve)?
             .0;

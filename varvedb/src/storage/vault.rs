@@ -16,13 +16,13 @@
 //!
 //! ```text
 //! stores: store id (16)                        -> wrapped check key (72)
-//! keys:   store id (16) | tag (u32 BE) | id (u64 BE) -> first (u64 LE) | wrapped entity key (72)
-//! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros) | first (u64 LE) | nonce (24) | tag (16)
+//! keys:   store id (16) | tag (u32 BE) | id (u64 BE) -> wrapped entity key (72)
+//! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros) | nonce (24) | tag (16)
 //! ```
 //!
 //! A tombstone is authenticated under the master key too (an empty message
-//! with the erasure time, the entity and its first as associated data): a
-//! key deleted by anyone without the master key is missing, never "erased".
+//! with the erasure time and the entity as associated data): a key deleted
+//! by anyone without the master key is missing, never "erased".
 //!
 //! A wrapped key is `nonce (24) | sealed key (32) | tag (16)` under the
 //! store's master key, with the store id and the entity (or `check`) as
@@ -31,33 +31,39 @@
 //! a vault (its `meta` record `crypt-vault`), so opening it without one is a
 //! typed error at open too, not at the first read.
 //!
-//! **First.** An entity's entry (key, then tombstone) records, authenticated
-//! (in the associated data), the first global sequence a block sealed with
-//! its key may sit at: the global of the append that drew the key. A block
-//! of an entity stored below its first was sealed before the entity had a
-//! key, with a store data key, so one whose key id says
-//! [`ENTITY_KEY_ID`] had it altered: [`Error::Unauthentic`], never opened
-//! and never [`Error::Erased`] (an erasure leaves such blocks readable).
-//! The bound holds because a key commits to the vault before its block
-//! commits to the store, every append of a store with a vault is sealed
-//! with its entity's key, and every global the writer appends at is past
-//! every block sealed before the store had its vault. An append below the
-//! recorded first (the append that drew the key did not commit, and a later
-//! transaction reused its globals; or the store was restored from an older
-//! backup) lowers it, in the vault, before its block commits.
-//!
-//! **Layouts.** Entries of vault layout 1 (72-byte keys, 48-byte tombstones,
-//! associated data labelled `varvedb vault key 1`) carry no first: they
-//! read as first 0 (the stream index check alone, as before), and an
-//! erasure of such a key writes a tombstone of first 0. Layout 2 entries
-//! (80-byte keys, 56-byte tombstones) are labelled `varvedb vault key 2`,
-//! so neither layout's entry passes for the other's. The check key keeps
-//! layout 1.
-//!
 //! A block sealed with an entity key has the layout of any encrypted block,
 //! with the key id [`ENTITY_KEY_ID`]; its associated data is that of a
 //! store-keyed block under another label. The entity is the one its header
 //! (in the clear) names.
+//!
+//! **Since.** The store's record `crypt-vault` (version 2) is
+//! `2 | since (u64 LE) | tag (32)`: `since` is the store's next global
+//! sequence when it got its vault (written in the open's write transaction
+//! that records the vault; a store restored from a backup taken before it
+//! had a vault has no record, so its first writable open with the vault
+//! records that copy's own end). `tag` is a keyed BLAKE3 hash of the store
+//! id and `since` under a key derived from the master key (see
+//! [`since_record`]), checked at every open, read-only too: a wrong one is
+//! [`Error::Unauthentic`] at open. Every block appended while the store has
+//! its vault sits at or past `since`, so an entity-sealed block (key id
+//! [`ENTITY_KEY_ID`]) below it was sealed with a store data key and its key
+//! id altered: it is [`Error::Unauthentic`] on every read path and in
+//! `verify`, never opened, never [`Error::Erased`]. One bound per store, not
+//! per entity: nothing in the vault records it, so erasing a damaged key, a
+//! restored copy sharing the vault, or a vault restored from its backup
+//! cannot move it. A **version-1 record** (`1`, one byte: stores that got
+//! their vault before `since` was recorded) reads as since 0: the stream
+//! index check alone (see [`super::Store::check_erased`]). A writable open
+//! does not upgrade it: its since is not known (the lowest entity-sealed
+//! block is no evidence, an altered block would lower it), and a since 0
+//! written down would add nothing. A version-1 record is not authenticated:
+//! a store whose record was rewritten from version 2 to 1 falls back to the
+//! stream index check.
+//!
+//! Every write transaction re-reads the record: one that appeared or
+//! changed since the handle opened (another process gave the store a vault)
+//! refuses the write with [`Error::KeyVault`], so a handle opened before
+//! never seals an append with a data key that erasure would not reach.
 //!
 //! **Order across the two environments.** A new entity key commits to the
 //! vault (durably) before any block sealed with it commits to the store: a
@@ -90,18 +96,16 @@ pub(crate) const ENTITY_KEY_ID: u32 = u32::MAX;
 /// keys kept in a vault (shares the `crypt` prefix, so a restore that adopts
 /// the source's encryption records adopts it too).
 pub(crate) const VAULT_RECORD: &[u8] = b"crypt-vault";
-const VAULT_RECORD_VERSION: u8 = 1;
+/// Version 1: one byte, no since (read as since 0).
+const VAULT_RECORD_V1: u8 = 1;
+/// Version 2: `2 | since (u64 LE) | tag (32)`.
+const VAULT_RECORD_V2: u8 = 2;
+const VAULT_RECORD_V2_LEN: usize = 1 + 8 + 32;
 /// The store's `meta` record counting erasures (see
 /// [`super::WriteTxn::note_erasure`]).
 const ERASURES_RECORD: &[u8] = b"vault-erasures";
-/// A wrapped key: the check key, and an entity key of vault layout 1.
 const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
-/// An entity key of vault layout 2: its first, then the wrapped key.
-const KEY_ENTRY_LEN: usize = 8 + WRAPPED_LEN;
-/// A tombstone of vault layout 1: no first.
-const TOMBSTONE_V1_LEN: usize = 8 + NONCE_LEN + 16;
-/// A tombstone of vault layout 2: the erasure time, the first.
-const TOMBSTONE_LEN: usize = 8 + 8 + NONCE_LEN + 16;
+const TOMBSTONE_LEN: usize = 8 + NONCE_LEN + 16;
 /// The vault's map: a reservation of address space, not disk (an entry is
 /// about 120 bytes, so millions of entities fit).
 #[cfg(target_pointer_width = "64")]
@@ -130,12 +134,10 @@ pub enum Erasure {
     NoKey,
 }
 
-/// An entity's key as the vault holds it. `first`: the first global
-/// sequence a block sealed with the key may sit at (0 for an entry of vault
-/// layout 1, which recorded none).
+/// An entity's key as the vault holds it.
 pub(crate) enum Found {
-    Key { key: Key32, first: u64 },
-    Erased { at_micros: u64, first: u64 },
+    Key(Key32),
+    Erased { at_micros: u64 },
     Missing,
 }
 
@@ -162,6 +164,11 @@ pub(crate) struct Vault {
     env: Arc<VaultEnv>,
     store_id: StoreId,
     master: Key32,
+    /// Entity-sealed blocks below it are damage (see the module's "Since").
+    since: u64,
+    /// The store's `crypt-vault` record as this handle opened (or wrote)
+    /// it: every write transaction checks it is still the same.
+    record: Mutex<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -263,22 +270,10 @@ fn entry_key(store_id: StoreId, tag: u32, id: u64) -> [u8; 28] {
     k
 }
 
-/// The associated data of a layout-1 entry (the check key, and entries
-/// written before entities' firsts were recorded).
 fn wrap_ad(store_id: StoreId, what: &[u8]) -> Vec<u8> {
     let mut ad = b"varvedb vault key 1\0".to_vec();
     ad.extend_from_slice(store_id.as_bytes());
     ad.extend_from_slice(what);
-    ad
-}
-
-/// The associated data of a layout-2 entry: `what` (the entity, or
-/// `erased` and the entity), then its first.
-fn entry_ad(store_id: StoreId, what: &[u8], first: u64) -> Vec<u8> {
-    let mut ad = b"varvedb vault key 2\0".to_vec();
-    ad.extend_from_slice(store_id.as_bytes());
-    ad.extend_from_slice(what);
-    ad.extend_from_slice(&first.to_le_bytes());
     ad
 }
 
@@ -306,78 +301,52 @@ impl Vault {
         &self.env.path
     }
 
-    /// `key` wrapped under the master key with `ad` as associated data:
-    /// `nonce | sealed key | tag`.
-    fn wrap_with(&self, ad: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
+    fn wrap(&self, what: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
         let nonce: [u8; NONCE_LEN] = random(self.path())?;
         let mut body = Zeroizing::new(*key);
         let tag = cipher(&self.master)
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), ad, &mut *body)
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                &wrap_ad(self.store_id, what),
+                &mut *body,
+            )
             .map_err(|_| vault_error(self.path(), "sealing a key failed"))?;
-        let mut out = Vec::with_capacity(KEY_ENTRY_LEN);
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&*body);
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
-    /// The store's check key, wrapped (layout 1).
-    fn wrap(&self, what: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
-        self.wrap_with(&wrap_ad(self.store_id, what), key)
-    }
-
-    /// The key entry of `entity` (layout 2): `first`, then `key` wrapped
-    /// with the entity and `first` as associated data.
-    fn wrap_entity(&self, entity: &[u8], key: &[u8; 32], first: u64) -> Result<Vec<u8>> {
-        let mut out = first.to_le_bytes().to_vec();
-        out.extend_from_slice(&self.wrap_with(&entry_ad(self.store_id, entity, first), key)?);
-        Ok(out)
-    }
-
-    /// A tombstone of `entity` erased now, whose key sealed blocks from
-    /// global `first` on (layout 2): the time, the first, then a seal of
-    /// nothing with the entity, the time and the first as associated data.
-    fn tombstone(&self, entity: &[u8], first: u64) -> Result<Vec<u8>> {
+    /// A tombstone of `what` (the entity) erased now: the time, then a
+    /// seal of nothing with the time and the entity as associated data.
+    fn tombstone(&self, what: &[u8]) -> Result<Vec<u8>> {
         let at = now_micros().to_le_bytes();
         let nonce: [u8; NONCE_LEN] = random(self.path())?;
+        let mut ad = wrap_ad(self.store_id, b"erased");
+        ad.extend_from_slice(what);
+        ad.extend_from_slice(&at);
         let tag = cipher(&self.master)
-            .encrypt_in_place_detached(
-                XNonce::from_slice(&nonce),
-                &tombstone_ad(self.store_id, entity, &at, first),
-                &mut [],
-            )
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut [])
             .map_err(|_| vault_error(self.path(), "sealing a tombstone failed"))?;
         let mut out = Vec::with_capacity(TOMBSTONE_LEN);
         out.extend_from_slice(&at);
-        out.extend_from_slice(&first.to_le_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
-    /// The erasure time and the first of the tombstone `raw` of `entity`
-    /// (first 0 for a layout-1 tombstone); `None` if it does not
-    /// authenticate under the master key.
-    fn open_tombstone(&self, entity: &[u8], raw: &[u8]) -> Option<(u64, u64)> {
-        let (at, first, nonce, tag, ad) = match raw.len() {
-            TOMBSTONE_LEN => {
-                let (at, rest) = raw.split_at(8);
-                let (first, rest) = rest.split_at(8);
-                let first = u64::from_le_bytes(first.try_into().ok()?);
-                let (nonce, tag) = rest.split_at(NONCE_LEN);
-                let ad = tombstone_ad(self.store_id, entity, at, first);
-                (at, first, nonce, tag, ad)
-            }
-            TOMBSTONE_V1_LEN => {
-                let (at, rest) = raw.split_at(8);
-                let (nonce, tag) = rest.split_at(NONCE_LEN);
-                let mut ad = wrap_ad(self.store_id, b"erased");
-                ad.extend_from_slice(entity);
-                ad.extend_from_slice(at);
-                (at, 0, nonce, tag, ad)
-            }
-            _ => return None,
-        };
+    /// The erasure time of the tombstone `raw` of `what`; `None` if it does
+    /// not authenticate under the master key.
+    fn open_tombstone(&self, what: &[u8], raw: &[u8]) -> Option<u64> {
+        if raw.len() != TOMBSTONE_LEN {
+            return None;
+        }
+        let (at, rest) = raw.split_at(8);
+        let (nonce, tag) = rest.split_at(NONCE_LEN);
+        let mut ad = wrap_ad(self.store_id, b"erased");
+        ad.extend_from_slice(what);
+        ad.extend_from_slice(at);
         cipher(&self.master)
             .decrypt_in_place_detached(
                 XNonce::from_slice(nonce),
@@ -386,12 +355,11 @@ impl Vault {
                 Tag::from_slice(tag),
             )
             .ok()?;
-        Some((u64::from_le_bytes(at.try_into().ok()?), first))
+        Some(u64::from_le_bytes(at.try_into().ok()?))
     }
 
-    /// The key wrapped in `raw` (`nonce | sealed key | tag`) with `ad` as
-    /// associated data; `None`: the master key does not open it.
-    fn unwrap_with(&self, ad: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
+    /// `Ok(None)`: the master key does not open it.
+    fn unwrap(&self, what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
         if raw.len() != WRAPPED_LEN {
             return Err(Error::Corruption {
                 location: Location::Record(format!("the key vault at {}", self.path().display())),
@@ -402,30 +370,11 @@ impl Vault {
         key.copy_from_slice(&raw[NONCE_LEN..NONCE_LEN + 32]);
         let opened = cipher(&self.master).decrypt_in_place_detached(
             XNonce::from_slice(&raw[..NONCE_LEN]),
-            ad,
+            &wrap_ad(self.store_id, what),
             &mut *key,
             Tag::from_slice(&raw[NONCE_LEN + 32..]),
         );
         Ok(opened.ok().map(|()| key))
-    }
-
-    /// The store's check key in `raw`; `Ok(None)`: the master key does not
-    /// open it.
-    fn unwrap(&self, what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
-        self.unwrap_with(&wrap_ad(self.store_id, what), raw)
-    }
-
-    /// The key of `entity` and its first in the entry `raw`, of either
-    /// layout (first 0 for layout 1); `Ok(None)`: the master key does not
-    /// open it.
-    fn unwrap_entity(&self, entity: &[u8], raw: &[u8]) -> Result<Option<(Key32, u64)>> {
-        if raw.len() == KEY_ENTRY_LEN {
-            let (first, wrapped) = raw.split_at(8);
-            let first = u64::from_le_bytes(first.try_into().expect("8 bytes"));
-            let ad = entry_ad(self.store_id, entity, first);
-            return Ok(self.unwrap_with(&ad, wrapped)?.map(|k| (k, first)));
-        }
-        Ok(self.unwrap(entity, raw)?.map(|k| (k, 0)))
     }
 
     /// Opens the vault at `path` for the store `store_id` with its master
@@ -443,6 +392,8 @@ impl Vault {
             env,
             store_id,
             master,
+            since: 0,
+            record: Mutex::new(None),
         };
         let rtxn = vault.read()?;
         let check = vault
@@ -511,8 +462,8 @@ impl Vault {
         let k = entry_key(self.store_id, tag, id);
         let err = lmdb(self.path(), "reading the key vault");
         if let Some(raw) = self.env.keys.get(txn, &k).map_err(&err)? {
-            return match self.unwrap_entity(&k[16..], raw)? {
-                Some((key, first)) => Ok(Found::Key { key, first }),
+            return match self.unwrap(&k[16..], raw)? {
+                Some(key) => Ok(Found::Key(key)),
                 None => Err(Error::Unauthentic {
                     location: Location::Record(format!(
                         "the key vault's key of stream tag {tag} id {id}"
@@ -523,7 +474,7 @@ impl Vault {
         }
         if let Some(raw) = self.env.erased.get(txn, &k).map_err(&err)? {
             return match self.open_tombstone(&k[16..], raw) {
-                Some((at_micros, first)) => Ok(Found::Erased { at_micros, first }),
+                Some(at_micros) => Ok(Found::Erased { at_micros }),
                 None => Err(Error::Unauthentic {
                     location: Location::Record(format!(
                         "the key vault's tombstone of stream tag {tag} id {id}"
@@ -543,10 +494,10 @@ impl Vault {
         self.find(&rtxn, tag, id)
     }
 
-    /// The key to seal an append of `(tag, id)` at global `at` with: the
-    /// entity's, drawn and committed (durably) to the vault, with `at` as
-    /// its first, on its first append. [`Error::Erased`] for an erased
-    /// entity (`at`: the append's first global sequence).
+    /// The key to seal an append of `(tag, id)` with: the entity's, drawn
+    /// and committed (durably) to the vault on its first append.
+    /// [`Error::Erased`] for an erased entity (`at`: the append's first
+    /// global sequence).
     pub(crate) fn key_for_append(&self, tag: u32, id: u64, at: u64) -> Result<Key32> {
         let erased = || Error::Erased {
             stream: None,
@@ -554,30 +505,23 @@ impl Vault {
             at: GlobalSequence(at),
         };
         match self.lookup(tag, id)? {
-            Found::Key { key, first } if first <= at => return Ok(key),
-            Found::Key { .. } | Found::Missing => {}
+            Found::Key(key) => return Ok(key),
             Found::Erased { .. } => return Err(erased()),
+            Found::Missing => {}
         }
         // The store's writer lock is held (an append is in its write
         // transaction), so no other writer of this store draws a key for
         // the entity meanwhile; looking again inside the vault's own write
         // transaction covers any other writer of the vault.
         let mut wtxn = self.write()?;
-        let key = match self.find(&wtxn, tag, id)? {
-            Found::Key { key, first } if first <= at => return Ok(key),
-            // Its first came from an append whose store transaction did not
-            // commit (a later one reused its globals), or from this store's
-            // later history before it was restored from an older backup:
-            // this append, committed to the vault before its block, is
-            // where the key's blocks begin now. Every global the writer
-            // appends at is past every block sealed before the store had
-            // its vault, so the lower first still excludes them.
-            Found::Key { key, .. } => key,
+        match self.find(&wtxn, tag, id)? {
+            Found::Key(key) => return Ok(key),
             Found::Erased { .. } => return Err(erased()),
-            Found::Missing => Zeroizing::new(random::<32>(self.path())?),
-        };
+            Found::Missing => {}
+        }
+        let key = Zeroizing::new(random::<32>(self.path())?);
         let k = entry_key(self.store_id, tag, id);
-        let wrapped = self.wrap_entity(&k[16..], &key, at)?;
+        let wrapped = self.wrap(&k[16..], &key)?;
         let err = lmdb(self.path(), "recording an entity key in the key vault");
         self.env.keys.put(&mut wtxn, &k, &wrapped).map_err(&err)?;
         self.commit(wtxn, "recording an entity key in the key vault")?;
@@ -589,13 +533,10 @@ impl Vault {
     /// in one durable commit of the vault.
     pub(crate) fn erase(&self, tag: u32, id: u64) -> Result<Erasure> {
         let mut wtxn = self.write()?;
-        // The tombstone keeps the key's first.
-        let first = match self.find(&wtxn, tag, id) {
-            Ok(Found::Key { first, .. }) => first,
-            // A key that no longer authenticates is erased all the same; its
-            // first is not known (0: the stream index check alone).
-            Err(Error::Unauthentic { .. }) => 0,
-            Ok(Found::Erased { at_micros, .. }) => {
+        let outcome = match self.find(&wtxn, tag, id) {
+            // A key that no longer authenticates is erased all the same.
+            Ok(Found::Key(_)) | Err(Error::Unauthentic { .. }) => Erasure::Erased,
+            Ok(Found::Erased { at_micros }) => {
                 return Ok(Erasure::AlreadyErased {
                     erased_at_micros: at_micros,
                 })
@@ -608,11 +549,11 @@ impl Vault {
         self.env.keys.delete(&mut wtxn, &k).map_err(&err)?;
         self.env
             .erased
-            .put(&mut wtxn, &k, &self.tombstone(&k[16..], first)?)
+            .put(&mut wtxn, &k, &self.tombstone(&k[16..])?)
             .map_err(&err)?;
         self.commit(wtxn, "erasing an entity key")?;
         crash_point("after-erase");
-        Ok(Erasure::Erased)
+        Ok(outcome)
     }
 
     /// Seals the stamped plaintext block `plain` of entity `(tag, id)`,
@@ -638,23 +579,24 @@ impl Vault {
 
     /// Opens the entity-sealed block `raw` stored under `key` into `out`
     /// (its header, then its body): [`Error::Erased`] if its entity was
-    /// erased; [`Error::Unauthentic`] if it sits below its entity key's
-    /// first (see the module's "First").
+    /// erased; [`Error::Unauthentic`] if it sits below the store's since
+    /// (see the module's "Since").
     pub(crate) fn open_block(&self, key: u64, raw: &[u8], out: &mut PlainBuf) -> Result<()> {
         check_sealed_len(key, raw)?;
         let (tag, id) = block_entity(raw);
+        if key < self.since {
+            return Err(Error::Unauthentic {
+                location: Location::Global(GlobalSequence(key)),
+                detail: format!(
+                    "the block says it is sealed with the key of stream tag {tag} id {id}, \
+                     but it sits below global sequence {}, where the store got its key \
+                     vault: it was sealed with a store data key, and its key id was altered",
+                    self.since
+                ),
+            });
+        }
         let entity_key = match self.lookup(tag, id)? {
-            Found::Key { first, .. } | Found::Erased { first, .. } if key < first => {
-                return Err(Error::Unauthentic {
-                    location: Location::Global(GlobalSequence(key)),
-                    detail: format!(
-                        "the block says it is sealed with the key of stream tag {tag} id \
-                         {id}, which seals blocks from global sequence {first} on: it was \
-                         sealed before the entity had a key, and its key id was altered"
-                    ),
-                })
-            }
-            Found::Key { key: k, .. } => k,
+            Found::Key(k) => k,
             Found::Erased { .. } => {
                 return Err(Error::Erased {
                     stream: None,
@@ -685,14 +627,6 @@ pub(crate) fn entity_sealed(raw: &[u8]) -> bool {
     raw.get(HEADER_LEN..HEADER_LEN + 4) == Some(&ENTITY_KEY_ID.to_le_bytes()[..])
 }
 
-/// The associated data of a layout-2 tombstone of `entity`.
-fn tombstone_ad(store_id: StoreId, entity: &[u8], at: &[u8], first: u64) -> Vec<u8> {
-    let mut what = b"erased".to_vec();
-    what.extend_from_slice(entity);
-    what.extend_from_slice(at);
-    entry_ad(store_id, &what, first)
-}
-
 /// The entity (stream tag, stream id) a block's header names.
 fn block_entity(raw: &[u8]) -> (u32, u64) {
     let h = super::block::BlockHeader::decode(
@@ -708,9 +642,11 @@ const ENTITY_BLOCK: &[u8; 16] = b"varvedb entity1\0";
 
 /// The vault a store opens with: `None` when it neither has nor asks for
 /// one. `master` derives the store's master key (asked only when a vault is
-/// opened); `writable`: a read-write open, which records a vault the store
-/// did not have yet (returned as `true`: the caller writes the store's
-/// record in its open transaction).
+/// opened); `end` reads the store's next global sequence (asked only when
+/// the store has no record yet); `writable`: a read-write open, which
+/// records a vault the store did not have yet (returned: the record the
+/// caller writes in its open transaction).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn settle_at_open(
     path: &Path,
     recorded: Option<&[u8]>,
@@ -719,9 +655,15 @@ pub(crate) fn settle_at_open(
     store_id: StoreId,
     writable: bool,
     master: impl FnOnce() -> Result<Key32>,
-) -> Result<(Option<Vault>, bool)> {
+    end: impl FnOnce() -> Result<u64>,
+) -> Result<(Option<Vault>, Option<Vec<u8>>)> {
     if let Some(r) = recorded {
-        if r.first() != Some(&VAULT_RECORD_VERSION) {
+        let known = match r.first() {
+            Some(&VAULT_RECORD_V1) => r.len() == 1,
+            Some(&VAULT_RECORD_V2) => r.len() == VAULT_RECORD_V2_LEN,
+            _ => false,
+        };
+        if !known {
             return Err(Error::Corruption {
                 location: Location::Record("the store's key vault record".into()),
                 detail: format!("unknown record of {} bytes", r.len()),
@@ -730,7 +672,7 @@ pub(crate) fn settle_at_open(
     }
     let Some(vault_path) = config.key_vault.as_deref() else {
         return match recorded {
-            None => Ok((None, false)),
+            None => Ok((None, None)),
             Some(_) => Err(vault_error(
                 path,
                 "the store seals events with entity keys kept in a key vault: open it with \
@@ -763,35 +705,130 @@ pub(crate) fn settle_at_open(
             ));
         }
     }
-    let (vault, known) = Vault::open(
+    let (mut vault, known) = Vault::open(
         vault_path,
         store_id,
         master()?,
         writable,
         config.max_readers,
     )?;
-    match (known, recorded.is_some()) {
-        (true, _) => Ok((Some(vault), writable && recorded.is_none())),
-        (false, true) => Err(vault_error(
-            vault_path,
-            format!(
-                "the vault holds no keys of the store at {} (store id {store_id}): it is \
-                 another store's vault, or one older than this store's",
-                path.display()
-            ),
-        )),
-        (false, false) if writable => {
-            // The vault knows the store before the store names the vault.
-            vault.register()?;
-            Ok((Some(vault), true))
+    if let Some(r) = recorded {
+        if !known {
+            return Err(vault_error(
+                vault_path,
+                format!(
+                    "the vault holds no keys of the store at {} (store id {store_id}): it is \
+                     another store's vault, or one older than this store's",
+                    path.display()
+                ),
+            ));
         }
-        (false, false) => Ok((Some(vault), false)),
+        vault.since = read_since(&vault.master, store_id, r)?;
+        *vault.record.get_mut() = Some(r.to_vec());
+        return Ok((Some(vault), None));
+    }
+    // No record: every block the store holds was sealed with its data
+    // keys, so its end is where entity-sealed blocks may begin.
+    vault.since = end()?;
+    if !writable {
+        return Ok((Some(vault), None));
+    }
+    if !known {
+        // The vault knows the store before the store names the vault.
+        vault.register()?;
+    }
+    let record = since_record(&vault.master, store_id, vault.since);
+    *vault.record.get_mut() = Some(record.clone());
+    Ok((Some(vault), Some(record)))
+}
+
+/// One past the newest global sequence of the event log `events` (0 for
+/// an empty store), from the last block's header (in the clear), before
+/// the store is assembled: the since a store gets its vault at.
+pub(crate) fn log_end(
+    txn: &RoTxn<'_, heed::AnyTls>,
+    events: &Database<'_, Bytes, Bytes>,
+) -> Result<u64> {
+    let err = super::storage_error("reading the event log", 0);
+    let Some((k, v)) = events.last(txn).map_err(err)? else {
+        return Ok(0);
+    };
+    let key = super::keys::parse_event_key(k).ok_or_else(|| Error::Corruption {
+        location: Location::Record("the last event-log key".into()),
+        detail: format!("malformed key of {} bytes", k.len()),
+    })?;
+    super::block::parse_header(key, v)
+        .map(|h| h.end_global())
+        .map_err(|e| Error::Corruption {
+            location: Location::Global(GlobalSequence(key)),
+            detail: e.0,
+        })
+}
+
+/// The key authenticating a store's since, derived from its master key.
+fn since_tag(master: &[u8; 32], store_id: StoreId, since: u64) -> [u8; 32] {
+    let key = Zeroizing::new(blake3::derive_key(
+        "varvedb 2026 key vault since record 1",
+        master,
+    ));
+    let mut h = blake3::Hasher::new_keyed(&key);
+    h.update(store_id.as_bytes());
+    h.update(&since.to_le_bytes());
+    let tag = *h.finalize().as_bytes();
+    zeroize::Zeroize::zeroize(&mut h);
+    tag
+}
+
+/// The store's `crypt-vault` record (version 2) saying it got its vault
+/// at global sequence `since`, authenticated under the store's master key
+/// `master` (see the module's "Since"). A change of the master key writes
+/// it anew (same `since`, the new master key) in the same store
+/// transaction as the new encryption record.
+pub(crate) fn since_record(master: &[u8; 32], store_id: StoreId, since: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VAULT_RECORD_V2_LEN);
+    out.push(VAULT_RECORD_V2);
+    out.extend_from_slice(&since.to_le_bytes());
+    out.extend_from_slice(&since_tag(master, store_id, since));
+    out
+}
+
+/// The since of the store's `crypt-vault` record `raw` under the master
+/// key `master`: 0 for a version-1 record (it has none; see the module's
+/// "Since"), [`Error::Unauthentic`] for a version-2 record whose tag does
+/// not authenticate, [`Error::Corruption`] for anything else.
+pub(crate) fn read_since(master: &[u8; 32], store_id: StoreId, raw: &[u8]) -> Result<u64> {
+    match raw {
+        [VAULT_RECORD_V1] => Ok(0),
+        [VAULT_RECORD_V2, rest @ ..] if rest.len() == VAULT_RECORD_V2_LEN - 1 => {
+            let since = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+            let expected = blake3::Hash::from(since_tag(master, store_id, since));
+            let found: [u8; 32] = rest[8..].try_into().expect("32 bytes");
+            // blake3::Hash compares in constant time.
+            if expected != blake3::Hash::from(found) {
+                return Err(Error::Unauthentic {
+                    location: Location::Record("the store's key vault record".into()),
+                    detail: "the global sequence where the store got its key vault does not \
+                             authenticate under the store's master key"
+                        .into(),
+                });
+            }
+            Ok(since)
+        }
+        _ => Err(Error::Corruption {
+            location: Location::Record("the store's key vault record".into()),
+            detail: format!("unknown record of {} bytes", raw.len()),
+        }),
     }
 }
 
-/// The store's record naming a vault.
-pub(crate) fn record() -> [u8; 1] {
-    [VAULT_RECORD_VERSION]
+impl Vault {
+    /// Takes `raw` as the store's `crypt-vault` record this handle
+    /// expects: for a change of the master key made through this handle,
+    /// after the commit that rewrote the record.
+    #[allow(dead_code)]
+    pub(crate) fn adopt_record(&self, raw: Vec<u8>) {
+        *self.record.lock() = Some(raw);
+    }
 }
 
 impl super::Store {
@@ -884,6 +921,41 @@ impl super::View {
                 detail: "the block vanished from the snapshot".into(),
             })?;
         Ok(self.store.stored_header(key, raw)?.end_global())
+    }
+}
+
+impl super::Store {
+    /// Refuses a write transaction of a handle whose view of the store's
+    /// key vault is stale: the `crypt-vault` record `txn` reads is not the
+    /// one the handle opened with (another process gave the store a vault,
+    /// or changed it). One read of `meta` per write transaction.
+    pub(crate) fn check_vault_record(&self, txn: &super::kv::Txn<'_>) -> Result<()> {
+        // Only an encrypted LMDB store can have a vault (the PostgreSQL
+        // engine refuses one).
+        if self.keyring().is_none() || !matches!(self.engine, super::Engine::Lmdb { .. }) {
+            return Ok(());
+        }
+        let err = super::storage_error("reading the key vault record", self.config().max_readers);
+        let found = self.meta.get(txn, VAULT_RECORD).map_err(err)?;
+        let same = match self.vault() {
+            None => found.is_none(),
+            Some(vault) => vault.record.lock().as_deref() == found,
+        };
+        if same {
+            return Ok(());
+        }
+        let detail = match self.vault() {
+            None => {
+                "another process gave the store a key vault: reopen it with the vault \
+                     (VarveConfig::key_vault)"
+            }
+            Some(_) => {
+                "the store's key vault record changed since this handle opened it \
+                        (another process gave the store its vault, or changed its master \
+                        key): reopen the store"
+            }
+        };
+        Err(vault_error(&self.path, detail))
     }
 }
 
@@ -1020,187 +1092,6 @@ mod tests {
         assert!(matches!(v.lookup(tag, id), Err(Error::Unauthentic { .. })));
     }
 
-    /// Replaces the raw entry of `k` in `db` with what `f` makes of it.
-    fn alter(v: &Vault, db: Db, k: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
-        let mut raw = db.get(&v.read().unwrap(), k).unwrap().unwrap().to_vec();
-        f(&mut raw);
-        let mut wtxn = v.write().unwrap();
-        db.put(&mut wtxn, k, &raw).unwrap();
-        wtxn.commit().unwrap();
-    }
-
-    fn is_unauthentic<T>(r: Result<T>) -> bool {
-        matches!(r, Err(Error::Unauthentic { .. }))
-    }
-
-    #[test]
-    fn a_block_below_its_entity_keys_first_is_unauthentic_never_opened_nor_erased() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = vault(dir.path());
-        let p = plain();
-        let (tag, id) = block_entity(&p);
-        // The key is drawn by the append at global 5: its first.
-        let sealed = v.seal_block(5, tag, id, &p).unwrap();
-        let Found::Key { key, first } = v.lookup(tag, id).unwrap() else {
-            panic!("no key")
-        };
-        assert_eq!(first, 5);
-        // A block at global 3 sealed with that key (as a block sealed
-        // before the key existed, its key id flipped, would claim to be):
-        // never opened.
-        let mut below = Vec::new();
-        v.block_key(&key)
-            .seal(3, &[9; NONCE_LEN], &p, &mut below)
-            .unwrap();
-        let mut out = PlainBuf::default();
-        assert!(is_unauthentic(v.open_block(3, &below, &mut out)));
-        v.open_block(5, &sealed, &mut out).unwrap();
-        // Erased: the block below its first is still damage, not erasure.
-        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
-        assert!(matches!(
-            v.lookup(tag, id).unwrap(),
-            Found::Erased { first: 5, .. }
-        ));
-        assert!(is_unauthentic(v.open_block(3, &below, &mut out)));
-        assert!(matches!(
-            v.open_block(5, &sealed, &mut out),
-            Err(Error::Erased { .. })
-        ));
-    }
-
-    #[test]
-    fn an_append_below_the_recorded_first_lowers_it_and_keeps_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = vault(dir.path());
-        let p = plain();
-        let (tag, id) = block_entity(&p);
-        // The append at 9 drew the key but its store transaction did not
-        // commit; a later transaction appends the entity at 4.
-        let drawn = v.key_for_append(tag, id, 9).unwrap();
-        let sealed = v.seal_block(4, tag, id, &p).unwrap();
-        let Found::Key { key, first } = v.lookup(tag, id).unwrap() else {
-            panic!("no key")
-        };
-        assert_eq!((first, &*key), (4, &*drawn));
-        let mut out = PlainBuf::default();
-        v.open_block(4, &sealed, &mut out).unwrap();
-        assert_eq!(out.as_slice(), &p[..]);
-        // A later append leaves it where it is.
-        v.seal_block(12, tag, id, &p).unwrap();
-        assert!(matches!(
-            v.lookup(tag, id).unwrap(),
-            Found::Key { first: 4, .. }
-        ));
-    }
-
-    #[test]
-    fn an_altered_first_in_a_key_or_a_tombstone_is_unauthentic() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = vault(dir.path());
-        let (tag, id) = (3, 40);
-        v.key_for_append(tag, id, 7).unwrap();
-        v.key_for_append(tag, id + 1, 8).unwrap();
-        let k = entry_key(v.store_id, tag, id);
-        // A live key whose first is lowered (to let a flipped block below
-        // it open), or stripped to pass as a layout-1 entry (first 0).
-        alter(&v, v.env.keys, &k, |raw| {
-            raw[..8].copy_from_slice(&0u64.to_le_bytes())
-        });
-        assert!(is_unauthentic(v.lookup(tag, id)));
-        let k1 = entry_key(v.store_id, tag, id + 1);
-        alter(&v, v.env.keys, &k1, |raw| drop(raw.drain(..8)));
-        assert!(is_unauthentic(v.lookup(tag, id + 1)));
-        // A tombstone likewise: its first lowered, or stripped.
-        let (tag, id) = (4, 50);
-        v.key_for_append(tag, id, 7).unwrap();
-        v.key_for_append(tag, id + 1, 7).unwrap();
-        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
-        assert_eq!(v.erase(tag, id + 1).unwrap(), Erasure::Erased);
-        let k = entry_key(v.store_id, tag, id);
-        alter(&v, v.env.erased, &k, |raw| {
-            raw[8..16].copy_from_slice(&0u64.to_le_bytes())
-        });
-        assert!(is_unauthentic(v.lookup(tag, id)));
-        let k1 = entry_key(v.store_id, tag, id + 1);
-        alter(&v, v.env.erased, &k1, |raw| drop(raw.drain(8..16)));
-        assert!(is_unauthentic(v.lookup(tag, id + 1)));
-    }
-
-    /// A tombstone as vault layout 1 wrote it (no first).
-    fn tombstone_v1(v: &Vault, entity: &[u8], at: u64) -> Vec<u8> {
-        let at = at.to_le_bytes();
-        let nonce = [3u8; NONCE_LEN];
-        let mut ad = wrap_ad(v.store_id, b"erased");
-        ad.extend_from_slice(entity);
-        ad.extend_from_slice(&at);
-        let tag = cipher(&v.master)
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut [])
-            .unwrap();
-        [&at[..], &nonce, &tag].concat()
-    }
-
-    #[test]
-    fn entries_of_vault_layout_1_still_read_with_first_0() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = vault(dir.path());
-        let p = plain();
-        let (tag, id) = block_entity(&p);
-        // A key as layout 1 wrapped it (the check key's wrapping, with the
-        // entity as associated data), and a layout-1 tombstone.
-        let key = Zeroizing::new([8u8; 32]);
-        let k = entry_key(v.store_id, tag, id);
-        let erased = entry_key(v.store_id, tag, id + 1);
-        let mut wtxn = v.write().unwrap();
-        let old = v.wrap(&k[16..], &key).unwrap();
-        assert_eq!(old.len(), WRAPPED_LEN);
-        v.env.keys.put(&mut wtxn, &k, &old).unwrap();
-        let stone = tombstone_v1(&v, &erased[16..], 77);
-        v.env.erased.put(&mut wtxn, &erased, &stone).unwrap();
-        wtxn.commit().unwrap();
-
-        assert!(matches!(
-            v.lookup(tag, id).unwrap(),
-            Found::Key { first: 0, .. }
-        ));
-        assert!(matches!(
-            v.lookup(tag, id + 1).unwrap(),
-            Found::Erased {
-                at_micros: 77,
-                first: 0
-            }
-        ));
-        // Blocks sealed with it (anywhere) open, and later appends use it
-        // as it is (its first is not known, so it is not guessed).
-        let mut sealed = Vec::new();
-        v.block_key(&key)
-            .seal(2, &[1; NONCE_LEN], &p, &mut sealed)
-            .unwrap();
-        let mut out = PlainBuf::default();
-        v.open_block(2, &sealed, &mut out).unwrap();
-        let later = v.seal_block(30, tag, id, &p).unwrap();
-        v.open_block(30, &later, &mut out).unwrap();
-        assert_eq!(
-            v.env.keys.get(&v.read().unwrap(), &k).unwrap(),
-            Some(&old[..])
-        );
-        // Its erasure writes a layout-2 tombstone of first 0.
-        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
-        assert!(matches!(
-            v.lookup(tag, id).unwrap(),
-            Found::Erased { first: 0, .. }
-        ));
-        assert!(matches!(
-            v.open_block(2, &sealed, &mut out),
-            Err(Error::Erased { .. })
-        ));
-        assert!(matches!(
-            v.erase(tag, id + 1).unwrap(),
-            Erasure::AlreadyErased {
-                erased_at_micros: 77
-            }
-        ));
-    }
-
     #[test]
     fn the_vault_has_as_many_reader_slots_as_its_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -1230,5 +1121,77 @@ mod tests {
             126,
         );
         assert!(matches!(other, Err(Error::EncryptionKeyMismatch { .. })));
+    }
+
+    #[test]
+    fn an_entity_sealed_block_below_the_stores_since_is_unauthentic_never_opened_nor_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = vault(dir.path());
+        v.since = 5;
+        let p = plain();
+        let (tag, id) = block_entity(&p);
+        let sealed = v.seal_block(5, tag, id, &p).unwrap();
+        let Found::Key(key) = v.lookup(tag, id).unwrap() else {
+            panic!("no key")
+        };
+        // A block at global 3 sealed with the entity's key (as a block
+        // sealed before the store had its vault, its key id flipped, claims
+        // to be): never opened, though the key would open it.
+        let mut below = Vec::new();
+        v.block_key(&key)
+            .seal(3, &[9; NONCE_LEN], &p, &mut below)
+            .unwrap();
+        let mut out = PlainBuf::default();
+        assert!(matches!(
+            v.open_block(3, &below, &mut out),
+            Err(Error::Unauthentic { .. })
+        ));
+        v.open_block(5, &sealed, &mut out).unwrap();
+        assert_eq!(out.as_slice(), &p[..]);
+        // Erased (or its key damaged): still damage below since, not erasure.
+        assert_eq!(v.erase(tag, id).unwrap(), Erasure::Erased);
+        assert!(matches!(
+            v.open_block(3, &below, &mut out),
+            Err(Error::Unauthentic { .. })
+        ));
+        assert!(matches!(
+            v.open_block(5, &sealed, &mut out),
+            Err(Error::Erased { .. })
+        ));
+    }
+
+    #[test]
+    fn the_since_record_authenticates_its_store_and_since_under_the_master_key() {
+        let (master, other) = ([5u8; 32], [6u8; 32]);
+        let id = StoreId::from_bytes([7; 16]);
+        let record = since_record(&master, id, 42);
+        assert_eq!(record.len(), VAULT_RECORD_V2_LEN);
+        assert_eq!(read_since(&master, id, &record).unwrap(), 42);
+        // Version 1 (no since): 0, under any key.
+        assert_eq!(read_since(&other, id, &[VAULT_RECORD_V1]).unwrap(), 0);
+        let unauthentic = |r: Result<u64>| matches!(r, Err(Error::Unauthentic { .. }));
+        // Another master key, another store, a lowered since, a flipped tag.
+        assert!(unauthentic(read_since(&other, id, &record)));
+        assert!(unauthentic(read_since(
+            &master,
+            StoreId::from_bytes([8; 16]),
+            &record
+        )));
+        let mut lowered = record.clone();
+        lowered[1..9].copy_from_slice(&0u64.to_le_bytes());
+        assert!(unauthentic(read_since(&master, id, &lowered)));
+        let mut flipped = record.clone();
+        flipped[20] ^= 1;
+        assert!(unauthentic(read_since(&master, id, &flipped)));
+        // Other shapes are damage.
+        for bad in [&[][..], &[1, 0], &record[..40], &[3; 41]] {
+            assert!(matches!(
+                read_since(&master, id, bad),
+                Err(Error::Corruption { .. })
+            ));
+        }
+        // A master-key change re-authenticates the same since.
+        let again = since_record(&other, id, read_since(&master, id, &record).unwrap());
+        assert_eq!(read_since(&other, id, &again).unwrap(), 42);
     }
 }

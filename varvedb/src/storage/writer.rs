@@ -174,6 +174,9 @@ impl Store {
             ring.refresh(&self.path, &self.meta, &txn)
                 .map_err(Attempt::Failed)?;
         }
+        // Another process may have given the store a key vault: this
+        // handle's appends would seal with data keys erasure cannot reach.
+        self.check_vault_record(&txn).map_err(Attempt::Failed)?;
         let mut wtxn = WriteTxn {
             store: self,
             txn,
