@@ -24,7 +24,7 @@ pub enum Durability {
     /// may roll back the last commits, but never corrupts the store; a process
     /// crash loses nothing. Trades the last transaction for one fewer sync.
     ///
-    /// On PostgreSQL ([`Varve::connect`](crate::Varve::connect)) both relaxed
+    /// On PostgreSQL (`Varve::connect`, feature `postgres`) both relaxed
     /// levels commit with `synchronous_commit = off`: a crash of the
     /// *application* process still loses nothing, but a crash of the
     /// *server* (or a failover to an asynchronous standby) may lose the last
