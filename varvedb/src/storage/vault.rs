@@ -12,17 +12,13 @@
 //! become unreadable in the store and in every backup or export of it,
 //! taken before or after.
 //!
-//! **On disk.** The vault's environment holds four databases:
+//! **On disk.** The vault's environment holds three databases:
 //!
 //! ```text
 //! stores: store id (16)                        -> wrapped check key (72)
 //! keys:   store id (16) | tag (u32 BE) | id (u64 BE) -> wrapped entity key (72)
 //! erased: store id (16) | tag (u32 BE) | id (u64 BE) -> erased at (u64 LE, micros) | nonce (24) | tag (16)
-//! staged: store id (16) | kind (u8) [| tag | id]   -> an entry above, under a new master key
 //! ```
-//!
-//! `staged` holds a change of the master key between its steps (see
-//! [`master_change`]); it is empty otherwise.
 //!
 //! A tombstone is authenticated under the master key too (an empty message
 //! with the erasure time and the entity as associated data): a key deleted
@@ -74,10 +70,6 @@
 //! crash in between leaves an unused key, which is harmless (the next append
 //! of the entity uses it). Erasure commits in the vault and nothing in the
 //! store: no stored byte changes, so the tamper-evident chain still verifies.
-//! A change of the master key stages the re-wrapped entries in the vault,
-//! then commits the store's new key (and its since record, authenticated
-//! anew), then swaps them in; an open settles a change a crash interrupted
-//! ([`master_change`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,7 +80,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
 use super::block::HEADER_LEN;
@@ -96,10 +88,6 @@ use super::crypt::{check_reserved, check_sealed_len, BlockKey, PlainBuf, NONCE_L
 use super::identity::StoreId;
 use crate::error::{Error, Location, Result};
 use crate::position::{GlobalSequence, StreamId};
-
-#[path = "vault_master.rs"]
-mod master_change;
-pub(crate) use master_change::change_master_key;
 
 /// The key id in a block's seal that says "sealed with its entity's key".
 /// Store data keys count up from 1, so they never reach it.
@@ -164,9 +152,6 @@ struct VaultEnv {
     stores: Db,
     keys: Db,
     erased: Db,
-    /// The entries of a change of the master key, wrapped under the new
-    /// key (see [`master_change`]).
-    staged: Db,
 }
 
 type Db = Database<'static, Bytes, Bytes>;
@@ -178,18 +163,7 @@ static OPEN: Mutex<Option<HashMap<PathBuf, Weak<VaultEnv>>>> = Mutex::new(None);
 pub(crate) struct Vault {
     env: Arc<VaultEnv>,
     store_id: StoreId,
-    /// Held (read) across a lookup's read transaction and its unwrapping,
-    /// so a change of the master key ([`master_change`]) swaps the key and the
-    /// entries it wraps at once for this process's readers.
-    master: RwLock<Key32>,
-    /// Taken by this process's writers of the vault (a new entity key, an
-    /// erasure) before the vault's write transaction; held by a change of
-    /// the master key from its staging to its swap.
-    writing: Mutex<()>,
-    /// The new master key of this process's change of it, from the store's
-    /// commit of it to the swap: another process's open may finish the
-    /// swap first, and this process's lookups then open the entries with it.
-    next: Mutex<Option<Key32>>,
+    master: Key32,
     /// Entity-sealed blocks below it are damage (see the module's "Since").
     since: u64,
     /// The store's `crypt-vault` record as this handle opened (or wrote)
@@ -258,10 +232,10 @@ fn open_env(path: &Path, create: bool, max_readers: u32) -> Result<Arc<VaultEnv>
                 .name(name)
                 .create(wtxn)
         };
-        let dbs = (db("stores")?, db("keys")?, db("erased")?, db("staged")?);
+        let dbs = (db("stores")?, db("keys")?, db("erased")?);
         Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(dbs))
     });
-    let (stores, keys, erased, staged) = created
+    let (stores, keys, erased) = created
         .map_err(lmdb(path, "opening the key vault"))?
         .unwrap_commit();
     let file = std::fs::File::open(canonical.join(super::identity::DATA_FILE)).ok();
@@ -272,7 +246,6 @@ fn open_env(path: &Path, create: bool, max_readers: u32) -> Result<Arc<VaultEnv>
         stores,
         keys,
         erased,
-        staged,
     });
     open.retain(|_, w| w.strong_count() > 0);
     open.insert(canonical, Arc::downgrade(&env));
@@ -304,15 +277,6 @@ fn wrap_ad(store_id: StoreId, what: &[u8]) -> Vec<u8> {
     ad
 }
 
-/// The associated data of the tombstone of `what` (the entity) erased at
-/// `at` (u64 LE micros).
-fn tombstone_ad(store_id: StoreId, what: &[u8], at: &[u8]) -> Vec<u8> {
-    let mut ad = wrap_ad(store_id, b"erased");
-    ad.extend_from_slice(what);
-    ad.extend_from_slice(at);
-    ad
-}
-
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -337,13 +301,10 @@ impl Vault {
         &self.env.path
     }
 
-    /// `key` wrapped under the master key `m` with the store id and `what`
-    /// (the entity, or `check`) as associated data: `nonce | sealed key |
-    /// tag`.
-    fn wrap(&self, m: &[u8; 32], what: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
+    fn wrap(&self, what: &[u8], key: &[u8; 32]) -> Result<Vec<u8>> {
         let nonce: [u8; NONCE_LEN] = random(self.path())?;
         let mut body = Zeroizing::new(*key);
-        let tag = cipher(m)
+        let tag = cipher(&self.master)
             .encrypt_in_place_detached(
                 XNonce::from_slice(&nonce),
                 &wrap_ad(self.store_id, what),
@@ -357,39 +318,39 @@ impl Vault {
         Ok(out)
     }
 
-    /// A tombstone of `what` (the entity) erased at `at` (micros), under
-    /// the master key `m`: the time, then a seal of nothing with the time
-    /// and the entity as associated data.
-    fn tombstone(&self, m: &[u8; 32], what: &[u8], at: u64) -> Result<Vec<u8>> {
-        let at = at.to_le_bytes();
+    /// A tombstone of `what` (the entity) erased now: the time, then a
+    /// seal of nothing with the time and the entity as associated data.
+    fn tombstone(&self, what: &[u8]) -> Result<Vec<u8>> {
+        let at = now_micros().to_le_bytes();
+        let nonce: [u8; NONCE_LEN] = random(self.path())?;
+        let mut ad = wrap_ad(self.store_id, b"erased");
+        ad.extend_from_slice(what);
+        ad.extend_from_slice(&at);
+        let tag = cipher(&self.master)
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut [])
+            .map_err(|_| vault_error(self.path(), "sealing a tombstone failed"))?;
         let mut out = Vec::with_capacity(TOMBSTONE_LEN);
         out.extend_from_slice(&at);
-        out.extend_from_slice(&self.seal_nothing(m, &tombstone_ad(self.store_id, what, &at))?);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
-    /// A seal of nothing under `m` with `ad` as associated data: `nonce |
-    /// tag` (a tombstone's authentication).
-    fn seal_nothing(&self, m: &[u8; 32], ad: &[u8]) -> Result<Vec<u8>> {
-        let nonce: [u8; NONCE_LEN] = random(self.path())?;
-        let tag = cipher(m)
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), ad, &mut [])
-            .map_err(|_| vault_error(self.path(), "sealing a tombstone failed"))?;
-        Ok([&nonce[..], &tag].concat())
-    }
-
     /// The erasure time of the tombstone `raw` of `what`; `None` if it does
-    /// not authenticate under the master key `m`.
-    fn open_tombstone(&self, m: &[u8; 32], what: &[u8], raw: &[u8]) -> Option<u64> {
+    /// not authenticate under the master key.
+    fn open_tombstone(&self, what: &[u8], raw: &[u8]) -> Option<u64> {
         if raw.len() != TOMBSTONE_LEN {
             return None;
         }
         let (at, rest) = raw.split_at(8);
         let (nonce, tag) = rest.split_at(NONCE_LEN);
-        cipher(m)
+        let mut ad = wrap_ad(self.store_id, b"erased");
+        ad.extend_from_slice(what);
+        ad.extend_from_slice(at);
+        cipher(&self.master)
             .decrypt_in_place_detached(
                 XNonce::from_slice(nonce),
-                &tombstone_ad(self.store_id, what, at),
+                &ad,
                 &mut [],
                 Tag::from_slice(tag),
             )
@@ -397,9 +358,8 @@ impl Vault {
         Some(u64::from_le_bytes(at.try_into().ok()?))
     }
 
-    /// The key wrapped in `raw` with `what` under the master key `m`;
-    /// `Ok(None)`: `m` does not open it.
-    fn unwrap(&self, m: &[u8; 32], what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
+    /// `Ok(None)`: the master key does not open it.
+    fn unwrap(&self, what: &[u8], raw: &[u8]) -> Result<Option<Key32>> {
         if raw.len() != WRAPPED_LEN {
             return Err(Error::Corruption {
                 location: Location::Record(format!("the key vault at {}", self.path().display())),
@@ -408,7 +368,7 @@ impl Vault {
         }
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&raw[NONCE_LEN..NONCE_LEN + 32]);
-        let opened = cipher(m).decrypt_in_place_detached(
+        let opened = cipher(&self.master).decrypt_in_place_detached(
             XNonce::from_slice(&raw[..NONCE_LEN]),
             &wrap_ad(self.store_id, what),
             &mut *key,
@@ -431,16 +391,10 @@ impl Vault {
         let vault = Vault {
             env,
             store_id,
-            master: RwLock::new(master),
-            writing: Mutex::new(()),
-            next: Mutex::new(None),
+            master,
             since: 0,
             record: Mutex::new(None),
         };
-        // A change of the master key a crash interrupted: finished or
-        // undone, whichever the master key the store records says (undone
-        // only by a writable open, which holds the store's writer lock).
-        vault.settle_change(create)?;
         let rtxn = vault.read()?;
         let check = vault
             .env
@@ -449,15 +403,13 @@ impl Vault {
             .map_err(lmdb(path, "reading the key vault"))?
             .map(<[u8]>::to_vec);
         drop(rtxn);
-        let opens = match &check {
-            Some(raw) => Some(vault.unwrap(&vault.master.read(), b"check", raw)?.is_some()),
-            None => None,
-        };
-        match opens {
-            Some(true) => Ok((vault, true)),
-            Some(false) => Err(Error::EncryptionKeyMismatch {
-                path: path.to_path_buf(),
-            }),
+        match check {
+            Some(raw) => match vault.unwrap(b"check", &raw)? {
+                Some(_) => Ok((vault, true)),
+                None => Err(Error::EncryptionKeyMismatch {
+                    path: path.to_path_buf(),
+                }),
+            },
             None => Ok((vault, false)),
         }
     }
@@ -465,7 +417,7 @@ impl Vault {
     /// Records this store in the vault (its check key), durably.
     fn register(&self) -> Result<()> {
         let check: [u8; 32] = random(self.path())?;
-        let wrapped = self.wrap(&self.master.read(), b"check", &check)?;
+        let wrapped = self.wrap(b"check", &check)?;
         let mut wtxn = self.write()?;
         self.env
             .stores
@@ -506,35 +458,31 @@ impl Vault {
             .map_err(lmdb(self.path(), "writing the key vault"))
     }
 
-    /// The key of `(tag, id)` as `txn` sees it, unwrapped under `m`. An
-    /// entry that does not authenticate is [`Error::Unauthentic`], unless
-    /// `m` is no longer the store's master key (changed by another handle):
-    /// then [`Error::KeyVault`].
-    fn find(&self, txn: &RoTxn<'_, WithoutTls>, m: &[u8; 32], tag: u32, id: u64) -> Result<Found> {
+    fn find(&self, txn: &RoTxn<'_, WithoutTls>, tag: u32, id: u64) -> Result<Found> {
         let k = entry_key(self.store_id, tag, id);
         let err = lmdb(self.path(), "reading the key vault");
         if let Some(raw) = self.env.keys.get(txn, &k).map_err(&err)? {
-            return match self.unwrap(m, &k[16..], raw)? {
+            return match self.unwrap(&k[16..], raw)? {
                 Some(key) => Ok(Found::Key(key)),
-                None => self.current(txn, m).and(Err(Error::Unauthentic {
+                None => Err(Error::Unauthentic {
                     location: Location::Record(format!(
                         "the key vault's key of stream tag {tag} id {id}"
                     )),
                     detail: "the wrapped key does not authenticate".into(),
-                })),
+                }),
             };
         }
         if let Some(raw) = self.env.erased.get(txn, &k).map_err(&err)? {
-            return match self.open_tombstone(m, &k[16..], raw) {
+            return match self.open_tombstone(&k[16..], raw) {
                 Some(at_micros) => Ok(Found::Erased { at_micros }),
-                None => self.current(txn, m).and(Err(Error::Unauthentic {
+                None => Err(Error::Unauthentic {
                     location: Location::Record(format!(
                         "the key vault's tombstone of stream tag {tag} id {id}"
                     )),
                     detail: "the tombstone does not authenticate: the entity's key was \
                              deleted, not erased"
                         .into(),
-                })),
+                }),
             };
         }
         Ok(Found::Missing)
@@ -542,20 +490,8 @@ impl Vault {
 
     /// The key of entity `(tag, id)`, as the vault holds it now.
     pub(crate) fn lookup(&self, tag: u32, id: u64) -> Result<Found> {
-        // The master key and the snapshot go together: a change of the
-        // master key in this process swaps both at once.
-        let m = self.master.read();
         let rtxn = self.read()?;
-        let found = self.find(&rtxn, &m, tag, id);
-        if matches!(found, Err(Error::KeyVault { .. })) {
-            // This process's change of the master key is between the
-            // store's commit and the swap, which another process's open
-            // finished: the entries are under the new key already.
-            if let Some(next) = self.next.lock().clone() {
-                return self.find(&rtxn, &next, tag, id);
-            }
-        }
-        found
+        self.find(&rtxn, tag, id)
     }
 
     /// The key to seal an append of `(tag, id)` with: the entity's, drawn
@@ -576,22 +512,16 @@ impl Vault {
         // The store's writer lock is held (an append is in its write
         // transaction), so no other writer of this store draws a key for
         // the entity meanwhile; looking again inside the vault's own write
-        // transaction covers any other writer of the vault. The master key
-        // must still be the store's, with no change of it under way: a key
-        // wrapped under a master key the store no longer has would be lost.
-        let _writing = self.writing.lock();
+        // transaction covers any other writer of the vault.
         let mut wtxn = self.write()?;
-        let m = self.master.read();
-        self.current(&wtxn, &m)?;
-        match self.find(&wtxn, &m, tag, id)? {
+        match self.find(&wtxn, tag, id)? {
             Found::Key(key) => return Ok(key),
             Found::Erased { .. } => return Err(erased()),
             Found::Missing => {}
         }
         let key = Zeroizing::new(random::<32>(self.path())?);
         let k = entry_key(self.store_id, tag, id);
-        let wrapped = self.wrap(&m, &k[16..], &key)?;
-        drop(m);
+        let wrapped = self.wrap(&k[16..], &key)?;
         let err = lmdb(self.path(), "recording an entity key in the key vault");
         self.env.keys.put(&mut wtxn, &k, &wrapped).map_err(&err)?;
         self.commit(wtxn, "recording an entity key in the key vault")?;
@@ -602,13 +532,8 @@ impl Vault {
     /// Erases entity `(tag, id)`: deletes its key and leaves a tombstone,
     /// in one durable commit of the vault.
     pub(crate) fn erase(&self, tag: u32, id: u64) -> Result<Erasure> {
-        let _writing = self.writing.lock();
         let mut wtxn = self.write()?;
-        let m = self.master.read();
-        // A tombstone under a master key the store no longer has, or
-        // written during a change of it, would not authenticate after.
-        self.current(&wtxn, &m)?;
-        let outcome = match self.find(&wtxn, &m, tag, id) {
+        let outcome = match self.find(&wtxn, tag, id) {
             // A key that no longer authenticates is erased all the same.
             Ok(Found::Key(_)) | Err(Error::Unauthentic { .. }) => Erasure::Erased,
             Ok(Found::Erased { at_micros }) => {
@@ -624,9 +549,8 @@ impl Vault {
         self.env.keys.delete(&mut wtxn, &k).map_err(&err)?;
         self.env
             .erased
-            .put(&mut wtxn, &k, &self.tombstone(&m, &k[16..], now_micros())?)
+            .put(&mut wtxn, &k, &self.tombstone(&k[16..])?)
             .map_err(&err)?;
-        drop(m);
         self.commit(wtxn, "erasing an entity key")?;
         crash_point("after-erase");
         Ok(outcome)
@@ -799,7 +723,7 @@ pub(crate) fn settle_at_open(
                 ),
             ));
         }
-        vault.since = read_since(vault.master.get_mut(), store_id, r)?;
+        vault.since = read_since(&vault.master, store_id, r)?;
         *vault.record.get_mut() = Some(r.to_vec());
         return Ok((Some(vault), None));
     }
@@ -813,7 +737,7 @@ pub(crate) fn settle_at_open(
         // The vault knows the store before the store names the vault.
         vault.register()?;
     }
-    let record = since_record(vault.master.get_mut(), store_id, vault.since);
+    let record = since_record(&vault.master, store_id, vault.since);
     *vault.record.get_mut() = Some(record.clone());
     Ok((Some(vault), Some(record)))
 }
@@ -901,6 +825,7 @@ impl Vault {
     /// Takes `raw` as the store's `crypt-vault` record this handle
     /// expects: for a change of the master key made through this handle,
     /// after the commit that rewrote the record.
+    #[allow(dead_code)]
     pub(crate) fn adopt_record(&self, raw: Vec<u8>) {
         *self.record.lock() = Some(raw);
     }

@@ -757,16 +757,6 @@ impl Varve {
     /// one was opened with (the key is checked per open store, not per
     /// handle).
     ///
-    /// A store with a [key vault](crate::VarveConfig::key_vault) re-wraps
-    /// its entries in the vault (its entity keys and tombstones) too, in
-    /// steps a crash cannot split: the next open finishes or undoes a
-    /// change a crash interrupted, by the key the store records (see
-    /// `docs/security.md`); the store's record of where it got its vault is
-    /// authenticated anew under `key` in the same commit. This handle writes
-    /// on; handles of other processes opened before the change then get
-    /// [`Error::KeyVault`](crate::Error::KeyVault) on writes and from the
-    /// vault: reopen them with `key`.
-    ///
     /// ```
     /// use varvedb::{EncryptionKey, Error, Varve, VarveConfig};
     /// # let dir = tempfile::tempdir().unwrap();
@@ -786,19 +776,20 @@ impl Varve {
     /// # Errors
     /// [`Error::NotEncrypted`](crate::Error::NotEncrypted) for a plaintext
     /// store; [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only
-    /// handle. With a key vault: [`Error::Unauthentic`](crate::Error::Unauthentic)
-    /// if one of the store's vault entries does not authenticate (nothing
-    /// is changed), [`Error::KeyVault`](crate::Error::KeyVault) if another
-    /// handle changed the master key since this one opened, or a change is
-    /// under way in another process.
+    /// handle; [`Error::KeyVault`](crate::Error::KeyVault) for a store with
+    /// a key vault (not supported yet).
     pub fn change_encryption_key(&self, key: crate::EncryptionKey) -> Result<()> {
         self.store.check_writable("changing the encryption key")?;
-        let master = match self.store.vault() {
-            // The vault's entries are wrapped under the master key too: they
-            // are re-wrapped, in steps a crash cannot split (docs/security.md).
-            Some(vault) => crate::storage::vault::change_master_key(&self.store, vault, &key)?,
-            None => self.store.write(|txn| txn.change_master_key(&key))?,
-        };
+        if self.store.vault().is_some() {
+            // The vault's entity keys are wrapped under the master key too;
+            // re-wrapping them is not done yet (docs/security.md).
+            return Err(crate::Error::KeyVault {
+                path: self.store.path().to_path_buf(),
+                detail: "changing the master key of a store with a key vault is not supported yet"
+                    .into(),
+            });
+        }
+        let master = self.store.write(|txn| txn.change_master_key(&key))?;
         if let Some(ring) = self.store.keyring() {
             ring.set_master(master);
         }
