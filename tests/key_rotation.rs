@@ -769,3 +769,150 @@ fn a_rekeying_restore_killed_at_any_moment_leaves_no_half_store() {
     }
     assert!(partial > 0, "no kill landed in the middle of a restore");
 }
+
+// ---------------------------------------------------------------------------
+// A master-key change seen by a handle opened with the old key.
+// ---------------------------------------------------------------------------
+
+const CHANGED_DIR: &str = "VARVEDB_ROTATION_CHANGED_DIR";
+const CHANGED_TO: &str = "VARVEDB_ROTATION_CHANGED_TO";
+const CHANGED_TEST: &str = "a_child_opened_with_the_old_master_key_rotates_after_a_change";
+
+/// The key the parent changes the store's master key to: raw bytes, or a
+/// passphrase (`to` is what `CHANGED_TO` says).
+fn changed_key(to: &str) -> EncryptionKey {
+    match to {
+        "raw" => EncryptionKey::from_bytes([0xb7; 32]),
+        _ => EncryptionKey::from_passphrase("the new master passphrase"),
+    }
+}
+
+#[test]
+#[ignore = "child process of a_master_key_change_is_never_undone_by_a_rotation_in_another_process"]
+fn a_child_opened_with_the_old_master_key_rotates_after_a_change() {
+    let Some(dir) = std::env::var_os(CHANGED_DIR) else {
+        panic!("run by a_master_key_change_is_never_undone_by_a_rotation_in_another_process");
+    };
+    let dir = Path::new(&dir);
+    let varve = Varve::with_config(dir, config()).expect("open");
+    assert_eq!(read_ids(&varve), (0..5).collect::<Vec<_>>());
+    println!("open");
+    let go = dir.join("go");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !go.exists() {
+        assert!(Instant::now() < deadline, "never told to go on");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The parent changed the master key. A data key wrapped under the old
+    // one would be lost at the next open: the rotation is refused, typed.
+    match varve.rotate_data_key() {
+        Err(varvedb::Error::EncryptionKeyMismatch { .. }) => {}
+        other => panic!("a rotation under the old master key: {other:?}"),
+    }
+    // Nothing was written: the active key is still 1, and reads go on.
+    assert_eq!(varve.encryption_status().unwrap().unwrap().active_key, 1);
+    assert_eq!(read_ids(&varve), (0..5).collect::<Vec<_>>());
+    // Appends with the data key this handle holds stay readable with the
+    // new master key (data keys do not change with it).
+    append(&varve, 5, 10);
+    println!("done");
+}
+
+fn a_rotation_after_a_master_key_change_in_another_process(to: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = Varve::with_config(dir.path(), config()).unwrap();
+    append(&varve, 0, 5);
+    let mut child = child_test(CHANGED_TEST)
+        .env(CHANGED_DIR, dir.path())
+        .env(CHANGED_TO, to)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().ends_with("open")),
+        "the child did not open"
+    );
+    varve.change_encryption_key(changed_key(to)).unwrap();
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "child: {status:?}");
+    // This handle (it made the change) still rotates.
+    assert_eq!(varve.rotate_data_key().unwrap(), 2);
+    append(&varve, 10, 12);
+    drop(varve);
+    // Every acknowledged event opens with the new master key.
+    let varve = Varve::with_config(
+        dir.path(),
+        VarveConfig {
+            encryption: Some(changed_key(to)),
+            ..config()
+        },
+    )
+    .unwrap();
+    assert_eq!(read_ids(&varve), (0..12).collect::<Vec<_>>());
+    assert!(varve.verify().unwrap().is_ok());
+    drop(varve);
+    assert!(matches!(
+        Varve::with_config(dir.path(), config()),
+        Err(varvedb::Error::EncryptionKeyMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_master_key_change_is_never_undone_by_a_rotation_in_another_process() {
+    a_rotation_after_a_master_key_change_in_another_process("raw");
+}
+
+#[test]
+fn a_passphrase_change_is_never_undone_by_a_rotation_in_another_process() {
+    a_rotation_after_a_master_key_change_in_another_process("passphrase");
+}
+
+/// Master-key changes and rotations on several threads of one process: a
+/// rotation never finds the keyring's master key stale (the keyring takes a
+/// change's key as it commits, under the writer lock), and whatever the
+/// interleaving, the store opens afterwards with the key that committed last
+/// and reads everything.
+#[test]
+fn master_key_changes_and_rotations_on_several_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let varve = Varve::with_config(dir.path(), config()).unwrap();
+    append(&varve, 0, 3);
+    let keys = [[0xc1; 32], [0xc2; 32]];
+    std::thread::scope(|s| {
+        for k in keys {
+            let varve = &varve;
+            s.spawn(move || {
+                for _ in 0..30 {
+                    varve
+                        .change_encryption_key(EncryptionKey::from_bytes(k))
+                        .unwrap();
+                }
+            });
+        }
+        s.spawn(|| {
+            for _ in 0..30 {
+                varve.rotate_data_key().unwrap();
+            }
+        });
+    });
+    append(&varve, 3, 6);
+    drop(varve);
+    let opened: Vec<Varve> = keys
+        .iter()
+        .filter_map(|k| {
+            Varve::with_config(
+                dir.path(),
+                VarveConfig {
+                    encryption: Some(EncryptionKey::from_bytes(*k)),
+                    ..config()
+                },
+            )
+            .ok()
+        })
+        .collect();
+    assert_eq!(opened.len(), 1, "exactly one of the keys opens the store");
+    assert_eq!(read_ids(&opened[0]), (0..6).collect::<Vec<_>>());
+    assert!(opened[0].verify().unwrap().is_ok());
+}

@@ -715,8 +715,13 @@ pub enum Error {
     },
 
     /// The key given does not open the store's data keys: it is not the key
-    /// the store was created (or last re-keyed) with.
-    #[error("the encryption key given is not the key of the store at {path}")]
+    /// the store was created (or last re-keyed) with. From a handle already
+    /// open: another handle changed the master key since (a rotation, or a
+    /// data key another handle added, needs the new one: reopen with it).
+    #[error(
+        "the encryption key given is not the key of the store at {path} (if another handle \
+         changed it since this one opened the store, reopen with the new key)"
+    )]
     EncryptionKeyMismatch {
         /// The store directory.
         path: PathBuf,

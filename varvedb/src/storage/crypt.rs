@@ -156,7 +156,7 @@ impl Record {
     }
 }
 
-type Key32 = Zeroizing<[u8; 32]>;
+pub(crate) type Key32 = Zeroizing<[u8; 32]>;
 
 /// The unwrapped keys of an open encrypted store. Zeroed when dropped.
 ///
@@ -528,12 +528,16 @@ fn write_wrapped(
 
 impl super::WriteTxn<'_> {
     /// Wraps the store's keys under a new master key, in this transaction:
-    /// the data keys (so every sealed byte) stay as they are. Returns the
-    /// new master key, for [`Keyring::set_master`] once this commits.
+    /// the data keys (so every sealed byte) stay as they are. The keyring
+    /// takes the new master key when this transaction commits, under the
+    /// writer lock ([`Store::write`]): a rotation on another thread never
+    /// runs between the commit and the update (it would find its master key
+    /// stale and be refused), and two changes leave the keyring with the
+    /// one that committed last.
     ///
     /// Only the data keys the store still holds are wrapped anew (a key
     /// retired by a re-encryption pass stays retired).
-    pub(crate) fn change_master_key(&mut self, key: &EncryptionKey) -> Result<Key32> {
+    pub(crate) fn change_master_key(&mut self, key: &EncryptionKey) -> Result<()> {
         let store = self.store;
         let ring = store.keyring().ok_or_else(|| Error::NotEncrypted {
             path: store.path().to_path_buf(),
@@ -575,7 +579,9 @@ impl super::WriteTxn<'_> {
             .meta
             .put(&mut self.txn, RECORD_KEY, &record.encode())
             .map_err(&err)?;
-        Ok(master)
+        drop(keys);
+        self.master = Some(master);
+        Ok(())
     }
 
     /// The ids of the wrapped keys the store holds (the stream-name key's 0
@@ -848,7 +854,8 @@ impl Keyring {
         self.keys.read().get(id).is_some()
     }
 
-    /// Replaces the master key (after a master-key change committed).
+    /// Replaces the master key (a master-key change committed: called by
+    /// [`Store::write`] under the writer lock).
     pub(crate) fn set_master(&self, master: Key32) {
         self.keys.write().master = Some(Box::new(master));
     }
@@ -1529,5 +1536,76 @@ mod tests {
         };
         assert_eq!(Record::decode(&r.encode()), Some(r));
         assert_eq!(Record::decode(&r.encode()[..10]), None);
+    }
+
+    fn open_with(dir: &Path, key: [u8; 32]) -> Result<crate::Varve> {
+        crate::Varve::with_config(
+            dir,
+            crate::VarveConfig::encryption(EncryptionKey::from_bytes(key)),
+        )
+    }
+
+    fn append_and_count(varve: &crate::Varve, append: bool) -> usize {
+        let mut s = varve.stream::<Vec<u8>, 16>("blobs").unwrap();
+        if append {
+            s.append(crate::StreamId(1), &vec![7u8; 3]).unwrap();
+        }
+        let reader = s.reader();
+        let mut n = 0;
+        for e in reader.iter_stream(crate::StreamId(1), None).unwrap() {
+            assert_eq!(e.unwrap().as_slice(), &[7u8; 3]);
+            n += 1;
+        }
+        n
+    }
+
+    /// A write of another thread that starts as soon as a master-key change
+    /// commits (the writer lock released) finds the keyring holding the new
+    /// master key: a rotation then wraps under it (before, the keyring was
+    /// updated after `Store::write` returned, and such a rotation was
+    /// refused as a key mismatch; two changes could leave the older key).
+    #[test]
+    fn a_master_key_change_reaches_the_keyring_as_it_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let varve = open_with(dir.path(), [1; 32]).unwrap();
+        append_and_count(&varve, true);
+        let new = EncryptionKey::from_bytes([2; 32]);
+        varve
+            .store()
+            .write(|txn| txn.change_master_key(&new))
+            .unwrap();
+        // What the next write of any thread of this process sees.
+        assert_eq!(varve.store().write(|txn| txn.rotate_data_key()).unwrap(), 2);
+        assert_eq!(append_and_count(&varve, true), 2);
+        drop(varve);
+        let varve = open_with(dir.path(), [2; 32]).unwrap();
+        assert_eq!(append_and_count(&varve, false), 2);
+        assert!(varve.verify().unwrap().is_ok());
+    }
+
+    /// A master-key change whose transaction aborts (or is run again after
+    /// the map grew) leaves the keyring with the master key the store keeps.
+    #[test]
+    fn an_aborted_master_key_change_leaves_the_keyring_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let varve = open_with(dir.path(), [1; 32]).unwrap();
+        append_and_count(&varve, true);
+        let new = EncryptionKey::from_bytes([2; 32]);
+        let aborted = varve.store().write(|txn| {
+            txn.change_master_key(&new)?;
+            Err::<(), _>(Error::NotEncrypted {
+                path: dir.path().to_path_buf(),
+            })
+        });
+        assert!(matches!(aborted, Err(Error::NotEncrypted { .. })));
+        assert_eq!(varve.rotate_data_key().unwrap(), 2);
+        assert_eq!(append_and_count(&varve, true), 2);
+        drop(varve);
+        assert!(matches!(
+            open_with(dir.path(), [2; 32]),
+            Err(Error::EncryptionKeyMismatch { .. })
+        ));
+        let varve = open_with(dir.path(), [1; 32]).unwrap();
+        assert_eq!(append_and_count(&varve, false), 2);
     }
 }

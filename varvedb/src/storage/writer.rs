@@ -98,6 +98,12 @@ pub(crate) struct WriteTxn<'s> {
     pub(super) chain: super::chain::TxnChain,
     /// What this transaction opened of an encrypted store (empty otherwise).
     pub(super) plain: super::crypt::Plaintexts,
+    /// The master key this transaction wrapped the store's keys under (a
+    /// master-key change), given to the keyring once it commits, before the
+    /// writer lock is released: no other write of this process runs between
+    /// the commit and the keyring's update, and an aborted attempt changes
+    /// nothing.
+    pub(super) master: Option<super::crypt::Key32>,
 }
 
 fn is_map_full(e: &Error) -> bool {
@@ -186,6 +192,7 @@ impl Store {
             failure: Cell::new(None),
             chain: Default::default(),
             plain: Default::default(),
+            master: None,
         };
         let value = match f(&mut wtxn) {
             Ok(value) => value,
@@ -213,7 +220,9 @@ impl Store {
         let end = wtxn.end_global;
         // A write transaction's id is the id its commit gets.
         let txn_id = wtxn.txn.id();
-        let WriteTxn { txn, bound, .. } = wtxn;
+        let WriteTxn {
+            txn, bound, master, ..
+        } = wtxn;
         let sync = crate::trace::timer!(TRACE);
         txn.commit()
             .map_err(self.err("committing"))
@@ -227,6 +236,9 @@ impl Store {
             sync_us = sync.micros()
         );
         self.publish_bound(bound);
+        if let (Some(master), Some(ring)) = (master, &self.crypt) {
+            ring.set_master(master);
+        }
         Ok(Committed { value, end, txn_id })
     }
 }

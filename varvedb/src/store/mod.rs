@@ -752,10 +752,15 @@ impl Varve {
     /// wrapped anew under it in one transaction (nothing else is rewritten,
     /// so it takes a moment whatever the store's size). From the commit on,
     /// opening the store needs `key`; handles already open (in this and
-    /// other processes) go on working. A handle opened later in this process
-    /// while this one is still open shares it, so it must give the key this
-    /// one was opened with (the key is checked per open store, not per
-    /// handle).
+    /// other processes) go on reading and appending, but one of another
+    /// process keeps the old master key, so it cannot
+    /// [rotate](Varve::rotate_data_key) (or take a data key another handle
+    /// adds) until it is reopened with `key`: a typed
+    /// [`Error::EncryptionKeyMismatch`](crate::Error::EncryptionKeyMismatch),
+    /// never a key wrapped under the old one. A handle opened later in this
+    /// process while this one is still open shares it, so it must give the
+    /// key this one was opened with (the key is checked per open store, not
+    /// per handle).
     ///
     /// ```
     /// use varvedb::{EncryptionKey, Error, Varve, VarveConfig};
@@ -789,11 +794,9 @@ impl Varve {
                     .into(),
             });
         }
-        let master = self.store.write(|txn| txn.change_master_key(&key))?;
-        if let Some(ring) = self.store.keyring() {
-            ring.set_master(master);
-        }
-        Ok(())
+        // The keyring takes the new master key as the write commits, before
+        // another write of this process can start.
+        self.store.write(|txn| txn.change_master_key(&key))
     }
 
     /// The store's id: random bytes chosen when it was created, kept in the
