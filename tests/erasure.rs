@@ -743,16 +743,6 @@ fn an_append_after_the_vault_was_deleted_under_the_store_is_refused_not_lost() {
 #[test]
 fn a_pre_vault_block_whose_key_id_was_flipped_is_unauthentic_not_erased() {
     let s = setup();
-    let no_chain = |vault: Option<&Path>| {
-        let c = VarveConfig {
-            durability: Durability::NoSync,
-            ..VarveConfig::encryption(EncryptionKey::from_bytes(KEY))
-        };
-        match vault {
-            Some(v) => c.key_vault(v),
-            None => c,
-        }
-    };
     // User 2's first event is sealed with a store key (no vault yet).
     let varve = Varve::with_config(&s.store, no_chain(None)).unwrap();
     let (_, old) = varve
@@ -773,19 +763,7 @@ fn a_pre_vault_block_whose_key_id_was_flipped_is_unauthentic_not_erased() {
         .is_some());
     drop((users, varve));
     // The attacker flips its key id to the entity key id (u32::MAX).
-    let mut block = raw_block(&s.store, old.0);
-    block[64..68].copy_from_slice(&u32::MAX.to_le_bytes());
-    put_raw_block(&s.store, old.0, &block);
-    let varve = Varve::with_config(&s.store, no_chain(Some(&s.vault))).unwrap();
-    let read = varve.global_reader().get(old);
-    assert!(
-        matches!(read, Err(Error::Unauthentic { .. })),
-        "a tampered block read as {read:?}"
-    );
-    assert!(
-        !varve.verify().unwrap().is_ok(),
-        "verify passed it as erased"
-    );
+    flip_to_the_entity_key_id(&s.store, old, &s.vault);
 }
 
 #[test]
@@ -1025,6 +1003,25 @@ fn alter_raw_values(dir: &Path, name: &str, f: impl Fn(&mut Vec<u8>)) {
     env.prepare_for_closing().wait();
 }
 
+/// The attacker's move: flips the key id of the store-keyed block at `old`
+/// to the entity key id (`u32::MAX`); the block must then read as
+/// `Unauthentic` (never `Erased`) and fail `verify`, chain off.
+fn flip_to_the_entity_key_id(store: &Path, old: GlobalSequence, vault: &Path) {
+    let mut block = raw_block(store, old.0);
+    block[64..68].copy_from_slice(&u32::MAX.to_le_bytes());
+    put_raw_block(store, old.0, &block);
+    let varve = Varve::with_config(store, no_chain(Some(vault))).unwrap();
+    let read = varve.global_reader().get(old);
+    assert!(
+        matches!(read, Err(Error::Unauthentic { .. })),
+        "a tampered pre-vault block read as {read:?}"
+    );
+    assert!(
+        !varve.verify().unwrap().is_ok(),
+        "verify passed it as erased"
+    );
+}
+
 fn no_chain(vault: Option<&Path>) -> VarveConfig {
     let c = VarveConfig {
         durability: Durability::NoSync,
@@ -1036,14 +1033,12 @@ fn no_chain(vault: Option<&Path>) -> VarveConfig {
     }
 }
 
-/// review5: erasing a key that no longer authenticates writes an
-/// authentic tombstone of first 0, so an attacker who can write the vault
-/// and the store (not the master key) gets back the attack the recorded
-/// first closed: damage the entity's key entry, wait for the entity's
-/// erasure (a data subject can ask for it), then flip a pre-vault block's
-/// key id. That block (readable after an erasure, as documented) now reads,
-/// and verifies, as erased: scans pass over it silently. Now the bound is
-/// the store's since, which nothing in the vault moves.
+/// An attacker who can write the vault and the store (not the master key)
+/// damages an entity's key entry, waits for the entity's erasure (erasing a
+/// damaged key goes ahead), then flips a pre-vault block's key id: the block
+/// must still read as `Unauthentic`, since the bound is the store's since,
+/// which nothing in the vault moves. (A bound kept per entity in the vault
+/// was reset by such an erasure: review finding.)
 #[test]
 fn erasing_a_damaged_key_does_not_let_a_pre_vault_block_pass_as_erased() {
     let s = setup();
@@ -1072,30 +1067,14 @@ fn erasing_a_damaged_key_does_not_let_a_pre_vault_block_pass_as_erased() {
     assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
     drop((users, varve));
     // ... and the attacker flips the pre-vault block's key id.
-    let mut block = raw_block(&s.store, old.0);
-    block[64..68].copy_from_slice(&u32::MAX.to_le_bytes());
-    put_raw_block(&s.store, old.0, &block);
-    let varve = Varve::with_config(&s.store, no_chain(Some(&s.vault))).unwrap();
-    let read = varve.global_reader().get(old);
-    assert!(
-        matches!(read, Err(Error::Unauthentic { .. })),
-        "a tampered pre-vault block read as {read:?}"
-    );
-    assert!(
-        !varve.verify().unwrap().is_ok(),
-        "verify passed it as erased"
-    );
+    flip_to_the_entity_key_id(&s.store, old, &s.vault);
 }
 
-/// review5: a process that opened the store before another process gave it
-/// a vault keeps sealing with the store's data keys (`Store::vault` is set
-/// once, at open; nothing re-reads `crypt-vault`). Its appends of an entity
-/// that has an entity key are acknowledged and outlive the entity's
-/// erasure: `Erasure::Erased` erased only part of the entity. (They also sit
-/// at or past the entity key's first, so the first no longer tells a
-/// store-keyed block from an entity-keyed one.) Now every write
-/// transaction checks the store's `crypt-vault` record: the stale handle's
-/// writes are refused with `Error::KeyVault`, writing nothing.
+/// A process that opened the store before another process gave it a vault
+/// would seal with the store's data keys, and its appends would outlive the
+/// entity's erasure. Every write transaction checks the store's
+/// `crypt-vault` record: the stale handle's writes are refused with
+/// `Error::KeyVault`, writing nothing (review finding).
 #[test]
 fn an_append_by_a_process_opened_before_the_store_got_its_vault_is_erased_with_its_entity() {
     let s = setup();
@@ -1167,15 +1146,13 @@ fn child_opens_the_store_with_a_vault_and_appends() {
     println!("appended");
 }
 
-/// review5: an entity key's first only ever goes down in the live vault
-/// (a restore of the store from an older backup, then an append), but a
-/// copy of the vault taken before that (its backup, which
-/// docs/operations.md asks for) holds the higher first. Restoring that copy
-/// refuses, as `Unauthentic`, an acknowledged event sealed with the very
-/// key the copy holds: before vault layout 2 it read. Now the vault records
-/// no bound (the store's since does), so a vault copy reads what it holds.
+/// A copy of the vault (its backup) restored after the store was restored
+/// from an older backup and appended to reads every event sealed with a key
+/// it holds: the vault records no bound that such a history could move
+/// (the store's since does). A bound kept per entity in the vault refused
+/// them as `Unauthentic` (review finding).
 #[test]
-fn a_vault_backup_taken_before_an_entity_keys_first_was_lowered_still_reads_its_events() {
+fn a_vault_backup_restored_after_the_store_rolled_back_reads_every_event_it_holds_keys_for() {
     let s = setup();
     let varve = Varve::with_config(&s.store, no_chain(Some(&s.vault))).unwrap();
     let mut users = varve.stream::<Order, 64>(USERS).unwrap();
@@ -1225,16 +1202,14 @@ fn a_vault_backup_taken_before_an_entity_keys_first_was_lowered_still_reads_its_
     );
 }
 
-/// review5: one vault serves a store and its restored copies (same store
-/// id, the documented way to restore). A copy restored from a backup taken
-/// before the store had its vault appends the entity at a global where the
-/// original still holds a pre-vault block of it, and lowers the entity
-/// key's first for both: in the original, that pre-vault block, its key id
-/// flipped, reads (and verifies) as erased again. Now each copy records its
-/// own since (the copy's: its end at its first open with the vault), and
-/// the original's stays where it got its vault.
+/// One vault serves a store and its restored copies (same store id, the
+/// documented way to restore). A copy restored from a backup taken before
+/// the store had its vault appends the entity at a global where the
+/// original still holds a pre-vault block of it: in the original, that
+/// block, its key id flipped, must still be `Unauthentic`. Each copy
+/// records its own since (the copy's end at its first open with the vault).
 #[test]
-fn a_restored_copy_lowering_a_first_does_not_let_the_originals_pre_vault_block_pass_as_erased() {
+fn a_restored_copy_sharing_the_vault_does_not_let_the_originals_pre_vault_block_pass_as_erased() {
     let s = setup();
     let varve = Varve::with_config(&s.store, no_chain(None)).unwrap();
     let mut users = varve.stream::<Order, 64>(USERS).unwrap();
@@ -1275,19 +1250,7 @@ fn a_restored_copy_lowering_a_first_does_not_let_the_originals_pre_vault_block_p
     let mut users = varve.stream::<Order, 64>(USERS).unwrap();
     assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
     drop((users, varve));
-    let mut block = raw_block(&s.store, old.0);
-    block[64..68].copy_from_slice(&u32::MAX.to_le_bytes());
-    put_raw_block(&s.store, old.0, &block);
-    let varve = Varve::with_config(&s.store, no_chain(Some(&s.vault))).unwrap();
-    let read = varve.global_reader().get(old);
-    assert!(
-        matches!(read, Err(Error::Unauthentic { .. })),
-        "a tampered pre-vault block read as {read:?}"
-    );
-    assert!(
-        !varve.verify().unwrap().is_ok(),
-        "verify passed it as erased"
-    );
+    flip_to_the_entity_key_id(&s.store, old, &s.vault);
 }
 
 /// Replaces (or, with `None`, deletes) `key` in the database `name` of the
@@ -1479,14 +1442,5 @@ fn a_point_in_time_restore_of_a_pre_vault_backup_keeps_its_blocks_below_its_sinc
     drop(r);
     let since = raw_value(&restored, "meta", b"crypt-vault").expect("recorded");
     assert_eq!(since[1..9], 2u64.to_le_bytes());
-    let mut block = raw_block(&restored, old.0);
-    block[64..68].copy_from_slice(&u32::MAX.to_le_bytes());
-    put_raw_block(&restored, old.0, &block);
-    let r = Varve::with_config(&restored, no_chain(Some(&s.vault))).unwrap();
-    let read = r.global_reader().get(old);
-    assert!(
-        matches!(read, Err(Error::Unauthentic { .. })),
-        "a tampered pre-vault block read as {read:?}"
-    );
-    assert!(!r.verify().unwrap().is_ok(), "verify passed it as erased");
+    flip_to_the_entity_key_id(&restored, old, &s.vault);
 }
