@@ -1444,3 +1444,236 @@ fn a_point_in_time_restore_of_a_pre_vault_backup_keeps_its_blocks_below_its_sinc
     assert_eq!(since[1..9], 2u64.to_le_bytes());
     flip_to_the_entity_key_id(&restored, old, &s.vault);
 }
+
+/// Every file of `dir` with a digest of its bytes; `lock.mdb`, LMDB's
+/// reader table that every reader writes its slot into, only by name.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digest = if name == "lock.mdb" {
+                0
+            } else {
+                let bytes = std::fs::read(e.path()).unwrap();
+                bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                }) ^ bytes.len() as u64
+            };
+            (name, digest)
+        })
+        .collect()
+}
+
+const READ_ONLY_CHILD: &str = "VARVEDB_ERASURE_READ_ONLY_CHILD";
+
+/// A store and its vault that the unprivileged user `nobody` may read but
+/// not write (files 0444, directories 0555): first with the vault's lock
+/// file there (read-only for it), then without one. A read-only open reads
+/// every event, the erased entity still as erased, `verify` passes, and no
+/// byte of the store or the vault changes, no file appears. As root the
+/// check runs in a copy of this test binary dropped to uid 65534.
+#[cfg(unix)]
+#[test]
+fn a_read_only_open_uses_a_vault_the_process_may_only_read_and_changes_no_byte() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let s = setup();
+    let root = s.store.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    fill(&varve);
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap();
+    assert_eq!(users.erase(StreamId(2)).unwrap(), Erasure::Erased);
+    drop((users, varve));
+    let lock_down = |mode_files: u32, mode_dir: u32| {
+        for dir in [&s.store, &s.vault] {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode_files))
+                    .unwrap();
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode_dir)).unwrap();
+        }
+    };
+    let exe = root.join("erasure-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for with_lock in [true, false] {
+        if !with_lock {
+            std::fs::remove_file(s.vault.join("lock.mdb")).unwrap();
+        }
+        lock_down(0o444, 0o555);
+        let before = (files(&s.store), files(&s.vault));
+        assert_eq!(before.1.contains_key("lock.mdb"), with_lock);
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args([
+                "--ignored",
+                "--exact",
+                "child_reads_a_store_and_vault_it_cannot_write",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                READ_ONLY_CHILD,
+                format!("{}\n{}", s.store.display(), s.vault.display()),
+            );
+        // SAFETY: `geteuid` has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            command.uid(65534).gid(65534);
+        }
+        let out = command.output().expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("@@ read every event"),
+            "the unprivileged child failed (lock file: {with_lock}, {}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!((files(&s.store), files(&s.vault)), before);
+        lock_down(0o644, 0o755);
+    }
+}
+
+#[test]
+#[ignore = "child process of a_read_only_open_uses_a_vault_the_process_may_only_read_and_changes_no_byte"]
+fn child_reads_a_store_and_vault_it_cannot_write() {
+    let Ok(paths) = std::env::var(READ_ONLY_CHILD) else {
+        return;
+    };
+    let (store, vault) = paths.split_once('\n').unwrap();
+    let (store, vault) = (Path::new(store), Path::new(vault));
+    assert!(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(vault.join("data.mdb"))
+            .is_err(),
+        "this process may write the vault"
+    );
+    assert!(Varve::with_config(store, config(vault)).is_err());
+    let varve = Varve::open_read_only_with_config(store, config(vault)).unwrap();
+    let mut users = varve.stream::<Order, 64>(USERS).unwrap().reader();
+    for id in [1u64, 3] {
+        for i in 0..3 {
+            let got = users
+                .get_archived(StreamId(id), StreamSequence(i))
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.note.as_str(), event(id, i).note);
+        }
+    }
+    for i in 0..5 {
+        let e = users.get_bytes(StreamId(2), StreamSequence(i)).unwrap_err();
+        assert!(matches!(e, Error::Erased { .. }), "{e:?}");
+    }
+    let mut orders = varve.stream::<Order, 64>("orders").unwrap().reader();
+    for i in 0..3 {
+        let got = orders
+            .get_archived(StreamId(9), StreamSequence(i))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id, i);
+    }
+    assert_eq!(
+        varve.global_reader().end().unwrap(),
+        GlobalSequence(3 * 4 + 2)
+    );
+    let report = varve.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.erased_events, 5);
+    assert_eq!(report.events, 3 * 4 + 2 - 5);
+    println!("@@ read every event");
+}
+
+/// A read-only open never creates a vault: not a missing one (nor its
+/// directory), not one in an empty directory, not the databases of an LMDB
+/// environment that has none. Each is a typed error and no byte changes.
+#[test]
+fn a_read_only_open_of_a_missing_vault_creates_nothing() {
+    let s = setup();
+    let varve = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    fill(&varve);
+    drop(varve);
+    let missing = s.vault.with_file_name("nowhere").join("vault");
+    let opened = Varve::open_read_only_with_config(&s.store, config(&missing));
+    assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
+    assert!(!missing.parent().unwrap().exists());
+    let empty = s.vault.with_file_name("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let opened = Varve::open_read_only_with_config(&s.store, config(&empty));
+    assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
+    assert!(files(&empty).is_empty());
+    // An LMDB environment without the vault's databases (a vault whose
+    // first open never committed them).
+    let bare = s.vault.with_file_name("bare");
+    std::fs::create_dir(&bare).unwrap();
+    // SAFETY: a fresh directory nothing else opens.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(4).open(&bare) }.unwrap();
+    env.write_txn().unwrap().commit().unwrap();
+    env.prepare_for_closing().wait();
+    let before = files(&bare);
+    let opened = Varve::open_read_only_with_config(&s.store, config(&bare));
+    assert!(matches!(opened, Err(Error::KeyVault { .. })), "{opened:?}");
+    assert_eq!(files(&bare), before);
+}
+
+/// Two stores sharing one vault, in one process: the vault's environment is
+/// opened once, in the first opener's mode. A read-only store shares the
+/// environment a writable one opened; a writable open of a store whose
+/// vault this process holds read-only is a typed error until those
+/// read-only handles close.
+#[test]
+fn a_vault_shared_by_a_writable_and_a_read_only_store_keeps_the_first_mode() {
+    let s = setup();
+    let other = s.store.with_file_name("other-store");
+    for store in [&s.store, &other] {
+        let varve = Varve::with_config(store, config(&s.vault)).unwrap();
+        fill(&varve);
+        varve
+            .stream::<Order, 64>(USERS)
+            .unwrap()
+            .erase(StreamId(2))
+            .unwrap();
+    }
+    let reads = |varve: &Varve| {
+        let mut users = varve.stream::<Order, 64>(USERS).unwrap().reader();
+        let got = users
+            .get_archived(StreamId(1), StreamSequence(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.note.as_str(), event(1, 0).note);
+        assert!(matches!(
+            users.get_bytes(StreamId(2), StreamSequence(0)),
+            Err(Error::Erased { .. })
+        ));
+    };
+    // Writable first: the read-only store shares its environment, and the
+    // writable one keeps writing.
+    let writable = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let ro = Varve::open_read_only_with_config(&other, config(&s.vault)).unwrap();
+    reads(&ro);
+    let mut users = writable.stream::<Order, 64>(USERS).unwrap();
+    users.append(StreamId(7), &event(7, 0)).unwrap();
+    assert_eq!(users.erase(StreamId(1)).unwrap(), Erasure::Erased);
+    drop((users, writable, ro));
+    // Read-only first: a writable open of a store with the same vault is
+    // refused, with what to do.
+    let ro = Varve::open_read_only_with_config(&other, config(&s.vault)).unwrap();
+    reads(&ro);
+    let refused = Varve::with_config(&s.store, config(&s.vault));
+    match &refused {
+        Err(Error::KeyVault { detail, .. }) => {
+            assert!(detail.contains("read-only"), "{detail}")
+        }
+        other => panic!("a writable open beside a read-only vault: {other:?}"),
+    }
+    reads(&ro);
+    drop(ro);
+    // Once they are closed, the writable open succeeds.
+    let writable = Varve::with_config(&s.store, config(&s.vault)).unwrap();
+    let mut users = writable.stream::<Order, 64>(USERS).unwrap();
+    users.append(StreamId(8), &event(8, 0)).unwrap();
+    assert_eq!(users.erase(StreamId(8)).unwrap(), Erasure::Erased);
+}

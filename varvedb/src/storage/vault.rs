@@ -79,7 +79,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
@@ -149,6 +149,8 @@ struct VaultEnv {
     /// The vault's data file, to tell a vault deleted under us (a key
     /// committed into it would be gone with it).
     file: Option<std::fs::File>,
+    /// Opened read-write (by a writable store): see [`open_env`].
+    writable: bool,
     stores: Db,
     keys: Db,
     erased: Db,
@@ -194,55 +196,140 @@ fn lmdb<'p>(path: &'p Path, what: &str) -> impl Fn(heed::Error) -> Error + 'p {
 /// `max_readers` is the store's: every thread reading an entity's block
 /// holds one of the store's reader slots while it looks the key up, so the
 /// vault never needs more (LMDB keeps the first opener's figure).
-fn open_env(path: &Path, create: bool, max_readers: u32) -> Result<Arc<VaultEnv>> {
-    if !create && !path.join(super::identity::DATA_FILE).is_file() {
-        return Err(vault_error(path, "no key vault here"));
+///
+/// `writable`: a read-write open, which creates the vault (its directory,
+/// file and databases) when missing. A read-only open (a read-only store's)
+/// writes nothing: it opens an existing vault with `MDB_RDONLY` (without
+/// LMDB's lock file when that cannot be opened for writing, as the store's
+/// own read-only open does) and opens its databases in a read transaction.
+///
+/// **One environment per vault per process, in the first opener's mode.**
+/// A read-only open shares an environment a writable store opened; a
+/// writable open of a vault this process holds read-only is refused
+/// ([`Error::KeyVault`]): LMDB cannot reopen an environment while it is
+/// open, so the read-only stores sharing it must be closed first.
+///
+/// The map is a fixed [`VAULT_MAP_SIZE`] that no opener ever grows, so a
+/// read transaction never meets `MDB_MAP_RESIZED`: nothing to adopt.
+fn open_env(path: &Path, writable: bool, max_readers: u32) -> Result<Arc<VaultEnv>> {
+    if !writable && !path.join(super::identity::DATA_FILE).is_file() {
+        return Err(vault_error(
+            path,
+            "no key vault here (a read-only open creates none)",
+        ));
     }
-    std::fs::create_dir_all(path).map_err(|e| vault_error(path, e.to_string()))?;
+    if writable {
+        std::fs::create_dir_all(path).map_err(|e| vault_error(path, e.to_string()))?;
+    }
     let canonical = path
         .canonicalize()
         .map_err(|e| vault_error(path, e.to_string()))?;
     let mut open = OPEN.lock();
     let open = open.get_or_insert_with(HashMap::new);
     if let Some(env) = open.get(&canonical).and_then(Weak::upgrade) {
+        if writable && !env.writable {
+            return Err(vault_error(
+                path,
+                "the key vault is open read-only in this process (by a read-only store \
+                 using it): close those read-only handles before a writable open of a \
+                 store with this vault",
+            ));
+        }
         return Ok(env);
     }
     // LMDB reads pages through the map: a page past the end of a truncated
     // file would be a SIGBUS, not an error. The store's own check (plain
     // reads of the meta pages and the free list) runs before mapping.
     super::identity::check_data_file(&canonical)?;
-    let mut options = EnvOpenOptions::new().read_txn_without_tls();
-    options
-        .map_size(VAULT_MAP_SIZE)
-        .max_dbs(4)
-        .max_readers(max_readers.max(126));
+    let options = |flags: EnvFlags| {
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options
+            .map_size(VAULT_MAP_SIZE)
+            .max_dbs(4)
+            .max_readers(max_readers.max(126));
+        // SAFETY: READ_ONLY only removes abilities. NO_LOCK (passed only to
+        // a read-only open when the lock file cannot be written) drops
+        // LMDB's reader table for this process: its snapshots are then not
+        // protected from page reuse by writers in *other* processes. Within
+        // this process the vault is opened once (the registry above), and
+        // a writable open of it is refused while it is open read-only; the
+        // cross-process consequence is the documented limit of this mode (a
+        // vault nobody writes meanwhile), which the caller chose by opening
+        // a vault it cannot lock.
+        unsafe { options.flags(flags) };
+        options
+    };
     // SAFETY: mapping a file is sound only while nothing truncates or
     // rewrites it underneath us: the directory is the application's key
     // vault, used only through LMDB (whose lock file coordinates processes),
     // and the registry above (whose lock we hold) opens it once per process.
-    let env = unsafe { options.open(&canonical) }.map_err(lmdb(path, "opening the key vault"))?;
-    let wtxn = env
-        .write_txn()
-        .map_err(lmdb(path, "opening the key vault"))?;
-    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
-        let mut db = |name| {
-            opener
-                .database_options()
-                .types::<Bytes, Bytes>()
-                .name(name)
-                .create(wtxn)
-        };
-        let dbs = (db("stores")?, db("keys")?, db("erased")?);
-        Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(dbs))
-    });
-    let (stores, keys, erased) = created
-        .map_err(lmdb(path, "opening the key vault"))?
-        .unwrap_commit();
+    let open_with = |flags: EnvFlags| unsafe { options(flags).open(&canonical) };
+    let opened = if writable {
+        open_with(EnvFlags::empty())
+    } else {
+        match open_with(EnvFlags::READ_ONLY) {
+            Err(heed::Error::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                open_with(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK)
+            }
+            opened => opened,
+        }
+    };
+    let env = opened.map_err(lmdb(path, "opening the key vault"))?;
+    let (stores, keys, erased) = if writable {
+        let wtxn = env
+            .write_txn()
+            .map_err(lmdb(path, "opening the key vault"))?;
+        let created = env.create_databases_and_commit(wtxn, |opener, wtxn| {
+            let mut db = |name| {
+                opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .name(name)
+                    .create(wtxn)
+            };
+            let dbs = (db("stores")?, db("keys")?, db("erased")?);
+            Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(dbs))
+        });
+        created
+            .map_err(lmdb(path, "opening the key vault"))?
+            .unwrap_commit()
+    } else {
+        let rtxn = env
+            .read_txn()
+            .map_err(lmdb(path, "opening the key vault"))?;
+        let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| {
+            let db = |name| {
+                opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .name(name)
+                    .open(rtxn)
+            };
+            let dbs = (db("stores")?, db("keys")?, db("erased")?);
+            Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(dbs))
+        });
+        match opened
+            .map_err(lmdb(path, "opening the key vault"))?
+            .unwrap_commit()
+        {
+            (Some(stores), Some(keys), Some(erased)) => (stores, keys, erased),
+            // A vault whose first writable open never committed (or
+            // another LMDB environment): a read-only open cannot finish it.
+            _ => {
+                return Err(vault_error(
+                    path,
+                    "no key vault here (the LMDB environment has no key vault databases, \
+                     and a read-only open creates none)",
+                ))
+            }
+        }
+    };
     let file = std::fs::File::open(canonical.join(super::identity::DATA_FILE)).ok();
     let env = Arc::new(VaultEnv {
         path: path.to_path_buf(),
         env,
         file,
+        writable,
         stores,
         keys,
         erased,
@@ -379,15 +466,16 @@ impl Vault {
 
     /// Opens the vault at `path` for the store `store_id` with its master
     /// key: checks (or, with `register`, records) the store's check key.
-    /// Returns the vault and whether the store was known to it.
+    /// Returns the vault and whether the store was known to it. `writable`:
+    /// see [`open_env`].
     fn open(
         path: &Path,
         store_id: StoreId,
         master: Key32,
-        create: bool,
+        writable: bool,
         max_readers: u32,
     ) -> Result<(Vault, bool)> {
-        let env = open_env(path, create, max_readers)?;
+        let env = open_env(path, writable, max_readers)?;
         let vault = Vault {
             env,
             store_id,
