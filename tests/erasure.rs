@@ -1445,26 +1445,7 @@ fn a_point_in_time_restore_of_a_pre_vault_backup_keeps_its_blocks_below_its_sinc
     flip_to_the_entity_key_id(&restored, old, &s.vault);
 }
 
-/// Every file of `dir` with a digest of its bytes; `lock.mdb`, LMDB's
-/// reader table that every reader writes its slot into, only by name.
-fn files(dir: &Path) -> std::collections::BTreeMap<String, u64> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let digest = if name == "lock.mdb" {
-                0
-            } else {
-                let bytes = std::fs::read(e.path()).unwrap();
-                bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-                }) ^ bytes.len() as u64
-            };
-            (name, digest)
-        })
-        .collect()
-}
+use varvedb_suite::file_digests as files;
 
 const READ_ONLY_CHILD: &str = "VARVEDB_ERASURE_READ_ONLY_CHILD";
 

@@ -5,7 +5,6 @@
 //! whole commits only.
 #![cfg(unix)]
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -24,26 +23,7 @@ impl varvedb::ExternalProjection for Sink {
     }
 }
 
-/// Every file of `dir` with a digest of its bytes; `lock.mdb`, LMDB's
-/// reader table that every reader writes its slot into, only by name.
-fn files(dir: &Path) -> BTreeMap<String, u64> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let digest = if name == "lock.mdb" {
-                0
-            } else {
-                let bytes = std::fs::read(e.path()).unwrap();
-                bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-                }) ^ bytes.len() as u64
-            };
-            (name, digest)
-        })
-        .collect()
-}
+use varvedb_suite::file_digests as files;
 
 fn fill(dir: &Path, events: u64) {
     let varve = Varve::new(dir).unwrap();

@@ -148,3 +148,25 @@ pub fn skip_when_encrypted(reason: &str) -> bool {
     }
     skip
 }
+
+/// Every file of `dir` with a digest of its bytes, to show a call changed
+/// no byte (and created no file); `lock.mdb`, LMDB's reader table that
+/// every reader writes its slot into, only by name.
+pub fn file_digests(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(dir)
+        .expect("list the directory")
+        .map(|e| e.expect("read a directory entry"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digest = if name == "lock.mdb" {
+                0
+            } else {
+                let bytes = std::fs::read(e.path()).expect("read a file");
+                bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                }) ^ bytes.len() as u64
+            };
+            (name, digest)
+        })
+        .collect()
+}
