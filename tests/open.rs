@@ -192,3 +192,62 @@ fn a_garbage_data_file_is_a_typed_error() {
         "{err:?}"
     );
 }
+
+/// The last handle's drop closes the store before it returns, whatever other
+/// threads open meanwhile: the files can then be opened by another tool (here
+/// `heed` itself, which refuses an environment this process still has open).
+/// Another thread opening other stores (each open looks at every live store)
+/// once held this store for a moment, so the environment closed on that
+/// thread, after the drop had returned.
+#[test]
+fn a_dropped_store_is_closed_when_the_drop_returns_while_other_threads_open_stores() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    Varve::new(dir.path())
+        .unwrap()
+        .stream::<Order, 128>("orders")
+        .unwrap()
+        .append(StreamId(1), &Order::numbered(1))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let openers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                // A directory without a store: each read-only open looks at
+                // every live store, then fails (no data file).
+                let empty = tempfile::tempdir().unwrap();
+                let mut opens = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(Varve::open_read_only(empty.path()).is_err());
+                    opens += 1;
+                }
+                opens
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut rounds = 0;
+    while rounds < 10_000 && std::time::Instant::now() < deadline {
+        drop(Varve::new(dir.path()).unwrap());
+        // SAFETY: no varvedb handle of this directory is open (the drop
+        // above returned), and this environment is closed before the next.
+        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
+        match raw {
+            Ok(env) => drop(env),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                panic!("round {rounds}: the dropped store is still open: {e:?}");
+            }
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opens: u64 = openers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(
+        rounds >= 100 && opens >= 100,
+        "{rounds} rounds, {opens} opens"
+    );
+}

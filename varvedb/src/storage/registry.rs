@@ -8,9 +8,16 @@
 //! path: a directory deleted, moved or replaced while its store is open no
 //! longer names that store, and a path that now holds another data file (or
 //! none) must not be answered with the old one, whose appends would be lost.
+//!
+//! Invariant: an open never takes a strong reference to a store of another
+//! data file, even for a moment. The store (and its LMDB environment) must
+//! close on the thread that drops its last handle, as that drop returns: a
+//! caller may then open the files with another tool (or `heed` directly). A
+//! passing upgrade on a thread opening some other store would make that
+//! thread the last owner, closing the environment a moment later.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -18,43 +25,55 @@ use parking_lot::{Mutex, MutexGuard};
 use super::identity::FileKey;
 use super::Store;
 
-static OPEN: Mutex<Option<HashMap<FileKey, Weak<Store>>>> = Mutex::new(None);
+/// A live store: the directory it was opened at, and the store.
+struct Entry {
+    canonical: PathBuf,
+    store: Weak<Store>,
+}
+
+type Map = HashMap<FileKey, Entry>;
+
+static OPEN: Mutex<Option<Map>> = Mutex::new(None);
 
 /// The registry, locked for one open: lookups and the open itself happen
 /// under the lock, so two threads never open the same store twice.
 pub(super) struct Registry {
-    guard: MutexGuard<'static, Option<HashMap<FileKey, Weak<Store>>>>,
+    guard: MutexGuard<'static, Option<Map>>,
 }
 
 pub(super) fn lock() -> Registry {
     let mut guard = OPEN.lock();
     guard
         .get_or_insert_with(HashMap::new)
-        .retain(|_, weak| weak.strong_count() > 0);
+        .retain(|_, entry| entry.store.strong_count() > 0);
     Registry { guard }
 }
 
 impl Registry {
-    fn map(&mut self) -> &mut HashMap<FileKey, Weak<Store>> {
+    fn map(&mut self) -> &mut Map {
         self.guard.get_or_insert_with(HashMap::new)
     }
 
     /// The live store whose data file is `key`.
     pub(super) fn get(&mut self, key: &FileKey) -> Option<Arc<Store>> {
-        self.map().get(key).and_then(Weak::upgrade)
+        self.map().get(key).and_then(|entry| entry.store.upgrade())
     }
 
     /// Whether a live store was opened at the directory `canonical`.
     pub(super) fn any_at(&mut self, canonical: &Path) -> bool {
+        // Counted, not upgraded: see the module's invariant.
         self.map()
             .values()
-            .filter_map(Weak::upgrade)
-            .any(|store| store.path() == canonical)
+            .any(|entry| entry.canonical == canonical && entry.store.strong_count() > 0)
     }
 
     pub(super) fn insert(&mut self, store: &Arc<Store>) {
         if let Some(key) = store.file_key() {
-            self.map().insert(key.clone(), Arc::downgrade(store));
+            let entry = Entry {
+                canonical: store.path().to_path_buf(),
+                store: Arc::downgrade(store),
+            };
+            self.map().insert(key.clone(), entry);
         }
     }
 }
