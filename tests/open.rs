@@ -251,3 +251,53 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_other_threads_open_stor
         "{rounds} rounds, {opens} opens"
     );
 }
+
+/// The same with an async subscription that waited: its waker started the
+/// thread that looks for other processes' commits (`storage/notify.rs`),
+/// which holds the store while it looks. That thread once became the last
+/// owner when the drops landed during a look, and closed the environment
+/// after the last drop had returned.
+#[test]
+fn a_dropped_store_is_closed_when_the_drop_returns_after_an_async_subscription_waited() {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use futures_util::Stream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = VarveConfig {
+        // The poller looks as often as it may, to meet the drops often.
+        cross_process_poll: Some(std::time::Duration::from_millis(1)),
+        ..VarveConfig::default()
+    };
+    Varve::with_config(dir.path(), config.clone())
+        .unwrap()
+        .stream::<Order, 128>("orders")
+        .unwrap()
+        .append(StreamId(1), &Order::numbered(1))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut rounds = 0;
+    while rounds < 1_000 && std::time::Instant::now() < deadline {
+        let varve = Varve::with_config(dir.path(), config.clone()).unwrap();
+        let mut waiting = varve.subscribe(varvedb::GlobalSequence(1)).into_async();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            Pin::new(&mut waiting).poll_next(&mut cx),
+            Poll::Pending
+        ));
+        // Drops at varied moments of the poller's period.
+        std::thread::sleep(std::time::Duration::from_micros(100 * (rounds % 15)));
+        drop(varve);
+        drop(waiting);
+        // SAFETY: no varvedb handle of this directory is open (the drops
+        // above returned), and this environment is closed before the next.
+        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
+        match raw {
+            Ok(env) => drop(env),
+            Err(e) => panic!("round {rounds}: the dropped store is still open: {e:?}"),
+        }
+        rounds += 1;
+    }
+    assert!(rounds >= 50, "{rounds} rounds");
+}
