@@ -86,6 +86,11 @@ impl CommitSignal {
         self.end.load(Ordering::Acquire)
     }
 
+    /// Wakes every waiting thread and task: a waiter was asked to stop.
+    pub(crate) fn interrupt(&self) {
+        self.notify();
+    }
+
     /// Wakes every waiting thread and task: the log's end moved, or a waiter
     /// was asked to stop.
     fn notify(&self) {
@@ -230,9 +235,19 @@ impl Store {
     }
 
     /// Wakes every thread and task waiting for a commit, so that one whose
-    /// stop flag was just set notices it.
+    /// stop flag was just set notices it (or, on PostgreSQL, one that must
+    /// check what it read after lost commits).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL listener
     pub(crate) fn interrupt_waiters(&self) {
         self.commits.notify();
+    }
+
+    /// What wakes this store's waiters, for a [`StopHandle`](crate::StopHandle)
+    /// to hold instead of the store: it must never own the store, even for a
+    /// moment, or the thread stopping could close it after the last handle's
+    /// drop returned (see `registry.rs`).
+    pub(crate) fn commit_signal(&self) -> Arc<CommitSignal> {
+        Arc::clone(&self.commits)
     }
 
     /// A key under which one subscription registers its task's waker.
