@@ -474,31 +474,32 @@ fn a_child_backs_up_until_killed() {
     let (dir, cycle) = args.split_once('\n').unwrap();
     let dir = PathBuf::from(dir);
     let varve = Varve::with_config(dir.join("store"), config()).unwrap();
-    // A paced writer (about 500 events a second) racing the first backups
-    // of the cycle, stopped when the fourth starts. The parent kills the
-    // second at up to 7/8 of the first one's time; a second backup quicker
-    // than that (seen in the encrypted run) has the kill land in the third,
-    // which must race writes too. Stopped after a fixed count, the writer
-    // had finished before the kill in the encrypted run; unbounded, it grew
-    // the store with each cycle's length, which grows with the store, and
-    // the test's time compounded (350 s in CI's encrypted run).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A paced writer (about 500 events a second) racing every backup of the
+    // cycle until the parent's kill: the parent kills the second backup at
+    // up to 7/8 of the first one's time, but a loaded machine may wake it
+    // late, with the kill landing in the third backup or later (a writer
+    // stopped when the fourth started had finished before such a kill, 2
+    // runs in 15 with two CPU hogs). Paced, it adds events for as long as
+    // the cycle lasts (the store grows by a few percent a cycle); an
+    // unpaced writer grew the store with each cycle's length, which grows
+    // with the store, and the test's time compounded (350 s in CI's
+    // encrypted run). Bounded in time in case the parent never kills.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let writer = {
         let varve = varve.clone();
-        let stop = stop.clone();
         std::thread::spawn(move || {
             let mut k = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while std::time::Instant::now() < deadline {
                 append(&varve, "audit", 10_000_000 + k, 1, 1);
                 k += 1;
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(2));
             }
             println!("@@ writer done {k}");
         })
     };
     for k in 0.. {
-        if k == 3 {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if std::time::Instant::now() >= deadline {
+            break;
         }
         println!("@@ backing up {k}");
         let name = format!("backup-{cycle}-{k}");
@@ -506,7 +507,7 @@ fn a_child_backs_up_until_killed() {
         varve.backup(dir.join(&name)).unwrap();
         println!("@@ done {name} {}", started.elapsed().as_micros());
     }
-    drop(writer);
+    writer.join().unwrap();
 }
 
 /// A follower writes segments while writers append; the backup and every
