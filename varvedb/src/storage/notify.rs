@@ -15,6 +15,7 @@
 //! was committed (LMDB's last transaction id, read inside the map gate); only
 //! a new transaction id costs a short snapshot to read the end.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -300,7 +301,9 @@ impl Store {
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn deregister_waker(&self, key: u64) {
         self.commits.tasks.lock().waiting.remove(&key);
-        if std::thread::current().name() != Some(POLLER_THREAD) {
+        // Outside a poller (also while this thread's locals are being
+        // destroyed: no poller then).
+        if !IN_POLLER.try_with(Cell::get).unwrap_or(false) {
             drop(self.commits.looking.lock());
         }
     }
@@ -322,6 +325,11 @@ impl Store {
 #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
 const POLLER_THREAD: &str = "varvedb-commit-poll";
 
+std::thread_local! {
+    /// Set on a poller thread, which must not wait for its own `looking`.
+    static IN_POLLER: Cell<bool> = const { Cell::new(false) };
+}
+
 /// The helper thread: while tasks wait, looks for commits of other processes
 /// every `every`; publishing a moved end wakes them. Ends when no task waits
 /// or the store is gone.
@@ -340,6 +348,7 @@ fn poll_other_processes(
     looking: &Mutex<()>,
     every: Duration,
 ) {
+    IN_POLLER.with(|p| p.set(true));
     loop {
         std::thread::sleep(every);
         let (store, look) = {
