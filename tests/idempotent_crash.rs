@@ -125,8 +125,10 @@ fn after_crashes_and_retries_each_logical_append_exists_exactly_once() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        // Acknowledgements that were printed before the kill count too.
-        while let Ok(line) = rx.try_recv() {
+        // Acknowledgements that were printed before the kill count too: all
+        // of them, read to the pipe's end (the reading thread drops its
+        // sender there), not only those the thread has passed on so far.
+        while let Ok(line) = rx.recv_timeout(TIMEOUT) {
             let k = ack(&line).0;
             acked = Some(acked.map_or(k, |a| a.max(k)));
         }

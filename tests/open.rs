@@ -251,3 +251,118 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_other_threads_open_stor
         "{rounds} rounds, {opens} opens"
     );
 }
+
+/// The same with an async subscription that waited: its waker started the
+/// thread that looks for other processes' commits (`storage/notify.rs`),
+/// which holds the store while it looks. That thread once became the last
+/// owner when the drops landed during a look, and closed the environment
+/// after the last drop had returned.
+#[test]
+fn a_dropped_store_is_closed_when_the_drop_returns_after_an_async_subscription_waited() {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use futures_util::Stream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = VarveConfig {
+        // The poller looks as often as it may, to meet the drops often.
+        cross_process_poll: Some(std::time::Duration::from_millis(1)),
+        ..VarveConfig::default()
+    };
+    Varve::with_config(dir.path(), config.clone())
+        .unwrap()
+        .stream::<Order, 128>("orders")
+        .unwrap()
+        .append(StreamId(1), &Order::numbered(1))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut rounds = 0;
+    while rounds < 1_000 && std::time::Instant::now() < deadline {
+        let varve = Varve::with_config(dir.path(), config.clone()).unwrap();
+        let mut waiting = varve.subscribe(varvedb::GlobalSequence(1)).into_async();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            Pin::new(&mut waiting).poll_next(&mut cx),
+            Poll::Pending
+        ));
+        // Drops at varied moments of the poller's period.
+        std::thread::sleep(std::time::Duration::from_micros(100 * (rounds % 15)));
+        drop(varve);
+        drop(waiting);
+        // SAFETY: no varvedb handle of this directory is open (the drops
+        // above returned), and this environment is closed before the next.
+        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
+        match raw {
+            Ok(env) => drop(env),
+            Err(e) => panic!("round {rounds}: the dropped store is still open: {e:?}"),
+        }
+        rounds += 1;
+    }
+    assert!(rounds >= 50, "{rounds} rounds");
+}
+
+/// The same with a `StopHandle` used on another thread while the last
+/// handles drop: `stop` once took the store for a moment, to wake its
+/// waiters, so that thread could close the environment after the drop had
+/// returned.
+#[test]
+fn a_dropped_store_is_closed_when_the_drop_returns_while_another_thread_stops_its_subscription() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    let dir = tempfile::tempdir().unwrap();
+    Varve::new(dir.path())
+        .unwrap()
+        .stream::<Order, 128>("orders")
+        .unwrap()
+        .append(StreamId(1), &Order::numbered(1))
+        .unwrap();
+    let (handles, stops) = mpsc::channel::<varvedb::StopHandle>();
+    let done = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut stops_made = 0u64;
+            let mut current = None;
+            while !done.load(Ordering::Relaxed) {
+                while let Ok(handle) = stops.try_recv() {
+                    current = Some(handle);
+                }
+                if let Some(handle) = &current {
+                    handle.stop();
+                    stops_made += 1;
+                }
+            }
+            stops_made
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut rounds = 0;
+    while rounds < 2_000 && std::time::Instant::now() < deadline {
+        let varve = Varve::new(dir.path()).unwrap();
+        let subscription = varve.subscribe(varvedb::GlobalSequence(0));
+        handles.send(subscription.stop_handle()).unwrap();
+        // Let the other thread stop it a few times.
+        std::thread::sleep(std::time::Duration::from_micros(50 * (rounds % 7)));
+        drop(subscription);
+        drop(varve);
+        // SAFETY: no varvedb handle of this directory is open (the drops
+        // above returned), and this environment is closed before the next.
+        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
+        match raw {
+            Ok(env) => drop(env),
+            Err(e) => {
+                done.store(true, Ordering::Relaxed);
+                panic!("round {rounds}: the dropped store is still open: {e:?}");
+            }
+        }
+        rounds += 1;
+    }
+    done.store(true, Ordering::Relaxed);
+    let stops_made = stopper.join().unwrap();
+    assert!(
+        rounds >= 50 && stops_made > 0,
+        "{rounds} rounds, {stops_made} stops"
+    );
+}

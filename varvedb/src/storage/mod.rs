@@ -61,7 +61,7 @@ pub(crate) use catalog::{Legacy, StreamInfo, TypeIdentity};
 pub use group::CommitStats;
 pub use identity::StoreId;
 pub(crate) use identity::{read_identity, sync_dir, write_identity, Identity, DATA_FILE};
-pub(crate) use notify::CROSS_PROCESS_POLL;
+pub(crate) use notify::{CommitSignal, CROSS_PROCESS_POLL};
 pub(crate) use snapshot::{
     block_end, block_position, block_tag, ArchivedRef, BlockRef, EventAt, EventPosition, Frozen,
     GlobalCursor, MappedEvent, StreamBlock, StreamCursor, View,
@@ -137,7 +137,9 @@ pub(crate) struct Store {
     /// The key vault of entity keys (set once at open, before the store is
     /// shared); unset: none. See [`vault`].
     vault: std::sync::OnceLock<vault::Vault>,
-    commits: notify::CommitSignal,
+    /// Shared with the [`StopHandle`](crate::StopHandle)s, which wake its
+    /// waiters without holding the store.
+    commits: Arc<notify::CommitSignal>,
     group: group::GroupCommit,
     gate: Arc<gate::MapGate>,
     /// Serializes this process's writers, so LMDB's own (cross-process) writer
@@ -925,7 +927,7 @@ impl Store {
             vault: std::sync::OnceLock::new(),
             chain_key: parking_lot::RwLock::new(chain_key),
             crypt,
-            commits: notify::CommitSignal::default(),
+            commits: Arc::default(),
             group: group::GroupCommit::default(),
             gate: Arc::new(gate::MapGate::default()),
             writer: Mutex::new(()),

@@ -15,6 +15,7 @@
 //! was committed (LMDB's last transaction id, read inside the map gate); only
 //! a new transaction id costs a short snapshot to read the end.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -35,7 +36,12 @@ const MIN_POLL: Duration = Duration::from_millis(1);
 pub(crate) struct CommitSignal {
     ticket: Mutex<u64>,
     changed: Condvar,
-    tasks: Mutex<Tasks>,
+    /// Shared with the poller thread, which looks at it without holding the
+    /// store.
+    tasks: Arc<Mutex<Tasks>>,
+    /// Held by the poller thread for as long as it holds the store (see
+    /// [`poll_other_processes`]).
+    looking: Arc<Mutex<()>>,
     /// One past the last global sequence this process has seen committed.
     /// Only ever raised.
     end: AtomicU64,
@@ -79,6 +85,11 @@ impl CommitSignal {
     /// One past the last global sequence known to be committed.
     fn end(&self) -> u64 {
         self.end.load(Ordering::Acquire)
+    }
+
+    /// Wakes every waiting thread and task: a waiter was asked to stop.
+    pub(crate) fn interrupt(&self) {
+        self.notify();
     }
 
     /// Wakes every waiting thread and task: the log's end moved, or a waiter
@@ -225,9 +236,19 @@ impl Store {
     }
 
     /// Wakes every thread and task waiting for a commit, so that one whose
-    /// stop flag was just set notices it.
+    /// stop flag was just set notices it (or, on PostgreSQL, one that must
+    /// check what it read after lost commits).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL listener
     pub(crate) fn interrupt_waiters(&self) {
         self.commits.notify();
+    }
+
+    /// What wakes this store's waiters, for a [`StopHandle`](crate::StopHandle)
+    /// to hold instead of the store: it must never own the store, even for a
+    /// moment, or the thread stopping could close it after the last handle's
+    /// drop returned (see `registry.rs`).
+    pub(crate) fn commit_signal(&self) -> Arc<CommitSignal> {
+        Arc::clone(&self.commits)
     }
 
     /// A key under which one subscription registers its task's waker.
@@ -260,19 +281,31 @@ impl Store {
         };
         if let (true, Some(every)) = (start_poller, poll) {
             let weak = Arc::downgrade(self);
+            let tasks = Arc::clone(&self.commits.tasks);
+            let looking = Arc::clone(&self.commits.looking);
             let spawned = std::thread::Builder::new()
-                .name("varvedb-commit-poll".into())
-                .spawn(move || poll_other_processes(weak, every));
+                .name(POLLER_THREAD.into())
+                .spawn(move || poll_other_processes(weak, &tasks, &looking, every));
             if spawned.is_err() {
                 self.commits.tasks.lock().poller = false;
             }
         }
     }
 
-    /// Forgets the waker registered under `key`, if any.
+    /// Forgets the waker registered under `key`, if any, then waits for a
+    /// look of the poller thread in progress to end: the task's handle of
+    /// the store, dropped next, may be the last one, and the store must then
+    /// close on this thread (see [`poll_other_processes`]). On a poller
+    /// thread itself (a waker it woke dropped a task) there is no waiting:
+    /// it may be the thread holding the lock.
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn deregister_waker(&self, key: u64) {
         self.commits.tasks.lock().waiting.remove(&key);
+        // Outside a poller (also while this thread's locals are being
+        // destroyed: no poller then).
+        if !IN_POLLER.try_with(Cell::get).unwrap_or(false) {
+            drop(self.commits.looking.lock());
+        }
     }
 
     /// How many tasks are registered (for tests).
@@ -288,23 +321,55 @@ impl Store {
     }
 }
 
+/// The name of the poller thread.
+#[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
+const POLLER_THREAD: &str = "varvedb-commit-poll";
+
+std::thread_local! {
+    /// Set on a poller thread, which must not wait for its own `looking`.
+    static IN_POLLER: Cell<bool> = const { Cell::new(false) };
+}
+
 /// The helper thread: while tasks wait, looks for commits of other processes
 /// every `every`; publishing a moved end wakes them. Ends when no task waits
-/// or the store is gone; holds the store only while looking.
+/// or the store is gone.
+///
+/// It holds the store only while looking, and must never be its last owner:
+/// the store (and its LMDB environment) closes on the thread that drops the
+/// last handle, as that drop returns (`registry.rs`). So it takes the store
+/// only while a task is registered, under `tasks`' lock, and holds `looking`
+/// until it has let the store go; a task's drop deregisters, then waits for
+/// `looking` ([`Store::deregister_waker`]) before its own handle goes. Every
+/// task registered when a look began still owns the store when it ends.
 #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
-fn poll_other_processes(store: Weak<Store>, every: Duration) {
+fn poll_other_processes(
+    store: Weak<Store>,
+    tasks: &Mutex<Tasks>,
+    looking: &Mutex<()>,
+    every: Duration,
+) {
+    IN_POLLER.with(|p| p.set(true));
     loop {
         std::thread::sleep(every);
-        let Some(store) = store.upgrade() else { return };
-        {
-            let mut tasks = store.commits.tasks.lock();
+        let (store, look) = {
+            let mut tasks = tasks.lock();
+            // Asked before taking the store: with no task waiting, this
+            // thread could be its last owner.
             if tasks.waiting.is_empty() {
                 tasks.poller = false;
                 return;
             }
-        }
+            let look = looking.lock();
+            let Some(store) = store.upgrade() else {
+                tasks.poller = false;
+                return;
+            };
+            (store, look)
+        };
         // A failed look is retried at the next tick.
         let _ = store.look_for_commits();
+        drop(store);
+        drop(look);
     }
 }
 

@@ -55,6 +55,10 @@ impl<P: Pager> Task<P> {
 
 impl<P: Pager> Drop for Task<P> {
     fn drop(&mut self) {
+        // Its page first: that snapshot holds the map gate, which a look of
+        // the poller thread may be waiting to enter while the deregistering
+        // waits for that look to end (`Store::deregister_waker`).
+        self.follower.release();
         self.follower.store().deregister_waker(self.key);
     }
 }

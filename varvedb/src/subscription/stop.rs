@@ -2,9 +2,9 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
-use crate::storage::Store;
+use crate::storage::{CommitSignal, Store};
 
 /// Stops a [`Subscription`](crate::Subscription) (or a running projection)
 /// from any thread, waking it if it waits for a commit. Cheap to clone.
@@ -26,23 +26,24 @@ use crate::storage::Store;
 #[derive(Clone)]
 pub struct StopHandle {
     flag: Arc<AtomicBool>,
-    store: Weak<Store>,
+    /// The store's waiters, not the store: a handle never owns the store,
+    /// even for a moment, so the last handle's drop on another thread
+    /// closes it before that drop returns.
+    waiters: Arc<CommitSignal>,
 }
 
 impl StopHandle {
     pub(crate) fn new(flag: Arc<AtomicBool>, store: &Arc<Store>) -> Self {
         StopHandle {
             flag,
-            store: Arc::downgrade(store),
+            waiters: store.commit_signal(),
         }
     }
 
     /// Asks the subscription or projection to stop, and wakes it if it waits.
     pub fn stop(&self) {
         self.flag.store(true, Ordering::Release);
-        if let Some(store) = self.store.upgrade() {
-            store.interrupt_waiters();
-        }
+        self.waiters.interrupt();
     }
 
     /// Whether [`StopHandle::stop`] was called.
