@@ -50,6 +50,21 @@ impl MapGate {
         }
     }
 
+    /// Enters the gate unless a resize is pending or running (`None`): for
+    /// a thread that must never wait here (the commit poller, which holds
+    /// a lock a task's drop waits for, on a thread that may hold the
+    /// snapshot the resize waits for).
+    pub(crate) fn try_enter(self: &Arc<Self>) -> Option<GateGuard> {
+        let mut state = self.state.lock();
+        if state.resizing {
+            return None;
+        }
+        state.active += 1;
+        Some(GateGuard {
+            gate: Arc::clone(self),
+        })
+    }
+
     /// Enters the gate without waiting for a pending resize. Only for a thread
     /// that already holds a guard (a write transaction's): no remap can be
     /// running or start while it does, and waiting here would deadlock with a
@@ -78,12 +93,28 @@ impl MapGate {
     pub(crate) fn exclusive<R>(
         &self,
         wait: Duration,
+        release_idle: impl FnMut(),
+        f: impl FnOnce() -> R,
+    ) -> Result<R, usize> {
+        self.exclusive_within(Some(wait), release_idle, f)
+    }
+
+    /// [`MapGate::exclusive`] that never waits (`wait` `None`): not for
+    /// another thread's resize, nor for open transactions (after asking
+    /// `release_idle` once to close idle ones). For a thread holding what
+    /// a holder of a transaction may be waiting for (the commit poller).
+    pub(crate) fn exclusive_within<R>(
+        &self,
+        wait: Option<Duration>,
         mut release_idle: impl FnMut(),
         f: impl FnOnce() -> R,
     ) -> Result<R, usize> {
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + wait.unwrap_or(Duration::ZERO);
         let mut state = self.state.lock();
         while state.resizing {
+            if wait.is_none() {
+                return Err(state.active);
+            }
             // Another thread is resizing; wait for it, then do our own check.
             self.changed.wait(&mut state);
         }

@@ -87,6 +87,18 @@ impl CommitSignal {
         self.end.load(Ordering::Acquire)
     }
 
+    /// Whether a task dropped on this thread must wait for a look of this
+    /// store's poller to end: everywhere but on that poller itself. Only
+    /// this store's poller may skip it: a waker run by another store's poller
+    /// that drops a task of this one must still wait, or this store's poller
+    /// could be left its last owner. (While this thread's locals are being
+    /// destroyed, no look of it is in progress.)
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
+    fn must_wait_for_looks(&self) -> bool {
+        let ours = looking_id(&self.looking);
+        POLLING.try_with(Cell::get).map_or(true, |id| id != ours)
+    }
+
     /// Wakes every waiting thread and task: a waiter was asked to stop.
     pub(crate) fn interrupt(&self) {
         self.notify();
@@ -200,6 +212,33 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::look_for_commits`] for the poller thread, which must never
+    /// wait at the map gate: it holds `looking`, which a task's drop waits
+    /// for ([`Store::deregister_waker`]), and the dropping thread may hold a
+    /// snapshot (an event) that a pending growth waits for; each would wait
+    /// for the other until the growth gave up (`resize_wait`), failing it.
+    /// A look that would wait is skipped: the next tick looks again.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
+    fn look_for_commits_without_waiting(self: &Arc<Self>) -> Result<()> {
+        let Some(guard) = self.gate.try_enter() else {
+            return Ok(());
+        };
+        let newest = self.last_txn_id_in(&guard);
+        drop(guard);
+        if newest == self.commits.looked_at.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(mut view) = self.snapshot_without_waiting()? else {
+            return Ok(());
+        };
+        // Publishes the end (`View::end_global` does for every snapshot).
+        view.end_global()?;
+        self.commits
+            .looked_at
+            .fetch_max(view.txn_id(), Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Blocks until the log's end is past `seen`, `timeout` passes, or `stop`
     /// is set (whoever sets it then calls [`Store::interrupt_waiters`]);
     /// returns the log's end.
@@ -295,15 +334,13 @@ impl Store {
     /// Forgets the waker registered under `key`, if any, then waits for a
     /// look of the poller thread in progress to end: the task's handle of
     /// the store, dropped next, may be the last one, and the store must then
-    /// close on this thread (see [`poll_other_processes`]). On a poller
-    /// thread itself (a waker it woke dropped a task) there is no waiting:
-    /// it may be the thread holding the lock.
+    /// close on this thread (see [`poll_other_processes`]). On this store's
+    /// poller thread itself (a waker it woke dropped a task) there is no
+    /// waiting: it may be the thread holding the lock.
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn deregister_waker(&self, key: u64) {
         self.commits.tasks.lock().waiting.remove(&key);
-        // Outside a poller (also while this thread's locals are being
-        // destroyed: no poller then).
-        if !IN_POLLER.try_with(Cell::get).unwrap_or(false) {
+        if self.commits.must_wait_for_looks() {
             drop(self.commits.looking.lock());
         }
     }
@@ -326,8 +363,17 @@ impl Store {
 const POLLER_THREAD: &str = "varvedb-commit-poll";
 
 std::thread_local! {
-    /// Set on a poller thread, which must not wait for its own `looking`.
-    static IN_POLLER: Cell<bool> = const { Cell::new(false) };
+    /// On a poller thread, the identity ([`looking_id`]) of the `looking`
+    /// lock of the store it polls for, which it must not wait for itself;
+    /// 0 on every other thread. The poller holds that lock's `Arc` for its
+    /// whole life, so the address names one store's lock while it is set.
+    static POLLING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The identity of a store's `looking` lock: its address.
+#[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
+fn looking_id(looking: &Arc<Mutex<()>>) -> usize {
+    Arc::as_ptr(looking) as usize
 }
 
 /// The helper thread: while tasks wait, looks for commits of other processes
@@ -345,10 +391,10 @@ std::thread_local! {
 fn poll_other_processes(
     store: Weak<Store>,
     tasks: &Mutex<Tasks>,
-    looking: &Mutex<()>,
+    looking: &Arc<Mutex<()>>,
     every: Duration,
 ) {
-    IN_POLLER.with(|p| p.set(true));
+    POLLING.with(|p| p.set(looking_id(looking)));
     loop {
         std::thread::sleep(every);
         let (store, look) = {
@@ -366,8 +412,8 @@ fn poll_other_processes(
             };
             (store, look)
         };
-        // A failed look is retried at the next tick.
-        let _ = store.look_for_commits();
+        // A failed (or skipped) look is retried at the next tick.
+        let _ = store.look_for_commits_without_waiting();
         drop(store);
         drop(look);
     }
@@ -538,6 +584,168 @@ mod tests {
         append(&store);
         assert_eq!(count.get(), 1);
         assert_eq!(store.wait_for_commit(seen, Duration::MAX, &never), 2);
+    }
+}
+
+/// The poller's exemption from waiting for looks is its own store's only.
+#[cfg(all(test, not(loom), feature = "async"))]
+mod poller_tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    use std::task::Wake;
+
+    use super::*;
+    use crate::config::VarveConfig;
+    use crate::position::ExpectedVersion;
+    use crate::storage::{BlockBuilder, TypeIdentity};
+
+    /// Drops (deregisters) a task of another store when woken, then says
+    /// whether that store's `looking` was free as the drop returned.
+    struct DropsTaskOf {
+        other: Arc<Store>,
+        key: u64,
+        woken: AtomicUsize,
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        out: Mutex<Option<mpsc::Sender<bool>>>,
+    }
+
+    impl Wake for DropsTaskOf {
+        fn wake(self: Arc<Self>) {
+            if self.woken.fetch_add(1, Ordering::SeqCst) > 0 {
+                return;
+            }
+            if let Some(entered) = self.entered.lock().take() {
+                let _ = entered.send(());
+            }
+            self.other.deregister_waker(self.key);
+            let free = self.other.commits.looking.try_lock().is_some();
+            if let Some(out) = self.out.lock().take() {
+                let _ = out.send(free);
+            }
+        }
+    }
+
+    /// A waker run by store A's poller drops a task of store B while B's
+    /// poller looks (its `looking` held, here by the test): the drop must
+    /// wait for that look to end, or B's poller could be left B's last
+    /// owner and close B after the task's (last) handle was dropped. The
+    /// exemption was once any poller's, by a thread-local flag.
+    #[test]
+    fn a_task_dropped_by_another_stores_poller_waits_for_its_own_stores_look() {
+        let a_dir = tempfile::tempdir().unwrap();
+        let a = Store::open(
+            a_dir.path(),
+            VarveConfig {
+                cross_process_poll: Some(Duration::from_millis(1)),
+                ..VarveConfig::default()
+            },
+        )
+        .unwrap();
+        let b_dir = tempfile::tempdir().unwrap();
+        let b = Store::open(
+            b_dir.path(),
+            VarveConfig {
+                cross_process_poll: None,
+                ..VarveConfig::default()
+            },
+        )
+        .unwrap();
+        let b_key = b.waker_key();
+        b.register_waker(b_key, Waker::noop());
+        // B's poller is looking.
+        let look = b.commits.looking.lock();
+        let (entered_tx, entered) = mpsc::channel();
+        let (out_tx, out) = mpsc::channel();
+        let waker = Arc::new(DropsTaskOf {
+            other: Arc::clone(&b),
+            key: b_key,
+            woken: AtomicUsize::new(0),
+            entered: Mutex::new(Some(entered_tx)),
+            out: Mutex::new(Some(out_tx)),
+        });
+        let a_key = a.waker_key();
+        a.register_waker(a_key, &Waker::from(Arc::clone(&waker)));
+        // A commit of "another process" on A: A's poller finds it and runs
+        // the waker.
+        append_elsewhere(&a);
+        entered.recv().unwrap();
+        // The drop must not return while B's look lasts. (A drop that does
+        // not wait answers at once; a waiting one is let go after a while.)
+        match out.recv_timeout(Duration::from_millis(300)) {
+            Ok(free) => panic!("the drop returned during B's look (looking free: {free})"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        drop(look);
+        assert!(
+            out.recv().unwrap(),
+            "the drop returned before B's look ended"
+        );
+        assert_eq!(b.registered_wakers(), 0);
+        assert!(
+            a.commits.must_wait_for_looks() && b.commits.must_wait_for_looks(),
+            "the test thread is no poller"
+        );
+    }
+
+    /// The poller's look never waits at the map gate: it holds `looking`,
+    /// which a task's drop waits for, and the dropping thread may hold the
+    /// snapshot (an event) that a pending growth waits for. A look that
+    /// waited would hold both until the growth gave up.
+    #[test]
+    fn the_pollers_look_never_waits_for_a_pending_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), VarveConfig::default()).unwrap();
+        append_elsewhere(&store);
+        // The dropping thread's event.
+        let held = store.snapshot().unwrap();
+        let grower = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                store
+                    .gate
+                    .exclusive(Duration::from_secs(30), || (), || ())
+                    .is_ok()
+            })
+        };
+        while !store.resize_pending() {
+            std::thread::yield_now();
+        }
+        // Inside the window the poller's own check cannot close: past
+        // `resize_pending` (still false then), the growth began.
+        store.look_for_commits_without_waiting().unwrap();
+        assert_eq!(store.log_end(), 0, "skipped, not waited for");
+        drop(held);
+        assert!(grower.join().unwrap(), "the growth ran");
+        assert_eq!(
+            store.gate.timeouts.load(Ordering::SeqCst),
+            0,
+            "the growth never gave up"
+        );
+        store.look_for_commits_without_waiting().unwrap();
+        assert_eq!(store.log_end(), 1, "the next look finds the commit");
+    }
+
+    /// Appends one event to stream "s" as another process would.
+    fn append_elsewhere(store: &Arc<Store>) {
+        let identity = TypeIdentity {
+            type_name: "raw",
+            layout_fingerprint: 1,
+            schema_fingerprint: 0,
+            schema: None,
+        };
+        let info = store.open_stream("s", &identity).unwrap();
+        store
+            .commit_as_another_process(|w| {
+                let mut block = BlockBuilder::with_capacity(0);
+                block.start(1);
+                let mut buf = block.begin_event();
+                buf.extend_from_slice(&[7; 16]);
+                block.finish_event(buf).unwrap();
+                w.append(&info, 1, ExpectedVersion::Any, &mut block)
+                    .map(drop)
+            })
+            .unwrap();
     }
 }
 
