@@ -366,3 +366,43 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_another_thread_stops_it
         "{rounds} rounds, {stops_made} stops"
     );
 }
+
+/// The same with a projection thread dropped (not stopped) before the last
+/// handle: its drop only asked the thread to stop and let it finish on its
+/// own, so that thread still owned the store, and closed the environment
+/// after the last handle's drop had returned.
+///
+/// Not fixed: joining the thread in the drop would hang a caller whose
+/// handler waits on it (a bounded channel it drains after the drop), so a
+/// dropped projection thread keeps the store open until its run ends, as
+/// `ProjectionThread`'s documentation says; `ProjectionThread::stop` waits.
+#[test]
+#[ignore = "review7: a dropped ProjectionThread owns the store until its run ends, after the last handle's drop returned"]
+fn a_dropped_store_is_closed_when_the_drop_returns_after_a_projection_thread_was_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orders = Varve::new(dir.path())
+        .unwrap()
+        .stream::<Order, 128>("orders")
+        .unwrap();
+    for n in 1..=20 {
+        orders.append(StreamId(n % 3), &Order::numbered(n)).unwrap();
+    }
+    drop(orders);
+    for round in 0..50 {
+        let varve = Varve::new(dir.path()).unwrap();
+        let running = varve
+            .projector("sales", varvedb_suite::Sales)
+            .unwrap()
+            .spawn()
+            .unwrap();
+        drop(running);
+        drop(varve);
+        // SAFETY: no varvedb handle of this directory is open (the drops
+        // above returned), and this environment is closed before the next.
+        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
+        match raw {
+            Ok(env) => drop(env),
+            Err(e) => panic!("round {round}: the dropped store is still open: {e:?}"),
+        }
+    }
+}
