@@ -4,7 +4,7 @@
 //! LMDB allows `mdb_env_set_mapsize` on an open environment only while the
 //! calling process has no active transaction: remapping moves the map, and every
 //! pointer a reader holds into it would dangle. Every snapshot and every write
-//! transaction holds a [`GateGuard`]; [`MapGate::exclusive`] stops new entries,
+//! transaction holds a [`GateGuard`]; [`MapGate::exclusive_within`] stops new entries,
 //! waits for the count to reach zero, and runs the resize.
 
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub(crate) struct MapGate {
     /// Mirrors `state.resizing` for the lock-free check readers make on every call.
     pending: AtomicBool,
     changed: Condvar,
-    /// How many times [`MapGate::exclusive`] gave up waiting (for tests that
+    /// How many times [`MapGate::exclusive_within`] gave up waiting (for tests that
     /// count resize waits instead of timing them).
     #[cfg(test)]
     pub(crate) timeouts: std::sync::atomic::AtomicUsize,
@@ -83,13 +83,8 @@ impl MapGate {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Runs `f` while no other transaction of this process is active, waiting
-    /// at most `wait` for open ones to close. On timeout returns the number of
-    /// transactions still open.
-    ///
-    /// While transactions are open it calls `release_idle` (with the gate
-    /// unlocked) every few milliseconds, so that idle holders (snapshots that
-    /// readers cache between calls) can be closed.
+    /// [`MapGate::exclusive_within`] waiting at most `wait` (for tests).
+    #[cfg(test)]
     pub(crate) fn exclusive<R>(
         &self,
         wait: Duration,
@@ -99,10 +94,18 @@ impl MapGate {
         self.exclusive_within(Some(wait), release_idle, f)
     }
 
-    /// [`MapGate::exclusive`] that never waits (`wait` `None`): not for
-    /// another thread's resize, nor for open transactions (after asking
-    /// `release_idle` once to close idle ones). For a thread holding what
-    /// a holder of a transaction may be waiting for (the commit poller).
+    /// Runs `f` while no other transaction of this process is active, waiting
+    /// at most `wait` for open ones to close. On timeout returns the number of
+    /// transactions still open.
+    ///
+    /// While transactions are open it calls `release_idle` (with the gate
+    /// unlocked) every few milliseconds, so that idle holders (snapshots that
+    /// readers cache between calls) can be closed.
+    ///
+    /// With `wait` `None` it never waits: not for another thread's resize,
+    /// nor for open transactions (after asking `release_idle` once to close
+    /// idle ones). For a thread holding what a holder of a transaction may
+    /// be waiting for (the commit poller).
     pub(crate) fn exclusive_within<R>(
         &self,
         wait: Option<Duration>,

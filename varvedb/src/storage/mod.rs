@@ -150,7 +150,7 @@ pub(crate) struct Store {
     /// Every reader's snapshot slot, for growth to close idle ones.
     view_slots: Mutex<Vec<std::sync::Weak<Mutex<Option<View>>>>>,
     /// The size of this process's memory map, in bytes. Written only inside
-    /// [`MapGate::exclusive`](gate::MapGate::exclusive), so growth never asks
+    /// [`MapGate::exclusive_within`](gate::MapGate::exclusive_within), so growth never asks
     /// LMDB (whose `mdb_env_info` reads through the map) outside the gate.
     map_size: AtomicUsize,
     config: VarveConfig,
@@ -1208,9 +1208,9 @@ impl Store {
 
     /// [`Store::snapshot`] for a thread that must never wait at the map
     /// gate (the commit poller: see [`gate::MapGate::try_enter`]). `None`
-    /// where that would wait: a growth pending or running, another process's
-    /// growth to adopt while a transaction of this process is open, or a full
-    /// reader table (left to the next call).
+    /// where that would wait: a growth pending or running, or another
+    /// process's growth to adopt while a transaction of this process is open
+    /// (left to the next call).
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn snapshot_without_waiting(self: &Arc<Self>) -> Result<Option<View>> {
         let env = match &self.engine {
@@ -1219,26 +1219,42 @@ impl Store {
             #[cfg(feature = "postgres")]
             Engine::Pg(_) => return self.snapshot().map(Some),
         };
-        // Twice at most: once more after adopting another process's growth.
-        for _ in 0..2 {
+        // As `snapshot`, but what would wait gives up: at most one adoption
+        // (with no transaction of this process open), and the same two ways
+        // to free a reader slot, neither of which waits.
+        let mut freed = Freed::Nothing;
+        let mut adopted = false;
+        loop {
             let Some(guard) = self.gate.try_enter() else {
                 return Ok(None);
             };
             match env.clone().static_read_txn() {
                 Ok(txn) => return Ok(Some(View::new(Txn::Ro(txn), guard, Arc::clone(self)))),
-                Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                Err(heed::Error::Mdb(MdbError::MapResized)) if !adopted => {
                     drop(guard);
+                    adopted = true;
                     match self.remap_within(Remap::Adopt, None) {
                         Ok(()) => {}
                         Err(Error::MapResizeBlocked { .. }) => return Ok(None),
                         Err(e) => return Err(e),
                     }
                 }
-                Err(heed::Error::Mdb(MdbError::ReadersFull)) => return Ok(None),
+                Err(heed::Error::Mdb(MdbError::ReadersFull)) if freed != Freed::IdleViews => {
+                    drop(guard);
+                    freed = match freed {
+                        Freed::Nothing => {
+                            self.clear_stale_readers()?;
+                            Freed::DeadProcesses
+                        }
+                        _ => {
+                            self.close_idle_views();
+                            Freed::IdleViews
+                        }
+                    };
+                }
                 Err(e) => return Err(self.err("opening a read snapshot")(e)),
             }
         }
-        Ok(None)
     }
 
     /// Opens a read snapshot of the newest commit.

@@ -96,7 +96,7 @@ impl CommitSignal {
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     fn must_wait_for_looks(&self) -> bool {
         let ours = looking_id(&self.looking);
-        POLLING.try_with(Cell::get).map_or(true, |id| id != ours)
+        !POLLING.try_with(Cell::get).is_ok_and(|id| id == ours)
     }
 
     /// Wakes every waiting thread and task: a waiter was asked to stop.
