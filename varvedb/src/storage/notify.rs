@@ -15,7 +15,6 @@
 //! was committed (LMDB's last transaction id, read inside the map gate); only
 //! a new transaction id costs a short snapshot to read the end.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -85,18 +84,6 @@ impl CommitSignal {
     /// One past the last global sequence known to be committed.
     fn end(&self) -> u64 {
         self.end.load(Ordering::Acquire)
-    }
-
-    /// Whether a task dropped on this thread must wait for a look of this
-    /// store's poller to end: everywhere but on that poller itself. Only
-    /// this store's poller may skip it: a waker run by another store's poller
-    /// that drops a task of this one must still wait, or this store's poller
-    /// could be left its last owner. (While this thread's locals are being
-    /// destroyed, no look of it is in progress.)
-    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
-    fn must_wait_for_looks(&self) -> bool {
-        let ours = looking_id(&self.looking);
-        !POLLING.try_with(Cell::get).is_ok_and(|id| id == ours)
     }
 
     /// Wakes every waiting thread and task: a waiter was asked to stop.
@@ -218,25 +205,25 @@ impl Store {
     /// snapshot (an event) that a pending growth waits for; each would wait
     /// for the other until the growth gave up (`resize_wait`), failing it.
     /// A look that would wait is skipped: the next tick looks again.
+    ///
+    /// Publishes nothing: returns the end found and its transaction id, for
+    /// the poller to publish once it has let the store go (publishing runs
+    /// the tasks' wakers, which may drop the last handles).
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
-    fn look_for_commits_without_waiting(self: &Arc<Self>) -> Result<()> {
+    fn look_for_commits_without_waiting(self: &Arc<Self>) -> Result<Option<(u64, usize)>> {
         let Some(guard) = self.gate.try_enter() else {
-            return Ok(());
+            return Ok(None);
         };
         let newest = self.last_txn_id_in(&guard);
         drop(guard);
         if newest == self.commits.looked_at.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
         let Some(mut view) = self.snapshot_without_waiting()? else {
-            return Ok(());
+            return Ok(None);
         };
-        // Publishes the end (`View::end_global` does for every snapshot).
-        view.end_global()?;
-        self.commits
-            .looked_at
-            .fetch_max(view.txn_id(), Ordering::AcqRel);
-        Ok(())
+        let end = view.end_global_unpublished()?;
+        Ok(Some((end, view.txn_id())))
     }
 
     /// Blocks until the log's end is past `seen`, `timeout` passes, or `stop`
@@ -320,11 +307,10 @@ impl Store {
         };
         if let (true, Some(every)) = (start_poller, poll) {
             let weak = Arc::downgrade(self);
-            let tasks = Arc::clone(&self.commits.tasks);
-            let looking = Arc::clone(&self.commits.looking);
+            let signal = Arc::clone(&self.commits);
             let spawned = std::thread::Builder::new()
                 .name(POLLER_THREAD.into())
-                .spawn(move || poll_other_processes(weak, &tasks, &looking, every));
+                .spawn(move || poll_other_processes(weak, &signal, every));
             if spawned.is_err() {
                 self.commits.tasks.lock().poller = false;
             }
@@ -334,15 +320,12 @@ impl Store {
     /// Forgets the waker registered under `key`, if any, then waits for a
     /// look of the poller thread in progress to end: the task's handle of
     /// the store, dropped next, may be the last one, and the store must then
-    /// close on this thread (see [`poll_other_processes`]). On this store's
-    /// poller thread itself (a waker it woke dropped a task) there is no
-    /// waiting: it may be the thread holding the lock.
+    /// close on this thread (see [`poll_other_processes`]). The poller runs
+    /// no waker while it looks, so a waker it runs may drop tasks too.
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn deregister_waker(&self, key: u64) {
         self.commits.tasks.lock().waiting.remove(&key);
-        if self.commits.must_wait_for_looks() {
-            drop(self.commits.looking.lock());
-        }
+        drop(self.commits.looking.lock());
     }
 
     /// How many tasks are registered (for tests).
@@ -362,20 +345,6 @@ impl Store {
 #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
 const POLLER_THREAD: &str = "varvedb-commit-poll";
 
-std::thread_local! {
-    /// On a poller thread, the identity ([`looking_id`]) of the `looking`
-    /// lock of the store it polls for, which it must not wait for itself;
-    /// 0 on every other thread. The poller holds that lock's `Arc` for its
-    /// whole life, so the address names one store's lock while it is set.
-    static POLLING: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The identity of a store's `looking` lock: its address.
-#[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
-fn looking_id(looking: &Arc<Mutex<()>>) -> usize {
-    Arc::as_ptr(looking) as usize
-}
-
 /// The helper thread: while tasks wait, looks for commits of other processes
 /// every `every`; publishing a moved end wakes them. Ends when no task waits
 /// or the store is gone.
@@ -387,25 +356,22 @@ fn looking_id(looking: &Arc<Mutex<()>>) -> usize {
 /// until it has let the store go; a task's drop deregisters, then waits for
 /// `looking` ([`Store::deregister_waker`]) before its own handle goes. Every
 /// task registered when a look began still owns the store when it ends.
+/// What the look found is published (the tasks' wakers run) only after
+/// that: a waker may drop tasks and the last handles, and the store then
+/// closes inside that drop.
 #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
-fn poll_other_processes(
-    store: Weak<Store>,
-    tasks: &Mutex<Tasks>,
-    looking: &Arc<Mutex<()>>,
-    every: Duration,
-) {
-    POLLING.with(|p| p.set(looking_id(looking)));
+fn poll_other_processes(store: Weak<Store>, signal: &CommitSignal, every: Duration) {
     loop {
         std::thread::sleep(every);
         let (store, look) = {
-            let mut tasks = tasks.lock();
+            let mut tasks = signal.tasks.lock();
             // Asked before taking the store: with no task waiting, this
             // thread could be its last owner.
             if tasks.waiting.is_empty() {
                 tasks.poller = false;
                 return;
             }
-            let look = looking.lock();
+            let look = signal.looking.lock();
             let Some(store) = store.upgrade() else {
                 tasks.poller = false;
                 return;
@@ -413,9 +379,13 @@ fn poll_other_processes(
             (store, look)
         };
         // A failed (or skipped) look is retried at the next tick.
-        let _ = store.look_for_commits_without_waiting();
+        let found = store.look_for_commits_without_waiting();
         drop(store);
         drop(look);
+        if let Ok(Some((end, txn_id))) = found {
+            signal.raise(end);
+            signal.looked_at.fetch_max(txn_id, Ordering::AcqRel);
+        }
     }
 }
 
@@ -629,7 +599,8 @@ mod poller_tests {
     /// poller looks (its `looking` held, here by the test): the drop must
     /// wait for that look to end, or B's poller could be left B's last
     /// owner and close B after the task's (last) handle was dropped. The
-    /// exemption was once any poller's, by a thread-local flag.
+    /// exemption from that wait was once any poller's, by a thread-local
+    /// flag.
     #[test]
     fn a_task_dropped_by_another_stores_poller_waits_for_its_own_stores_look() {
         let a_dir = tempfile::tempdir().unwrap();
@@ -682,10 +653,6 @@ mod poller_tests {
             "the drop returned before B's look ended"
         );
         assert_eq!(b.registered_wakers(), 0);
-        assert!(
-            a.commits.must_wait_for_looks() && b.commits.must_wait_for_looks(),
-            "the test thread is no poller"
-        );
     }
 
     /// The poller's look never waits at the map gate: it holds `looking`,
@@ -713,8 +680,11 @@ mod poller_tests {
         }
         // Inside the window the poller's own check cannot close: past
         // `resize_pending` (still false then), the growth began.
-        store.look_for_commits_without_waiting().unwrap();
-        assert_eq!(store.log_end(), 0, "skipped, not waited for");
+        assert_eq!(
+            store.look_for_commits_without_waiting().unwrap(),
+            None,
+            "skipped, not waited for"
+        );
         drop(held);
         assert!(grower.join().unwrap(), "the growth ran");
         assert_eq!(
@@ -722,8 +692,74 @@ mod poller_tests {
             0,
             "the growth never gave up"
         );
-        store.look_for_commits_without_waiting().unwrap();
-        assert_eq!(store.log_end(), 1, "the next look finds the commit");
+        let found = store.look_for_commits_without_waiting().unwrap();
+        assert_eq!(
+            found.map(|f| f.0),
+            Some(1),
+            "the next look finds the commit"
+        );
+        assert_eq!(store.log_end(), 0, "published by the poller, not the look");
+    }
+
+    /// Drops the last handle of the store it holds when woken, then opens
+    /// the store's environment with `heed` (which refuses one still open).
+    struct DropsLastHandle {
+        store: Mutex<Option<Arc<Store>>>,
+        handed_over: Mutex<Option<mpsc::Receiver<()>>>,
+        out: Mutex<Option<mpsc::Sender<std::result::Result<(), String>>>>,
+    }
+
+    impl Wake for DropsLastHandle {
+        fn wake(self: Arc<Self>) {
+            let Some(handed_over) = self.handed_over.lock().take() else {
+                return;
+            };
+            handed_over.recv().unwrap();
+            let Some(store) = self.store.lock().take() else {
+                return;
+            };
+            let dir = store.path().to_path_buf();
+            drop(store);
+            // SAFETY: the store's last handle was just dropped; this
+            // environment is closed at once.
+            let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(&dir) };
+            let opened = raw.map(drop).map_err(|e| format!("{e:?}"));
+            if let Some(out) = self.out.lock().take() {
+                let _ = out.send(opened);
+            }
+        }
+    }
+
+    /// A waker the poller runs (for a commit of another process) may drop
+    /// the store's last handle: the store then closes inside that drop.
+    /// The poller once ran wakers while it still held the store, so the
+    /// environment closed on it only after the waker returned.
+    #[test]
+    fn a_waker_the_poller_runs_may_drop_the_last_handle_which_closes_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            VarveConfig {
+                cross_process_poll: Some(Duration::from_millis(1)),
+                ..VarveConfig::default()
+            },
+        )
+        .unwrap();
+        append_elsewhere(&store);
+        let (hand_over, handed_over) = mpsc::channel();
+        let (out_tx, out) = mpsc::channel();
+        let waker = Arc::new(DropsLastHandle {
+            store: Mutex::new(Some(Arc::clone(&store))),
+            handed_over: Mutex::new(Some(handed_over)),
+            out: Mutex::new(Some(out_tx)),
+        });
+        let key = store.waker_key();
+        store.register_waker(key, &Waker::from(Arc::clone(&waker)));
+        // The waker's handle is the last one now.
+        drop(store);
+        hand_over.send(()).unwrap();
+        let opened = out.recv().unwrap();
+        assert_eq!(opened, Ok(()), "the store closed inside the waker's drop");
     }
 
     /// Appends one event to stream "s" as another process would.
