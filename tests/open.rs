@@ -366,3 +366,104 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_another_thread_stops_it
         "{rounds} rounds, {stops_made} stops"
     );
 }
+
+/// The same with an async subscription dropped from inside a waker that an
+/// append runs (a commit wakes tasks on the committing thread) while the
+/// poller may be looking: the drop waits for the look, which must never
+/// wait for the appending thread, and the last drops still close the store
+/// before they return.
+#[test]
+fn a_subscription_dropped_by_a_waker_an_append_runs_neither_hangs_nor_closes_late() {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use futures_util::Stream;
+    use varvedb::{AsyncSubscription, GlobalSequence};
+
+    /// Drops the subscription it holds when woken.
+    struct DropsOnWake(Mutex<Option<AsyncSubscription>>);
+
+    impl Wake for DropsOnWake {
+        fn wake(self: Arc<Self>) {
+            drop(self.0.lock().unwrap().take());
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = VarveConfig {
+        // The poller looks as often as it may, to meet the drops often.
+        cross_process_poll: Some(std::time::Duration::from_millis(1)),
+        ..VarveConfig::default()
+    };
+    for round in 0..200u64 {
+        let varve = Varve::with_config(dir.path(), config.clone()).unwrap();
+        let mut orders = varve.stream::<Order, 128>("orders").unwrap();
+        let mut victim = varve.subscribe(GlobalSequence(round)).into_async();
+        assert!(matches!(
+            Pin::new(&mut victim).poll_next(&mut Context::from_waker(Waker::noop())),
+            Poll::Pending
+        ));
+        let dropper = Arc::new(DropsOnWake(Mutex::new(Some(victim))));
+        let waker = Waker::from(Arc::clone(&dropper));
+        let mut woken = varve.subscribe(GlobalSequence(round)).into_async();
+        assert!(matches!(
+            Pin::new(&mut woken).poll_next(&mut Context::from_waker(&waker)),
+            Poll::Pending
+        ));
+        // Appends at varied moments of the poller's period.
+        std::thread::sleep(std::time::Duration::from_micros(100 * (round % 15)));
+        orders
+            .append(StreamId(1), &Order::numbered(round + 1))
+            .unwrap();
+        assert!(
+            dropper.0.lock().unwrap().is_none(),
+            "round {round}: the append woke the task, which dropped the other"
+        );
+        drop((woken, waker, dropper, orders, varve));
+        // SAFETY: no varvedb handle of this directory is open (the drops
+        // above returned), and this environment is closed before the next.
+        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
+        match raw {
+            Ok(env) => drop(env),
+            Err(e) => panic!("round {round}: the dropped store is still open: {e:?}"),
+        }
+    }
+}
+
+/// The same with a projection thread stopped before the last handle:
+/// [`varvedb::ProjectionThread::stop`] waits for the thread, whose handle of
+/// the store is gone when it returns. (A projection thread dropped without
+/// `stop` finishes on its own and keeps the store open until then, as its
+/// documentation says: joining in the drop would hang a caller whose handler
+/// waits on it, such as a bounded channel drained after the drop.)
+#[test]
+fn a_dropped_store_is_closed_when_the_drop_returns_after_its_projection_thread_was_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orders = Varve::new(dir.path())
+        .unwrap()
+        .stream::<Order, 128>("orders")
+        .unwrap();
+    for n in 1..=20 {
+        orders.append(StreamId(n % 3), &Order::numbered(n)).unwrap();
+    }
+    drop(orders);
+    for round in 0..50 {
+        let varve = Varve::new(dir.path()).unwrap();
+        let running = varve
+            .projector("sales", varvedb_suite::Sales)
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let (_, outcome) = running.stop();
+        outcome.unwrap();
+        drop(varve);
+        // SAFETY: no varvedb handle of this directory is open (the drops
+        // above returned), and this environment is closed before the next.
+        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
+        match raw {
+            Ok(env) => drop(env),
+            Err(e) => panic!("round {round}: the store is still open: {e:?}"),
+        }
+    }
+}

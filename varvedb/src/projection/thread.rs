@@ -19,7 +19,10 @@ pub(crate) trait Run: Send + 'static {
 /// back with the outcome of its run.
 ///
 /// Dropping it without [`ProjectionThread::stop`] asks the thread to stop
-/// and lets it finish on its own.
+/// and lets it finish on its own. Until it has, that thread owns a handle
+/// of the store: the store stays open (its files in use) after the caller's
+/// last [`Varve`](crate::Varve) is dropped, and closes on that thread. Call
+/// [`ProjectionThread::stop`] to wait for it.
 pub struct ProjectionThread<R> {
     thread: Option<JoinHandle<(R, Result<()>)>>,
     stop: StopHandle,

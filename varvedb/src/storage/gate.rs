@@ -4,7 +4,7 @@
 //! LMDB allows `mdb_env_set_mapsize` on an open environment only while the
 //! calling process has no active transaction: remapping moves the map, and every
 //! pointer a reader holds into it would dangle. Every snapshot and every write
-//! transaction holds a [`GateGuard`]; [`MapGate::exclusive`] stops new entries,
+//! transaction holds a [`GateGuard`]; [`MapGate::exclusive_within`] stops new entries,
 //! waits for the count to reach zero, and runs the resize.
 
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub(crate) struct MapGate {
     /// Mirrors `state.resizing` for the lock-free check readers make on every call.
     pending: AtomicBool,
     changed: Condvar,
-    /// How many times [`MapGate::exclusive`] gave up waiting (for tests that
+    /// How many times [`MapGate::exclusive_within`] gave up waiting (for tests that
     /// count resize waits instead of timing them).
     #[cfg(test)]
     pub(crate) timeouts: std::sync::atomic::AtomicUsize,
@@ -50,6 +50,21 @@ impl MapGate {
         }
     }
 
+    /// Enters the gate unless a resize is pending or running (`None`): for
+    /// a thread that must never wait here (the commit poller, which holds
+    /// a lock a task's drop waits for, on a thread that may hold the
+    /// snapshot the resize waits for).
+    pub(crate) fn try_enter(self: &Arc<Self>) -> Option<GateGuard> {
+        let mut state = self.state.lock();
+        if state.resizing {
+            return None;
+        }
+        state.active += 1;
+        Some(GateGuard {
+            gate: Arc::clone(self),
+        })
+    }
+
     /// Enters the gate without waiting for a pending resize. Only for a thread
     /// that already holds a guard (a write transaction's): no remap can be
     /// running or start while it does, and waiting here would deadlock with a
@@ -68,6 +83,17 @@ impl MapGate {
         self.pending.load(Ordering::Relaxed)
     }
 
+    /// [`MapGate::exclusive_within`] waiting at most `wait` (for tests).
+    #[cfg(test)]
+    pub(crate) fn exclusive<R>(
+        &self,
+        wait: Duration,
+        release_idle: impl FnMut(),
+        f: impl FnOnce() -> R,
+    ) -> Result<R, usize> {
+        self.exclusive_within(Some(wait), release_idle, f)
+    }
+
     /// Runs `f` while no other transaction of this process is active, waiting
     /// at most `wait` for open ones to close. On timeout returns the number of
     /// transactions still open.
@@ -75,15 +101,23 @@ impl MapGate {
     /// While transactions are open it calls `release_idle` (with the gate
     /// unlocked) every few milliseconds, so that idle holders (snapshots that
     /// readers cache between calls) can be closed.
-    pub(crate) fn exclusive<R>(
+    ///
+    /// With `wait` `None` it never waits: not for another thread's resize,
+    /// nor for open transactions (after asking `release_idle` once to close
+    /// idle ones). For a thread holding what a holder of a transaction may
+    /// be waiting for (the commit poller).
+    pub(crate) fn exclusive_within<R>(
         &self,
-        wait: Duration,
+        wait: Option<Duration>,
         mut release_idle: impl FnMut(),
         f: impl FnOnce() -> R,
     ) -> Result<R, usize> {
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + wait.unwrap_or(Duration::ZERO);
         let mut state = self.state.lock();
         while state.resizing {
+            if wait.is_none() {
+                return Err(state.active);
+            }
             // Another thread is resizing; wait for it, then do our own check.
             self.changed.wait(&mut state);
         }

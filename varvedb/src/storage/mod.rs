@@ -150,7 +150,7 @@ pub(crate) struct Store {
     /// Every reader's snapshot slot, for growth to close idle ones.
     view_slots: Mutex<Vec<std::sync::Weak<Mutex<Option<View>>>>>,
     /// The size of this process's memory map, in bytes. Written only inside
-    /// [`MapGate::exclusive`](gate::MapGate::exclusive), so growth never asks
+    /// [`MapGate::exclusive_within`](gate::MapGate::exclusive_within), so growth never asks
     /// LMDB (whose `mdb_env_info` reads through the map) outside the gate.
     map_size: AtomicUsize,
     config: VarveConfig,
@@ -1105,6 +1105,12 @@ impl Store {
     /// Doubles the map (`Remap::Grow`) or adopts the size another process set
     /// (`Remap::Adopt`), once no transaction of this process is open.
     fn remap(&self, how: Remap) -> Result<()> {
+        self.remap_within(how, Some(self.config.resize_wait))
+    }
+
+    /// [`Store::remap`], waiting at most `wait` for open transactions (and
+    /// `None`: not at all, see [`gate::MapGate::exclusive_within`]).
+    fn remap_within(&self, how: Remap, wait: Option<std::time::Duration>) -> Result<()> {
         let doubled = |size: usize| size.saturating_mul(2).div_ceil(page_size()) * page_size();
         let wanted = match how {
             Remap::Grow => doubled(self.map_size.load(Ordering::Acquire)),
@@ -1121,26 +1127,24 @@ impl Store {
         let old_size = self.map_size.load(Ordering::Acquire);
         let timer = crate::trace::timer!(INFO);
         let env = self.env("growing the memory map")?;
-        let result = self
-            .gate
-            .exclusive(self.config.resize_wait, release_idle, || {
-                // Read again: a remap that ran while we waited (an adoption)
-                // may have changed the size; remaps never overlap.
-                let new_size = match how {
-                    Remap::Grow => doubled(self.map_size.load(Ordering::Acquire)),
-                    Remap::Adopt => 0,
-                };
-                // SAFETY: `exclusive` runs this only while the gate
-                // counts no open transaction in this process: every snapshot and
-                // write transaction holds a gate guard for its whole life, and
-                // new ones wait at the gate. That is LMDB's requirement for
-                // `mdb_env_set_mapsize`.
-                unsafe { env.resize(new_size) }?;
-                // Still inside the gate, after the remap: the meta pages that
-                // `mdb_env_info` reads are mapped.
-                self.map_size.store(env.info().map_size, Ordering::Release);
-                Ok(())
-            });
+        let result = self.gate.exclusive_within(wait, release_idle, || {
+            // Read again: a remap that ran while we waited (an adoption)
+            // may have changed the size; remaps never overlap.
+            let new_size = match how {
+                Remap::Grow => doubled(self.map_size.load(Ordering::Acquire)),
+                Remap::Adopt => 0,
+            };
+            // SAFETY: `exclusive_within` runs this only while the gate
+            // counts no open transaction in this process: every snapshot and
+            // write transaction holds a gate guard for its whole life, and
+            // new ones wait at the gate. That is LMDB's requirement for
+            // `mdb_env_set_mapsize`.
+            unsafe { env.resize(new_size) }?;
+            // Still inside the gate, after the remap: the meta pages that
+            // `mdb_env_info` reads are mapped.
+            self.map_size.store(env.info().map_size, Ordering::Release);
+            Ok(())
+        });
         match result {
             Ok(r) => {
                 crate::trace::event!(
@@ -1169,7 +1173,7 @@ impl Store {
                 Error::MapResizeBlocked {
                     wanted,
                     held,
-                    waited_ms: self.config.resize_wait.as_millis() as u64,
+                    waited_ms: wait.unwrap_or_default().as_millis() as u64,
                 }
             }),
         }
@@ -1200,6 +1204,57 @@ impl Store {
     /// Doubles the map (at least), for a write that hit `MDB_MAP_FULL`.
     fn grow(&self) -> Result<()> {
         self.remap(Remap::Grow)
+    }
+
+    /// [`Store::snapshot`] for a thread that must never wait at the map
+    /// gate (the commit poller: see [`gate::MapGate::try_enter`]). `None`
+    /// where that would wait: a growth pending or running, or another
+    /// process's growth to adopt while a transaction of this process is open
+    /// (left to the next call).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
+    pub(crate) fn snapshot_without_waiting(self: &Arc<Self>) -> Result<Option<View>> {
+        let env = match &self.engine {
+            Engine::Lmdb { env, .. } => env,
+            // The gate never closes for a server's store: nothing to resize.
+            #[cfg(feature = "postgres")]
+            Engine::Pg(_) => return self.snapshot().map(Some),
+        };
+        // As `snapshot`, but what would wait gives up: at most one adoption
+        // (with no transaction of this process open), and the same two ways
+        // to free a reader slot, neither of which waits.
+        let mut freed = Freed::Nothing;
+        let mut adopted = false;
+        loop {
+            let Some(guard) = self.gate.try_enter() else {
+                return Ok(None);
+            };
+            match env.clone().static_read_txn() {
+                Ok(txn) => return Ok(Some(View::new(Txn::Ro(txn), guard, Arc::clone(self)))),
+                Err(heed::Error::Mdb(MdbError::MapResized)) if !adopted => {
+                    drop(guard);
+                    adopted = true;
+                    match self.remap_within(Remap::Adopt, None) {
+                        Ok(()) => {}
+                        Err(Error::MapResizeBlocked { .. }) => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(heed::Error::Mdb(MdbError::ReadersFull)) if freed != Freed::IdleViews => {
+                    drop(guard);
+                    freed = match freed {
+                        Freed::Nothing => {
+                            self.clear_stale_readers()?;
+                            Freed::DeadProcesses
+                        }
+                        _ => {
+                            self.close_idle_views();
+                            Freed::IdleViews
+                        }
+                    };
+                }
+                Err(e) => return Err(self.err("opening a read snapshot")(e)),
+            }
+        }
     }
 
     /// Opens a read snapshot of the newest commit.

@@ -15,7 +15,6 @@
 //! was committed (LMDB's last transaction id, read inside the map gate); only
 //! a new transaction id costs a short snapshot to read the end.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -200,6 +199,33 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::look_for_commits`] for the poller thread, which must never
+    /// wait at the map gate: it holds `looking`, which a task's drop waits
+    /// for ([`Store::deregister_waker`]), and the dropping thread may hold a
+    /// snapshot (an event) that a pending growth waits for; each would wait
+    /// for the other until the growth gave up (`resize_wait`), failing it.
+    /// A look that would wait is skipped: the next tick looks again.
+    ///
+    /// Publishes nothing: returns the end found and its transaction id, for
+    /// the poller to publish once it has let the store go (publishing runs
+    /// the tasks' wakers, which may drop the last handles).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
+    fn look_for_commits_without_waiting(self: &Arc<Self>) -> Result<Option<(u64, usize)>> {
+        let Some(guard) = self.gate.try_enter() else {
+            return Ok(None);
+        };
+        let newest = self.last_txn_id_in(&guard);
+        drop(guard);
+        if newest == self.commits.looked_at.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some(mut view) = self.snapshot_without_waiting()? else {
+            return Ok(None);
+        };
+        let end = view.end_global_unpublished()?;
+        Ok(Some((end, view.txn_id())))
+    }
+
     /// Blocks until the log's end is past `seen`, `timeout` passes, or `stop`
     /// is set (whoever sets it then calls [`Store::interrupt_waiters`]);
     /// returns the log's end.
@@ -281,11 +307,10 @@ impl Store {
         };
         if let (true, Some(every)) = (start_poller, poll) {
             let weak = Arc::downgrade(self);
-            let tasks = Arc::clone(&self.commits.tasks);
-            let looking = Arc::clone(&self.commits.looking);
+            let signal = Arc::clone(&self.commits);
             let spawned = std::thread::Builder::new()
                 .name(POLLER_THREAD.into())
-                .spawn(move || poll_other_processes(weak, &tasks, &looking, every));
+                .spawn(move || poll_other_processes(weak, &signal, every));
             if spawned.is_err() {
                 self.commits.tasks.lock().poller = false;
             }
@@ -295,17 +320,12 @@ impl Store {
     /// Forgets the waker registered under `key`, if any, then waits for a
     /// look of the poller thread in progress to end: the task's handle of
     /// the store, dropped next, may be the last one, and the store must then
-    /// close on this thread (see [`poll_other_processes`]). On a poller
-    /// thread itself (a waker it woke dropped a task) there is no waiting:
-    /// it may be the thread holding the lock.
+    /// close on this thread (see [`poll_other_processes`]). The poller runs
+    /// no waker while it looks, so a waker it runs may drop tasks too.
     #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
     pub(crate) fn deregister_waker(&self, key: u64) {
         self.commits.tasks.lock().waiting.remove(&key);
-        // Outside a poller (also while this thread's locals are being
-        // destroyed: no poller then).
-        if !IN_POLLER.try_with(Cell::get).unwrap_or(false) {
-            drop(self.commits.looking.lock());
-        }
+        drop(self.commits.looking.lock());
     }
 
     /// How many tasks are registered (for tests).
@@ -325,11 +345,6 @@ impl Store {
 #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
 const POLLER_THREAD: &str = "varvedb-commit-poll";
 
-std::thread_local! {
-    /// Set on a poller thread, which must not wait for its own `looking`.
-    static IN_POLLER: Cell<bool> = const { Cell::new(false) };
-}
-
 /// The helper thread: while tasks wait, looks for commits of other processes
 /// every `every`; publishing a moved end wakes them. Ends when no task waits
 /// or the store is gone.
@@ -341,35 +356,36 @@ std::thread_local! {
 /// until it has let the store go; a task's drop deregisters, then waits for
 /// `looking` ([`Store::deregister_waker`]) before its own handle goes. Every
 /// task registered when a look began still owns the store when it ends.
+/// What the look found is published (the tasks' wakers run) only after
+/// that: a waker may drop tasks and the last handles, and the store then
+/// closes inside that drop.
 #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
-fn poll_other_processes(
-    store: Weak<Store>,
-    tasks: &Mutex<Tasks>,
-    looking: &Mutex<()>,
-    every: Duration,
-) {
-    IN_POLLER.with(|p| p.set(true));
+fn poll_other_processes(store: Weak<Store>, signal: &CommitSignal, every: Duration) {
     loop {
         std::thread::sleep(every);
         let (store, look) = {
-            let mut tasks = tasks.lock();
+            let mut tasks = signal.tasks.lock();
             // Asked before taking the store: with no task waiting, this
             // thread could be its last owner.
             if tasks.waiting.is_empty() {
                 tasks.poller = false;
                 return;
             }
-            let look = looking.lock();
+            let look = signal.looking.lock();
             let Some(store) = store.upgrade() else {
                 tasks.poller = false;
                 return;
             };
             (store, look)
         };
-        // A failed look is retried at the next tick.
-        let _ = store.look_for_commits();
+        // A failed (or skipped) look is retried at the next tick.
+        let found = store.look_for_commits_without_waiting();
         drop(store);
         drop(look);
+        if let Ok(Some((end, txn_id))) = found {
+            signal.raise(end);
+            signal.looked_at.fetch_max(txn_id, Ordering::AcqRel);
+        }
     }
 }
 
@@ -538,6 +554,234 @@ mod tests {
         append(&store);
         assert_eq!(count.get(), 1);
         assert_eq!(store.wait_for_commit(seen, Duration::MAX, &never), 2);
+    }
+}
+
+/// The poller's exemption from waiting for looks is its own store's only.
+#[cfg(all(test, not(loom), feature = "async"))]
+mod poller_tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    use std::task::Wake;
+
+    use super::*;
+    use crate::config::VarveConfig;
+    use crate::position::ExpectedVersion;
+    use crate::storage::{BlockBuilder, TypeIdentity};
+
+    /// Drops (deregisters) a task of another store when woken, then says
+    /// whether that store's `looking` was free as the drop returned.
+    struct DropsTaskOf {
+        other: Arc<Store>,
+        key: u64,
+        woken: AtomicUsize,
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        out: Mutex<Option<mpsc::Sender<bool>>>,
+    }
+
+    impl Wake for DropsTaskOf {
+        fn wake(self: Arc<Self>) {
+            if self.woken.fetch_add(1, Ordering::SeqCst) > 0 {
+                return;
+            }
+            if let Some(entered) = self.entered.lock().take() {
+                let _ = entered.send(());
+            }
+            self.other.deregister_waker(self.key);
+            let free = self.other.commits.looking.try_lock().is_some();
+            if let Some(out) = self.out.lock().take() {
+                let _ = out.send(free);
+            }
+        }
+    }
+
+    /// A waker run by store A's poller drops a task of store B while B's
+    /// poller looks (its `looking` held, here by the test): the drop must
+    /// wait for that look to end, or B's poller could be left B's last
+    /// owner and close B after the task's (last) handle was dropped. The
+    /// exemption from that wait was once any poller's, by a thread-local
+    /// flag.
+    #[test]
+    fn a_task_dropped_by_another_stores_poller_waits_for_its_own_stores_look() {
+        let a_dir = tempfile::tempdir().unwrap();
+        let a = Store::open(
+            a_dir.path(),
+            VarveConfig {
+                cross_process_poll: Some(Duration::from_millis(1)),
+                ..VarveConfig::default()
+            },
+        )
+        .unwrap();
+        let b_dir = tempfile::tempdir().unwrap();
+        let b = Store::open(
+            b_dir.path(),
+            VarveConfig {
+                cross_process_poll: None,
+                ..VarveConfig::default()
+            },
+        )
+        .unwrap();
+        let b_key = b.waker_key();
+        b.register_waker(b_key, Waker::noop());
+        // B's poller is looking.
+        let look = b.commits.looking.lock();
+        let (entered_tx, entered) = mpsc::channel();
+        let (out_tx, out) = mpsc::channel();
+        let waker = Arc::new(DropsTaskOf {
+            other: Arc::clone(&b),
+            key: b_key,
+            woken: AtomicUsize::new(0),
+            entered: Mutex::new(Some(entered_tx)),
+            out: Mutex::new(Some(out_tx)),
+        });
+        let a_key = a.waker_key();
+        a.register_waker(a_key, &Waker::from(Arc::clone(&waker)));
+        // A commit of "another process" on A: A's poller finds it and runs
+        // the waker.
+        append_elsewhere(&a);
+        entered.recv().unwrap();
+        // The drop must not return while B's look lasts. (A drop that does
+        // not wait answers at once; a waiting one is let go after a while.)
+        match out.recv_timeout(Duration::from_millis(300)) {
+            Ok(free) => panic!("the drop returned during B's look (looking free: {free})"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        drop(look);
+        assert!(
+            out.recv().unwrap(),
+            "the drop returned before B's look ended"
+        );
+        assert_eq!(b.registered_wakers(), 0);
+    }
+
+    /// The poller's look never waits at the map gate: it holds `looking`,
+    /// which a task's drop waits for, and the dropping thread may hold the
+    /// snapshot (an event) that a pending growth waits for. A look that
+    /// waited would hold both until the growth gave up.
+    #[test]
+    fn the_pollers_look_never_waits_for_a_pending_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), VarveConfig::default()).unwrap();
+        append_elsewhere(&store);
+        // The dropping thread's event.
+        let held = store.snapshot().unwrap();
+        let grower = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                store
+                    .gate
+                    .exclusive(Duration::from_secs(30), || (), || ())
+                    .is_ok()
+            })
+        };
+        while !store.resize_pending() {
+            std::thread::yield_now();
+        }
+        // Inside the window the poller's own check cannot close: past
+        // `resize_pending` (still false then), the growth began.
+        assert_eq!(
+            store.look_for_commits_without_waiting().unwrap(),
+            None,
+            "skipped, not waited for"
+        );
+        drop(held);
+        assert!(grower.join().unwrap(), "the growth ran");
+        assert_eq!(
+            store.gate.timeouts.load(Ordering::SeqCst),
+            0,
+            "the growth never gave up"
+        );
+        let found = store.look_for_commits_without_waiting().unwrap();
+        assert_eq!(
+            found.map(|f| f.0),
+            Some(1),
+            "the next look finds the commit"
+        );
+        assert_eq!(store.log_end(), 0, "published by the poller, not the look");
+    }
+
+    /// Drops the last handle of the store it holds when woken, then opens
+    /// the store's environment with `heed` (which refuses one still open).
+    struct DropsLastHandle {
+        store: Mutex<Option<Arc<Store>>>,
+        handed_over: Mutex<Option<mpsc::Receiver<()>>>,
+        out: Mutex<Option<mpsc::Sender<std::result::Result<(), String>>>>,
+    }
+
+    impl Wake for DropsLastHandle {
+        fn wake(self: Arc<Self>) {
+            let Some(handed_over) = self.handed_over.lock().take() else {
+                return;
+            };
+            handed_over.recv().unwrap();
+            let Some(store) = self.store.lock().take() else {
+                return;
+            };
+            let dir = store.path().to_path_buf();
+            drop(store);
+            // SAFETY: the store's last handle was just dropped; this
+            // environment is closed at once.
+            let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(&dir) };
+            let opened = raw.map(drop).map_err(|e| format!("{e:?}"));
+            if let Some(out) = self.out.lock().take() {
+                let _ = out.send(opened);
+            }
+        }
+    }
+
+    /// A waker the poller runs (for a commit of another process) may drop
+    /// the store's last handle: the store then closes inside that drop.
+    /// The poller once ran wakers while it still held the store, so the
+    /// environment closed on it only after the waker returned.
+    #[test]
+    fn a_waker_the_poller_runs_may_drop_the_last_handle_which_closes_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            VarveConfig {
+                cross_process_poll: Some(Duration::from_millis(1)),
+                ..VarveConfig::default()
+            },
+        )
+        .unwrap();
+        append_elsewhere(&store);
+        let (hand_over, handed_over) = mpsc::channel();
+        let (out_tx, out) = mpsc::channel();
+        let waker = Arc::new(DropsLastHandle {
+            store: Mutex::new(Some(Arc::clone(&store))),
+            handed_over: Mutex::new(Some(handed_over)),
+            out: Mutex::new(Some(out_tx)),
+        });
+        let key = store.waker_key();
+        store.register_waker(key, &Waker::from(Arc::clone(&waker)));
+        // The waker's handle is the last one now.
+        drop(store);
+        hand_over.send(()).unwrap();
+        let opened = out.recv().unwrap();
+        assert_eq!(opened, Ok(()), "the store closed inside the waker's drop");
+    }
+
+    /// Appends one event to stream "s" as another process would.
+    fn append_elsewhere(store: &Arc<Store>) {
+        let identity = TypeIdentity {
+            type_name: "raw",
+            layout_fingerprint: 1,
+            schema_fingerprint: 0,
+            schema: None,
+        };
+        let info = store.open_stream("s", &identity).unwrap();
+        store
+            .commit_as_another_process(|w| {
+                let mut block = BlockBuilder::with_capacity(0);
+                block.start(1);
+                let mut buf = block.begin_event();
+                buf.extend_from_slice(&[7; 16]);
+                block.finish_event(buf).unwrap();
+                w.append(&info, 1, ExpectedVersion::Any, &mut block)
+                    .map(drop)
+            })
+            .unwrap();
     }
 }
 

@@ -944,6 +944,13 @@ impl View {
         Ok(end)
     }
 
+    /// [`View::end_global`] without publishing it: for the commit poller,
+    /// which publishes (running wakers) only once it has let the store go.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // used by the `async` feature
+    pub(crate) fn end_global_unpublished(&mut self) -> Result<u64> {
+        self.store.end_global(&self.pin.txn)
+    }
+
     /// The catalog entry of the stream with `tag`.
     pub(crate) fn stream_by_tag(&mut self, tag: u32) -> Result<Arc<super::StreamInfo>> {
         self.store.stream_by_tag(&self.pin.txn, tag)
