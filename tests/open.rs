@@ -193,6 +193,15 @@ fn a_garbage_data_file_is_a_typed_error() {
     );
 }
 
+/// Opens the store's files with `heed` directly, as another tool would right
+/// after the last handle's drop returned: heed refuses (`EnvAlreadyOpened`)
+/// an environment this process still has open.
+fn open_as_another_tool(dir: &Path) -> heed::Result<()> {
+    // SAFETY: the caller dropped every varvedb handle of `dir` (the drops
+    // returned), and this environment is closed before this returns.
+    unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.map(drop)
+}
+
 /// The last handle's drop closes the store before it returns, whatever other
 /// threads open meanwhile: the files can then be opened by another tool (here
 /// `heed` itself, which refuses an environment this process still has open).
@@ -232,15 +241,9 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_other_threads_open_stor
     let mut rounds = 0;
     while rounds < 10_000 && std::time::Instant::now() < deadline {
         drop(Varve::new(dir.path()).unwrap());
-        // SAFETY: no varvedb handle of this directory is open (the drop
-        // above returned), and this environment is closed before the next.
-        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
-        match raw {
-            Ok(env) => drop(env),
-            Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                panic!("round {rounds}: the dropped store is still open: {e:?}");
-            }
+        if let Err(e) = open_as_another_tool(dir.path()) {
+            stop.store(true, Ordering::Relaxed);
+            panic!("round {rounds}: the dropped store is still open: {e:?}");
         }
         rounds += 1;
     }
@@ -290,12 +293,8 @@ fn a_dropped_store_is_closed_when_the_drop_returns_after_an_async_subscription_w
         std::thread::sleep(std::time::Duration::from_micros(100 * (rounds % 15)));
         drop(varve);
         drop(waiting);
-        // SAFETY: no varvedb handle of this directory is open (the drops
-        // above returned), and this environment is closed before the next.
-        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
-        match raw {
-            Ok(env) => drop(env),
-            Err(e) => panic!("round {rounds}: the dropped store is still open: {e:?}"),
+        if let Err(e) = open_as_another_tool(dir.path()) {
+            panic!("round {rounds}: the dropped store is still open: {e:?}");
         }
         rounds += 1;
     }
@@ -347,15 +346,9 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_another_thread_stops_it
         std::thread::sleep(std::time::Duration::from_micros(50 * (rounds % 7)));
         drop(subscription);
         drop(varve);
-        // SAFETY: no varvedb handle of this directory is open (the drops
-        // above returned), and this environment is closed before the next.
-        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
-        match raw {
-            Ok(env) => drop(env),
-            Err(e) => {
-                done.store(true, Ordering::Relaxed);
-                panic!("round {rounds}: the dropped store is still open: {e:?}");
-            }
+        if let Err(e) = open_as_another_tool(dir.path()) {
+            done.store(true, Ordering::Relaxed);
+            panic!("round {rounds}: the dropped store is still open: {e:?}");
         }
         rounds += 1;
     }
@@ -421,12 +414,8 @@ fn a_subscription_dropped_by_a_waker_an_append_runs_neither_hangs_nor_closes_lat
             "round {round}: the append woke the task, which dropped the other"
         );
         drop((woken, waker, dropper, orders, varve));
-        // SAFETY: no varvedb handle of this directory is open (the drops
-        // above returned), and this environment is closed before the next.
-        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
-        match raw {
-            Ok(env) => drop(env),
-            Err(e) => panic!("round {round}: the dropped store is still open: {e:?}"),
+        if let Err(e) = open_as_another_tool(dir.path()) {
+            panic!("round {round}: the dropped store is still open: {e:?}");
         }
     }
 }
@@ -458,12 +447,8 @@ fn a_dropped_store_is_closed_when_the_drop_returns_after_its_projection_thread_w
         let (_, outcome) = running.stop();
         outcome.unwrap();
         drop(varve);
-        // SAFETY: no varvedb handle of this directory is open (the drops
-        // above returned), and this environment is closed before the next.
-        let raw = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir.path()) };
-        match raw {
-            Ok(env) => drop(env),
-            Err(e) => panic!("round {round}: the store is still open: {e:?}"),
+        if let Err(e) = open_as_another_tool(dir.path()) {
+            panic!("round {round}: the store is still open: {e:?}");
         }
     }
 }

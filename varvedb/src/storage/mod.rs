@@ -1241,20 +1241,28 @@ impl Store {
                 }
                 Err(heed::Error::Mdb(MdbError::ReadersFull)) if freed != Freed::IdleViews => {
                     drop(guard);
-                    freed = match freed {
-                        Freed::Nothing => {
-                            self.clear_stale_readers()?;
-                            Freed::DeadProcesses
-                        }
-                        _ => {
-                            self.close_idle_views();
-                            Freed::IdleViews
-                        }
-                    };
+                    freed = self.free_a_reader_slot(freed)?;
                 }
                 Err(e) => return Err(self.err("opening a read snapshot")(e)),
             }
         }
+    }
+
+    /// The next way to free a slot of a full reader table, after `freed`:
+    /// first the slots of dead processes, then the snapshots idle readers of
+    /// this process cache (they reopen one on their next call). Returns what
+    /// it tried, for the caller's next attempt.
+    fn free_a_reader_slot(&self, freed: Freed) -> Result<Freed> {
+        Ok(match freed {
+            Freed::Nothing => {
+                self.clear_stale_readers()?;
+                Freed::DeadProcesses
+            }
+            Freed::DeadProcesses | Freed::IdleViews => {
+                self.close_idle_views();
+                Freed::IdleViews
+            }
+        })
     }
 
     /// Opens a read snapshot of the newest commit.
@@ -1285,16 +1293,7 @@ impl Store {
                 // only when neither freed a slot.
                 Err(heed::Error::Mdb(MdbError::ReadersFull)) if freed != Freed::IdleViews => {
                     drop(guard);
-                    freed = match freed {
-                        Freed::Nothing => {
-                            self.clear_stale_readers()?;
-                            Freed::DeadProcesses
-                        }
-                        _ => {
-                            self.close_idle_views();
-                            Freed::IdleViews
-                        }
-                    };
+                    freed = self.free_a_reader_slot(freed)?;
                 }
                 Err(e) => return Err(self.err("opening a read snapshot")(e)),
             }
