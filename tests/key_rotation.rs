@@ -309,15 +309,10 @@ fn writers_and_a_held_snapshot_go_on_during_a_pass() {
 const FOLLOW_DIR: &str = "VARVEDB_ROTATION_FOLLOW_DIR";
 const FOLLOW_TEST: &str = "a_child_that_opened_before_a_rotation_reads_and_writes_after_it";
 
-#[test]
-#[ignore = "child process of another_process_open_before_a_rotation_follows_it"]
-fn a_child_that_opened_before_a_rotation_reads_and_writes_after_it() {
-    let Some(dir) = std::env::var_os(FOLLOW_DIR) else {
-        panic!("run by another_process_open_before_a_rotation_follows_it, which sets {FOLLOW_DIR}");
-    };
-    let dir = Path::new(&dir);
+/// A child's first steps: opens the store in `dir`, reads its five events
+/// (loading the keyring), says "open", and waits for the parent's `go` file.
+fn open_and_wait_for_go(dir: &Path) -> Varve {
     let varve = Varve::with_config(dir, config()).expect("open");
-    // Loads the keyring (key 1) and reads once.
     assert_eq!(read_ids(&varve), (0..5).collect::<Vec<_>>());
     println!("open");
     let go = dir.join("go");
@@ -326,6 +321,18 @@ fn a_child_that_opened_before_a_rotation_reads_and_writes_after_it() {
         assert!(Instant::now() < deadline, "never told to go on");
         std::thread::sleep(Duration::from_millis(5));
     }
+    varve
+}
+
+#[test]
+#[ignore = "child process of another_process_open_before_a_rotation_follows_it"]
+fn a_child_that_opened_before_a_rotation_reads_and_writes_after_it() {
+    let Some(dir) = std::env::var_os(FOLLOW_DIR) else {
+        panic!("run by another_process_open_before_a_rotation_follows_it, which sets {FOLLOW_DIR}");
+    };
+    let dir = Path::new(&dir);
+    // Loads the keyring (key 1) and reads once.
+    let varve = open_and_wait_for_go(dir);
     // The parent rotated to key 2 and appended 5..10 with it: readable here.
     assert_eq!(read_ids(&varve), (0..10).collect::<Vec<_>>());
     // And this process's appends are sealed with key 2.
@@ -794,15 +801,7 @@ fn a_child_opened_with_the_old_master_key_rotates_after_a_change() {
         panic!("run by a_master_key_change_is_never_undone_by_a_rotation_in_another_process");
     };
     let dir = Path::new(&dir);
-    let varve = Varve::with_config(dir, config()).expect("open");
-    assert_eq!(read_ids(&varve), (0..5).collect::<Vec<_>>());
-    println!("open");
-    let go = dir.join("go");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !go.exists() {
-        assert!(Instant::now() < deadline, "never told to go on");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let varve = open_and_wait_for_go(dir);
     // The parent changed the master key. A data key wrapped under the old
     // one would be lost at the next open: the rotation is refused, typed.
     match varve.rotate_data_key() {

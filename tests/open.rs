@@ -202,6 +202,18 @@ fn open_as_another_tool(dir: &Path) -> heed::Result<()> {
     unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(dir) }.map(drop)
 }
 
+/// A new store (closed again) holding one order.
+fn a_store_with_one_order() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    Varve::new(dir.path())
+        .unwrap()
+        .stream::<Order, 128>("orders")
+        .unwrap()
+        .append(StreamId(1), &Order::numbered(1))
+        .unwrap();
+    dir
+}
+
 /// The last handle's drop closes the store before it returns, whatever other
 /// threads open meanwhile: the files can then be opened by another tool (here
 /// `heed` itself, which refuses an environment this process still has open).
@@ -213,13 +225,7 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_other_threads_open_stor
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().unwrap();
-    Varve::new(dir.path())
-        .unwrap()
-        .stream::<Order, 128>("orders")
-        .unwrap()
-        .append(StreamId(1), &Order::numbered(1))
-        .unwrap();
+    let dir = a_store_with_one_order();
     let stop = Arc::new(AtomicBool::new(false));
     let openers: Vec<_> = (0..2)
         .map(|_| {
@@ -310,13 +316,7 @@ fn a_dropped_store_is_closed_when_the_drop_returns_while_another_thread_stops_it
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{mpsc, Arc};
 
-    let dir = tempfile::tempdir().unwrap();
-    Varve::new(dir.path())
-        .unwrap()
-        .stream::<Order, 128>("orders")
-        .unwrap()
-        .append(StreamId(1), &Order::numbered(1))
-        .unwrap();
+    let dir = a_store_with_one_order();
     let (handles, stops) = mpsc::channel::<varvedb::StopHandle>();
     let done = Arc::new(AtomicBool::new(false));
     let stopper = {
